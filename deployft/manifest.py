@@ -1,0 +1,132 @@
+"""`deployft.json`, the manifest every RUN and BUNDLE folder carries, and the atomic folder writer.
+
+A folder is the contract between stages: a stage reads the previous folder and its manifest, never
+the previous stage's Python objects. This module must stay importable without torch (the runtime uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError, ModelError, OutputExistsError
+
+MANIFEST_NAME = "deployft.json"
+FORMAT_VERSION = 1
+"""Bumped when a manifest field changes meaning; a reader refuses a newer version than it knows."""
+
+_VERSIONED_PACKAGES = (
+    "deployft", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+    "onnxruntime-gpu", "tokenizers", "datasets", "accelerate", "peft", "numpy",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the installed packages that shape a model's numbers (absent ones are left out)."""
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large models do not sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_table(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"sha256", "bytes"}}` for every file under `folder` except the manifest."""
+    folder = Path(folder)
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST_NAME:
+            table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return table
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write `deployft.json` into `folder`, stamping the format version."""
+    path = Path(folder) / MANIFEST_NAME
+    body = {"format_version": FORMAT_VERSION, **manifest}
+    path.write_text(json.dumps(body, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
+    """Read and check the manifest of a RUN (`kind="run"`) or BUNDLE (`kind="bundle"`) folder.
+
+    Raises:
+        ModelError / BundleError: the folder or its manifest is missing, unreadable, of the other
+            kind, or written by a newer deployft.
+    """
+    error = BundleError if kind == "bundle" else ModelError
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise error(f"{kind.upper()} folder {folder} does not exist; pass the folder written by deployft "
+                    f"{'export' if kind == 'bundle' else 'finetune'}")
+    if not path.is_file():
+        raise error(f"{folder} has no {MANIFEST_NAME}, so it is not a deployft {kind.upper()} folder; "
+                    f"create one with deployft {'export' if kind == 'bundle' else 'finetune'}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); re-create the folder") from exc
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise error(f"{path} has format version {version}, newer than this deployft reads ({FORMAT_VERSION}); "
+                    "upgrade deployft: pip install -U deployft")
+    if manifest.get("kind") != kind:
+        raise error(f"{folder} is a {str(manifest.get('kind')).upper()} folder, not a {kind.upper()} folder")
+    return manifest
+
+
+@contextlib.contextmanager
+def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; rename it to `output` only when the block finishes.
+
+    A crash or an error inside the block removes the temporary folder, so no half-written folder
+    ever sits under the final name. An existing non-empty `output` is refused unless `overwrite`,
+    and is replaced only after the new folder is complete.
+    """
+    output = Path(output).resolve()
+    check_output_free(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def check_output_free(output: str | Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without `overwrite`."""
+    output = Path(output)
+    if output.is_file():
+        raise OutputExistsError(f"output {output} is a file; pass a folder path with --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output folder {output} exists and is not empty; "
+                                "pass --overwrite to replace it or choose another --output")

@@ -1,0 +1,200 @@
+"""Shared fixtures: tiny models built from configs and tokenizers trained on the spot.
+
+Built once per session, copied per test, so a test may change its copy freely.
+Everything is written under pytest's tmp paths; nothing touches the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+GOOD = ["great", "wonderful", "brilliant", "moving", "funny", "superb", "charming", "delightful"]
+BAD = ["awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "painful"]
+FILLER = ["the film", "this movie", "the plot", "the cast", "the story", "the ending", "every scene", "the script"]
+QA = [
+    ("what is the capital of france", "paris is the capital of france"),
+    ("what color is the sky", "the sky is blue"),
+    ("how many legs does a cat have", "a cat has four legs"),
+    ("what do bees make", "bees make honey"),
+    ("what is two plus two", "two plus two is four"),
+    ("where do fish live", "fish live in water"),
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def sentiment_rows(n: int, seed: int = 0, labels: tuple[str, ...] = ("negative", "positive")) -> list[dict]:
+    """Synthetic reviews whose label is carried by a sentiment word: learnable by a tiny model."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = GOOD if label == "positive" else BAD if label == "negative" else ["average", "okay", "fine"]
+        length = rng.randint(0, 6)
+        tail = " ".join(rng.choice(FILLER) for _ in range(length))
+        rows.append({"text": f"{rng.choice(FILLER)} was {rng.choice(words)} {tail}".strip(), "label": label})
+    return rows
+
+
+def qa_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [dict(zip(("prompt", "response"), rng.choice(QA))) for _ in range(n)]
+
+
+def _corpus() -> list[str]:
+    lines = [r["text"] for r in sentiment_rows(400, labels=("negative", "positive", "neutral"))]
+    lines += [f"{q} {a}" for q, a in QA] * 20
+    lines += ["<|user|> <|assistant|> <|system|> hello world question answer"] * 5
+    return lines
+
+
+def _wordpiece_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+    )
+
+
+def _bpe_tokenizer(chat_template: str | None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=128,
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def _tiny_config(arch: str, tokenizer, num_labels: int):
+    from transformers import BertConfig, DistilBertConfig, GPT2Config, LlamaConfig, RobertaConfig
+
+    vocab = len(tokenizer)
+    common = {"vocab_size": vocab, "pad_token_id": tokenizer.pad_token_id, "num_labels": num_labels}
+    if arch == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=128, **common)
+    if arch == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common)
+    if arch == "roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             max_position_embeddings=130, type_vocab_size=1, **common)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **special, **common)
+    if arch == "llama":
+        return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True,
+                           **special, **common)
+    raise ValueError(arch)
+
+
+ENCODERS = ("bert", "distilbert", "roberta")
+DECODERS = ("gpt2", "llama")
+
+
+def build_tiny_model(arch: str, folder: Path, num_labels: int = 2) -> Path:
+    """Save a randomly initialised tiny `arch` model and its tokenizer to `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    if arch in ENCODERS:
+        tokenizer = _wordpiece_tokenizer()
+        if arch != "bert":  # as their real tokenizers do: these models take no token_type_ids
+            tokenizer.model_input_names = ["input_ids", "attention_mask"]
+        model = AutoModelForSequenceClassification.from_config(_tiny_config(arch, tokenizer, num_labels))
+    else:
+        tokenizer = _bpe_tokenizer(CHAT_TEMPLATE if arch == "llama" else None)
+        model = AutoModelForCausalLM.from_config(_tiny_config(arch, tokenizer, num_labels))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_cache(tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture
+def tiny_model(_tiny_model_cache, tmp_path):
+    """`tiny_model("bert")` -> a fresh copy of a tiny model folder (bert, distilbert, roberta, gpt2, llama)."""
+
+    def copy(arch: str) -> Path:
+        target = tmp_path / f"model-{arch}"
+        shutil.copytree(_tiny_model_cache(arch), target)
+        return target
+
+    return copy
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write rows as CSV, TSV or JSONL according to the file's extension."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def classify_csv(tmp_path) -> Path:
+    """A 240-row two-label sentiment CSV (columns text,label)."""
+    return write_rows(tmp_path / "data" / "reviews.csv", sentiment_rows(240))
+
+
+@pytest.fixture
+def qa_jsonl(tmp_path) -> Path:
+    """A 120-row prompt/response JSONL."""
+    return write_rows(tmp_path / "data" / "qa.jsonl", qa_rows(120))
