@@ -62,7 +62,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _wordpiece_tokenizer():
+def _wordpiece_tokenizer(model_input_names: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -81,6 +81,7 @@ def _wordpiece_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+        model_input_names=model_input_names,
     )
 
 
@@ -137,9 +138,9 @@ def build_tiny_model(arch: str, folder: Path, num_labels: int = 2) -> Path:
 
     torch.manual_seed(0)
     if arch in ENCODERS:
-        tokenizer = _wordpiece_tokenizer()
-        if arch != "bert":  # as their real tokenizers do: these models take no token_type_ids
-            tokenizer.model_input_names = ["input_ids", "attention_mask"]
+        # as their real tokenizers do: distilbert and roberta take no token_type_ids
+        names = ["input_ids", "token_type_ids", "attention_mask"] if arch == "bert" else ["input_ids", "attention_mask"]
+        tokenizer = _wordpiece_tokenizer(names)
         model = AutoModelForSequenceClassification.from_config(_tiny_config(arch, tokenizer, num_labels))
     else:
         tokenizer = _bpe_tokenizer(CHAT_TEMPLATE if arch == "llama" else None)
