@@ -98,6 +98,7 @@ def _bpe_tokenizer(chat_template: str | None):
     tok.train_from_iterator(_corpus(), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=128,
+        model_input_names=["input_ids", "attention_mask"],
     )
     if chat_template:
         fast.chat_template = chat_template
