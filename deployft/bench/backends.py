@@ -1,0 +1,170 @@
+"""One predictor interface over every variant, so one loop times them all.
+
+`pytorch` is the RUN in eager fp32, `pytorch-int8` the same model through torch.ao dynamic int8,
+`pytorch-compile` the same model through torch.compile, and every other name an `.onnx` file of the
+BUNDLE, run by the product's own `deployft.runtime.Predictor`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from .config import TORCH_VARIANTS
+
+
+class Backend:
+    """A loaded variant: logits for a block of token ids, and timed greedy generation."""
+
+    name: str
+    precision: str = "fp32"
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits as numpy: `[batch, labels]` for classifiers, `[batch, seq, vocab]` for generators."""
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+        """Greedy tokens and, for each, seconds from the call's start until it was available."""
+        raise NotImplementedError
+
+    def size_bytes(self) -> int:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Wait for queued device work (CUDA); nothing on CPU."""
+
+
+class _Stamps:
+    """A transformers streamer that notes when each new token arrives (the first `put` is the prompt)."""
+
+    def __init__(self, start: float):
+        self.start, self.tokens, self.times, self._prompt_seen = start, [], [], False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        ids = value.reshape(-1).tolist()  # .tolist() waits for the device, so the stamp is honest on CUDA
+        self.times.extend([time.perf_counter() - self.start] * len(ids))
+        self.tokens.extend(ids)
+
+    def end(self) -> None:
+        pass
+
+
+class TorchBackend(Backend):
+    """The RUN's PyTorch model: eager fp32, dynamic int8 or compiled."""
+
+    def __init__(self, name: str, run: Path, task: str, device: str, threads: int):
+        self.name, self.run, self.task, self.device, self.threads = name, Path(run), task, device, threads
+        self.precision = "int8" if name == "pytorch-int8" else "fp32"
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        torch.set_num_threads(self.threads)
+        if self.name == "pytorch-int8" and self.device != "cpu":
+            raise UsageError("pytorch-int8 (torch.ao dynamic quantization) has CPU kernels only; "
+                             "drop it from --variants on --device cuda")
+        cls = AutoModelForSequenceClassification if self.task == "classify" else AutoModelForCausalLM
+        model = cls.from_pretrained(self.run, torch_dtype=torch.float32).eval()
+        if self.name == "pytorch-int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model.to(self.device)
+        self._torch = torch
+        if self.name == "pytorch-compile":
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
+            mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.device)
+            return self.model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+
+    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+        torch = self._torch
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        config = self.model.generation_config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        self.sync()
+        stamps = _Stamps(time.perf_counter())
+        with torch.inference_mode():
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                                streamer=stamps, pad_token_id=pad)
+        return stamps.tokens, stamps.times
+
+    def size_bytes(self) -> int:
+        if self.name == "pytorch-int8":
+            buffer = io.BytesIO()
+            self._torch.save(self.model.state_dict(), buffer)
+            return buffer.tell()
+        return sum(p.stat().st_size for p in self.run.glob("*.safetensors")) or \
+            sum(p.stat().st_size for p in self.run.glob("*.bin"))
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.synchronize()
+
+
+class OnnxBackend(Backend):
+    """One `.onnx` file of the BUNDLE, run through `deployft.runtime.Predictor` (the product's own code path)."""
+
+    def __init__(self, name: str, bundle: Path, precision: str, device: str, threads: int):
+        self.name, self.bundle, self.precision = name, Path(bundle), precision
+        self.device, self.threads = device, threads
+
+    def load(self) -> None:
+        from ..runtime import Predictor
+
+        self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return np.asarray(self.predictor.forward(input_ids.astype(np.int64), attention_mask.astype(np.int64)))
+
+    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+        start = time.perf_counter()
+        tokens, times = [], []
+        for token in self.predictor.iter_token_ids(list(prompt_ids), max_new_tokens=new_tokens,
+                                                   **_no_early_stop(self.predictor.iter_token_ids)):
+            times.append(time.perf_counter() - start)
+            tokens.append(int(token))
+        return tokens, times
+
+    def size_bytes(self) -> int:
+        model = self.bundle / self.name
+        data = [p for p in self.bundle.iterdir() if p.name.startswith(model.name + "_data")
+                or p.name == model.stem + ".onnx.data" or p.name == model.name + ".data"]
+        return model.stat().st_size + sum(p.stat().st_size for p in data)
+
+
+def _no_early_stop(method) -> dict[str, Any]:
+    """Keyword arguments that make the runtime generate exactly `max_new_tokens` (as torch's min_new_tokens does)."""
+    import inspect
+
+    params = inspect.signature(method).parameters
+    for name, value in (("ignore_eos", True), ("stop_at_eos", False), ("min_new_tokens", None)):
+        if name in params:
+            return {name: value} if value is not None else {}
+    return {}
+
+
+def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,
+                 threads: int) -> Backend:
+    """The backend for variant `name` (validated against the bundle's variants beforehand)."""
+    if name in TORCH_VARIANTS:
+        return TorchBackend(name, run, manifests["run"]["task"], device, threads)
+    info = manifests["bundle"].get("variants", {}).get(name, {})
+    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads)

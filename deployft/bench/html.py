@@ -1,0 +1,52 @@
+"""report.html: one self-contained file (plots embedded as base64) that can be mailed or attached to a CI run."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from .markdown import classify_table, generate_table, machine_line, variants_table
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}.warn{background:#fff3cd;padding:.5em 1em;border-radius:4px}
+img{max-width:100%;display:block;margin:1em 0}code{background:#f3f3f3;padding:0 3px}"""
+
+
+def markdown_table_to_html(table: str) -> str:
+    """The pipe tables report.md uses, as an HTML table (cells escaped)."""
+    lines = [line.strip().strip("|").split("|") for line in table.strip().splitlines()]
+    header, body = lines[0], lines[2:]
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _image(folder: Path, name: str, title: str) -> str:
+    encoded = base64.b64encode((folder / name).read_bytes()).decode("ascii")
+    return f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+
+
+def render_html(data: dict[str, Any], folder: Path, images: dict[str, str]) -> str:
+    """The whole report.html, with no external reference: tables inline, plots as data URIs."""
+    speed = classify_table(data) if data["task"] == "classify" else generate_table(data)
+    load = data["load_average"]
+    warnings = "".join(f'<p class="warn">Warning: {html.escape(w)}</p>' for w in data["warnings"])
+    failed = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(str(v['error']))}</li>"
+                     for n, v in data["variants"].items() if v["status"] != "ok")
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>deployft bench: {html.escape(str(data.get('base_model')))}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>deployft bench: {html.escape(data['task'])} — {html.escape(str(data.get('base_model')))}</h1>",
+        f"<p>{html.escape(machine_line(data))}<br>load average before {load['before']}, after {load['after']}; "
+        f"created {html.escape(data['created'])}</p>", warnings,
+        "<h2>Variants</h2>", markdown_table_to_html(variants_table(data)),
+        "<h2>Speed</h2>", markdown_table_to_html(speed),
+        f"<h2>Failed variants</h2><ul>{failed}</ul>" if failed else "",
+        "<h2>Plots</h2>" if images else "",
+        *(_image(folder, name, title) for name, title in images.items()),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

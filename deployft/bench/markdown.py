@@ -1,0 +1,96 @@
+"""report.md: the benchmark's tables, readable in a terminal, a pull request or a README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _mb(value) -> str:
+    return _num(None if value is None else value / 1e6, ".1f")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    """One line naming the CPU, cores, memory, threads and the main library versions."""
+    m = data["machine"]
+    versions = m.get("versions", {})
+    libs = ", ".join(f"{k} {versions[k]}" for k in ("torch", "onnxruntime", "transformers") if k in versions)
+    gpu = f", GPU {m['gpu']['name']}" if m.get("gpu") else ""
+    return (f"{m['cpu']['model']} ({', '.join(m['cpu']['flags']) or 'no SIMD flags read'}), "
+            f"{m['cores_usable']} usable cores, {m['memory_bytes'] / 2**30:.0f} GiB{gpu}; "
+            f"{data['config']['threads']} threads; {libs}")
+
+
+def variants_table(data: dict[str, Any]) -> str:
+    rows = []
+    for name, v in data["variants"].items():
+        acc = v.get("accuracy") or {}
+        if data["task"] == "classify":
+            quality = [_num(acc.get("accuracy"), ".4f"), _num(acc.get("macro_f1"), ".4f"),
+                       _num(acc.get("accuracy_delta_points"), "+.2f")]
+        else:
+            quality = [_num(acc.get("perplexity"), ".3f"), _num(acc.get("token_agreement"), ".3f")]
+        rows.append([name, v["status"], v["precision"], _mb(v.get("size_bytes")), _mb(v.get("peak_rss_bytes")),
+                     _num(v.get("cold_start_s"), ".2f"), *quality])
+    quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)"] if data["task"] == "classify"
+                    else ["perplexity", "greedy-token agreement"])
+    return _table(["variant", "status", "precision", "size MB", "peak RSS MB", "cold start s", *quality_head], rows)
+
+
+def classify_table(data: dict[str, Any]) -> str:
+    rows = [[r["variant"], str(r["batch"]), str(r["seq"]), _num(r["p50"] * 1e3), _num(r["p90"] * 1e3),
+             _num(r["p99"] * 1e3), _num(r["throughput"], ".1f"), _num(r["speedup_p50"], ".2f", "x"),
+             _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"), str(r["n"])]
+            for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"]))]
+    return _table(["variant", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", "speed-up p50",
+                   "of peak", "runs"], rows)
+
+
+def generate_table(data: dict[str, Any]) -> str:
+    rows = []
+    for r in sorted(data["results"], key=lambda r: (r["prompt_len"], r["new_tokens"])):
+        tok = r["per_token"] or {}
+        rows.append([r["variant"], str(r["prompt_len"]), str(r["new_tokens"]), _num(r["ttft"]["p50"] * 1e3),
+                     _num(r["decode_tokens_per_s"], ".1f"), _num(tok.get("p50") and tok["p50"] * 1e3),
+                     _num(tok.get("p99") and tok["p99"] * 1e3), _num(r["speedup_decode"], ".2f", "x"),
+                     _num(r["speedup_ttft"], ".2f", "x"),
+                     _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"),
+                     str(len(r["runs"]))])
+    return _table(["variant", "prompt", "new tokens", "TTFT p50 ms", "decode tok/s", "per-token p50 ms",
+                   "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of peak", "runs"], rows)
+
+
+def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """The whole report.md."""
+    load = data["load_average"]
+    parts = [f"# deployft bench: {data['task']} — {data.get('base_model')}", "",
+             f"- machine: {machine_line(data)}",
+             f"- load average (1/5/15 min): before {load['before']}, after {load['after']}",
+             f"- baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50"
+             if data["task"] == "classify" else
+             f"- baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
+             "over the baseline's",
+             f"- created {data['created']}, {data['config']['repeats']} repeats per cell after "
+             f"{data['config']['warmup']} warm-up runs, variants interleaved round by round"]
+    if data.get("peak"):
+        peak = data["peak"]
+        parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
+                     + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else ""))
+    parts += [f"- **warning:** {w}" for w in data["warnings"]]
+    parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
+              classify_table(data) if data["task"] == "classify" else generate_table(data), ""]
+    failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}
+    if failed:
+        parts += ["## Failed variants", ""] + [f"- `{n}`: {e}" for n, e in failed.items()] + [""]
+    if images:
+        parts += ["## Plots", ""] + [f"![{title}]({name})" for name, title in images.items()] + [""]
+    return "\n".join(parts)

@@ -1,0 +1,125 @@
+"""The hardware limit beside the result: the machine's peak matmul rate and each variant's FLOPs.
+
+Peak fp32 is a large square matmul through torch; peak int8 is the same through ONNX Runtime's
+MatMulInteger (uint8 x int8 -> int32), the kernel dynamically quantized models run on. A variant's
+achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _best_rate(run: Callable[[], Any], flops: float, seconds: float) -> float:
+    """Best FLOP/s over repeated calls for about `seconds` (after one untimed warm-up call)."""
+    run()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        run()
+        best = max(best, flops / (time.perf_counter() - start))
+        if time.perf_counter() > deadline:
+            return best
+
+
+def peak_fp32(threads: int, size: int = 1024, seconds: float = 1.0, device: str = "cpu") -> float:
+    """Peak fp32 matmul FLOP/s through torch with `threads` intra-op threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, device=device)
+        b = torch.randn(size, size, device=device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+        def run():
+            torch.mm(a, b)
+            sync()
+
+        return _best_rate(run, 2.0 * size**3, seconds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _matmul_integer_model(size: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+    graph = helper.make_graph(
+        [node], "peak_int8",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size]),
+         helper.make_tensor_value_info("B", TensorProto.INT8, [size, size])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def peak_int8(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """Peak int8 matmul op/s through ONNX Runtime's MatMulInteger on CPU with `threads` threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(_matmul_integer_model(size), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"A": rng.integers(0, 255, (size, size), dtype=np.uint8),
+             "B": rng.integers(-127, 127, (size, size), dtype=np.int8)}
+    return _best_rate(lambda: session.run(None, feeds), 2.0 * size**3, seconds)
+
+
+def measure_peaks(threads: int, device: str = "cpu", seconds: float = 1.0) -> dict[str, Any]:
+    """`{"fp32": FLOP/s, "int8": op/s or None, "threads", "method"}` for this machine."""
+    peaks: dict[str, Any] = {"threads": threads, "fp32": peak_fp32(threads, device=device, seconds=seconds)}
+    peaks["int8"] = peak_int8(threads, seconds=seconds) if device == "cpu" else None
+    peaks["method"] = ("best of repeated 1024x1024x1024 matmuls: fp32 torch.mm, int8 ONNX Runtime MatMulInteger "
+                       "(uint8 x int8)")
+    return peaks
+
+
+def count_flops(model, inputs: dict[str, Any]) -> int:
+    """FLOPs of one forward pass of a torch `model` on `inputs` (matmuls and attention, as torch counts them)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(**inputs)
+    return int(counter.get_total_flops())
+
+
+def classify_flops(model, batch: int, seq: int) -> int:
+    """FLOPs of classifying a `batch` × `seq` block of token ids."""
+    import torch
+
+    ids = torch.ones(batch, seq, dtype=torch.long)
+    return count_flops(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+
+def decode_flops(model, prompt_len: int, new_tokens: int) -> dict[str, int]:
+    """FLOPs of the prompt pass and of one decode step at the middle of generation (KV cache of that length)."""
+    import torch
+
+    prompt = torch.ones(1, prompt_len, dtype=torch.long)
+    prefill = count_flops(model, {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)})
+    context = prompt_len + new_tokens // 2
+    with torch.inference_mode():
+        past = model(input_ids=torch.ones(1, context, dtype=torch.long), use_cache=True).past_key_values
+    step = torch.ones(1, 1, dtype=torch.long)
+    decode = count_flops(model, {"input_ids": step, "attention_mask": torch.ones(1, context + 1, dtype=torch.long),
+                                 "past_key_values": past, "use_cache": True})
+    return {"prefill": prefill, "decode_token": decode}
+
+
+def fraction_of_peak(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Achieved FLOP/s over peak, or None when either is unknown."""
+    if not peak or not seconds or not flops:
+        return None
+    return flops / seconds / peak

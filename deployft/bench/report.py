@@ -1,0 +1,181 @@
+"""The benchmark report: one JSON document with every raw timing, and the files written from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import TORCH_VARIANTS, BenchConfig
+from .peak import fraction_of_peak
+from .timing import summarize
+
+BASELINE = "pytorch"
+"""Speed-ups and accuracy deltas are measured against the RUN in eager fp32."""
+
+
+@dataclasses.dataclass
+class BenchReport:
+    """A written benchmark report: its folder and its `report.json` content."""
+
+    path: Path
+    """The report folder (report.json, report.md, report.html, *.png)."""
+    data: dict[str, Any]
+    """Everything in report.json."""
+
+    @property
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """Per variant: status, error, size, peak memory, cold start and accuracy."""
+        return self.data["variants"]
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """One row per variant and grid cell, with raw samples and their summary."""
+        return self.data["results"]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """`{variant: error}` for the variants that could not be measured."""
+        return {n: v["error"] for n, v in self.variants.items() if v["status"] != "ok"}
+
+    @classmethod
+    def read(cls, folder: str | Path) -> BenchReport:
+        """Load a report folder written by `benchmark`."""
+        folder = Path(folder)
+        return cls(folder.resolve(), json.loads((folder / "report.json").read_text(encoding="utf-8")))
+
+
+def _config_json(config: BenchConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(config).items()}
+
+
+def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[str, Any]:
+    """The report document from the raw measurements: summaries, speed-ups, fractions of peak, accuracy deltas."""
+    run = manifests["run"]
+    variants = {name: _variant_entry(name, manifests["bundle"], info) for name, info in raw["variants"].items()}
+    peak = raw.get("peak")
+    if run["task"] == "classify":
+        results = _classify_results(raw["timings"], variants, raw["flops"], peak)
+    else:
+        results = _generate_results(raw["timings"], variants, raw["flops"], peak)
+    _accuracy_deltas(variants, run["task"])
+    return {
+        "format_version": 1, "kind": "bench", "created": raw["created"], "task": run["task"],
+        "run": str(Path(config.run).resolve()), "bundle": str(Path(config.bundle).resolve()),
+        "base_model": run.get("base_model"), "model_type": run.get("model_type"),
+        "config": _config_json(config), "machine": raw["machine"], "inputs": raw["inputs"],
+        "load_average": {"before": raw["load_before"], "after": raw["load_after"]},
+        "warnings": raw["warnings"], "peak": peak, "wall_s": raw["wall_s"], "baseline": BASELINE,
+        "variants": variants, "results": results,
+    }
+
+
+def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, Any]:
+    entry = dict(info)
+    entry["source"] = "torch" if name in TORCH_VARIANTS else "onnx"
+    if name in TORCH_VARIANTS:
+        entry["precision"] = "int8" if name == "pytorch-int8" else "fp32"
+    else:
+        entry["precision"] = (bundle.get("variants") or {}).get(name, {}).get("precision", "fp32")
+    return entry
+
+
+def _peak_for(peak: dict | None, precision: str) -> float | None:
+    if not peak:
+        return None
+    return peak.get("int8") if precision.startswith("int8") else peak.get("fp32")
+
+
+def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
+    rows = []
+    for name, cells in timings.items():
+        for cell in cells:
+            if not cell["samples"]:
+                continue
+            batch, seq = cell["cell"]
+            stats = summarize(cell["samples"])
+            cell_flops = flops.get(f"{batch}x{seq}")
+            rows.append({"variant": name, "batch": batch, "seq": seq, "times_s": cell["samples"], **stats,
+                         "throughput": batch / stats["p50"], "flops": cell_flops,
+                         "fraction_of_peak": fraction_of_peak(cell_flops, stats["p50"],
+                                                              _peak_for(peak, variants[name]["precision"]))})
+    base = {(r["batch"], r["seq"]): r["p50"] for r in rows if r["variant"] == BASELINE}
+    for row in rows:
+        ref = base.get((row["batch"], row["seq"]))
+        row["speedup_p50"] = ref / row["p50"] if ref else None
+    return rows
+
+
+def _decode_rate(run: dict[str, Any]) -> float | None:
+    """Tokens per second after the first token (the decode phase), or None for a single-token run."""
+    times = run["times"]
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+
+
+def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
+    rows = []
+    for name, cells in timings.items():
+        for cell in cells:
+            if not cell["samples"]:
+                continue
+            prompt_len, new_tokens = cell["cell"]
+            runs = cell["samples"]
+            gaps = [b - a for r in runs for a, b in zip(r["times"], r["times"][1:])]
+            rates = [x for x in (_decode_rate(r) for r in runs) if x is not None]
+            cell_flops = flops.get(f"{prompt_len}x{new_tokens}") or {}
+            rate = summarize(rates)["p50"] if rates else None
+            rows.append({
+                "variant": name, "prompt_len": prompt_len, "new_tokens": new_tokens, "runs": runs,
+                "ttft": summarize([r["times"][0] for r in runs]),
+                "per_token": summarize(gaps) if gaps else None, "decode_tokens_per_s": rate,
+                "tokens_generated": [r["tokens"] for r in runs], "flops": cell_flops or None,
+                "fraction_of_peak": fraction_of_peak(cell_flops.get("decode_token", 0) * (rate or 0), 1.0,
+                                                     _peak_for(peak, variants[name]["precision"])),
+            })
+    base = {(r["prompt_len"], r["new_tokens"]): r for r in rows if r["variant"] == BASELINE}
+    for row in rows:
+        ref = base.get((row["prompt_len"], row["new_tokens"]))
+        ok = ref is not None and ref["decode_tokens_per_s"] and row["decode_tokens_per_s"]
+        row["speedup_decode"] = row["decode_tokens_per_s"] / ref["decode_tokens_per_s"] if ok else None
+        row["speedup_ttft"] = ref["ttft"]["p50"] / row["ttft"]["p50"] if ref is not None else None
+    return rows
+
+
+def _accuracy_deltas(variants: dict[str, dict], task: str) -> None:
+    """Compare each variant's predictions with the baseline's, then drop the bulky per-sample lists."""
+    from .accuracy import token_agreement
+
+    base = dict((variants.get(BASELINE) or {}).get("accuracy") or {})
+    for entry in variants.values():
+        acc = entry.get("accuracy")
+        if not acc:
+            continue
+        if task == "classify":
+            preds, ref = acc.get("predictions"), base.get("predictions")
+            if ref is not None and preds is not None and "accuracy" in base:
+                acc["agreement_with_pytorch"] = sum(a == b for a, b in zip(preds, ref)) / max(len(ref), 1)
+                acc["accuracy_delta_points"] = 100 * (acc["accuracy"] - base["accuracy"])
+        else:
+            ref = base.get("continuations")
+            acc["token_agreement"] = token_agreement(ref, acc["continuations"]) if ref is not None else None
+    for entry in variants.values():
+        if entry.get("accuracy"):
+            entry["accuracy"].pop("predictions", None)
+            entry["accuracy"].pop("continuations", None)
+
+
+def write_report(data: dict[str, Any], folder: Path, plots: bool = True) -> None:
+    """report.json, report.md, the PNG plots and the self-contained report.html, into `folder`."""
+    from .html import render_html
+    from .markdown import render_markdown
+
+    (folder / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    images = {}
+    if plots:
+        from .plots import write_plots
+
+        images = write_plots(data, folder)
+    (folder / "report.md").write_text(render_markdown(data, images), encoding="utf-8")
+    (folder / "report.html").write_text(render_html(data, folder, images), encoding="utf-8")

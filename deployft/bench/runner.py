@@ -1,0 +1,161 @@
+"""`benchmark(config)`: time every variant of a BUNDLE against its RUN and write the report folder."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..manifest import atomic_folder, check_output_free
+from .config import BenchConfig
+from .inputs import build_inputs, check_grid, read_pair, select_variants
+from .machine import busy_warning, describe_machine, load_average
+from .report import BenchReport, assemble, write_report
+from .timing import interleave
+from .worker import WorkerFailed, WorkerHandle
+
+
+def benchmark(config: BenchConfig) -> BenchReport:
+    """Time the RUN's PyTorch variants and the BUNDLE's ONNX variants side by side, and report.
+
+    Args:
+        config: what to time and where to write the report (see `BenchConfig`).
+
+    Returns:
+        The report, also written to `config.report` as report.json, report.md, report.html and PNG plots.
+
+    Raises:
+        UsageError: a bad flag, a RUN and BUNDLE of different models, or an existing report folder.
+        ModelError / BundleError: the RUN or BUNDLE folder cannot be read.
+    """
+    manifests = read_pair(config)
+    task = manifests["run"]["task"]
+    variants = select_variants(config, manifests["bundle"])
+    check_grid(config, task)
+    check_output_free(config.report, config.overwrite)
+    _check_device(config.device)
+    with tempfile.TemporaryDirectory(prefix="deployft-bench-") as scratch:
+        raw = _measure(config, manifests, variants, Path(scratch))
+    data = assemble(config, manifests, raw)
+    with atomic_folder(config.report, overwrite=config.overwrite) as staging:
+        write_report(data, staging, plots=config.plots)
+    return BenchReport(Path(config.report).resolve(), data)
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        from ..errors import DeviceError
+
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for but torch sees no CUDA device; "
+                              "use --device cpu or install a CUDA build of torch and onnxruntime-gpu")
+
+
+def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch: Path) -> dict[str, Any]:
+    """Everything measured, raw: machine, peaks, loads, timings, accuracy, FLOPs."""
+    raw: dict[str, Any] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    raw["load_before"] = load_average()
+    raw["inputs"] = build_inputs(config, manifests, scratch / "inputs.npz")
+    raw["machine"] = describe_machine(config.device)
+    if config.peak:
+        from .peak import measure_peaks
+
+        raw["peak"] = measure_peaks(config.threads, config.device)
+    started = time.perf_counter()
+    raw["variants"], raw["timings"] = _run_workers(config, manifests, variants, scratch)
+    raw["wall_s"] = time.perf_counter() - started
+    raw["load_after"] = load_average()
+    raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
+    cores = raw["machine"]["cores_usable"] or 1
+    warning = busy_warning(raw["load_before"], raw["load_after"], config.threads, cores)
+    raw["warnings"] = [warning] if warning else []
+    if config.threads > cores:
+        raw["warnings"].append(f"--threads {config.threads} is more than the {cores} usable cores; "
+                               "threads compete with each other")
+    return raw
+
+
+def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scratch: Path):
+    """Start one worker per variant, time them interleaved, then collect accuracy and memory."""
+    task = manifests["run"]["task"]
+    status: dict[str, dict[str, Any]] = {}
+    workers: dict[str, WorkerHandle] = {}
+    try:
+        for name in variants:
+            spec = {"variant": name, "run": str(Path(config.run).resolve()), "task": task,
+                    "bundle": str(Path(config.bundle).resolve()), "manifests": manifests,
+                    "device": config.device, "threads": config.threads, "inputs": str(scratch / "inputs.npz")}
+            safe = name.replace("/", "_")
+            workers[name] = WorkerHandle(spec, scratch / f"{safe}.json", scratch / f"{safe}.log")
+            status[name] = _start(workers[name])
+        live = [n for n in variants if status[n]["status"] == "ok"]
+        timings = _time(config, task, workers, live, status)
+        for name in [n for n in live if status[n]["status"] == "ok"]:
+            _finish(config, workers[name], status[name])
+    finally:
+        for handle in workers.values():
+            handle.close()
+    return status, timings
+
+
+def _start(handle: WorkerHandle) -> dict[str, Any]:
+    try:
+        return {"status": "ok", "error": None, **handle.call("load")}
+    except WorkerFailed as exc:
+        handle.close()
+        return {"status": "failed", "error": str(exc)}
+
+
+def _fail(status: dict, name: str, exc: Exception) -> None:
+    status[name].update(status="failed", error=str(exc))
+
+
+def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status: dict) -> dict[str, Any]:
+    if task == "classify":
+        cells = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
+
+        def step(name, cell):
+            reply = workers[name].call("classify", cell=f"cell_{cell[0]}x{cell[1]}", warmup=config.warmup)
+            return reply["seconds"]
+
+        elapsed = float
+    else:
+        cells = [(p, n) for p in config.prompt_lens for n in config.new_tokens]
+
+        def step(name, cell):
+            return workers[name].call("generate", cell=f"prompt_{cell[0]}", new_tokens=cell[1], warmup=config.warmup)
+
+        def elapsed(m):
+            return m["times"][-1]
+    results = interleave(live, cells, step, repeats=config.repeats, min_time=config.min_time, elapsed=elapsed,
+                         on_error=lambda name, exc: _fail(status, name, exc))
+    return {name: [{"cell": list(cell), "samples": samples} for cell, samples in per_cell.items()]
+            for name, per_cell in results.items()}
+
+
+def _finish(config: BenchConfig, handle: WorkerHandle, status: dict[str, Any]) -> None:
+    """Peak memory (after timing, before the accuracy pass), then the task metric."""
+    try:
+        status.update(handle.call("stats"))
+        status["accuracy"] = handle.call("accuracy") if config.eval_samples else None
+    except WorkerFailed as exc:
+        status["accuracy_error"] = str(exc)
+
+
+def _flops(config: BenchConfig, task: str) -> dict[str, Any]:
+    """FLOPs per inference for every cell, counted once on the PyTorch model (every variant does the same math)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .peak import classify_flops, decode_flops
+
+    torch.set_num_threads(config.threads)
+    cls = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
+    model = cls.from_pretrained(config.run, torch_dtype=torch.float32).eval()
+    if task == "classify":
+        return {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
+    return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}

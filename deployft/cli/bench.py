@@ -1,0 +1,62 @@
+"""`deployft bench`: parse flags, build a BenchConfig, call deployft.bench.benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path),
+              help="RUN folder written by deployft finetune (the PyTorch original).")
+@click.option("--bundle", required=True, type=click.Path(path_type=Path),
+              help="BUNDLE folder written by deployft export from that RUN.")
+@click.option("--report", required=True, type=click.Path(path_type=Path),
+              help="Output folder for report.json, report.md, report.html and the PNG plots.")
+@click.option("--variants", default=None,
+              help="Comma-separated subset: pytorch, pytorch-int8, pytorch-compile and .onnx files of the bundle "
+                   "[default: all].")
+@click.option("--batch-sizes", default=None, help="Classification batch sizes, comma-separated [default: 1,8,32].")
+@click.option("--seq-lens", default=None, help="Classification sequence lengths [default: 16,64,128].")
+@click.option("--prompt-lens", default=None, help="Generation prompt lengths [default: 16,64].")
+@click.option("--new-tokens", default=None, help="Generation tokens per call, comma-separated [default: 32].")
+@click.option("--threads", type=int, default=None,
+              help="Intra-op threads for torch and ONNX Runtime alike [default: min(4, cores)].")
+@click.option("--repeats", type=int, default=None, help="Timed runs per variant and cell [default: 20].")
+@click.option("--min-time", type=float, default=None,
+              help="Keep timing until each cell has run this many seconds per variant [default: 0].")
+@click.option("--warmup", type=int, default=None, help="Untimed runs per variant and cell [default: 3].")
+@click.option("--eval-samples", type=int, default=None,
+              help="Eval rows scored by every variant; 0 skips accuracy [default: 200].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [default: cpu].")
+@click.option("--no-peak", is_flag=True, default=False, help="Skip the peak matmul rate and FLOP counting.")
+@click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
+@click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML, TOML or JSON file of options (flags given here win).")
+def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
+          min_time, warmup, eval_samples, device, no_peak, no_plots, overwrite, config_file) -> None:
+    """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
+
+    \b
+    deployft bench --run runs/clf --bundle bundles/clf --report reports/clf
+    deployft bench --run runs/gen --bundle bundles/gen --report reports/gen --prompt-lens 16,64 --new-tokens 32
+    """
+    from ..bench import BenchConfig, benchmark
+    from ..configfile import build_config
+
+    config = build_config(
+        BenchConfig, config_file, run=run, bundle=bundle, report=report, variants=variants,
+        batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
+        threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, eval_samples=eval_samples,
+        device=device, peak=False if no_peak else None, plots=False if no_plots else None,
+        overwrite=True if overwrite else None,
+    )
+    result = benchmark(config)
+    for name, error in result.failed.items():
+        click.echo(f"variant {name} failed: {error}", err=True)
+    for warning in result.data["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
+    click.echo((result.path / "report.md").read_text(encoding="utf-8"))
+    click.echo(f"Report: {result.path / 'report.html'}")
