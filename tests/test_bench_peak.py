@@ -1,0 +1,34 @@
+import pytest
+
+from deployft.bench.peak import classify_flops, decode_flops, fraction_of_peak, measure_peaks
+
+
+def test_peak_rates_are_positive_and_recorded_with_their_threads():
+    peaks = measure_peaks(threads=1, seconds=0.05)
+    assert peaks["fp32"] > 1e8 and peaks["int8"] > 1e8
+    assert peaks["threads"] == 1 and "MatMulInteger" in peaks["method"]
+
+
+def test_classify_flops_grow_with_batch_and_length(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model("bert")).eval()
+    one, four = classify_flops(model, 1, 16), classify_flops(model, 4, 16)
+    assert one > 0 and four == 4 * one
+    assert classify_flops(model, 1, 64) > 4 * one * 0.9
+    # 2 layers x (4 hidden x hidden + 2 hidden x intermediate) matmuls, 2 FLOPs per multiply-add, per token
+    hidden, inter, layers = 32, 64, 2
+    assert one >= 16 * layers * 2 * (4 * hidden * hidden + 2 * hidden * inter)
+
+
+def test_decode_flops_count_prefill_and_one_step(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
+    flops = decode_flops(model, prompt_len=8, new_tokens=4)
+    assert flops["prefill"] > flops["decode_token"] > 0
+
+
+def test_fraction_of_peak():
+    assert fraction_of_peak(1e9, 0.01, 1e12) == pytest.approx(0.1)
+    assert fraction_of_peak(1e9, 0.01, None) is None
