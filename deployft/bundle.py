@@ -1,0 +1,158 @@
+"""The BUNDLE folder: manifest (docs/folders.md), model card, and the `deployft info` summary.
+
+Optimum's own files (config.json, tokenizer files, generation_config.json, model.onnx) are written by the export
+itself, so `ORTModelForSequenceClassification` / `ORTModelForCausalLM.from_pretrained(BUNDLE, file_name=...)` load
+a bundle as they load any Optimum export.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .manifest import file_table, library_versions, read_manifest, write_manifest
+from .onnx_export import Source
+
+MODEL_CARD = "README.md"
+
+
+def write_bundle(folder: Path, source: Source, result: dict[str, Any]) -> dict[str, Any]:
+    """Write the model card and deployft.json into the staged bundle `folder`; return the manifest."""
+    manifest = {
+        "kind": "bundle",
+        "task": source.task,
+        "labels": source.labels,
+        "max_length": source.max_length,
+        "prompt_format": source.prompt_format,
+        "model_type": source.model_type,
+        "model_file": result["model_file"],
+        "device": result["device"],
+        "variants": result["variants"],
+        "opset": result["opset"],
+        "fusion": result["fusion"],
+        "quantization": result["quantization"],
+        "accuracy_budget": result["budget"],
+        "validation": {name: v["validation"] for name, v in result["variants"].items()},
+        "validation_inputs": result.get("validation_inputs"),
+        "generation": generation_block(folder, result["model_file"]) if source.task == "generate" else None,
+        "source_run": {"path": str(source.path), "is_run": source.is_run, **source.extra},
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / MODEL_CARD).write_text(model_card(manifest), encoding="utf-8")
+    manifest["files"] = file_table(folder)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def generation_block(folder: Path, model_file: str) -> dict[str, Any]:
+    """What a KV-cache loop needs, read from the ONNX inputs themselves and the generation config."""
+    import onnx
+
+    graph = onnx.load(str(folder / model_file), load_external_data=False).graph
+    past = [i for i in graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+    dims = past[0].type.tensor_type.shape.dim
+    config = _json(folder / "config.json")
+    gen = _json(folder / "generation_config.json")
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    return {
+        "bos_token_id": gen.get("bos_token_id", config.get("bos_token_id")),
+        "eos_token_id": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+        "pad_token_id": gen.get("pad_token_id", config.get("pad_token_id")),
+        "num_layers": len(past),
+        "num_kv_heads": dims[1].dim_value,
+        "head_dim": dims[3].dim_value,
+        "inputs": [i.name for i in graph.input if not i.name.startswith("past_key_values.")],
+    }
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
+    return str(value)
+
+
+def validation_table(manifest: dict[str, Any]) -> str:
+    """The per-variant validation report as a Markdown table (the deployable file marked with *)."""
+    if manifest["task"] == "classify":
+        cols = [("max |Δlogit|", "max_abs_logit_diff"), ("top-1 agree", "top1_agreement"),
+                ("accuracy", "accuracy"), ("PyTorch acc", "accuracy_pytorch"), ("macro-F1", "macro_f1")]
+    else:
+        cols = [("max |Δlogit|", "max_abs_logit_diff"), ("next-token agree", "top1_agreement"),
+                ("perplexity", "perplexity"), ("PyTorch ppl", "perplexity_pytorch"),
+                ("greedy identical", "greedy_identical")]
+    head = "| file | precision | fused | " + " | ".join(c for c, _ in cols) + " | drop |"
+    lines = [head, "|" + " --- |" * (len(cols) + 4)]
+    for name, variant in manifest["variants"].items():
+        report = variant["validation"]
+        mark = " *" if name == manifest["model_file"] else ""
+        cells = [_fmt(report.get(key)) for _, key in cols]
+        lines.append(f"| {name}{mark} | {variant['precision']} | {'yes' if variant['optimized'] else 'no'} | "
+                     + " | ".join(cells) + f" | {_fmt(report.get('drop'))} |")
+    return "\n".join(lines)
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """The bundle's README.md: what it is, how to load it, and how it compares with PyTorch."""
+    q = manifest["quantization"]
+    budget = manifest["accuracy_budget"]
+    quant = "none (fp32)" if q is None else (
+        f"{q['mode']} (preset {q.get('preset')}, per-channel {q.get('per_channel')}, remedy: {q.get('remedy')}, "
+        f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32, from {q.get('quantized_from')})")
+    labels = ", ".join(manifest["labels"] or []) or "-"
+    return f"""# deployft bundle: {manifest['model_type']} {manifest['task']}
+
+Deployable model: `{manifest['model_file']}` (ONNX opset {manifest['opset']}, target {manifest['device']}).
+Labels: {labels}. Max length: {manifest['max_length']} tokens. Source: `{manifest['source_run']['path']}`.
+
+## Use it
+
+```python
+from deployft import Predictor
+predictor = Predictor.load("path/to/this/bundle")
+```
+
+or `deployft predict BUNDLE "some text"`; Optimum loads it too:
+`ORTModelFor{'SequenceClassification' if manifest['task'] == 'classify' else 'CausalLM'}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`.
+
+## Fusion (ORTOptimizer level {manifest['fusion']['level']})
+
+{manifest['fusion']['summary']}. {' '.join(manifest['fusion']['notes'])}
+
+## Quantization
+
+{quant}
+
+## Validation against the PyTorch original
+
+{manifest['validation_inputs'] or ''}; accuracy budget: {budget['max_drop']} ({budget['measure']}); * = deployable.
+
+{validation_table(manifest)}
+"""
+
+
+def info_text(bundle: str | Path) -> str:
+    """`deployft info`: task, labels, files with sizes, fusion, quantization and validation of a BUNDLE."""
+    manifest = read_manifest(bundle, "bundle")
+    q = manifest.get("quantization")
+    lines = [f"BUNDLE {Path(bundle).resolve()}",
+             f"task: {manifest['task']}   model type: {manifest['model_type']}   max length: {manifest['max_length']}",
+             f"labels: {', '.join(manifest['labels'] or []) or '-'}",
+             f"deployable: {manifest['model_file']}   opset {manifest['opset']}   device {manifest.get('device')}",
+             f"fusion: {manifest['fusion']['summary']}"]
+    lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
+    lines.append("quantization: none" if not q else
+                 f"quantization: {q['mode']} preset={q.get('preset')} per_channel={q.get('per_channel')} "
+                 f"remedy={q.get('remedy')} nodes_excluded={len(q.get('nodes_excluded') or [])}")
+    lines.append("files:")
+    lines += [f"  {name:<32} {entry['bytes'] / 1e6:9.2f} MB" for name, entry in manifest["files"].items()]
+    lines += ["validation:", validation_table(manifest)]
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""The token sequences that validation and calibration feed to the models, read from the RUN's own data.
+
+Validation uses the RUN's eval split; int8-static calibration its train split. A plain model folder (no RUN,
+so no data) and a RUN whose data is gone are validated on seeded random token sequences instead: the parity
+numbers (max |Δlogit|, top-1 agreement) still hold, the task metric is then absent. Calibration has no such
+fallback: ranges calibrated on random tokens would be wrong, so it needs the RUN's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, UsageError
+from .onnx_export import Source
+
+logger = logging.getLogger(__name__)
+
+RANDOM_LENGTH = 24
+
+
+@dataclass
+class Samples:
+    """Encoded examples: what validation and calibration feed to the models."""
+
+    sequences: list[list[int]]
+    """Token ids of each example, truncated to the source's max_length."""
+    labels: list[int] | None = None
+    """classify: gold class ids; None without data."""
+    prompts: list[list[int]] = field(default_factory=list)
+    """generate: the prompt part of each example (for greedy continuations)."""
+    origin: str = "eval data"
+    """Where the examples came from, recorded in the manifest."""
+
+
+def validation_samples(source: Source, tokenizer, limit: int) -> Samples:
+    """Up to `limit` held-out examples from the RUN's eval data (random tokens for a plain folder or gone data)."""
+    if not source.is_run:
+        return _random_samples(tokenizer, limit, "random tokens (a plain model folder has no data)")
+    from .data import load_run_examples
+
+    try:
+        rows = load_run_examples(source.path, "eval", limit) or load_run_examples(source.path, "train", limit)
+    except DataError as exc:
+        logger.warning("validating on random tokens: %s", exc)
+        return _random_samples(tokenizer, limit, f"random tokens (RUN data unavailable: {exc})")
+    return encode(source, tokenizer, rows, "eval data")
+
+
+def calibration_samples(source: Source, tokenizer, limit: int) -> Samples:
+    """`limit` examples of the RUN's training data for int8-static calibration.
+
+    Raises:
+        UsageError: the source is a plain model folder (no training data to calibrate on).
+        DataError: the RUN's data is gone or changed.
+    """
+    if not source.is_run:
+        raise UsageError(f"--quantize int8-static calibrates on a RUN's training data and {source.path} is not a RUN; "
+                         "use --quantize int8, or export the RUN written by deployft finetune")
+    from .data import load_run_examples
+
+    try:
+        rows = load_run_examples(source.path, "train", limit)
+    except DataError as exc:
+        raise DataError(f"--quantize int8-static needs the RUN's training data: {exc}") from exc
+    return encode(source, tokenizer, rows, "train data")
+
+
+def encode(source: Source, tokenizer, rows: list[dict[str, Any]], origin: str) -> Samples:
+    """Tokenize normalised rows (see docs/folders.md) the way training did."""
+    if source.task == "classify":
+        label_ids = {name: i for i, name in enumerate(source.labels or [])}
+        sequences = [tokenizer(r["text"], truncation=True, max_length=source.max_length)["input_ids"] for r in rows]
+        labels = [label_ids[r["label"]] for r in rows] if label_ids and all(r.get("label") in label_ids for r in rows) \
+            else None
+        return Samples(sequences, labels, origin=origin)
+    pairs = [_generate_text(source, tokenizer, r) for r in rows]
+    sequences = [_ids(tokenizer, prompt + response, source.max_length) for prompt, response in pairs]
+    prompts = [_ids(tokenizer, prompt, source.max_length) for prompt, _ in pairs if prompt]
+    return Samples([s for s in sequences if len(s) >= 2], prompts=prompts, origin=origin)
+
+
+def _generate_text(source: Source, tokenizer, row: dict[str, Any]) -> tuple[str, str]:
+    """(prompt, response) text as the RUN's prompt format lays it out; `text` rows have no prompt."""
+    if "text" in row and "prompt" not in row:
+        return "", row["text"]
+    fmt = source.prompt_format or {"style": "plain", "separator": "\n"}
+    if fmt.get("style") == "chat" and getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
+                                               add_generation_prompt=True)
+    else:
+        prompt = row["prompt"] + fmt.get("separator", "\n")
+    return prompt, row["response"]
+
+
+def _ids(tokenizer, text: str, max_length: int) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and not text.startswith(str(tokenizer.bos_token)):
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids[:max_length]
+
+
+def _random_samples(tokenizer, limit: int, origin: str) -> Samples:
+    rng = random.Random(0)
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    sequences = [[rng.choice(vocab) for _ in range(rng.randint(4, RANDOM_LENGTH))] for _ in range(limit)]
+    prompts = [s[: max(2, len(s) // 2)] for s in sequences[:4]]
+    return Samples(sequences, None, prompts, origin)
+
+
+def feeds(samples: Samples, session_inputs: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """One model input dict per example (batch 1), as int8-static calibration reads them."""
+    out = []
+    for seq in samples.sequences:
+        ids = np.array([seq], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
+                "position_ids": np.arange(len(seq), dtype=np.int64)[None]}
+        for name, meta in session_inputs.items():
+            if name.startswith("past_key_values."):
+                feed[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), dtype=np.float32)
+        out.append({k: v for k, v in feed.items() if k in session_inputs})
+    return out
