@@ -127,7 +127,7 @@ def generate_metrics(backend, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         metrics["perplexity"], metrics["perplexity_error"] = None, f"{type(exc).__name__}: {exc}".splitlines()[0]
     continuations = []
     for ids, mask in zip(arrays["agree_ids"], arrays["agree_mask"]):
-        tokens, _ = backend.generate(ids[mask.astype(bool)].tolist(), AGREEMENT_TOKENS)
+        tokens, _ = backend.generate(ids[mask.astype(bool)].tolist(), AGREEMENT_TOKENS, stop_at_eos=True)
         continuations.append(tokens)
     metrics["continuations"] = continuations
     return metrics

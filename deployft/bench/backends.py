@@ -7,11 +7,10 @@ BUNDLE, run by the product's own `deployft.runtime.Predictor`.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from ..errors import UsageError
@@ -31,8 +30,13 @@ class Backend:
         """Logits as numpy: `[batch, labels]` for classifiers, `[batch, seq, vocab]` for generators."""
         raise NotImplementedError
 
-    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
-        """Greedy tokens and, for each, seconds from the call's start until it was available."""
+    def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
+                 ) -> tuple[list[int], list[float]]:
+        """Greedy tokens and, for each, seconds from the call's start until it was available.
+
+        For timing (`stop_at_eos=False`) every variant generates exactly `new_tokens`, end tokens included,
+        so all of them do the same work; the accuracy check stops at the first end token as users would.
+        """
         raise NotImplementedError
 
     def size_bytes(self) -> int:
@@ -93,17 +97,22 @@ class TorchBackend(Backend):
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.device)
             return self.model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
 
-    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+    def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
+                 ) -> tuple[list[int], list[float]]:
         torch = self._torch
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        config = self.model.generation_config
-        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        config = copy.deepcopy(self.model.generation_config)
+        eos = config.eos_token_id
+        config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else \
+            (eos[0] if isinstance(eos, list) else eos)
+        if not stop_at_eos:
+            config.eos_token_id = []  # an empty list (unlike None) keeps generate from restoring the model's
         self.sync()
         stamps = _Stamps(time.perf_counter())
         with torch.inference_mode():
-            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                min_new_tokens=new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                streamer=stamps, pad_token_id=pad)
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                max_new_tokens=new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                                streamer=stamps)
         return stamps.tokens, stamps.times
 
     def size_bytes(self) -> int:
@@ -132,33 +141,40 @@ class OnnxBackend(Backend):
         self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return np.asarray(self.predictor.forward(input_ids.astype(np.int64), attention_mask.astype(np.int64)))
+        if self.predictor.task == "classify":
+            return np.asarray(self.predictor.forward(input_ids.astype(np.int64), attention_mask.astype(np.int64)))
+        return self._decoder_logits(input_ids.astype(np.int64), attention_mask.astype(np.int64))
 
-    def generate(self, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
-        start = time.perf_counter()
+    def _decoder_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits at every position of a right-padded batch: one decoder call with an empty KV cache."""
+        decoder = self.predictor.decoder
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if decoder.has_positions:
+            feeds["position_ids"] = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+        empty = np.zeros((ids.shape[0], decoder.kv_heads, 0, decoder.head_dim), dtype=decoder.past_dtype)
+        feeds.update({name: empty for name in decoder.past_names})
+        return self.predictor.session.run(["logits"], feeds)[0].astype(np.float32)
+
+    def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
+                 ) -> tuple[list[int], list[float]]:
+        decoder = self.predictor.decoder
+        saved = decoder.eos_ids
+        if not stop_at_eos:  # this variant's own predictor: keep the product's loop going past end tokens
+            decoder.eos_ids = np.zeros(0, dtype=np.int64)
         tokens, times = [], []
-        for token in self.predictor.iter_token_ids(list(prompt_ids), max_new_tokens=new_tokens,
-                                                   **_no_early_stop(self.predictor.iter_token_ids)):
-            times.append(time.perf_counter() - start)
-            tokens.append(int(token))
+        try:
+            start = time.perf_counter()
+            for token in self.predictor.iter_token_ids(list(prompt_ids), max_new_tokens=new_tokens):
+                times.append(time.perf_counter() - start)
+                tokens.append(int(token))
+        finally:
+            decoder.eos_ids = saved
         return tokens, times
 
     def size_bytes(self) -> int:
         model = self.bundle / self.name
-        data = [p for p in self.bundle.iterdir() if p.name.startswith(model.name + "_data")
-                or p.name == model.stem + ".onnx.data" or p.name == model.name + ".data"]
+        data = [p for p in self.bundle.iterdir() if p.name in (model.name + "_data", model.name + ".data")]
         return model.stat().st_size + sum(p.stat().st_size for p in data)
-
-
-def _no_early_stop(method) -> dict[str, Any]:
-    """Keyword arguments that make the runtime generate exactly `max_new_tokens` (as torch's min_new_tokens does)."""
-    import inspect
-
-    params = inspect.signature(method).parameters
-    for name, value in (("ignore_eos", True), ("stop_at_eos", False), ("min_new_tokens", None)):
-        if name in params:
-            return {name: value} if value is not None else {}
-    return {}
 
 
 def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,
