@@ -1,0 +1,77 @@
+"""`deployft predict`: classify texts or complete prompts with a BUNDLE (ONNX Runtime, no torch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=click.Path(dir_okay=False),
+              help="A .jsonl or .csv file to predict row by row (column text, or prompt for generators).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="Where --input predictions go, as JSONL (needed with --input).")
+@click.option("--column", default=None, help="The text column of --input (default: text, or prompt then text).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="Intra-op CPU threads (default: ONNX Runtime's).")
+@click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 decodes greedily.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="A string that ends generation (repeatable).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar for --input.")
+def predict(bundle, texts, input_path, output_path, column, as_json, device, threads, model_file, batch_size,
+            max_new_tokens, temperature, top_k, top_p, seed, stop, progress) -> None:
+    """Predict with BUNDLE: label and score per TEXT, or the completion of each prompt (streamed).
+
+    \b
+    deployft predict bundles/clf "a warm, funny film" "a dull one"
+    deployft predict bundles/gen "What is the capital of France?" --max-new-tokens 32
+    deployft predict bundles/clf --input reviews.csv --output preds.jsonl
+    """
+    from ..errors import UsageError
+    from ..runtime import GenerationOptions, Predictor
+
+    if bool(input_path) == bool(texts):
+        raise UsageError("pass either TEXT arguments or --input FILE (with --output FILE), not both or neither")
+    if input_path and not output_path:
+        raise UsageError("--input needs --output FILE.jsonl to write the predictions to")
+    options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+    predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file)
+    if input_path:
+        from ..runtime.files import predict_file
+
+        rows = predict_file(predictor, input_path, output_path, column, batch_size, options, progress)
+        click.echo(f"wrote {rows} prediction(s) to {output_path}", err=True)
+    elif predictor.task == "classify":
+        _print_labels(predictor.predict(list(texts), batch_size=batch_size), texts, as_json)
+    else:
+        _print_completions(predictor, texts, options, as_json)
+
+
+def _print_labels(predictions, texts, as_json: bool) -> None:
+    for text, prediction in zip(texts, predictions):
+        if as_json:
+            click.echo(json.dumps({"text": text, **asdict(prediction)}, ensure_ascii=False))
+        else:
+            click.echo(f"{prediction.label}\t{prediction.score:.4f}\t{text}")
+
+
+def _print_completions(predictor, texts, options, as_json: bool) -> None:
+    settings = asdict(options)
+    for text in texts:
+        if as_json:
+            completion = predictor.generate(text, **settings)
+            click.echo(json.dumps({"prompt": text, "completion": completion}, ensure_ascii=False))
+            continue
+        for piece in predictor.stream(text, **settings):
+            click.echo(piece, nl=False)
+        click.echo()

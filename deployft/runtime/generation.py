@@ -1,0 +1,151 @@
+"""The KV-cache decoding loop over an Optimum `text-generation-with-past` decoder.
+
+The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `input_ids`, `attention_mask`,
+`position_ids` and `past_key_values.N.key/value` (length 0 on the first step) and returns `logits` and
+`present.N.key/value`. Every run goes through IO binding: the `present` outputs stay where ONNX Runtime put
+them (on the GPU for CUDA) and are bound as the next step's `past`, so the cache never round-trips through
+numpy. Batches are left-padded; position ids count only real tokens, as transformers computes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import BundleError
+from .sampling import GenerationOptions, next_tokens
+
+logger = logging.getLogger("deployft.runtime")
+
+_PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class KVDecoder:
+    """Runs one decoder session step by step, with its KV cache kept on the session's device."""
+
+    def __init__(self, session, device: str, eos_ids: list[int], pad_id: int, max_positions: int | None):
+        self.session = session
+        self.device = device
+        self.eos_ids = np.array(sorted(set(eos_ids)), dtype=np.int64)
+        self.pad_id = pad_id
+        self.max_positions = max_positions
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        if "input_ids" not in inputs or not self.past_names:
+            raise BundleError(f"the model has inputs {', '.join(inputs)}, not a decoder with a KV cache "
+                              "(input_ids, past_key_values.N.key/value); re-export with task text-generation-with-past")
+        first = inputs[self.past_names[0]]
+        self.past_dtype = _PAST_DTYPES.get(first.type, np.float32)
+        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.has_positions = "position_ids" in inputs
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.present_names = ["present" + n[len("past_key_values"):] for n in self.past_names]
+
+    def _bind_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask))
+        if self.has_positions:
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+        if past is None:
+            empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+            for name in self.past_names:
+                binding.bind_cpu_input(name, empty)
+        else:
+            for name, value in zip(self.past_names, past):
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device)
+        return binding
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
+        """One forward pass; returns `(last-position logits as float32, present cache values)`."""
+        binding = self._bind_step(ids, mask, positions, past)
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
+        return logits, [outputs[name] for name in self.present_names]
+
+    def budget(self, prompt_length: int, max_new_tokens: int) -> int:
+        """max_new_tokens, cut so prompt plus generation fits the model's position table."""
+        if self.max_positions and prompt_length + max_new_tokens > self.max_positions:
+            allowed = max(self.max_positions - prompt_length, 0)
+            logger.warning("max_new_tokens %d cut to %d: the model has %d positions and the prompt uses %d",
+                           max_new_tokens, allowed, self.max_positions, prompt_length)
+            return allowed
+        return max_new_tokens
+
+    def iter_batch(self, ids: np.ndarray, mask: np.ndarray, options: GenerationOptions,
+                   done: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the next token of every row, step by step, for a left-padded batch.
+
+        `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end
+        token, the caller may mark rows that hit a stop string, and the loop ends when all rows are done.
+        Finished rows keep receiving the pad token, as in transformers, so they do not disturb the others.
+        """
+        rng = np.random.default_rng(options.seed)
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+        next_position = mask.sum(axis=1, keepdims=True).astype(np.int64)
+        past = None
+        for _ in range(self.budget(ids.shape[1], options.max_new_tokens)):
+            logits, past = self.step(ids, mask, positions, past)
+            tokens = np.where(done, self.pad_id, next_tokens(logits, options, rng)).astype(np.int64)
+            yield tokens
+            done |= np.isin(tokens, self.eos_ids)
+            if done.all():
+                return
+            ids, positions = tokens[:, None], next_position
+            next_position = next_position + 1
+            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+
+
+class TextTracker:
+    """Turns one row's new token ids into text pieces, holding back what could still be a stop string."""
+
+    def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):
+        self.decode = decode
+        self.stop = stop
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.text = ""
+        self.finished = False
+
+    def add(self, token: int) -> str:
+        """Record a token; return the text that is now safe to show (maybe empty)."""
+        if self.finished:
+            return ""
+        if token in self.eos_ids:
+            self.finished = True
+            return self.flush()
+        self.ids.append(int(token))
+        self.text = self.decode(self.ids)
+        hit = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if hit >= 0:
+            self.text, self.finished = self.text[:hit], True
+            return self.flush()
+        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next byte
+            return ""
+        return self._take(len(self.text) - self._stop_prefix())
+
+    def flush(self) -> str:
+        """Return everything not yet emitted."""
+        return self._take(len(self.text))
+
+    def _take(self, end: int) -> str:
+        piece = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
+
+    def _stop_prefix(self) -> int:
+        """Length of the longest end of the text that begins some stop string."""
+        longest = 0
+        for stop in self.stop:
+            for n in range(min(len(stop) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
