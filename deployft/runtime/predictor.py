@@ -104,6 +104,7 @@ class Predictor:
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Raw model call on tokenized ids (batch, length); returns the logits (batch, labels)."""
+        self._require("classify", "forward()")
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
