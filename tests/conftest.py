@@ -200,3 +200,84 @@ def classify_csv(tmp_path) -> Path:
 def qa_jsonl(tmp_path) -> Path:
     """A 120-row prompt/response JSONL."""
     return write_rows(tmp_path / "data" / "qa.jsonl", qa_rows(120))
+
+
+# ---- runtime bundles (appended for deployft.runtime tests) ---------------------------------------
+
+RUNTIME_TASKS = {"bert": "classify", "distilbert": "classify", "roberta": "classify", "gpt2": "generate", "llama": "generate"}
+
+
+def sharpen_decoder(model_dir: Path, output: Path, std: float = 0.25) -> Path:
+    """Copy a tiny decoder with larger random weights, so greedy decoding picks varied, well-separated tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    model.save_pretrained(output)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(output)
+    return output
+
+
+def build_runtime_bundle(model_dir: Path, output: Path, task: str) -> Path:
+    """A BUNDLE per docs/folders.md made with Optimum's plain export (fp32 model.onnx + int8 model_int8.onnx).
+
+    Independent of deployft.export so the runtime is tested against Optimum's own files.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from optimum.exporters.onnx import main_export
+
+    from deployft.manifest import atomic_folder, file_table, library_versions, write_manifest
+
+    config = json.loads((model_dir / "config.json").read_text())
+    export_task = "text-classification" if task == "classify" else "text-generation-with-past"
+    with atomic_folder(output) as staging:
+        main_export(str(model_dir), str(staging), task=export_task)
+        quantize_dynamic(staging / "model.onnx", staging / "model_int8.onnx", weight_type=QuantType.QInt8)
+        generation = None
+        if task == "generate":
+            heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or config.get("n_head")
+            hidden = config.get("hidden_size") or config.get("n_embd")
+            generation = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": [config.get("eos_token_id")],
+                          "pad_token_id": config.get("pad_token_id"),
+                          "num_layers": config.get("num_hidden_layers") or config.get("n_layer"),
+                          "num_kv_heads": heads, "head_dim": hidden // (config.get("num_attention_heads")
+                                                                      or config.get("n_head"))}
+        chat = (staging / "chat_template.jinja").is_file()
+        write_manifest(staging, {
+            "kind": "bundle", "task": task, "model_type": config["model_type"],
+            "labels": ["negative", "positive"] if task == "classify" else None,
+            "max_length": 32 if task == "classify" else 64,
+            "prompt_format": None if task == "classify" else {"style": "chat" if chat else "plain", "separator": "\n"},
+            "model_file": "model.onnx",
+            "variants": {"model.onnx": {"precision": "fp32", "optimized": False, "validation": {}},
+                         "model_int8.onnx": {"precision": "int8", "optimized": False, "validation": {}}},
+            "generation": generation, "files": file_table(staging),
+            "source_run": {"path": str(model_dir), "base_model": str(model_dir), "weights_sha256": None},
+            "versions": library_versions(), "created": "2026-01-01T00:00:00+00:00",
+        })
+    return output
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(_tiny_model_cache, tmp_path_factory):
+    """`runtime_bundle("gpt2")` -> a shared tiny BUNDLE (with the RUN-like model folder at manifest source_run.path).
+
+    Shared by the session: copy it before changing anything in it.
+    """
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            model_dir = _tiny_model_cache(arch)
+            if RUNTIME_TASKS[arch] == "generate":
+                model_dir = sharpen_decoder(model_dir, tmp_path_factory.mktemp(f"sharp-{arch}"))
+            cache[arch] = build_runtime_bundle(model_dir, tmp_path_factory.mktemp(f"bundle-{arch}") / "bundle",
+                                               RUNTIME_TASKS[arch])
+        return cache[arch]
+
+    return get

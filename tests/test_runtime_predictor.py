@@ -12,7 +12,7 @@ import pytest
 
 from deployft.errors import BundleError, UsageError
 from deployft.runtime import Prediction, Predictor
-from tests.conftest import sentiment_rows
+from conftest import sentiment_rows
 
 TEXTS = [r["text"] for r in sentiment_rows(40, seed=3)]
 
