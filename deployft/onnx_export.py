@@ -14,9 +14,6 @@ from typing import Any
 from .errors import ModelError, StageError, UsageError
 from .manifest import MANIFEST_NAME, read_manifest, sha256_file
 
-EXPORT_TASKS = {"classify": "text-classification", "generate": "text-generation-with-past"}
-"""deployft task -> the Optimum export task."""
-
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -47,7 +44,9 @@ class Source:
 
     @property
     def export_task(self) -> str:
-        return EXPORT_TASKS[self.task]
+        from .tasks import get_task
+
+        return get_task(self.task).export_task
 
 
 def read_source(path: str | Path, task: str | None = None) -> Source:
@@ -130,9 +129,9 @@ def check_exportable(source: Source) -> None:
 
 def load_torch_model(source: Source):
     """Load the PyTorch original in fp32, eval mode; unreadable weights become a ModelError."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from .tasks import get_task
 
-    cls = AutoModelForSequenceClassification if source.task == "classify" else AutoModelForCausalLM
+    cls = get_task(source.task).model_class()
     try:
         model = cls.from_pretrained(source.path, dtype="float32")
     except Exception as exc:  # safetensors, torch and transformers each raise their own type for bad weights

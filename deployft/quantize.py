@@ -126,7 +126,9 @@ def sensitive_nodes(path: Path, num_layers: int) -> list[str]:
     fused = [n.name for n in nodes if n.op_type == "Attention"]
     picked += [name for name in (fused[:1] + fused[-1:]) if name not in picked]
     picked += [n.name for n in nodes[-1:] if n.name not in picked]  # the op that produces the logits
-    return picked
+    # the quantizer rewrites Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"; exclude it under that name
+    gemms = {n.name for n in nodes if n.op_type == "Gemm"}
+    return [f"{name}_MatMul" if name in gemms else name for name in picked]
 
 
 def _first_line(exc: BaseException) -> str:

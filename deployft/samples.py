@@ -71,37 +71,22 @@ def calibration_samples(source: Source, tokenizer, limit: int) -> Samples:
 
 
 def encode(source: Source, tokenizer, rows: list[dict[str, Any]], origin: str) -> Samples:
-    """Tokenize normalised rows (see docs/folders.md) the way training did."""
+    """Tokenize normalised rows (see docs/folders.md) exactly as training did, through the task's own encoder."""
+    from .collate import format_prompt
+    from .tasks import get_task
+
+    task = get_task(source.task)
     if source.task == "classify":
-        label_ids = {name: i for i, name in enumerate(source.labels or [])}
-        sequences = [tokenizer(r["text"], truncation=True, max_length=source.max_length)["input_ids"] for r in rows]
-        labels = [label_ids[r["label"]] for r in rows] if label_ids and all(r.get("label") in label_ids for r in rows) \
-            else None
-        return Samples(sequences, labels, origin=origin)
-    pairs = [_generate_text(source, tokenizer, r) for r in rows]
-    sequences = [_ids(tokenizer, prompt + response, source.max_length) for prompt, response in pairs]
-    prompts = [_ids(tokenizer, prompt, source.max_length) for prompt, _ in pairs if prompt]
-    return Samples([s for s in sequences if len(s) >= 2], prompts=prompts, origin=origin)
-
-
-def _generate_text(source: Source, tokenizer, row: dict[str, Any]) -> tuple[str, str]:
-    """(prompt, response) text as the RUN's prompt format lays it out; `text` rows have no prompt."""
-    if "text" in row and "prompt" not in row:
-        return "", row["text"]
-    fmt = source.prompt_format or {"style": "plain", "separator": "\n"}
-    if fmt.get("style") == "chat" and getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
-                                               add_generation_prompt=True)
-    else:
-        prompt = row["prompt"] + fmt.get("separator", "\n")
-    return prompt, row["response"]
-
-
-def _ids(tokenizer, text: str, max_length: int) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and not text.startswith(str(tokenizer.bos_token)):
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids[:max_length]
+        label2id = {name: i for i, name in enumerate(source.labels or [])}
+        known = bool(label2id) and all(r.get("label") in label2id for r in rows)
+        features = task.encode(rows, tokenizer, source.max_length,
+                               label2id=label2id if known else {r["label"]: 0 for r in rows})
+        return Samples([f["input_ids"] for f in features], [f["labels"] for f in features] if known else None,
+                       origin=origin)
+    fmt = source.prompt_format or {"style": "text", "separator": "\n"}
+    features = task.encode(rows, tokenizer, source.max_length, prompt_format=fmt)
+    prompts = [format_prompt(tokenizer, r["prompt"], fmt)[: source.max_length // 2] for r in rows if "prompt" in r]
+    return Samples([f["input_ids"] for f in features if len(f["input_ids"]) >= 2], prompts=prompts, origin=origin)
 
 
 def _random_samples(tokenizer, limit: int, origin: str) -> Samples:

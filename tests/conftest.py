@@ -281,3 +281,32 @@ def runtime_bundle(_tiny_model_cache, tmp_path_factory):
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def _tiny_onnx_cache(_tiny_model_cache, tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            from deployft.onnx_export import export_onnx, read_source
+
+            task = "classify" if arch in ENCODERS else "generate"
+            folder = tmp_path_factory.mktemp(f"onnx-{arch}")
+            export_onnx(read_source(_tiny_model_cache(arch), task), folder)
+            cache[arch] = folder
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture
+def tiny_onnx(_tiny_onnx_cache, tmp_path):
+    """`tiny_onnx("bert")` -> a fresh copy of Optimum's plain export (model.onnx, config, tokenizer) of a tiny model."""
+
+    def copy(arch: str) -> Path:
+        target = tmp_path / f"onnx-{arch}"
+        shutil.copytree(_tiny_onnx_cache(arch), target)
+        return target
+
+    return copy

@@ -1,0 +1,103 @@
+"""Quantization: CPU preset detection, dynamic int8 on the fused graph, exclusions, static int8, fp16."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from deployft.errors import UsageError
+from deployft.optimize import optimize
+from deployft.quantize import (
+    convert_fp16, cpu_preset, preset_config, quantize_dynamic_int8, quantize_static_int8, sensitive_nodes,
+)
+
+
+def _ops(path):
+    import onnx
+
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize(("flags", "machine", "preset"), [
+    ("fpu sse2 avx2 avx512f avx512_vnni", "x86_64", "avx512_vnni"),
+    ("fpu sse2 avx avx2 fma", "x86_64", "avx2"),
+    ("fpu sse2", "x86_64", "avx2"),
+    ("fp asimd", "aarch64", "arm64"),
+    ("", "arm64", "arm64"),
+])
+def test_cpu_preset_follows_the_instruction_set(flags, machine, preset):
+    cpuinfo = f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpu_preset(cpuinfo, machine) == preset
+
+
+def test_cpu_preset_on_this_machine_is_a_known_preset():
+    assert cpu_preset() in ("avx512_vnni", "avx2", "arm64")
+
+
+def test_unknown_preset_is_refused_naming_the_flag():
+    with pytest.raises(UsageError, match="--quantize-preset.*avx512_vnni, avx2, arm64"):
+        preset_config("sse4", static=False, per_channel=False)
+
+
+def test_dynamic_int8_quantizes_the_fused_graph(tiny_onnx):
+    folder = tiny_onnx("bert")
+    fused, _ = optimize(folder / "model.onnx", decoder=False)
+    settings = quantize_dynamic_int8(fused, folder / "q.onnx", "avx512_vnni", per_channel=False)
+    ops = _ops(folder / "q.onnx")
+    assert ops["QAttention"] == 2 and ops["MatMulInteger"] > 0 and ops["SkipLayerNormalization"] == 4
+    assert "Attention" not in ops
+    assert settings["mode"] == "int8" and settings["preset"] == "avx512_vnni"
+    assert settings["quantized_from"] == fused.name and settings["nodes_excluded"] == []
+    assert (folder / "q.onnx").stat().st_size < fused.stat().st_size / 2
+
+
+def test_excluded_nodes_stay_fp32(tiny_onnx):
+    import onnx
+
+    folder = tiny_onnx("bert")
+    fused, _ = optimize(folder / "model.onnx", decoder=False)
+    nodes = sensitive_nodes(fused, num_layers=2)
+    assert len(nodes) >= 3
+    quantize_dynamic_int8(fused, folder / "q.onnx", "avx2", per_channel=True, nodes_to_exclude=nodes)
+    kept = {n.name: n.op_type for n in onnx.load(str(folder / "q.onnx")).graph.node}
+    for name in nodes:
+        assert name in kept and kept[name] in ("MatMul", "Attention", "Gather")
+    quantize_dynamic_int8(fused, folder / "all.onnx", "avx2", per_channel=True)
+    assert _ops(folder / "q.onnx")["MatMulInteger"] < _ops(folder / "all.onnx")["MatMulInteger"]
+
+
+def test_sensitive_nodes_are_head_first_and_last_layer(tiny_onnx):
+    folder = tiny_onnx("bert")
+    nodes = sensitive_nodes(folder / "model.onnx", num_layers=2)
+    assert nodes and all("layer.0" in n or "layer.1" in n or "classifier" in n or "pooler" in n for n in nodes)
+    assert "/classifier/Gemm_MatMul" in nodes and "/bert/pooler/dense/Gemm_MatMul" in nodes
+    llama = tiny_onnx("llama")
+    nodes = sensitive_nodes(llama / "model.onnx", num_layers=2)
+    assert any("lm_head" in n for n in nodes)
+
+
+def test_static_int8_calibrates_on_the_given_inputs(tiny_onnx):
+    folder = tiny_onnx("bert")
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(4):
+        ids = rng.integers(5, 200, size=(1, 12))
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    settings = quantize_static_int8(folder / "model.onnx", folder / "s.onnx", "avx512_vnni", False, batches)
+    ops = _ops(folder / "s.onnx")
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert settings["calibration_samples"] == 4 and settings["mode"] == "int8-static"
+
+
+def test_fp16_conversion_keeps_fp32_inputs_and_outputs(tiny_onnx):
+    import onnx
+
+    folder = tiny_onnx("bert")
+    convert_fp16(folder / "model.onnx", folder / "h.onnx")
+    model = onnx.load(str(folder / "h.onnx"))
+    float_inits = [i for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT,
+                                                                         onnx.TensorProto.FLOAT16)]
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits) > len(float_inits) // 2
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
