@@ -1,0 +1,139 @@
+"""Device selection: CPU, CUDA, auto, and the refusal of a CUDA request that silently fell back to CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deployft.errors import DeviceError, UsageError
+from deployft.runtime import Predictor, SessionOptions
+from deployft.runtime import session as session_module
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class _FakeSession:
+    """Stands in for an InferenceSession that came up on the given providers."""
+
+    def __init__(self, providers):
+        self._providers = providers
+
+    def get_providers(self):
+        return self._providers
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    """Pretend onnxruntime lists `available` providers and the session comes up on `actual`."""
+    import onnxruntime
+
+    def install(available, actual, fail=None):
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+
+        def build(ort, path, providers, threads):
+            if fail and CUDA in providers:
+                raise RuntimeError(fail)
+            return _FakeSession(actual if CUDA in providers else [CPU])
+
+        monkeypatch.setattr(session_module, "_build", build)
+
+    return install
+
+
+def test_cpu_is_the_default(tmp_path, fake_ort):
+    fake_ort([CUDA, CPU], [CUDA, CPU])
+    session, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions())
+    assert device == "cpu" and session.get_providers() == [CPU]
+
+
+def test_cuda_that_runs(tmp_path, fake_ort):
+    fake_ort([CUDA, CPU], [CUDA, CPU])
+    _, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+    assert device == "cuda"
+
+
+def test_cuda_without_onnxruntime_gpu_names_the_package(tmp_path, fake_ort):
+    fake_ort([CPU], [CPU])
+    with pytest.raises(DeviceError, match="onnxruntime-gpu is not installed.*deployft\\[gpu\\]"):
+        session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+
+
+def test_cuda_silent_fallback_names_the_libraries(tmp_path, fake_ort):
+    # onnxruntime-gpu present, but the CUDA provider could not load its libraries: ORT only logs and runs on CPU
+    fake_ort([CUDA, CPU], [CPU])
+    with pytest.raises(DeviceError, match="runs m.onnx on CPU.*CUDA 13 / cuDNN 9 libraries not found"):
+        session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+
+
+def test_cuda_start_failure(tmp_path, fake_ort):
+    fake_ort([CUDA, CPU], [CUDA, CPU], fail="CUDA failure 100: no CUDA-capable device is detected")
+    with pytest.raises(DeviceError, match="could not start CUDA: CUDA failure 100"):
+        session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+
+
+@pytest.mark.parametrize("available, actual, fail, expected", [
+    ([CUDA, CPU], [CUDA, CPU], None, "cuda"),
+    ([CPU], [CPU], None, "cpu"),
+    ([CUDA, CPU], [CPU], None, "cpu"),
+    ([CUDA, CPU], [CUDA, CPU], "no device", "cpu"),
+])
+def test_auto_picks_what_really_runs_and_says_so(tmp_path, fake_ort, caplog, available, actual, fail, expected):
+    fake_ort(available, actual, fail)
+    with caplog.at_level("INFO", logger="deployft.runtime"):
+        _, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="auto"))
+    assert device == expected
+    assert ("on CUDA" if expected == "cuda" else "running on CPU") in caplog.text
+
+
+def test_predictor_load_refuses_fallback(runtime_bundle, fake_ort):
+    fake_ort([CPU], [CPU])
+    with pytest.raises(DeviceError, match="onnxruntime-gpu"):
+        Predictor.load(runtime_bundle("bert"), device="cuda")
+
+
+def test_auto_on_this_machine_reports_the_real_device(runtime_bundle):
+    import onnxruntime
+
+    predictor = Predictor.load(runtime_bundle("bert"), device="auto")
+    expected = "cuda" if CUDA in onnxruntime.get_available_providers() else "cpu"
+    assert predictor.device == expected
+    assert (CUDA in predictor.providers) == (expected == "cuda")
+
+
+@pytest.mark.parametrize("kwargs", [{"device": "gpu"}, {"threads": 0}, {"threads": 1.5}, {"threads": True}])
+def test_session_options_validate(kwargs):
+    with pytest.raises(UsageError):
+        SessionOptions(**kwargs)
+
+
+def _cuda_or_skip():
+    import onnxruntime
+
+    if CUDA not in onnxruntime.get_available_providers():
+        pytest.skip("CUDAExecutionProvider is not available (onnxruntime-gpu and a CUDA device are needed)")
+
+
+@pytest.mark.gpu
+def test_cuda_classification_matches_cpu(runtime_bundle):
+    _cuda_or_skip()
+    cpu, cuda = Predictor.load(runtime_bundle("bert")), Predictor.load(runtime_bundle("bert"), device="cuda")
+    assert cuda.device == "cuda"
+    texts = ["the film was great", "the plot was dull and the cast was clumsy"]
+    for a, b in zip(cpu.predict(texts), cuda.predict(texts)):
+        assert a.label == b.label and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cuda_generation_keeps_cache_on_device_and_matches_cpu(runtime_bundle, arch):
+    _cuda_or_skip()
+    cpu, cuda = Predictor.load(runtime_bundle(arch)), Predictor.load(runtime_bundle(arch), device="cuda")
+    prompts = ["what color is the sky", "what do bees make"]
+    assert cuda.generate(prompts, max_new_tokens=12) == cpu.generate(prompts, max_new_tokens=12)
+    ids, mask = cuda.codec.pad([cuda.prompt_ids(prompts[0])])
+    logits, present = cuda.decoder.step(ids, mask, np.arange(ids.shape[1])[None], None)
+    assert logits.shape[0] == 1
+    assert all(value.device_name() == "cuda" for value in present)
+    _, longer = cuda.decoder.step(logits.argmax(-1)[:, None], np.ones((1, ids.shape[1] + 1), np.int64),
+                                  np.array([[ids.shape[1]]]), present)
+    assert longer[0].shape()[2] == ids.shape[1] + 1 and longer[0].device_name() == "cuda"
