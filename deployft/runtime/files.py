@@ -22,15 +22,14 @@ COLUMNS = {"classify": ("text",), "generate": ("prompt", "text")}
 
 
 def read_texts(path: Path, column: str | None, task: str) -> Iterator[str]:
-    """Yield the text of each row of a .jsonl or .csv file, one at a time."""
+    """Check the file, then return an iterator over the text of each row, read one at a time."""
     if not path.is_file():
         raise DataError(f"input file {path} not found; pass an existing .jsonl or .csv file to --input")
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise DataError(f"input file {path} has extension '{suffix}'; pass a .jsonl or .csv file to --input")
     rows = _jsonl_rows(path) if suffix == ".jsonl" else _csv_rows(path)
-    for number, row in rows:
-        yield _text_of(row, column, task, path, number)
+    return (_text_of(row, column, task, path, number) for number, row in rows)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -80,15 +79,17 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
     texts = read_texts(input_path, column, predictor.task)
     staging = output_path.with_name(f".{output_path.name}.tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    chunk = list(itertools.islice(texts, batch_size))  # a wrong column fails here, before any progress bar
     written = 0
     try:
         with open(staging, "w", encoding="utf-8") as out, \
                 tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:
-            while chunk := list(itertools.islice(texts, batch_size)):
+            while chunk:
                 for record in _records(predictor, chunk, batch_size, options):
                     out.write(json.dumps({"id": written, **record}, ensure_ascii=False) + "\n")
                     written += 1
                 bar.update(len(chunk))
+                chunk = list(itertools.islice(texts, batch_size))
         os.replace(staging, output_path)
     finally:
         staging.unlink(missing_ok=True)

@@ -81,8 +81,9 @@ def create_session(model_path: str | Path, options: SessionOptions):
     model_path = Path(model_path)
     if options.device == "cpu":
         return _build(ort, model_path, [CPU], options.threads), "cpu"
-    wants_cuda = CUDA in ort.get_available_providers()
-    if options.device == "auto" and not wants_cuda:
+    if CUDA not in ort.get_available_providers():
+        if options.device == "cuda":
+            raise DeviceError(f"device cuda asked for but {cuda_missing_reason(ort)}; or pass --device cpu")
         logger.info("device auto: %s; running on CPU", cuda_missing_reason(ort))
         return _build(ort, model_path, [CPU], options.threads), "cpu"
     try:

@@ -1,0 +1,146 @@
+"""`deployft predict`: texts, prompts, files, JSON output, flags and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import sentiment_rows, write_rows
+from deployft.cli import main
+from deployft.runtime import Predictor
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_help():
+    result = _run("predict", "--help")
+    assert result.exit_code == 0
+    for flag in ("--input", "--output", "--json", "--device", "--threads", "--model-file", "--max-new-tokens",
+                 "--temperature", "--top-k", "--top-p", "--seed", "--stop"):
+        assert flag in result.output
+
+
+def test_classify_texts_prints_label_and_score(runtime_bundle):
+    bundle = runtime_bundle("bert")
+    result = _run("predict", bundle, "the film was great", "the plot was dull")
+    assert result.exit_code == 0, result.output
+    expected = Predictor.load(bundle).predict(["the film was great", "the plot was dull"])
+    lines = result.output.strip().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [[p.label, f"{p.score:.4f}"] for p in expected]
+
+
+def test_classify_json(runtime_bundle):
+    result = _run("predict", runtime_bundle("bert"), "the film was great", "--json", "--threads", "1",
+                  "--model-file", "model_int8.onnx")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert set(record) == {"text", "label", "score", "scores"} and record["text"] == "the film was great"
+
+
+def test_generate_streams_the_completion(runtime_bundle):
+    bundle = runtime_bundle("llama")
+    result = _run("predict", bundle, "what do bees make", "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.output
+    assert result.output == Predictor.load(bundle).generate("what do bees make", max_new_tokens=8) + "\n"
+
+
+def test_generate_json_with_sampling_flags(runtime_bundle):
+    bundle = runtime_bundle("gpt2")
+    args = ["--max-new-tokens", "8", "--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--seed", "4"]
+    result = _run("predict", bundle, "hi", "what color", "--json", *args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    predictor = Predictor.load(bundle)
+    expected = [predictor.generate(p, max_new_tokens=8, temperature=0.9, top_k=20, top_p=0.9, seed=4)
+                for p in ("hi", "what color")]
+    assert [r["completion"] for r in records] == expected
+
+
+def test_stop_flag(runtime_bundle):
+    bundle = runtime_bundle("gpt2")
+    full = Predictor.load(bundle).generate("hi", max_new_tokens=12)
+    result = _run("predict", bundle, "hi", "--max-new-tokens", "12", "--stop", full[4:6], "--json")
+    assert json.loads(result.output)["completion"] == full[: full.index(full[4:6])]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_input_file_to_jsonl(runtime_bundle, tmp_path, suffix):
+    bundle = runtime_bundle("bert")
+    rows = sentiment_rows(70, seed=5)
+    source = write_rows(tmp_path / f"in{suffix}", rows)
+    output = tmp_path / "out" / "preds.jsonl"
+    result = _run("predict", bundle, "--input", source, "--output", output, "--batch-size", "16", "--no-progress")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    expected = Predictor.load(bundle).predict([r["text"] for r in rows])
+    assert [r["id"] for r in records] == list(range(70))
+    assert [(r["text"], r["label"]) for r in records] == [(row["text"], p.label) for row, p in zip(rows, expected)]
+    assert not list(output.parent.glob(".*tmp"))
+
+
+def test_input_file_for_a_generator(runtime_bundle, tmp_path):
+    bundle = runtime_bundle("gpt2")
+    source = write_rows(tmp_path / "qa.jsonl", [{"prompt": "what color"}, {"prompt": "what do bees make"},
+                                                {"prompt": ""}])
+    output = tmp_path / "gen.jsonl"
+    result = _run("predict", bundle, "--input", source, "--output", output, "--max-new-tokens", "5", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    predictor = Predictor.load(bundle)
+    assert [r["completion"] for r in records] == [predictor.generate(r["prompt"], max_new_tokens=5) for r in records]
+
+
+def test_file_reader_is_lazy(runtime_bundle, tmp_path):
+    from deployft.runtime.files import read_texts
+
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"text": "a"}\n' + "not json\n")
+    texts = read_texts(path, None, "classify")
+    assert next(texts) == "a"  # the first row is read without parsing the rest of the file
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        next(texts)
+
+
+def _error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert line.startswith("Error: ") and "\n" not in line and "Traceback" not in line
+    for fragment in fragments:
+        assert fragment in line
+
+
+def test_bad_input(runtime_bundle, tmp_path):
+    clf, gen = runtime_bundle("bert"), runtime_bundle("gpt2")
+    _error(_run("predict", tmp_path / "missing", "x"), "does not exist")
+    _error(_run("predict", gen, "x", "--top-p", "1.5"), "top_p", "--top-p")
+    _error(_run("predict", gen, "x", "--temperature", "-1"), "temperature")
+    _error(_run("predict", gen, "x", "--max-new-tokens", "0"), "max_new_tokens")
+    _error(_run("predict", clf), "TEXT", "--input")
+    _error(_run("predict", clf, "--input", tmp_path / "nope.csv", "--output", tmp_path / "o.jsonl"), "nope.csv")
+    _error(_run("predict", clf, "--input", write_rows(tmp_path / "x.csv", [{"review": "a"}])), "--output")
+    _error(_run("predict", clf, "--input", write_rows(tmp_path / "y.csv", [{"review": "a"}]),
+                "--output", tmp_path / "o.jsonl"), "no column 'text'", "--column")
+    _error(_run("predict", clf, "x", "--model-file", "other.onnx"), "other.onnx not found")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_modified_bundle_and_newer_version(runtime_bundle, tmp_path):
+    bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "b")
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-1])
+    _error(_run("predict", bundle, "x"), "model.onnx was modified")
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    (bundle / "deployft.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    _error(_run("predict", bundle, "x"), "format version 2")
+
+
+def test_cuda_without_gpu_is_a_one_line_error(runtime_bundle):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: the fallback error cannot happen here")
+    _error(_run("predict", runtime_bundle("bert"), "x", "--device", "cuda"), "onnxruntime-gpu")
