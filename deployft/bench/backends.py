@@ -80,7 +80,7 @@ class TorchBackend(Backend):
             raise UsageError("pytorch-int8 (torch.ao dynamic quantization) has CPU kernels only; "
                              "drop it from --variants on --device cuda")
         cls = AutoModelForSequenceClassification if self.task == "classify" else AutoModelForCausalLM
-        model = cls.from_pretrained(self.run, torch_dtype=torch.float32).eval()
+        model = cls.from_pretrained(self.run, dtype=torch.float32).eval()
         if self.name == "pytorch-int8":
             from torch.ao.quantization import quantize_dynamic
 

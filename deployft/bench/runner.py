@@ -155,7 +155,7 @@ def _flops(config: BenchConfig, task: str) -> dict[str, Any]:
 
     torch.set_num_threads(config.threads)
     cls = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
-    model = cls.from_pretrained(config.run, torch_dtype=torch.float32).eval()
+    model = cls.from_pretrained(config.run, dtype=torch.float32).eval()
     if task == "classify":
         return {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
     return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}

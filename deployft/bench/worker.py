@@ -4,7 +4,7 @@ The parent starts one worker per variant and drives them all in lockstep over pi
 per command and per reply): it can interleave variants round by round while only one of them computes
 at a time. Each worker times its own calls, so the pipe's latency never enters a measurement.
 
-    python -m deployft.bench.worker SPEC.json      (SPEC: variant, run, bundle, device, threads, inputs)
+    python -c "...serve('SPEC.json')"      (SPEC: variant, run, bundle, device, threads, inputs)
 """
 
 from __future__ import annotations
@@ -95,10 +95,24 @@ class Worker:
         return generate_metrics(self.backend, self.inputs)
 
     def op_stats(self) -> dict[str, Any]:
-        import resource
+        return {"peak_rss_bytes": peak_rss_bytes()}
 
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"peak_rss_bytes": rss if sys.platform == "darwin" else rss * 1024}
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    Linux's VmHWM belongs to the process image, so it starts afresh at exec; `ru_maxrss` would carry over
+    the parent's peak from before the fork (the whole benchmark's, torch included).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def serve(spec_path: str) -> None:
@@ -118,6 +132,10 @@ def serve(spec_path: str) -> None:
         protocol.write(json.dumps(reply) + "\n")
 
 
+_ENTRY = "import sys; from deployft.bench.worker import serve; serve(sys.argv[1])"
+"""The child's entry point (`-c` rather than `-m`, which would import this module twice)."""
+
+
 class WorkerHandle:
     """The parent side: starts a worker process and sends it commands."""
 
@@ -128,7 +146,7 @@ class WorkerHandle:
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         env.setdefault("HF_HUB_OFFLINE", "1")
         self._log = open(log_path, "w", encoding="utf-8")
-        self.process = subprocess.Popen([sys.executable, "-m", "deployft.bench.worker", str(spec_path)],
+        self.process = subprocess.Popen([sys.executable, "-c", _ENTRY, str(spec_path)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                         text=True, env=env)
 
@@ -167,7 +185,3 @@ class WorkerHandle:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1])
