@@ -360,3 +360,53 @@ def real_generate_run(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct fine-tuned 3 steps on 32 default chatterbot pairs (+8 eval); slow tests only."""
     return _finetune_run(tmp_path_factory.mktemp("real-generate-run"), task="generate", max_samples=40,
                          eval_fraction=0.2, max_steps=3, max_length=64, batch_size=4, lr=5e-5)
+
+
+# RUN folders written by `deployft finetune`, built once per session. They are shared: copy before modifying.
+
+
+def _finetune_run(root: Path, **settings) -> Path:
+    from deployft import FinetuneConfig, finetune
+
+    return finetune(FinetuneConfig(output=str(root / "run"), **settings))
+
+
+@pytest.fixture(scope="session")
+def tiny_classify_run(_tiny_model_cache, tmp_path_factory) -> Path:
+    """A tiny bert RUN trained on `sentiment_rows(240)` until accurate (labels negative/positive)."""
+    root = tmp_path_factory.mktemp("tiny-classify-run")
+    data = write_rows(root / "data" / "reviews.csv", sentiment_rows(240))
+    return _finetune_run(root, task="classify", model=str(_tiny_model_cache("bert")), data=str(data),
+                         epochs=8, lr=2e-3, batch_size=16, max_length=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_generate_run(_tiny_model_cache, tmp_path_factory) -> Path:
+    """A tiny llama RUN (chat template prompt format) trained a few epochs on `qa_rows(120)`."""
+    root = tmp_path_factory.mktemp("tiny-generate-run")
+    data = write_rows(root / "data" / "qa.jsonl", qa_rows(120))
+    return _finetune_run(root, task="generate", model=str(_tiny_model_cache("llama")), data=str(data),
+                         epochs=3, lr=3e-3, batch_size=16, max_length=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_generate_run(_tiny_model_cache, tmp_path_factory) -> Path:
+    """A tiny gpt2 RUN (plain `prompt + "\\n"` prompt format) trained a few epochs on `qa_rows(120)`."""
+    root = tmp_path_factory.mktemp("tiny-gpt2-generate-run")
+    data = write_rows(root / "data" / "qa.jsonl", qa_rows(120))
+    return _finetune_run(root, task="generate", model=str(_tiny_model_cache("gpt2")), data=str(data),
+                         epochs=3, lr=3e-3, batch_size=16, max_length=64)
+
+
+@pytest.fixture(scope="session")
+def real_classify_run(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 fine-tuned 1 epoch on 300 default Rotten Tomatoes snippets (+30 eval); slow tests only."""
+    return _finetune_run(tmp_path_factory.mktemp("real-classify-run"), task="classify", max_samples=330,
+                         epochs=1, max_length=64, batch_size=16, lr=2e-4)
+
+
+@pytest.fixture(scope="session")
+def real_generate_run(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct fine-tuned 3 steps on 32 default chatterbot pairs (+8 eval); slow tests only."""
+    return _finetune_run(tmp_path_factory.mktemp("real-generate-run"), task="generate", max_samples=40,
+                         eval_fraction=0.2, max_steps=3, max_length=64, batch_size=4, lr=5e-5)
