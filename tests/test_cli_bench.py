@@ -1,0 +1,64 @@
+"""`deployft bench` on the command line: help, a run, and bad input (exit code 1, one `Error:` line)."""
+
+from __future__ import annotations
+
+import json
+
+from bench_pairs import bench_pair  # noqa: F401  (fixture)
+from click.testing import CliRunner
+
+from deployft.cli import main
+
+
+def test_help_lists_the_flags():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--run", "--bundle", "--report", "--variants", "--batch-sizes", "--seq-lens", "--prompt-lens",
+                 "--new-tokens", "--threads", "--repeats", "--eval-samples", "--device"):
+        assert flag in result.output
+
+
+def test_bench_writes_the_report_and_says_where(bench_pair, tmp_path):
+    run, bundle = bench_pair("classify")
+    report = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "bench", "--run", str(run), "--bundle", str(bundle), "--report", str(report), "--variants", "pytorch,model.onnx",
+        "--batch-sizes", "1", "--seq-lens", "8", "--repeats", "2", "--warmup", "0", "--threads", "1",
+        "--eval-samples", "4", "--no-peak", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert f"Report: {report.resolve() / 'report.html'}" in result.output and "## Speed" in result.output
+    data = json.loads((report / "report.json").read_text())
+    assert {r["variant"] for r in data["results"]} == {"pytorch", "model.onnx"} and data["config"]["repeats"] == 2
+    assert not list(report.glob("*.png"))
+
+
+def test_a_config_file_fills_the_same_options(bench_pair, tmp_path):
+    run, bundle = bench_pair("classify")
+    config = tmp_path / "bench.yaml"
+    config.write_text("variants: [model.onnx]\nbatch_sizes: [2]\nseq_lens: [8]\nrepeats: 2\nwarmup: 0\n"
+                      "threads: 1\neval_samples: 0\npeak: false\nplots: false\n")
+    result = CliRunner().invoke(main, ["bench", "--run", str(run), "--bundle", str(bundle),
+                                       "--report", str(tmp_path / "r"), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [(r["variant"], r["batch"], r["seq"]) for r in data["results"]] == [("model.onnx", 2, 8)]
+
+
+def _error(args):
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def test_bad_flags_exit_1_with_one_line(bench_pair, tmp_path):
+    run, bundle = bench_pair("classify")
+    _, gen_bundle = bench_pair("generate")
+    base = ["--run", str(run), "--report", str(tmp_path / "r")]
+    assert "--batch-sizes is empty" in _error([*base, "--bundle", str(bundle), "--batch-sizes", ","])
+    assert "unknown variant(s) fast.onnx" in _error([*base, "--bundle", str(bundle), "--variants", "pytorch,fast.onnx"])
+    assert "pass the BUNDLE exported from this RUN" in _error([*base, "--bundle", str(gen_bundle)])
+    assert "does not exist" in _error([*base, "--bundle", str(tmp_path / "missing")])
+    assert "--threads must be" in _error([*base, "--bundle", str(bundle), "--threads", "0"])
+    assert not (tmp_path / "r").exists()
