@@ -312,6 +312,42 @@ def tiny_onnx(_tiny_onnx_cache, tmp_path):
     return copy
 
 
+EXPORT_RUN_STEPS = {"bert": 40, "distilbert": 8, "roberta": 8, "gpt2": 8, "llama": 8}
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_cache(_tiny_model_cache, tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            from deployft import FinetuneConfig, finetune
+
+            root = tmp_path_factory.mktemp(f"run-{arch}")
+            if arch in ENCODERS:
+                data, task = write_rows(root / "data" / "reviews.csv", sentiment_rows(240)), "classify"
+            else:
+                data, task = write_rows(root / "data" / "qa.jsonl", qa_rows(120)), "generate"
+            cache[arch] = finetune(FinetuneConfig(
+                task=task, model=str(_tiny_model_cache(arch)), data=str(data), output=str(root / "run"),
+                max_steps=EXPORT_RUN_STEPS[arch], lr=5e-3, batch_size=16, max_length=32))
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture
+def tiny_run(_tiny_run_cache, tmp_path):
+    """`tiny_run("bert")` -> a copy of a RUN folder fine-tuned a few steps from the tiny model (data left in place)."""
+
+    def copy(arch: str) -> Path:
+        target = tmp_path / f"run-{arch}"
+        shutil.copytree(_tiny_run_cache(arch), target)
+        return target
+
+    return copy
+
+
 # RUN folders written by `deployft finetune`, built once per session. They are shared: copy before modifying.
 
 
