@@ -127,3 +127,60 @@ def test_an_existing_report_needs_overwrite(bench_pair, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         benchmark(quick(run, bundle, tmp_path / "report"))
     assert (tmp_path / "report" / "keep.txt").is_file()
+
+
+def test_cuda_without_a_gpu_is_refused_in_one_line(bench_pair, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    run, bundle = bench_pair("classify")
+    with pytest.raises(DeployftError, match="--device cuda"):
+        benchmark(quick(run, bundle, tmp_path / "report", device="cuda"))
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_timings_synchronise_and_name_the_gpu(bench_pair, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
+    run, bundle = bench_pair("classify")
+    report = benchmark(quick(run, bundle, tmp_path / "report", device="cuda", variants="pytorch,model.onnx",
+                             batch_sizes=2, seq_lens=8))
+    assert report.data["machine"]["gpu"]["name"]
+    assert report.variants["pytorch"]["status"] == "ok"
+    assert {r["variant"] for r in report.results} >= {"pytorch"}
+
+
+@pytest.mark.slow
+def test_default_classifier_int8_against_pytorch(real_classify_run, tmp_path):
+    from deployft.export import ExportConfig, export
+
+    bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "bundle", quantize="int8",
+                                 validate_samples=30))
+    fp32, int8 = onnx_variants(bundle)
+    report = benchmark(BenchConfig(run=real_classify_run, bundle=bundle, report=tmp_path / "report", threads=2,
+                                   variants=["pytorch", "pytorch-int8", int8], batch_sizes=1, seq_lens="16,128",
+                                   repeats=5, warmup=1, eval_samples=30))
+    assert report.failed == {}
+    assert len(report.results) == 6 and all(r["n"] == 5 for r in report.results)
+    acc = report.variants[int8]["accuracy"]
+    assert acc["samples"] == 30 and abs(acc["accuracy_delta_points"]) <= 10
+    assert report.variants[int8]["size_bytes"] < report.variants["pytorch"]["size_bytes"] / 2
+
+
+@pytest.mark.slow
+def test_default_generator_int8_decodes_every_token(real_generate_run, tmp_path):
+    from deployft.export import ExportConfig, export
+
+    bundle = export(ExportConfig(run=real_generate_run, output=tmp_path / "bundle", quantize="int8",
+                                 validate_samples=4))
+    fp32, int8 = onnx_variants(bundle)
+    report = benchmark(BenchConfig(run=real_generate_run, bundle=bundle, report=tmp_path / "report", threads=2,
+                                   variants=["pytorch", int8], prompt_lens=16, new_tokens=8, repeats=3, warmup=1,
+                                   eval_samples=4))
+    assert report.failed == {}
+    assert all(r["tokens"] == 8 for row in report.results for r in row["runs"])
+    assert report.variants[int8]["accuracy"]["token_agreement"] is not None

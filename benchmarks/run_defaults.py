@@ -1,0 +1,149 @@
+"""Reproduce the README's benchmark table on the embedded default models.
+
+Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes) and generator (SmolLM2-135M-Instruct
+on chatterbot pairs) with short settings, exports each to ONNX (fp32, fused, dynamic int8), runs
+`deployft bench` at 2 threads, and copies report.json / report.md of each into benchmarks/results/, with a
+summary (results/README.md) of the numbers the README quotes and the machine they were measured on.
+
+    python benchmarks/run_defaults.py                   # both tasks, work files under outputs/bench-defaults
+    python benchmarks/run_defaults.py --task classify   # one task
+    python benchmarks/run_defaults.py --reuse           # keep RUN and BUNDLE folders from an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+FINETUNE = {
+    "classify": dict(task="classify", max_samples=1200, eval_fraction=0.15, epochs=1, max_length=128, batch_size=16,
+                     lr=1e-4),
+    "generate": dict(task="generate", max_samples=240, eval_fraction=0.1, max_steps=30, max_length=64, batch_size=4,
+                     lr=5e-5),
+}
+"""Short settings: minutes on 2 cores, enough to move the models off their starting point."""
+BENCH = {
+    "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
+    "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
+    """The RUN and BUNDLE of `task`: fine-tuned and exported now, or kept from an earlier `--reuse` run."""
+    from deployft import FinetuneConfig, finetune
+    from deployft.export import ExportConfig, export
+
+    run, bundle = work / f"run-{task}", work / f"bundle-{task}"
+    if not (reuse and (run / "deployft.json").is_file()):
+        log(f"fine-tuning the default {task} model")
+        finetune(FinetuneConfig(output=str(run), overwrite=True, **FINETUNE[task]))
+    if not (reuse and (bundle / "deployft.json").is_file()):
+        log(f"exporting {run} (fp32, fused, int8)")
+        export(ExportConfig(run=run, output=bundle, quantize="int8", overwrite=True))
+    return run, bundle
+
+
+def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None):
+    from deployft.bench import BenchConfig, benchmark
+
+    log(f"benchmarking {task} at {threads} threads")
+    config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}", threads=threads, overwrite=True,
+                         variants=variants, **BENCH[task])
+    return benchmark(config)
+
+
+def _row(report, variant: str, **shape):
+    for row in report.results:
+        if row["variant"] == variant and all(row[k] == v for k, v in shape.items()):
+            return row
+    return None
+
+
+def headline(task: str, report) -> list[str]:
+    """The numbers the issue asks about, as Markdown lines."""
+    variants = report.variants
+    int8 = next((n for n, v in variants.items() if v["source"] == "onnx" and v["precision"] == "int8"), None)
+    if task == "classify":
+        lines = ["### Classifier: batch 1, sequence 128", ""]
+        for name in ("pytorch", "pytorch-int8", "pytorch-compile", *[n for n in variants if n.endswith(".onnx")]):
+            row, acc = _row(report, name, batch=1, seq=128), (variants.get(name) or {}).get("accuracy") or {}
+            if name in variants and row:
+                lines.append(f"- `{name}`: p50 {row['p50'] * 1e3:.2f} ms, {row['speedup_p50']:.2f}x pytorch, "
+                             f"accuracy {acc.get('accuracy', float('nan')):.4f}")
+            elif name in variants:
+                lines.append(f"- `{name}`: {variants[name]['status']} {variants[name].get('error') or ''}")
+        ref = _row(report, "pytorch-int8", batch=1, seq=128)
+        mine = _row(report, int8, batch=1, seq=128) if int8 else None
+        if ref and mine:
+            lines.append(f"- `{int8}` vs `pytorch-int8`: {ref['p50'] / mine['p50']:.2f}x")
+        return lines + [""]
+    lines = ["### Generator: decode tokens/s (greedy, KV cache)", ""]
+    for row in sorted(report.results, key=lambda r: (r["prompt_len"], r["variant"])):
+        acc = variants[row["variant"]].get("accuracy") or {}
+        speedup = f"{row['speedup_decode']:.2f}x pytorch" if row["speedup_decode"] else "no baseline"
+        lines.append(f"- prompt {row['prompt_len']}, `{row['variant']}`: {row['decode_tokens_per_s']:.1f} tokens/s "
+                     f"({speedup}), TTFT p50 {row['ttft']['p50'] * 1e3:.1f} ms, perplexity {acc.get('perplexity')}")
+    failed = [f"- `{n}`: failed: {v.get('error')}" for n, v in variants.items() if v["status"] != "ok"]
+    return lines + failed + [""]
+
+
+def publish(task: str, report, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report.path / "report.json", results / f"{task}.json")
+    text = (report.path / "report.md").read_text(encoding="utf-8")
+    body = text.split("## Plots")[0].rstrip() + "\n"  # the PNGs stay in the work folder
+    (results / f"{task}.md").write_text(body, encoding="utf-8")
+
+
+def summarize(results: Path) -> None:
+    """results/README.md: the headline numbers of every task recorded so far, and the machine."""
+    from deployft.bench import BenchReport
+    from deployft.bench.markdown import machine_line
+
+    parts = ["# Benchmarks on the default models", "",
+             "Written by `python benchmarks/run_defaults.py`; full tables in classify.md / generate.md, every "
+             "raw timing in the JSON files.", ""]
+    for task in ("classify", "generate"):
+        if (results / f"{task}.json").is_file():
+            report = BenchReport(results, json.loads((results / f"{task}.json").read_text(encoding="utf-8")))
+            parts += [f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
+            parts += [f"- **warning:** {w}" for w in report.data["warnings"]]
+            parts += headline(task, report)
+    (results / "README.md").write_text("\n".join(parts), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["classify", "generate", "both"], default="both")
+    parser.add_argument("--work", type=Path, default=Path("outputs/bench-defaults"))
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--reuse", action="store_true", help="keep RUN and BUNDLE folders already in --work")
+    args = parser.parse_args(argv)
+    tasks = ["classify", "generate"] if args.task == "both" else [args.task]
+    for task in tasks:
+        run, bundle = prepare(task, args.work, args.reuse)
+        report = bench(task, run, bundle, args.work, args.threads, args.variants)
+        publish(task, report, args.results)
+        log(f"{task}: report {report.path / 'report.html'}")
+    summarize(args.results)
+    print((args.results / "README.md").read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
