@@ -29,6 +29,7 @@ class KVDecoder:
         self.session = session
         self.device = device
         self.eos_ids = np.array(sorted(set(eos_ids)), dtype=np.int64)
+        self._eos_set = set(self.eos_ids.tolist())
         self.pad_id = pad_id
         self.max_positions = max_positions
         inputs = {i.name: i for i in session.get_inputs()}
@@ -94,7 +95,7 @@ class KVDecoder:
             logits, past = self.step(ids, mask, positions, past)
             tokens = np.where(done, self.pad_id, next_tokens(logits, options, rng)).astype(np.int64)
             yield tokens
-            done |= np.isin(tokens, self.eos_ids)
+            done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))
             if done.all():
                 return
             ids, positions = tokens[:, None], next_position
