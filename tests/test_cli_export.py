@@ -1,0 +1,69 @@
+"""`deployft export` and `deployft info` through click's CliRunner: help, a real export, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from deployft.cli import main
+
+
+@pytest.mark.parametrize("command", ["export", "info"])
+def test_help(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: main " + command in result.output or f"Usage: deployft {command}" in result.output
+    if command == "export":
+        for flag in ("--quantize", "--quantize-preset", "--per-channel", "--calibration-samples",
+                     "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task"):
+            assert flag in result.output
+
+
+def test_export_then_info(tiny_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "--output", str(bundle), "--quantize", "int8",
+                                       "--validate-samples", "24", "--quantize-preset", "avx2"])
+    assert result.exit_code == 0, result.output
+    assert "deployable: model_quantized.onnx" in result.output and "| model_quantized.onnx * | int8 |" in result.output
+    assert "quantization: int8 preset=avx2" in result.output
+    info = CliRunner().invoke(main, ["info", str(bundle)])
+    assert info.exit_code == 0 and "fusion: " in info.output and "labels: negative, positive" in info.output
+
+
+def test_export_reads_a_config_file(tiny_run, tmp_path):
+    config = tmp_path / "export.yaml"
+    config.write_text("quantize: none\nvalidate_samples: 8\n")
+    result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "-o", str(tmp_path / "b"),
+                                       "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "deployable: model_optimized.onnx" in result.output
+
+
+def _fails(args, *fragments):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    return result
+
+
+def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
+    run = str(tiny_run("bert"))
+    out = str(tmp_path / "b")
+    plain = str(tiny_model("bert"))
+    _fails(["export", str(tmp_path / "missing"), "-o", out], "is not a folder")
+    _fails(["export", str(tmp_path), "-o", out], "has no config.json")
+    _fails(["export", run, "-o", out, "--quantize", "int4"], "--quantize is 'int4'")
+    _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")
+    _fails(["export", run, "-o", out, "--quantize", "int8", "--device", "cuda"], "no CUDA kernels")
+    _fails(["export", plain, "-o", out], "pass --task classify or --task generate")
+    _fails(["export", plain, "-o", out, "--task", "classify", "--quantize", "int8-static"],
+           "int8-static calibrates on a RUN's training data")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    _fails(["export", run, "-o", str(tmp_path / "taken")], "exists and is not empty", "--overwrite")
+    _fails(["info", str(tmp_path / "missing")], "does not exist")
+    _fails(["info", run], "is a RUN folder, not a BUNDLE folder")
+    assert not (tmp_path / "b").exists()
