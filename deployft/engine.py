@@ -72,7 +72,8 @@ def training_arguments(config, task, checkpoints: Path, **overrides: Any):
         greater_is_better=task.greater_is_better, save_total_limit=2, logging_strategy="epoch",
         prediction_loss_only=task.compute_metrics() is None, report_to=[], push_to_hub=False,
         use_cpu=cpu, ddp_backend="gloo" if cpu and distributed else None, dataloader_num_workers=0,
-        save_only_model=False, disable_tqdm=False, log_level="warning", **schedule,
+        save_only_model=False, disable_tqdm=False, log_level="warning", ddp_find_unused_parameters=False,
+        **schedule,
     )
     args.update(overrides)
     return TrainingArguments(**args)
