@@ -312,14 +312,17 @@ def tiny_onnx(_tiny_onnx_cache, tmp_path):
     return copy
 
 
-EXPORT_RUN_STEPS = {"bert": 40, "distilbert": 8, "roberta": 8, "gpt2": 8, "llama": 8}
+EXPORT_RUN_STEPS = {"distilbert": 8, "roberta": 8}
+SHARED_RUNS = {"bert": "tiny_classify_run", "llama": "tiny_generate_run", "gpt2": "tiny_gpt2_generate_run"}
 
 
 @pytest.fixture(scope="session")
-def _tiny_run_cache(_tiny_model_cache, tmp_path_factory):
+def _tiny_run_cache(_tiny_model_cache, tmp_path_factory, request):
     cache: dict[str, Path] = {}
 
     def get(arch: str) -> Path:
+        if arch in SHARED_RUNS:
+            return request.getfixturevalue(SHARED_RUNS[arch])
         if arch not in cache:
             from deployft import FinetuneConfig, finetune
 
