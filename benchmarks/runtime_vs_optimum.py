@@ -71,7 +71,8 @@ def bench_generation(bundle: Path, threads: int, new_tokens: int, rounds: int) -
     model = ORTModelForCausalLM.from_pretrained(bundle, file_name=predictor.model_file, use_cache=True,
                                                 session_options=_session_options(threads),
                                                 provider="CPUExecutionProvider")
-    prompts = [predictor.prompt_ids(p) for p in PROMPTS]
+    chat = predictor.chat_template is not None  # an instruct model: prompt it the way it was trained
+    prompts = [predictor.prompt_ids([{"role": "user", "content": p}] if chat else p) for p in PROMPTS]
     runs = {"deployft": [], "optimum": []}
     for ids in prompts[:2]:  # warm-up
         _ours_generate(predictor, ids, 4), _optimum_generate(model, ids, 4)

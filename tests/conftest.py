@@ -223,7 +223,7 @@ def sharpen_decoder(model_dir: Path, output: Path, std: float = 0.25) -> Path:
     return output
 
 
-def build_runtime_bundle(model_dir: Path, output: Path, task: str) -> Path:
+def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = True) -> Path:
     """A BUNDLE per docs/folders.md made with Optimum's plain export (fp32 model.onnx + int8 model_int8.onnx).
 
     Independent of deployft.export so the runtime is tested against Optimum's own files.
@@ -237,7 +237,8 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str) -> Path:
     export_task = "text-classification" if task == "classify" else "text-generation-with-past"
     with atomic_folder(output) as staging:
         main_export(str(model_dir), str(staging), task=export_task)
-        quantize_dynamic(staging / "model.onnx", staging / "model_int8.onnx", weight_type=QuantType.QInt8)
+        if int8:
+            quantize_dynamic(staging / "model.onnx", staging / "model_int8.onnx", weight_type=QuantType.QInt8)
         generation = None
         if task == "generate":
             heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or config.get("n_head")
@@ -254,8 +255,9 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str) -> Path:
             "max_length": 32 if task == "classify" else 64,
             "prompt_format": None if task == "classify" else {"style": "chat" if chat else "plain", "separator": "\n"},
             "model_file": "model.onnx",
-            "variants": {"model.onnx": {"precision": "fp32", "optimized": False, "validation": {}},
-                         "model_int8.onnx": {"precision": "int8", "optimized": False, "validation": {}}},
+            "variants": {name: {"precision": precision, "optimized": False, "validation": {}}
+                         for name, precision in (("model.onnx", "fp32"), ("model_int8.onnx", "int8"))
+                         if (staging / name).is_file()},
             "generation": generation, "files": file_table(staging),
             "source_run": {"path": str(model_dir), "base_model": str(model_dir), "weights_sha256": None},
             "versions": library_versions(), "created": "2026-01-01T00:00:00+00:00",

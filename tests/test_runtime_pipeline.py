@@ -1,0 +1,91 @@
+"""The runtime on bundles written by `deployft export` from RUNs written by `deployft finetune` (the folder contract)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import qa_rows, sentiment_rows
+from deployft.runtime import Predictor
+
+
+def _export(run, root, quantize="int8"):
+    from deployft.export import ExportConfig, export
+
+    return export(ExportConfig(run=run, output=root / "bundle", quantize=quantize, validate_samples=16,
+                               max_accuracy_drop=1000))
+
+
+@pytest.fixture(scope="module")
+def generate_bundle(tiny_generate_run, tmp_path_factory):
+    return _export(tiny_generate_run, tmp_path_factory.mktemp("pipeline-generate"))
+
+
+@pytest.fixture(scope="module")
+def classify_bundle(tiny_classify_run, tmp_path_factory):
+    # fp32 only: the export and optimized graphs; int8 classifiers are covered by test_export and runtime_bundle
+    return _export(tiny_classify_run, tmp_path_factory.mktemp("pipeline-classify"), quantize="none")
+
+
+def _variants(bundle, precision=None):
+    variants = json.loads((bundle / "deployft.json").read_text())["variants"]
+    return [name for name, v in variants.items() if precision is None or v["precision"] == precision]
+
+
+def test_prompts_are_formatted_as_training_formatted_them(generate_bundle, tiny_generate_run):
+    from transformers import AutoTokenizer
+
+    from deployft.collate import format_prompt
+
+    predictor = Predictor.load(generate_bundle)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_generate_run)
+    assert predictor.manifest["prompt_format"]["style"] == "chat"
+    for row in qa_rows(4, seed=1):
+        assert predictor.prompt_ids(row["prompt"]) == format_prompt(tokenizer, row["prompt"],
+                                                                    predictor.manifest["prompt_format"])
+
+
+def test_fp32_variants_decode_exactly_like_transformers(generate_bundle, tiny_generate_run):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_generate_run).eval()
+    for name in _variants(generate_bundle, "fp32"):
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        for row in qa_rows(3, seed=2):
+            ids = predictor.prompt_ids(row["prompt"])
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=16, do_sample=False)
+            assert list(predictor.iter_token_ids(ids, max_new_tokens=16)) == out[0, len(ids):].tolist(), name
+
+
+def test_deployable_variant_generates_and_streams(generate_bundle):
+    predictor = Predictor.load(generate_bundle)
+    assert predictor.model_file == json.loads((generate_bundle / "deployft.json").read_text())["model_file"]
+    prompts = [r["prompt"] for r in qa_rows(3, seed=3)]
+    texts = predictor.generate(prompts, max_new_tokens=12)
+    assert texts == ["".join(predictor.stream(p, max_new_tokens=12)) for p in prompts]
+
+
+def test_classifier_bundle_agrees_with_the_run(classify_bundle, tiny_classify_run):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = [r["text"] for r in sentiment_rows(64, seed=9)]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classify_run).eval()
+    batch = AutoTokenizer.from_pretrained(tiny_classify_run)(texts, padding=True, truncation=True, max_length=32,
+                                                             return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**batch).logits, -1).numpy()
+    labels = json.loads((tiny_classify_run / "deployft.json").read_text())["labels"]
+    for name in _variants(classify_bundle):
+        predictor = Predictor.load(classify_bundle, model_file=name)
+        assert predictor.labels == labels
+        got = np.array([[p.scores[lab] for lab in labels] for p in predictor.predict(texts)])
+        if predictor.manifest["variants"][name]["precision"] == "fp32":
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+        else:
+            assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9, name
