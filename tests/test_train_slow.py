@@ -46,6 +46,6 @@ def test_default_generator_run_loads_back_and_generates(real_generate_run):
     prompt = load_run_examples(real_generate_run, "eval", limit=1)[0]["prompt"]
     ids = torch.tensor([format_prompt(tokenizer, prompt, manifest["prompt_format"])])
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=16, do_sample=False)
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert answer.strip(), "the fine-tuned default generator answers with text"
