@@ -236,7 +236,7 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = 
     config = json.loads((model_dir / "config.json").read_text())
     export_task = "text-classification" if task == "classify" else "text-generation-with-past"
     with atomic_folder(output) as staging:
-        main_export(str(model_dir), str(staging), task=export_task)
+        main_export(str(model_dir), str(staging), task=export_task, do_validation=False)
         if int8:
             quantize_dynamic(staging / "model.onnx", staging / "model_int8.onnx", weight_type=QuantType.QInt8)
         generation = None
