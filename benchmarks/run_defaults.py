@@ -126,6 +126,10 @@ def summarize(results: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("deployft.bench").setLevel(logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["classify", "generate", "both"], default="both")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench-defaults"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -15,6 +16,8 @@ from .machine import busy_warning, describe_machine, load_average
 from .report import BenchReport, assemble, write_report
 from .timing import interleave
 from .worker import WorkerFailed, WorkerHandle
+
+logger = logging.getLogger("deployft.bench")
 
 
 def benchmark(config: BenchConfig) -> BenchReport:
@@ -92,9 +95,12 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
             safe = name.replace("/", "_")
             workers[name] = WorkerHandle(spec, scratch / f"{safe}.json", scratch / f"{safe}.log")
             status[name] = _start(workers[name])
+            logger.info("%s: %s", name, f"loaded, first result after {status[name]['cold_start_s']:.2f} s"
+                        if status[name]["status"] == "ok" else f"failed: {status[name]['error']}")
         live = [n for n in variants if status[n]["status"] == "ok"]
         timings = _time(config, task, workers, live, status)
         for name in [n for n in live if status[n]["status"] == "ok"]:
+            logger.info("%s: scoring %d eval rows", name, config.eval_samples)
             _finish(config, workers[name], status[name])
     finally:
         for handle in workers.values():
@@ -111,6 +117,7 @@ def _start(handle: WorkerHandle) -> dict[str, Any]:
 
 
 def _fail(status: dict, name: str, exc: Exception) -> None:
+    logger.info("%s: failed: %s", name, exc)
     status[name].update(status="failed", error=str(exc))
 
 
@@ -131,8 +138,14 @@ def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status
 
         def elapsed(m):
             return m["times"][-1]
+    started = time.perf_counter()
+
+    def progress(done: int) -> None:
+        logger.info("round %d of %d done (%d cells x %d variants, %.0f s)", done, config.repeats, len(cells),
+                    len(live), time.perf_counter() - started)
+
     results = interleave(live, cells, step, repeats=config.repeats, min_time=config.min_time, elapsed=elapsed,
-                         on_error=lambda name, exc: _fail(status, name, exc))
+                         on_error=lambda name, exc: _fail(status, name, exc), on_round=progress)
     return {name: [{"cell": list(cell), "samples": samples} for cell, samples in per_cell.items()]
             for name, per_cell in results.items()}
 

@@ -45,12 +45,13 @@ Step = Callable[[str, Any], Any]
 
 def interleave(variants: Sequence[str], cells: Sequence[Any], step: Step, *, repeats: int, min_time: float = 0.0,
                elapsed: Callable[[Any], float] = float, on_error: Callable[[str, Exception], None] | None = None,
-               max_rounds: int = 10_000) -> dict[str, dict[Any, list]]:
+               on_round: Callable[[int], None] | None = None, max_rounds: int = 10_000) -> dict[str, dict[Any, list]]:
     """Run `step` round by round over `variants` × `cells` and collect every measurement.
 
     At least `repeats` rounds run; more follow until every live variant has spent `min_time` seconds
     (as read from each measurement by `elapsed`) in every cell. A variant whose step raises is handed to
-    `on_error` and dropped from later rounds; what it measured before stays in the result.
+    `on_error` and dropped from later rounds; what it measured before stays in the result. `on_round`
+    hears the number of each finished round (for progress messages).
     """
     results: dict[str, dict[Any, list]] = {v: {c: [] for c in cells} for v in variants}
     spent: dict[str, dict[Any, float]] = {v: {c: 0.0 for c in cells} for v in variants}
@@ -71,6 +72,8 @@ def interleave(variants: Sequence[str], cells: Sequence[Any], step: Step, *, rep
                     continue
                 results[variant][cell].append(measurement)
                 spent[variant][cell] += elapsed(measurement)
+        if on_round is not None:
+            on_round(index + 1)
     return results
 
 

@@ -43,6 +43,8 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
     deployft bench --run runs/clf --bundle bundles/clf --report reports/clf
     deployft bench --run runs/gen --bundle bundles/gen --report reports/gen --prompt-lens 16,64 --new-tokens 32
     """
+    import logging
+
     from ..bench import BenchConfig, benchmark
     from ..configfile import build_config
 
@@ -53,7 +55,14 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
         device=device, peak=False if no_peak else None, plots=False if no_plots else None,
         overwrite=True if overwrite else None,
     )
-    result = benchmark(config)
+    progress, handler = logging.getLogger("deployft.bench"), logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("bench: %(message)s"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    try:
+        result = benchmark(config)
+    finally:
+        progress.removeHandler(handler)
     for name, error in result.failed.items():
         click.echo(f"variant {name} failed: {error}", err=True)
     for warning in result.data["warnings"]:
