@@ -144,3 +144,13 @@ def test_cuda_without_gpu_is_a_one_line_error(runtime_bundle):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has CUDA: the fallback error cannot happen here")
     _error(_run("predict", runtime_bundle("bert"), "x", "--device", "cuda"), "onnxruntime-gpu")
+
+
+def test_device_auto_says_which_device_runs(runtime_bundle):
+    import onnxruntime
+
+    result = _run("predict", runtime_bundle("bert"), "the film was great", "--device", "auto", "--json")
+    assert result.exit_code == 0, result.output
+    device = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    assert f"device auto: running on {device}" in result.stderr
+    assert json.loads(result.stdout)["text"] == "the film was great"

@@ -125,13 +125,17 @@ def test_empty_prompt_starts_from_bos(runtime_bundle):
     assert predictor.generate(["", "hi"], max_new_tokens=4)[0] == predictor.generate("", max_new_tokens=4)
 
 
-def test_long_prompt_is_cut_to_max_length_and_logged(runtime_bundle, caplog):
+def test_long_prompt_keeps_its_end_and_fits_the_positions(runtime_bundle, caplog):
     predictor = Predictor.load(runtime_bundle("gpt2"))
+    positions = predictor.decoder.max_positions
+    long = "the film was great " * 200 + "what do bees make"
     with caplog.at_level("WARNING", logger="deployft.runtime"):
-        ids = predictor.prompt_ids("the film was great " * 200)
-        text = predictor.generate("the film was great " * 200, max_new_tokens=200)
-    assert len(ids) == predictor.manifest["max_length"]
-    assert "truncated" in caplog.text and "max_new_tokens 200 cut" in caplog.text
+        ids = predictor.prompt_ids(long)
+        text = predictor.generate(long, max_new_tokens=200)
+    assert len(ids) == positions - 1
+    assert ids[-8:] == predictor.prompt_ids("the film was great what do bees make")[-8:]
+    assert f"1 of 1 input(s) longer than {positions - 1} tokens were truncated" in caplog.text
+    assert "max_new_tokens 200 cut to 1" in caplog.text
     assert isinstance(text, str)
 
 

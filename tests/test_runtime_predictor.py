@@ -70,7 +70,7 @@ def test_empty_list_empty_string_and_long_text(runtime_bundle, caplog):
     with caplog.at_level("WARNING", logger="deployft.runtime"):
         long = predictor.predict(["the film was great " * 300, "short", "dull " * 100])
     assert len(long) == 3
-    assert "2 of 3 input(s) longer than the bundle's max_length (32 tokens) were truncated" in caplog.text
+    assert "2 of 3 input(s) longer than 32 tokens were truncated" in caplog.text
 
 
 def test_forward_returns_logits(runtime_bundle):

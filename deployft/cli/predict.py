@@ -46,6 +46,8 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
         raise UsageError("--input needs --output FILE.jsonl to write the predictions to")
     options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
     predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file)
+    if device == "auto":
+        click.echo(f"device auto: running on {predictor.device}", err=True)
     if input_path:
         from ..runtime.files import predict_file
 

@@ -15,6 +15,7 @@ from ..errors import BundleError, UsageError
 from ..manifest import read_manifest, sha256_file
 from .chat import read_chat_template, render_chat
 from .generation import KVDecoder, TextTracker
+from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
 from .session import SessionOptions, create_session
 from .text import TextCodec
@@ -118,7 +119,7 @@ class Predictor:
         """
         self._require("classify", "predict()")
         single = isinstance(texts, str)
-        rows = _check_texts([texts] if single else texts, "predict()")
+        rows = check_texts([texts] if single else texts, "predict()")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
         ids = [row or [self.codec.pad_id] for row in self.codec.encode(rows, keep="start")]
@@ -156,16 +157,21 @@ class Predictor:
         if isinstance(prompt, list) or style == "chat":
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             text = render_chat(self.chat_template, messages, self.codec.special_tokens)
-            ids = self.codec.encode([text], add_special_tokens=False, keep="end")[0]
+            ids = self.codec.encode([text], add_special_tokens=False, keep="end", limit=self._prompt_limit())[0]
         else:
             separator = (self.manifest.get("prompt_format") or {}).get("separator", "\n")
             text = prompt + separator if style == "plain" else prompt
-            ids = self.codec.encode([text], add_special_tokens=True, keep="end")[0]
+            ids = self.codec.encode([text], add_special_tokens=True, keep="end", limit=self._prompt_limit())[0]
         if not ids:  # an empty prompt: start from the begin-of-text token, as an unconditional model would
             ids = [int(self.bos_id if self.bos_id is not None else self.decoder.pad_id)]
         return ids
 
-    def _batch(self, prompts: list, options: GenerationOptions, on_piece=None) -> list[str]:
+    def _prompt_limit(self) -> int | None:
+        """Prompts keep their last tokens so that at least one new token fits the model's positions."""
+        positions = self.decoder.max_positions
+        return positions - 1 if positions else None
+
+    def _batch(self, prompts: list, options: GenerationOptions) -> list[str]:
         rows = [self.prompt_ids(p) for p in prompts]
         ids, mask = self.codec.pad(rows, side="left")
         eos = set(int(e) for e in self.decoder.eos_ids)
@@ -173,13 +179,8 @@ class Predictor:
         done = np.zeros(len(rows), dtype=bool)
         for tokens in self.decoder.iter_batch(ids, mask, options, done):
             for i, (tracker, token) in enumerate(zip(trackers, tokens)):
-                piece = tracker.add(int(token))
+                tracker.add(int(token))
                 done[i] |= tracker.finished
-                if piece and on_piece:
-                    on_piece(piece)
-        tails = [t.flush() for t in trackers]
-        if on_piece and tails[0]:
-            on_piece(tails[0])
         return [t.text for t in trackers]
 
     def generate(self, prompt: str | list, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -191,8 +192,8 @@ class Predictor:
         the returned text ends before the first stop string or end token.
         """
         self._require("generate", "generate()")
-        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(_stops(stop)))
-        batch = _check_prompt(prompt)
+        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
+        batch = check_prompt(prompt)
         texts = self._batch(prompt if batch else [prompt], options)
         return texts if batch else texts[0]
 
@@ -201,8 +202,8 @@ class Predictor:
                stop: str | list[str] | tuple[str, ...] = ()) -> Iterator[str]:
         """Yield text pieces as they are decoded; they concatenate to what `generate` returns."""
         self._require("generate", "stream()")
-        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(_stops(stop)))
-        if _check_prompt(prompt):
+        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
+        if check_prompt(prompt):
             raise UsageError("stream() takes one prompt or one chat, not a list of prompts; call generate() for a batch")
         ids, mask = self.codec.pad([self.prompt_ids(prompt)], side="left")
         tracker = TextTracker(self.codec.decode, options.stop, set(int(e) for e in self.decoder.eos_ids))
@@ -227,34 +228,6 @@ class Predictor:
         done = np.zeros(1, dtype=bool)
         for tokens in self.decoder.iter_batch(ids, np.ones_like(ids), options, done):
             yield int(tokens[0])
-
-
-def _check_texts(texts, call: str) -> list[str]:
-    if texts is None or not isinstance(texts, (list, tuple)):
-        raise UsageError(f"{call} takes a string or a list of strings, got {type(texts).__name__}; "
-                         'pass predict("some text") or predict(["a", "b"])')
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise UsageError(f"{call} item {bad[0]} is {type(texts[bad[0]]).__name__}, not a string; pass strings only")
-    return list(texts)
-
-
-def _check_prompt(prompt) -> bool:
-    """Validate a prompt; True when it is a batch (list of strings)."""
-    if isinstance(prompt, str):
-        return False
-    if isinstance(prompt, list) and prompt and all(isinstance(p, dict) for p in prompt):
-        return False
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return True
-    raise UsageError(f"a prompt must be a string, a list of strings, or a chat (list of role/content dicts); "
-                     f"got {type(prompt).__name__ if not isinstance(prompt, list) else 'an empty or mixed list'}")
-
-
-def _stops(stop) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -59,19 +59,23 @@ class TextCodec:
         """The id of a token string, or None."""
         return None if token is None else self.tokenizer.token_to_id(token)
 
-    def encode(self, texts: list[str], add_special_tokens: bool = True, keep: str = "start") -> list[list[int]]:
-        """Token ids per text, cut to max_length: `keep="start"` (classification) or `"end"` (prompts)."""
+    def encode(self, texts: list[str], add_special_tokens: bool = True, keep: str = "start",
+               limit: int | None = None) -> list[list[int]]:
+        """Token ids per text, cut with a logged count.
+
+        `keep="start"` (classification) cuts to the bundle's max_length with the tokenizer's own truncation;
+        `keep="end"` (prompts) keeps the last `limit` tokens, where the question usually is.
+        """
         tokenizer = self.truncating if keep == "start" else self.tokenizer
         encodings = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         ids = [list(e.ids) for e in encodings]
         if keep == "start":
-            cut = sum(bool(e.overflowing) for e in encodings)
+            limit, cut = self.max_length, sum(bool(e.overflowing) for e in encodings)
         else:
-            cut = sum(len(row) > self.max_length for row in ids) if self.max_length else 0
-            ids = [row[-self.max_length:] for row in ids] if cut else ids
+            cut = sum(len(row) > limit for row in ids) if limit else 0
+            ids = [row[-limit:] for row in ids] if cut else ids
         if cut:
-            logger.warning("%d of %d input(s) longer than the bundle's max_length (%s tokens) were truncated",
-                           cut, len(ids), self.max_length)
+            logger.warning("%d of %d input(s) longer than %s tokens were truncated", cut, len(ids), limit)
         return ids
 
     def pad(self, rows: list[list[int]], side: str = "right") -> tuple[np.ndarray, np.ndarray]:
