@@ -194,3 +194,15 @@ def test_classification_calls_on_a_generator_are_refused(runtime_bundle):
         predictor.predict("text")
     with pytest.raises(ValueError, match="classify bundle"):
         predictor.forward(np.ones((1, 2), np.int64), np.ones((1, 2), np.int64))
+
+
+def test_stream_yields_before_generation_ends(runtime_bundle, monkeypatch):
+    predictor = Predictor.load(runtime_bundle("gpt2"))
+    steps = []
+    original = predictor.decoder.step
+    monkeypatch.setattr(predictor.decoder, "step", lambda *args: steps.append(1) or original(*args))
+    pieces = predictor.stream("what color is the sky", max_new_tokens=30)
+    next(pieces)
+    assert len(steps) < 30  # the first piece came out while decoding was still going on
+    rest = list(pieces)
+    assert rest and len(steps) == 30
