@@ -163,3 +163,12 @@ def test_import_runtime_pulls_in_no_torch(runtime_bundle):
             "('torch', 'transformers', 'optimum', 'datasets'))\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bundle_validated_for_another_device_is_logged(runtime_bundle, tmp_path, caplog):
+    bundle = _copy(runtime_bundle("bert"), tmp_path)
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    (bundle / "deployft.json").write_text(json.dumps({**manifest, "device": "cuda"}))
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        Predictor.load(bundle)
+    assert "validated for cuda but runs on cpu" in caplog.text

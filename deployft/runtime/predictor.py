@@ -91,6 +91,9 @@ class Predictor:
         path = verify_model_file(folder, manifest, name)
         session, actual = create_session(path, options)
         logger.info("loaded %s (%s) on %s", folder, name, actual)
+        if manifest.get("device") not in (None, actual):
+            logger.warning("%s was exported and validated for %s but runs on %s; its speed and accuracy there "
+                           "are unmeasured (re-export with --device %s)", folder, manifest["device"], actual, actual)
         return cls(folder, manifest, session, actual, name)
 
     def __repr__(self) -> str:
