@@ -206,3 +206,26 @@ def test_stream_yields_before_generation_ends(runtime_bundle, monkeypatch):
     assert len(steps) < 30  # the first piece came out while decoding was still going on
     rest = list(pieces)
     assert rest and len(steps) == 30
+
+
+def test_fp16_variant_feeds_an_fp16_cache(runtime_bundle, tmp_path):
+    import shutil
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from deployft.manifest import file_table, read_manifest, write_manifest
+
+    bundle = shutil.copytree(runtime_bundle("llama"), tmp_path / "bundle")
+    onnx.save(convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=False),
+              bundle / "model_fp16.onnx")
+    manifest = read_manifest(bundle, "bundle")
+    write_manifest(bundle, {**manifest, "files": file_table(bundle)})
+    fp16 = Predictor.load(bundle, model_file="model_fp16.onnx")
+    fp32 = Predictor.load(bundle)
+    assert fp16.decoder.past_dtype == np.float16
+    ids = fp32.prompt_ids(PROMPTS[0])
+    tokens16 = list(fp16.iter_token_ids(ids, max_new_tokens=6))
+    tokens32 = list(fp32.iter_token_ids(ids, max_new_tokens=6))
+    assert tokens16[0] == tokens32[0] and len(tokens16) == len(tokens32)
+    assert isinstance(fp16.generate(PROMPTS, max_new_tokens=4), list)
