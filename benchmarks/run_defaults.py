@@ -2,8 +2,9 @@
 
 Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes) and generator (SmolLM2-135M-Instruct
 on chatterbot pairs) with short settings, exports each to ONNX (fp32, fused, dynamic int8), runs
-`deployft bench` at 2 threads, and copies report.json / report.md of each into benchmarks/results/, with a
-summary (results/README.md) of the numbers the README quotes and the machine they were measured on.
+`deployft bench` at 2 threads, and copies report.json / report.md of each into benchmarks/results/
+(bench_classify.*, bench_generate.*), with a summary (results/bench_defaults.md) of the numbers the README
+quotes and the machine they were measured on.
 
     python benchmarks/run_defaults.py                   # both tasks, work files under outputs/bench-defaults
     python benchmarks/run_defaults.py --task classify   # one task
@@ -102,27 +103,28 @@ def headline(task: str, report) -> list[str]:
 
 def publish(task: str, report, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report.path / "report.json", results / f"{task}.json")
+    shutil.copyfile(report.path / "report.json", results / f"bench_{task}.json")
     text = (report.path / "report.md").read_text(encoding="utf-8")
     body = text.split("## Plots")[0].rstrip() + "\n"  # the PNGs stay in the work folder
-    (results / f"{task}.md").write_text(body, encoding="utf-8")
+    (results / f"bench_{task}.md").write_text(body, encoding="utf-8")
 
 
 def summarize(results: Path) -> None:
-    """results/README.md: the headline numbers of every task recorded so far, and the machine."""
+    """results/bench_defaults.md: the headline numbers of every task recorded so far, and the machine."""
     from deployft.bench import BenchReport
     from deployft.bench.markdown import machine_line
 
     parts = ["# Benchmarks on the default models", "",
-             "Written by `python benchmarks/run_defaults.py`; full tables in classify.md / generate.md, every "
-             "raw timing in the JSON files.", ""]
+             "Written by `python benchmarks/run_defaults.py`; full tables in bench_classify.md / bench_generate.md, "
+             "every raw timing in the JSON files.", ""]
     for task in ("classify", "generate"):
-        if (results / f"{task}.json").is_file():
-            report = BenchReport(results, json.loads((results / f"{task}.json").read_text(encoding="utf-8")))
+        path = results / f"bench_{task}.json"
+        if path.is_file():
+            report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
             parts += [f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
             parts += [f"- **warning:** {w}" for w in report.data["warnings"]]
             parts += headline(task, report)
-    (results / "README.md").write_text("\n".join(parts), encoding="utf-8")
+    (results / "bench_defaults.md").write_text("\n".join(parts), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         publish(task, report, args.results)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)
-    print((args.results / "README.md").read_text(encoding="utf-8"))
+    print((args.results / "bench_defaults.md").read_text(encoding="utf-8"))
     return 0
 
 
