@@ -19,7 +19,7 @@ from .errors import StageError, UsageError
 PRESETS = ("avx512_vnni", "avx2", "arm64")
 STATIC_OP_TYPES = ("MatMul", "Gemm")
 """Static int8 quantizes the ops that carry weights; the preset's long list (Reshape, Where, ...) breaks KV-cache graphs."""
-HEAD_KEYWORDS = ("classifier", "score", "lm_head", "pooler", "pre_classifier")
+HEAD_KEYWORDS = ("classifier", "score", "lm_head", "pooler", "pre_classifier", "embed_tokens", "wte", "word_embeddings")
 QUANTIZABLE = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
 
 
@@ -110,7 +110,7 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def sensitive_nodes(path: Path, num_layers: int) -> list[str]:
-    """Quantizable nodes that most often carry the int8 error: the head, and the first and last layer."""
+    """Quantizable nodes that most often carry the int8 error: the head, the embeddings, the first and last layer."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

@@ -71,11 +71,15 @@ def test_excluded_nodes_stay_fp32(tiny_onnx):
 def test_sensitive_nodes_are_head_first_and_last_layer(tiny_onnx):
     folder = tiny_onnx("bert")
     nodes = sensitive_nodes(folder / "model.onnx", num_layers=2)
-    assert nodes and all("layer.0" in n or "layer.1" in n or "classifier" in n or "pooler" in n for n in nodes)
+    assert nodes and all(any(k in n for k in ("layer.0", "layer.1", "classifier", "pooler", "word_embeddings"))
+                         for n in nodes)
+    assert "/bert/embeddings/word_embeddings/Gather" in nodes
     assert "/classifier/Gemm_MatMul" in nodes and "/bert/pooler/dense/Gemm_MatMul" in nodes
     llama = tiny_onnx("llama")
     nodes = sensitive_nodes(llama / "model.onnx", num_layers=2)
-    assert any("lm_head" in n for n in nodes)
+    assert "/lm_head/MatMul" in nodes and "/model/embed_tokens/Gather" in nodes
+    assert not any("layers.1/" in n for n in sensitive_nodes(llama / "model.onnx", num_layers=8))
+    assert any("layers.1/" in n for n in nodes)
 
 
 def test_static_int8_calibrates_on_the_given_inputs(tiny_onnx):

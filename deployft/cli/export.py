@@ -20,7 +20,7 @@ from ..configfile import build_config
 @click.option("--calibration-samples", type=int, default=None, help="Training examples for int8-static (default 100).")
 @click.option("--validate-samples", type=int, default=None, help="Eval examples to validate on (default 200).")
 @click.option("--max-accuracy-drop", type=float, default=None,
-              help="Budget vs PyTorch: classify accuracy points (default 1), generate perplexity increase % (default 5).")
+              help="Budget vs PyTorch: classify accuracy points (default 1), generate perplexity increase % (default 10).")
 @click.option("--device", default=None, metavar="cpu|cuda", help="Target device (default cpu).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: Optimum's choice).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output folder.")

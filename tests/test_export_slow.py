@@ -1,0 +1,44 @@
+"""The real defaults (all-MiniLM-L6-v2 classifier, SmolLM2-135M generator) exported, fused, quantized, validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployft.export import ExportConfig, export
+from deployft.manifest import read_manifest, sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
+    bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "clf", quantize="int8"))
+    manifest = read_manifest(bundle, "bundle")
+    after = manifest["fusion"]["after"]
+    assert after["Attention"] == 6 and after["SkipLayerNormalization"] >= 12 and after["BiasGelu"] == 6
+    plain, fused = manifest["validation"]["model.onnx"], manifest["validation"]["model_optimized.onnx"]
+    assert plain["max_abs_logit_diff"] <= 1e-4 and fused["max_abs_logit_diff"] <= 1e-4
+    assert plain["top1_agreement"] == fused["top1_agreement"] == 1.0
+    int8 = manifest["validation"]["model_quantized.onnx"]
+    assert manifest["model_file"] == "model_quantized.onnx"
+    assert int8["top1_agreement"] >= 0.95 and int8["drop"] <= 1.0
+    assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 3
+    assert manifest["labels"] == ["fresh", "rotten"] and manifest["validation_inputs"] == "eval data"
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(bundle / name)
+
+
+def test_real_generator_int8_bundle(real_generate_run, tmp_path):
+    bundle = export(ExportConfig(run=real_generate_run, output=tmp_path / "gen", quantize="int8",
+                                 validate_samples=8, max_accuracy_drop=50.0))
+    manifest = read_manifest(bundle, "bundle")
+    assert manifest["generation"]["num_layers"] == 30 and manifest["generation"]["num_kv_heads"] == 3
+    assert manifest["generation"]["head_dim"] == 64
+    assert "attention is not fused" in manifest["fusion"]["notes"][0]
+    assert manifest["fusion"]["after"].get("SkipSimplifiedLayerNormalization", 0) >= 30
+    for name in ("model.onnx", "model_optimized.onnx"):
+        report = manifest["validation"][name]
+        assert report["greedy_identical"] == 1.0 and report["top1_agreement"] >= 0.999
+        assert abs(report["perplexity_increase_pct"]) < 0.1
+    int8 = manifest["validation"]["model_quantized.onnx"]
+    assert manifest["model_file"] == "model_quantized.onnx"
+    assert int8["top1_agreement"] >= 0.8 and int8["perplexity_increase_pct"] <= 50.0
