@@ -83,6 +83,9 @@ class FinetuneConfig:
         if self.task not in TASKS:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         self.output = self.output or f"runs/{self.task}"
+        for name in ("model", "data", "eval_data", "output"):  # accept Path objects from Python callers
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--lr": self.lr,
                     "--max-samples": self.max_samples, "--max-steps": self.max_steps, "--lora-r": self.lora_r}
         for flag, value in positive.items():
@@ -136,6 +139,7 @@ def _config_record(config: FinetuneConfig) -> dict[str, Any]:
     record = dataclasses.asdict(config)
     for transient in ("resume", "overwrite"):
         record.pop(transient)
+    record["output"] = str(Path(config.output).expanduser().resolve())
     return record
 
 
@@ -181,7 +185,7 @@ def _write_run(output: Path, config: FinetuneConfig, job, trainer, metrics: dict
             "columns": job.examples.columns, "data": job.examples.record,
             "training": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                          "seed": config.seed, "steps": trainer.state.global_step, "max_steps": config.max_steps,
-                         "world_size": trainer.args.world_size,
+                         "world_size": trainer.args.world_size, "device": trainer.args.device.type,
                          "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}
                          if config.lora else None},
             "metrics": metrics, "versions": library_versions(),

@@ -36,6 +36,7 @@ def test_classify_run_folder_follows_the_contract(tiny_classify_run):
     assert manifest["columns"] == {"text": "text", "label": "label"}
     assert manifest["data"]["train"]["format"] == "csv" and len(manifest["data"]["train"]["sha256"]) == 64
     assert manifest["training"]["steps"] > 0 and manifest["versions"]["torch"]
+    assert manifest["training"]["device"] in ("cpu", "cuda")
     assert set(manifest["metrics"]) >= {"accuracy", "macro_f1", "eval_loss"}
     assert json.loads((run / "eval.json").read_text())["accuracy"] == manifest["metrics"]["accuracy"]
     assert not list(run.parent.glob(".*"))  # no staging or work folder left behind
@@ -139,7 +140,7 @@ def test_existing_output_is_refused_before_training(tmp_path, tiny_model, classi
     output = tmp_path / "run"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
-    config = FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv), output=str(output), **FAST)
+    config = FinetuneConfig(model=tiny_model("bert"), data=classify_csv, output=output, **FAST)  # Paths work too
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         finetune(config)
     assert _siblings(output) == ["data", "model-bert", "run"]  # no staging or work folder
@@ -246,3 +247,14 @@ def test_ddp_with_torchrun_on_cpu(tmp_path, tiny_model, classify_csv):
     manifest = _manifest(out)
     assert manifest["training"]["world_size"] == 2 and manifest["training"]["steps"] == 3
     assert "RUN written to" in done.stdout
+
+
+@pytest.mark.gpu
+def test_finetune_on_cuda(tmp_path, tiny_model, classify_csv):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
+    run = finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv),
+                                  output=str(tmp_path / "run"), **FAST))
+    assert _manifest(run)["training"]["device"] == "cuda"
