@@ -8,6 +8,7 @@ Run by `make demo`. Everything comes from installed packages; nothing is downloa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import deployft
+    from deployft.bundle import info_text
     from deployft.errors import DeployftError
 
     run_dir, bundle_dir, report_dir = (args.output / name for name in ("run", "bundle", "report"))
@@ -31,17 +33,20 @@ def main(argv: list[str] | None = None) -> int:
         deployft.finetune(deployft.FinetuneConfig(
             task="classify", max_samples=args.samples, epochs=1, max_length=128, output=run_dir, overwrite=True,
         ))
+        metrics = json.loads((run_dir / "eval.json").read_text())
+        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         print(f"\n== 2/3 export to ONNX, fuse, quantize int8, validate against PyTorch -> {bundle_dir}")
         deployft.export(deployft.ExportConfig(run=run_dir, output=bundle_dir, quantize="int8", overwrite=True))
+        print(info_text(bundle_dir))
         print(f"\n== 3/3 benchmark the bundle against the PyTorch original ({args.threads} threads) -> {report_dir}")
-        report = deployft.benchmark(deployft.BenchConfig(
+        deployft.benchmark(deployft.BenchConfig(
             run=run_dir, bundle=bundle_dir, report=report_dir, threads=args.threads,
             batch_sizes=(1, 8), seq_lens=(16, 128), repeats=20, overwrite=True,
         ))
     except DeployftError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    print(report.summary() if hasattr(report, "summary") else report)
+    print((report_dir / "report.md").read_text(encoding="utf-8").split("## Plots")[0])
     print(f"\nHTML report: {(report_dir / 'report.html').resolve()}")
     return 0
 
