@@ -32,6 +32,12 @@ FINETUNE = {
                      lr=5e-5),
 }
 """Short settings: minutes on 2 cores, enough to move the models off their starting point."""
+EXPORT = {
+    "classify": {},
+    "generate": dict(max_accuracy_drop=100.0),
+}
+"""int8 costs the short-trained generator about 50 % perplexity, over export's default 10 % budget; the
+benchmark records that cost beside the speed instead of leaving int8 out."""
 BENCH = {
     "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
     "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),
@@ -53,7 +59,7 @@ def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
         finetune(FinetuneConfig(output=str(run), overwrite=True, **FINETUNE[task]))
     if not (reuse and (bundle / "deployft.json").is_file()):
         log(f"exporting {run} (fp32, fused, int8)")
-        export(ExportConfig(run=run, output=bundle, quantize="int8", overwrite=True))
+        export(ExportConfig(run=run, output=bundle, quantize="int8", overwrite=True, **EXPORT[task]))
     return run, bundle
 
 
