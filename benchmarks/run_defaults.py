@@ -128,7 +128,7 @@ def summarize(results: Path) -> None:
         if path.is_file():
             report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
             parts += [f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
-            parts += [f"- **warning:** {w}" for w in report.data["warnings"]]
+            parts += [f"- **warning:** {w}" for w in report.data["warnings"]] + [""]
             parts += headline(task, report)
     (results / "bench_defaults.md").write_text("\n".join(parts), encoding="utf-8")
 
