@@ -139,6 +139,15 @@ or `deployft predict BUNDLE "some text"`; Optimum loads it too:
 """
 
 
+def op_changes(fusion: dict[str, Any]) -> str:
+    """The op types whose count the optimizer changed, largest change first: `MatMul 16->6, Softmax 2->0`."""
+    before, after = fusion["before"], fusion["after"]
+    changed = [(op, before.get(op, 0), after.get(op, 0)) for op in {**before, **after}
+               if before.get(op, 0) != after.get(op, 0)]
+    changed.sort(key=lambda item: -abs(item[1] - item[2]))
+    return ", ".join(f"{op} {b}->{a}" for op, b, a in changed) or "unchanged"
+
+
 def info_text(bundle: str | Path) -> str:
     """`deployft info`: task, labels, files with sizes, fusion, quantization and validation of a BUNDLE."""
     manifest = read_manifest(bundle, "bundle")
@@ -148,6 +157,7 @@ def info_text(bundle: str | Path) -> str:
              f"labels: {', '.join(manifest['labels'] or []) or '-'}",
              f"deployable: {manifest['model_file']}   opset {manifest['opset']}   device {manifest.get('device')}",
              f"fusion: {manifest['fusion']['summary']}"]
+    lines.append(f"  op counts before -> after: {op_changes(manifest['fusion'])}")
     lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
     lines.append("quantization: none" if not q else
                  f"quantization: {q['mode']} preset={q.get('preset')} per_channel={q.get('per_channel')} "

@@ -100,9 +100,17 @@ def test_model_card_and_info(bundles):
     assert "ORTModelForSequenceClassification" in card
     text = info_text(bundles["bert"])
     for expected in ("task: classify", "labels: negative, positive", "deployable: model_quantized.onnx",
-                     "fusion: ", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |"):
+                     "fusion: ", "Attention 0->2", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |"):
         assert expected in text
     assert "perplexity" in info_text(bundles["llama"]) and "quantization: none" in info_text(bundles["llama"])
+
+
+def test_op_changes_lists_what_the_optimizer_changed():
+    from deployft.bundle import op_changes
+
+    fusion = {"before": {"MatMul": 16, "Softmax": 2, "Gather": 5}, "after": {"MatMul": 6, "Attention": 2, "Gather": 5}}
+    assert op_changes(fusion) == "MatMul 16->6, Softmax 2->0, Attention 0->2"
+    assert op_changes({"before": {"A": 1}, "after": {"A": 1}}) == "unchanged"
 
 
 def test_validation_table_marks_the_deployable_file():
