@@ -127,6 +127,8 @@ or `deployft predict BUNDLE "some text"`; Optimum loads it too:
 
 {manifest['fusion']['summary']}. {' '.join(manifest['fusion']['notes'])}
 
+Op counts before -> after: {op_changes(manifest['fusion'])}.
+
 ## Quantization
 
 {quant}

@@ -97,7 +97,7 @@ def test_model_card_and_info(bundles):
     card = (bundles["bert"] / "README.md").read_text()
     manifest = read_manifest(bundles["bert"], "bundle")
     assert "model_quantized.onnx" in card and "Attention ×2" in card and validation_table(manifest) in card
-    assert "ORTModelForSequenceClassification" in card
+    assert "ORTModelForSequenceClassification" in card and "Attention 0->2" in card
     text = info_text(bundles["bert"])
     for expected in ("task: classify", "labels: negative, positive", "deployable: model_quantized.onnx",
                      "fusion: ", "Attention 0->2", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |"):
