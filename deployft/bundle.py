@@ -83,10 +83,10 @@ def _fmt(value: Any) -> str:
 def validation_table(manifest: dict[str, Any]) -> str:
     """The per-variant validation report as a Markdown table (the deployable file marked with *)."""
     if manifest["task"] == "classify":
-        cols = [("max |Δlogit|", "max_abs_logit_diff"), ("top-1 agree", "top1_agreement"),
+        cols = [("max abs Δlogit", "max_abs_logit_diff"), ("top-1 agree", "top1_agreement"),
                 ("accuracy", "accuracy"), ("PyTorch acc", "accuracy_pytorch"), ("macro-F1", "macro_f1")]
     else:
-        cols = [("max |Δlogit|", "max_abs_logit_diff"), ("next-token agree", "top1_agreement"),
+        cols = [("max abs Δlogit", "max_abs_logit_diff"), ("next-token agree", "top1_agreement"),
                 ("perplexity", "perplexity"), ("PyTorch ppl", "perplexity_pytorch"),
                 ("greedy identical", "greedy_identical")]
     head = "| file | precision | fused | " + " | ".join(c for c, _ in cols) + " | drop |"
