@@ -31,7 +31,7 @@ def export(run: str, config_file: str | None, **flags) -> None:
 
     \b
     deployft export runs/clf --output bundles/clf --quantize int8
-    deployft export runs/chat --output bundles/chat --quantize int8 --max-accuracy-drop 10
+    deployft export runs/chat --output bundles/chat --quantize int8 --max-accuracy-drop 30
     """
     import logging
 
