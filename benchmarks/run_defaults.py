@@ -100,9 +100,12 @@ def headline(task: str, report) -> list[str]:
     lines = ["### Generator: decode tokens/s (greedy, KV cache)", ""]
     for row in sorted(report.results, key=lambda r: (r["prompt_len"], r["variant"])):
         acc = variants[row["variant"]].get("accuracy") or {}
-        speedup = f"{row['speedup_decode']:.2f}x pytorch" if row["speedup_decode"] else "no baseline"
-        lines.append(f"- prompt {row['prompt_len']}, `{row['variant']}`: {row['decode_tokens_per_s']:.1f} tokens/s "
-                     f"({speedup}), TTFT p50 {row['ttft']['p50'] * 1e3:.1f} ms, perplexity {acc.get('perplexity')}")
+        rate, speedup = row["decode_tokens_per_s"], row["speedup_decode"]
+        lines.append(f"- prompt {row['prompt_len']}, `{row['variant']}`: "
+                     f"{'–' if rate is None else f'{rate:.1f}'} decode tokens/s "
+                     f"({'–' if speedup is None else f'{speedup:.2f}'}x pytorch), TTFT p50 "
+                     f"{row['ttft']['p50'] * 1e3:.1f} ms, perplexity {acc.get('perplexity')}, "
+                     f"greedy-token agreement {acc.get('token_agreement')}")
     failed = [f"- `{n}`: failed: {v.get('error')}" for n, v in variants.items() if v["status"] != "ok"]
     return lines + failed + [""]
 
