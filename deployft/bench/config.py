@@ -73,6 +73,8 @@ class BenchConfig:
     """Keep adding rounds until every cell of every variant has been timed for at least this many seconds."""
     warmup: int = 3
     """Untimed runs per variant and cell before timing."""
+    settle: float = 0.05
+    """Idle seconds before each timed call, so the previous variant's spinning threads (OpenMP, ONNX Runtime) stop."""
     eval_samples: int = 200
     """Eval rows of the RUN used for the accuracy of every variant (generators: fewer are generated from)."""
     device: str = "cpu"
@@ -95,6 +97,8 @@ class BenchConfig:
                                  ("--warmup", self.warmup, 0), ("--eval-samples", self.eval_samples, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.settle, (int, float)) or self.settle < 0:
+            raise UsageError(f"--settle must be a number of seconds >= 0, got {self.settle!r}")
         if not isinstance(self.min_time, (int, float)) or self.min_time < 0:
             raise UsageError(f"--min-time must be a number of seconds >= 0, got {self.min_time!r}")
         if self.device not in DEVICES:

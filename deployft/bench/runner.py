@@ -126,6 +126,7 @@ def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status
         cells = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
 
         def step(name, cell):
+            time.sleep(config.settle)
             reply = workers[name].call("classify", cell=f"cell_{cell[0]}x{cell[1]}", warmup=config.warmup)
             return reply["seconds"]
 
@@ -134,6 +135,7 @@ def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status
         cells = [(p, n) for p in config.prompt_lens for n in config.new_tokens]
 
         def step(name, cell):
+            time.sleep(config.settle)
             return workers[name].call("generate", cell=f"prompt_{cell[0]}", new_tokens=cell[1], warmup=config.warmup)
 
         def elapsed(m):

@@ -27,6 +27,9 @@ import click
 @click.option("--min-time", type=float, default=None,
               help="Keep timing until each cell has run this many seconds per variant [default: 0].")
 @click.option("--warmup", type=int, default=None, help="Untimed runs per variant and cell [default: 3].")
+@click.option("--settle", type=float, default=None,
+              help="Idle seconds before each timed call, so the previous variant's spinning threads stop "
+                   "[default: 0.05].")
 @click.option("--eval-samples", type=int, default=None,
               help="Eval rows scored by every variant; 0 skips accuracy [default: 200].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [default: cpu].")
@@ -36,7 +39,7 @@ import click
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
-          min_time, warmup, eval_samples, device, no_peak, no_plots, overwrite, config_file) -> None:
+          min_time, warmup, settle, eval_samples, device, no_peak, no_plots, overwrite, config_file) -> None:
     """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
 
     \b
@@ -51,7 +54,7 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
     config = build_config(
         BenchConfig, config_file, run=run, bundle=bundle, report=report, variants=variants,
         batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
-        threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, eval_samples=eval_samples,
+        threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, eval_samples=eval_samples,
         device=device, peak=False if no_peak else None, plots=False if no_plots else None,
         overwrite=True if overwrite else None,
     )

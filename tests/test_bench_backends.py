@@ -1,0 +1,58 @@
+"""Backends: timing generation runs to exactly --new-tokens on every variant."""
+
+import numpy as np
+
+from deployft.bench.backends import OnnxBackend, TorchBackend, _suspend_end_tokens
+
+
+class FakeDecoder:
+    def __init__(self):
+        self.eos_ids = np.array([2], dtype=np.int64)
+        self._eos_set = {2}
+        self.pad_id = 0
+
+
+class FakePredictor:
+    """Emits 5, 2 (an end token), 7, 7, ...; stops at an end token as the runtime's loop does."""
+
+    task = "generate"
+
+    def __init__(self):
+        self.decoder = FakeDecoder()
+
+    def iter_token_ids(self, prompt_ids, max_new_tokens):
+        for i in range(max_new_tokens):
+            token = [5, 2][i] if i < 2 else 7
+            yield token
+            if token in self.decoder._eos_set or token in self.decoder.eos_ids:
+                return
+
+
+def test_end_tokens_are_suspended_and_restored():
+    decoder = FakeDecoder()
+    saved = _suspend_end_tokens(decoder)
+    assert decoder.eos_ids.size == 0 and decoder._eos_set == set() and decoder.pad_id == 0
+    assert set(saved) == {"eos_ids", "_eos_set"}
+
+
+def test_onnx_generation_runs_past_end_tokens_only_when_timing():
+    backend = OnnxBackend("model.onnx", bundle=".", precision="fp32", device="cpu", threads=1)
+    backend.predictor = FakePredictor()
+    tokens, times = backend.generate([1, 2, 3], 4)
+    assert tokens == [5, 2, 7, 7] and len(times) == 4 and times == sorted(times)
+    assert backend.predictor.decoder._eos_set == {2} and backend.predictor.decoder.eos_ids.tolist() == [2]
+    assert backend.generate([1], 4, stop_at_eos=True)[0] == [5, 2]
+
+
+def test_torch_generation_runs_past_end_tokens_only_when_timing(tiny_model):
+    import torch
+
+    backend = TorchBackend("pytorch", tiny_model("llama"), "generate", "cpu", 1)
+    backend.load()
+    eos = backend.model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    with torch.no_grad():  # make the end token the greedy choice at every step
+        backend.model.lm_head.weight[eos] += 100.0
+    tokens, times = backend.generate([5, 6, 7], 4)
+    assert tokens == [eos] * 4 and len(times) == 4
+    assert backend.generate([5, 6, 7], 4, stop_at_eos=True)[0] == [eos]
