@@ -175,8 +175,9 @@ def test_default_classifier_int8_against_pytorch(real_classify_run, tmp_path):
 def test_default_generator_int8_decodes_every_token(real_generate_run, tmp_path):
     from deployft.export import ExportConfig, export
 
+    # int8 costs the default generator far more perplexity than export's 10 % budget; the bench must still time it
     bundle = export(ExportConfig(run=real_generate_run, output=tmp_path / "bundle", quantize="int8",
-                                 validate_samples=4))
+                                 validate_samples=4, max_accuracy_drop=1000.0))
     fp32, int8 = onnx_variants(bundle)
     report = benchmark(BenchConfig(run=real_generate_run, bundle=bundle, report=tmp_path / "report", threads=2,
                                    variants=["pytorch", int8], prompt_lens=16, new_tokens=8, repeats=3, warmup=1,
