@@ -15,11 +15,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# `deployft.export` names both a submodule and the stage function. Bind the function now (the module's top level is
+# light), so that a later `from deployft.export import ...` cannot replace the attribute with the module.
+from .export import ExportConfig, export  # noqa: E402
+
 _LAZY = {
     "FinetuneConfig": "deployft.train",
     "finetune": "deployft.train",
-    "ExportConfig": "deployft.export",
-    "export": "deployft.export",
     "Predictor": "deployft.runtime",
     "Prediction": "deployft.runtime",
     "BenchConfig": "deployft.bench",
@@ -27,7 +29,7 @@ _LAZY = {
     "benchmark": "deployft.bench",
 }
 
-__all__ = sorted([*_LAZY, "errors", "__version__"])
+__all__ = sorted([*_LAZY, "ExportConfig", "export", "errors", "__version__"])
 
 
 def __getattr__(name: str) -> Any:

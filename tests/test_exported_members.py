@@ -20,3 +20,10 @@ def test_import_deployft_does_not_import_torch():
     code = "import sys, deployft, deployft.errors, deployft.manifest; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_export_stays_the_function_after_its_module_is_imported():
+    code = ("import deployft.export, deployft; from deployft.export import ExportConfig; "
+            "print(callable(deployft.export), deployft.ExportConfig is ExportConfig)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
