@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deployft.bench.backends import OnnxBackend, TorchBackend, _suspend_end_tokens
+from deployft.bench.backends import OnnxBackend, TorchBackend
 
 
 class FakeDecoder:
@@ -20,19 +20,12 @@ class FakePredictor:
     def __init__(self):
         self.decoder = FakeDecoder()
 
-    def iter_token_ids(self, prompt_ids, max_new_tokens):
+    def iter_token_ids(self, prompt_ids, max_new_tokens, ignore_eos=False):
         for i in range(max_new_tokens):
             token = [5, 2][i] if i < 2 else 7
             yield token
-            if token in self.decoder._eos_set or token in self.decoder.eos_ids:
+            if not ignore_eos and token in self.decoder._eos_set:
                 return
-
-
-def test_end_tokens_are_suspended_and_restored():
-    decoder = FakeDecoder()
-    saved = _suspend_end_tokens(decoder)
-    assert decoder.eos_ids.size == 0 and decoder._eos_set == set() and decoder.pad_id == 0
-    assert set(saved) == {"eos_ids", "_eos_set"}
 
 
 def test_onnx_generation_runs_past_end_tokens_only_when_timing():
@@ -40,7 +33,6 @@ def test_onnx_generation_runs_past_end_tokens_only_when_timing():
     backend.predictor = FakePredictor()
     tokens, times = backend.generate([1, 2, 3], 4)
     assert tokens == [5, 2, 7, 7] and len(times) == 4 and times == sorted(times)
-    assert backend.predictor.decoder._eos_set == {2} and backend.predictor.decoder.eos_ids.tolist() == [2]
     assert backend.generate([1], 4, stop_at_eos=True)[0] == [5, 2]
 
 

@@ -229,3 +229,16 @@ def test_fp16_variant_feeds_an_fp16_cache(runtime_bundle, tmp_path):
     tokens32 = list(fp32.iter_token_ids(ids, max_new_tokens=6))
     assert tokens16[0] == tokens32[0] and len(tokens16) == len(tokens32)
     assert isinstance(fp16.generate(PROMPTS, max_new_tokens=4), list)
+
+
+def test_ignore_eos_runs_to_max_new_tokens(runtime_bundle):
+    from deployft.runtime.generation import KVDecoder
+
+    predictor = Predictor.load(runtime_bundle("gpt2"))
+    ids = predictor.prompt_ids(PROMPTS[0])
+    first = next(predictor.iter_token_ids(ids, max_new_tokens=1))
+    old = predictor.decoder  # make the first greedy token an end token
+    predictor.decoder = KVDecoder(predictor.session, predictor.device, [first], old.pad_id, old.max_positions)
+    assert list(predictor.iter_token_ids(ids, max_new_tokens=6)) == [first]
+    tokens = list(predictor.iter_token_ids(ids, max_new_tokens=6, ignore_eos=True))
+    assert len(tokens) == 6 and tokens[0] == first

@@ -157,17 +157,12 @@ class OnnxBackend(Backend):
 
     def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
                  ) -> tuple[list[int], list[float]]:
-        decoder = self.predictor.decoder
-        saved = {} if stop_at_eos else _suspend_end_tokens(decoder)
         tokens, times = [], []
-        try:
-            start = time.perf_counter()
-            for token in self.predictor.iter_token_ids(list(prompt_ids), max_new_tokens=new_tokens):
-                times.append(time.perf_counter() - start)
-                tokens.append(int(token))
-        finally:
-            for name, value in saved.items():
-                setattr(decoder, name, value)
+        start = time.perf_counter()
+        for token in self.predictor.iter_token_ids(list(prompt_ids), max_new_tokens=new_tokens,
+                                                   ignore_eos=not stop_at_eos):
+            times.append(time.perf_counter() - start)
+            tokens.append(int(token))
         return tokens, times
 
     def size_bytes(self) -> int:
@@ -175,14 +170,6 @@ class OnnxBackend(Backend):
         data = [p for p in self.bundle.iterdir() if p.name in (model.name + "_data", model.name + ".data")]
         return model.stat().st_size + sum(p.stat().st_size for p in data)
 
-
-def _suspend_end_tokens(decoder) -> dict:
-    """Empty every end-token collection of this variant's own decoder, so the product's loop runs to
-    max_new_tokens as torch does with no eos_token_id; returns the originals to put back."""
-    saved = {name: value for name, value in vars(decoder).items() if "eos" in name}
-    for name, value in saved.items():
-        setattr(decoder, name, value[:0] if isinstance(value, np.ndarray) else type(value)())
-    return saved
 
 
 def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,

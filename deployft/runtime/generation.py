@@ -80,12 +80,13 @@ class KVDecoder:
         return max_new_tokens
 
     def iter_batch(self, ids: np.ndarray, mask: np.ndarray, options: GenerationOptions,
-                   done: np.ndarray) -> Iterator[np.ndarray]:
+                   done: np.ndarray, ignore_eos: bool = False) -> Iterator[np.ndarray]:
         """Yield the next token of every row, step by step, for a left-padded batch.
 
         `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end
         token, the caller may mark rows that hit a stop string, and the loop ends when all rows are done.
         Finished rows keep receiving the pad token, as in transformers, so they do not disturb the others.
+        `ignore_eos` runs every row to max_new_tokens, end tokens included (what a benchmark times).
         """
         rng = np.random.default_rng(options.seed)
         positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
@@ -95,7 +96,8 @@ class KVDecoder:
             logits, past = self.step(ids, mask, positions, past)
             tokens = np.where(done, self.pad_id, next_tokens(logits, options, rng)).astype(np.int64)
             yield tokens
-            done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))
+            if not ignore_eos:
+                done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))
             if done.all():
                 return
             ids, positions = tokens[:, None], next_position

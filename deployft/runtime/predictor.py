@@ -221,15 +221,19 @@ class Predictor:
             yield tail
 
     def iter_token_ids(self, prompt_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
-                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Iterator[int]:
-        """Yield new token ids one by one for already-tokenized `prompt_ids` (ends after an end token)."""
+                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                       ignore_eos: bool = False) -> Iterator[int]:
+        """Yield new token ids one by one for already-tokenized `prompt_ids`.
+
+        Ends after an end token, or, with `ignore_eos`, only after exactly `max_new_tokens` (for timing).
+        """
         self._require("generate", "iter_token_ids()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed)
         if not prompt_ids:
             raise UsageError("prompt_ids is empty; pass at least one token id")
         ids = np.asarray([prompt_ids], dtype=np.int64)
         done = np.zeros(1, dtype=bool)
-        for tokens in self.decoder.iter_batch(ids, np.ones_like(ids), options, done):
+        for tokens in self.decoder.iter_batch(ids, np.ones_like(ids), options, done, ignore_eos):
             yield int(tokens[0])
 
 
