@@ -192,8 +192,23 @@ def test_classification_calls_on_a_generator_are_refused(runtime_bundle):
     predictor = Predictor.load(runtime_bundle("gpt2"))
     with pytest.raises(ValueError, match="classify bundle.*generate"):
         predictor.predict("text")
-    with pytest.raises(ValueError, match="classify bundle"):
-        predictor.forward(np.ones((1, 2), np.int64), np.ones((1, 2), np.int64))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_forward_on_a_generator_gives_every_position_like_transformers(runtime_bundle, arch):
+    import torch
+
+    bundle = runtime_bundle(arch)
+    predictor, model = Predictor.load(bundle), _torch_model(bundle)
+    rows = [predictor.prompt_ids(p) for p in PROMPTS[:2]]
+    width = max(map(len, rows))
+    ids = np.array([r + [predictor.decoder.pad_id] * (width - len(r)) for r in rows], dtype=np.int64)
+    mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=np.int64)
+    logits = predictor.forward(ids, mask)
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    assert logits.shape == expected.shape
+    np.testing.assert_allclose(logits[mask == 1], expected[mask == 1], atol=1e-4)
 
 
 def test_stream_yields_before_generation_ends(runtime_bundle, monkeypatch):

@@ -141,19 +141,7 @@ class OnnxBackend(Backend):
         self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        if self.predictor.task == "classify":
-            return np.asarray(self.predictor.forward(input_ids.astype(np.int64), attention_mask.astype(np.int64)))
-        return self._decoder_logits(input_ids.astype(np.int64), attention_mask.astype(np.int64))
-
-    def _decoder_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits at every position of a right-padded batch: one decoder call with an empty KV cache."""
-        decoder = self.predictor.decoder
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if decoder.has_positions:
-            feeds["position_ids"] = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
-        empty = np.zeros((ids.shape[0], decoder.kv_heads, 0, decoder.head_dim), dtype=decoder.past_dtype)
-        feeds.update({name: empty for name in decoder.past_names})
-        return self.predictor.session.run(["logits"], feeds)[0].astype(np.float32)
+        return np.asarray(self.predictor.forward(input_ids, attention_mask)).astype(np.float32)
 
     def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
                  ) -> tuple[list[int], list[float]]:

@@ -44,6 +44,15 @@ class KVDecoder:
         self.output_names = [o.name for o in session.get_outputs()]
         self.present_names = ["present" + n[len("past_key_values"):] for n in self.past_names]
 
+    def full_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits at every position of a batch (batch, length, vocab): one call with an empty KV cache."""
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self.has_positions:
+            feeds["position_ids"] = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+        empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+        feeds.update({name: empty for name in self.past_names})
+        return self.session.run(["logits"], feeds)[0].astype(np.float32)
+
     def _bind_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))

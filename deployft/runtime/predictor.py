@@ -107,8 +107,13 @@ class Predictor:
             raise UsageError(f"{call} needs a {task} bundle but {self.folder} is a {self.task} bundle; call {other}")
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Raw model call on tokenized ids (batch, length); returns the logits (batch, labels)."""
-        self._require("classify", "forward()")
+        """Raw model call on tokenized ids (batch, length).
+
+        Returns the logits: (batch, labels) for a classifier; (batch, length, vocab) for a generator, every
+        position of a right-padded batch in one call with an empty KV cache (what perplexity needs).
+        """
+        if self.task == "generate":
+            return self.decoder.full_logits(input_ids.astype(np.int64), attention_mask.astype(np.int64))
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
