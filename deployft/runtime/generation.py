@@ -22,6 +22,11 @@ logger = logging.getLogger("deployft.runtime")
 _PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Position ids of a padded batch: 0.. over the real tokens, 1 on padding (as transformers computes them)."""
+    return np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+
+
 class KVDecoder:
     """Runs one decoder session step by step, with its KV cache kept on the session's device."""
 
@@ -48,7 +53,7 @@ class KVDecoder:
         """Logits at every position of a batch (batch, length, vocab): one call with an empty KV cache."""
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.has_positions:
-            feeds["position_ids"] = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+            feeds["position_ids"] = positions_from_mask(mask)
         empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
         feeds.update({name: empty for name in self.past_names})
         return self.session.run(["logits"], feeds)[0].astype(np.float32)
@@ -98,7 +103,7 @@ class KVDecoder:
         `ignore_eos` runs every row to max_new_tokens, end tokens included (what a benchmark times).
         """
         rng = np.random.default_rng(options.seed)
-        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+        positions = positions_from_mask(mask)
         next_position = mask.sum(axis=1, keepdims=True).astype(np.int64)
         past = None
         for _ in range(self.budget(ids.shape[1], options.max_new_tokens)):
