@@ -104,9 +104,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     """The bundle's README.md: what it is, how to load it, and how it compares with PyTorch."""
     q = manifest["quantization"]
     budget = manifest["accuracy_budget"]
-    quant = "none (fp32)" if q is None else (
-        f"{q['mode']} (preset {q.get('preset')}, per-channel {q.get('per_channel')}, remedy: {q.get('remedy')}, "
-        f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32, from {q.get('quantized_from')})")
+    quant = "none (fp32)" if q is None else f"{quantization_line(q)}, from {q.get('quantized_from')}"
     labels = ", ".join(manifest["labels"] or []) or "-"
     return f"""# deployft bundle: {manifest['model_type']} {manifest['task']}
 
@@ -141,6 +139,14 @@ Op counts before -> after: {op_changes(manifest['fusion'])}.
 """
 
 
+def quantization_line(q: dict[str, Any]) -> str:
+    """One line on how a bundle was quantized: `int8 (blockwise int8 ..., block 32), remedy: none, 0 nodes in fp32`."""
+    how = (f"{q['method']}, block {q.get('block_size')}" if q.get("method")
+           else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
+    return (f"{q['mode']} ({how}), remedy: {q.get('remedy')}, "
+            f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")
+
+
 def op_changes(fusion: dict[str, Any]) -> str:
     """The op types whose count the optimizer changed, largest change first: `MatMul 16->6, Softmax 2->0`."""
     before, after = fusion["before"], fusion["after"]
@@ -161,9 +167,7 @@ def info_text(bundle: str | Path) -> str:
              f"fusion: {manifest['fusion']['summary']}"]
     lines.append(f"  op counts before -> after: {op_changes(manifest['fusion'])}")
     lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
-    lines.append("quantization: none" if not q else
-                 f"quantization: {q['mode']} preset={q.get('preset')} per_channel={q.get('per_channel')} "
-                 f"remedy={q.get('remedy')} nodes_excluded={len(q.get('nodes_excluded') or [])}")
+    lines.append(f"quantization: {quantization_line(q) if q else 'none'}")
     lines.append("files:")
     lines += [f"  {name:<32} {entry['bytes'] / 1e6:9.2f} MB" for name, entry in manifest["files"].items()]
     lines += ["validation:", validation_table(manifest)]

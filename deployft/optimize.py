@@ -2,8 +2,9 @@
 
 Level 2 fuses attention, SkipLayerNormalization, BiasGelu/FastGelu for encoders and writes only ops every ONNX
 Runtime build has; level 99 would write hardware-specific layouts, so it is never used for a bundle.
-Decoders get LayerNorm and activation fusions only: Optimum's optimizer does not fuse decoder attention today,
-and the report says so.
+Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
+`decoder_fusion` (GroupQueryAttention + RotaryEmbedding) where the architecture is supported, and the report says
+which happened and why.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ def op_counts(path: str | Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-def optimize(onnx_path: Path, decoder: bool) -> tuple[Path, dict[str, Any]]:
+def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str | None = None,
+             ) -> tuple[Path, dict[str, Any]]:
     """Fuse `onnx_path` with ORTOptimizer (level 2) into `model_optimized.onnx` beside it.
 
     Args:
         onnx_path: the plain export (`model.onnx`), in a folder that also holds its config.json.
-        decoder: the model is a causal LM (its attention will not be fused; the report says so).
+        decoder: the model is a causal LM.
+        attention: a decoder's `decoder_fusion.AttentionShape`: its attention is then fused into
+            GroupQueryAttention + RotaryEmbedding after ORTOptimizer.
+        unfused_reason: why a decoder's attention is not fused (None when `attention` is given).
 
     Returns:
         The optimized file and the fusion report `{"before", "after", "summary", "notes"}`.
@@ -64,18 +69,39 @@ def optimize(onnx_path: Path, decoder: bool) -> tuple[Path, dict[str, Any]]:
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         written = Path(scratch) / f"{onnx_path.stem}_optimized.onnx"
         shutil.move(str(written), target)
-    return target, fusion_report(op_counts(onnx_path), op_counts(target), decoder)
+    if attention is not None:
+        _fuse_decoder_attention(target, attention)
+    return target, fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
 
 
-def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool) -> dict[str, Any]:
+def _fuse_decoder_attention(path: Path, attention) -> None:
+    import onnx
+
+    from .decoder_fusion import fuse_attention
+
+    model = onnx.load(str(path))
+    try:
+        fuse_attention(model, attention)
+    except ValueError as exc:
+        raise StageError(f"fusing the decoder attention of {path.name} failed: {exc}; "
+                         "export with --no-fuse-attention to keep the exported attention") from exc
+    onnx.save(model, str(path))
+
+
+def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
+                  unfused_reason: str | None = None) -> dict[str, Any]:
     """What the optimizer fused, as counts and as one readable line, with plain notes on what it did not."""
     fused = {op: n for op, n in after.items() if op in FUSED_OPS and n > before.get(op, 0)}
     summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or "nothing fused"
     notes = []
     has_attention = any(op in after for op in ATTENTION_OPS)
-    if decoder and not has_attention:
-        notes.append("attention is not fused: ORTOptimizer (Optimum) has no attention fusion for decoders today; "
-                     f"it fused only {', '.join(fused) or 'nothing'}")
+    if decoder and has_attention:
+        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after.get('GroupQueryAttention', 0)}"
+                     f" with RotaryEmbedding ×{after.get('RotaryEmbedding', 0)} (one per layer; q and k); "
+                     "ORTOptimizer fused the normalizations and activations")
+    elif decoder:
+        notes.append(f"attention is not fused: {unfused_reason or 'no attention fusion for this decoder'}; "
+                     f"ORTOptimizer fused only {', '.join(fused) or 'nothing'}")
     elif not decoder and not has_attention:
         notes.append("attention was not fused for this encoder; the deployable model runs unfused attention")
     removed = sum(before.values()) - sum(after.values())

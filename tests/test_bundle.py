@@ -57,7 +57,9 @@ def test_generator_manifest_has_what_a_kv_cache_loop_needs(bundles):
     assert "position_ids" in manifest["generation"]["inputs"]
     assert manifest["prompt_format"]["style"] == "chat"
     assert (bundles["llama"] / "generation_config.json").is_file()
-    assert "attention is not fused" in manifest["fusion"]["notes"][0]
+    fusion = manifest["fusion"]
+    assert fusion["after"]["GroupQueryAttention"] == 2 and fusion["after"]["RotaryEmbedding"] == 4
+    assert "decoder attention fused by deployft" in fusion["notes"][0]
 
 
 def test_optimum_loads_the_classifier_bundle_with_pytorch_logits(bundles):

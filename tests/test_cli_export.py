@@ -25,7 +25,7 @@ def test_export_then_info(tiny_run, tmp_path):
                                        "--validate-samples", "24", "--quantize-preset", "avx2"])
     assert result.exit_code == 0, result.output
     assert "deployable: model_quantized.onnx" in result.output and "| model_quantized.onnx * | int8 |" in result.output
-    assert "quantization: int8 preset=avx2" in result.output
+    assert "quantization: int8 (preset avx2, per-channel False), remedy: none" in result.output
     info = CliRunner().invoke(main, ["info", str(bundle)])
     assert info.exit_code == 0 and "fusion: " in info.output and "labels: negative, positive" in info.output
 

@@ -102,6 +102,43 @@ def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, 
     assert "/classifier/Gemm_MatMul" in q["nodes_excluded"]
 
 
+def test_generator_int8_is_blockwise_on_the_attention_fused_graph(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("llama"), tmp_path, quantize="int8", max_accuracy_drop=1000),
+                             "bundle")
+    q = manifest["quantization"]
+    assert manifest["model_file"] == "model_quantized.onnx" and q["quantized_from"] == "model_optimized.onnx"
+    assert "MatMulNBits" in q["method"] and q["block_size"] == 32 and "blockwise" in q["choice"]
+    assert manifest["fusion"]["after"]["GroupQueryAttention"] == 2
+    assert manifest["variants"]["model_quantized.onnx"]["optimized"] is True
+
+
+def test_generator_guard_tries_smaller_blocks_then_an_fp32_head(tiny_run, tmp_path, monkeypatch):
+    run = tiny_run("llama")
+    _inject_drops(monkeypatch, [30.0, 20.0, 12.0])
+    with pytest.raises(AccuracyBudgetError, match=r"none: 30.00, blocks of 16: 20.00, blocks of 16 \+ LM head in "
+                                                  r"fp32: 12.00.*no bundle written"):
+        _export(run, tmp_path / "refused", quantize="int8", max_accuracy_drop=10.0)
+    assert _no_bundle(tmp_path / "refused")
+    monkeypatch.undo()
+    _inject_drops(monkeypatch, [30.0, 20.0])
+    manifest = read_manifest(_export(run, tmp_path / "head", quantize="int8", max_accuracy_drop=25.0),
+                             "bundle")
+    q = manifest["quantization"]
+    assert q["remedy"] == "blocks of 16" and q["block_size"] == 16
+    assert [a["drop"] for a in q["attempts"]] == [30.0, 20.0]
+
+
+def test_attention_fusion_can_be_turned_off(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("llama"), tmp_path, fuse_attention=False), "bundle")
+    assert "GroupQueryAttention" not in manifest["fusion"]["after"]
+    assert "attention is not fused: --no-fuse-attention was given" in manifest["fusion"]["notes"][0]
+
+
+def test_gpt2_attention_is_reported_as_not_fused_with_the_reason(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("gpt2"), tmp_path), "bundle")
+    assert "model type 'gpt2' is not one deployft fuses" in manifest["fusion"]["notes"][0]
+
+
 def test_zero_budget_is_met_by_an_exact_fp32_export(tiny_run, tmp_path):
     run = tiny_run("bert")
     manifest = read_manifest(_export(run, tmp_path, max_accuracy_drop=0.0), "bundle")

@@ -10,7 +10,8 @@ import pytest
 from deployft.errors import UsageError
 from deployft.optimize import optimize
 from deployft.quantize import (
-    convert_fp16, cpu_preset, preset_config, quantize_dynamic_int8, quantize_static_int8, sensitive_nodes,
+    convert_fp16, cpu_preset, head_matmuls, preset_config, quantize_blockwise_int8, quantize_dynamic_int8,
+    quantize_static_int8, sensitive_nodes, untie_transposed_weights,
 )
 
 
@@ -105,3 +106,61 @@ def test_fp16_conversion_keeps_fp32_inputs_and_outputs(tiny_onnx):
                                                                          onnx.TensorProto.FLOAT16)]
     assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits) > len(float_inits) // 2
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def _weight_matmuls(path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def test_blockwise_int8_turns_every_weight_matmul_into_matmulnbits(tiny_onnx):
+    import onnxruntime as ort
+
+    folder = tiny_onnx("llama")
+    src = folder / "model.onnx"
+    settings = quantize_blockwise_int8(src, folder / "q.onnx")
+    ops = _ops(folder / "q.onnx")
+    assert ops["MatMulNBits"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + the LM head
+    assert _weight_matmuls(folder / "q.onnx") == []
+    assert settings["block_size"] == 32 and settings["accuracy_level"] == 4 and settings["mode"] == "int8"
+    assert "MatMulNBits" in settings["method"] and settings["quantized_from"] == "model.onnx"
+    feed = {"input_ids": np.array([[5, 9, 14, 3]]), "attention_mask": np.ones((1, 4), dtype=np.int64),
+            "position_ids": np.arange(4)[None]}
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (src, folder / "q.onnx")]
+    for sess in sessions:
+        feed.update({i.name: np.zeros((1, 2, 0, 8), np.float32) for i in sess.get_inputs()
+                     if i.name.startswith("past_key_values")})
+    fp32, int8 = (s.run(["logits"], feed)[0] for s in sessions)
+    assert np.abs(fp32 - int8).max() < 0.1 * np.abs(fp32).max()
+
+
+def test_blockwise_int8_keeps_excluded_nodes_in_fp32(tiny_onnx):
+    folder = tiny_onnx("llama")
+    head = head_matmuls(folder / "model.onnx")
+    assert head == ["/lm_head/MatMul"]
+    settings = quantize_blockwise_int8(folder / "model.onnx", folder / "q.onnx", block_size=16, nodes_to_exclude=head)
+    assert _weight_matmuls(folder / "q.onnx") == head and _ops(folder / "q.onnx")["MatMulNBits"] == 14
+    assert settings["nodes_excluded"] == head and settings["block_size"] == 16
+
+
+def test_a_tied_head_gets_its_own_transposed_weight():
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = np.arange(24, dtype=np.float32).reshape(6, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["h"], name="embed"),
+         helper.make_node("Transpose", ["emb"], ["emb_t"], name="tie", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "emb_t"], ["logits"], name="lm_head")],
+        "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 6])],
+        initializer=[numpy_helper.from_array(emb, "emb")])
+    model = helper.make_model(graph)
+    assert untie_transposed_weights(model) == ["emb"]
+    nodes = {n.name: n for n in model.graph.node}
+    assert "tie" not in nodes and nodes["lm_head"].input[1] == "emb.transposed"
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_array_equal(weights["emb.transposed"], emb.T)
+    np.testing.assert_array_equal(weights["emb"], emb)  # the lookup keeps the original

@@ -13,7 +13,7 @@ from ..configfile import build_config
 @click.option("--task", type=click.Choice(["classify", "generate"]), default=None,
               help="Task of a plain model folder (a RUN knows its own).")
 @click.option("--quantize", default=None, metavar="none|int8|int8-static|fp16",
-              help="none (fp32), int8 (dynamic, CPU), int8-static (calibrated on the RUN's training data), fp16 (CUDA).")
+              help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int8-static (calibrated on the RUN's training data), fp16 (CUDA).")
 @click.option("--quantize-preset", default=None, metavar="avx512_vnni|avx2|arm64",
               help="Force the int8 preset (default: from this CPU's instruction set).")
 @click.option("--per-channel/--no-per-channel", default=None, help="Quantize weights per channel from the start.")
@@ -23,6 +23,8 @@ from ..configfile import build_config
               help="Budget vs PyTorch: classify accuracy points (default 1), generate perplexity increase % (default 10).")
 @click.option("--device", default=None, metavar="cpu|cuda", help="Target device (default cpu).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: Optimum's choice).")
+@click.option("--fuse-attention/--no-fuse-attention", default=None,
+              help="Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (default: on, CPU).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output folder.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/TOML/JSON file with these options.")

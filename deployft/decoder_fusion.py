@@ -1,0 +1,214 @@
+"""Fused decoder attention: rewrite a Llama-family export's attention into ONNX Runtime's fused ops.
+
+Optimum exports each decoder layer's attention as ~100 small nodes (shape arithmetic, rotary halves, KV concat,
+repeat-KV, mask handling, softmax guard). At batch 1 decode those nodes cost more than the layer's matrix products.
+This pass replaces, per layer, everything between the q/k/v projections and the o projection with
+
+    RotaryEmbedding(q), RotaryEmbedding(k)            (com.microsoft, explicit position_ids)
+    GroupQueryAttention(q, k, v, past_key, past_value) (com.microsoft, causal, KV cache appended by the op)
+
+The graph's inputs and outputs keep their names and shapes, so the runtime, Optimum's ORTModelForCausalLM and the
+KV-cache protocol (left-padded batches, attention_mask, position_ids) are unchanged. Padding is honoured through
+GroupQueryAttention's `attention_bias` (0 for real tokens, -1e4 for padding); every row's cache length is the
+batch's full length, so the op appends new keys at the same column for every row, like the unfused graph's Concat.
+
+Only architectures whose attention is exactly "rotary (half rotation) + grouped-query softmax attention scaled by
+1/sqrt(head_dim)" are rewritten (SUPPORTED); anything else is left as exported and the caller reports why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SUPPORTED = ("llama",)
+"""model_type values whose exported attention this pass rewrites."""
+MASKED = -10000.0
+"""Attention bias on padding keys: exp(-1e4) is 0 in fp32, and unlike float32's min it survives a cast to fp16."""
+MS_DOMAIN = "com.microsoft"
+PREFIX = "/deployft/attention"
+
+
+@dataclass
+class AttentionShape:
+    """What the fused ops need to know about a decoder's attention."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    cos_cache: np.ndarray
+    """[max_positions, head_dim // 2] float32: cos of position x inverse frequency, already scaled."""
+    sin_cache: np.ndarray
+    """[max_positions, head_dim // 2] float32."""
+
+
+def unsupported_reason(config: dict[str, Any]) -> str | None:
+    """Why this model's attention cannot be fused by this pass, or None when it can."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        return f"model type {model_type!r} is not one deployft fuses (supported: {', '.join(SUPPORTED)})"
+    if config.get("attention_bias"):
+        return "q/k/v projections with bias are not fused"
+    if config.get("pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1 splits the projections"
+    return None
+
+
+def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin caches [max_positions, head_dim // 2] from the PyTorch model's own rotary module.
+
+    Using the module (instead of re-deriving the frequencies) keeps every rope_scaling variant transformers supports
+    (linear, dynamic at its base length, llama3, yarn's attention scaling) exactly as the model computes it.
+    """
+    import torch
+
+    rotary = model.get_decoder().rotary_emb
+    positions = torch.arange(max_positions, dtype=torch.long)[None]
+    probe = torch.zeros(1, dtype=torch.float32)
+    with torch.inference_mode():
+        cos, sin = rotary(probe, positions)
+    half = cos.shape[-1] // 2
+    cos, sin = cos[0].float().numpy(), sin[0].float().numpy()
+    if not (np.allclose(cos[:, :half], cos[:, half:]) and np.allclose(sin[:, :half], sin[:, half:])):
+        raise ValueError("the rotary embedding is not a half rotation (cos/sin halves differ)")
+    return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
+
+
+def fuse_attention(model, shape: AttentionShape) -> int:
+    """Rewrite `model` (onnx.ModelProto, changed in place); returns the number of layers fused.
+
+    Raises:
+        ValueError: the graph does not have the expected projections, cache inputs or outputs for some layer.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    for needed in ("input_ids", "attention_mask", "position_ids"):
+        if needed not in inputs:
+            raise ValueError(f"the decoder graph has no {needed!r} input")
+    new_nodes = _shared_nodes(helper, TensorProto)
+    graph.initializer.extend([numpy_helper.from_array(shape.cos_cache.astype(np.float32), f"{PREFIX}/cos_cache"),
+                              numpy_helper.from_array(shape.sin_cache.astype(np.float32), f"{PREFIX}/sin_cache")])
+    replaced: set[str] = set()
+    for layer in range(shape.num_layers):
+        q, k, v = (_matmul(graph, layer, p).output[0] for p in ("q_proj", "k_proj", "v_proj"))
+        o_node = _matmul(graph, layer, "o_proj")
+        attn_out = o_node.input[0]
+        past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
+        present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
+        for name, pool in ((past_k, inputs), (past_v, inputs), (present_k, outputs), (present_v, outputs)):
+            if name not in pool:
+                raise ValueError(f"layer {layer}: the graph has no {name!r}")
+        p = f"{PREFIX}/layers.{layer}"
+        new_nodes += [
+            helper.make_node("RotaryEmbedding", [q, "position_ids", f"{PREFIX}/cos_cache", f"{PREFIX}/sin_cache"],
+                             [f"{p}/q_rot"], name=f"{p}/q_rotary", domain=MS_DOMAIN, num_heads=shape.num_heads,
+                             interleaved=0),
+            helper.make_node("RotaryEmbedding", [k, "position_ids", f"{PREFIX}/cos_cache", f"{PREFIX}/sin_cache"],
+                             [f"{p}/k_rot"], name=f"{p}/k_rotary", domain=MS_DOMAIN, num_heads=shape.num_kv_heads,
+                             interleaved=0),
+            helper.make_node("GroupQueryAttention",
+                             [f"{p}/q_rot", f"{p}/k_rot", v, past_k, past_v, f"{PREFIX}/seqlens_k",
+                              f"{PREFIX}/total_len", "", "", "", f"{PREFIX}/bias"],
+                             [attn_out, present_k, present_v], name=f"{p}/GroupQueryAttention", domain=MS_DOMAIN,
+                             num_heads=shape.num_heads, kv_num_heads=shape.num_kv_heads, do_rotary=0, causal=1,
+                             scale=float(shape.head_dim ** -0.5)),
+        ]
+        replaced |= {attn_out, present_k, present_v}
+    kept = [node for node in graph.node if not replaced.intersection(node.output)]
+    del graph.node[:]
+    graph.node.extend(_topological(kept + new_nodes, inputs | {i.name for i in graph.initializer}))
+    _prune(graph)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return shape.num_layers
+
+
+def _shared_nodes(helper, TensorProto) -> list:
+    """Once per step: total length, per-row cache length - 1, and the additive padding bias [B, 1, S, T]."""
+    P = PREFIX
+
+    def const(name: str, values, dtype) -> Any:
+        return helper.make_node("Constant", [], [f"{P}/{name}"], name=f"{P}/{name}",
+                                value=helper.make_tensor(f"{P}/{name}_value", dtype, [len(values)], values))
+
+    return [
+        const("one_i64", [1], TensorProto.INT64),
+        const("one_i32", [1], TensorProto.INT32),
+        const("axes_1_2", [1, 2], TensorProto.INT64),
+        const("masked_f32", [MASKED], TensorProto.FLOAT),
+        helper.make_node("Shape", ["attention_mask"], [f"{P}/batch"], name=f"{P}/batch", start=0, end=1),
+        helper.make_node("Shape", ["attention_mask"], [f"{P}/total"], name=f"{P}/total", start=1, end=2),
+        helper.make_node("Shape", ["input_ids"], [f"{P}/new"], name=f"{P}/new", start=1, end=2),
+        helper.make_node("Cast", [f"{P}/total"], [f"{P}/total_i32"], name=f"{P}/total_i32", to=TensorProto.INT32),
+        helper.make_node("Squeeze", [f"{P}/total_i32"], [f"{P}/total_len"], name=f"{P}/total_len"),
+        helper.make_node("Sub", [f"{P}/total_i32", f"{P}/one_i32"], [f"{P}/last"], name=f"{P}/last"),
+        helper.make_node("Expand", [f"{P}/last", f"{P}/batch"], [f"{P}/seqlens_k"], name=f"{P}/seqlens_k"),
+        helper.make_node("Cast", ["attention_mask"], [f"{P}/mask_f"], name=f"{P}/mask_f", to=TensorProto.FLOAT),
+        helper.make_node("Sub", [f"{P}/one_f32", f"{P}/mask_f"], [f"{P}/masked"], name=f"{P}/masked"),
+        helper.make_node("Constant", [], [f"{P}/one_f32"], name=f"{P}/one_f32",
+                         value=helper.make_tensor(f"{P}/one_f32_value", TensorProto.FLOAT, [], [1.0])),
+        helper.make_node("Mul", [f"{P}/masked", f"{P}/masked_f32"], [f"{P}/bias_bt"], name=f"{P}/bias_bt"),
+        helper.make_node("Unsqueeze", [f"{P}/bias_bt", f"{P}/axes_1_2"], [f"{P}/bias_b11t"], name=f"{P}/bias_b11t"),
+        helper.make_node("Concat", [f"{P}/one_i64", f"{P}/one_i64", f"{P}/new", f"{P}/one_i64"],
+                         [f"{P}/bias_shape"], name=f"{P}/bias_shape", axis=0),
+        helper.make_node("Expand", [f"{P}/bias_b11t", f"{P}/bias_shape"], [f"{P}/bias"], name=f"{P}/bias"),
+    ]
+
+
+def _matmul(graph, layer: int, proj: str):
+    """The MatMul of `proj` in decoder layer `layer`, found by Optimum's node naming."""
+    pattern = re.compile(rf"layers\.{layer}/self_attn/{proj}/MatMul")
+    found = [n for n in graph.node if n.op_type == "MatMul" and pattern.search(n.name)]
+    if len(found) != 1:
+        raise ValueError(f"layer {layer}: expected one {proj} MatMul, found {len(found)}")
+    return found[0]
+
+
+def _topological(nodes: list, available: set[str]) -> list:
+    """`nodes` ordered so every input is produced before use (ONNX requires it)."""
+    produced_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    deps = [{produced_by[n] for n in node.input if n in produced_by} for node in nodes]
+    users: dict[int, list[int]] = {}
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(i)
+    remaining = [len(ds) for ds in deps]
+    ready = deque(i for i, r in enumerate(remaining) if r == 0)
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(nodes[i])
+        for u in users.get(i, []):
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise ValueError("the rewritten graph has a cycle")
+    return order
+
+
+def _prune(graph) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(n for n in node.input if n)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)

@@ -1,0 +1,146 @@
+"""Decoder attention fusion: a Llama export rewritten into GroupQueryAttention + RotaryEmbedding, same I/O, same numbers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from deployft.decoder_fusion import AttentionShape, fuse_attention, rotary_caches, unsupported_reason
+
+
+def _shape(model_dir, model=None) -> AttentionShape:
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    model = model or AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    cos, sin = rotary_caches(model, cfg["max_position_embeddings"])
+    heads = cfg["num_attention_heads"]
+    return AttentionShape(cfg["num_hidden_layers"], heads, cfg["num_key_value_heads"], cfg["hidden_size"] // heads,
+                          cos, sin)
+
+
+def _fused_copy(folder, shape: AttentionShape):
+    model = onnx.load(str(folder / "model.onnx"))
+    assert fuse_attention(model, shape) == shape.num_layers
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "fused.onnx"))
+    return folder / "fused.onnx"
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _step(sess, ids, mask, positions, past):
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past}
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feed)))
+    return out["logits"], {n.replace("present", "past_key_values"): v for n, v in out.items() if n.startswith("present")}
+
+
+def _decode(sess, layers, kv_heads, head_dim, steps=3):
+    """A left-padded batch of 2 (row 0 has 3 pads), a prompt step then `steps` one-token steps."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 60, size=(2, 7)).astype(np.int64)
+    mask = np.ones((2, 7), dtype=np.int64)
+    mask[0, :3] = 0
+    ids[0, :3] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    past = {f"past_key_values.{i}.{kind}": np.zeros((2, kv_heads, 0, head_dim), np.float32)
+            for i in range(layers) for kind in ("key", "value")}
+    logits, past = _step(sess, ids, mask, positions, past)
+    outputs = [logits[0, 3:], logits[1]]
+    for _ in range(steps):
+        next_ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        logits, past = _step(sess, next_ids, mask, positions, past)
+        outputs.append(logits[:, -1])
+    return outputs, past
+
+
+def test_fused_llama_keeps_inputs_outputs_and_numbers(tiny_onnx, tiny_model):
+    folder = tiny_onnx("llama")
+    shape = _shape(tiny_model("llama"))
+    fused = _fused_copy(folder, shape)
+    before, after = onnx.load(str(folder / "model.onnx")), onnx.load(str(fused))
+    assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input]
+    assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
+    ops = Counter(n.op_type for n in after.graph.node)
+    assert ops["GroupQueryAttention"] == 2 and ops["RotaryEmbedding"] == 4
+    assert ops["Softmax"] == 0 and len(after.graph.node) < len(before.graph.node) / 3
+    ours, ours_past = _decode(_session(fused), 2, 2, 8)
+    theirs, their_past = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for name, value in their_past.items():  # real (unpadded) cache columns agree
+        np.testing.assert_allclose(ours_past[name][1], value[1], atol=1e-4)
+        np.testing.assert_allclose(ours_past[name][0][:, 3:], value[0][:, 3:], atol=1e-4)
+
+
+def test_scaled_rotary_is_taken_from_the_model(tiny_model, tmp_path):
+    """Linear rope scaling changes every position's angle: the fused graph must still match the export."""
+    from transformers import AutoModelForCausalLM
+
+    from deployft.onnx_export import export_onnx, read_source
+
+    source = tiny_model("llama")
+    plain_cos, _ = rotary_caches(AutoModelForCausalLM.from_pretrained(source).eval(), 128)
+    cfg = json.loads((source / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (source / "config.json").write_text(json.dumps(cfg))
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    folder = tmp_path / "scaled"
+    export_onnx(read_source(source, "generate"), folder)
+    shape = _shape(source, model)
+    assert not np.allclose(shape.cos_cache, plain_cos)
+    ours, _ = _decode(_session(_fused_copy(folder, shape)), 2, 2, 8)
+    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_a_graph_without_llama_projections_is_refused(tiny_onnx, tiny_model):
+    shape = _shape(tiny_model("llama"))
+    gpt2 = onnx.load(str(tiny_onnx("gpt2") / "model.onnx"))
+    with pytest.raises(ValueError, match="layer 0: expected one q_proj MatMul, found 0"):
+        fuse_attention(gpt2, shape)
+
+
+def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model, tmp_path):
+    shape = _shape(tiny_model("llama"))
+    model = onnx.load(str(tiny_onnx("llama") / "model.onnx"))
+    for item in list(model.graph.input):
+        if item.name == "past_key_values.1.value":
+            item.name = "past.1.value"
+    with pytest.raises(ValueError, match="layer 1: the graph has no 'past_key_values.1.value'"):
+        fuse_attention(model, shape)
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({"model_type": "gpt2"}, "model type 'gpt2' is not one deployft fuses"),
+    ({"model_type": "llama", "attention_bias": True}, "with bias"),
+    ({"model_type": "llama", "pretraining_tp": 2}, "pretraining_tp"),
+    ({"model_type": "llama"}, None),
+])
+def test_unsupported_models_say_why(config, reason):
+    found = unsupported_reason(config)
+    assert found is None if reason is None else reason in found
+
+
+def test_rotary_caches_are_the_models_cos_and_sin(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
+    cos, sin = rotary_caches(model, 128)
+    assert cos.shape == sin.shape == (128, 4) and cos.dtype == np.float32
+    ref_cos, ref_sin = model.model.rotary_emb(torch.zeros(1), torch.arange(128)[None])
+    np.testing.assert_allclose(cos, ref_cos[0, :, :4].numpy(), atol=1e-6)
+    np.testing.assert_allclose(sin, ref_sin[0, :, :4].numpy(), atol=1e-6)
