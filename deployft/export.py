@@ -161,10 +161,12 @@ def _decoder_attention(config: ExportConfig, source: Source, model):
         cos, sin = decoder_fusion.rotary_caches(model, int(cfg.get("max_position_embeddings") or 2048))
     except (AttributeError, ValueError) as exc:
         return None, f"its rotary embedding cannot be tabulated ({exc})"
+    head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    if cos.shape[1] * 2 != head_dim:
+        return None, f"its rotary embedding covers {cos.shape[1] * 2} of {head_dim} head dimensions (partial rotary)"
     shape = decoder_fusion.AttentionShape(
         num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads), cos_cache=cos, sin_cache=sin)
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim, cos_cache=cos, sin_cache=sin)
     return shape, None
 
 

@@ -15,7 +15,8 @@ def test_help(command):
     assert "Usage: main " + command in result.output or f"Usage: deployft {command}" in result.output
     if command == "export":
         for flag in ("--quantize", "--quantize-preset", "--per-channel", "--calibration-samples",
-                     "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task"):
+                     "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task",
+                     "--no-fuse-attention"):
             assert flag in result.output
 
 
@@ -28,6 +29,19 @@ def test_export_then_info(tiny_run, tmp_path):
     assert "quantization: int8 (preset avx2, per-channel False), remedy: none" in result.output
     info = CliRunner().invoke(main, ["info", str(bundle)])
     assert info.exit_code == 0 and "fusion: " in info.output and "labels: negative, positive" in info.output
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    ([], "note: decoder attention fused by deployft: GroupQueryAttention ×2"),
+    (["--no-fuse-attention"], "note: attention is not fused: --no-fuse-attention was given"),
+])
+def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, flag, expected):
+    result = CliRunner().invoke(main, ["export", str(tiny_run("llama")), "--output", str(tmp_path / "b"),
+                                       "--quantize", "int8", "--validate-samples", "8", "--max-accuracy-drop", "1000",
+                                       *flag])
+    assert result.exit_code == 0, result.output
+    assert expected in result.output
+    assert "quantization: int8 (blockwise int8 weights (MatMulNBits), int8 compute, block 32)" in result.output
 
 
 def test_export_reads_a_config_file(tiny_run, tmp_path):
