@@ -175,3 +175,21 @@ def onnx_opset(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+EXTERNAL_DATA_BYTES = 1_800_000_000
+"""Weights above this size go to `<file>_data` beside the .onnx file: one protobuf cannot exceed 2 GB."""
+
+
+def save_model(model, path: Path) -> None:
+    """Save an in-memory ONNX model to `path`, its weights in `<name>_data` when they are too large for one file."""
+    import onnx
+
+    data = path.with_name(f"{path.name}_data")
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if data.exists():  # the model was read with its data into memory: the old file is stale
+        data.unlink()
+    if weights > EXTERNAL_DATA_BYTES:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    else:
+        onnx.save(model, str(path))

@@ -78,6 +78,7 @@ def _fuse_decoder_attention(path: Path, attention) -> None:
     import onnx
 
     from .decoder_fusion import fuse_attention
+    from .onnx_export import save_model
 
     model = onnx.load(str(path))
     try:
@@ -85,7 +86,7 @@ def _fuse_decoder_attention(path: Path, attention) -> None:
     except ValueError as exc:
         raise StageError(f"fusing the decoder attention of {path.name} failed: {exc}; "
                          "export with --no-fuse-attention to keep the exported attention") from exc
-    onnx.save(model, str(path))
+    save_model(model, path)
 
 
 def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,

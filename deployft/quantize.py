@@ -94,6 +94,8 @@ def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from .onnx_export import save_model
+
     try:
         model = onnx.load(str(src))
         untied = untie_transposed_weights(model)
@@ -101,7 +103,8 @@ def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
                                          accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=list(nodes_to_exclude),
                                          op_types_to_quantize=("MatMul",))
         _quiet(quantizer.process)
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+        quantizer.model.topological_sort()
+        save_model(quantizer.model.model, dst)
     except Exception as exc:
         raise StageError(f"blockwise int8 quantization of {src.name} failed: {_first_line(exc)}") from exc
     return {"mode": "int8", "method": "blockwise int8 weights (MatMulNBits), int8 compute", "preset": None,

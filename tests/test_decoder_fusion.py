@@ -144,3 +144,17 @@ def test_rotary_caches_are_the_models_cos_and_sin(tiny_model):
     ref_cos, ref_sin = model.model.rotary_emb(torch.zeros(1), torch.arange(128)[None])
     np.testing.assert_allclose(cos, ref_cos[0, :, :4].numpy(), atol=1e-6)
     np.testing.assert_allclose(sin, ref_sin[0, :, :4].numpy(), atol=1e-6)
+
+
+def test_optimize_fuses_a_decoder_and_can_write_external_weights(tiny_onnx, tiny_model, monkeypatch):
+    from deployft.optimize import optimize
+
+    monkeypatch.setattr("deployft.onnx_export.EXTERNAL_DATA_BYTES", 0)
+    folder = tiny_onnx("llama")
+    path, report = optimize(folder / "model.onnx", decoder=True, attention=_shape(tiny_model("llama")))
+    assert report["after"]["GroupQueryAttention"] == 2 and "fused by deployft" in report["notes"][0]
+    assert (folder / "model_optimized.onnx_data").is_file()
+    ours, _ = _decode(_session(path), 2, 2, 8)
+    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
