@@ -13,7 +13,8 @@ GroupQueryAttention's `attention_bias` (0 for real tokens, -1e4 for padding); ev
 batch's full length, so the op appends new keys at the same column for every row, like the unfused graph's Concat.
 
 Only architectures whose attention is exactly "rotary (half rotation) + grouped-query softmax attention scaled by
-1/sqrt(head_dim)" are rewritten (SUPPORTED); anything else is left as exported and the caller reports why.
+1/sqrt(head_dim)", optionally with q/k/v bias (Qwen2) or one sliding window (Mistral), are rewritten (SUPPORTED);
+anything else is left as exported and the caller reports why.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED = ("llama",)
+SUPPORTED = ("llama", "mistral", "qwen2")
 """model_type values whose exported attention this pass rewrites."""
 MASKED = -10000.0
 """Attention bias on padding keys: exp(-1e4) is 0 in fp32, and unlike float32's min it survives a cast to fp16."""
@@ -45,6 +46,8 @@ class AttentionShape:
     """[max_positions, head_dim // 2] float32: cos of position x inverse frequency, already scaled."""
     sin_cache: np.ndarray
     """[max_positions, head_dim // 2] float32."""
+    window: int | None = None
+    """Mistral's `sliding_window` (GroupQueryAttention's local_window_size; checked against transformers)."""
 
 
 def unsupported_reason(config: dict[str, Any]) -> str | None:
@@ -52,10 +55,17 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED:
         return f"model type {model_type!r} is not one deployft fuses (supported: {', '.join(SUPPORTED)})"
-    if config.get("attention_bias"):
-        return "q/k/v projections with bias are not fused"
     if config.get("pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1 splits the projections"
+    if model_type == "qwen2" and config.get("use_sliding_window"):
+        return "Qwen2 sliding windows differ per layer (max_window_layers)"
+    return None
+
+
+def attention_window(config: dict[str, Any]) -> int | None:
+    """The sliding window a model's attention uses (Mistral's `sliding_window`), or None for full attention."""
+    if config.get("model_type") == "mistral" and config.get("sliding_window"):
+        return int(config["sliding_window"])
     return None
 
 
@@ -98,7 +108,7 @@ def fuse_attention(model, shape: AttentionShape) -> int:
                               numpy_helper.from_array(shape.sin_cache.astype(np.float32), f"{PREFIX}/sin_cache")])
     replaced: set[str] = set()
     for layer in range(shape.num_layers):
-        q, k, v = (_matmul(graph, layer, p).output[0] for p in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (_projection(graph, layer, p) for p in ("q_proj", "k_proj", "v_proj"))
         o_node = _matmul(graph, layer, "o_proj")
         attn_out = o_node.input[0]
         past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
@@ -119,7 +129,8 @@ def fuse_attention(model, shape: AttentionShape) -> int:
                               f"{PREFIX}/total_len", "", "", "", f"{PREFIX}/bias"],
                              [attn_out, present_k, present_v], name=f"{p}/GroupQueryAttention", domain=MS_DOMAIN,
                              num_heads=shape.num_heads, kv_num_heads=shape.num_kv_heads, do_rotary=0, causal=1,
-                             scale=float(shape.head_dim ** -0.5)),
+                             scale=float(shape.head_dim ** -0.5),
+                             local_window_size=-1 if shape.window is None else shape.window),
         ]
         replaced |= {attn_out, present_k, present_v}
     kept = [node for node in graph.node if not replaced.intersection(node.output)]
@@ -170,6 +181,14 @@ def _matmul(graph, layer: int, proj: str):
     if len(found) != 1:
         raise ValueError(f"layer {layer}: expected one {proj} MatMul, found {len(found)}")
     return found[0]
+
+
+def _projection(graph, layer: int, proj: str) -> str:
+    """The tensor a q/k/v projection produces: its MatMul's output, or the bias Add's after it (Qwen2)."""
+    out = _matmul(graph, layer, proj).output[0]
+    bias = [n for n in graph.node if n.op_type == "Add" and out in n.input
+            and re.search(rf"layers\.{layer}/self_attn/{proj}/Add", n.name)]
+    return bias[0].output[0] if len(bias) == 1 else out
 
 
 def _topological(nodes: list, available: set[str]) -> list:

@@ -166,7 +166,8 @@ def _decoder_attention(config: ExportConfig, source: Source, model):
         return None, f"its rotary embedding covers {cos.shape[1] * 2} of {head_dim} head dimensions (partial rotary)"
     shape = decoder_fusion.AttentionShape(
         num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim, cos_cache=cos, sin_cache=sin)
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim, cos_cache=cos, sin_cache=sin,
+        window=decoder_fusion.attention_window(cfg))
     return shape, None
 
 

@@ -42,6 +42,9 @@ def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str
              ) -> tuple[Path, dict[str, Any]]:
     """Fuse `onnx_path` with ORTOptimizer (level 2) into `model_optimized.onnx` beside it.
 
+    Model types ORTOptimizer has no fusions for (Qwen2, ...) start from a copy of the plain export instead of
+    failing; the report says so.
+
     Args:
         onnx_path: the plain export (`model.onnx`), in a folder that also holds its config.json.
         decoder: the model is a causal LM.
@@ -55,11 +58,42 @@ def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str
     Raises:
         StageError: ORTOptimizer failed.
     """
+    folder = onnx_path.parent
+    target = folder / OPTIMIZED_NAME
+    skipped = _ort_optimizer_skip(folder)
+    if skipped:
+        shutil.copyfile(onnx_path, target)
+    else:
+        _ort_optimize(onnx_path, target)
+    if attention is not None:
+        _fuse_decoder_attention(target, attention)
+    report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
+    if skipped:
+        report["notes"].insert(1 if decoder else 0, skipped)
+    return target, report
+
+
+def _ort_optimizer_skip(folder: Path) -> str | None:
+    """Why ORTOptimizer cannot optimize this model type (it raises for types it has no fusions for), or None."""
+    import json
+
+    from optimum.onnxruntime.configuration import OptimizationConfig
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    try:
+        ORTConfigManager.check_optimization_supported_model(model_type, OptimizationConfig(OPTIMIZATION_LEVEL))
+    except (KeyError, NotImplementedError):
+        return (f"ORTOptimizer has no graph optimizations for model type {model_type!r}: the plain export is the "
+                "base of the optimized file (ONNX Runtime still fuses normalizations and activations when it loads it)")
+    return None
+
+
+def _ort_optimize(onnx_path: Path, target: Path) -> None:
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import OptimizationConfig
 
     folder = onnx_path.parent
-    target = folder / OPTIMIZED_NAME
     with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
         try:
             optimizer = ORTOptimizer.from_pretrained(folder, file_names=[onnx_path.name])
@@ -68,10 +102,8 @@ def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str
             raise StageError(f"ORTOptimizer (level {OPTIMIZATION_LEVEL}) failed on {onnx_path.name}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         written = Path(scratch) / f"{onnx_path.stem}_optimized.onnx"
-        shutil.move(str(written), target)
-    if attention is not None:
-        _fuse_decoder_attention(target, attention)
-    return target, fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
+        for path in Path(scratch).glob(f"{written.name}*"):  # the graph and, past 2 GB, its external weights
+            shutil.move(str(path), folder / path.name.replace(written.name, target.name, 1))
 
 
 def _fuse_decoder_attention(path: Path, attention) -> None:

@@ -125,11 +125,22 @@ def _tiny_config(arch: str, tokenizer, num_labels: int):
         return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True,
                            **special, **common)
+    gqa = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, max_position_embeddings=128)
+    if arch == "qwen2":  # q/k/v projections with bias
+        from transformers import Qwen2Config
+
+        return Qwen2Config(**gqa, **special, **common)
+    if arch == "mistral":  # a sliding window shorter than the test sequences
+        from transformers import MistralConfig
+
+        return MistralConfig(**gqa, sliding_window=4, **special, **common)
     raise ValueError(arch)
 
 
 ENCODERS = ("bert", "distilbert", "roberta")
 DECODERS = ("gpt2", "llama")
+"""The decoders every stage is tested on; "qwen2" and "mistral" also build, for the attention-fusion tests."""
 
 
 def build_tiny_model(arch: str, folder: Path, num_labels: int = 2) -> Path:

@@ -9,7 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from deployft.decoder_fusion import AttentionShape, fuse_attention, rotary_caches, unsupported_reason
+from conftest import build_tiny_model
+from deployft.decoder_fusion import (
+    AttentionShape, attention_window, fuse_attention, rotary_caches, unsupported_reason,
+)
 
 
 def _shape(model_dir, model=None) -> AttentionShape:
@@ -20,7 +23,7 @@ def _shape(model_dir, model=None) -> AttentionShape:
     cos, sin = rotary_caches(model, cfg["max_position_embeddings"])
     heads = cfg["num_attention_heads"]
     return AttentionShape(cfg["num_hidden_layers"], heads, cfg["num_key_value_heads"], cfg["hidden_size"] // heads,
-                          cos, sin)
+                          cos, sin, attention_window(cfg))
 
 
 def _fused_copy(folder, shape: AttentionShape):
@@ -106,6 +109,21 @@ def test_scaled_rotary_is_taken_from_the_model(tiny_model, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_biased_projections_and_sliding_windows_fuse_exactly(arch, tmp_path):
+    """Qwen2 adds a bias after q/k/v; Mistral's window (4) is shorter than the 7-token prompt + 3 steps."""
+    from deployft.onnx_export import export_onnx, read_source
+
+    source = build_tiny_model(arch, tmp_path / "model")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx")
+    shape = _shape(source)
+    assert shape.window == (4 if arch == "mistral" else None)
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", shape)), 2, 2, 8)
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_a_graph_without_llama_projections_is_refused(tiny_onnx, tiny_model):
     shape = _shape(tiny_model("llama"))
     gpt2 = onnx.load(str(tiny_onnx("gpt2") / "model.onnx"))
@@ -125,9 +143,12 @@ def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model, tmp_
 
 @pytest.mark.parametrize("config, reason", [
     ({"model_type": "gpt2"}, "model type 'gpt2' is not one deployft fuses"),
-    ({"model_type": "llama", "attention_bias": True}, "with bias"),
     ({"model_type": "llama", "pretraining_tp": 2}, "pretraining_tp"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "differ per layer"),
     ({"model_type": "llama"}, None),
+    ({"model_type": "llama", "attention_bias": True}, None),
+    ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096}, None),
+    ({"model_type": "mistral", "sliding_window": 4096}, None),
 ])
 def test_unsupported_models_say_why(config, reason):
     found = unsupported_reason(config)

@@ -128,6 +128,21 @@ def test_generator_guard_tries_smaller_blocks_then_an_fp32_head(tiny_run, tmp_pa
     assert [a["drop"] for a in q["attempts"]] == [30.0, 20.0]
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(arch, tmp_path / "model")
+    manifest = read_manifest(_export(model, tmp_path, task="generate", quantize="int8", max_accuracy_drop=1000),
+                             "bundle")
+    assert manifest["fusion"]["after"]["GroupQueryAttention"] == 2
+    skipped = "ORTOptimizer has no graph optimizations for model type 'qwen2'"
+    assert (skipped in " ".join(manifest["fusion"]["notes"])) == (arch == "qwen2")
+    for name in ("model.onnx", "model_optimized.onnx"):
+        assert manifest["validation"][name]["greedy_identical"] == 1.0, name
+    assert manifest["quantization"]["block_size"] == 32
+
+
 def test_attention_fusion_can_be_turned_off(tiny_run, tmp_path):
     manifest = read_manifest(_export(tiny_run("llama"), tmp_path, fuse_attention=False), "bundle")
     assert "GroupQueryAttention" not in manifest["fusion"]["after"]

@@ -6,6 +6,7 @@ import pytest
 
 from deployft.export import ExportConfig, export
 from deployft.manifest import read_manifest, sha256_file
+from deployft.runtime import Predictor
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +49,8 @@ def test_real_generator_int8_bundle(real_generate_run, tmp_path, monkeypatch):
     # blockwise int8 (measured: next-token agreement ~0.97, perplexity within +-2 %)
     assert int8["top1_agreement"] >= 0.9 and int8["perplexity_increase_pct"] == int8["drop"] <= 10.0
     assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 1.8
+    # the fused graph masks padding itself: a left-padded batch decodes like single prompts
+    prompts = ["What is the capital of France?", "Write a haiku about the sea.", "How many legs does a spider have?"]
+    fused = Predictor.load(bundle, model_file="model_optimized.onnx")
+    assert fused.generate(prompts, max_new_tokens=16) == [fused.generate(p, max_new_tokens=16) for p in prompts]
+    assert "paris" in Predictor.load(bundle).generate(prompts[0], max_new_tokens=16).lower()
