@@ -29,7 +29,7 @@ import numpy as np
 SUPPORTED = ("llama", "mistral", "qwen2")
 """model_type values whose exported attention this pass rewrites."""
 MASKED = -10000.0
-"""Attention bias on padding keys: exp(-1e4) is 0 in fp32, and unlike float32's min it survives a cast to fp16."""
+"""Attention bias on padding keys: exp(-1e4) underflows to 0 in fp32, and the sum with a score stays finite."""
 MS_DOMAIN = "com.microsoft"
 PREFIX = "/deployft/attention"
 
@@ -48,6 +48,8 @@ class AttentionShape:
     """[max_positions, head_dim // 2] float32."""
     window: int | None = None
     """Mistral's `sliding_window` (GroupQueryAttention's local_window_size; checked against transformers)."""
+    qkv_bias: bool = False
+    """The q/k/v projections add a bias (Qwen2, Llama with attention_bias): its Add must be found in every layer."""
 
 
 def unsupported_reason(config: dict[str, Any]) -> str | None:
@@ -69,7 +71,32 @@ def attention_window(config: dict[str, Any]) -> int | None:
     return None
 
 
-def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+def attention_shape(config: dict[str, Any], model: Any) -> tuple[AttentionShape | None, str | None]:
+    """`(AttentionShape, None)` for a model whose attention this pass can fuse, else `(None, why not)`.
+
+    Args:
+        config: the model's config.json.
+        model: the PyTorch model (its rotary module gives the cos/sin tables).
+    """
+    reason = unsupported_reason(config)
+    if reason:
+        return None, reason
+    heads = int(config["num_attention_heads"])
+    try:
+        cos, sin = rotary_caches(model, int(config.get("max_position_embeddings") or 2048))
+    except (AttributeError, TypeError, ValueError) as exc:
+        return None, f"its rotary embedding cannot be tabulated ({exc})"
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    if cos.shape[1] * 2 != head_dim:
+        return None, f"its rotary embedding covers {cos.shape[1] * 2} of {head_dim} head dimensions (partial rotary)"
+    return AttentionShape(
+        num_layers=int(config["num_hidden_layers"]), num_heads=heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=head_dim, cos_cache=cos,
+        sin_cache=sin, window=attention_window(config),
+        qkv_bias=config.get("model_type") == "qwen2" or bool(config.get("attention_bias"))), None
+
+
+def rotary_caches(model: Any, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin caches [max_positions, head_dim // 2] from the PyTorch model's own rotary module.
 
     Using the module (instead of re-deriving the frequencies) keeps every rope_scaling variant transformers supports
@@ -89,12 +116,13 @@ def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
 
 
-def fuse_attention(model, shape: AttentionShape) -> int:
-    """Rewrite `model` (onnx.ModelProto, changed in place); returns the number of layers fused.
+def fuse_attention(model: Any, shape: AttentionShape) -> int:
+    """Rewrite `model` (an onnx.ModelProto, changed in place); returns the number of layers fused.
 
     Raises:
         ValueError: the graph does not have the expected projections, cache inputs or outputs for some layer.
     """
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -103,12 +131,14 @@ def fuse_attention(model, shape: AttentionShape) -> int:
     for needed in ("input_ids", "attention_mask", "position_ids"):
         if needed not in inputs:
             raise ValueError(f"the decoder graph has no {needed!r} input")
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute):
+        raise ValueError("the decoder graph has control-flow subgraphs (If/Loop), which this rewrite does not follow")
     new_nodes = _shared_nodes(helper, TensorProto)
     graph.initializer.extend([numpy_helper.from_array(shape.cos_cache.astype(np.float32), f"{PREFIX}/cos_cache"),
                               numpy_helper.from_array(shape.sin_cache.astype(np.float32), f"{PREFIX}/sin_cache")])
     replaced: set[str] = set()
     for layer in range(shape.num_layers):
-        q, k, v = (_projection(graph, layer, p) for p in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (_projection(graph, layer, p, shape.qkv_bias) for p in ("q_proj", "k_proj", "v_proj"))
         o_node = _matmul(graph, layer, "o_proj")
         attn_out = o_node.input[0]
         past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
@@ -135,7 +165,7 @@ def fuse_attention(model, shape: AttentionShape) -> int:
         replaced |= {attn_out, present_k, present_v}
     kept = [node for node in graph.node if not replaced.intersection(node.output)]
     del graph.node[:]
-    graph.node.extend(_topological(kept + new_nodes, inputs | {i.name for i in graph.initializer}))
+    graph.node.extend(_topological(kept + new_nodes))
     _prune(graph)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -153,21 +183,26 @@ def _shared_nodes(helper, TensorProto) -> list:
     return [
         const("one_i64", [1], TensorProto.INT64),
         const("one_i32", [1], TensorProto.INT32),
-        const("axes_1_2", [1, 2], TensorProto.INT64),
+        const("index_0", [0], TensorProto.INT64),
+        const("index_1", [1], TensorProto.INT64),
+        const("bias_b11t_shape", [0, 1, 1, -1], TensorProto.INT64),
         const("masked_f32", [MASKED], TensorProto.FLOAT),
-        helper.make_node("Shape", ["attention_mask"], [f"{P}/batch"], name=f"{P}/batch", start=0, end=1),
-        helper.make_node("Shape", ["attention_mask"], [f"{P}/total"], name=f"{P}/total", start=1, end=2),
-        helper.make_node("Shape", ["input_ids"], [f"{P}/new"], name=f"{P}/new", start=1, end=2),
+        const("one_f32", [1.0], TensorProto.FLOAT),
+        # Shape + Gather rather than Shape(start, end) and Reshape rather than Unsqueeze(axes input): any opset
+        helper.make_node("Shape", ["attention_mask"], [f"{P}/mask_shape"], name=f"{P}/mask_shape"),
+        helper.make_node("Shape", ["input_ids"], [f"{P}/ids_shape"], name=f"{P}/ids_shape"),
+        helper.make_node("Gather", [f"{P}/mask_shape", f"{P}/index_0"], [f"{P}/batch"], name=f"{P}/batch", axis=0),
+        helper.make_node("Gather", [f"{P}/mask_shape", f"{P}/index_1"], [f"{P}/total"], name=f"{P}/total", axis=0),
+        helper.make_node("Gather", [f"{P}/ids_shape", f"{P}/index_1"], [f"{P}/new"], name=f"{P}/new", axis=0),
         helper.make_node("Cast", [f"{P}/total"], [f"{P}/total_i32"], name=f"{P}/total_i32", to=TensorProto.INT32),
         helper.make_node("Squeeze", [f"{P}/total_i32"], [f"{P}/total_len"], name=f"{P}/total_len"),
         helper.make_node("Sub", [f"{P}/total_i32", f"{P}/one_i32"], [f"{P}/last"], name=f"{P}/last"),
         helper.make_node("Expand", [f"{P}/last", f"{P}/batch"], [f"{P}/seqlens_k"], name=f"{P}/seqlens_k"),
         helper.make_node("Cast", ["attention_mask"], [f"{P}/mask_f"], name=f"{P}/mask_f", to=TensorProto.FLOAT),
         helper.make_node("Sub", [f"{P}/one_f32", f"{P}/mask_f"], [f"{P}/masked"], name=f"{P}/masked"),
-        helper.make_node("Constant", [], [f"{P}/one_f32"], name=f"{P}/one_f32",
-                         value=helper.make_tensor(f"{P}/one_f32_value", TensorProto.FLOAT, [], [1.0])),
         helper.make_node("Mul", [f"{P}/masked", f"{P}/masked_f32"], [f"{P}/bias_bt"], name=f"{P}/bias_bt"),
-        helper.make_node("Unsqueeze", [f"{P}/bias_bt", f"{P}/axes_1_2"], [f"{P}/bias_b11t"], name=f"{P}/bias_b11t"),
+        helper.make_node("Reshape", [f"{P}/bias_bt", f"{P}/bias_b11t_shape"], [f"{P}/bias_b11t"],
+                         name=f"{P}/bias_b11t"),
         helper.make_node("Concat", [f"{P}/one_i64", f"{P}/one_i64", f"{P}/new", f"{P}/one_i64"],
                          [f"{P}/bias_shape"], name=f"{P}/bias_shape", axis=0),
         helper.make_node("Expand", [f"{P}/bias_b11t", f"{P}/bias_shape"], [f"{P}/bias"], name=f"{P}/bias"),
@@ -183,15 +218,19 @@ def _matmul(graph, layer: int, proj: str):
     return found[0]
 
 
-def _projection(graph, layer: int, proj: str) -> str:
-    """The tensor a q/k/v projection produces: its MatMul's output, or the bias Add's after it (Qwen2)."""
+def _projection(graph, layer: int, proj: str, biased: bool) -> str:
+    """The tensor a q/k/v projection produces: its MatMul's output, or the output of the bias Add after it."""
     out = _matmul(graph, layer, proj).output[0]
-    bias = [n for n in graph.node if n.op_type == "Add" and out in n.input
+    adds = [n for n in graph.node if n.op_type == "Add" and out in n.input
             and re.search(rf"layers\.{layer}/self_attn/{proj}/Add", n.name)]
-    return bias[0].output[0] if len(bias) == 1 else out
+    if len(adds) == 1:
+        return adds[0].output[0]
+    if biased:
+        raise ValueError(f"layer {layer}: {proj} has a bias but its Add was not found after the MatMul")
+    return out
 
 
-def _topological(nodes: list, available: set[str]) -> list:
+def _topological(nodes: list) -> list:
     """`nodes` ordered so every input is produced before use (ONNX requires it)."""
     produced_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     deps = [{produced_by[n] for n in node.input if n in produced_by} for node in nodes]

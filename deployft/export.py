@@ -3,7 +3,7 @@
     RUN ─► model.onnx (Optimum) ─► model_optimized.onnx (ORTOptimizer level 2; decoders: attention fused into
            GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
         ─► model_quantized.onnx (classify: dynamic int8 of model.onnx, measured faster than int8 of the fused
-           graph; generate: blockwise int8 MatMulNBits of the attention-fused graph)
+           graph; generate: blockwise int8 MatMulNBits of model_optimized.onnx)
          | model_int8_static.onnx | model_fp16.onnx
         ─► every file validated against the PyTorch original ─► BUNDLE (atomic)
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import AccuracyBudgetError, DeviceError, StageError, UsageError
 from .manifest import atomic_folder, check_output_free
@@ -111,6 +111,9 @@ def export(config: ExportConfig) -> Path:
 
     source = onnx_export.read_source(config.run, config.task)
     onnx_export.check_exportable(source)
+    if source.task == "generate" and config.quantize == "int8" and (config.per_channel or config.quantize_preset):
+        raise UsageError("--per-channel and --quantize-preset set up classifier int8 (dynamic); generator int8 is "
+                         "blockwise (MatMulNBits, one scale per 32 weights) and takes neither: drop the flag")
     check_output_free(config.output, config.overwrite)
     if config.device == "cuda":
         _check_cuda()
@@ -139,11 +142,11 @@ def _check_cuda() -> None:
                           "pip install \"deployft[gpu]\" (onnxruntime-gpu, CUDA 13 / cuDNN 9) or pass --device cpu")
 
 
-def _decoder_attention(config: ExportConfig, source: Source, model):
+def _decoder_attention(config: ExportConfig, source: Source, model) -> tuple[Any, str | None]:
     """`(AttentionShape, None)` when a decoder's attention will be fused, else `(None, why not)`."""
     import json
 
-    from . import decoder_fusion
+    from .decoder_fusion import attention_shape
 
     if source.task != "generate":
         return None, None
@@ -152,23 +155,7 @@ def _decoder_attention(config: ExportConfig, source: Source, model):
     if config.device == "cuda":
         return None, ("deployft fuses decoder attention for --device cpu only (GroupQueryAttention has no fp32 CUDA "
                       "kernel, and its fp16 CUDA path is not validated here)")
-    cfg = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
-    reason = decoder_fusion.unsupported_reason(cfg)
-    if reason:
-        return None, reason
-    heads = int(cfg["num_attention_heads"])
-    try:
-        cos, sin = decoder_fusion.rotary_caches(model, int(cfg.get("max_position_embeddings") or 2048))
-    except (AttributeError, ValueError) as exc:
-        return None, f"its rotary embedding cannot be tabulated ({exc})"
-    head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
-    if cos.shape[1] * 2 != head_dim:
-        return None, f"its rotary embedding covers {cos.shape[1] * 2} of {head_dim} head dimensions (partial rotary)"
-    shape = decoder_fusion.AttentionShape(
-        num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim, cos_cache=cos, sin_cache=sin,
-        window=decoder_fusion.attention_window(cfg))
-    return shape, None
+    return attention_shape(json.loads((source.path / "config.json").read_text(encoding="utf-8")), model)
 
 
 def _build(config: ExportConfig, source: Source, staging: Path, ref, calibration, attention) -> dict[str, Any]:
@@ -275,7 +262,7 @@ def _int8(config: ExportConfig, source: Source, staging: Path, ref, result: dict
 
 
 INT8_DECODER_NOTE = ("blockwise int8 (MatMulNBits, 8-bit weights with one scale per block along K, int8 compute) of "
-                     "the attention-fused graph: on SmolLM2-135M (avx512_vnni, 2 threads) per-tensor dynamic int8 "
+                     "model_optimized.onnx (attention fused where the fusion note says so): on SmolLM2-135M (avx512_vnni, 2 threads) per-tensor dynamic int8 "
                      "raised perplexity by 53% and decoded at 43 ms/token; blockwise int8 kept perplexity within "
                      "2% at 13 ms/token")
 
@@ -299,7 +286,7 @@ def _int8_decoder(config: ExportConfig, source: Source, staging: Path, ref, resu
     _refuse_int8(tried, result)
 
 
-def _refuse_int8(tried: list[dict], result: dict):
+def _refuse_int8(tried: list[dict], result: dict) -> NoReturn:
     attempts_text = ", ".join(f"{t['remedy']}: {t['drop']:.2f}" for t in tried)
     raise AccuracyBudgetError(
         f"int8 lost {tried[-1]['drop']:.2f} {result['budget']['measure']} against PyTorch, over "

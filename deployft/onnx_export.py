@@ -181,15 +181,31 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 """Weights above this size go to `<file>_data` beside the .onnx file: one protobuf cannot exceed 2 GB."""
 
 
-def save_model(model, path: Path) -> None:
-    """Save an in-memory ONNX model to `path`, its weights in `<name>_data` when they are too large for one file."""
+def external_files(path: Path) -> list[Path]:
+    """The files beside `path` that hold its external weights (none for a model saved in one file)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names = {entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    return [path.parent / name for name in sorted(names)]
+
+
+def save_model(model, path: Path, stale: list[Path] = ()) -> None:
+    """Save an in-memory ONNX model to `path`, its weights in `<name>_data` when they are too large for one file.
+
+    `stale`: external-weight files the model was read from (now in memory); they are removed once it is saved.
+    """
     import onnx
 
     data = path.with_name(f"{path.name}_data")
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if data.exists():  # the model was read with its data into memory: the old file is stale
+    if data.exists():
         data.unlink()
     if weights > EXTERNAL_DATA_BYTES:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     else:
         onnx.save(model, str(path))
+    for old in stale:
+        if old != data and old.exists():
+            old.unlink()

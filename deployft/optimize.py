@@ -13,9 +13,12 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StageError
+
+if TYPE_CHECKING:
+    from .decoder_fusion import AttentionShape
 
 OPTIMIZATION_LEVEL = 2
 OPTIMIZED_NAME = "model_optimized.onnx"
@@ -38,8 +41,8 @@ def op_counts(path: str | Path) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str | None = None,
-             ) -> tuple[Path, dict[str, Any]]:
+def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = None,
+             unfused_reason: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Fuse `onnx_path` with ORTOptimizer (level 2) into `model_optimized.onnx` beside it.
 
     Model types ORTOptimizer has no fusions for (Qwen2, ...) start from a copy of the plain export instead of
@@ -62,7 +65,7 @@ def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str
     target = folder / OPTIMIZED_NAME
     skipped = _ort_optimizer_skip(folder)
     if skipped:
-        shutil.copyfile(onnx_path, target)
+        _copy_model(onnx_path, target)
     else:
         _ort_optimize(onnx_path, target)
     if attention is not None:
@@ -71,6 +74,15 @@ def optimize(onnx_path: Path, decoder: bool, attention=None, unfused_reason: str
     if skipped:
         report["notes"].insert(1 if decoder else 0, skipped)
     return target, report
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """A self-contained copy of an ONNX file (with its own external weights, never shared with `src`)."""
+    import onnx
+
+    from .onnx_export import save_model
+
+    save_model(onnx.load(str(src)), dst)
 
 
 def _ort_optimizer_skip(folder: Path) -> str | None:
@@ -102,23 +114,26 @@ def _ort_optimize(onnx_path: Path, target: Path) -> None:
             raise StageError(f"ORTOptimizer (level {OPTIMIZATION_LEVEL}) failed on {onnx_path.name}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         written = Path(scratch) / f"{onnx_path.stem}_optimized.onnx"
+        if written.name != target.name:
+            raise StageError(f"ORTOptimizer wrote {written.name}, expected {target.name}")
         for path in Path(scratch).glob(f"{written.name}*"):  # the graph and, past 2 GB, its external weights
-            shutil.move(str(path), folder / path.name.replace(written.name, target.name, 1))
+            shutil.move(str(path), folder / path.name)
 
 
-def _fuse_decoder_attention(path: Path, attention) -> None:
+def _fuse_decoder_attention(path: Path, attention: AttentionShape) -> None:
     import onnx
 
     from .decoder_fusion import fuse_attention
-    from .onnx_export import save_model
+    from .onnx_export import external_files, save_model
 
+    stale = external_files(path)
     model = onnx.load(str(path))
     try:
         fuse_attention(model, attention)
     except ValueError as exc:
         raise StageError(f"fusing the decoder attention of {path.name} failed: {exc}; "
                          "export with --no-fuse-attention to keep the exported attention") from exc
-    save_model(model, path)
+    save_model(model, path, stale)
 
 
 def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
@@ -128,10 +143,12 @@ def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
     summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or "nothing fused"
     notes = []
     has_attention = any(op in after for op in ATTENTION_OPS)
-    if decoder and has_attention:
-        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after.get('GroupQueryAttention', 0)}"
+    if decoder and after.get("GroupQueryAttention", 0) > before.get("GroupQueryAttention", 0):
+        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after['GroupQueryAttention']}"
                      f" with RotaryEmbedding ×{after.get('RotaryEmbedding', 0)} (one per layer; q and k); "
                      "ORTOptimizer fused the normalizations and activations")
+    elif decoder and has_attention:
+        notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(op for op in ATTENTION_OPS if op in after)}")
     elif decoder:
         notes.append(f"attention is not fused: {unfused_reason or 'no attention fusion for this decoder'}; "
                      f"ORTOptimizer fused only {', '.join(fused) or 'nothing'}")

@@ -157,6 +157,10 @@ def build_tiny_model(arch: str, folder: Path, num_labels: int = 2) -> Path:
     else:
         tokenizer = _bpe_tokenizer(CHAT_TEMPLATE if arch == "llama" else None)
         model = AutoModelForCausalLM.from_config(_tiny_config(arch, tokenizer, num_labels))
+        with torch.no_grad():  # transformers zeroes biases at init; a test of bias handling needs real ones
+            for name, param in model.named_parameters():
+                if name.endswith("_proj.bias"):
+                    param.normal_(0.0, 0.5)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -10,20 +10,16 @@ import onnx
 import pytest
 
 from conftest import build_tiny_model
-from deployft.decoder_fusion import (
-    AttentionShape, attention_window, fuse_attention, rotary_caches, unsupported_reason,
-)
+from deployft.decoder_fusion import AttentionShape, attention_shape, fuse_attention, rotary_caches, unsupported_reason
 
 
 def _shape(model_dir, model=None) -> AttentionShape:
     from transformers import AutoModelForCausalLM
 
     cfg = json.loads((model_dir / "config.json").read_text())
-    model = model or AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    cos, sin = rotary_caches(model, cfg["max_position_embeddings"])
-    heads = cfg["num_attention_heads"]
-    return AttentionShape(cfg["num_hidden_layers"], heads, cfg["num_key_value_heads"], cfg["hidden_size"] // heads,
-                          cos, sin, attention_window(cfg))
+    shape, reason = attention_shape(cfg, model or AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    assert reason is None
+    return shape
 
 
 def _fused_copy(folder, shape: AttentionShape):
@@ -124,6 +120,56 @@ def test_biased_projections_and_sliding_windows_fuse_exactly(arch, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_a_biased_projection_without_its_add_is_refused(tmp_path):
+    from deployft.onnx_export import export_onnx, read_source
+
+    source = build_tiny_model("qwen2", tmp_path / "model")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx")
+    shape = _shape(source)
+    assert shape.qkv_bias
+    model = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    add = next(n for n in model.graph.node if n.name == "/model/layers.1/self_attn/k_proj/Add")
+    add.name = "/model/layers.1/self_attn/k_proj/renamed"
+    with pytest.raises(ValueError, match="layer 1: k_proj has a bias but its Add was not found"):
+        fuse_attention(model, shape)
+
+
+def test_fusion_works_at_an_older_opset(tiny_model, tmp_path):
+    """Opset 14: the shared nodes avoid Shape(start, end) and Unsqueeze with an axes input."""
+    from deployft.onnx_export import export_onnx, onnx_opset, read_source
+
+    source = tiny_model("llama")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx", opset=14)
+    assert onnx_opset(tmp_path / "onnx" / "model.onnx") == 14
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", _shape(source))), 2, 2, 8)
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_external_weights_are_rewritten_not_shared_or_left_behind(tiny_onnx, tiny_model):
+    """A copy never shares the plain export's weight file; fusing replaces ORTOptimizer's `.onnx.data` file."""
+    from deployft.onnx_export import external_files
+    from deployft.optimize import _copy_model, _fuse_decoder_attention
+
+    folder = tiny_onnx("llama")
+    plain = folder / "model.onnx"
+    onnx.save(onnx.load(str(plain)), str(plain), save_as_external_data=True, location="model.onnx_data",
+              size_threshold=0)
+    assert external_files(plain) == [folder / "model.onnx_data"]
+    target = folder / "model_optimized.onnx"
+    _copy_model(plain, target)
+    assert external_files(target) == [] and (folder / "model.onnx_data").is_file()
+    onnx.save(onnx.load(str(target)), str(target), save_as_external_data=True, location="model_optimized.onnx.data",
+              size_threshold=0)
+    _fuse_decoder_attention(target, _shape(tiny_model("llama")))
+    assert not (folder / "model_optimized.onnx.data").exists() and external_files(target) == []
+    ours, _ = _decode(_session(target), 2, 2, 8)
+    theirs, _ = _decode(_session(plain), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_a_graph_without_llama_projections_is_refused(tiny_onnx, tiny_model):
     shape = _shape(tiny_model("llama"))
     gpt2 = onnx.load(str(tiny_onnx("gpt2") / "model.onnx"))
@@ -131,7 +177,7 @@ def test_a_graph_without_llama_projections_is_refused(tiny_onnx, tiny_model):
         fuse_attention(gpt2, shape)
 
 
-def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model, tmp_path):
+def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model):
     shape = _shape(tiny_model("llama"))
     model = onnx.load(str(tiny_onnx("llama") / "model.onnx"))
     for item in list(model.graph.input):
@@ -151,6 +197,7 @@ def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model, tmp_
     ({"model_type": "mistral", "sliding_window": 4096}, None),
 ])
 def test_unsupported_models_say_why(config, reason):
+    """The config-level refusals; attention_shape adds the rotary checks (partial rotary, untabulable module)."""
     found = unsupported_reason(config)
     assert found is None if reason is None else reason in found
 
@@ -179,3 +226,37 @@ def test_optimize_fuses_a_decoder_and_can_write_external_weights(tiny_onnx, tiny
     theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+class _Decoder:
+    def __init__(self, width):
+        import torch
+
+        def rotary(probe, positions):
+            angles = positions[..., None].float() * torch.ones(width // 2)
+            return torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+
+        self.rotary_emb = rotary if width else None
+
+
+class _Model:
+    def __init__(self, width):
+        self.decoder = _Decoder(width)
+
+    def get_decoder(self):
+        return self.decoder
+
+
+@pytest.mark.parametrize(("width", "reason"), [
+    (8, None),
+    (4, "its rotary embedding covers 4 of 8 head dimensions (partial rotary)"),
+    (0, "its rotary embedding cannot be tabulated"),
+])
+def test_attention_shape_checks_the_rotary_module(width, reason):
+    config = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32,
+              "num_hidden_layers": 2, "max_position_embeddings": 16}
+    shape, found = attention_shape(config, _Model(width))
+    if reason is None:
+        assert found is None and shape.cos_cache.shape == (16, 4) and shape.num_kv_heads == 2 and not shape.qkv_bias
+    else:
+        assert shape is None and found.startswith(reason)

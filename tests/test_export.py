@@ -143,6 +143,13 @@ def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
     assert manifest["quantization"]["block_size"] == 32
 
 
+@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}])
+def test_classifier_int8_flags_are_refused_for_a_generator(tiny_run, tmp_path, flags):
+    with pytest.raises(UsageError, match="generator int8 is blockwise .* takes neither"):
+        _export(tiny_run("llama"), tmp_path, quantize="int8", **flags)
+    assert _no_bundle(tmp_path)
+
+
 def test_attention_fusion_can_be_turned_off(tiny_run, tmp_path):
     manifest = read_manifest(_export(tiny_run("llama"), tmp_path, fuse_attention=False), "bundle")
     assert "GroupQueryAttention" not in manifest["fusion"]["after"]

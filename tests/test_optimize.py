@@ -54,3 +54,12 @@ def test_fusion_report_counts_only_new_fused_ops():
     report = fusion_report(before, {"MatMul": 16, "Softmax": 2}, decoder=False)
     assert report["summary"] == "nothing fused"
     assert "attention was not fused" in report["notes"][0]
+
+
+def test_a_decoder_fused_by_ort_optimizer_is_not_credited_to_deployft():
+    from deployft.optimize import fusion_report
+
+    report = fusion_report({"MatMul": 8}, {"MatMul": 4, "MultiHeadAttention": 2}, decoder=True)
+    assert report["notes"][0] == "decoder attention fused by ORTOptimizer: MultiHeadAttention"
+    report = fusion_report({"MatMul": 8}, {"MatMul": 4, "GroupQueryAttention": 2, "RotaryEmbedding": 4}, decoder=True)
+    assert report["notes"][0].startswith("decoder attention fused by deployft: GroupQueryAttention ×2")

@@ -168,13 +168,12 @@ def test_a_tied_head_gets_its_own_transposed_weight():
 
 def test_large_models_are_written_with_external_weights(tiny_onnx, monkeypatch):
     """Above 2 GB one protobuf cannot hold the weights: they go to `<file>_data` (threshold lowered to test it)."""
+    import onnx
     import onnxruntime as ort
 
     monkeypatch.setattr("deployft.onnx_export.EXTERNAL_DATA_BYTES", 0)
     folder = tiny_onnx("llama")
     quantize_blockwise_int8(folder / "model.onnx", folder / "q.onnx")
-    import onnx
-
     assert (folder / "q.onnx_data").stat().st_size > 0
     graph = onnx.load(str(folder / "q.onnx"), load_external_data=False).graph
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
