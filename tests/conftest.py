@@ -159,7 +159,7 @@ def build_tiny_model(arch: str, folder: Path, num_labels: int = 2) -> Path:
         model = AutoModelForCausalLM.from_config(_tiny_config(arch, tokenizer, num_labels))
         with torch.no_grad():  # transformers zeroes biases at init; a test of bias handling needs real ones
             for name, param in model.named_parameters():
-                if name.endswith("_proj.bias"):
+                if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
                     param.normal_(0.0, 0.5)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
