@@ -131,7 +131,8 @@ def fuse_attention(model: Any, shape: AttentionShape) -> int:
     for needed in ("input_ids", "attention_mask", "position_ids"):
         if needed not in inputs:
             raise ValueError(f"the decoder graph has no {needed!r} input")
-    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for attr in n.attribute):
+    subgraph = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if any(attr.type in subgraph for node in graph.node for attr in node.attribute):
         raise ValueError("the decoder graph has control-flow subgraphs (If/Loop), which this rewrite does not follow")
     new_nodes = _shared_nodes(helper, TensorProto)
     graph.initializer.extend([numpy_helper.from_array(shape.cos_cache.astype(np.float32), f"{PREFIX}/cos_cache"),

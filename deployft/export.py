@@ -46,7 +46,8 @@ class ExportConfig:
     task: str | None = None
     """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
     quantize: str = "none"
-    """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the RUN's training data, CPU) or fp16 (CUDA)."""
+    """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
+    RUN's training data, CPU) or fp16 (CUDA)."""
     quantize_preset: str | None = None
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False
@@ -261,10 +262,10 @@ def _int8(config: ExportConfig, source: Source, staging: Path, ref, result: dict
     _refuse_int8(tried, result)
 
 
-INT8_DECODER_NOTE = ("blockwise int8 (MatMulNBits, 8-bit weights with one scale per block along K, int8 compute) of "
-                     "model_optimized.onnx (attention fused where the fusion note says so): on SmolLM2-135M (avx512_vnni, 2 threads) per-tensor dynamic int8 "
-                     "raised perplexity by 53% and decoded at 43 ms/token; blockwise int8 kept perplexity within "
-                     "2% at 13 ms/token")
+INT8_DECODER_NOTE = ("blockwise int8 (MatMulNBits, 8-bit weights with one scale per block along K, int8 compute) "
+                     "of model_optimized.onnx (attention fused where the fusion note says so): on SmolLM2-135M "
+                     "(avx512_vnni, 2 threads) per-tensor dynamic int8 raised perplexity by 53% and took 33 ms per "
+                     "decode step; blockwise int8 kept perplexity within 2% at 13 ms per step")
 
 
 def _int8_decoder(config: ExportConfig, source: Source, staging: Path, ref, result: dict, optimized: Path) -> str:

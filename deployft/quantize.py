@@ -139,7 +139,8 @@ def untie_transposed_weights(model) -> list[str]:
             copied.append(transpose.input[0])
         node.input[1] = name
     users = {name for n in graph.node for name in n.input}
-    dead = [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in transposes and n.output[0] not in users]
+    dead = [n for n in graph.node
+            if n.op_type == "Transpose" and n.output[0] in transposes and n.output[0] not in users]
     for n in dead:
         graph.node.remove(n)
     return copied
