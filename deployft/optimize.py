@@ -64,25 +64,14 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     folder = onnx_path.parent
     target = folder / OPTIMIZED_NAME
     skipped = _ort_optimizer_skip(folder)
-    if skipped:
-        _copy_model(onnx_path, target)
-    else:
+    if not skipped:
         _ort_optimize(onnx_path, target)
-    if attention is not None:
-        _fuse_decoder_attention(target, attention)
+    if skipped or attention is not None:
+        _rewrite(onnx_path if skipped else target, target, attention)
     report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
     if skipped:
         report["notes"].insert(1 if decoder else 0, skipped)
     return target, report
-
-
-def _copy_model(src: Path, dst: Path) -> None:
-    """A self-contained copy of an ONNX file (with its own external weights, never shared with `src`)."""
-    import onnx
-
-    from .onnx_export import save_model
-
-    save_model(onnx.load(str(src)), dst)
 
 
 def _ort_optimizer_skip(folder: Path) -> str | None:
@@ -120,20 +109,25 @@ def _ort_optimize(onnx_path: Path, target: Path) -> None:
             shutil.move(str(path), folder / path.name)
 
 
-def _fuse_decoder_attention(path: Path, attention: AttentionShape) -> None:
+def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> None:
+    """Load `src` once, fuse its decoder attention when `attention` is given, and save it as `dst`.
+
+    `dst` gets its own external weights when it needs them, never shares `src`'s, and leaves no stale weight file.
+    """
     import onnx
 
     from .decoder_fusion import fuse_attention
     from .onnx_export import external_files, save_model
 
-    stale = external_files(path)
-    model = onnx.load(str(path))
-    try:
-        fuse_attention(model, attention)
-    except ValueError as exc:
-        raise StageError(f"fusing the decoder attention of {path.name} failed: {exc}; "
-                         "export with --no-fuse-attention to keep the exported attention") from exc
-    save_model(model, path, stale)
+    stale = external_files(dst) if dst.exists() else []
+    model = onnx.load(str(src))
+    if attention is not None:
+        try:
+            fuse_attention(model, attention)
+        except ValueError as exc:
+            raise StageError(f"fusing the decoder attention of {src.name} failed: {exc}; "
+                             "export with --no-fuse-attention to keep the exported attention") from exc
+    save_model(model, dst, stale)
 
 
 def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,

@@ -150,7 +150,7 @@ def test_fusion_works_at_an_older_opset(tiny_model, tmp_path):
 def test_external_weights_are_rewritten_not_shared_or_left_behind(tiny_onnx, tiny_model):
     """A copy never shares the plain export's weight file; fusing replaces ORTOptimizer's `.onnx.data` file."""
     from deployft.onnx_export import external_files
-    from deployft.optimize import _copy_model, _fuse_decoder_attention
+    from deployft.optimize import _rewrite
 
     folder = tiny_onnx("llama")
     plain = folder / "model.onnx"
@@ -158,11 +158,11 @@ def test_external_weights_are_rewritten_not_shared_or_left_behind(tiny_onnx, tin
               size_threshold=0)
     assert external_files(plain) == [folder / "model.onnx_data"]
     target = folder / "model_optimized.onnx"
-    _copy_model(plain, target)
+    _rewrite(plain, target, None)
     assert external_files(target) == [] and (folder / "model.onnx_data").is_file()
     onnx.save(onnx.load(str(target)), str(target), save_as_external_data=True, location="model_optimized.onnx.data",
               size_threshold=0)
-    _fuse_decoder_attention(target, _shape(tiny_model("llama")))
+    _rewrite(target, target, _shape(tiny_model("llama")))
     assert not (folder / "model_optimized.onnx.data").exists() and external_files(target) == []
     ours, _ = _decode(_session(target), 2, 2, 8)
     theirs, _ = _decode(_session(plain), 2, 2, 8)
