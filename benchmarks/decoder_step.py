@@ -77,7 +77,7 @@ def main() -> None:
 
     import onnx
 
-    from deployft.quantize import cpu_preset, quantize_dynamic_int8
+    from deployft.exporter.quantize import cpu_preset, quantize_dynamic_int8
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.bundle.parent) as scratch:

@@ -28,7 +28,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _job(args):
-    from deployft.engine import prepare
+    from deployft.train.engine import prepare
     from deployft.tasks import get_task
     from deployft.train import FinetuneConfig
 
@@ -60,8 +60,8 @@ def _train_once(config, task, job, recipe: str, work: Path) -> dict:
     import torch
     from transformers import set_seed
 
-    from deployft.engine import build_trainer
-    from deployft.models import load_model
+    from deployft.train.engine import build_trainer
+    from deployft.train.models import load_model
 
     set_seed(0)
     job.model = load_model(job.base_model, task, job.examples.labels, job.tokenizer)

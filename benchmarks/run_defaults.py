@@ -50,7 +50,7 @@ def log(message: str) -> None:
 def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
     """The RUN and BUNDLE of `task`: fine-tuned and exported now, or kept from an earlier `--reuse` run."""
     from deployft import FinetuneConfig, finetune
-    from deployft.export import ExportConfig, export
+    from deployft.exporter import ExportConfig, export
 
     run, bundle = work / f"run-{task}", work / f"bundle-{task}"
     if not (reuse and (run / "deployft.json").is_file()):

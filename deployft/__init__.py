@@ -1,7 +1,7 @@
 """deployft: from your labelled text to a fast, small, verified model in production.
 
     finetune(FinetuneConfig(...)) -> RUN folder        (PyTorch, transformers Trainer)
-    export(ExportConfig(...))     -> BUNDLE folder     (Optimum ONNX, fused, quantized, validated)
+    export(ExportConfig(...))     -> BUNDLE folder     (Optimum ONNX, optimized, quantized, validated)
     Predictor.load(BUNDLE)                             (ONNX Runtime; no torch)
     benchmark(BenchConfig(...))   -> BenchReport       (against the PyTorch original)
 
@@ -15,11 +15,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# `deployft.export` names both a submodule and the stage function. Bind the function now (the module's top level is
-# light), so that a later `from deployft.export import ...` cannot replace the attribute with the module.
-from .export import ExportConfig, export  # noqa: E402
-
 _LAZY = {
+    "ExportConfig": "deployft.exporter",
+    "export": "deployft.exporter",
     "FinetuneConfig": "deployft.train",
     "finetune": "deployft.train",
     "Predictor": "deployft.runtime",
@@ -29,7 +27,7 @@ _LAZY = {
     "benchmark": "deployft.bench",
 }
 
-__all__ = sorted([*_LAZY, "ExportConfig", "export", "errors", "__version__"])
+__all__ = sorted([*_LAZY, "errors", "__version__"])
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except UsageError:
         raise
     except Exception as exc:  # the parsers' own error types differ; all mean the same thing here
-        raise UsageError(f"config file {path} could not be parsed: {exc}".splitlines()[0]) from exc
+        raise UsageError(f"config file {path} could not be parsed: {first_line(exc)}") from exc
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

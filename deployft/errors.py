@@ -16,6 +16,9 @@ Every message says what was expected, what was found, and the fix, on one line.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "AccuracyBudgetError",
     "BundleError",
@@ -27,6 +30,8 @@ __all__ = [
     "OutputExistsError",
     "StageError",
     "UsageError",
+    "first_line",
+    "reraise_as",
 ]
 
 
@@ -63,11 +68,47 @@ class DeviceError(DeployftError, RuntimeError):
 
 
 class AccuracyBudgetError(DeployftError):
-    """A quantized model lost more accuracy than the budget allows."""
+    """A quantized model lost more accuracy than the budget allows.
+
+    `budget` is the allowed drop and its unit (`{"max_drop", "measure"}`); `attempts` the drop of every try
+    (`[{"remedy", "drop"}]`), so a caller can report them without parsing the message.
+    """
+
+    def __init__(self, message: str, budget: dict | None = None, attempts: list[dict] | None = None):
+        super().__init__(message)
+        self.budget = budget or {}
+        self.attempts = list(attempts or [])
 
 
 class StageError(DeployftError):
     """A stage failed for a reason outside the user's input (the message says which stage)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def reraise_as(error: type[DeployftError], message: str,
+               catch: type[BaseException] | tuple[type[BaseException], ...] = Exception) -> Iterator[None]:
+    """Turn what a library raises inside the block into `error`, in one line.
+
+    `message` may hold `{reason}`: the library's first line. A DeployftError passes through unchanged, so
+    nested blocks keep the innermost, most precise message.
+
+        with reraise_as(ModelError, f"cannot load the weights in {folder} ({{reason}}); re-run deployft finetune"):
+            model = cls.from_pretrained(folder)
+    """
+    try:
+        yield
+    except DeployftError:
+        raise
+    except catch as exc:
+        raise error(message.replace("{reason}", first_line(exc))) from exc
 
 
 def require(module: str, extra: str = "train"):

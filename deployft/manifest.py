@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, ModelError, OutputExistsError
+from .errors import BundleError, DeployftError, ModelError, OutputExistsError
 
 MANIFEST_NAME = "deployft.json"
 FORMAT_VERSION = 1
@@ -58,6 +58,27 @@ def file_table(folder: str | Path) -> dict[str, dict[str, Any]]:
     return table
 
 
+def read_json(path: str | Path, error: type[DeployftError] | None = None, missing_ok: bool = True) -> dict[str, Any]:
+    """A JSON object from `path`; `{}` when the file is absent and `missing_ok`.
+
+    Raises:
+        `error` (default BundleError): the file is missing (without `missing_ok`), not JSON, or not an object.
+    """
+    error = error or BundleError
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise error(f"{path} not found; re-create the folder with the deployft stage that writes it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); re-create the folder") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object; re-create the folder")
+    return data
+
+
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write `deployft.json` into `folder`, stamping the format version."""
     path = Path(folder) / MANIFEST_NAME
@@ -82,10 +103,7 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise error(f"{folder} has no {MANIFEST_NAME}, so it is not a deployft {kind.upper()} folder; "
                     f"create one with deployft {'export' if kind == 'bundle' else 'finetune'}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path} is not valid JSON ({exc}); re-create the folder") from exc
+    manifest = read_json(path, error)
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise error(f"{path} has format version {version}, newer than this deployft reads ({FORMAT_VERSION}); "

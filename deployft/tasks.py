@@ -1,18 +1,41 @@
 """The two tasks deployft knows, and everything that differs between them, in one object each.
 
-Stages ask the task object (`get_task("classify")`) for the model class, collator, metrics and the
-Optimum names, instead of branching on the task string. Importing this module does not import torch.
+Stages ask the task object (`get_task(manifest["task"])`) for the model classes, encoder, collator, metrics,
+accuracy budget and int8 remedies, instead of comparing task strings. Importing this module imports neither
+torch nor transformers (the runtime uses it): the training pieces are named here and imported when asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["TASKS", "Task", "get_task"]
+__all__ = ["TASKS", "Remedy", "Task", "get_task"]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One rung of the int8 remedy ladder: what the next quantization attempt changes."""
+
+    name: str
+    """How the manifest and the error message name it (`per-channel`, `blocks of 16`, ...)."""
+    per_channel: bool | None = None
+    """Dynamic int8: quantize weights per output channel (None: as --per-channel says)."""
+    keep_sensitive: bool = False
+    """Dynamic int8: keep the head, the embeddings and the first and last layer in fp32."""
+    block_size: int | None = None
+    """Blockwise int8: weights per scale (None: the default block size)."""
+    keep_head: bool = False
+    """Blockwise int8: keep the LM head in fp32."""
+
+
+def _resolve(dotted: str) -> Callable[..., Any]:
+    module, name = dotted.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -21,6 +44,8 @@ class Task:
 
     name: str
     """The `--task` value: `classify` or `generate`."""
+    generates: bool
+    """True for a causal LM that continues prompts (KV-cache decoding), False for a classifier."""
     auto_model_class: str
     """The transformers auto class that loads the model (`AutoModelForSequenceClassification`, ...)."""
     export_task: str
@@ -36,10 +61,25 @@ class Task:
     default_max_length: int
     """Tokens per example when `--max-length` is not given (capped at the model's limit)."""
     column_roles: tuple[tuple[str, ...], ...]
-    """The column mappings the task accepts, e.g. `(("text", "label"),)`."""
-    _encode: Callable[..., list[dict[str, Any]]]
-    _collator: Callable[[Any], Any]
-    _metrics: Callable[[Any], dict[str, float]] | None
+    """The column mappings the task accepts, first the default, e.g. `(("text", "label"),)`."""
+    input_columns: tuple[str, ...]
+    """Columns `deployft predict --input` reads the text from, in order of preference."""
+    validation_metric: str
+    """The task metric export validation compares with PyTorch (`accuracy`, `perplexity`)."""
+    budget_unit: str
+    """What the accuracy budget counts (`accuracy points`, `perplexity increase %`)."""
+    default_budget: float
+    """The accuracy budget when --max-accuracy-drop is not given."""
+    int8_method: str
+    """How `--quantize int8` quantizes: `dynamic` (per-tensor activations) or `blockwise` (MatMulNBits)."""
+    int8_remedies: tuple[Remedy, ...]
+    """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy."""
+    encoder: str
+    """`module:function` turning normalised rows into training features."""
+    collator: str
+    """`module:callable` building the batch collator from a tokenizer."""
+    trainer_metrics: str | None
+    """`module:function` for Trainer's `compute_metrics`, or None when the metrics come from the eval loss."""
 
     def model_class(self):
         """The transformers auto class (imports transformers)."""
@@ -48,39 +88,48 @@ class Task:
         return getattr(transformers, self.auto_model_class)
 
     def encode(self, rows: list[dict[str, str]], tokenizer, max_length: int, **kwargs: Any) -> list[dict[str, Any]]:
-        """Tokenize normalised rows into model features (see `deployft.collate`)."""
-        return self._encode(rows, tokenizer, max_length, **kwargs)
+        """Tokenize normalised rows into model features (see `deployft.train.collate`)."""
+        return _resolve(self.encoder)(rows, tokenizer, max_length, **kwargs)
 
     def build_collator(self, tokenizer):
         """A dynamic-padding collator for this task's features."""
-        return self._collator(tokenizer)
+        return _resolve(self.collator)(tokenizer)
 
     def compute_metrics(self):
         """A Trainer `compute_metrics` callable, or None when the metrics come from the eval loss alone."""
-        return self._metrics
+        return _resolve(self.trainer_metrics) if self.trainer_metrics else None
+
+    def default_columns(self, found: list[str]) -> tuple[str, ...]:
+        """The column roles to use when no column flag is given: the first mapping whose names are in `found`."""
+        return next((roles for roles in self.column_roles if set(roles) <= set(found)), self.column_roles[0])
 
 
-def _build_tasks() -> dict[str, Task]:
-    from . import collate, metrics
-
-    classify = Task(
-        name="classify", auto_model_class="AutoModelForSequenceClassification", export_task="text-classification",
-        ort_model_class="ORTModelForSequenceClassification", metric_names=("accuracy", "macro_f1", "eval_loss"),
-        best_metric="accuracy", greater_is_better=True, default_max_length=128,
-        column_roles=(("text", "label"),), _encode=collate.encode_classify,
-        _collator=collate.classify_collator, _metrics=metrics.classification_metrics,
-    )
-    generate = Task(
-        name="generate", auto_model_class="AutoModelForCausalLM", export_task="text-generation-with-past",
-        ort_model_class="ORTModelForCausalLM", metric_names=("eval_loss", "perplexity"),
-        best_metric="eval_loss", greater_is_better=False, default_max_length=256,
-        column_roles=(("prompt", "response"), ("text",)), _encode=collate.encode_generate,
-        _collator=collate.GenerateCollator, _metrics=None,
-    )
-    return {"classify": classify, "generate": generate}
-
-
-TASKS = _build_tasks()
+TASKS: dict[str, Task] = {
+    "classify": Task(
+        name="classify", generates=False, auto_model_class="AutoModelForSequenceClassification",
+        export_task="text-classification", ort_model_class="ORTModelForSequenceClassification",
+        metric_names=("accuracy", "macro_f1", "eval_loss"), best_metric="accuracy", greater_is_better=True,
+        default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
+        validation_metric="accuracy", budget_unit="accuracy points", default_budget=1.0, int8_method="dynamic",
+        int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
+                       Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
+                              keep_sensitive=True)),
+        encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
+        trainer_metrics="deployft.metrics:classification_metrics",
+    ),
+    "generate": Task(
+        name="generate", generates=True, auto_model_class="AutoModelForCausalLM",
+        export_task="text-generation-with-past", ort_model_class="ORTModelForCausalLM",
+        metric_names=("eval_loss", "perplexity"), best_metric="eval_loss", greater_is_better=False,
+        default_max_length=256, column_roles=(("prompt", "response"), ("text",)), input_columns=("prompt", "text"),
+        validation_metric="perplexity", budget_unit="perplexity increase %", default_budget=10.0,
+        int8_method="blockwise",
+        int8_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
+                       Remedy("blocks of 16 + LM head in fp32", block_size=16, keep_head=True)),
+        encoder="deployft.train.collate:encode_generate", collator="deployft.train.collate:GenerateCollator",
+        trainer_metrics=None,
+    ),
+}
 """Every task by name."""
 
 
@@ -89,4 +138,4 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise UsageError(f"unknown task {name!r}; pass --task classify or --task generate") from None
+        raise UsageError(f"unknown task {name!r}; pass --task {' or --task '.join(TASKS)}") from None

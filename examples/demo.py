@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import deployft
-    from deployft.bundle import info_text
+    from deployft.exporter.card import info_text
     from deployft.errors import DeployftError
 
     run_dir, bundle_dir, report_dir = (args.output / name for name in ("run", "bundle", "report"))
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         ))
         metrics = json.loads((run_dir / "eval.json").read_text())
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        print(f"\n== 2/3 export to ONNX, fuse, quantize int8, validate against PyTorch -> {bundle_dir}")
+        print(f"\n== 2/3 export to ONNX (plain and fused fp32), quantize int8, validate each file against PyTorch -> {bundle_dir}")
         deployft.export(deployft.ExportConfig(run=run_dir, output=bundle_dir, quantize="int8", overwrite=True))
         print(info_text(bundle_dir))
         print(f"\n== 3/3 benchmark the bundle against the PyTorch original ({args.threads} threads) -> {report_dir}")

@@ -241,7 +241,7 @@ def sharpen_decoder(model_dir: Path, output: Path, std: float = 0.25) -> Path:
 def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = True) -> Path:
     """A BUNDLE per docs/folders.md made with Optimum's plain export (fp32 model.onnx + int8 model_int8.onnx).
 
-    Independent of deployft.export so the runtime is tested against Optimum's own files.
+    Independent of deployft.exporter.runner so the runtime is tested against Optimum's own files.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
@@ -306,7 +306,8 @@ def _tiny_onnx_cache(_tiny_model_cache, tmp_path_factory):
 
     def get(arch: str) -> Path:
         if arch not in cache:
-            from deployft.onnx_export import export_onnx, read_source
+            from deployft.exporter.onnx_export import export_onnx
+            from deployft.exporter.source import read_source
 
             task = "classify" if arch in ENCODERS else "generate"
             folder = tmp_path_factory.mktemp(f"onnx-{arch}")

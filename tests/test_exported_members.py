@@ -22,8 +22,8 @@ def test_import_deployft_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_export_stays_the_function_after_its_module_is_imported():
-    code = ("import deployft.export, deployft; from deployft.export import ExportConfig; "
+def test_export_is_the_stage_function_beside_the_exporter_package():
+    code = ("import deployft, deployft.exporter; from deployft.exporter import ExportConfig; "
             "print(callable(deployft.export), deployft.ExportConfig is ExportConfig)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..tasks import get_task
 from .config import TORCH_VARIANTS
 
 
@@ -73,13 +74,12 @@ class TorchBackend(Backend):
 
     def load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         torch.set_num_threads(self.threads)
         if self.name == "pytorch-int8" and self.device != "cpu":
             raise UsageError("pytorch-int8 (torch.ao dynamic quantization) has CPU kernels only; "
                              "drop it from --variants on --device cuda")
-        cls = AutoModelForSequenceClassification if self.task == "classify" else AutoModelForCausalLM
+        cls = get_task(self.task).model_class()
         model = cls.from_pretrained(self.run, dtype=torch.float32).eval()
         if self.name == "pytorch-int8":
             from torch.ao.quantization import quantize_dynamic

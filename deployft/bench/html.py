@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ..tasks import get_task
 from .markdown import classify_table, generate_table, machine_line, variants_table
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -31,7 +32,7 @@ def _image(folder: Path, name: str, title: str) -> str:
 
 def render_html(data: dict[str, Any], folder: Path, images: dict[str, str]) -> str:
     """The whole report.html, with no external reference: tables inline, plots as data URIs."""
-    speed = classify_table(data) if data["task"] == "classify" else generate_table(data)
+    speed = classify_table(data) if not get_task(data["task"]).generates else generate_table(data)
     load = data["load_average"]
     warnings = "".join(f'<p class="warn">Warning: {html.escape(w)}</p>' for w in data["warnings"])
     failed = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(str(v['error']))}</li>"

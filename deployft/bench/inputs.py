@@ -6,15 +6,16 @@ to an `.npz` file that every variant's worker reads, so all variants see exactly
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, DataError, UsageError
-from ..manifest import read_manifest, sha256_file
-from .accuracy import eval_arrays, format_prompt
+from ..errors import BundleError, DataError, ModelError, UsageError
+from ..manifest import read_json, read_manifest, sha256_file
+from ..prompts import PromptFormat, TokenizerAdapter, example_ids
+from ..tasks import get_task
+from .accuracy import eval_arrays
 from .config import TORCH_VARIANTS, BenchConfig
 
 _OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
@@ -60,7 +61,7 @@ def select_variants(config: BenchConfig, bundle: dict[str, Any]) -> list[str]:
 
 def max_positions(run_dir: Path) -> int | None:
     """Tokens the model can take, from its config.json (None when the config does not say)."""
-    config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    config = read_json(Path(run_dir) / "config.json", ModelError)
     limit = config.get("max_position_embeddings") or config.get("n_positions")
     return int(limit) - _OFFSET_POSITIONS.get(config.get("model_type"), 0) if limit else None
 
@@ -70,10 +71,11 @@ def check_grid(config: BenchConfig, task: str) -> None:
     limit = max_positions(config.run)
     if limit is None:
         return
-    if task == "classify" and max(config.seq_lens) > limit:
+    generates = get_task(task).generates
+    if not generates and max(config.seq_lens) > limit:
         raise UsageError(f"--seq-lens {max(config.seq_lens)} is longer than the model takes ({limit} tokens); "
                          f"pass lengths up to {limit}")
-    if task == "generate" and max(config.prompt_lens) + max(config.new_tokens) > limit:
+    if generates and max(config.prompt_lens) + max(config.new_tokens) > limit:
         raise UsageError(f"--prompt-lens {max(config.prompt_lens)} plus --new-tokens {max(config.new_tokens)} is "
                          f"longer than the model takes ({limit} tokens); pass shorter lengths")
 
@@ -113,19 +115,14 @@ def build_inputs(config: BenchConfig, manifests: dict[str, dict], path: Path) ->
         raise DataError(f"RUN {config.run} has no eval rows to build benchmark inputs from; "
                         "fine-tune with an eval split (--eval-file or --eval-fraction)")
     tokenizer = AutoTokenizer.from_pretrained(config.run)
-    if manifest["task"] == "classify":
+    if get_task(manifest["task"]).generates:
+        fmt, encoder = PromptFormat.from_manifest(manifest.get("prompt_format")), TokenizerAdapter(tokenizer)
+        tokens = [example_ids(r, fmt, encoder, int(manifest.get("max_length") or 512))[0] for r in rows]
+        arrays = generate_prompts(tokens, config.prompt_lens)
+    else:
         tokens = [tokenizer(r["text"])["input_ids"] for r in rows]
         arrays = classify_cells(tokens, config.batch_sizes, config.seq_lens)
-    else:
-        tokens = [_generate_tokens(tokenizer, manifest, r) for r in rows]
-        arrays = generate_prompts(tokens, config.prompt_lens)
     arrays.update(eval_arrays(rows[:config.eval_samples], manifest, tokenizer))
     np.savez(path, **arrays)
     return {"eval_rows": min(len(rows), config.eval_samples), "source": "RUN eval split, cut or repeated to length"}
 
-
-def _generate_tokens(tokenizer, manifest: dict, row: dict) -> list[int]:
-    if "prompt" in row:
-        prompt = format_prompt(tokenizer, manifest.get("prompt_format"), row["prompt"])
-        return prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-    return tokenizer(row["text"])["input_ids"]

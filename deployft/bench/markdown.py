@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..tasks import get_task
+
 
 def _num(value, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
@@ -34,14 +36,14 @@ def variants_table(data: dict[str, Any]) -> str:
     rows = []
     for name, v in data["variants"].items():
         acc = v.get("accuracy") or {}
-        if data["task"] == "classify":
+        if not get_task(data["task"]).generates:
             quality = [_num(acc.get("accuracy"), ".4f"), _num(acc.get("macro_f1"), ".4f"),
                        _num(acc.get("accuracy_delta_points"), "+.2f")]
         else:
             quality = [_num(acc.get("perplexity"), ".3f"), _num(acc.get("token_agreement"), ".3f")]
         rows.append([name, v["status"], v["precision"], _mb(v.get("size_bytes")), _mb(v.get("peak_rss_bytes")),
                      _num(v.get("cold_start_s"), ".2f"), *quality])
-    quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)"] if data["task"] == "classify"
+    quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)"] if not get_task(data["task"]).generates
                     else ["perplexity", "greedy-token agreement"])
     return _table(["variant", "status", "precision", "size MB", "peak RSS MB", "cold start s", *quality_head], rows)
 
@@ -76,7 +78,7 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
              f"- machine: {machine_line(data)}",
              f"- load average (1/5/15 min): before {load['before']}, after {load['after']}",
              f"- baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50"
-             if data["task"] == "classify" else
+             if not get_task(data["task"]).generates else
              f"- baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
              "over the baseline's",
              f"- created {data['created']}, {data['config']['repeats']} repeats per cell after "
@@ -87,7 +89,7 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
                      + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else ""))
     parts += [f"- **warning:** {w}" for w in data["warnings"]]
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
-              classify_table(data) if data["task"] == "classify" else generate_table(data), ""]
+              classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]
     failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}
     if failed:
         parts += ["## Failed variants", ""] + [f"- `{n}`: {e}" for n, e in failed.items()] + [""]

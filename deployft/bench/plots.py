@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..tasks import get_task
+
 
 def _pyplot():
     import matplotlib
@@ -16,7 +18,7 @@ def _pyplot():
 
 
 def _shape(row: dict[str, Any], task: str) -> str:
-    return f"b{row['batch']}×s{row['seq']}" if task == "classify" else f"p{row['prompt_len']}+{row['new_tokens']}"
+    return f"b{row['batch']}×s{row['seq']}" if not get_task(task).generates else f"p{row['prompt_len']}+{row['new_tokens']}"
 
 
 def _grouped_bars(ax, shapes: list[str], variants: list[str], value) -> None:
@@ -43,7 +45,7 @@ def latency_plot(data: dict[str, Any], folder: Path) -> str:
     rows = data["results"]
     shapes = list(dict.fromkeys(_shape(r, task) for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    stats = {(r["variant"], _shape(r, task)): (r if task == "classify" else r["per_token"]) for r in rows}
+    stats = {(r["variant"], _shape(r, task)): (r if not get_task(task).generates else r["per_token"]) for r in rows}
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shapes) * max(1, len(variants) / 3)), 4))
     _grouped_bars(ax, shapes, variants, lambda v, s: stats[(v, s)]["p50"] * 1e3 if stats.get((v, s)) else None)
     width = 0.8 / max(len(variants), 1)
@@ -53,7 +55,7 @@ def latency_plot(data: dict[str, Any], folder: Path) -> str:
             if s:
                 ax.plot([j + i * width] * 2, [s["p90"] * 1e3, s["p99"] * 1e3], "k_", markersize=6)
     ax.set_yscale("log")
-    ax.set_ylabel("ms (bar p50, ticks p90 / p99)" if task == "classify" else "ms per token (p50; ticks p90/p99)")
+    ax.set_ylabel("ms (bar p50, ticks p90 / p99)" if not get_task(task).generates else "ms per token (p50; ticks p90/p99)")
     ax.set_title("Latency percentiles per variant and shape")
     return _save(fig, folder, "latency.png")
 
@@ -61,7 +63,7 @@ def latency_plot(data: dict[str, Any], folder: Path) -> str:
 def speedup_plot(data: dict[str, Any], folder: Path) -> str:
     """Speed-up over the PyTorch baseline per variant and shape (1.0 = as fast as the baseline)."""
     plt, task = _pyplot(), data["task"]
-    key = "speedup_p50" if task == "classify" else "speedup_decode"
+    key = "speedup_p50" if not get_task(task).generates else "speedup_decode"
     rows = data["results"]
     shapes = list(dict.fromkeys(_shape(r, task) for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -71,7 +73,7 @@ def speedup_plot(data: dict[str, Any], folder: Path) -> str:
     if max((v for v in values.values() if v), default=1.0) > 10:
         ax.set_yscale("log")  # one huge ratio would flatten every other bar
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_ylabel("speed-up over pytorch" + (" at p50" if task == "classify" else " (decode tokens/s)"))
+    ax.set_ylabel("speed-up over pytorch" + (" at p50" if not get_task(task).generates else " (decode tokens/s)"))
     ax.set_title("Speed-up over the PyTorch original")
     return _save(fig, folder, "speedup.png")
 
@@ -95,6 +97,6 @@ def write_plots(data: dict[str, Any], folder: Path) -> dict[str, str]:
     if not data["results"]:
         return {}
     images = {latency_plot(data, folder): "Latency percentiles", speedup_plot(data, folder): "Speed-up over pytorch"}
-    if data["task"] == "generate":
+    if get_task(data["task"]).generates:
         images[tokens_plot(data, folder)] = "Decode tokens per second"
     return images

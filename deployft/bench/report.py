@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+from ..manifest import read_json
+from ..tasks import get_task
 from .config import TORCH_VARIANTS, BenchConfig
 from .peak import fraction_of_peak
 from .timing import summarize
@@ -43,7 +46,7 @@ class BenchReport:
     def read(cls, folder: str | Path) -> BenchReport:
         """Load a report folder written by `benchmark`."""
         folder = Path(folder)
-        return cls(folder.resolve(), json.loads((folder / "report.json").read_text(encoding="utf-8")))
+        return cls(folder.resolve(), read_json(folder / "report.json", UsageError, missing_ok=False))
 
 
 def _config_json(config: BenchConfig) -> dict[str, Any]:
@@ -56,7 +59,7 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
     run = manifests["run"]
     variants = {name: _variant_entry(name, manifests["bundle"], info) for name, info in raw["variants"].items()}
     peak = raw.get("peak")
-    if run["task"] == "classify":
+    if not get_task(run["task"]).generates:
         results = _classify_results(raw["timings"], variants, raw["flops"], peak)
     else:
         results = _generate_results(raw["timings"], variants, raw["flops"], peak)
@@ -152,7 +155,7 @@ def _accuracy_deltas(variants: dict[str, dict], task: str) -> None:
         acc = entry.get("accuracy")
         if not acc:
             continue
-        if task == "classify":
+        if not get_task(task).generates:
             preds, ref = acc.get("predictions"), base.get("predictions")
             if ref is not None and preds is not None and "accuracy" in base:
                 acc["agreement_with_pytorch"] = sum(a == b for a, b in zip(preds, ref)) / max(len(ref), 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import atomic_folder, check_output_free
+from ..tasks import get_task
 from .config import BenchConfig
 from .inputs import build_inputs, check_grid, read_pair, select_variants
 from .machine import busy_warning, describe_machine, load_average
@@ -122,7 +123,7 @@ def _fail(status: dict, name: str, exc: Exception) -> None:
 
 
 def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status: dict) -> dict[str, Any]:
-    if task == "classify":
+    if not get_task(task).generates:
         cells = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
 
         def step(name, cell):
@@ -164,13 +165,12 @@ def _finish(config: BenchConfig, handle: WorkerHandle, status: dict[str, Any]) -
 def _flops(config: BenchConfig, task: str) -> dict[str, Any]:
     """FLOPs per inference for every cell, counted once on the PyTorch model (every variant does the same math)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .peak import classify_flops, decode_flops
 
     torch.set_num_threads(config.threads)
-    cls = AutoModelForSequenceClassification if task == "classify" else AutoModelForCausalLM
+    cls = get_task(task).model_class()
     model = cls.from_pretrained(config.run, dtype=torch.float32).eval()
-    if task == "classify":
+    if not get_task(task).generates:
         return {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
     return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}

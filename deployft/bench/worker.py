@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import StageError
+from ..manifest import read_json
+from ..tasks import get_task
 
 
 class WorkerFailed(StageError):
@@ -54,7 +56,7 @@ class Worker:
                 "size_bytes": self.backend.size_bytes()}
 
     def _first_result(self) -> None:
-        if self.spec["task"] == "classify":
+        if not get_task(self.spec["task"]).generates:
             key = min((k for k in self.inputs if k.startswith("cell_")), key=lambda k: self.inputs[k].size)
             ids = self.inputs[key]
             self.backend.forward(ids, np.ones_like(ids))
@@ -90,7 +92,7 @@ class Worker:
     def op_accuracy(self) -> dict[str, Any]:
         from .accuracy import classify_metrics, generate_metrics
 
-        if self.spec["task"] == "classify":
+        if not get_task(self.spec["task"]).generates:
             return classify_metrics(self.backend, self.inputs)
         return generate_metrics(self.backend, self.inputs)
 
@@ -120,7 +122,7 @@ def serve(spec_path: str) -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    worker = Worker(json.loads(Path(spec_path).read_text(encoding="utf-8")))
+    worker = Worker(read_json(Path(spec_path), StageError, missing_ok=False))
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "exit":

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..bench.config import DEVICES, BenchConfig
+from .options import shown
+
 
 @click.command("bench")
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path),
@@ -14,25 +17,30 @@ import click
               help="BUNDLE folder written by deployft export from that RUN.")
 @click.option("--report", required=True, type=click.Path(path_type=Path),
               help="Output folder for report.json, report.md, report.html and the PNG plots.")
-@click.option("--variants", default=None,
-              help="Comma-separated subset: pytorch, pytorch-int8, pytorch-compile and .onnx files of the bundle "
-                   "[default: all].")
-@click.option("--batch-sizes", default=None, help="Classification batch sizes, comma-separated [default: 1,8,32].")
-@click.option("--seq-lens", default=None, help="Classification sequence lengths [default: 16,64,128].")
-@click.option("--prompt-lens", default=None, help="Generation prompt lengths [default: 16,64].")
-@click.option("--new-tokens", default=None, help="Generation tokens per call, comma-separated [default: 32].")
-@click.option("--threads", type=int, default=None,
-              help="Intra-op threads for torch and ONNX Runtime alike [default: min(4, cores)].")
-@click.option("--repeats", type=int, default=None, help="Timed runs per variant and cell [default: 20].")
-@click.option("--min-time", type=float, default=None,
-              help="Keep timing until each cell has run this many seconds per variant [default: 0].")
-@click.option("--warmup", type=int, default=None, help="Untimed runs per variant and cell [default: 3].")
-@click.option("--settle", type=float, default=None,
-              help="Idle seconds before each timed call, so the previous variant's spinning threads stop "
-                   "[default: 0.05].")
-@click.option("--eval-samples", type=int, default=None,
-              help="Eval rows scored by every variant; 0 skips accuracy [default: 200].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device [default: cpu].")
+@click.option("--variants", default=None, show_default="all",
+              help="Comma-separated subset: pytorch, pytorch-int8, pytorch-compile and .onnx files of the bundle.")
+@click.option("--batch-sizes", default=None, show_default=shown(BenchConfig, "batch_sizes"),
+              help="Classification batch sizes, comma-separated.")
+@click.option("--seq-lens", default=None, show_default=shown(BenchConfig, "seq_lens"),
+              help="Classification sequence lengths.")
+@click.option("--prompt-lens", default=None, show_default=shown(BenchConfig, "prompt_lens"),
+              help="Generation prompt lengths.")
+@click.option("--new-tokens", default=None, show_default=shown(BenchConfig, "new_tokens"),
+              help="Generation tokens per call, comma-separated.")
+@click.option("--threads", type=int, default=None, show_default="min(4, cores)",
+              help="Intra-op threads for torch and ONNX Runtime alike.")
+@click.option("--repeats", type=int, default=None, show_default=shown(BenchConfig, "repeats"),
+              help="Timed runs per variant and cell.")
+@click.option("--min-time", type=float, default=None, show_default=shown(BenchConfig, "min_time"),
+              help="Keep timing until each cell has run this many seconds per variant.")
+@click.option("--warmup", type=int, default=None, show_default=shown(BenchConfig, "warmup"),
+              help="Untimed runs per variant and cell.")
+@click.option("--settle", type=float, default=None, show_default=shown(BenchConfig, "settle"),
+              help="Idle seconds before each timed call, so the previous variant's spinning threads stop.")
+@click.option("--eval-samples", type=int, default=None, show_default=shown(BenchConfig, "eval_samples"),
+              help="Eval rows scored by every variant; 0 skips accuracy.")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(BenchConfig, "device"),
+              help="Device.")
 @click.option("--no-peak", is_flag=True, default=False, help="Skip the peak matmul rate and FLOP counting.")
 @click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
@@ -48,7 +56,7 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
     """
     import logging
 
-    from ..bench import BenchConfig, benchmark
+    from ..bench import benchmark
     from ..configfile import build_config
 
     config = build_config(

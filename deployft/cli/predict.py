@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..tasks import get_task
+
 import json
 from dataclasses import asdict
 
@@ -53,7 +55,7 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
 
         rows = predict_file(predictor, input_path, output_path, column, batch_size, options, progress)
         click.echo(f"wrote {rows} prediction(s) to {output_path}", err=True)
-    elif predictor.task == "classify":
+    elif not get_task(predictor.task).generates:
         _print_labels(predictor.predict(list(texts), batch_size=batch_size), texts, as_json)
     else:
         _print_completions(predictor, texts, options, as_json)

@@ -17,8 +17,8 @@ from pathlib import Path
 from ..errors import DataError
 from .predictor import Predictor
 from .sampling import GenerationOptions
+from ..tasks import get_task
 
-COLUMNS = {"classify": ("text",), "generate": ("prompt", "text")}
 
 
 def read_texts(path: Path, column: str | None, task: str) -> Iterator[str]:
@@ -53,7 +53,7 @@ def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str
         return row
     if not isinstance(row, dict):
         raise DataError(f"{path} line {number} is {type(row).__name__}; expected an object with a text column")
-    names = (column,) if column else COLUMNS[task]
+    names = (column,) if column else get_task(task).input_columns
     for name in names:
         if name in row:
             value = row[name]
@@ -98,7 +98,7 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
 
 def _records(predictor: Predictor, chunk: list[str], batch_size: int,
              options: GenerationOptions | None) -> list[dict]:
-    if predictor.task == "classify":
+    if not get_task(predictor.task).generates:
         return [{"text": t, **asdict(p)} for t, p in zip(chunk, predictor.predict(chunk, batch_size=batch_size))]
     settings = asdict(options or GenerationOptions())
     completions = predictor.generate(chunk, **settings)

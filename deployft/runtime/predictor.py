@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import BundleError, UsageError
-from ..manifest import read_manifest, sha256_file
-from .chat import read_chat_template, render_chat
+from ..manifest import read_json, read_manifest, sha256_file
+from ..prompts import PromptFormat, prompt_ids
+from ..tasks import TASKS, get_task
+from ..tokens import special_ids
+from .classifier import ClassifierHead
 from .generation import KVDecoder, TextTracker
 from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
@@ -62,10 +63,14 @@ class Predictor:
         self.providers = list(session.get_providers())
         self.task = manifest.get("task")
         self.labels = list(manifest.get("labels") or [])
-        self.codec = TextCodec(folder, manifest.get("max_length"))
+        self.max_length = manifest.get("max_length")
+        self.prompt_format = PromptFormat.from_manifest(manifest.get("prompt_format"))
+        self.codec = TextCodec(folder, self.max_length)
         self.input_names = [i.name for i in session.get_inputs()]
-        self.decoder = self._decoder() if self.task == "generate" else None
-        self.chat_template = read_chat_template(folder, self.codec.config)
+        generates = get_task(self.task).generates
+        self.head = None if generates else ClassifierHead(session)
+        self.decoder = self._decoder() if generates else None
+        self.chat_template = self.codec.chat_template
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
@@ -85,8 +90,9 @@ class Predictor:
         options = SessionOptions(device=device, threads=threads)
         folder = Path(bundle)
         manifest = read_manifest(folder, "bundle")
-        if manifest.get("task") not in ("classify", "generate"):
-            raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; expected classify or generate")
+        if manifest.get("task") not in TASKS:
+            raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
+                              f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
         name = model_file or manifest.get("model_file") or "model.onnx"
         path = verify_model_file(folder, manifest, name)
         session, actual = create_session(path, options)
@@ -101,9 +107,9 @@ class Predictor:
 
     # ---- classification ----------------------------------------------------------------------
 
-    def _require(self, task: str, call: str) -> None:
-        if self.task != task:
-            other = "generate() or stream()" if self.task == "generate" else "predict()"
+    def _require(self, generator: bool, call: str) -> None:
+        if (self.decoder is not None) != generator:
+            task, other = ("generate", "predict()") if generator else ("classify", "generate() or stream()")
             raise UsageError(f"{call} needs a {task} bundle but {self.folder} is a {self.task} bundle; call {other}")
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -112,12 +118,9 @@ class Predictor:
         Returns the logits: (batch, labels) for a classifier; (batch, length, vocab) for a generator, every
         position of a right-padded batch in one call with an empty KV cache (what perplexity needs).
         """
-        if self.task == "generate":
+        if self.decoder is not None:
             return self.decoder.full_logits(input_ids.astype(np.int64), attention_mask.astype(np.int64))
-        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        return self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        return self.head.logits(input_ids, attention_mask)
 
     def predict(self, texts: str | list[str], batch_size: int = 32) -> Prediction | list[Prediction]:
         """Classify a text (returns one Prediction) or a list of texts (returns a list, same order).
@@ -125,12 +128,12 @@ class Predictor:
         Texts are sorted by length and padded per batch; texts longer than the bundle's max_length are
         truncated and counted in the log.
         """
-        self._require("classify", "predict()")
+        self._require(False, "predict()")
         single = isinstance(texts, str)
         rows = check_texts([texts] if single else texts, "predict()")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
-        ids = [row or [self.codec.pad_id] for row in self.codec.encode(rows, keep="start")]
+        ids = [row or [self.codec.pad_id] for row in self.codec.encode(rows)]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[Prediction | None] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
@@ -148,36 +151,19 @@ class Predictor:
     # ---- generation --------------------------------------------------------------------------
 
     def _decoder(self) -> KVDecoder:
-        block = self.manifest.get("generation") or {}
-        config = _read_json(self.folder / "config.json")
-        gen_config = _read_json(self.folder / "generation_config.json")
-        eos = block.get("eos_token_id", gen_config.get("eos_token_id", config.get("eos_token_id")))
-        eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
-        pad = block.get("pad_token_id", gen_config.get("pad_token_id", config.get("pad_token_id")))
-        self.bos_id = block.get("bos_token_id", gen_config.get("bos_token_id", config.get("bos_token_id")))
+        config = read_json(self.folder / "config.json")
+        ids = special_ids(config, read_json(self.folder / "generation_config.json"), self.manifest.get("generation"))
+        self.bos_id = ids.bos
         max_positions = config.get("max_position_embeddings") or config.get("n_positions")
-        pad_id = int(pad) if pad is not None else (eos_ids[0] if eos_ids else self.codec.pad_id)
-        return KVDecoder(self.session, self.device, eos_ids, pad_id, max_positions)
+        return KVDecoder(self.session, self.device, ids.eos, ids.pad, max_positions)
 
     def prompt_ids(self, prompt: str | list[dict]) -> list[int]:
-        """Token ids of a prompt string (in the bundle's prompt format) or of chat messages (its chat template)."""
-        style = (self.manifest.get("prompt_format") or {}).get("style", "text")
-        if isinstance(prompt, list) or style == "chat":
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            text = render_chat(self.chat_template, messages, self.codec.special_tokens)
-            ids = self.codec.encode([text], add_special_tokens=False, keep="end", limit=self._prompt_limit())[0]
-        else:
-            separator = (self.manifest.get("prompt_format") or {}).get("separator", "\n")
-            text = prompt + separator if style == "plain" else prompt
-            ids = self.codec.encode([text], add_special_tokens=True, keep="end", limit=self._prompt_limit())[0]
+        """Token ids of a prompt string (in the bundle's prompt format) or of chat messages (its chat template),
+        truncated exactly as training truncated prompts (`deployft.prompts`)."""
+        ids = prompt_ids(prompt, self.prompt_format, self.codec, self.max_length)
         if not ids:  # an empty prompt: start from the begin-of-text token, as an unconditional model would
             ids = [int(self.bos_id if self.bos_id is not None else self.decoder.pad_id)]
         return ids
-
-    def _prompt_limit(self) -> int | None:
-        """Prompts keep their last tokens so that at least one new token fits the model's positions."""
-        positions = self.decoder.max_positions
-        return positions - 1 if positions else None
 
     def _batch(self, prompts: list, options: GenerationOptions) -> list[str]:
         rows = [self.prompt_ids(p) for p in prompts]
@@ -199,7 +185,7 @@ class Predictor:
         A list of strings is generated as one left-padded batch and returns a list. temperature 0 is greedy;
         the returned text ends before the first stop string or end token.
         """
-        self._require("generate", "generate()")
+        self._require(True, "generate()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
         batch = check_prompt(prompt)
         texts = self._batch(prompt if batch else [prompt], options)
@@ -209,7 +195,7 @@ class Predictor:
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: str | list[str] | tuple[str, ...] = ()) -> Iterator[str]:
         """Yield text pieces as they are decoded; they concatenate to what `generate` returns."""
-        self._require("generate", "stream()")
+        self._require(True, "stream()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
         if check_prompt(prompt):
             raise UsageError("stream() takes one prompt or one chat, not a list of prompts; call generate() for a batch")
@@ -232,7 +218,7 @@ class Predictor:
 
         Ends after an end token, or, with `ignore_eos`, only after exactly `max_new_tokens` (for timing).
         """
-        self._require("generate", "iter_token_ids()")
+        self._require(True, "iter_token_ids()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed)
         if not prompt_ids:
             raise UsageError("prompt_ids is empty; pass at least one token id")
@@ -245,7 +231,3 @@ class Predictor:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

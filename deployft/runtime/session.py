@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DeviceError, MissingDependencyError, UsageError
+from ..errors import DeviceError, MissingDependencyError, UsageError, first_line
 
 logger = logging.getLogger("deployft.runtime")
 
@@ -91,8 +91,8 @@ def create_session(model_path: str | Path, options: SessionOptions):
     except Exception as exc:  # ORT raises its own Fail/RuntimeException types when a provider cannot start
         if options.device == "cuda":
             raise DeviceError(f"device cuda asked for but ONNX Runtime could not start CUDA: "
-                              f"{str(exc).splitlines()[0]}; pass --device cpu") from exc
-        logger.info("device auto: CUDA failed to start (%s); running on CPU", str(exc).splitlines()[0])
+                              f"{first_line(exc)}; pass --device cpu") from exc
+        logger.info("device auto: CUDA failed to start (%s); running on CPU", first_line(exc))
         return _build(ort, model_path, [CPU], options.threads), "cpu"
     if CUDA in session.get_providers():
         logger.info("running %s on CUDA", model_path.name)

@@ -6,17 +6,17 @@ from many threads. Padding is done here in numpy, so each call chooses its own s
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BundleError
+from ..manifest import read_json
+from ..prompts import SPECIAL_KEYS, read_chat_template
+from ..tokens import pad
 
 logger = logging.getLogger("deployft.runtime")
-
-SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token")
 
 
 def _token_text(value) -> str | None:
@@ -27,7 +27,10 @@ def _token_text(value) -> str | None:
 
 
 class TextCodec:
-    """Encode texts to padded id arrays and decode ids back to text, as the bundle's tokenizer does."""
+    """Encode texts to padded id arrays and decode ids back to text, as the bundle's tokenizer does.
+
+    It is also the `deployft.prompts.TextEncoder` the runtime formats prompts with.
+    """
 
     def __init__(self, folder: str | Path, max_length: int | None):
         from tokenizers import Tokenizer
@@ -44,10 +47,13 @@ class TextCodec:
         if max_length:
             # the tokenizer's own truncation keeps the closing special tokens ([SEP], </s>) in place
             self.truncating.enable_truncation(max_length)
-        self.config = _read_json(folder / "tokenizer_config.json")
+        self.config = read_json(folder / "tokenizer_config.json")
         self.max_length = max_length
         self.special_tokens = {k: _token_text(self.config.get(k)) for k in SPECIAL_KEYS if self.config.get(k)}
         self.pad_id = self._pad_id()
+        self.chat_template = read_chat_template(folder, self.config)
+        eos = self.token_id(self.special_tokens.get("eos_token"))
+        self.eos_ids = [int(eos)] if eos is not None else []
         self.input_names = list(self.config.get("model_input_names") or ["input_ids", "attention_mask"])
 
     def _pad_id(self) -> int:
@@ -59,45 +65,24 @@ class TextCodec:
         """The id of a token string, or None."""
         return None if token is None else self.tokenizer.token_to_id(token)
 
-    def encode(self, texts: list[str], add_special_tokens: bool = True, keep: str = "start",
-               limit: int | None = None) -> list[list[int]]:
-        """Token ids per text, cut with a logged count.
+    def encode_one(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids of one text, uncut (prompt formatting does its own truncation)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
-        `keep="start"` (classification) cuts to the bundle's max_length with the tokenizer's own truncation;
-        `keep="end"` (prompts) keeps the last `limit` tokens, where the question usually is.
-        """
-        tokenizer = self.truncating if keep == "start" else self.tokenizer
-        encodings = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        ids = [list(e.ids) for e in encodings]
-        if keep == "start":
-            limit, cut = self.max_length, sum(bool(e.overflowing) for e in encodings)
-        else:
-            cut = sum(len(row) > limit for row in ids) if limit else 0
-            ids = [row[-limit:] for row in ids] if cut else ids
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text for classification, cut to the bundle's max_length by the tokenizer's own
+        truncation (which keeps the closing special tokens), with a logged count."""
+        encodings = self.truncating.encode_batch(list(texts))
+        cut = sum(bool(e.overflowing) for e in encodings)
         if cut:
-            logger.warning("%d of %d input(s) longer than %s tokens were truncated", cut, len(ids), limit)
-        return ids
+            logger.warning("%d of %d input(s) longer than %s tokens were truncated", cut, len(encodings),
+                           self.max_length)
+        return [list(e.ids) for e in encodings]
 
     def pad(self, rows: list[list[int]], side: str = "right") -> tuple[np.ndarray, np.ndarray]:
-        """Pad rows to the longest one; return `(input_ids, attention_mask)` int64 arrays."""
-        width = max((len(r) for r in rows), default=0)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-            ids[i, span] = row
-            mask[i, span] = 1
-        return ids, mask
+        """Pad rows to the longest one with the pad id; return `(input_ids, attention_mask)` int64 arrays."""
+        return pad(rows, self.pad_id, side)
 
     def decode(self, ids: list[int]) -> str:
         """Text of `ids` without special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); re-export the bundle") from exc

@@ -1,0 +1,79 @@
+"""`ExportConfig`: every option of `deployft export`; the CLI flags, a --config file and Python fill it alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..tasks import TASKS
+
+__all__ = ["DEVICES", "ExportConfig", "PRESETS", "QUANTIZE_MODES", "VARIANT_FILES"]
+
+QUANTIZE_MODES = ("none", "int8", "int8-static", "fp16")
+DEVICES = ("cpu", "cuda")
+PRESETS = ("avx512_vnni", "avx2", "arm64")
+"""ONNX Runtime's int8 presets (`deployft.exporter.quantize.cpu_preset` picks one from the CPU)."""
+VARIANT_FILES = {"int8": "model_quantized.onnx", "int8-static": "model_int8_static.onnx", "fp16": "model_fp16.onnx"}
+"""The file each --quantize mode writes beside model.onnx and model_optimized.onnx."""
+
+
+@dataclass
+class ExportConfig:
+    """How to turn a RUN (or a local model folder) into a BUNDLE."""
+
+    run: str | Path
+    """The RUN folder written by deployft finetune, or a local Hugging Face model folder (then pass task)."""
+    output: str | Path
+    """The BUNDLE folder to write."""
+    task: str | None = None
+    """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
+    quantize: str = "none"
+    """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
+    RUN's training data, CPU) or fp16 (CUDA)."""
+    quantize_preset: str | None = None
+    """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
+    per_channel: bool = False
+    """Quantize weights per output channel from the first attempt (otherwise it is the first remedy)."""
+    calibration_samples: int = 100
+    """Training examples that calibrate int8-static activation ranges."""
+    validate_samples: int = 200
+    """Held-out eval examples every ONNX file is validated on against PyTorch."""
+    max_accuracy_drop: float | None = None
+    """Budget against PyTorch, in the task's unit; None: the task's default (`deployft.tasks`: classify 1
+    accuracy point, generate 10 % perplexity increase)."""
+    device: str = "cpu"
+    """Target device: cpu or cuda (fp16 needs cuda; int8 has no CUDA kernels)."""
+    opset: int | None = None
+    """ONNX opset; default: Optimum's choice for the architecture."""
+    fuse_attention: bool = True
+    """Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets, supported models)."""
+    overwrite: bool = False
+    """Replace an existing output folder."""
+
+    def __post_init__(self) -> None:
+        self.run, self.output = Path(self.run), Path(self.output)
+        _one_of("--quantize", self.quantize, QUANTIZE_MODES)
+        _one_of("--device", self.device, DEVICES)
+        if self.task is not None:
+            _one_of("--task", self.task, tuple(TASKS))
+        if self.quantize == "fp16" and self.device != "cuda":
+            raise UsageError("--quantize fp16 is for CUDA only (ONNX Runtime's CPU kernels run fp16 slower than fp32); "
+                             "pass --device cuda, or use --quantize int8 for CPU")
+        if self.quantize.startswith("int8") and self.device == "cuda":
+            raise UsageError(f"--device cuda --quantize {self.quantize} is refused: ONNX Runtime has no CUDA kernels "
+                             "for int8-quantized MatMuls; use --quantize fp16 on CUDA or --device cpu")
+        for flag, value in (("--validate-samples", self.validate_samples),
+                            ("--calibration-samples", self.calibration_samples)):
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UsageError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.quantize_preset is not None:
+            _one_of("--quantize-preset", self.quantize_preset, PRESETS)
+
+
+def _one_of(flag: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} is {value!r}; expected one of {', '.join(allowed)}")

@@ -1,0 +1,155 @@
+"""Graph fusion through ORTOptimizer at the portable level 2, and the fusion report: op counts before and after.
+
+Level 2 fuses attention, SkipLayerNormalization, BiasGelu/FastGelu for encoders and writes only ops every ONNX
+Runtime build has; level 99 would write hardware-specific layouts, so it is never used for a bundle.
+Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
+`decoder_fusion` (GroupQueryAttention + RotaryEmbedding) where the architecture is supported, and the report says
+which happened and why.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StageError, reraise_as
+from ..manifest import read_json
+
+if TYPE_CHECKING:
+    from .decoder_fusion import AttentionShape
+
+OPTIMIZATION_LEVEL = 2
+OPTIMIZED_NAME = "model_optimized.onnx"
+
+FUSED_OPS = (
+    "Attention", "MultiHeadAttention", "GroupQueryAttention", "QAttention", "EmbedLayerNormalization",
+    "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization",
+    "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasSplitGelu", "RotaryEmbedding",
+)
+"""Ops whose appearance after optimization means a fusion happened (contrib ops plus LayerNormalization)."""
+
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    """`{op type: count}` of an ONNX file's main graph, most frequent first."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = None,
+             unfused_reason: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fuse `onnx_path` with ORTOptimizer (level 2) into `model_optimized.onnx` beside it.
+
+    Model types ORTOptimizer has no fusions for (Qwen2, ...) start from a copy of the plain export instead of
+    failing; the report says so.
+
+    Args:
+        onnx_path: the plain export (`model.onnx`), in a folder that also holds its config.json.
+        decoder: the model is a causal LM.
+        attention: a decoder's `decoder_fusion.AttentionShape`: its attention is then fused into
+            GroupQueryAttention + RotaryEmbedding after ORTOptimizer.
+        unfused_reason: why a decoder's attention is not fused (None when `attention` is given).
+
+    Returns:
+        The optimized file and the fusion report `{"before", "after", "summary", "notes"}`.
+
+    Raises:
+        StageError: ORTOptimizer failed.
+    """
+    folder = onnx_path.parent
+    target = folder / OPTIMIZED_NAME
+    skipped = _ort_optimizer_skip(folder)
+    if not skipped:
+        _ort_optimize(onnx_path, target)
+    if skipped or attention is not None:
+        _rewrite(onnx_path if skipped else target, target, attention)
+    report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
+    if skipped:
+        report["notes"].insert(1 if decoder else 0, skipped)
+    return target, report
+
+
+def _ort_optimizer_skip(folder: Path) -> str | None:
+    """Why ORTOptimizer cannot optimize this model type (it raises for types it has no fusions for), or None."""
+    from optimum.onnxruntime.configuration import OptimizationConfig
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    model_type = read_json(folder / "config.json", StageError).get("model_type")
+    try:
+        ORTConfigManager.check_optimization_supported_model(model_type, OptimizationConfig(OPTIMIZATION_LEVEL))
+    except (KeyError, NotImplementedError):
+        return (f"ORTOptimizer has no graph optimizations for model type {model_type!r}: the plain export is the "
+                "base of the optimized file (ONNX Runtime still fuses normalizations and activations when it loads it)")
+    return None
+
+
+def _ort_optimize(onnx_path: Path, target: Path) -> None:
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import OptimizationConfig
+
+    folder = onnx_path.parent
+    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+        with reraise_as(StageError, f"ORTOptimizer (level {OPTIMIZATION_LEVEL}) failed on {onnx_path.name}: "
+                                    "{reason}"):
+            optimizer = ORTOptimizer.from_pretrained(folder, file_names=[onnx_path.name])
+            optimizer.optimize(OptimizationConfig(optimization_level=OPTIMIZATION_LEVEL), save_dir=scratch)
+        written = Path(scratch) / f"{onnx_path.stem}_optimized.onnx"
+        if written.name != target.name:
+            raise StageError(f"ORTOptimizer wrote {written.name}, expected {target.name}")
+        for path in Path(scratch).glob(f"{written.name}*"):  # the graph and, past 2 GB, its external weights
+            shutil.move(str(path), folder / path.name)
+
+
+def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> None:
+    """Load `src` once, fuse its decoder attention when `attention` is given, and save it as `dst`.
+
+    `dst` gets its own external weights when it needs them, never shares `src`'s, and leaves no stale weight file.
+    """
+    import onnx
+
+    from .decoder_fusion import fuse_attention
+    from .onnx_export import external_files, save_model
+
+    stale = external_files(dst) if dst.exists() else []
+    model = onnx.load(str(src))
+    if attention is not None:
+        try:
+            fuse_attention(model, attention)
+        except ValueError as exc:
+            raise StageError(f"fusing the decoder attention of {src.name} failed: {exc}; "
+                             "export with --no-fuse-attention to keep the exported attention") from exc
+    save_model(model, dst, stale)
+
+
+def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
+                  unfused_reason: str | None = None) -> dict[str, Any]:
+    """What the optimizer fused, as counts and as one readable line, with plain notes on what it did not."""
+    fused = {op: n for op, n in after.items() if op in FUSED_OPS and n > before.get(op, 0)}
+    summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or "nothing fused"
+    notes = []
+    has_attention = any(op in after for op in ATTENTION_OPS)
+    if decoder and after.get("GroupQueryAttention", 0) > before.get("GroupQueryAttention", 0):
+        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after['GroupQueryAttention']}"
+                     f" with RotaryEmbedding ×{after.get('RotaryEmbedding', 0)} (one per layer; q and k); "
+                     "ORTOptimizer fused the normalizations and activations")
+    elif decoder and has_attention:
+        notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(op for op in ATTENTION_OPS if op in after)}")
+    elif decoder:
+        notes.append(f"attention is not fused: {unfused_reason or 'no attention fusion for this decoder'}; "
+                     f"ORTOptimizer fused only {', '.join(fused) or 'nothing'}")
+    elif not decoder and not has_attention:
+        notes.append("attention was not fused for this encoder; the deployable model runs unfused attention")
+    removed = sum(before.values()) - sum(after.values())
+    notes.append(f"{sum(before.values())} nodes before, {sum(after.values())} after ({removed} removed)")
+    return {"level": OPTIMIZATION_LEVEL, "before": before, "after": after, "summary": summary, "notes": notes}
+
+
+def attention_fused(report: dict[str, Any]) -> bool:
+    """True when the optimized graph holds a fused attention op."""
+    return any(op in report["after"] for op in ATTENTION_OPS)

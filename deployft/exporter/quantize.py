@@ -1,0 +1,223 @@
+"""Quantization of an exported graph: dynamic int8 (CPU), static int8 from calibration data, fp16 (CUDA).
+
+Dynamic int8 takes its settings from Optimum's preset for the CPU's instruction set (`avx512_vnni`, `avx2`,
+`arm64`), read from /proc/cpuinfo, and is applied through `onnxruntime.quantization.quantize_dynamic` with
+`DefaultTensorType=FLOAT`, so the same call also quantizes an ORTOptimizer-fused graph (ORTQuantizer fails on its
+contrib ops, whose outputs have no inferred type). `export` quantizes the plain export by default: measured faster.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StageError, UsageError, reraise_as
+from .config import PRESETS
+
+STATIC_OP_TYPES = ("MatMul", "Gemm")
+"""Static int8 quantizes the ops that carry weights; the preset's long list (Reshape, Where, ...) breaks KV-cache graphs."""
+HEAD_KEYWORDS = ("classifier", "score", "lm_head", "pooler", "pre_classifier", "embed_tokens", "wte", "word_embeddings")
+QUANTIZABLE = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+
+
+def cpu_preset(cpuinfo: str | None = None, machine: str | None = None) -> str:
+    """The Optimum preset that fits this CPU: avx512_vnni, avx2 or arm64 (avx2 is the generic x86 fallback)."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = set(re.findall(r"[a-z0-9_]+", " ".join(
+        line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags") and ":" in line)))
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+
+
+def preset_config(preset: str, static: bool, per_channel: bool, nodes_to_exclude: Iterable[str] = ()):
+    """Optimum's QuantizationConfig for `preset`."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    if preset not in PRESETS:
+        raise UsageError(f"--quantize-preset is '{preset}'; expected one of {', '.join(PRESETS)}")
+    return getattr(AutoQuantizationConfig, preset)(is_static=static, per_channel=per_channel,
+                                                    nodes_to_exclude=list(nodes_to_exclude))
+
+
+def _op_names(operators) -> list[str]:
+    return [getattr(op, "value", op) for op in operators]
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, preset: str, per_channel: bool,
+                          nodes_to_exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Dynamic int8 of `src` into `dst` with `preset`'s settings; returns the settings it used."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import quantize_dynamic
+
+    qc = preset_config(preset, False, per_channel, nodes_to_exclude)
+    extra = {"WeightSymmetric": qc.weights_symmetric, "ActivationSymmetric": qc.activations_symmetric,
+             "DefaultTensorType": TensorProto.FLOAT}
+    with reraise_as(StageError, f"dynamic int8 quantization of {src.name} failed: {{reason}}"):
+        quantize_dynamic(src, dst, op_types_to_quantize=_op_names(qc.operators_to_quantize), per_channel=per_channel,
+                         reduce_range=qc.reduce_range, weight_type=qc.weights_dtype,
+                         nodes_to_exclude=list(qc.nodes_to_exclude), extra_options=extra)
+    return {"mode": "int8", "preset": preset, "per_channel": per_channel, "reduce_range": qc.reduce_range,
+            "weights_dtype": str(qc.weights_dtype), "op_types": _op_names(qc.operators_to_quantize),
+            "nodes_excluded": list(qc.nodes_to_exclude), "quantized_from": src.name}
+
+
+BLOCK_SIZE = 32
+"""Weights per int8 scale in blockwise int8 (smaller blocks: closer to fp32, larger files)."""
+ACCURACY_LEVEL = 4
+"""MatMulNBits accuracy level 4: int8 activations x int8 weights (VNNI/AVX2 integer kernels)."""
+
+
+def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
+                            nodes_to_exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Blockwise int8 of `src` into `dst`: every constant-weight MatMul becomes MatMulNBits (8 bits, symmetric,
+    one scale per `block_size` weights along K, int8 compute). The token embedding stays fp32 (ONNX Runtime
+    quantizes Gather to 4 bits only); a lookup reads one row per token, so it costs disk, not speed.
+
+    This is the int8 for decoders. Dynamic int8 quantizes activations per tensor, which costs a small LM much of
+    its quality, and its MatMulInteger kernels are slow at one token per step; blockwise scales keep the outliers
+    local and MatMulNBits is built for batch-1 decode (benchmarks/results/decoder_step.md has the measured steps).
+    A tied LM head (MatMul on a Transpose of the embedding) gets its own transposed weight first so it is quantized.
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from .onnx_export import save_model
+
+    with reraise_as(StageError, f"blockwise int8 quantization of {src.name} failed: {{reason}}"):
+        model = onnx.load(str(src))
+        untied = untie_transposed_weights(model)
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=list(nodes_to_exclude),
+                                         op_types_to_quantize=("MatMul",))
+        _quiet(quantizer.process)
+        quantizer.model.topological_sort()
+        save_model(quantizer.model.model, dst)
+    return {"mode": "int8", "method": "blockwise int8 weights (MatMulNBits), int8 compute", "preset": None,
+            "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
+            "op_types": ["MatMul"], "untied_weights": untied, "nodes_excluded": list(nodes_to_exclude),
+            "quantized_from": src.name}
+
+
+def untie_transposed_weights(model) -> list[str]:
+    """Give every MatMul whose weight is a Transpose of an initializer (a tied LM head) its own transposed copy.
+
+    Returns the initializers that were copied. The Transpose is left for its other users (or pruned when none).
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    transposes = {n.output[0]: n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers}
+    copied = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in transposes:
+            continue
+        transpose = transposes[node.input[1]]
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(initializers[transpose.input[0]])
+        if weight.ndim != 2 or perm not in (None, [1, 0]):
+            continue
+        name = f"{transpose.input[0]}.transposed"
+        if name not in initializers:
+            initializers[name] = numpy_helper.from_array(np.ascontiguousarray(weight.T), name)
+            graph.initializer.append(initializers[name])
+            copied.append(transpose.input[0])
+        node.input[1] = name
+    users = {name for n in graph.node for name in n.input}
+    dead = [n for n in graph.node
+            if n.op_type == "Transpose" and n.output[0] in transposes and n.output[0] not in users]
+    for n in dead:
+        graph.node.remove(n)
+    return copied
+
+
+def head_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes of a decoder's LM head (the one that produces the logits), by name."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    names = [n.name for n in graph.node if n.op_type == "MatMul" and "lm_head" in n.name.lower()]
+    logits = producers.get("logits")
+    if not names and logits is not None and logits.op_type == "MatMul":
+        names = [logits.name]
+    return names
+
+
+def _quiet(fn) -> None:
+    """Run `fn` with ONNX Runtime's quantization logger (one INFO line per node) held at WARNING."""
+    import logging
+
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        fn()
+    finally:
+        log.setLevel(level)
+
+
+def quantize_static_int8(src: Path, dst: Path, preset: str, per_channel: bool, batches: list[dict]) -> dict[str, Any]:
+    """Static int8 (QDQ) of `src` into `dst`, activation ranges calibrated (min/max) on `batches` of model inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(batches)
+
+        def get_next(self):
+            return next(self._items, None)
+
+    qc = preset_config(preset, True, per_channel)
+    extra = {"WeightSymmetric": qc.weights_symmetric, "ActivationSymmetric": qc.activations_symmetric}
+    with reraise_as(StageError, f"static int8 quantization of {src.name} failed: {{reason}}"):
+        quantize_static(src, dst, _Reader(), quant_format=qc.format, op_types_to_quantize=list(STATIC_OP_TYPES),
+                        per_channel=per_channel, reduce_range=qc.reduce_range, activation_type=qc.activations_dtype,
+                        weight_type=qc.weights_dtype, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+    return {"mode": "int8-static", "preset": preset, "per_channel": per_channel, "format": str(qc.format),
+            "op_types": list(STATIC_OP_TYPES), "calibration_samples": len(batches), "calibration_method": "minmax",
+            "nodes_excluded": [], "quantized_from": src.name}
+
+
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """fp16 weights and activations for CUDA, fp32 inputs and outputs kept so callers feed the same arrays."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with reraise_as(StageError, f"fp16 conversion of {src.name} failed: {{reason}}"):
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(model, str(dst))
+    return {"mode": "fp16", "preset": None, "per_channel": False, "nodes_excluded": [], "quantized_from": src.name}
+
+
+def sensitive_nodes(path: Path, num_layers: int) -> list[str]:
+    """Quantizable nodes that most often carry the int8 error: the head, the embeddings, the first and last layer."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type in QUANTIZABLE]
+    edge = {0, max(num_layers - 1, 0)}
+    layer_re = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
+    picked = []
+    for node in nodes:
+        name = node.name.lower()
+        match = layer_re.search(name)
+        if any(k in name for k in HEAD_KEYWORDS) or (match and int(match.group(1)) in edge):
+            picked.append(node.name)
+    fused = [n.name for n in nodes if n.op_type == "Attention"]
+    picked += [name for name in (fused[:1] + fused[-1:]) if name not in picked]
+    picked += [n.name for n in nodes[-1:] if n.name not in picked]  # the op that produces the logits
+    # the quantizer rewrites Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"; exclude it under that name
+    gemms = {n.name for n in nodes if n.op_type == "Gemm"}
+    return [f"{name}_MatMul" if name in gemms else name for name in picked]

@@ -1,0 +1,205 @@
+"""`export(ExportConfig) -> BUNDLE`: ONNX export, fusion, quantization, validation against PyTorch, accuracy guard.
+
+    RUN ─► model.onnx (Optimum) ─► model_optimized.onnx (ORTOptimizer level 2; Llama / Mistral / Qwen2 decoders:
+           attention fused into GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
+        ─► --quantize int8: model_quantized.onnx (classifiers: dynamic int8 of model.onnx; generators: blockwise
+           int8 MatMulNBits of model_optimized.onnx) | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
+        ─► every file validated against the PyTorch original through the runtime's own session and decoder
+        ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeviceError, StageError, UsageError
+from ..manifest import atomic_folder, check_output_free
+from ..tasks import Remedy
+from .config import VARIANT_FILES, ExportConfig
+from .guard import budget_for, climb, drop, first_within_budget
+from .state import ExportJob, ExportResult, VariantResult
+
+logger = logging.getLogger(__name__)
+
+INT8_NOTES = {
+    "dynamic": ("dynamic int8 of the plain export (model.onnx), not of the fused graph: its attention is not fused; "
+                "ONNX Runtime fuses the quantized MatMuls when it loads the file (DynamicQuantizeMatMul)"),
+    "blockwise": ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of "
+                  "model_optimized.onnx, attention fused where the fusion note says so"),
+}
+"""What the `quantization.choice` field says about each int8 method."""
+
+
+def export(config: ExportConfig) -> Path:
+    """Export, optimize, quantize and validate a RUN into a BUNDLE folder, written atomically.
+
+    Returns:
+        The BUNDLE folder.
+
+    Raises:
+        ModelError: not a RUN/model folder, unreadable weights, an architecture Optimum cannot export.
+        DataError: int8-static calibration on a RUN whose data is gone.
+        OutputExistsError: the output folder exists (pass overwrite).
+        AccuracyBudgetError: no variant met --max-accuracy-drop (no bundle is written).
+    """
+    from .bundle import write_bundle
+    from .samples import calibration_samples, validation_samples
+    from .source import check_exportable, load_tokenizer, load_torch_model, read_source
+    from .validate import reference
+
+    source = read_source(config.run, config.task)
+    task = source.spec
+    check_exportable(source)
+    if config.quantize == "int8" and task.int8_method != "dynamic" and (config.per_channel or config.quantize_preset):
+        raise UsageError(f"--per-channel and --quantize-preset set up dynamic int8; a {task.name} model's int8 "
+                         f"is {task.int8_method} (MatMulNBits, one scale per 32 weights) and takes neither: drop the flag")
+    check_output_free(config.output, config.overwrite)
+    if config.device == "cuda":
+        _check_cuda()
+    tokenizer = load_tokenizer(source)
+    calibration = calibration_samples(source, tokenizer, config.calibration_samples) \
+        if config.quantize == "int8-static" else None
+    model = load_torch_model(source)
+    held_out = validation_samples(source, tokenizer, config.validate_samples)
+    ref = reference(source, model, tokenizer, held_out)
+    attention = _decoder_attention(config, source, model)
+    with atomic_folder(config.output, config.overwrite) as staging:
+        job = ExportJob(config, source, task, staging, ref, calibration)
+        result = _build(job, attention)
+        result.validation_inputs = held_out.origin
+        write_bundle(staging, source, result)
+    return config.output.resolve()
+
+
+def _check_cuda() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DeviceError("--device cuda, but this ONNX Runtime has no CUDAExecutionProvider; "
+                          "pip install \"deployft[gpu]\" (onnxruntime-gpu, CUDA 13 / cuDNN 9) or pass --device cpu")
+
+
+def _decoder_attention(config: ExportConfig, source, model) -> tuple[Any, str | None]:
+    """`(AttentionShape, None)` when a decoder's attention will be fused, else `(None, why not)`."""
+    from ..manifest import read_json
+    from .decoder_fusion import attention_shape
+
+    if not source.spec.generates:
+        return None, None
+    if not config.fuse_attention:
+        return None, "--no-fuse-attention was given"
+    if config.device == "cuda":
+        return None, ("deployft fuses decoder attention for --device cpu only (GroupQueryAttention has no fp32 CUDA "
+                      "kernel, and its fp16 CUDA path is not validated here)")
+    return attention_shape(read_json(source.path / "config.json"), model)
+
+
+def _build(job: ExportJob, attention) -> ExportResult:
+    """Write every .onnx variant into the staging folder, validate each, and pick the deployable one."""
+    from .onnx_export import export_onnx, onnx_opset
+    from .optimize import optimize
+
+    job.plain = export_onnx(job.source, job.staging, job.config.opset)
+    shape, unfused_reason = attention
+    job.optimized, fusion = optimize(job.plain, decoder=job.task.generates, attention=shape,
+                                     unfused_reason=unfused_reason)
+    result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, budget_for(job.config, job.task))
+    for path, optimized in ((job.plain, False), (job.optimized, True)):
+        _validated(job, result, path, "fp32", optimized)
+    build = {"none": _fp32, "int8": _int8, "int8-static": _int8_static, "fp16": _fp16}[job.config.quantize]
+    result.model_file = build(job, result)
+    return result
+
+
+def _validated(job: ExportJob, result: ExportResult, path: Path, precision: str, optimized: bool) -> VariantResult:
+    """Validate `path` against PyTorch and record it with its drop in the budget's unit."""
+    from .validate import compare
+
+    report = compare(job.reference, path, job.config.device)
+    report["drop"], report["drop_measure"] = drop(job.task, report)
+    logger.info("%s: %s", path.name, report)
+    return result.add(VariantResult(path, precision, optimized, report))
+
+
+def _fp32(job: ExportJob, result: ExportResult) -> str:
+    return first_within_budget(result, [job.optimized.name, job.plain.name], job.source.path.name)
+
+
+def _int8(job: ExportJob, result: ExportResult) -> str:
+    """int8 by the task's method, climbing its remedy ladder until the budget is met."""
+    quantize = {"dynamic": _dynamic_int8, "blockwise": _blockwise_int8}[job.task.int8_method]
+    seen: set[tuple] = set()
+
+    def attempt(remedy: Remedy):
+        settings = _effective(job, remedy)
+        if settings in seen:
+            return None
+        seen.add(settings)
+        return quantize(job, result, remedy)
+
+    remedy, settings, tried = climb(job.task.int8_remedies, result.budget, attempt)
+    result.quantization = {**settings, "remedy": remedy.name, "attempts": tried,
+                           "choice": INT8_NOTES[job.task.int8_method]}
+    return VARIANT_FILES["int8"]
+
+
+def _effective(job: ExportJob, remedy: Remedy) -> tuple:
+    per_channel = job.config.per_channel if remedy.per_channel is None else remedy.per_channel
+    return per_channel, remedy.keep_sensitive, remedy.block_size, remedy.keep_head
+
+
+def _dynamic_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
+    """Dynamic int8 of the plain export (of the fused graph when the plain one cannot be quantized)."""
+    from .quantize import cpu_preset, quantize_dynamic_int8, sensitive_nodes
+
+    preset = job.config.quantize_preset or cpu_preset()
+    per_channel = _effective(job, remedy)[0]
+    target = job.staging / VARIANT_FILES["int8"]
+    for base in (job.plain, job.optimized):
+        nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
+        try:
+            settings = quantize_dynamic_int8(base, target, preset, per_channel, nodes)
+        except StageError:
+            if base == job.optimized:
+                raise
+            logger.warning("quantizing the plain export failed; quantizing the fused graph instead")
+            continue
+        return settings, _validated(job, result, target, "int8", base == job.optimized)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
+    """Blockwise int8 of a decoder's optimized graph."""
+    from .quantize import BLOCK_SIZE, head_matmuls, quantize_blockwise_int8
+
+    target = job.staging / VARIANT_FILES["int8"]
+    excluded = head_matmuls(job.optimized) if remedy.keep_head else []
+    settings = quantize_blockwise_int8(job.optimized, target, remedy.block_size or BLOCK_SIZE, excluded)
+    return settings, _validated(job, result, target, "int8", True)
+
+
+def _int8_static(job: ExportJob, result: ExportResult) -> str:
+    from ..runtime.session import SessionOptions, create_session
+    from .quantize import cpu_preset, quantize_static_int8
+    from .samples import feeds
+
+    target = job.staging / VARIANT_FILES["int8-static"]
+    session, _ = create_session(job.plain, SessionOptions())
+    inputs = {i.name: i for i in session.get_inputs()}
+    settings = quantize_static_int8(job.plain, target, job.config.quantize_preset or cpu_preset(),
+                                    job.config.per_channel, feeds(job.calibration, inputs))
+    variant = _validated(job, result, target, "int8-static", False)
+    result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
+    return first_within_budget(result, [target.name], job.source.path.name)
+
+
+def _fp16(job: ExportJob, result: ExportResult) -> str:
+    from .quantize import convert_fp16
+
+    target = job.staging / VARIANT_FILES["fp16"]
+    settings = convert_fp16(job.optimized, target)
+    variant = _validated(job, result, target, "fp16", True)
+    result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
+    return first_within_budget(result, [target.name], job.source.path.name)

@@ -1,0 +1,90 @@
+"""Typed export state: what the export of one RUN works on (`ExportJob`) and what it found (`ExportResult`).
+
+One `VariantResult` per `.onnx` file; `bundle.write_bundle` turns the result into the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..tasks import Task
+from .config import ExportConfig
+from .source import Source
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy guard's limit: how much worse than PyTorch the deployable file may be."""
+
+    max_drop: float
+    """The limit, in `measure`."""
+    measure: str
+    """The unit (`accuracy points`, `perplexity increase %`)."""
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"max_drop": self.max_drop, "measure": self.measure}
+
+
+@dataclass
+class VariantResult:
+    """One `.onnx` file of the bundle and its validation against PyTorch."""
+
+    path: Path
+    """The file, in the staging folder."""
+    precision: str
+    """`fp32`, `int8`, `int8-static` or `fp16`."""
+    optimized: bool
+    """Whether it derives from the fused (ORTOptimizer / attention-fused) graph."""
+    validation: dict[str, Any]
+    """The validation report (`deployft.exporter.validate.compare`), with `drop` in the budget's unit."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def drop(self) -> float:
+        return self.validation["drop"]
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"precision": self.precision, "optimized": self.optimized, "validation": self.validation}
+
+
+@dataclass
+class ExportJob:
+    """What the export of one source works on, set up before the first file is written."""
+
+    config: ExportConfig
+    source: Source
+    task: Task
+    staging: Path
+    """The temporary BUNDLE folder (renamed into place when complete)."""
+    reference: Any
+    """The PyTorch original's outputs on the validation rows (`deployft.exporter.validate.Reference`)."""
+    calibration: Any = None
+    """int8-static: the encoded calibration rows (`deployft.exporter.samples.Samples`)."""
+    plain: Path | None = None
+    """model.onnx, once exported."""
+    optimized: Path | None = None
+    """model_optimized.onnx, once written."""
+
+
+@dataclass
+class ExportResult:
+    """Everything the manifest says about the files: fusion, quantization, validation, the deployable file."""
+
+    opset: int
+    fusion: dict[str, Any]
+    device: str
+    budget: Budget
+    variants: dict[str, VariantResult] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    model_file: str | None = None
+    validation_inputs: str | None = None
+
+    def add(self, variant: VariantResult) -> VariantResult:
+        """Record a validated file (a later attempt at the same file replaces the earlier one)."""
+        self.variants[variant.name] = variant
+        return variant

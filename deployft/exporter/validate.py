@@ -1,0 +1,159 @@
+"""Check every ONNX file against the PyTorch original on the same rows.
+
+The PyTorch side runs once (`reference`); each file is then run through the runtime's own code, the session
+builder (`deployft.runtime.session.create_session`), the classifier call (`ClassifierHead`) and the KV-cache
+decoder (`KVDecoder`) that `Predictor` executes, and compared (`compare`): max |Δlogit|, top-1 agreement and
+the task metric (`deployft.metrics`: accuracy and macro-F1; perplexity on the response tokens), and for
+generators the share of prompts whose greedy continuation equals PyTorch's token for token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import accuracy_and_macro_f1, perplexity, token_logprobs
+from ..tasks import Task
+from ..tokens import SpecialIds, pad, special_ids
+from .samples import Samples
+
+BATCH = 16
+"""Classifier rows per call."""
+DECODER_BATCH = 4
+"""Generator rows per teacher-forced call: the logits of every position over the vocabulary are large."""
+GREEDY_TOKENS = 16
+
+
+@dataclass
+class Reference:
+    """The PyTorch original's outputs on the validation rows, computed once."""
+
+    task: Task
+    samples: Samples
+    special: SpecialIds
+    """Pad id (right padding of batches) and end ids of the model."""
+    logits: list[np.ndarray]
+    """classify: one [batch, labels] array per batch; generate: one [tokens, vocab] array per sequence."""
+    greedy: list[list[int]] = field(default_factory=list)
+    """generate: PyTorch's greedy tokens for each prompt."""
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    """PyTorch's own task metrics."""
+
+
+def _batches(sequences: list[list[int]], pad_id: int, size: int = BATCH):
+    for start in range(0, len(sequences), size):
+        yield pad(sequences[start:start + size], pad_id)
+
+
+def reference(source, model, tokenizer, samples: Samples) -> Reference:
+    """Run the PyTorch model once over the validation rows."""
+    import inspect
+
+    import torch
+
+    from ..manifest import read_json
+
+    config = read_json(source.path / "config.json")
+    special = special_ids(config, read_json(source.path / "generation_config.json"))
+    if tokenizer.pad_token_id is not None:
+        special = SpecialIds(special.bos, special.eos, int(tokenizer.pad_token_id))
+    accepted = set(inspect.signature(model.forward).parameters)
+    with torch.inference_mode():
+        if not source.spec.generates:
+            logits = []
+            for ids, mask in _batches(samples.sequences, special.pad):
+                feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+                out = model(**{k: torch.from_numpy(v) for k, v in feeds.items() if k in accepted})
+                logits.append(out.logits.float().numpy())
+            ref = Reference(source.spec, samples, special, logits)
+            ref.metrics = _classify_metrics(np.concatenate(logits), samples.labels)
+            return ref
+        logits = [model(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in samples.sequences]
+        greedy = [_torch_greedy(model, p) for p in samples.prompts]
+    ref = Reference(source.spec, samples, special, logits, greedy=greedy)
+    ref.metrics = {"perplexity": _perplexity(logits, samples)}
+    return ref
+
+
+def compare(ref: Reference, onnx_path: Path, device: str = "cpu") -> dict[str, Any]:
+    """Compare one ONNX file with the PyTorch reference; returns the validation report of that variant."""
+    from ..runtime.session import SessionOptions, create_session
+
+    session, actual = create_session(onnx_path, SessionOptions(device=device))
+    if ref.task.generates:
+        return _compare_generate(ref, session, actual)
+    return _compare_classify(ref, session)
+
+
+def _compare_classify(ref: Reference, session) -> dict[str, Any]:
+    from ..runtime.classifier import ClassifierHead
+
+    head = ClassifierHead(session)
+    ours = np.concatenate([head.logits(ids, mask) for ids, mask in _batches(ref.samples.sequences, ref.special.pad)])
+    theirs = np.concatenate(ref.logits)
+    metrics = _classify_metrics(ours, ref.samples.labels)
+    return {
+        "samples": len(ref.samples.sequences),
+        "max_abs_logit_diff": float(np.max(np.abs(ours - theirs))),
+        "top1_agreement": float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
+        "accuracy_pytorch": ref.metrics["accuracy"], "accuracy": metrics["accuracy"],
+        "macro_f1_pytorch": ref.metrics["macro_f1"], "macro_f1": metrics["macro_f1"],
+    }
+
+
+def _compare_generate(ref: Reference, session, device: str) -> dict[str, Any]:
+    from ..runtime.generation import KVDecoder
+
+    decoder = KVDecoder(session, device, ref.special.eos, ref.special.pad, None)
+    logits = []
+    for ids, mask in _batches(ref.samples.sequences, ref.special.pad, DECODER_BATCH):
+        full = decoder.full_logits(ids, mask)
+        logits += [full[row, :int(n)] for row, n in enumerate(mask.sum(axis=1))]
+    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(logits, ref.logits)]
+    agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref.logits)])
+    ppl, ppl_ref = _perplexity(logits, ref.samples), ref.metrics["perplexity"]
+    greedy = [_runtime_greedy(decoder, p) for p in ref.samples.prompts]
+    return {
+        "samples": len(ref.samples.sequences),
+        "max_abs_logit_diff": max(diffs),
+        "top1_agreement": float(agree.mean()),
+        "perplexity_pytorch": ppl_ref, "perplexity": ppl,
+        "perplexity_increase_pct": 100.0 * (ppl - ppl_ref) / ppl_ref,
+        "greedy_identical": float(np.mean([a == b for a, b in zip(greedy, ref.greedy)])) if greedy else None,
+        "greedy_prompts": len(greedy), "greedy_tokens": GREEDY_TOKENS,
+    }
+
+
+def _runtime_greedy(decoder, prompt: list[int]) -> list[int]:
+    """GREEDY_TOKENS greedy tokens through the runtime's decoding loop (end tokens do not stop it)."""
+    from ..runtime.sampling import GenerationOptions
+
+    ids = np.asarray([prompt], dtype=np.int64)
+    done = np.zeros(1, dtype=bool)
+    steps = decoder.iter_batch(ids, np.ones_like(ids), GenerationOptions(GREEDY_TOKENS), done, ignore_eos=True)
+    return [int(tokens[0]) for tokens in steps]
+
+
+def _torch_greedy(model, prompt: list[int]) -> list[int]:
+    import torch
+
+    ids = torch.tensor([prompt])
+    for _ in range(GREEDY_TOKENS):
+        next_id = model(input_ids=ids).logits[0, -1].argmax()
+        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+def _perplexity(logits: list[np.ndarray], samples: Samples) -> float:
+    """`deployft.metrics.perplexity` of per-sequence logits over the samples' target tokens."""
+    logprobs = [token_logprobs(lg[None], np.asarray([seq]))[0] for lg, seq in zip(logits, samples.sequences)]
+    return perplexity(logprobs, [targets[1:] for targets in samples.targets])
+
+
+def _classify_metrics(logits: np.ndarray, labels: list[int] | None) -> dict[str, float | None]:
+    if not labels:
+        return {"accuracy": None, "macro_f1": None}
+    return accuracy_and_macro_f1(logits.argmax(-1), labels)

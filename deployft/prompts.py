@@ -1,0 +1,189 @@
+"""Prompts as every stage sees them: the prompt format, the chat template, truncation, and a generator's examples.
+
+One implementation for training (the features it learns from), export validation (what it compares),
+bench (what it scores) and the runtime (what `Predictor` feeds the model), torch-free:
+
+    chat   the chat template with the prompt as one user message (or the caller's messages) and the
+           generation prompt, rendered with jinja2 as transformers' `apply_chat_template` renders it;
+    plain  `prompt + separator`, with the tokenizer's special tokens;
+    text   plain language modelling: the text itself.
+
+A prompt keeps its LAST `prompt_limit(max_length)` tokens (half the RUN's max_length), where the question
+usually is; the response fills the rest of max_length, then the end token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import BundleError, UsageError
+from .tokens import special_ids
+
+__all__ = ["PromptFormat", "TokenizerAdapter", "check_messages", "example_ids", "prompt_ids", "prompt_limit",
+           "read_chat_template", "render_chat"]
+
+logger = logging.getLogger("deployft")
+
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token")
+
+ROLES_HINT = 'pass a list of {"role": ..., "content": ...} dicts'
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts were formatted in training (the manifests' `prompt_format`)."""
+
+    style: str = "text"
+    """`chat`, `plain` or `text` (see the module docstring)."""
+    separator: str = "\n"
+    """What `plain` puts between the prompt and the response."""
+
+    @classmethod
+    def from_manifest(cls, value: dict[str, Any] | None) -> PromptFormat:
+        """The format a manifest records; `null` (classifiers, plain language models) is `text`."""
+        value = value or {}
+        return cls(value.get("style", "text"), value.get("separator", "\n"))
+
+    @classmethod
+    def for_columns(cls, columns: dict[str, str], has_chat_template: bool) -> PromptFormat:
+        """`chat` when the tokenizer has a chat template, else `plain`; `text` for plain language modelling."""
+        if "prompt" not in columns:
+            return cls("text")
+        return cls("chat" if has_chat_template else "plain")
+
+    def to_manifest(self) -> dict[str, str]:
+        return {"style": self.style, "separator": self.separator}
+
+
+class TextEncoder(Protocol):
+    """What prompt formatting needs of a tokenizer: the runtime's TextCodec and TokenizerAdapter both are one."""
+
+    chat_template: str | None
+    special_tokens: dict[str, str]
+    eos_ids: list[int]
+
+    def encode_one(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+
+class TokenizerAdapter:
+    """A transformers tokenizer seen as a TextEncoder (duck-typed: this module never imports transformers)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        template = getattr(tokenizer, "chat_template", None)
+        self.chat_template = template.get("default") if isinstance(template, dict) else template
+        self.special_tokens = {k: v for k in SPECIAL_KEYS if isinstance(v := getattr(tokenizer, k, None), str)}
+        self.eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.ids = special_ids({"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+                                "bos_token_id": tokenizer.bos_token_id})
+        """Its special ids (the pad id falls back to the end id, then 0, as everywhere in deployft)."""
+
+    def encode_one(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def prompt_limit(max_length: int | None) -> int | None:
+    """Tokens a prompt keeps (its last ones): half of max_length, so the response has the other half."""
+    return max(1, int(max_length) // 2) if max_length else None
+
+
+def prompt_ids(prompt: str | list[dict], fmt: PromptFormat, encoder: TextEncoder,
+               max_length: int | None) -> list[int]:
+    """Token ids of a prompt string (in `fmt`) or of chat messages (the chat template), truncated from the start.
+
+    Raises:
+        UsageError: malformed chat messages, or a template that refuses them.
+        BundleError: chat messages for a model without a chat template.
+    """
+    if isinstance(prompt, list) or fmt.style == "chat":
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = render_chat(encoder.chat_template, messages, encoder.special_tokens)
+        ids = encoder.encode_one(text, False)
+    else:
+        ids = encoder.encode_one(prompt + fmt.separator if fmt.style == "plain" else prompt, True)
+    limit = prompt_limit(max_length)
+    if limit and len(ids) > limit:
+        logger.info("prompt of %d tokens cut to its last %d (half of max_length %d)", len(ids), limit, max_length)
+        return ids[-limit:]
+    return ids
+
+
+def example_ids(row: dict[str, str], fmt: PromptFormat, encoder: TextEncoder,
+                max_length: int) -> tuple[list[int], list[int]]:
+    """`(ids, targets)` of one generator example: the tokens training sees and a 0/1 mask of the ones it learns.
+
+    Prompt/response rows: the prompt (`prompt_ids`), then the response and the end token, cut to max_length;
+    targets are the response tokens. Plain text rows: the text and the end token; every token is a target.
+    """
+    if "prompt" not in row:
+        ids = (encoder.encode_one(row["text"], True) + encoder.eos_ids)[:max_length]
+        return ids, [1] * len(ids)
+    prompt = prompt_ids(row["prompt"], fmt, encoder, max_length)
+    response = encoder.encode_one(row["response"], False) + encoder.eos_ids
+    ids = (prompt + response)[:max_length]
+    return ids, ([0] * len(prompt) + [1] * len(response))[:max_length]
+
+
+def read_chat_template(folder: str | Path, tokenizer_config: dict) -> str | None:
+    """The bundle's chat template: `chat_template.jinja` or the `chat_template` of tokenizer_config.json."""
+    path = Path(folder) / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # several named templates: transformers uses "default"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def _raise_exception(message: str):
+    from jinja2.exceptions import TemplateError
+
+    raise TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def check_messages(messages) -> list[dict]:
+    """Validate a chat: a non-empty list of dicts with `role` and `content`."""
+    if not isinstance(messages, list) or not messages:
+        raise UsageError(f"chat messages must be a non-empty list; {ROLES_HINT}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise UsageError(f"chat message {i} is {message!r}, not a dict with 'role' and 'content'; {ROLES_HINT}")
+    return messages
+
+
+def render_chat(template: str | None, messages: list[dict], special_tokens: dict[str, str],
+                add_generation_prompt: bool = True) -> str:
+    """Render `messages` with the template, as `tokenizer.apply_chat_template(..., tokenize=False)` does."""
+    from jinja2.exceptions import TemplateError
+
+    if template is None:
+        raise BundleError("this bundle has no chat template (no chat_template.jinja or tokenizer_config.json "
+                          "chat_template); pass a plain string prompt instead of messages")
+    try:
+        return _compile(template).render(messages=check_messages(messages),
+                                         add_generation_prompt=add_generation_prompt, **special_tokens)
+    except TemplateError as exc:
+        raise UsageError(f"the bundle's chat template refused these messages: {exc}") from exc

@@ -1,0 +1,69 @@
+"""Turning normalised rows into model features, and padding them per batch (dynamic padding).
+
+Classification: the tokenizer's own encoding, label ids. Generation: `deployft.prompts.example_ids`, the same
+prompt formatting and truncation that export validation, bench and the runtime use, with the loss on the
+response only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..prompts import PromptFormat, TokenizerAdapter, example_ids
+from ..tokens import pad
+
+__all__ = ["GenerateCollator", "IGNORE_INDEX", "classify_collator", "encode_classify", "encode_generate"]
+
+IGNORE_INDEX = -100
+"""Label value the loss skips (prompt and padding tokens)."""
+
+
+def _keep(features: dict[str, Any], input_names: set[str] | None) -> dict[str, Any]:
+    """Only what the model's forward takes: a tokenizer may emit token_type_ids its model rejects."""
+    return {k: v for k, v in features.items() if input_names is None or k in input_names or k == "labels"}
+
+
+def encode_classify(rows: list[dict[str, str]], tokenizer, max_length: int, *, label2id: dict[str, int],
+                    input_names: set[str] | None = None, **_: Any) -> list[dict[str, Any]]:
+    """`{"input_ids", "attention_mask", ..., "labels"}` per row, truncated to `max_length`, unpadded."""
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    features = []
+    for i, row in enumerate(rows):
+        item = {key: values[i] for key, values in encoded.items()}
+        item["labels"] = label2id[row["label"]]
+        features.append(_keep(item, input_names))
+    return features
+
+
+def encode_generate(rows: list[dict[str, str]], tokenizer, max_length: int, *,
+                    prompt_format: dict[str, str] | PromptFormat | None, **_: Any) -> list[dict[str, Any]]:
+    """`{"input_ids", "attention_mask", "labels"}` per row; labels are IGNORE_INDEX where the loss skips."""
+    fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat.from_manifest(prompt_format)
+    encoder = TokenizerAdapter(tokenizer)
+    features = []
+    for row in rows:
+        ids, targets = example_ids(row, fmt, encoder, max_length)
+        labels = [token if target else IGNORE_INDEX for token, target in zip(ids, targets)]
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return features
+
+
+def classify_collator(tokenizer):
+    """transformers' DataCollatorWithPadding: pads each batch to its longest example."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+class GenerateCollator:
+    """Pads input_ids with the pad token, attention_mask with 0 and labels with IGNORE_INDEX, per batch."""
+
+    def __init__(self, tokenizer):
+        self.pad_values = {"input_ids": TokenizerAdapter(tokenizer).ids.pad, "attention_mask": 0,
+                           "labels": IGNORE_INDEX}
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        return {key: torch.from_numpy(pad([f[key] for f in features], value)[0])
+                for key, value in self.pad_values.items()}

@@ -1,0 +1,266 @@
+"""Decoder attention fusion: a Llama export rewritten into GroupQueryAttention + RotaryEmbedding, same I/O, same numbers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import build_tiny_model
+from deployft.exporter.decoder_fusion import AttentionShape, attention_shape, fuse_attention, rotary_caches, unsupported_reason
+
+
+def _shape(model_dir, model=None) -> AttentionShape:
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    shape, reason = attention_shape(cfg, model or AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    assert reason is None
+    return shape
+
+
+def _fused_copy(folder, shape: AttentionShape):
+    model = onnx.load(str(folder / "model.onnx"))
+    assert fuse_attention(model, shape) == shape.num_layers
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "fused.onnx"))
+    return folder / "fused.onnx"
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _step(sess, ids, mask, positions, past):
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past}
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feed)))
+    return out["logits"], {n.replace("present", "past_key_values"): v for n, v in out.items() if n.startswith("present")}
+
+
+def _decode(sess, layers, kv_heads, head_dim, steps=3):
+    """A left-padded batch of 2 (row 0 has 3 pads), a prompt step then `steps` one-token steps."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 60, size=(2, 7)).astype(np.int64)
+    mask = np.ones((2, 7), dtype=np.int64)
+    mask[0, :3] = 0
+    ids[0, :3] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    past = {f"past_key_values.{i}.{kind}": np.zeros((2, kv_heads, 0, head_dim), np.float32)
+            for i in range(layers) for kind in ("key", "value")}
+    logits, past = _step(sess, ids, mask, positions, past)
+    outputs = [logits[0, 3:], logits[1]]
+    for _ in range(steps):
+        next_ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        logits, past = _step(sess, next_ids, mask, positions, past)
+        outputs.append(logits[:, -1])
+    return outputs, past
+
+
+def test_fused_llama_keeps_inputs_outputs_and_numbers(tiny_onnx, tiny_model):
+    folder = tiny_onnx("llama")
+    shape = _shape(tiny_model("llama"))
+    fused = _fused_copy(folder, shape)
+    before, after = onnx.load(str(folder / "model.onnx")), onnx.load(str(fused))
+    assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input]
+    assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
+    ops = Counter(n.op_type for n in after.graph.node)
+    assert ops["GroupQueryAttention"] == 2 and ops["RotaryEmbedding"] == 4
+    assert ops["Softmax"] == 0 and len(after.graph.node) < len(before.graph.node) / 3
+    ours, ours_past = _decode(_session(fused), 2, 2, 8)
+    theirs, their_past = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for name, value in their_past.items():  # real (unpadded) cache columns agree
+        np.testing.assert_allclose(ours_past[name][1], value[1], atol=1e-4)
+        np.testing.assert_allclose(ours_past[name][0][:, 3:], value[0][:, 3:], atol=1e-4)
+
+
+def test_scaled_rotary_is_taken_from_the_model(tiny_model, tmp_path):
+    """Linear rope scaling changes every position's angle: the fused graph must still match the export."""
+    from transformers import AutoModelForCausalLM
+
+    from deployft.exporter.onnx_export import export_onnx
+    from deployft.exporter.source import read_source
+
+    source = tiny_model("llama")
+    plain_cos, _ = rotary_caches(AutoModelForCausalLM.from_pretrained(source).eval(), 128)
+    cfg = json.loads((source / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (source / "config.json").write_text(json.dumps(cfg))
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    folder = tmp_path / "scaled"
+    export_onnx(read_source(source, "generate"), folder)
+    shape = _shape(source, model)
+    assert not np.allclose(shape.cos_cache, plain_cos)
+    ours, _ = _decode(_session(_fused_copy(folder, shape)), 2, 2, 8)
+    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_biased_projections_and_sliding_windows_fuse_exactly(arch, tmp_path):
+    """Qwen2 adds a bias after q/k/v; Mistral's window (4) is shorter than the 7-token prompt + 3 steps."""
+    from deployft.exporter.onnx_export import export_onnx
+    from deployft.exporter.source import read_source
+
+    source = build_tiny_model(arch, tmp_path / "model")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx")
+    shape = _shape(source)
+    assert shape.window == (4 if arch == "mistral" else None)
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", shape)), 2, 2, 8)
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_a_biased_projection_without_its_add_is_refused(tmp_path):
+    from deployft.exporter.onnx_export import export_onnx
+    from deployft.exporter.source import read_source
+
+    source = build_tiny_model("qwen2", tmp_path / "model")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx")
+    shape = _shape(source)
+    assert shape.qkv_bias
+    model = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    add = next(n for n in model.graph.node if n.name == "/model/layers.1/self_attn/k_proj/Add")
+    add.name = "/model/layers.1/self_attn/k_proj/renamed"
+    with pytest.raises(ValueError, match="layer 1: k_proj has a bias but its Add was not found"):
+        fuse_attention(model, shape)
+
+
+def test_fusion_works_at_an_older_opset(tiny_model, tmp_path):
+    """Opset 14: the shared nodes avoid Shape(start, end) and Unsqueeze with an axes input."""
+    from deployft.exporter.onnx_export import export_onnx, onnx_opset
+    from deployft.exporter.source import read_source
+
+    source = tiny_model("llama")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx", opset=14)
+    assert onnx_opset(tmp_path / "onnx" / "model.onnx") == 14
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", _shape(source))), 2, 2, 8)
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_external_weights_are_rewritten_not_shared_or_left_behind(tiny_onnx, tiny_model):
+    """A copy never shares the plain export's weight file; fusing replaces ORTOptimizer's `.onnx.data` file."""
+    from deployft.exporter.onnx_export import external_files
+    from deployft.exporter.optimize import _rewrite
+
+    folder = tiny_onnx("llama")
+    plain = folder / "model.onnx"
+    onnx.save(onnx.load(str(plain)), str(plain), save_as_external_data=True, location="model.onnx_data",
+              size_threshold=0)
+    assert external_files(plain) == [folder / "model.onnx_data"]
+    target = folder / "model_optimized.onnx"
+    _rewrite(plain, target, None)
+    assert external_files(target) == [] and (folder / "model.onnx_data").is_file()
+    onnx.save(onnx.load(str(target)), str(target), save_as_external_data=True, location="model_optimized.onnx.data",
+              size_threshold=0)
+    _rewrite(target, target, _shape(tiny_model("llama")))
+    assert not (folder / "model_optimized.onnx.data").exists() and external_files(target) == []
+    ours, _ = _decode(_session(target), 2, 2, 8)
+    theirs, _ = _decode(_session(plain), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_a_graph_without_llama_projections_is_refused(tiny_onnx, tiny_model):
+    shape = _shape(tiny_model("llama"))
+    gpt2 = onnx.load(str(tiny_onnx("gpt2") / "model.onnx"))
+    with pytest.raises(ValueError, match="layer 0: expected one q_proj MatMul, found 0"):
+        fuse_attention(gpt2, shape)
+
+
+def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model):
+    shape = _shape(tiny_model("llama"))
+    model = onnx.load(str(tiny_onnx("llama") / "model.onnx"))
+    for item in list(model.graph.input):
+        if item.name == "past_key_values.1.value":
+            item.name = "past.1.value"
+    with pytest.raises(ValueError, match="layer 1: the graph has no 'past_key_values.1.value'"):
+        fuse_attention(model, shape)
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({"model_type": "gpt2"}, "model type 'gpt2' is not one deployft fuses"),
+    ({"model_type": "llama", "pretraining_tp": 2}, "pretraining_tp"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "differ per layer"),
+    ({"model_type": "llama"}, None),
+    ({"model_type": "llama", "attention_bias": True}, None),
+    ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096}, None),
+    ({"model_type": "mistral", "sliding_window": 4096}, None),
+])
+def test_unsupported_models_say_why(config, reason):
+    """The config-level refusals; attention_shape adds the rotary checks (partial rotary, untabulable module)."""
+    found = unsupported_reason(config)
+    assert found is None if reason is None else reason in found
+
+
+def test_rotary_caches_are_the_models_cos_and_sin(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
+    cos, sin = rotary_caches(model, 128)
+    assert cos.shape == sin.shape == (128, 4) and cos.dtype == np.float32
+    ref_cos, ref_sin = model.model.rotary_emb(torch.zeros(1), torch.arange(128)[None])
+    np.testing.assert_allclose(cos, ref_cos[0, :, :4].numpy(), atol=1e-6)
+    np.testing.assert_allclose(sin, ref_sin[0, :, :4].numpy(), atol=1e-6)
+
+
+def test_optimize_fuses_a_decoder_and_can_write_external_weights(tiny_onnx, tiny_model, monkeypatch):
+    from deployft.exporter.optimize import optimize
+
+    monkeypatch.setattr("deployft.exporter.onnx_export.EXTERNAL_DATA_BYTES", 0)
+    folder = tiny_onnx("llama")
+    path, report = optimize(folder / "model.onnx", decoder=True, attention=_shape(tiny_model("llama")))
+    assert report["after"]["GroupQueryAttention"] == 2 and "fused by deployft" in report["notes"][0]
+    assert (folder / "model_optimized.onnx_data").is_file()
+    ours, _ = _decode(_session(path), 2, 2, 8)
+    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+class _Decoder:
+    def __init__(self, width):
+        import torch
+
+        def rotary(probe, positions):
+            angles = positions[..., None].float() * torch.ones(width // 2)
+            return torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+
+        self.rotary_emb = rotary if width else None
+
+
+class _Model:
+    def __init__(self, width):
+        self.decoder = _Decoder(width)
+
+    def get_decoder(self):
+        return self.decoder
+
+
+@pytest.mark.parametrize(("width", "reason"), [
+    (8, None),
+    (4, "its rotary embedding covers 4 of 8 head dimensions (partial rotary)"),
+    (0, "its rotary embedding cannot be tabulated"),
+])
+def test_attention_shape_checks_the_rotary_module(width, reason):
+    config = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32,
+              "num_hidden_layers": 2, "max_position_embeddings": 16}
+    shape, found = attention_shape(config, _Model(width))
+    if reason is None:
+        assert found is None and shape.cos_cache.shape == (16, 4) and shape.num_kv_heads == 2 and not shape.qkv_bias
+    else:
+        assert shape is None and found.startswith(reason)

@@ -1,0 +1,280 @@
+"""`export(ExportConfig)`: every model through every quantization mode, the accuracy guard, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from deployft.errors import AccuracyBudgetError, DataError, DeviceError, ModelError, OutputExistsError, UsageError
+from deployft.exporter import ExportConfig, export
+from deployft.manifest import read_manifest
+
+FAST = {"validate_samples": 40, "calibration_samples": 16}
+MODEL_FILES = {"none": "model_optimized.onnx", "int8": "model_quantized.onnx", "int8-static": "model_int8_static.onnx"}
+
+
+def _export(run, tmp_path, **flags):
+    return export(ExportConfig(run=run, output=tmp_path / "bundle", **{**FAST, **flags}))
+
+
+def _no_bundle(tmp_path):
+    return not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.tmp-*"))
+
+
+@pytest.mark.parametrize("mode", ["none", "int8", "int8-static"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "gpt2", "llama"])
+def test_every_mode_writes_a_validated_bundle(tiny_run, tmp_path, arch, mode):
+    bundle = _export(tiny_run(arch), tmp_path, quantize=mode)
+    manifest = read_manifest(bundle, "bundle")
+    assert manifest["model_file"] == MODEL_FILES[mode]
+    assert set(manifest["variants"]) == {"model.onnx", "model_optimized.onnx", *([MODEL_FILES[mode]])}
+    for name, variant in manifest["variants"].items():
+        assert (bundle / name).is_file()
+        report = variant["validation"]
+        assert report["samples"] > 0
+        if variant["precision"] == "fp32":
+            assert report["max_abs_logit_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+            if manifest["task"] == "generate":
+                assert report["greedy_identical"] == 1.0
+    assert manifest["validation"] == {n: v["validation"] for n, v in manifest["variants"].items()}
+    assert manifest["validation_inputs"] == "eval data"
+    if mode == "none":
+        assert manifest["quantization"] is None
+    else:
+        assert manifest["quantization"]["mode"] == mode and manifest["quantization"]["remedy"] == "none"
+        assert manifest["variants"][MODEL_FILES[mode]]["precision"] == mode
+
+
+def test_int8_keeps_top1_on_a_trained_classifier(tiny_run, tmp_path):
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", validate_samples=200)
+    manifest = read_manifest(bundle, "bundle")
+    report = manifest["validation"]["model_quantized.onnx"]
+    assert report["top1_agreement"] >= 0.95
+    assert report["accuracy_pytorch"] >= 0.9  # the RUN learnt its task, so agreement means something
+    assert report["drop"] <= 1.0 and manifest["accuracy_budget"] == {"max_drop": 1.0, "measure": "accuracy points"}
+    assert manifest["quantization"]["quantized_from"] == "model.onnx" and "not of the fused graph" in manifest["quantization"]["choice"]
+    assert manifest["variants"]["model_quantized.onnx"]["optimized"] is False
+
+
+def _inject_drops(monkeypatch, drops):
+    """Make the guard see `drops` for the successive int8 attempts (fp32 variants keep their real drop)."""
+    import deployft.exporter.runner as module
+
+    real, queue = module._validated, list(drops)
+
+    def fake(job, result, path, precision, optimized):
+        variant = real(job, result, path, precision, optimized)
+        if precision == "int8" and queue:
+            variant.validation["drop"] = queue.pop(0)
+        return variant
+
+    monkeypatch.setattr(module, "_validated", fake)
+
+
+def test_guard_refuses_when_no_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
+    _inject_drops(monkeypatch, [30.0, 20.0, 12.5])
+    with pytest.raises(AccuracyBudgetError) as info:
+        _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=1.0)
+    message = str(info.value)
+    assert "12.50 accuracy points" in message and "--max-accuracy-drop 1.0" in message
+    assert "none: 30.00" in message and "per-channel: 20.00" in message and "no bundle written" in message
+    assert "\n" not in message
+    assert _no_bundle(tmp_path)
+
+
+def test_guard_records_the_remedy_that_met_the_budget(tiny_run, tmp_path, monkeypatch):
+    _inject_drops(monkeypatch, [5.0])
+    manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8"), "bundle")
+    q = manifest["quantization"]
+    assert q["remedy"] == "per-channel" and q["per_channel"] is True
+    assert [a["remedy"] for a in q["attempts"]] == ["none", "per-channel"] and q["attempts"][0]["drop"] == 5.0
+
+
+def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
+    _inject_drops(monkeypatch, [5.0, 4.0])
+    manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8"), "bundle")
+    q = manifest["quantization"]
+    assert q["remedy"].startswith("per-channel + head") and q["nodes_excluded"]
+    assert "/classifier/Gemm_MatMul" in q["nodes_excluded"]
+
+
+def test_generator_int8_is_blockwise_on_the_attention_fused_graph(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("llama"), tmp_path, quantize="int8", max_accuracy_drop=1000),
+                             "bundle")
+    q = manifest["quantization"]
+    assert manifest["model_file"] == "model_quantized.onnx" and q["quantized_from"] == "model_optimized.onnx"
+    assert "MatMulNBits" in q["method"] and q["block_size"] == 32 and "blockwise" in q["choice"]
+    assert manifest["fusion"]["after"]["GroupQueryAttention"] == 2
+    assert manifest["variants"]["model_quantized.onnx"]["optimized"] is True
+
+
+def test_generator_guard_tries_smaller_blocks_then_an_fp32_head(tiny_run, tmp_path, monkeypatch):
+    run = tiny_run("llama")
+    _inject_drops(monkeypatch, [30.0, 20.0, 12.0])
+    with pytest.raises(AccuracyBudgetError, match=r"none: 30.00, blocks of 16: 20.00, blocks of 16 \+ LM head in "
+                                                  r"fp32: 12.00.*no bundle written"):
+        _export(run, tmp_path / "refused", quantize="int8", max_accuracy_drop=10.0)
+    assert _no_bundle(tmp_path / "refused")
+    monkeypatch.undo()
+    _inject_drops(monkeypatch, [30.0, 20.0])
+    manifest = read_manifest(_export(run, tmp_path / "head", quantize="int8", max_accuracy_drop=25.0),
+                             "bundle")
+    q = manifest["quantization"]
+    assert q["remedy"] == "blocks of 16" and q["block_size"] == 16
+    assert [a["drop"] for a in q["attempts"]] == [30.0, 20.0]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(arch, tmp_path / "model")
+    manifest = read_manifest(_export(model, tmp_path, task="generate", quantize="int8", max_accuracy_drop=1000),
+                             "bundle")
+    assert manifest["fusion"]["after"]["GroupQueryAttention"] == 2
+    skipped = "ORTOptimizer has no graph optimizations for model type 'qwen2'"
+    assert (skipped in " ".join(manifest["fusion"]["notes"])) == (arch == "qwen2")
+    for name in ("model.onnx", "model_optimized.onnx"):
+        assert manifest["validation"][name]["greedy_identical"] == 1.0, name
+    assert manifest["quantization"]["block_size"] == 32
+
+
+@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}])
+def test_classifier_int8_flags_are_refused_for_a_generator(tiny_run, tmp_path, flags):
+    with pytest.raises(UsageError, match="generate model's int8 is blockwise .* takes neither"):
+        _export(tiny_run("llama"), tmp_path, quantize="int8", **flags)
+    assert _no_bundle(tmp_path)
+
+
+def test_attention_fusion_can_be_turned_off(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("llama"), tmp_path, fuse_attention=False), "bundle")
+    assert "GroupQueryAttention" not in manifest["fusion"]["after"]
+    assert "attention is not fused: --no-fuse-attention was given" in manifest["fusion"]["notes"][0]
+
+
+def test_gpt2_attention_is_reported_as_not_fused_with_the_reason(tiny_run, tmp_path):
+    manifest = read_manifest(_export(tiny_run("gpt2"), tmp_path), "bundle")
+    assert "model type 'gpt2' is not one deployft fuses" in manifest["fusion"]["notes"][0]
+
+
+def test_zero_budget_is_met_by_an_exact_fp32_export(tiny_run, tmp_path):
+    run = tiny_run("bert")
+    manifest = read_manifest(_export(run, tmp_path, max_accuracy_drop=0.0), "bundle")
+    assert manifest["validation"]["model_optimized.onnx"]["drop"] <= 0.0
+
+
+def test_plain_model_folder_with_task(tiny_model, tmp_path):
+    bundle = _export(tiny_model("bert"), tmp_path, task="classify", quantize="int8")
+    manifest = read_manifest(bundle, "bundle")
+    assert manifest["labels"] == ["LABEL_0", "LABEL_1"]
+    assert manifest["validation_inputs"].startswith("random tokens")
+    assert manifest["validation"]["model_optimized.onnx"]["accuracy"] is None
+    assert manifest["source_run"]["is_run"] is False
+
+
+def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(tiny_run, tmp_path):
+    run = tiny_run("bert")
+    manifest = json.loads((run / "deployft.json").read_text())
+    moved = tmp_path / "moved.csv"
+    shutil.copy(manifest["data"]["train"]["path"], moved)
+    manifest["data"]["train"]["path"] = str(moved)
+    (run / "deployft.json").write_text(json.dumps(manifest))
+    moved.unlink()
+    with pytest.raises(DataError, match=r"int8-static needs the RUN's training data.*moved.csv.*gone"):
+        _export(run, tmp_path, quantize="int8-static")
+    assert _no_bundle(tmp_path)
+    bundle = _export(run, tmp_path, quantize="none")
+    assert read_manifest(bundle, "bundle")["validation_inputs"].startswith("random tokens (RUN data unavailable")
+
+
+@pytest.mark.parametrize(("flags", "error", "match"), [
+    ({"quantize": "int4"}, UsageError, "--quantize is 'int4'; expected one of none, int8, int8-static, fp16"),
+    ({"quantize": "fp16"}, UsageError, "--quantize fp16 is for CUDA only.*--device cuda"),
+    ({"quantize": "int8", "device": "cuda"}, UsageError, "no CUDA kernels"),
+    ({"quantize": "int8-static", "device": "cuda"}, UsageError, "no CUDA kernels"),
+    ({"device": "tpu"}, UsageError, "--device is 'tpu'"),
+    ({"task": "translate"}, UsageError, "--task is 'translate'"),
+    ({"max_accuracy_drop": -1.0}, UsageError, "--max-accuracy-drop must be >= 0"),
+    ({"validate_samples": 0}, UsageError, "--validate-samples must be a positive integer"),
+    ({"quantize_preset": "sse4"}, UsageError, "--quantize-preset is 'sse4'"),
+])
+def test_bad_flags_are_refused_before_any_work(tmp_path, flags, error, match):
+    with pytest.raises(error, match=match):
+        ExportConfig(run=tmp_path, output=tmp_path / "bundle", **flags)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ModelError, match="is not a folder"):
+        _export(tmp_path / "missing", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.json.*not a RUN or Hugging Face model folder"):
+        _export(tmp_path / "empty", tmp_path)
+    assert _no_bundle(tmp_path)
+
+
+def test_plain_folder_needs_a_task(tiny_model, tmp_path):
+    with pytest.raises(UsageError, match="pass --task classify or --task generate"):
+        _export(tiny_model("bert"), tmp_path)
+
+
+def test_corrupted_weights(tiny_run, tmp_path):
+    run = tiny_run("bert")
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    with pytest.raises(ModelError, match="cannot load the model weights.*corrupted or incomplete"):
+        _export(run, tmp_path)
+    assert _no_bundle(tmp_path)
+
+
+def test_unsupported_architecture_names_the_type(tiny_model, tmp_path):
+    from transformers import XLNetConfig, XLNetForSequenceClassification
+
+    folder = tmp_path / "xlnet"
+    XLNetForSequenceClassification(XLNetConfig(vocab_size=300, d_model=32, n_layer=1, n_head=2, d_inner=64)) \
+        .save_pretrained(folder)
+    with pytest.raises(ModelError, match="model type 'xlnet' cannot be exported by Optimum.*supported types: .*bert"):
+        _export(folder, tmp_path, task="classify")
+    assert _no_bundle(tmp_path)
+
+
+def test_task_disagreeing_with_the_run(tiny_run, tmp_path):
+    with pytest.raises(UsageError, match="--task generate disagrees with RUN"):
+        _export(tiny_run("bert"), tmp_path, task="generate")
+
+
+def test_output_exists(tiny_run, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "keep.txt").write_text("mine")
+    run = tiny_run("bert")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _export(run, tmp_path)
+    assert (tmp_path / "bundle" / "keep.txt").read_text() == "mine"
+    bundle = _export(run, tmp_path, overwrite=True)
+    assert not (bundle / "keep.txt").exists() and (bundle / "deployft.json").is_file()
+
+
+def test_static_calibration_needs_a_run(tiny_model, tmp_path):
+    with pytest.raises(UsageError, match="int8-static calibrates on a RUN's training data"):
+        _export(tiny_model("bert"), tmp_path, task="classify", quantize="int8-static")
+
+
+def test_cuda_target_without_cuda_is_a_device_error(tiny_run, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    with pytest.raises(DeviceError, match="CUDAExecutionProvider"):
+        _export(tiny_run("bert"), tmp_path, quantize="fp16", device="cuda")
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda(tiny_run, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu with a CUDA device")
+    manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="fp16", device="cuda"), "bundle")
+    assert manifest["model_file"] == "model_fp16.onnx"
+    assert manifest["validation"]["model_fp16.onnx"]["top1_agreement"] >= 0.95

@@ -1,0 +1,65 @@
+"""ORTOptimizer level 2 on tiny exports: fused op counts and the fusion report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployft.exporter.optimize import OPTIMIZED_NAME, attention_fused, fusion_report, op_counts, optimize
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_encoders_get_one_fused_attention_per_layer(tiny_onnx, arch):
+    folder = tiny_onnx(arch)
+    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or 2
+    path, report = optimize(folder / "model.onnx", decoder=False)
+    assert path == folder / OPTIMIZED_NAME and path.is_file()
+    after = report["after"]
+    assert after.get("Attention", 0) + after.get("MultiHeadAttention", 0) == layers
+    assert after.get("SkipLayerNormalization", 0) >= layers
+    assert after.get("BiasGelu", 0) + after.get("FastGelu", 0) + after.get("Gelu", 0) == layers
+    assert report["before"].get("Attention", 0) == 0 and report["before"]["Softmax"] == layers
+    assert f"Attention ×{layers}" in report["summary"]
+    assert attention_fused(report)
+    assert report["level"] == 2
+    assert report["after"] == op_counts(path)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoders_report_unfused_attention_plainly(tiny_onnx, arch):
+    folder = tiny_onnx(arch)
+    _, report = optimize(folder / "model.onnx", decoder=True)
+    assert not attention_fused(report)
+    assert "attention is not fused" in report["notes"][0]
+    assert "Softmax" in report["after"]
+    fused_norm = "SkipLayerNormalization" if arch == "gpt2" else "SkipSimplifiedLayerNormalization"
+    assert report["after"].get(fused_norm, 0) > 0
+    assert fused_norm in report["summary"]
+
+
+def test_optimizer_leaves_only_the_onnx_file(tiny_onnx):
+    folder = tiny_onnx("bert")
+    before = {p.name for p in folder.iterdir()}
+    optimize(folder / "model.onnx", decoder=False)
+    assert {p.name for p in folder.iterdir()} - before == {OPTIMIZED_NAME}
+
+
+def test_fusion_report_counts_only_new_fused_ops():
+    before = {"MatMul": 16, "LayerNormalization": 5, "Softmax": 2}
+    after = {"MatMul": 6, "Attention": 2, "SkipLayerNormalization": 4, "LayerNormalization": 1}
+    report = fusion_report(before, after, decoder=False)
+    assert report["summary"] == "Attention ×2, SkipLayerNormalization ×4"
+    assert report["notes"] == ["23 nodes before, 13 after (10 removed)"]
+    report = fusion_report(before, {"MatMul": 16, "Softmax": 2}, decoder=False)
+    assert report["summary"] == "nothing fused"
+    assert "attention was not fused" in report["notes"][0]
+
+
+def test_a_decoder_fused_by_ort_optimizer_is_not_credited_to_deployft():
+    from deployft.exporter.optimize import fusion_report
+
+    report = fusion_report({"MatMul": 8}, {"MatMul": 4, "MultiHeadAttention": 2}, decoder=True)
+    assert report["notes"][0] == "decoder attention fused by ORTOptimizer: MultiHeadAttention"
+    report = fusion_report({"MatMul": 8}, {"MatMul": 4, "GroupQueryAttention": 2, "RotaryEmbedding": 4}, decoder=True)
+    assert report["notes"][0].startswith("decoder attention fused by deployft: GroupQueryAttention ×2")

@@ -1,0 +1,126 @@
+"""The runtime on bundles written by `deployft export` from RUNs written by `deployft finetune` (the folder contract)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import qa_rows, sentiment_rows
+from deployft.runtime import Predictor
+
+
+def _export(run, root, quantize="int8"):
+    from deployft.exporter import ExportConfig, export
+
+    return export(ExportConfig(run=run, output=root / "bundle", quantize=quantize, validate_samples=16,
+                               max_accuracy_drop=1000))
+
+
+@pytest.fixture(scope="module")
+def generate_bundle(tiny_generate_run, tmp_path_factory):
+    return _export(tiny_generate_run, tmp_path_factory.mktemp("pipeline-generate"))
+
+
+@pytest.fixture(scope="module")
+def classify_bundle(tiny_classify_run, tmp_path_factory):
+    # fp32 only: the export and optimized graphs; int8 classifiers are covered by test_export and runtime_bundle
+    return _export(tiny_classify_run, tmp_path_factory.mktemp("pipeline-classify"), quantize="none")
+
+
+def _variants(bundle, precision=None):
+    variants = json.loads((bundle / "deployft.json").read_text())["variants"]
+    return [name for name, v in variants.items() if precision is None or v["precision"] == precision]
+
+
+@pytest.mark.parametrize("words", [3, 200])
+def test_training_validation_and_predictor_format_and_truncate_a_prompt_alike(generate_bundle, tiny_generate_run,
+                                                                               words):
+    """A chat prompt, short or far longer than max_length: training's features, export validation's samples and
+    Predictor.prompt_ids hold the same prompt tokens (the last max_length // 2 of the rendered chat)."""
+    from transformers import AutoTokenizer
+
+    from deployft.exporter.samples import encode
+    from deployft.exporter.source import read_source
+    from deployft.tasks import get_task
+    from deployft.train.collate import IGNORE_INDEX
+
+    predictor = Predictor.load(generate_bundle)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_generate_run)
+    manifest = predictor.manifest
+    assert manifest["prompt_format"]["style"] == "chat"
+    row = {"prompt": " ".join(["the cast was charming"] * words) + " what do bees make", "response": "bees make honey"}
+    (feature,) = get_task("generate").encode([row], tokenizer, manifest["max_length"],
+                                             prompt_format=manifest["prompt_format"])
+    trained = feature["input_ids"][:next(i for i, x in enumerate(feature["labels"]) if x != IGNORE_INDEX)]
+    validated = encode(read_source(tiny_generate_run), tokenizer, [row], "eval data")
+    served = predictor.prompt_ids(row["prompt"])
+    assert served == trained == validated.prompts[0]
+    assert validated.sequences[0][:len(served)] == served
+    whole = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}], add_generation_prompt=True)
+    if words > 10:
+        assert len(served) == manifest["max_length"] // 2 < len(whole)
+    assert served == list(whole)[-len(served):]  # the end of the chat, with its generation prompt, is kept
+
+
+def test_fp32_variants_decode_exactly_like_transformers(generate_bundle, tiny_generate_run):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_generate_run).eval()
+    for name in _variants(generate_bundle, "fp32"):
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        for row in qa_rows(3, seed=2):
+            ids = predictor.prompt_ids(row["prompt"])
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=16, do_sample=False)
+            assert list(predictor.iter_token_ids(ids, max_new_tokens=16)) == out[0, len(ids):].tolist(), name
+
+
+def test_deployable_variant_generates_and_streams(generate_bundle):
+    predictor = Predictor.load(generate_bundle)
+    assert predictor.model_file == json.loads((generate_bundle / "deployft.json").read_text())["model_file"]
+    prompts = [r["prompt"] for r in qa_rows(3, seed=3)]
+    texts = predictor.generate(prompts, max_new_tokens=12)
+    assert texts == ["".join(predictor.stream(p, max_new_tokens=12)) for p in prompts]
+
+
+def test_classifier_bundle_agrees_with_the_run(classify_bundle, tiny_classify_run):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = [r["text"] for r in sentiment_rows(64, seed=9)]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classify_run).eval()
+    batch = AutoTokenizer.from_pretrained(tiny_classify_run)(texts, padding=True, truncation=True, max_length=32,
+                                                             return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**batch).logits, -1).numpy()
+    labels = json.loads((tiny_classify_run / "deployft.json").read_text())["labels"]
+    for name in _variants(classify_bundle):
+        predictor = Predictor.load(classify_bundle, model_file=name)
+        assert predictor.labels == labels
+        got = np.array([[p.scores[lab] for lab in labels] for p in predictor.predict(texts)])
+        if predictor.manifest["variants"][name]["precision"] == "fp32":
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+        else:
+            assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9, name
+
+
+def test_every_generator_variant_decodes_a_left_padded_batch_like_single_prompts(generate_bundle):
+    """The attention-fused graphs mask padding themselves (GroupQueryAttention's bias): check it on every file."""
+    prompts = [r["prompt"] for r in qa_rows(4, seed=5)]
+    for name in _variants(generate_bundle):
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        ids = [predictor.prompt_ids(p) for p in prompts]
+        assert len({len(i) for i in ids}) > 1  # the batch really is padded
+        batched = predictor.generate(prompts, max_new_tokens=10)
+        assert batched == [predictor.generate(p, max_new_tokens=10) for p in prompts], name
+        width = max(len(i) for i in ids)
+        padded = np.array([i + [0] * (width - len(i)) for i in ids], dtype=np.int64)
+        mask = np.array([[1] * len(i) + [0] * (width - len(i)) for i in ids], dtype=np.int64)
+        logits = predictor.forward(padded, mask)
+        for row, seq in enumerate(ids):
+            single = predictor.forward(np.array([seq]), np.ones((1, len(seq)), dtype=np.int64))
+            np.testing.assert_allclose(logits[row, :len(seq)], single[0], atol=1e-3, err_msg=name)
