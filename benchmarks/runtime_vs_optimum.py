@@ -1,10 +1,16 @@
 """deployft.Predictor against Optimum's ORTModel classes on the same bundle file, same threads, same process.
 
     generation:      decode tokens/s and time to first token of Predictor.iter_token_ids (greedy) against
-                     ORTModelForCausalLM.generate (greedy, timed with a streamer), on the same int8 .onnx
-    classification:  texts/s of Predictor.predict against tokenizer + ORTModelForSequenceClassification
+                     ORTModelForCausalLM.generate (greedy, timed with a streamer), on the same .onnx; both run
+                     exactly --new-tokens tokens (end tokens do not stop either loop; unequal counts abort)
+                     and the greedy tokens of both are compared
+    classification:  texts/s of Predictor.predict against tokenizer + ORTModelForSequenceClassification, both
+                     given the same texts in the same order (sorted by length, so both pad alike), with the
+                     share of identical top-1 labels
 
-Runs alternate between the two (A B A B ...) so machine noise hits both alike; medians are reported.
+Runs alternate between the two (A B A B ...) so machine noise hits both alike; medians are reported. A round
+counts only if other programs left the CPU alone during it (deployft.bench.quiet.RoundMeter); rejected rounds
+are repeated and counted in the result.
 
     python benchmarks/runtime_vs_optimum.py --generate-bundle B1 --classify-bundle B2 --threads 2
 """
@@ -18,6 +24,8 @@ import platform
 import statistics
 import time
 from pathlib import Path
+
+from deployft.bench.quiet import RoundMeter
 
 PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.", "How do bees make honey?",
            "Give me three tips for learning to cook.", "Why is the sky blue?", "What is a good name for a dog?"]
@@ -44,22 +52,38 @@ class _Clock:
         pass
 
 
-def _ours_generate(predictor, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
-    start = time.perf_counter()
-    stamps = [time.perf_counter() for _ in predictor.iter_token_ids(ids, max_new_tokens=new_tokens)]
-    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
+def _ours_generate(predictor, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    start, stamps, tokens = time.perf_counter(), [], []
+    for token in predictor.iter_token_ids(ids, max_new_tokens=new_tokens, ignore_eos=True):
+        stamps.append(time.perf_counter())
+        tokens.append(int(token))
+    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
 
 
-def _optimum_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
+def _optimum_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    import copy
+
     import torch
 
+    config = copy.deepcopy(model.generation_config)
+    config.update(max_new_tokens=new_tokens, min_new_tokens=None, do_sample=False, eos_token_id=None)
     clock = _Clock()
     tensor = torch.tensor([ids])
     start = time.perf_counter()
-    model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=new_tokens, do_sample=False,
-                   streamer=clock)
+    out = model.generate(tensor, attention_mask=torch.ones_like(tensor), generation_config=config, streamer=clock)
     stamps = clock.stamps[1:]  # the first put() is the prompt
-    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
+    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), out[0, len(ids):].tolist()
+
+
+def _rounds(meter, needed: int, run_round) -> None:
+    """Run `run_round(keep)` until `needed` rounds were kept; `keep` is False for a rejected round."""
+    kept = 0
+    while kept < needed:
+        meter.start()
+        measured = run_round()
+        if meter.finish():
+            measured()
+            kept += 1
 
 
 def bench_generation(bundle: Path, threads: int, new_tokens: int, rounds: int) -> dict:
@@ -76,18 +100,26 @@ def bench_generation(bundle: Path, threads: int, new_tokens: int, rounds: int) -
     runs = {"deployft": [], "optimum": []}
     for ids in prompts[:2]:  # warm-up
         _ours_generate(predictor, ids, 4), _optimum_generate(model, ids, 4)
-    for _ in range(rounds):
-        for ids in prompts:
-            runs["deployft"].append(_ours_generate(predictor, ids, new_tokens))
-            runs["optimum"].append(_optimum_generate(model, ids, new_tokens))
-    same = all(a[2] == b[2] for a, b in zip(runs["deployft"], runs["optimum"]))
+
+    def run_round():
+        pairs = [(_ours_generate(predictor, ids, new_tokens), _optimum_generate(model, ids, new_tokens))
+                 for ids in prompts]
+        for ours, theirs in pairs:
+            if len(ours[2]) != new_tokens or len(theirs[2]) != new_tokens:
+                raise SystemExit(f"unequal runs: deployft made {len(ours[2])} tokens, optimum {len(theirs[2])}, "
+                                 f"{new_tokens} asked")
+        return lambda: [(runs["deployft"].append(a), runs["optimum"].append(b)) for a, b in pairs]
+
+    meter = RoundMeter()
+    _rounds(meter, rounds, run_round)
+    agree = [sum(x == y for x, y in zip(a[2], b[2])) for a, b in zip(runs["deployft"], runs["optimum"])]
     summary = {name: {"ttft_ms_p50": 1000 * statistics.median(r[0] for r in rs),
-                      "decode_tokens_per_s_p50": statistics.median(r[1] for r in rs),
-                      "tokens_per_run": statistics.median(r[2] for r in rs)} for name, rs in runs.items()}
+                      "decode_tokens_per_s_p50": statistics.median(r[1] for r in rs)} for name, rs in runs.items()}
     speedup = summary["deployft"]["decode_tokens_per_s_p50"] / summary["optimum"]["decode_tokens_per_s_p50"]
     return {"bundle": str(bundle), "model_file": predictor.model_file, "new_tokens": new_tokens,
-            "runs_each": len(runs["deployft"]), "same_token_counts": same, **summary,
-            "decode_speedup": speedup}
+            "tokens_per_run": new_tokens, "runs_each": len(runs["deployft"]),
+            "greedy_token_agreement": sum(agree) / (new_tokens * len(agree)), **summary,
+            "decode_speedup": speedup, "rounds": meter.summary()}
 
 
 def _texts(count: int) -> list[str]:
@@ -109,26 +141,42 @@ def bench_classification(bundle: Path, threads: int, count: int, batch_size: int
                                                               provider="CPUExecutionProvider")
     tokenizer = AutoTokenizer.from_pretrained(bundle)
     max_length = predictor.manifest.get("max_length") or 128
-    texts = _texts(count)
+    # the same batches on both sides: sorted by token length once (Predictor would sort them itself)
+    texts = sorted(_texts(count), key=lambda t: len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]))
 
-    def optimum_predict():
+    def optimum_predict() -> list[int]:
+        labels = []
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt")
-            torch.softmax(model(**batch).logits, dim=-1)
+            labels += torch.softmax(model(**batch).logits, dim=-1).argmax(-1).tolist()
+        return labels
+
+    def ours_predict() -> list[int]:
+        return [predictor.labels.index(p.label) for p in predictor.predict(texts, batch_size=batch_size)]
 
     timings = {"deployft": [], "optimum": []}
-    predictor.predict(texts[:batch_size]), optimum_predict()  # warm-up
-    for _ in range(rounds):
-        for name, call in (("deployft", lambda: predictor.predict(texts, batch_size=batch_size)),
-                           ("optimum", optimum_predict)):
+    same = [a == b for a, b in zip(ours_predict(), optimum_predict())]  # also the warm-up
+
+    def run_round():
+        measured = {}
+        for name, call in (("deployft", ours_predict), ("optimum", optimum_predict)):
             start = time.perf_counter()
             call()
-            timings[name].append(len(texts) / (time.perf_counter() - start))
+            measured[name] = len(texts) / (time.perf_counter() - start)
+        return lambda: [timings[name].append(value) for name, value in measured.items()]
+
+    meter = RoundMeter()
+    _rounds(meter, rounds, run_round)
     summary = {name: {"texts_per_s_p50": statistics.median(t)} for name, t in timings.items()}
     return {"bundle": str(bundle), "model_file": predictor.model_file, "texts": count, "batch_size": batch_size,
-            "rounds": rounds, **summary,
+            "same_order": True, "top1_agreement": sum(same) / len(same), "rounds": meter.summary(), **summary,
             "throughput_ratio": summary["deployft"]["texts_per_s_p50"] / summary["optimum"]["texts_per_s_p50"]}
+
+
+def _rounds_text(rounds: dict) -> str:
+    return (f"{rounds['rounds_kept']} clean rounds kept, {rounds['rounds_rejected']} rejected (other programs above "
+            f"{rounds['max_other_share']:.0%} of a core), {rounds['rounds_dirty']} kept under load")
 
 
 def _markdown(result: dict) -> str:
@@ -141,13 +189,15 @@ def _markdown(result: dict) -> str:
                   "| loop | time to first token p50 (ms) | decode tokens/s p50 |", "| --- | --- | --- |"]
         for name in ("deployft", "optimum"):
             lines.append(f"| {name} | {gen[name]['ttft_ms_p50']:.1f} | {gen[name]['decode_tokens_per_s_p50']:.1f} |")
-        lines += ["", f"Decode speed-up: **{gen['decode_speedup']:.2f}x**", ""]
+        lines += ["", f"Decode speed-up: **{gen['decode_speedup']:.2f}x**; greedy tokens identical at "
+                  f"{gen['greedy_token_agreement']:.1%} of positions; {_rounds_text(gen['rounds'])}", ""]
     if clf := result.get("classification"):
         lines += ["## Classification", "", f"`{clf['model_file']}` of {clf['bundle']}, {clf['texts']} texts, "
                   f"batch {clf['batch_size']}", "", "| predictor | texts/s p50 |", "| --- | --- |"]
         for name in ("deployft", "optimum"):
             lines.append(f"| {name} | {clf[name]['texts_per_s_p50']:.1f} |")
-        lines += ["", f"Throughput ratio: **{clf['throughput_ratio']:.2f}x**", ""]
+        lines += ["", f"Throughput ratio: **{clf['throughput_ratio']:.2f}x**; same top-1 label on "
+                  f"{clf['top1_agreement']:.1%} of texts; {_rounds_text(clf['rounds'])}", ""]
     return "\n".join(lines)
 
 

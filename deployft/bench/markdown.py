@@ -83,6 +83,11 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
              "over the baseline's",
              f"- created {data['created']}, {data['config']['repeats']} repeats per cell after "
              f"{data['config']['warmup']} warm-up runs, variants interleaved round by round"]
+    if (rounds := data.get("rounds")) and rounds.get("judged"):
+        parts.append(f"- clean rounds: {rounds['rounds_kept']} kept, {rounds['rounds_rejected']} rejected and repeated "
+                     f"because other programs used more than {rounds['max_other_share']:.0%} of a core during them"
+                     + (f", {rounds['rounds_dirty']} kept under load after repeated rejections"
+                        if rounds["rounds_dirty"] else ""))
     if data.get("peak"):
         peak = data["peak"]
         parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"

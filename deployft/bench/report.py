@@ -70,7 +70,8 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
         "base_model": run.get("base_model"), "model_type": run.get("model_type"),
         "config": _config_json(config), "machine": raw["machine"], "inputs": raw["inputs"],
         "load_average": {"before": raw["load_before"], "after": raw["load_after"]},
-        "warnings": raw["warnings"], "peak": peak, "wall_s": raw["wall_s"], "baseline": BASELINE,
+        "rounds": raw.get("rounds"), "warnings": raw["warnings"], "peak": peak, "wall_s": raw["wall_s"],
+        "baseline": BASELINE,
         "variants": variants, "results": results,
     }
 

@@ -13,6 +13,7 @@ from ..manifest import atomic_folder, check_output_free
 from ..tasks import get_task
 from .config import BenchConfig
 from .inputs import build_inputs, check_grid, read_pair, select_variants
+from .quiet import RoundMeter
 from .machine import busy_warning, describe_machine, load_average
 from .report import BenchReport, assemble, write_report
 from .timing import interleave
@@ -70,13 +71,17 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
 
         raw["peak"] = measure_peaks(config.threads, config.device)
     started = time.perf_counter()
-    raw["variants"], raw["timings"] = _run_workers(config, manifests, variants, scratch)
+    raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch)
     raw["wall_s"] = time.perf_counter() - started
     raw["load_after"] = load_average()
     raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
     cores = raw["machine"]["cores_usable"] or 1
     warning = busy_warning(raw["load_before"], raw["load_after"], config.threads, cores)
     raw["warnings"] = [warning] if warning else []
+    if raw["rounds"]["rounds_dirty"]:
+        raw["warnings"].append(f"{raw['rounds']['rounds_dirty']} of {raw['rounds']['rounds_kept']} timing rounds "
+                               "were kept although other programs used the CPU during them (each after "
+                               "repeated rejections); compare ratios from a quieter run")
     if config.threads > cores:
         raw["warnings"].append(f"--threads {config.threads} is more than the {cores} usable cores; "
                                "threads compete with each other")
@@ -99,14 +104,14 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
             logger.info("%s: %s", name, f"loaded, first result after {status[name]['cold_start_s']:.2f} s"
                         if status[name]["status"] == "ok" else f"failed: {status[name]['error']}")
         live = [n for n in variants if status[n]["status"] == "ok"]
-        timings = _time(config, task, workers, live, status)
+        timings, rounds = _time(config, task, workers, live, status)
         for name in [n for n in live if status[n]["status"] == "ok"]:
             logger.info("%s: scoring %d eval rows", name, config.eval_samples)
             _finish(config, workers[name], status[name])
     finally:
         for handle in workers.values():
             handle.close()
-    return status, timings
+    return status, timings, rounds
 
 
 def _start(handle: WorkerHandle) -> dict[str, Any]:
@@ -147,10 +152,14 @@ def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status
         logger.info("round %d of %d done (%d cells x %d variants, %.0f s)", done, config.repeats, len(cells),
                     len(live), time.perf_counter() - started)
 
+    meter = RoundMeter(own_pids=lambda: [w.process.pid for w in workers.values()])
     results = interleave(live, cells, step, repeats=config.repeats, min_time=config.min_time, elapsed=elapsed,
-                         on_error=lambda name, exc: _fail(status, name, exc), on_round=progress)
-    return {name: [{"cell": list(cell), "samples": samples} for cell, samples in per_cell.items()]
-            for name, per_cell in results.items()}
+                         on_error=lambda name, exc: _fail(status, name, exc), on_round=progress, meter=meter)
+    if meter.rejected:
+        logger.info("%d round(s) rejected and repeated: other programs used the CPU during them", meter.rejected)
+    timings = {name: [{"cell": list(cell), "samples": samples} for cell, samples in per_cell.items()]
+               for name, per_cell in results.items()}
+    return timings, meter.summary()
 
 
 def _finish(config: BenchConfig, handle: WorkerHandle, status: dict[str, Any]) -> None:

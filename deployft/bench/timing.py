@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .quiet import RoundMeter
+
 
 def percentile(samples: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) with linear interpolation between order statistics (numpy's default)."""
@@ -45,35 +47,44 @@ Step = Callable[[str, Any], Any]
 
 def interleave(variants: Sequence[str], cells: Sequence[Any], step: Step, *, repeats: int, min_time: float = 0.0,
                elapsed: Callable[[Any], float] = float, on_error: Callable[[str, Exception], None] | None = None,
-               on_round: Callable[[int], None] | None = None, max_rounds: int = 10_000) -> dict[str, dict[Any, list]]:
+               on_round: Callable[[int], None] | None = None, max_rounds: int = 10_000,
+               meter: RoundMeter | None = None) -> dict[str, dict[Any, list]]:
     """Run `step` round by round over `variants` × `cells` and collect every measurement.
 
-    At least `repeats` rounds run; more follow until every live variant has spent `min_time` seconds
-    (as read from each measurement by `elapsed`) in every cell. A variant whose step raises is handed to
-    `on_error` and dropped from later rounds; what it measured before stays in the result. `on_round`
-    hears the number of each finished round (for progress messages).
+    At least `repeats` rounds are kept; more follow until every live variant has spent `min_time` seconds
+    (as read from each measurement by `elapsed`) in every cell. With a `meter`, a round during which other
+    programs used the CPU is thrown away and run again (see `quiet.RoundMeter`). A variant whose step raises
+    is handed to `on_error` and dropped from later rounds; what it measured in kept rounds stays in the
+    result. `on_round` hears the number of each kept round (for progress messages).
     """
     results: dict[str, dict[Any, list]] = {v: {c: [] for c in cells} for v in variants}
     spent: dict[str, dict[Any, float]] = {v: {c: 0.0 for c in cells} for v in variants}
     live = list(variants)
-    for index in range(max_rounds):
-        if not live or (index >= repeats and _enough(live, cells, spent, min_time)):
+    kept = 0
+    for _ in range(max_rounds):
+        if not live or (kept >= repeats and _enough(live, cells, spent, min_time)):
             break
+        if meter is not None:
+            meter.start()
+        measured = []
         for cell in cells:
-            for variant in rotated(live, index):
+            for variant in rotated(live, kept):
                 if variant not in live:
                     continue
                 try:
-                    measurement = step(variant, cell)
+                    measured.append((variant, cell, step(variant, cell)))
                 except Exception as exc:  # noqa: BLE001 - one broken variant must not stop the others
                     live.remove(variant)
                     if on_error is not None:
                         on_error(variant, exc)
-                    continue
-                results[variant][cell].append(measurement)
-                spent[variant][cell] += elapsed(measurement)
+        if meter is not None and not meter.finish():
+            continue
+        for variant, cell, measurement in measured:
+            results[variant][cell].append(measurement)
+            spent[variant][cell] += elapsed(measurement)
+        kept += 1
         if on_round is not None:
-            on_round(index + 1)
+            on_round(kept)
     return results
 
 

@@ -14,7 +14,9 @@ from deployft.bench.timing import percentile
 def _raw(task, timings, variants, flops):
     return {"created": "2026-01-01T00:00:00+00:00", "load_before": [0.1, 0.1, 0.1], "load_after": [1.0, 0.5, 0.2],
             "inputs": {"eval_rows": 4}, "machine": describe_machine(), "peak": {"fp32": 1e11, "int8": 4e11},
-            "variants": variants, "timings": timings, "wall_s": 1.0, "flops": flops, "warnings": ["the machine was busy"]}
+            "variants": variants, "timings": timings, "wall_s": 1.0, "flops": flops, "warnings": ["the machine was busy"],
+            "rounds": {"rounds_kept": 3, "rounds_rejected": 2, "rounds_dirty": 0, "max_other_share": 0.05,
+                       "judged": True, "median_other_share": 0.01}}
 
 
 def _manifests(task):
@@ -96,6 +98,7 @@ def test_report_files_parse_and_html_is_self_contained(tmp_path, raw, task):
     assert html.count("data:image/png;base64,") == len(pngs) and 'src="latency.png"' not in html
     markdown = (folder / "report.md").read_text()
     assert "## Variants" in markdown and "the machine was busy" in markdown
+    assert "clean rounds: 3 kept, 2 rejected and repeated" in markdown and report.data["rounds"]["rounds_rejected"] == 2
     if task == "classify":
         assert report.failed == {"pytorch-compile": "InductorError: no compiler"}
         assert "InductorError" in markdown and "InductorError" in html
