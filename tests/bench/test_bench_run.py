@@ -53,7 +53,10 @@ def test_classifier_report_covers_every_variant_and_shape(bench_pair, tmp_path):
         entry = data["variants"][name]
         assert entry["status"] == "ok" and entry["peak_rss_bytes"] > 0 and entry["size_bytes"] > 0
         assert entry["cold_start_s"] >= entry["load_s"] > 0
-        assert entry["accuracy"]["samples"] == 12 and 0 <= entry["accuracy"]["macro_f1"] <= 1
+        accuracy, base = entry["accuracy"], data["variants"]["pytorch"]["accuracy"]
+        assert accuracy["samples"] == 12 and accuracy["accuracy"] * 12 == pytest.approx(round(accuracy["accuracy"] * 12))
+        assert accuracy["accuracy_delta_points"] == pytest.approx(100 * (accuracy["accuracy"] - base["accuracy"]))
+        assert (accuracy["macro_f1"] > 0) == (accuracy["accuracy"] > 0) and "predictions" not in accuracy
     assert data["variants"][fp32]["accuracy"]["agreement_with_pytorch"] == 1.0
     assert data["config"]["threads"] == 1 and data["peak"]["fp32"] > 0 and data["peak"]["int8"] > 0
     assert len(data["load_average"]["before"]) == 3 and data["machine"]["cpu"]["model"]

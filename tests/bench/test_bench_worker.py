@@ -26,7 +26,8 @@ def test_classifier_worker_loads_times_scores_and_reports_memory(tiny_model, tmp
         times = [handle.call("classify", cell="cell_2x12", warmup=1)["seconds"] for _ in range(3)]
         assert all(t > 0 for t in times)
         accuracy = handle.call("accuracy")
-        assert accuracy["samples"] == 2 and 0 <= accuracy["accuracy"] <= 1 and len(accuracy["predictions"]) == 2
+        assert accuracy["samples"] == len(accuracy["predictions"]) == 2
+        assert accuracy["accuracy"] == pytest.approx(float(np.mean(np.array(accuracy["predictions"]) == [0, 1])))
         assert handle.call("stats")["peak_rss_bytes"] > 10_000_000
         with pytest.raises(WorkerFailed, match="cell_9x9"):
             handle.call("classify", cell="cell_9x9", warmup=0)

@@ -158,7 +158,9 @@ def test_threads_share_one_predictor(runtime_bundle):
 def test_int8_variant_generates(runtime_bundle):
     predictor = Predictor.load(runtime_bundle("gpt2"), model_file="model_int8.onnx")
     assert predictor.model_file == "model_int8.onnx"
-    assert len(list(predictor.iter_token_ids(predictor.prompt_ids("hi"), max_new_tokens=5))) >= 1
+    tokens = list(predictor.iter_token_ids(predictor.prompt_ids("hi"), max_new_tokens=5, ignore_eos=True))
+    fp32 = Predictor.load(runtime_bundle("gpt2"))
+    assert len(tokens) == 5 and tokens[0] == next(fp32.iter_token_ids(fp32.prompt_ids("hi"), max_new_tokens=1))
 
 
 @pytest.mark.parametrize("settings, flag", [
@@ -227,27 +229,41 @@ def test_stream_yields_before_generation_ends(runtime_bundle, monkeypatch):
     assert rest and len(steps) == 30
 
 
-def test_fp16_variant_feeds_an_fp16_cache(runtime_bundle, tmp_path):
+def _fp16_bundle(source, folder, keep_io_types: bool):
     import shutil
 
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from deployft.exporter.quantize import convert_fp16
     from deployft.manifest import file_table, read_manifest, write_manifest
 
-    bundle = shutil.copytree(runtime_bundle("llama"), tmp_path / "bundle")
-    onnx.save(convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=False),
-              bundle / "model_fp16.onnx")
+    bundle = shutil.copytree(source, folder)
+    if keep_io_types:  # the file `deployft export --quantize fp16` writes
+        convert_fp16(bundle / "model.onnx", bundle / "model_fp16.onnx")
+    else:
+        onnx.save(convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=False),
+                  bundle / "model_fp16.onnx")
     manifest = read_manifest(bundle, "bundle")
     write_manifest(bundle, {**manifest, "files": file_table(bundle)})
+    return bundle
+
+
+@pytest.mark.parametrize("keep_io_types, cache_dtype", [(True, np.float32), (False, np.float16)])
+def test_fp16_decoder_files_decode_like_fp32(runtime_bundle, tmp_path, keep_io_types, cache_dtype):
+    bundle = _fp16_bundle(runtime_bundle("llama"), tmp_path / "bundle", keep_io_types)
     fp16 = Predictor.load(bundle, model_file="model_fp16.onnx")
     fp32 = Predictor.load(bundle)
-    assert fp16.decoder.past_dtype == np.float16
+    assert fp16.decoder.past_dtype == cache_dtype
     ids = fp32.prompt_ids(PROMPTS[0])
-    tokens16 = list(fp16.iter_token_ids(ids, max_new_tokens=6))
-    tokens32 = list(fp32.iter_token_ids(ids, max_new_tokens=6))
-    assert tokens16[0] == tokens32[0] and len(tokens16) == len(tokens32)
-    assert isinstance(fp16.generate(PROMPTS, max_new_tokens=4), list)
+    tokens16 = list(fp16.iter_token_ids(ids, max_new_tokens=6, ignore_eos=True))
+    tokens32 = list(fp32.iter_token_ids(ids, max_new_tokens=6, ignore_eos=True))
+    assert len(tokens16) == len(tokens32) == 6 and tokens16[0] == tokens32[0]
+    logits16 = fp16.forward(*fp16.codec.pad([ids], side="left"))
+    logits32 = fp32.forward(*fp32.codec.pad([ids], side="left"))
+    assert logits16.dtype == np.float32 and np.abs(logits16 - logits32).max() < 0.05 * np.abs(logits32).max()
+    batched = fp16.generate(PROMPTS, max_new_tokens=4)  # left-padded rows through the fp16 cache
+    assert batched == [fp16.generate(p, max_new_tokens=4) for p in PROMPTS]
 
 
 def test_ignore_eos_runs_to_max_new_tokens(runtime_bundle):
