@@ -112,7 +112,8 @@ def _checkpoint_folders(work: Path) -> list[Path]:
     folder = work / "checkpoints"
     if not folder.is_dir():
         return []
-    return [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
+    return [p for p in folder.iterdir()
+            if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
 
 
 def _step(folder: Path) -> int:

@@ -25,7 +25,7 @@ def _kill_when(command: list[str], ready, timeout: float = 240) -> subprocess.Po
     deadline = time.monotonic() + timeout
     try:
         while not ready():
-            assert process.poll() is None, f"exited {process.returncode} before the kill: {process.stderr.read()[-2000:]}"
+            assert process.poll() is None, f"exited before the kill: {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "the kill point never came"
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)

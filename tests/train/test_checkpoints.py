@@ -1,4 +1,4 @@
-"""Checkpoints of a fine-tune: the interval in every mode, a kill mid-write, and what --resume and a fresh start refuse."""
+"""Checkpoints of a fine-tune: the interval in every mode, a kill mid-write, what --resume and a fresh start refuse."""
 
 from __future__ import annotations
 
