@@ -120,6 +120,8 @@ def _seeded_trainer_class():
 
     class SeededTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
+            if not self.args.group_by_length:  # a caller's override (benchmarks/finetune_throughput.py)
+                return super()._get_train_sampler(train_dataset)
             dataset = self.train_dataset if train_dataset is None else train_dataset
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return EpochSeededSampler(seed, self.args.train_batch_size * self.args.gradient_accumulation_steps,

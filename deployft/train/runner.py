@@ -66,9 +66,10 @@ def finetune(config: FinetuneConfig) -> Path:
 
 
 def _settings(config: FinetuneConfig) -> dict[str, Any]:
-    """The settings a resume must repeat: every field but `resume` and `overwrite`, the output made absolute."""
+    """The settings a resume must repeat: every field but `resume`, `overwrite` and `checkpoint_steps` (which
+    changes when checkpoints are written, not what is trained), the output made absolute."""
     record = dataclasses.asdict(config)
-    for transient in ("resume", "overwrite"):
+    for transient in ("resume", "overwrite", "checkpoint_steps"):
         record.pop(transient)
     record["output"] = str(Path(config.output).expanduser().resolve())
     return record

@@ -132,5 +132,5 @@ def test_resume_on_other_data_is_refused(interrupted, tmp_path, classify_csv):
         finetune(FinetuneConfig(**interrupted, resume=True))
     assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
     write_rows(classify_csv, sentiment_rows(240))  # the original data back: the resume goes through
-    run = finetune(FinetuneConfig(**interrupted, resume=True))
+    run = finetune(FinetuneConfig(**{**interrupted, "checkpoint_steps": 1}, resume=True))  # the interval may change
     assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
