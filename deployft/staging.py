@@ -49,12 +49,15 @@ def clean_leftovers(output: str | Path) -> list[Path]:
         match = _NAME.match(path.name)
         if match is None or match["name"] != output.name or _running(int(match["pid"])):
             continue
-        if match["role"] == "old" and not output.exists():
-            os.replace(path, output)
-        elif path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if match["role"] == "old" and not output.exists():
+                os.replace(path, output)
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another process (a DDP rank) cleaning up at the same time got there first
+            continue
         handled.append(path)
     return handled
 
@@ -73,8 +76,14 @@ def _running(pid: int) -> bool:
 
 
 def check_output_free(output: str | Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without `overwrite`."""
+    """Refuse an output path that is a file, or a non-empty folder without `overwrite`.
+
+    Every stage calls it first, so it also removes what killed runs left beside `output` (`clean_leftovers`):
+    a folder put back by that is refused like any other existing output.
+    """
     output = Path(output)
+    if output.parent.is_dir():
+        clean_leftovers(output)
     if output.is_file():
         raise OutputExistsError(f"output {output} is a file; pass a folder path with --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
@@ -93,7 +102,6 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     output = Path(output).resolve()
     check_output_free(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(output)
     staging = temporary_path(output)
     staging.mkdir()
     try:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from deployft import staging
+from deployft.errors import OutputExistsError
 from deployft.staging import atomic_file, atomic_folder, clean_leftovers, temporary_path
 
 
@@ -43,7 +44,8 @@ def test_leftovers_of_a_finished_process_are_removed_and_others_kept(tmp_path):
 def test_an_old_folder_comes_back_when_a_replace_was_cut_between_its_renames(tmp_path):
     out = tmp_path / "run"
     old = _leftover(out, "old", _dead_pid())
-    clean_leftovers(out)
+    with pytest.raises(OutputExistsError, match="--overwrite"), atomic_folder(out):  # back, so not replaced silently
+        pass
     assert (out / "half.bin").read_bytes() == b"half" and not old.exists()
     again = _leftover(out, "old", _dead_pid())  # with the output in place, an old folder is only removed
     clean_leftovers(out)
