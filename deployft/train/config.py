@@ -48,9 +48,10 @@ class FinetuneConfig:
     """Use at most this many examples (drawn with `seed` before the eval split)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides `epochs`; evaluates once at the end)."""
-    checkpoint_steps: int = 200
+    checkpoint_steps: int = 50
     """Write a checkpoint every this many optimizer steps (and at each epoch's end): a killed run loses at most
-    this many steps with `resume`. A checkpoint holds the weights and the optimizer state (two moments per weight)."""
+    this many steps with `resume`. On CPU a checkpoint of either default model costs about a tenth of a step
+    (benchmarks/results/checkpoint_cost_*.md); where steps are much faster than writing, as on a GPU, raise it."""
     output: str | None = None
     """The RUN folder to write; None: runs/<task>."""
     overwrite: bool = False
