@@ -1,9 +1,10 @@
 """Outputs written under a temporary name and moved into place whole: folders (RUN, BUNDLE, REPORT) and files.
 
-Temporary names are `.<name>.deployft-staging-<pid>-<hex>` (being written) and `.<name>.deployft-old-<pid>-<hex>`
-(a replaced folder on its way out). The random part keeps two runs into one output apart; the pid says whose a
-name is. A kill -9 runs no cleanup, so the next run of the stage removes the names whose process is gone
-(`clean_leftovers`) and leaves those of a process still running alone.
+Temporary names are `.<name>.deployft-staging-<host>-<pid>-<hex>` (being written) and `.<name>.deployft-old-...`
+(a replaced folder on its way out). The random part keeps two runs into one output apart; host (a short hash of
+the host name) and pid say whose a name is. A kill -9 runs no cleanup, so the next run of the stage removes the
+names of this host whose process is gone (`clean_leftovers`); those of a running process, or of another machine
+sharing the filesystem, are left alone.
 
 Replacing a folder swaps the two in one step where the system can (Linux `renameat2(RENAME_EXCHANGE)`), so the
 output path never stops naming a complete folder; elsewhere the old folder is renamed aside and the new one in,
@@ -16,9 +17,11 @@ import contextlib
 import ctypes
 import errno
 import glob
+import hashlib
 import os
 import re
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -28,13 +31,14 @@ from .errors import OutputExistsError
 
 __all__ = ["atomic_file", "atomic_folder", "check_output_free", "clean_leftovers", "temporary_path"]
 
-_NAME = re.compile(r"^\.(?P<name>.+)\.deployft-(?P<role>staging|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_NAME = re.compile(r"^\.(?P<name>.+)\.deployft-(?P<role>staging|old)-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}$")
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def temporary_path(output: Path, role: str = "staging") -> Path:
     """A fresh sibling name for `output`, owned by this process (`role`: `staging` or `old`)."""
-    return output.parent / f".{output.name}.deployft-{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return output.parent / f".{output.name}.deployft-{role}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def clean_leftovers(output: str | Path) -> list[Path]:
@@ -47,7 +51,7 @@ def clean_leftovers(output: str | Path) -> list[Path]:
     handled = []
     for path in sorted(output.parent.glob(f".{glob.escape(output.name)}.deployft-*")):
         match = _NAME.match(path.name)
-        if match is None or match["name"] != output.name or _running(int(match["pid"])):
+        if match is None or match["name"] != output.name or match["host"] != _HOST or _running(int(match["pid"])):
             continue
         try:
             if match["role"] == "old" and not output.exists():

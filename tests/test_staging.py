@@ -19,8 +19,8 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
-def _leftover(output, role: str, pid: int, folder: bool = True):
-    path = output.parent / f".{output.name}.deployft-{role}-{pid}-{'0123abcd' if folder else '4567ef89'}"
+def _leftover(output, role: str, pid: int, folder: bool = True, host: str = staging._HOST):
+    path = output.parent / f".{output.name}.deployft-{role}-{host}-{pid}-{'0123abcd' if folder else '4567ef89'}"
     if folder:
         path.mkdir()
         (path / "half.bin").write_bytes(b"half")
@@ -34,7 +34,8 @@ def test_leftovers_of_a_finished_process_are_removed_and_others_kept(tmp_path):
     dead, alive = _dead_pid(), os.getppid()
     removed = [_leftover(out, "staging", dead), _leftover(out, "staging", dead, folder=False)]
     kept = [_leftover(out, "staging", alive), _leftover(out, "staging", os.getpid()),
-            _leftover(tmp_path / "other", "staging", dead)]
+            _leftover(tmp_path / "other", "staging", dead),
+            _leftover(out, "old", dead, host="abcdef" if staging._HOST != "abcdef" else "fedcba")]  # another machine
     (tmp_path / ".bundle.tmp-0123abcd").mkdir()  # not a name deployft writes: never touched
     assert sorted(clean_leftovers(out)) == sorted(removed)
     assert not any(p.exists() for p in removed) and all(p.exists() for p in kept)
