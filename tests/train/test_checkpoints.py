@@ -67,11 +67,16 @@ def test_a_checkpoint_every_interval_in_every_mode(tmp_path, tiny_model, classif
     assert steps == expected
 
 
-def test_kill_during_a_checkpoint_write_resumes_to_the_same_weights(tmp_path, tiny_model, classify_csv):
+@pytest.mark.parametrize("arch, task, data, shape", [  # 7 steps an epoch: the kill at step 12 is mid-epoch 2
+    ("bert", "classify", "classify_csv", {"batch_size": 32, "max_length": 32}),  # 216 training rows
+    ("llama", "generate", "qa_jsonl", {"batch_size": 16, "max_length": 64}),  # 108 training rows
+])
+def test_kill_during_a_checkpoint_write_resumes_to_the_same_weights(request, tmp_path, tiny_model, arch, task,
+                                                                   data, shape):
     import torch
 
-    settings = {"model": str(tiny_model("bert")), "data": str(classify_csv), "max_steps": 21, "checkpoint_steps": 3,
-                "batch_size": 32, "max_length": 32, "lr": 2e-3, "seed": 3}
+    settings = {"task": task, "model": str(tiny_model(arch)), "data": str(request.getfixturevalue(data)),
+                "max_steps": 21, "checkpoint_steps": 3, "lr": 2e-3, "seed": 3, **shape}
     uninterrupted = _weights(finetune(FinetuneConfig(**settings, output=str(tmp_path / "straight"))))
     killed = {**settings, "output": str(tmp_path / "run")}
     done = subprocess.run([sys.executable, "-c", KILL_DURING_A_CHECKPOINT_WRITE, json.dumps(killed), "12"],
