@@ -1,7 +1,8 @@
 """The work folder of a fine-tune: its checkpoints, which of them are complete, and what a resume must match.
 
     .<output name>.work/
-        state.json                   the settings (FinetuneConfig less resume/overwrite) and the data fingerprint
+        state.json                   the settings (FinetuneConfig less resume, overwrite, checkpoint_steps) and
+                                     the data fingerprint
         checkpoints/checkpoint-N/    Trainer checkpoints, every `checkpoint_steps` steps and at each epoch's end;
                                      complete once deployft's marker `deployft-checkpoint.json` is in it
 
