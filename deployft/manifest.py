@@ -1,7 +1,8 @@
-"""`deployft.json`, the manifest every RUN and BUNDLE folder carries, and the atomic folder writer.
+"""`deployft.json`, the manifest every RUN and BUNDLE folder carries.
 
 A folder is the contract between stages: a stage reads the previous folder and its manifest, never
 the previous stage's Python objects. This module must stay importable without torch (the runtime uses it).
+The folders are written with `atomic_folder` (`deployft.staging`), re-exported here beside the manifest.
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, DeployftError, ModelError, OutputExistsError
+from .errors import BundleError, DeployftError, ModelError
+from .staging import atomic_folder, check_output_free  # noqa: F401  (the stages import them from here)
 
 MANIFEST_NAME = "deployft.json"
 FORMAT_VERSION = 1
@@ -111,40 +109,3 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     if manifest.get("kind") != kind:
         raise error(f"{folder} is a {str(manifest.get('kind')).upper()} folder, not a {kind.upper()} folder")
     return manifest
-
-
-@contextlib.contextmanager
-def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to `output` only when the block finishes.
-
-    A crash or an error inside the block removes the temporary folder, so no half-written folder
-    ever sits under the final name. An existing non-empty `output` is refused unless `overwrite`,
-    and is replaced only after the new folder is complete.
-    """
-    output = Path(output).resolve()
-    check_output_free(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output.exists():
-        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(output, trash)
-        os.replace(staging, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, output)
-
-
-def check_output_free(output: str | Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without `overwrite`."""
-    output = Path(output)
-    if output.is_file():
-        raise OutputExistsError(f"output {output} is a file; pass a folder path with --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {output} exists and is not empty; "
-                                "pass --overwrite to replace it or choose another --output")

@@ -36,6 +36,8 @@ from .options import shown
               help="Seed for split, sampling and training.")
 @click.option("--max-samples", type=int, default=None, help="Use at most this many examples.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--checkpoint-steps", type=int, default=None, show_default=shown(FinetuneConfig, "checkpoint_steps"),
+              help="Checkpoint every this many steps (and each epoch's end); --resume loses at most this many.")
 @click.option("--lora", is_flag=True, default=None, help="Train LoRA adapters (generate), merged before saving.")
 @click.option("--lora-r", type=int, default=None, show_default=shown(FinetuneConfig, "lora_r"), help="LoRA rank.")
 @click.option("--lora-alpha", type=int, default=None, show_default=shown(FinetuneConfig, "lora_alpha"),
@@ -43,8 +45,10 @@ from .options import shown
 @click.option("--lora-dropout", type=float, default=None, show_default=shown(FinetuneConfig, "lora_dropout"),
               help="Dropout on the LoRA branch.")
 @click.option("--output", "-o", default=None, show_default="runs/<task>", help="RUN folder to write.")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing non-empty output folder.")
-@click.option("--resume", is_flag=True, default=None, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Replace an existing non-empty output folder and delete an interrupted run's checkpoints.")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue an interrupted run from its last complete checkpoint (same flags and data).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/TOML/JSON file with these options (flags override it).")
 def finetune(config_file: str | None, **flags) -> None:

@@ -15,10 +15,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 from ..errors import MissingDependencyError, ModelError
+from ..staging import clean_leftovers, temporary_path
 
 __all__ = ["cache_dir", "default_data", "default_model", "GGUF_FILE"]
 
@@ -115,8 +115,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(target)  # a conversion killed earlier
+    staging = temporary_path(target)
+    staging.mkdir()
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

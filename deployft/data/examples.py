@@ -110,7 +110,7 @@ def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_
         train = _sample(pool, rng, max_samples)
         evals = _sample(_clean(eval_raw, columns, eval_path), rng, max_samples)
     labels = None if get_task(task).generates else _labels(train, evals, columns, train_path, eval_src)
-    record = _record(train_src, eval_src, len(train), len(evals), eval_fraction, seed, max_samples)
+    record = _record(train_src, eval_src, columns, len(train), len(evals), eval_fraction, seed, max_samples)
     return Examples(train=train, eval=evals, columns=columns, labels=labels, record=record)
 
 
@@ -193,8 +193,11 @@ def _labels(train: list[dict], evals: list[dict], columns: dict, path: Path, eva
     return labels
 
 
-def _record(train_src: dict, eval_src: dict | None, n_train: int, n_eval: int, eval_fraction: float,
-            seed: int, max_samples: int | None) -> dict[str, Any]:
+def _record(train_src: dict, eval_src: dict | None, columns: dict[str, str], n_train: int, n_eval: int,
+            eval_fraction: float, seed: int, max_samples: int | None) -> dict[str, Any]:
+    """The `data` field of a RUN. Its `fingerprint` is the sha256 of the files' sha256, the column mapping and
+    the split settings: what decides the rows a run trains on, cheap to recompute (the files are hashed anyway);
+    a file saved again with the same rows counts as other data."""
     def describe(src: dict, rows: int) -> dict[str, Any]:
         path = Path(src["path"])
         return {"path": str(path), "format": src["format"], "sha256": src.get("sha256") or fingerprint(path, src["format"]),
@@ -203,5 +206,5 @@ def _record(train_src: dict, eval_src: dict | None, n_train: int, n_eval: int, e
     train = describe(train_src, n_train)
     evals = describe(eval_src, n_eval) if eval_src is not None else None
     settings = {"eval_fraction": None if eval_src else eval_fraction, "seed": seed, "max_samples": max_samples}
-    blob = json.dumps([train["sha256"], evals and evals["sha256"], settings], sort_keys=True)
+    blob = json.dumps([train["sha256"], evals and evals["sha256"], columns, settings], sort_keys=True)
     return {"train": train, "eval": evals, **settings, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}

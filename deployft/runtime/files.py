@@ -1,7 +1,8 @@
 """Predict over a JSONL or CSV file in bounded memory: read a chunk, predict it, append it to a JSONL file.
 
-The output is written under a temporary name and renamed when complete, so an interrupted run never
-leaves a file that looks finished.
+The output is written under a temporary name of this run's own and renamed when complete
+(`deployft.staging.atomic_file`), so an interrupted run never leaves a file that looks finished, two runs into
+one output do not write the same file, and a temporary file left by a kill is removed by the next run.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import DataError
+from ..staging import atomic_file
 from .predictor import Predictor
 from .sampling import GenerationOptions
 from ..tasks import get_task
@@ -77,22 +78,16 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
 
     input_path, output_path = Path(input_path), Path(output_path)
     texts = read_texts(input_path, column, predictor.task)
-    staging = output_path.with_name(f".{output_path.name}.tmp")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     chunk = list(itertools.islice(texts, batch_size))  # a wrong column fails here, before any progress bar
     written = 0
-    try:
-        with open(staging, "w", encoding="utf-8") as out, \
-                tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:
-            while chunk:
-                for record in _records(predictor, chunk, batch_size, options):
-                    out.write(json.dumps({"id": written, **record}, ensure_ascii=False) + "\n")
-                    written += 1
-                bar.update(len(chunk))
-                chunk = list(itertools.islice(texts, batch_size))
-        os.replace(staging, output_path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic_file(output_path) as staging, open(staging, "w", encoding="utf-8") as out, \
+            tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:
+        while chunk:
+            for record in _records(predictor, chunk, batch_size, options):
+                out.write(json.dumps({"id": written, **record}, ensure_ascii=False) + "\n")
+                written += 1
+            bar.update(len(chunk))
+            chunk = list(itertools.islice(texts, batch_size))
     return written
 
 

@@ -48,12 +48,16 @@ class FinetuneConfig:
     """Use at most this many examples (drawn with `seed` before the eval split)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides `epochs`; evaluates once at the end)."""
+    checkpoint_steps: int = 50
+    """Write a checkpoint every this many optimizer steps (and at each epoch's end): a killed run loses at most
+    this many steps with `resume`. On CPU a checkpoint of either default model costs about a tenth of a step
+    (benchmarks/results/checkpoint_cost_*.md); where steps are much faster than writing, as on a GPU, raise it."""
     output: str | None = None
     """The RUN folder to write; None: runs/<task>."""
     overwrite: bool = False
-    """Replace an existing non-empty output folder."""
+    """Replace an existing non-empty output folder, and delete the checkpoints of an interrupted run into it."""
     resume: bool = False
-    """Continue from the latest checkpoint of an interrupted run with the same output."""
+    """Continue from the latest complete checkpoint of an interrupted run with the same settings and data."""
     lora: bool = False
     """Train LoRA adapters (generate only), merged into the weights before saving."""
     lora_r: int = 8
@@ -71,7 +75,8 @@ class FinetuneConfig:
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--lr": self.lr,
-                    "--max-samples": self.max_samples, "--max-steps": self.max_steps, "--lora-r": self.lora_r}
+                    "--max-samples": self.max_samples, "--max-steps": self.max_steps, "--lora-r": self.lora_r,
+                    "--checkpoint-steps": self.checkpoint_steps}
         for flag, value in positive.items():
             if value is not None and not value > 0:
                 raise UsageError(f"{flag} must be positive, got {value}")

@@ -56,7 +56,8 @@ def prepare(config, task) -> Job:
 
 
 def training_arguments(config, task, checkpoints: Path, **overrides: Any):
-    """Trainer arguments: dynamic padding and length grouping, eval and save each epoch, best kept."""
+    """Trainer arguments: dynamic padding and length grouping, eval and save each epoch (or once at
+    `max_steps`), best kept; the saves every `checkpoint_steps` come from `checkpoints.checkpoint_callback`."""
     import torch
     from transformers import TrainingArguments
 
@@ -84,16 +85,49 @@ def build_trainer(config, task, job: Job, checkpoints: Path, **overrides: Any):
     """A transformers Trainer over the job's features with the task's collator and metrics."""
     import warnings
 
-    from transformers import Trainer
+    from .checkpoints import checkpoint_callback
 
     # Trainer warns on every checkpoint rotation on filesystems with coarse mtimes; its fallback is fine.
     warnings.filterwarnings("ignore", message="mtime may not be reliable")
-    return Trainer(
+    return _seeded_trainer_class()(
         model=job.model, args=training_arguments(config, task, checkpoints, **overrides),
         train_dataset=job.train_features, eval_dataset=job.eval_features,
         data_collator=task.build_collator(job.tokenizer), processing_class=job.tokenizer,
-        compute_metrics=task.compute_metrics(),
+        compute_metrics=task.compute_metrics(), callbacks=[checkpoint_callback(config.checkpoint_steps)],
     )
+
+
+def _seeded_trainer_class():
+    """Trainer whose batch order is a function of the seed and the epoch alone.
+
+    Trainer draws each epoch's length-grouped order from torch's global generator, so a run resumed in the
+    middle of a later epoch draws it from another state and trains on other batches than the run it continues.
+    A generator seeded with `data_seed + epoch` at each epoch (accelerate calls `set_epoch`) gives a resumed
+    run the order the uninterrupted one had, and every DDP rank the same order.
+    """
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededSampler(LengthGroupedSampler):
+        def __init__(self, seed: int, *args: Any, **kwargs: Any):
+            super().__init__(*args, generator=torch.Generator(), **kwargs)
+            self.seed = seed
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator.manual_seed(self.seed + epoch)
+
+    class SeededTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.args.group_by_length:  # a caller's override (benchmarks/finetune_throughput.py)
+                return super()._get_train_sampler(train_dataset)
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededSampler(seed, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                      dataset=dataset, model_input_name=self.processing_class.model_input_names[0])
+
+    return SeededTrainer
 
 
 def final_metrics(trainer, task) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """`finetune(FinetuneConfig) -> Path`: fine-tune a classifier or a generator with transformers' Trainer.
 
 Dynamic padding, length-grouped batches, evaluation every epoch, the best checkpoint kept, and a RUN
-folder (docs/folders.md) written atomically. Checkpoints live in a work folder beside the output
-(`.<name>.work/`) so `resume=True` continues a killed run; it is removed once the RUN is complete.
+folder (docs/folders.md) written atomically. Checkpoints (every `checkpoint_steps` steps and each epoch's end)
+live in a work folder beside the output (`.<name>.work/`, see `checkpoints.py`) so `resume=True` continues a
+killed run on the same settings and data; it is removed once the RUN is complete. A fresh start refuses to
+delete the checkpoints of an interrupted run unless `overwrite=True`.
 Under `torchrun` / `accelerate launch` the same code trains with DDP and rank 0 writes the RUN.
 """
 
@@ -11,14 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..manifest import read_json
 from ..tasks import get_task
 from .config import FinetuneConfig
 
@@ -34,21 +33,29 @@ def finetune(config: FinetuneConfig) -> Path:
         The RUN folder (absolute).
 
     Raises:
-        DataError, ModelError, OutputExistsError, UsageError: bad input (nothing is written).
+        DataError, ModelError, OutputExistsError, UsageError: bad input (nothing is written), a resume on
+            other settings or data, a fresh start over an interrupted run's checkpoints without `overwrite`.
         MissingDependencyError: a default model or data package is not installed.
     """
     from ..manifest import check_output_free
+    from . import checkpoints
 
     task = get_task(config.task)
     output = Path(config.output).expanduser().resolve()
     check_output_free(output, config.overwrite)
-    work = output.parent / f".{output.name}.work"
-    checkpoint = _find_checkpoint(work, config) if config.resume else None
+    work = checkpoints.work_folder(output)
+    settings = _settings(config)
+    checkpoint = checkpoints.resume_point(work, settings) if config.resume else None
+    if checkpoint is None and not config.overwrite:
+        checkpoints.refuse_to_discard(work, output)
     from . import engine
 
     job = engine.prepare(config, task)
+    fingerprint = job.examples.record["fingerprint"]
     if checkpoint is None:
-        _start_work(work, config)
+        checkpoints.start(work, settings, fingerprint)
+    else:
+        checkpoints.check_same_data(work, fingerprint, job.examples.record)
     trainer = engine.build_trainer(config, task, job, work / "checkpoints")
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = engine.final_metrics(trainer, task)
@@ -58,38 +65,14 @@ def finetune(config: FinetuneConfig) -> Path:
     return output
 
 
-def _config_record(config: FinetuneConfig) -> dict[str, Any]:
+def _settings(config: FinetuneConfig) -> dict[str, Any]:
+    """The settings a resume must repeat: every field but `resume`, `overwrite` and `checkpoint_steps` (which
+    changes when checkpoints are written, not what is trained), the output made absolute."""
     record = dataclasses.asdict(config)
-    for transient in ("resume", "overwrite"):
+    for transient in ("resume", "overwrite", "checkpoint_steps"):
         record.pop(transient)
     record["output"] = str(Path(config.output).expanduser().resolve())
     return record
-
-
-def _find_checkpoint(work: Path, config: FinetuneConfig) -> str:
-    """The latest checkpoint of an interrupted run with the same settings."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    saved = work / "config.json"
-    last = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
-    if last is None or not saved.is_file():
-        raise UsageError(f"--resume found no checkpoint in {work}; run again without --resume")
-    if read_json(saved, UsageError) != _config_record(config):
-        raise UsageError(f"--resume needs the same settings as the interrupted run (see {saved}); "
-                         "repeat its flags or run without --resume")
-    return last
-
-
-def _start_work(work: Path, config: FinetuneConfig) -> None:
-    """A fresh work folder for checkpoints (a stale one from an earlier crash is cleared)."""
-    if _is_main_process():
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        (work / "config.json").write_text(json.dumps(_config_record(config), indent=2), encoding="utf-8")
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_run(output: Path, config: FinetuneConfig, job, trainer, metrics: dict[str, float]) -> None:

@@ -33,7 +33,8 @@ def test_help_lists_every_flag():
     assert result.exit_code == 0
     for flag in ("--task", "--model", "--data", "--eval-data", "--eval-fraction", "--text-column", "--label-column",
                  "--prompt-column", "--response-column", "--max-length", "--epochs", "--batch-size", "--lr",
-                 "--seed", "--max-samples", "--output", "--overwrite", "--resume", "--config", "--lora", "--encoding"):
+                 "--seed", "--max-samples", "--output", "--overwrite", "--resume", "--config", "--lora", "--encoding",
+                 "--checkpoint-steps"):
         assert flag in result.output, flag
 
 
@@ -148,9 +149,38 @@ def test_missing_default_package(tmp_path, monkeypatch, task, module, package):
 @pytest.mark.parametrize("args, fragment", [
     (["--task", "classify", "--lora"], "--task generate only"),
     (["--epochs", "-1"], "--epochs must be positive"),
+    (["--checkpoint-steps", "0"], "--checkpoint-steps must be positive"),
     (["--resume"], "--resume found no checkpoint"),
 ])
 def test_bad_flags(tmp_path, tiny_model, classify_csv, args, fragment):
     result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv),
                      "--output", str(tmp_path / "run"), *args)
     _one_error_line(result, fragment)
+
+
+def test_checkpoint_steps_default_comes_from_the_config():
+    from deployft.train import FinetuneConfig
+
+    result = _invoke("--help")
+    assert f"[default: ({FinetuneConfig.checkpoint_steps})]" in " ".join(result.output.split())
+
+
+def test_a_fresh_run_over_an_interrupted_one_names_resume_and_overwrite(tmp_path, tiny_model, classify_csv,
+                                                                      monkeypatch):
+    import transformers
+
+    from deployft.train import engine
+
+    class PowerCut(transformers.TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt  # what Ctrl-C does mid-run: the checkpoint is complete, the run is not
+
+    build = engine.build_trainer
+    monkeypatch.setattr(engine, "build_trainer", lambda *a, **k: (t := build(*a, **k)).add_callback(PowerCut()) or t)
+    args = ["--model", str(tiny_model("bert")), "--data", str(classify_csv), "--output", str(tmp_path / "run"),
+            "--checkpoint-steps", "2", *FAST]
+    assert _invoke(*args).exit_code != 0 and not (tmp_path / "run").exists()
+    monkeypatch.setattr(engine, "build_trainer", build)
+    _one_error_line(_invoke(*args), "checkpoints of an interrupted run", "checkpoint-2", "--resume", "--overwrite")
+    result = _invoke(*args, "--resume")
+    assert result.exit_code == 0 and "RUN written to" in result.output, result.output

@@ -80,7 +80,7 @@ def test_input_file_to_jsonl(runtime_bundle, tmp_path, suffix):
     expected = Predictor.load(bundle).predict([r["text"] for r in rows])
     assert [r["id"] for r in records] == list(range(70))
     assert [(r["text"], r["label"]) for r in records] == [(row["text"], p.label) for row, p in zip(rows, expected)]
-    assert not list(output.parent.glob(".*tmp"))
+    assert not list(output.parent.glob(".*deployft-*"))
 
 
 def test_input_file_for_a_generator(runtime_bundle, tmp_path):

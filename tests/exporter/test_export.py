@@ -20,7 +20,7 @@ def _export(run, tmp_path, **flags):
 
 
 def _no_bundle(tmp_path):
-    return not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.tmp-*"))
+    return not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.deployft-*"))
 
 
 @pytest.mark.parametrize("mode", ["none", "int8", "int8-static"])

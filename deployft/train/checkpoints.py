@@ -1,0 +1,132 @@
+"""The work folder of a fine-tune: its checkpoints, which of them are complete, and what a resume must match.
+
+    .<output name>.work/
+        state.json                   the settings (FinetuneConfig less resume, overwrite, checkpoint_steps) and
+                                     the data fingerprint
+        checkpoints/checkpoint-N/    Trainer checkpoints, every `checkpoint_steps` steps and at each epoch's end;
+                                     complete once deployft's marker `deployft-checkpoint.json` is in it
+
+Trainer writes a checkpoint's files one by one into its final folder, so a kill in the middle of a write leaves
+a folder that looks like a checkpoint. The marker is written (atomically) after Trainer's last file, from the
+`on_save` callback; a resume starts from the newest checkpoint with a marker and deletes those without.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, OutputExistsError, UsageError
+from ..manifest import read_json
+
+MARKER = "deployft-checkpoint.json"
+_PREFIX = "checkpoint-"
+
+
+def work_folder(output: Path) -> Path:
+    """Where the checkpoints of a fine-tune into `output` live: a hidden sibling, removed once the RUN is written."""
+    return output.parent / f".{output.name}.work"
+
+
+def complete_checkpoints(work: Path) -> list[Path]:
+    """The checkpoints in `work` that hold a marker, oldest first."""
+    return sorted((p for p in _checkpoint_folders(work) if (p / MARKER).is_file()), key=_step)
+
+
+def refuse_to_discard(work: Path, output: Path) -> None:
+    """Refuse to start afresh over the checkpoints of an interrupted run (a fresh start deletes them)."""
+    done = complete_checkpoints(work)
+    if done:
+        raise OutputExistsError(f"{work} holds checkpoints of an interrupted run into {output} (the last one: "
+                                f"{done[-1].name}); pass --resume to continue it, or --overwrite to delete them "
+                                "and start again")
+
+
+def resume_point(work: Path, settings: dict[str, Any]) -> str:
+    """The newest complete checkpoint of an interrupted run with the same `settings`; incomplete ones are deleted.
+
+    Raises:
+        UsageError: no complete checkpoint, or other settings than the interrupted run's.
+    """
+    done = complete_checkpoints(work)
+    state = read_json(work / "state.json", UsageError)
+    if not done or "settings" not in state:
+        raise UsageError(f"--resume found no checkpoint in {work}; run again without --resume")
+    if state["settings"] != settings:
+        changed = sorted(k for k in settings.keys() | state["settings"].keys()
+                         if settings.get(k) != state["settings"].get(k))
+        raise UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); "
+                         f"these differ: {', '.join(changed)}; repeat its flags or run without --resume")
+    if _is_main_process():
+        for folder in set(_checkpoint_folders(work)) - set(done):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(done[-1])
+
+
+def check_same_data(work: Path, fingerprint: str, record: dict[str, Any]) -> None:
+    """Refuse a resume on other data than the interrupted run trained on.
+
+    Raises:
+        DataError: the data fingerprint differs from the one recorded when the run started.
+    """
+    recorded = read_json(work / "state.json", UsageError).get("data_fingerprint")
+    if recorded != fingerprint:
+        files = " and ".join(str(source["path"]) for source in (record.get("train"), record.get("eval")) if source)
+        raise DataError(f"--resume: the data in {files} is not what the interrupted run trained on (data "
+                        f"fingerprint {str(recorded)[:12]} in {work / 'state.json'}, now {fingerprint[:12]}); "
+                        "restore that data, or run without --resume and with --overwrite to start again on this data")
+
+
+def start(work: Path, settings: dict[str, Any], fingerprint: str) -> None:
+    """A fresh work folder (an earlier one is deleted) recording what a resume must match."""
+    if _is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        _write_json(work / "state.json", {"settings": settings, "data_fingerprint": fingerprint})
+
+
+def checkpoint_callback(every: int):
+    """A Trainer callback: a checkpoint every `every` optimizer steps, and the marker once one is complete."""
+    from transformers import TrainerCallback
+
+    class Checkpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            # an epoch's last step is saved by the epoch-end checkpoint: saving it twice would rewrite a complete one
+            epoch_end = args.save_strategy == "epoch" and float(state.epoch or 0).is_integer()
+            if state.global_step % every == 0 and not epoch_end:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"{_PREFIX}{state.global_step}"
+                _write_json(folder / MARKER, {"global_step": state.global_step})
+            return control
+
+    return Checkpoints()
+
+
+def _checkpoint_folders(work: Path) -> list[Path]:
+    folder = work / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir()
+            if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
+
+
+def _step(folder: Path) -> int:
+    return int(folder.name[len(_PREFIX):])
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    """Write `path` whole or not at all: a kill mid-write leaves only a temporary file beside it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

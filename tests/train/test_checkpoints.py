@@ -1,0 +1,141 @@
+"""Checkpoints of a fine-tune: the interval in every mode, a kill mid-write, what --resume and a fresh start refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import sentiment_rows, write_rows
+
+from deployft.errors import DataError, OutputExistsError
+from deployft.train import FinetuneConfig, engine, finetune
+from deployft.train.checkpoints import MARKER
+
+KILL_DURING_A_CHECKPOINT_WRITE = """
+import json, os, signal, sys
+import transformers
+from deployft.train import FinetuneConfig, finetune
+
+kill_at = int(sys.argv[2])
+save = transformers.Trainer._save_optimizer_and_scheduler
+
+def save_or_die(self, output_dir):  # the weights of this checkpoint are written, its optimizer state half
+    if self.state.global_step == kill_at:
+        with open(os.path.join(output_dir, "optimizer.pt"), "wb") as handle:
+            handle.write(b"the first bytes of an optimizer state")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, output_dir)
+
+transformers.Trainer._save_optimizer_and_scheduler = save_or_die
+finetune(FinetuneConfig(**json.loads(sys.argv[1])))
+"""
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _saved_steps(monkeypatch) -> list[int]:
+    import transformers
+
+    steps: list[int] = []
+    save = transformers.Trainer._save_checkpoint
+
+    def record(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", record)
+    return steps
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ({"max_steps": 5}, [2, 4, 5]),  # was: only at the end
+    ({"epochs": 1}, [2, 4, 6, 7]),  # 216 rows / 32 = 7 steps: the epoch's end is saved once, not twice
+])
+def test_a_checkpoint_every_interval_in_every_mode(tmp_path, tiny_model, classify_csv, monkeypatch, schedule,
+                                                   expected):
+    steps = _saved_steps(monkeypatch)
+    finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv), output=str(tmp_path / "run"),
+                            batch_size=32, max_length=32, checkpoint_steps=2, **schedule))
+    assert steps == expected
+
+
+@pytest.mark.parametrize("arch, task, data, shape", [  # 7 steps an epoch: the kill at step 12 is mid-epoch 2
+    ("bert", "classify", "classify_csv", {"batch_size": 32, "max_length": 32}),  # 216 training rows
+    ("llama", "generate", "qa_jsonl", {"batch_size": 16, "max_length": 64}),  # 108 training rows
+])
+def test_kill_during_a_checkpoint_write_resumes_to_the_same_weights(request, tmp_path, tiny_model, arch, task,
+                                                                   data, shape):
+    import torch
+
+    settings = {"task": task, "model": str(tiny_model(arch)), "data": str(request.getfixturevalue(data)),
+                "max_steps": 21, "checkpoint_steps": 3, "lr": 2e-3, "seed": 3, **shape}
+    uninterrupted = _weights(finetune(FinetuneConfig(**settings, output=str(tmp_path / "straight"))))
+    killed = {**settings, "output": str(tmp_path / "run")}
+    done = subprocess.run([sys.executable, "-c", KILL_DURING_A_CHECKPOINT_WRITE, json.dumps(killed), "12"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    checkpoints = tmp_path / ".run.work" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-6", "checkpoint-9"]
+    assert not (checkpoints / "checkpoint-12" / MARKER).exists() and (checkpoints / "checkpoint-9" / MARKER).exists()
+    at_kill = _weights(checkpoints / "checkpoint-9")
+    assert not (tmp_path / "run").exists()
+
+    run = finetune(FinetuneConfig(**killed, resume=True))  # from checkpoint-9: the half-written 12 is dropped
+    resumed = _weights(run)
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 21
+    assert all(torch.allclose(resumed[k], uninterrupted[k], rtol=0, atol=1e-6) for k in uninterrupted)
+    assert not all(torch.allclose(at_kill[k], uninterrupted[k]) for k in uninterrupted)  # steps 10-21 did count
+    assert not (tmp_path / ".run.work").exists()
+
+
+@pytest.fixture
+def interrupted(tmp_path, tiny_model, classify_csv, monkeypatch):
+    """The settings of a run cut off right after its first checkpoint (step 2), its work folder left behind."""
+    import transformers
+
+    class PowerCut(transformers.TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise RuntimeError("power cut")
+
+    build = engine.build_trainer
+
+    def build_and_cut(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(PowerCut())
+        return trainer
+
+    settings = {"model": str(tiny_model("bert")), "data": str(classify_csv), "output": str(tmp_path / "run"),
+                "max_steps": 4, "checkpoint_steps": 2, "batch_size": 32, "max_length": 32}
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "build_trainer", build_and_cut)
+        with pytest.raises(RuntimeError, match="power cut"):
+            finetune(FinetuneConfig(**settings))
+    assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
+    return settings
+
+
+def test_a_fresh_start_refuses_to_delete_an_interrupted_runs_checkpoints(interrupted, tmp_path):
+    with pytest.raises(OutputExistsError, match=r"checkpoint-2\); pass --resume to continue it, or --overwrite"):
+        finetune(FinetuneConfig(**interrupted))
+    assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
+    run = finetune(FinetuneConfig(**interrupted, overwrite=True))
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
+
+
+def test_resume_on_other_data_is_refused(interrupted, tmp_path, classify_csv):
+    write_rows(classify_csv, sentiment_rows(240, seed=1))  # same path and flags, other rows
+    with pytest.raises(DataError, match=r"--resume: the data in .*reviews.csv is not what the interrupted run "
+                                        r"trained on .* or run without --resume and with --overwrite"):
+        finetune(FinetuneConfig(**interrupted, resume=True))
+    assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
+    write_rows(classify_csv, sentiment_rows(240))  # the original data back: the resume goes through
+    run = finetune(FinetuneConfig(**{**interrupted, "checkpoint_steps": 1}, resume=True))  # the interval may change
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
