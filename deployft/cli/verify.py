@@ -19,7 +19,7 @@ def verify(bundle: str, public_key: str | None) -> None:
     deployft verify bundles/clf
     deployft verify bundles/clf --public-key sign.pub.pem
     """
-    from ..runtime.integrity import verify_bundle
+    from ..runtime import verify_bundle
 
     result = verify_bundle(bundle, public_key)
     for name in result.unlisted:

@@ -27,6 +27,8 @@ RUNTIME_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
 """Files beside the model that the runtime reads (tokenizer, special ids, positions, chat template)."""
 
 REEXPORT = "re-export the bundle with deployft export"
+FIRST_CHECKED_FORMAT = 2
+"""The first manifest format with `manifest_sha256`: older bundles cannot be verified and are refused."""
 
 
 @dataclass
@@ -48,7 +50,7 @@ def _fix(folder: Path) -> str:
 def check_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, dict]:
     """Refuse a manifest from before file checks, or one whose digest does not match; return its file table."""
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 2 or DIGEST_KEY not in manifest:
+    if not isinstance(version, int) or version < FIRST_CHECKED_FORMAT or DIGEST_KEY not in manifest:
         raise BundleError(f"{folder}/{MANIFEST_NAME} has format version {version}, written before deployft checked "
                           f"bundle files, so it cannot be verified and is not loaded; {REEXPORT}")
     if manifest[DIGEST_KEY] != manifest_digest(manifest):
