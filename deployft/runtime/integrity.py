@@ -96,16 +96,13 @@ def check_file(folder: Path, files: dict[str, dict], name: str, what: str = "fil
     return path
 
 
-def _check_runtime_files(folder: Path, files: dict[str, dict]) -> list[str]:
-    checked = []
+def _check_runtime_files(folder: Path, files: dict[str, dict]) -> None:
     for name in RUNTIME_FILES:
         if name in files:
             check_file(folder, files, name)
-            checked.append(name)
         elif (folder / name).exists():
             raise BundleError(f"{folder / name} is not listed in {MANIFEST_NAME}, yet the runtime would read it "
                               f"(added after export?); remove it or {REEXPORT}")
-    return checked
 
 
 def _model_names(folder: Path, manifest: dict[str, Any], files: dict[str, dict], name: str) -> list[str]:
@@ -113,8 +110,9 @@ def _model_names(folder: Path, manifest: dict[str, Any], files: dict[str, dict],
     inside(folder, name, "model file")
     if name not in files:
         listed = ", ".join(sorted(f for f in files if f.endswith(".onnx")))
-        where = "not found in" if not (folder / name).exists() else "not listed in the manifest of"
-        raise BundleError(f"model file {name} {where} {folder}; pass one of the bundle's .onnx files ({listed})")
+        state = (f"{name} not found in {folder}" if not (folder / name).exists()
+                 else f"{folder / name} is not listed in {MANIFEST_NAME}, so it cannot be verified")
+        raise BundleError(f"model file {state}; pass one of the bundle's .onnx files ({listed})")
     variant = (manifest.get("variants") or {}).get(name) or {}
     external = variant.get("external_data") or []
     if not isinstance(external, list):
