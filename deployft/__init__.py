@@ -3,6 +3,7 @@
     finetune(FinetuneConfig(...)) -> RUN folder        (PyTorch, transformers Trainer)
     export(ExportConfig(...))     -> BUNDLE folder     (Optimum ONNX, optimized, quantized, validated)
     Predictor.load(BUNDLE)                             (ONNX Runtime; no torch)
+    verify_bundle(BUNDLE)         -> BundleCheck       (every file against deployft.json, without loading)
     benchmark(BenchConfig(...))   -> BenchReport       (against the PyTorch original)
 
 Names are imported lazily: `import deployft` (and `import deployft.runtime`) never imports torch.
@@ -22,6 +23,7 @@ _LAZY = {
     "finetune": "deployft.train",
     "Predictor": "deployft.runtime",
     "Prediction": "deployft.runtime",
+    "verify_bundle": "deployft.runtime",
     "BenchConfig": "deployft.bench",
     "BenchReport": "deployft.bench",
     "benchmark": "deployft.bench",

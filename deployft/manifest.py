@@ -18,8 +18,13 @@ from .errors import BundleError, DeployftError, ModelError
 from .staging import atomic_folder, check_output_free  # noqa: F401  (the stages import them from here)
 
 MANIFEST_NAME = "deployft.json"
-FORMAT_VERSION = 1
-"""Bumped when a manifest field changes meaning; a reader refuses a newer version than it knows."""
+SIGNATURE_NAME = "deployft.json.sig"
+"""The detached Ed25519 signature of the manifest's bytes (`deployft.signing`), when the bundle is signed."""
+FORMAT_VERSION = 2
+"""Bumped when a manifest field changes meaning; a reader refuses a newer version than it knows.
+2: `manifest_sha256` stamped in every manifest; a BUNDLE's file hashes are checked on load."""
+DIGEST_KEY = "manifest_sha256"
+"""The manifest field holding the sha256 of the rest of the manifest (`manifest_digest`)."""
 
 _VERSIONED_PACKAGES = (
     "deployft", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
@@ -46,12 +51,12 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 def file_table(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """`{relative path: {"sha256", "bytes"}}` for every file under `folder` except the manifest."""
+    """`{relative path: {"sha256", "bytes"}}` for every file under `folder` except the manifest and its signature."""
     folder = Path(folder)
     table = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST_NAME:
+        if rel not in (MANIFEST_NAME, SIGNATURE_NAME):
             table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return table
 
@@ -77,11 +82,24 @@ def read_json(path: str | Path, error: type[DeployftError] | None = None, missin
     return data
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """Hex sha256 of the manifest without its digest field, as canonical JSON (sorted keys, no spaces).
+
+    It detects a manifest edited by hand or by a tool that does not restamp it; it proves nothing about who
+    wrote the manifest (anyone can recompute it): that is what a signature (`deployft.signing`) is for.
+    """
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write `deployft.json` into `folder`, stamping the format version."""
+    """Write `deployft.json` into `folder`, stamping the current format version and the manifest digest."""
     path = Path(folder) / MANIFEST_NAME
-    body = {"format_version": FORMAT_VERSION, **manifest}
-    path.write_text(json.dumps(body, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    fields = {k: v for k, v in manifest.items() if k not in ("format_version", DIGEST_KEY)}
+    body = json.loads(json.dumps({"format_version": FORMAT_VERSION, **fields}, default=str))
+    body[DIGEST_KEY] = manifest_digest(body)
+    path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -22,11 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import BundleError, UsageError
+from .errors import BundleError, UsageError, first_line
 from .tokens import special_ids
 
-__all__ = ["PromptFormat", "TokenizerAdapter", "check_messages", "example_ids", "prompt_ids", "prompt_limit",
-           "read_chat_template", "render_chat"]
+__all__ = ["PromptFormat", "TokenizerAdapter", "check_messages", "check_template", "example_ids", "prompt_ids",
+           "prompt_limit", "read_chat_template", "render_chat"]
 
 logger = logging.getLogger("deployft")
 
@@ -142,10 +142,15 @@ def read_chat_template(folder: str | Path, tokenizer_config: dict) -> str | None
     return template if isinstance(template, str) else None
 
 
+TEMPLATE_FIX = "fix chat_template.jinja (or tokenizer_config.json's chat_template) and re-export the bundle"
+
+
 def _raise_exception(message: str):
     from jinja2.exceptions import TemplateError
 
-    raise TemplateError(message)
+    error = TemplateError(message)
+    error.refusal = True  # the template's own raise_exception(...): it refuses these messages on purpose
+    raise error
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
@@ -182,8 +187,24 @@ def render_chat(template: str | None, messages: list[dict], special_tokens: dict
     if template is None:
         raise BundleError("this bundle has no chat template (no chat_template.jinja or tokenizer_config.json "
                           "chat_template); pass a plain string prompt instead of messages")
+    check_messages(messages)
+    compiled = check_template(template)
     try:
-        return _compile(template).render(messages=check_messages(messages),
-                                         add_generation_prompt=add_generation_prompt, **special_tokens)
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens)
     except TemplateError as exc:
-        raise UsageError(f"the bundle's chat template refused these messages: {exc}") from exc
+        if getattr(exc, "refusal", False):
+            raise UsageError(f"the bundle's chat template refused these messages: {first_line(exc)}") from exc
+        raise BundleError(f"the bundle's chat template failed to render ({first_line(exc)}); {TEMPLATE_FIX}") from exc
+    except Exception as exc:  # a template can raise anything jinja2's sandbox lets through (TypeError, ...)
+        raise BundleError(f"the bundle's chat template failed to render ({type(exc).__name__}: {first_line(exc)}); "
+                          f"{TEMPLATE_FIX}") from exc
+
+
+def check_template(template: str):
+    """The compiled chat template, or a BundleError when it does not compile (checked when a bundle loads)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return _compile(template)
+    except TemplateError as exc:
+        raise BundleError(f"the bundle's chat template does not compile ({first_line(exc)}); {TEMPLATE_FIX}") from exc

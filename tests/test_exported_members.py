@@ -7,7 +7,7 @@ import deployft
 def test_public_names_are_pinned():
     assert deployft.__all__ == sorted([
         "BenchConfig", "BenchReport", "ExportConfig", "FinetuneConfig", "Prediction", "Predictor",
-        "__version__", "benchmark", "errors", "export", "finetune",
+        "__version__", "benchmark", "errors", "export", "finetune", "verify_bundle",
     ])
 
 

@@ -18,6 +18,8 @@ _COMMANDS = {
     "info": ("deployft.cli.export", "info"),
     "predict": ("deployft.cli.predict", "predict"),
     "bench": ("deployft.cli.bench", "bench"),
+    "verify": ("deployft.cli.verify", "verify"),
+    "keygen": ("deployft.cli.verify", "keygen"),
 }
 
 
@@ -49,5 +51,6 @@ def main() -> None:
     deployft finetune --task classify --output runs/clf
     deployft export runs/clf --output bundles/clf --quantize int8
     deployft predict bundles/clf "a warm, funny film"
+    deployft verify bundles/clf
     deployft bench --run runs/clf --bundle bundles/clf --report reports/clf
     """

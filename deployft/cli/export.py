@@ -35,6 +35,8 @@ from .options import shown
 @click.option("--fuse-attention/--no-fuse-attention", default=None, show_default=shown(ExportConfig, "fuse_attention"),
               help="Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output folder.")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Ed25519 private key (PEM, from deployft keygen): sign the manifest into deployft.json.sig.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/TOML/JSON file with these options.")
 def export(run: str, config_file: str | None, **flags) -> None:

@@ -22,6 +22,8 @@ import click
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op CPU threads (default: ONNX Runtime's).")
 @click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
+@click.option("--public-key", type=click.Path(dir_okay=False), default=None,
+              help="Ed25519 public key (PEM): refuse the bundle unless its manifest signature matches.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 decodes greedily.")
@@ -30,8 +32,8 @@ import click
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="A string that ends generation (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar for --input.")
-def predict(bundle, texts, input_path, output_path, column, as_json, device, threads, model_file, batch_size,
-            max_new_tokens, temperature, top_k, top_p, seed, stop, progress) -> None:
+def predict(bundle, texts, input_path, output_path, column, as_json, device, threads, model_file, public_key,
+            batch_size, max_new_tokens, temperature, top_k, top_p, seed, stop, progress) -> None:
     """Predict with BUNDLE: label and score per TEXT, or the completion of each prompt (streamed).
 
     \b
@@ -47,7 +49,7 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
     if input_path and not output_path:
         raise UsageError("--input needs --output FILE.jsonl to write the predictions to")
     options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
-    predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file)
+    predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key)
     if device == "auto":
         click.echo(f"device auto: running on {predictor.device}", err=True)
     if input_path:

@@ -22,7 +22,10 @@ MODEL_CARD = "README.md"
 
 def write_bundle(folder: Path, source: Source, result: ExportResult) -> dict[str, Any]:
     """Write the model card and deployft.json into the staged bundle `folder`; return the manifest."""
-    variants = {name: variant.to_manifest() for name, variant in result.variants.items()}
+    from .onnx_export import external_files
+
+    variants = {name: {**variant.to_manifest(), "external_data": [p.name for p in external_files(folder / name)]}
+                for name, variant in result.variants.items()}
     manifest = {
         "kind": "bundle",
         "task": source.task,

@@ -57,6 +57,7 @@ predictor = Predictor.load("path/to/this/bundle")
 
 or `deployft predict BUNDLE "some text"`; Optimum loads it too:
 `{get_task(manifest['task']).ort_model_class}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`.
+`deployft verify BUNDLE` checks every file against `deployft.json` (add `--public-key KEY` for a signed bundle).
 
 ## Fusion (ORTOptimizer level {manifest['fusion']['level']})
 

@@ -51,9 +51,16 @@ class ExportConfig:
     """Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets, supported models)."""
     overwrite: bool = False
     """Replace an existing output folder."""
+    sign_key: str | Path | None = None
+    """An Ed25519 private key (PEM, `deployft keygen`): sign the manifest into deployft.json.sig."""
 
     def __post_init__(self) -> None:
         self.run, self.output = Path(self.run), Path(self.output)
+        if self.sign_key is not None:
+            self.sign_key = Path(self.sign_key)
+            if not self.sign_key.is_file():
+                raise UsageError(f"--sign-key {self.sign_key} not found; pass a PEM private key "
+                                 "(create a pair with deployft keygen)")
         _one_of("--quantize", self.quantize, QUANTIZE_MODES)
         _one_of("--device", self.device, DEVICES)
         if self.task is not None:

@@ -5,7 +5,8 @@
         ─► --quantize int8: model_quantized.onnx (classifiers: dynamic int8 of model.onnx; generators: blockwise
            int8 MatMulNBits of model_optimized.onnx) | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
         ─► every file validated against the PyTorch original through the runtime's own session and decoder
-        ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically
+        ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically (and, with
+           --sign-key, its manifest signed inside the same atomic step: deployft.json.sig)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError, StageError, UsageError
-from ..manifest import atomic_folder, check_output_free
+from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
 from .guard import budget_for, climb, drop, first_within_budget
@@ -43,6 +44,7 @@ def export(config: ExportConfig) -> Path:
         DataError: int8-static calibration on a RUN whose data is gone.
         OutputExistsError: the output folder exists (pass overwrite).
         AccuracyBudgetError: no variant met --max-accuracy-drop (no bundle is written).
+        UsageError: an unusable --sign-key (checked before any work).
     """
     from .bundle import write_bundle
     from .samples import calibration_samples, validation_samples
@@ -56,6 +58,7 @@ def export(config: ExportConfig) -> Path:
         raise UsageError(f"--per-channel and --quantize-preset set up dynamic int8; a {task.name} model's int8 "
                          f"is {task.int8_method} (MatMulNBits, one scale per 32 weights) and takes neither: drop the flag")
     check_output_free(config.output, config.overwrite)
+    signer = _signer(config)
     if config.device == "cuda":
         _check_cuda()
     tokenizer = load_tokenizer(source)
@@ -70,7 +73,20 @@ def export(config: ExportConfig) -> Path:
         result = _build(job, attention)
         result.validation_inputs = held_out.origin
         write_bundle(staging, source, result)
+        if signer is not None:
+            from ..signing import sign_bundle
+
+            sign_bundle(staging, signer)
     return config.output.resolve()
+
+
+def _signer(config: ExportConfig):
+    """The --sign-key private key, loaded before any work so a bad key fails in a second, not after the export."""
+    if config.sign_key is None:
+        return None
+    from ..signing import load_private_key
+
+    return load_private_key(config.sign_key)
 
 
 def _check_cuda() -> None:

@@ -6,8 +6,9 @@ needs nothing but `pip install "deployft[runtime]"`.
 
 from __future__ import annotations
 
+from .integrity import verify_bundle
 from .predictor import Prediction, Predictor
 from .sampling import GenerationOptions
 from .session import SessionOptions
 
-__all__ = ["GenerationOptions", "Prediction", "Predictor", "SessionOptions"]
+__all__ = ["GenerationOptions", "Prediction", "Predictor", "SessionOptions", "verify_bundle"]

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, UsageError
-from ..manifest import read_json, read_manifest, sha256_file
+from ..errors import BundleError, UsageError, reraise_as
+from ..manifest import read_json, read_manifest
 from ..prompts import PromptFormat, prompt_ids
 from ..tasks import TASKS, get_task
 from ..tokens import special_ids
 from .classifier import ClassifierHead
 from .generation import KVDecoder, TextTracker
+from .integrity import REEXPORT, check_for_load
 from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
 from .session import SessionOptions, create_session
@@ -34,21 +35,6 @@ class Prediction:
     """Its probability."""
     scores: dict[str, float] = field(default_factory=dict)
     """The probability of every label, in the bundle's label order."""
-
-
-def verify_model_file(folder: Path, manifest: dict, name: str) -> Path:
-    """Check that `name` is a file of the bundle whose sha256 matches the manifest."""
-    path = folder / name
-    entry = (manifest.get("files") or {}).get(name)
-    if not path.is_file():
-        raise BundleError(f"model file {name} not found in {folder}; pass one of the bundle's .onnx files "
-                          f"({', '.join(sorted(f for f in manifest.get('files', {}) if f.endswith('.onnx')))})")
-    if entry is None:
-        raise BundleError(f"model file {name} is not listed in {folder}/deployft.json; pass a file the bundle lists")
-    if sha256_file(path) != entry.get("sha256"):
-        raise BundleError(f"model file {path} was modified after export (sha256 differs from deployft.json); "
-                          "re-export the bundle with deployft export")
-    return path
 
 
 class Predictor:
@@ -74,7 +60,7 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
-             model_file: str | None = None) -> Predictor:
+             model_file: str | None = None, public_key: str | Path | None = None) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -82,9 +68,13 @@ class Predictor:
             device: `cpu`, `cuda`, or `auto` (CUDA when it really runs, else CPU; logged).
             threads: intra-op CPU threads (None: ONNX Runtime's default).
             model_file: another `.onnx` variant of the bundle (default: the manifest's `model_file`).
+            public_key: an Ed25519 public key PEM file; the bundle must carry a matching signature of its manifest.
+
+        Every file it reads is checked against the manifest first (`deployft.runtime.integrity`).
 
         Raises:
-            BundleError: missing folder, newer format, unknown task, missing or modified model file.
+            BundleError: missing folder, newer or older format, unknown task, a missing, added, modified or
+                unreadable file, a name outside the folder, a signature that does not match.
             DeviceError: CUDA asked for but ONNX Runtime runs on CPU.
         """
         options = SessionOptions(device=device, threads=threads)
@@ -93,9 +83,15 @@ class Predictor:
         if manifest.get("task") not in TASKS:
             raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
                               f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
+        if public_key is not None:
+            from ..signing import verify_signature
+
+            verify_signature(folder, public_key)
         name = model_file or manifest.get("model_file") or "model.onnx"
-        path = verify_model_file(folder, manifest, name)
-        session, actual = create_session(path, options)
+        path = check_for_load(folder, manifest, name)
+        why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"
+        with reraise_as(BundleError, why):
+            session, actual = create_session(path, options)
         logger.info("loaded %s (%s) on %s", folder, name, actual)
         if manifest.get("device") not in (None, actual):
             logger.warning("%s was exported and validated for %s but runs on %s; its speed and accuracy there "

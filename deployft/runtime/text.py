@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, reraise_as
 from ..manifest import read_json
-from ..prompts import SPECIAL_KEYS, read_chat_template
+from ..prompts import SPECIAL_KEYS, check_template, read_chat_template
 from ..tokens import pad
 
 logger = logging.getLogger("deployft.runtime")
@@ -39,10 +39,12 @@ class TextCodec:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise BundleError(f"{folder} has no tokenizer.json; re-export the bundle with deployft export")
-        self.tokenizer = Tokenizer.from_file(str(path))
+        with reraise_as(BundleError, f"{path} cannot be read by the tokenizers library ({{reason}}); "
+                                     "re-export the bundle with deployft export"):
+            self.tokenizer = Tokenizer.from_file(str(path))
+            self.truncating = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.truncating = Tokenizer.from_file(str(path))
         self.truncating.no_padding()
         if max_length:
             # the tokenizer's own truncation keeps the closing special tokens ([SEP], </s>) in place
@@ -52,6 +54,8 @@ class TextCodec:
         self.special_tokens = {k: _token_text(self.config.get(k)) for k in SPECIAL_KEYS if self.config.get(k)}
         self.pad_id = self._pad_id()
         self.chat_template = read_chat_template(folder, self.config)
+        if self.chat_template is not None:
+            check_template(self.chat_template)
         eos = self.token_id(self.special_tokens.get("eos_token"))
         self.eos_ids = [int(eos)] if eos is not None else []
         self.input_names = list(self.config.get("model_input_names") or ["input_ids", "attention_mask"])

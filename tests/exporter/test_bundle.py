@@ -10,7 +10,7 @@ from deployft.manifest import read_manifest, sha256_file
 
 FIELDS = {"format_version", "kind", "task", "labels", "max_length", "prompt_format", "model_type", "model_file",
           "variants", "opset", "fusion", "quantization", "validation", "generation", "files", "source_run",
-          "versions", "created"}
+          "versions", "created", "manifest_sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,17 @@ def test_manifest_has_every_documented_field_and_hashes_match(bundles, arch):
         assert required in manifest["files"]
     assert manifest["source_run"]["weights_sha256"] == sha256_file(manifest["source_run"]["path"] + "/model.safetensors")
     assert manifest["opset"] >= 14
+    assert all(variant["external_data"] == [] for variant in manifest["variants"].values())  # small models: one file
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_an_exported_bundle_passes_its_own_integrity_check(bundles, arch):
+    from deployft.manifest import manifest_digest
+    from deployft.runtime.integrity import check_bundle
+
+    manifest = read_manifest(bundles[arch], "bundle")
+    assert manifest["format_version"] == 2 and manifest["manifest_sha256"] == manifest_digest(manifest)
+    assert sorted(check_bundle(bundles[arch], manifest).files) == sorted(manifest["files"])
 
 
 def test_classifier_manifest_content(bundles):

@@ -166,9 +166,28 @@ def test_import_runtime_pulls_in_no_torch(runtime_bundle):
 
 
 def test_bundle_validated_for_another_device_is_logged(runtime_bundle, tmp_path, caplog):
+    from deployft.manifest import write_manifest
+
     bundle = _copy(runtime_bundle("bert"), tmp_path)
     manifest = json.loads((bundle / "deployft.json").read_text())
-    (bundle / "deployft.json").write_text(json.dumps({**manifest, "device": "cuda"}))
+    write_manifest(bundle, {**manifest, "device": "cuda"})  # as an export for cuda stamps it
     with caplog.at_level("WARNING", logger="deployft.runtime"):
         Predictor.load(bundle)
     assert "validated for cuda but runs on cpu" in caplog.text
+
+
+def test_a_manifest_edited_by_hand_is_refused_not_logged(runtime_bundle, tmp_path):
+    bundle = _copy(runtime_bundle("bert"), tmp_path)
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    (bundle / "deployft.json").write_text(json.dumps({**manifest, "labels": ["positive", "negative"]}))
+    with pytest.raises(BundleError, match=r"deployft.json was modified after export \(manifest_sha256 does not match"):
+        Predictor.load(bundle)
+
+
+def test_an_onnx_file_the_manifest_does_not_list_is_refused(runtime_bundle, tmp_path):
+    bundle = _copy(runtime_bundle("bert"), tmp_path)
+    shutil.copyfile(bundle / "model.onnx", bundle / "extra.onnx")
+    with pytest.raises(BundleError) as caught:
+        Predictor.load(bundle, model_file="extra.onnx")
+    assert str(caught.value) == (f"model file {bundle}/extra.onnx is not listed in deployft.json, so it cannot be "
+                                 "verified; pass one of the bundle's .onnx files (model.onnx, model_int8.onnx)")

@@ -30,7 +30,7 @@ def test_classify_run_folder_follows_the_contract(tiny_classify_run):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "eval.json", "deployft.json"):
         assert (run / name).is_file(), name
     manifest = _manifest(run)
-    assert manifest["format_version"] == 1 and manifest["kind"] == "run" and manifest["task"] == "classify"
+    assert manifest["format_version"] == 2 and manifest["kind"] == "run" and manifest["task"] == "classify"
     assert manifest["labels"] == ["negative", "positive"] and manifest["prompt_format"] is None
     assert manifest["model_type"] == "bert" and manifest["max_length"] == 32
     assert manifest["columns"] == {"text": "text", "label": "label"}

@@ -1,0 +1,135 @@
+"""Optional Ed25519 signatures of a BUNDLE's manifest, for supply chains.
+
+    deployft keygen --private-key sign.pem --public-key sign.pub.pem
+    deployft export RUN --output BUNDLE --sign-key sign.pem      BUNDLE/deployft.json.sig, written atomically
+    deployft verify BUNDLE --public-key sign.pub.pem             or Predictor.load(BUNDLE, public_key=...)
+
+The signature covers the exact bytes of `deployft.json`; the manifest holds the sha256 of every other file, so a
+valid signature plus matching file hashes (`deployft.runtime.integrity`) vouch for the whole bundle. Keys are PEM
+files (PKCS#8 private key, unencrypted; SubjectPublicKeyInfo public key). Needs `pip install "deployft[sign]"`
+(the `cryptography` package), imported only when a key is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+from .errors import BundleError, OutputExistsError, UsageError, require
+from .manifest import MANIFEST_NAME, SIGNATURE_NAME
+
+__all__ = ["generate_keys", "load_private_key", "load_public_key", "sign_bundle", "verify_signature"]
+
+
+def _serialization():
+    require("cryptography", extra="sign")
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization
+
+
+def _pem(path: str | Path, flag: str) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} not found; pass a PEM key file (create a pair with deployft keygen)")
+    return path.read_bytes()
+
+
+def load_private_key(path: str | Path, flag: str = "--sign-key"):
+    """The Ed25519 private key in the PEM file `path`.
+
+    Raises:
+        UsageError: the file is missing, not a PEM private key, encrypted, or not Ed25519.
+    """
+    serialization = _serialization()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(_pem(path, flag), password=None)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{flag} {path} is not an unencrypted PEM private key ({exc}); "
+                         "create a key pair with deployft keygen") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{flag} {path} is not an Ed25519 key ({type(key).__name__}); "
+                         "create a key pair with deployft keygen")
+    return key
+
+
+def load_public_key(path: str | Path, flag: str = "--public-key"):
+    """The Ed25519 public key in the PEM file `path`.
+
+    Raises:
+        UsageError: the file is missing, not a PEM public key, or not Ed25519.
+    """
+    serialization = _serialization()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(_pem(path, flag))
+    except ValueError as exc:
+        raise UsageError(f"{flag} {path} is not a PEM public key ({exc}); pass the .pub.pem file written by "
+                         "deployft keygen") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{flag} {path} is not an Ed25519 key ({type(key).__name__}); pass the .pub.pem file "
+                         "written by deployft keygen")
+    return key
+
+
+def generate_keys(private_path: str | Path, public_path: str | Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair as PEM files (the private one readable by its owner only).
+
+    Raises:
+        OutputExistsError: either file exists (a key is never overwritten).
+    """
+    serialization = _serialization()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_path, public_path = Path(private_path), Path(public_path)
+    for path in (private_path, public_path):
+        if path.exists():
+            raise OutputExistsError(f"{path} exists; a key is never overwritten: pass another path or remove it")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.touch(mode=0o600)
+    private_path.write_bytes(private_pem)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path
+
+
+def sign_bundle(folder: str | Path, private_key) -> Path:
+    """Write `deployft.json.sig` (base64 of the Ed25519 signature of the manifest's bytes) into `folder`."""
+    folder = Path(folder)
+    signature = private_key.sign((folder / MANIFEST_NAME).read_bytes())
+    path = folder / SIGNATURE_NAME
+    path.write_text(base64.b64encode(signature).decode("ascii") + "\n", encoding="ascii")
+    return path
+
+
+def verify_signature(folder: str | Path, public_key_path: str | Path) -> None:
+    """Check `deployft.json.sig` against the manifest's bytes and the public key in `public_key_path`.
+
+    Raises:
+        UsageError: the key file is unusable.
+        BundleError: the bundle is unsigned, or its signature does not match (edited manifest, other key).
+    """
+    key = load_public_key(public_key_path)
+    from cryptography.exceptions import InvalidSignature
+
+    folder = Path(folder)
+    path = folder / SIGNATURE_NAME
+    if not path.is_file():
+        raise BundleError(f"{folder} is not signed (no {SIGNATURE_NAME}) but a public key was given; ask for a "
+                          f"bundle exported with deployft export --sign-key, or drop --public-key")
+    try:
+        signature = base64.b64decode(path.read_bytes().strip(), validate=True)
+        key.verify(signature, (folder / MANIFEST_NAME).read_bytes())
+    except (InvalidSignature, binascii.Error, ValueError) as exc:
+        raise BundleError(f"{path} does not match {MANIFEST_NAME} and the public key {public_key_path}: the manifest "
+                          f"was changed after signing or signed with another key; do not use this bundle, "
+                          f"re-export and sign it (deployft export --sign-key)") from exc
