@@ -2,7 +2,7 @@
 
 A folder is the contract between stages: a stage reads the previous folder and its manifest, never
 the previous stage's Python objects. This module must stay importable without torch (the runtime uses it).
-The folders are written with `atomic_folder` (`deployft.staging`), re-exported here beside the manifest.
+The folders themselves are written with `deployft.staging.atomic_folder`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError, DeployftError, ModelError
-from .staging import atomic_folder, check_output_free  # noqa: F401  (the stages import them from here)
 
 MANIFEST_NAME = "deployft.json"
 SIGNATURE_NAME = "deployft.json.sig"

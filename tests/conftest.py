@@ -246,7 +246,8 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
 
-    from deployft.manifest import atomic_folder, file_table, library_versions, write_manifest
+    from deployft.manifest import file_table, library_versions, write_manifest
+    from deployft.staging import atomic_folder
 
     config = json.loads((model_dir / "config.json").read_text())
     export_task = "text-classification" if task == "classify" else "text-generation-with-past"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..manifest import atomic_folder, check_output_free
+from ..staging import atomic_folder, check_output_free
 from ..tasks import get_task
 from .config import BenchConfig
 from .inputs import build_inputs, check_grid, read_pair, select_variants

@@ -37,7 +37,7 @@ def finetune(config: FinetuneConfig) -> Path:
             other settings or data, a fresh start over an interrupted run's checkpoints without `overwrite`.
         MissingDependencyError: a default model or data package is not installed.
     """
-    from ..manifest import check_output_free
+    from ..staging import check_output_free
     from . import checkpoints
 
     task = get_task(config.task)
@@ -76,7 +76,8 @@ def _settings(config: FinetuneConfig) -> dict[str, Any]:
 
 
 def _write_run(output: Path, config: FinetuneConfig, job, trainer, metrics: dict[str, float]) -> None:
-    from ..manifest import atomic_folder, library_versions, write_manifest
+    from ..manifest import library_versions, write_manifest
+    from ..staging import atomic_folder
     from .models import merge_lora
 
     model = merge_lora(trainer.model)
