@@ -2,11 +2,10 @@ import json
 
 import pytest
 
-from deployft.errors import BundleError, ModelError, OutputExistsError
+from deployft.errors import BundleError, ModelError
 from deployft.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
-    atomic_folder,
     file_table,
     library_versions,
     read_manifest,
@@ -55,52 +54,6 @@ def test_file_table_hashes_every_file_but_the_manifest(tmp_path):
     assert set(table) == {"a.txt", "sub/b.bin"}
     assert table["a.txt"] == {"sha256": sha256_file(tmp_path / "a.txt"), "bytes": 5}
     assert table["a.txt"]["sha256"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-
-
-def test_atomic_folder_appears_only_when_complete(tmp_path):
-    out = tmp_path / "out"
-    with atomic_folder(out) as staging:
-        (staging / "x").write_text("1")
-        assert not out.exists()
-    assert (out / "x").read_text() == "1"
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
-def test_atomic_folder_leaves_nothing_on_error(tmp_path):
-    out = tmp_path / "out"
-    with pytest.raises(RuntimeError), atomic_folder(out) as staging:
-        (staging / "x").write_text("1")
-        raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_folder_refuses_non_empty_output_unless_overwrite(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old").write_text("old")
-    with pytest.raises(OutputExistsError, match="--overwrite"), atomic_folder(out):
-        pass
-    assert (out / "old").exists()
-    with atomic_folder(out, overwrite=True) as staging:
-        (staging / "new").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new"]
-
-
-def test_atomic_folder_failed_overwrite_keeps_the_old_folder(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old").write_text("old")
-    with pytest.raises(RuntimeError), atomic_folder(out, overwrite=True):
-        raise RuntimeError("crash")
-    assert (out / "old").read_text() == "old"
-
-
-def test_atomic_folder_accepts_an_existing_empty_folder(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    with atomic_folder(out) as staging:
-        (staging / "x").write_text("1")
-    assert (out / "x").exists()
 
 
 def test_library_versions_names_installed_packages():

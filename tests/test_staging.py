@@ -98,3 +98,49 @@ def test_atomic_file_names_are_this_runs_own(tmp_path):
         third.write_text("half")
         raise RuntimeError("crash")
     assert out.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == ["preds.jsonl"]
+
+
+def test_atomic_folder_appears_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    with atomic_folder(out) as staging:
+        (staging / "x").write_text("1")
+        assert not out.exists()
+    assert (out / "x").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_folder_leaves_nothing_on_error(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_folder(out) as staging:
+        (staging / "x").write_text("1")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_folder_refuses_non_empty_output_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("old")
+    with pytest.raises(OutputExistsError, match="--overwrite"), atomic_folder(out):
+        pass
+    assert (out / "old").exists()
+    with atomic_folder(out, overwrite=True) as staging:
+        (staging / "new").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new"]
+
+
+def test_atomic_folder_failed_overwrite_keeps_the_old_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(out, overwrite=True):
+        raise RuntimeError("crash")
+    assert (out / "old").read_text() == "old"
+
+
+def test_atomic_folder_accepts_an_existing_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with atomic_folder(out) as staging:
+        (staging / "x").write_text("1")
+    assert (out / "x").exists()
