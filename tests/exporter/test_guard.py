@@ -71,7 +71,8 @@ def test_a_budget_the_rows_cannot_decide_is_refused_with_the_numbers_and_the_fix
 
 
 def test_rule_text_and_warnings():
-    assert "lower bound of top-1 agreement" in rule_text(CLASSIFY, DEFAULT) and ">= 0.9800" in rule_text(CLASSIFY, DEFAULT)
+    rule = rule_text(CLASSIFY, DEFAULT)
+    assert "lower bound of top-1 agreement" in rule and ">= 0.9800" in rule
     assert "<= 1.1000" in rule_text(GENERATE, Budget(10.0, GENERATE.budget_unit))
     assert "TRAINING rows" in rows_warnings(CLASSIFY, 300, "train")[0]
     assert rows_warnings(CLASSIFY, 300, "eval") == [] and "random token" in rows_warnings(CLASSIFY, 30, "random")[0]
