@@ -113,7 +113,7 @@ TASKS: dict[str, Task] = {
         metric_names=("accuracy", "macro_f1", "eval_loss"), best_metric="accuracy", greater_is_better=True,
         default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
         validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
-        default_budget=2.0, validation_rows=2000, int8_method="dynamic",
+        default_budget=3.0, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
                               keep_sensitive=True)),

@@ -83,7 +83,9 @@ def calibration_samples(source: Source, tokenizer, limit: int) -> Samples:
         rows = load_run_examples(source.path, "train", limit)
     except DataError as exc:
         raise DataError(f"--quantize int8-static needs the RUN's training data: {exc}") from exc
-    return encode(source, tokenizer, rows, "train data")
+    samples = encode(source, tokenizer, rows, "train data")
+    samples.source = "train"
+    return samples
 
 
 def encode(source: Source, tokenizer, rows: list[dict[str, Any]], origin: str) -> Samples:

@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")
     _fails(["export", run, "-o", out, "--quantize", "int8", "--device", "cuda"], "no CUDA kernels")
     _fails(["export", plain, "-o", out], "pass --task classify or --task generate")
-    _fails(["export", run, "-o", out], "cannot decide --max-accuracy-drop 2", "24 validation rows", "149 rows")
+    _fails(["export", run, "-o", out], "cannot decide --max-accuracy-drop 3", "24 validation rows", "99 rows")
     _fails(["export", plain, "-o", out, "--task", "classify", "--quantize", "int8-static"],
            "int8-static calibrates on a RUN's training data")
     (tmp_path / "taken").mkdir()

@@ -16,7 +16,7 @@ ANY_FLIPS = 100.0
 """A classifier budget every file meets: for tests about what export writes, not about the guard (a tiny RUN holds
 out 24 eval rows, too few for the default budget; tests/exporter/test_guard.py covers that)."""
 TINY_BUDGET = 25.0
-"""0 or 1 flipped prediction of the tiny RUN's 24 eval rows passes (upper bound 18.3 %), 2 or more do not."""
+"""Up to 2 flipped predictions of the tiny RUN's 24 eval rows pass (upper bound 23.98 %), 3 or more do not (29.23 %)."""
 MODEL_FILES = {"none": "model_optimized.onnx", "int8": "model_quantized.onnx", "int8-static": "model_int8_static.onnx"}
 
 
@@ -83,12 +83,12 @@ def _inject(monkeypatch, overrides):
 
 
 def test_guard_refuses_when_no_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [10, 8, 4])  # of 24 rows: upper bounds 63.1, 54.8, 38.3 %
+    _inject(monkeypatch, [10, 8, 4])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 %
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
-    assert "int8 reached 38.3" in message and "--max-accuracy-drop 25" in message
-    assert "none: 63.1" in message and "per-channel: 54.8" in message and "no bundle written" in message
+    assert "int8 reached 34.18" in message and "--max-accuracy-drop 25" in message
+    assert "none: 60.32" in message and "per-channel: 52.14" in message and "no bundle written" in message
     assert "\n" not in message
     assert _no_bundle(tmp_path)
 
