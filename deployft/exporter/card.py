@@ -7,10 +7,13 @@ from typing import Any
 
 from ..manifest import read_manifest
 from ..tasks import get_task
-from .optimize import ATTENTION_OPS
+from .optimize import ATTENTION_OPS, FUSED_OPS
 
 FUSED_ATTENTION = (*ATTENTION_OPS, "QAttention")
 """Ops that carry a whole attention block: a file holding one has fused attention."""
+KEY_OPS = (*FUSED_OPS, "QAttention", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear",
+           "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMul", "Gemm")
+"""Ops that tell how a file computes (fused, quantized or plain matrix products): listed first when it is described."""
 TOP_OPS = 8
 """Op types listed when a file is described by its own op counts."""
 
@@ -98,7 +101,8 @@ def deployable_lines(manifest: dict[str, Any]) -> list[str]:
         return [f"{name}: {variant['precision']} (op counts not recorded by the deployft that wrote this bundle)"]
     fused = [f"{op} ×{ops[op]}" for op in FUSED_ATTENTION if ops.get(op)]
     attention = f"attention fused ({', '.join(fused)})" if fused else "attention not fused"
-    top = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: -item[1])[:TOP_OPS])
+    ranked = sorted(ops, key=lambda op: (op not in KEY_OPS, -ops[op]))
+    top = ", ".join(f"{op} {ops[op]}" for op in ranked[:max(TOP_OPS, sum(op in KEY_OPS for op in ops))])
     return [f"{name}: {variant['precision']}, {attention}, {sum(ops.values())} nodes ({top}, ...)",
             f"why this file: {_why(manifest)}"]
 
