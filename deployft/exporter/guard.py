@@ -57,6 +57,9 @@ def check_decidable(task: Task, budget: Budget, rows: int, validate_samples: int
         UsageError: even a file that flips no prediction would fail, so every export would be refused after
             minutes of work; the message names the rows needed, the smallest budget these rows decide, and the fixes.
     """
+    if rows < 1:
+        raise UsageError("the accuracy guard has no validation rows to judge: the RUN's eval and training data "
+                         "encode to no usable example; re-run deployft finetune with data that has text")
     if task.generates:
         return
     needed = rows_needed(budget.max_drop / 100)

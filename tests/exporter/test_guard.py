@@ -68,6 +68,8 @@ def test_a_budget_the_rows_cannot_decide_is_refused_with_the_numbers_and_the_fix
     with pytest.raises(UsageError, match="no finite number of rows"):
         check_decidable(CLASSIFY, Budget(0.0, CLASSIFY.budget_unit), 2000, 2000)
     check_decidable(GENERATE, Budget(0.0, GENERATE.budget_unit), 3, 3)  # a bootstrap bound can always be compared
+    with pytest.raises(UsageError, match="no validation rows"):
+        check_decidable(GENERATE, Budget(10.0, GENERATE.budget_unit), 0, 200)
 
 
 def test_rule_text_and_warnings():
