@@ -1,6 +1,7 @@
 """The accuracy guard on the default classifier: what export's int8 check records and decides.
 
-Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes; 300 held-out rows), exports it with `--quantize int8` at export's default budget, and records, per file, the rows the guard
+Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes; 300 held-out rows), exports it with
+`--quantize int8` at export's default budget, and records, per file, the rows the guard
 judged, the predictions that flipped against PyTorch, the one-sided 95 % lower bound of top-1 agreement, the
 accuracies and the guard's decision, plus every int8 attempt of the remedy ladder, into
 benchmarks/results/guard_defaults.{json,md}.
