@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
-    # the fixture RUN holds out 30 eval rows: 0-2 flipped predictions pass 20 % (upper bound 19.5 % at 2)
+    # the fixture RUN holds out 33 eval rows: up to 2 flipped predictions pass 20 % (upper bound 17.9 % at 2)
     bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "clf", quantize="int8", max_accuracy_drop=20))
     manifest = read_manifest(bundle, "bundle")
     after = manifest["fusion"]["after"]
@@ -23,7 +23,7 @@ def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
     int8 = manifest["validation"]["model_quantized.onnx"]
     assert manifest["model_file"] == "model_quantized.onnx"
     assert int8["top1_agreement"] >= 0.95 and int8["drop"] <= 20
-    assert manifest["guard"]["rows"] == int8["guard"]["rows"] == 30 and manifest["guard"]["rows_source"] == "eval"
+    assert manifest["guard"]["rows"] == int8["guard"]["rows"] == 33 and manifest["guard"]["rows_source"] == "eval"
     assert int8["guard"]["agreement_lower_95"] <= int8["guard"]["agreement"] and int8["guard"]["passed"] is True
     assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 3
     assert manifest["labels"] == ["fresh", "rotten"] and manifest["validation_inputs"] == "eval data"
