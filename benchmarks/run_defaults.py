@@ -36,7 +36,9 @@ EXPORT = {
     "classify": {},
     "generate": {},
 }
-"""Export's defaults: int8 must stay within 1 accuracy point (classify) / 10 % perplexity (generate) of PyTorch."""
+"""Export's defaults (docs/folders.md, "The accuracy guard"): at 95 % confidence, at most 3 % of the classifier's
+predictions may flip and the generator's perplexity may rise at most 10 %. The recorded results predate that rule
+(they were taken under a 1-accuracy-point check); with 180 eval rows the classifier passes only with at most 1 flip."""
 BENCH = {
     "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
     "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),

@@ -67,9 +67,11 @@ class Task:
     validation_metric: str
     """The task metric export validation compares with PyTorch (`accuracy`, `perplexity`)."""
     budget_unit: str
-    """What the accuracy budget counts (`accuracy points`, `perplexity increase %`)."""
+    """What the accuracy budget (--max-accuracy-drop) counts, judged on its one-sided 95 % upper bound."""
     default_budget: float
     """The accuracy budget when --max-accuracy-drop is not given."""
+    validation_rows: int
+    """Rows export validates on when --validate-samples is not given (all eval rows up to this many)."""
     int8_method: str
     """How `--quantize int8` quantizes: `dynamic` (per-tensor activations) or `blockwise` (MatMulNBits)."""
     int8_remedies: tuple[Remedy, ...]
@@ -110,7 +112,8 @@ TASKS: dict[str, Task] = {
         export_task="text-classification", ort_model_class="ORTModelForSequenceClassification",
         metric_names=("accuracy", "macro_f1", "eval_loss"), best_metric="accuracy", greater_is_better=True,
         default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
-        validation_metric="accuracy", budget_unit="accuracy points", default_budget=1.0, int8_method="dynamic",
+        validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
+        default_budget=3.0, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
                               keep_sensitive=True)),
@@ -122,7 +125,8 @@ TASKS: dict[str, Task] = {
         export_task="text-generation-with-past", ort_model_class="ORTModelForCausalLM",
         metric_names=("eval_loss", "perplexity"), best_metric="eval_loss", greater_is_better=False,
         default_max_length=256, column_roles=(("prompt", "response"), ("text",)), input_columns=("prompt", "text"),
-        validation_metric="perplexity", budget_unit="perplexity increase %", default_budget=10.0,
+        validation_metric="perplexity", budget_unit="% perplexity increase vs PyTorch, 95 % upper bound",
+        default_budget=10.0, validation_rows=200,
         int8_method="blockwise",
         int8_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
                        Remedy("blocks of 16 + LM head in fp32", block_size=16, keep_head=True)),

@@ -2,7 +2,8 @@
 
     config.py          ExportConfig, the one source of the stage's defaults
     runner.py          export(): the variants built in order, the deployable one chosen, the BUNDLE written
-    guard.py           the accuracy guard: budget, drop of a variant, the int8 remedy ladders, the refusal
+    guard.py           the accuracy guard: budget, decision rule per file, the int8 remedy ladders, the refusal
+    agreement.py       its confidence bounds: exact binomial (flipped predictions), paired bootstrap (perplexity)
     state.py           typed export state: one VariantResult per .onnx file, the ExportResult
     source.py          what is exported (a RUN or a model folder), the PyTorch original and its tokenizer
     onnx_export.py     Optimum's export, opset, external weights

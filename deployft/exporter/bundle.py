@@ -40,6 +40,7 @@ def write_bundle(folder: Path, source: Source, result: ExportResult) -> dict[str
         "fusion": result.fusion,
         "quantization": result.quantization,
         "accuracy_budget": result.budget.to_manifest(),
+        "guard": result.guard,
         "validation": {name: v["validation"] for name, v in variants.items()},
         "validation_inputs": result.validation_inputs,
         "generation": generation_block(folder, result.model_file) if source.spec.generates else None,

@@ -7,6 +7,15 @@ from typing import Any
 
 from ..manifest import read_manifest
 from ..tasks import get_task
+from .optimize import ATTENTION_OPS, FUSED_OPS
+
+FUSED_ATTENTION = (*ATTENTION_OPS, "QAttention")
+"""Ops that carry a whole attention block: a file holding one has fused attention."""
+KEY_OPS = (*FUSED_OPS, "QAttention", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear",
+           "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMul", "Gemm")
+"""Ops that tell how a file computes (fused, quantized or plain matrix products): listed first when it is described."""
+TOP_OPS = 8
+"""Op types listed when a file is described by its own op counts."""
 
 
 def _fmt(value: Any) -> str:
@@ -18,7 +27,8 @@ def _fmt(value: Any) -> str:
 
 
 def validation_table(manifest: dict[str, Any]) -> str:
-    """The per-variant validation report as a Markdown table (the deployable file marked with *)."""
+    """The per-variant validation report as a Markdown table (the deployable file marked with *); `bound` is the
+    guard's judged upper bound in the budget's unit."""
     if get_task(manifest["task"]).generates:
         cols = [("max abs Δlogit", "max_abs_logit_diff"), ("next-token agree", "top1_agreement"),
                 ("perplexity", "perplexity"), ("PyTorch ppl", "perplexity_pytorch"),
@@ -26,7 +36,7 @@ def validation_table(manifest: dict[str, Any]) -> str:
     else:
         cols = [("max abs Δlogit", "max_abs_logit_diff"), ("top-1 agree", "top1_agreement"),
                 ("accuracy", "accuracy"), ("PyTorch acc", "accuracy_pytorch"), ("macro-F1", "macro_f1")]
-    head = "| file | precision | fused | " + " | ".join(c for c, _ in cols) + " | drop |"
+    head = "| file | precision | fused | " + " | ".join(c for c, _ in cols) + " | bound |"
     lines = [head, "|" + " --- |" * (len(cols) + 4)]
     for name, variant in manifest["variants"].items():
         report = variant["validation"]
@@ -40,13 +50,16 @@ def validation_table(manifest: dict[str, Any]) -> str:
 def model_card(manifest: dict[str, Any]) -> str:
     """The bundle's README.md: what it is, how to load it, and how it compares with PyTorch."""
     q = manifest["quantization"]
-    budget = manifest["accuracy_budget"]
     quant = "none (fp32)" if q is None else f"{quantization_line(q)}, from {q.get('quantized_from')}"
     labels = ", ".join(manifest["labels"] or []) or "-"
+    deployable = "\n".join(f"- {line}" for line in deployable_lines(manifest))
+    guard = "\n".join(f"- {line}" for line in guard_lines(manifest))
     return f"""# deployft bundle: {manifest['model_type']} {manifest['task']}
 
 Deployable model: `{manifest['model_file']}` (ONNX opset {manifest['opset']}, target {manifest['device']}).
 Labels: {labels}. Max length: {manifest['max_length']} tokens. Source: `{manifest['source_run']['path']}`.
+
+{deployable}
 
 ## Use it
 
@@ -59,11 +72,11 @@ or `deployft predict BUNDLE "some text"`; Optimum loads it too:
 `{get_task(manifest['task']).ort_model_class}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`.
 `deployft verify BUNDLE` checks every file against `deployft.json` (add `--public-key KEY` for a signed bundle).
 
-## Fusion (ORTOptimizer level {manifest['fusion']['level']})
+## The fused graph, model_optimized.onnx (ORTOptimizer level {manifest['fusion']['level']})
 
-{manifest['fusion']['summary']}. {' '.join(manifest['fusion']['notes'])}
+{fusion_heading(manifest)}{manifest['fusion']['summary']}. {' '.join(manifest['fusion']['notes'])}
 
-Op counts before -> after: {op_changes(manifest['fusion'])}.
+Op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}.
 
 ## Quantization
 
@@ -71,10 +84,71 @@ Op counts before -> after: {op_changes(manifest['fusion'])}.
 
 ## Validation against the PyTorch original
 
-{manifest['validation_inputs'] or ''}; accuracy budget: {budget['max_drop']} ({budget['measure']}); * = deployable.
+{guard}
+
+Rows: {manifest['validation_inputs'] or ''}; * = deployable.
 
 {validation_table(manifest)}
 """
+
+
+def deployable_lines(manifest: dict[str, Any]) -> list[str]:
+    """The deployable file described by itself: precision, whether its attention is fused, its op counts, and why
+    it is the one."""
+    name = manifest["model_file"]
+    variant = manifest["variants"][name]
+    ops = variant.get("ops")
+    if not ops:
+        return [f"{name}: {variant['precision']} (op counts not recorded by the deployft that wrote this bundle)"]
+    fused = [f"{op} ×{ops[op]}" for op in FUSED_ATTENTION if ops.get(op)]
+    attention = f"attention fused ({', '.join(fused)})" if fused else "attention not fused"
+    ranked = sorted(ops, key=lambda op: (op not in KEY_OPS, -ops[op]))
+    top = ", ".join(f"{op} {ops[op]}" for op in ranked[:max(TOP_OPS, sum(op in KEY_OPS for op in ops))])
+    return [f"{name}: {variant['precision']}, {attention}, {sum(ops.values())} nodes ({top}, ...)",
+            f"why this file: {_why(manifest)}"]
+
+
+def _why(manifest: dict[str, Any]) -> str:
+    q, name = manifest["quantization"], manifest["model_file"]
+    if q:
+        how = q.get("choice") or f"{q['mode']} of {q.get('quantized_from')}"
+        return f"{how}; it passed the accuracy guard (remedy: {q.get('remedy')})"
+    if name == "model_optimized.onnx":
+        return "the fused fp32 graph, the first fp32 file that passed the accuracy guard"
+    return "the plain fp32 export: the fused graph did not pass the accuracy guard"
+
+
+def fusion_heading(manifest: dict[str, Any]) -> str:
+    """A warning, when the fused graph is not the deployable file, that the fusion report is about another file."""
+    if manifest["model_file"] == "model_optimized.onnx":
+        return ""
+    return f"Not the deployable file ({manifest['model_file']} is; see above). "
+
+
+def guard_lines(manifest: dict[str, Any]) -> list[str]:
+    """The accuracy guard's rule, rows, warnings and per-file decision, as `export`, `info` and the card print them."""
+    guard = manifest.get("guard")
+    if not guard:
+        budget = manifest["accuracy_budget"]
+        return [f"accuracy budget {budget['max_drop']} ({budget['measure']}); no confidence bound recorded"]
+    lines = [f"rule: {guard['rule']}", f"rows: {guard['rows']} ({guard['rows_source']} rows)"]
+    lines += [f"warning: {warning}" for warning in guard["warnings"]]
+    for name, variant in manifest["variants"].items():
+        record = variant["validation"].get("guard") or {}
+        mark = " (deployable)" if name == manifest["model_file"] else ""
+        lines.append(f"{name}{mark}: {_decision(record)}")
+    return lines
+
+
+def _decision(g: dict[str, Any]) -> str:
+    verdict = "pass" if g.get("passed") else "FAIL"
+    if "flips" in g:
+        return (f"{g['rows'] - g['flips']}/{g['rows']} predictions agree ({g['agreement']:.4f}, {g['flips']} flipped), "
+                f"95 % lower bound {g['agreement_lower_95']:.4f} vs {g['min_agreement']:.4f}: {verdict}")
+    greedy = g.get("greedy_token_agreement")
+    return (f"perplexity ratio {g['perplexity_ratio']:.4f} over {g['rows']} sequences, 95 % upper bound "
+            f"{g['perplexity_ratio_upper_95']:.4f} vs {g['max_perplexity_ratio']:.4f}: {verdict}; greedy tokens "
+            f"matched before the first divergence: {'-' if greedy is None else f'{greedy:.3f}'}")
 
 
 def quantization_line(q: dict[str, Any]) -> str:
@@ -101,12 +175,15 @@ def info_text(bundle: str | Path) -> str:
     lines = [f"BUNDLE {Path(bundle).resolve()}",
              f"task: {manifest['task']}   model type: {manifest['model_type']}   max length: {manifest['max_length']}",
              f"labels: {', '.join(manifest['labels'] or []) or '-'}",
-             f"deployable: {manifest['model_file']}   opset {manifest['opset']}   device {manifest.get('device')}",
-             f"fusion: {manifest['fusion']['summary']}"]
-    lines.append(f"  op counts before -> after: {op_changes(manifest['fusion'])}")
+             f"deployable: {manifest['model_file']}   opset {manifest['opset']}   device {manifest.get('device')}"]
+    lines += [f"  {line}" for line in deployable_lines(manifest)]
+    lines.append(f"fused graph model_optimized.onnx: {manifest['fusion']['summary']}"
+                 + ("" if manifest["model_file"] == "model_optimized.onnx" else " (not the deployable file)"))
+    lines.append(f"  op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}")
     lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
     lines.append(f"quantization: {quantization_line(q) if q else 'none'}")
     lines.append("files:")
     lines += [f"  {name:<32} {entry['bytes'] / 1e6:9.2f} MB" for name, entry in manifest["files"].items()]
+    lines += ["accuracy guard:", *[f"  {line}" for line in guard_lines(manifest)]]
     lines += ["validation:", validation_table(manifest)]
     return "\n".join(lines)

@@ -38,11 +38,12 @@ class ExportConfig:
     """Quantize weights per output channel from the first attempt (otherwise it is the first remedy)."""
     calibration_samples: int = 100
     """Training examples that calibrate int8-static activation ranges."""
-    validate_samples: int = 200
-    """Held-out eval examples every ONNX file is validated on against PyTorch."""
+    validate_samples: int | None = None
+    """Most held-out eval rows every ONNX file is validated on against PyTorch; None: the task's default
+    (`Task.validation_rows`: classify 2000, generate 200)."""
     max_accuracy_drop: float | None = None
-    """Budget against PyTorch, in the task's unit; None: the task's default (`deployft.tasks`: classify 1
-    accuracy point, generate 10 % perplexity increase)."""
+    """Budget against PyTorch in the task's unit, judged on its one-sided 95 % upper bound (`guard.py`); None: the
+    task's default (classify 3: at most 3 % of predictions may flip; generate 10: perplexity at most +10 %)."""
     device: str = "cpu"
     """Target device: cpu or cuda (fp16 needs cuda; int8 has no CUDA kernels)."""
     opset: int | None = None
@@ -71,7 +72,7 @@ class ExportConfig:
         if self.quantize.startswith("int8") and self.device == "cuda":
             raise UsageError(f"--device cuda --quantize {self.quantize} is refused: ONNX Runtime has no CUDA kernels "
                              "for int8-quantized MatMuls; use --quantize fp16 on CUDA or --device cpu")
-        for flag, value in (("--validate-samples", self.validate_samples),
+        for flag, value in (("--validate-samples", 1 if self.validate_samples is None else self.validate_samples),
                             ("--calibration-samples", self.calibration_samples)):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"{flag} must be a positive integer, got {value!r}")

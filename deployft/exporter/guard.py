@@ -1,9 +1,21 @@
-"""The accuracy guard: how much worse than PyTorch a file is, the budget it must meet, and the int8 remedy ladder.
+"""The accuracy guard: paired predictions of PyTorch and each ONNX file on the same rows, a confidence bound, and a
+decision; then the int8 remedy ladder and the refusal.
 
-The drop is counted in the task's unit (`Task.budget_unit`): accuracy points lost on the RUN's eval rows for a
-classifier (top-1 disagreement points when there are no labels), perplexity increase in percent for a
-generator. When int8 exceeds the budget, the task's remedies (`Task.int8_remedies`) are tried in order; the
-first that meets it is kept and every attempt is recorded. When none does: AccuracyBudgetError, and no bundle.
+Decision rule (`--max-accuracy-drop B`, in `Task.budget_unit`), one-sided 95 % confidence:
+
+- classify: a file passes when the exact (Clopper-Pearson) upper bound of the share of rows whose top-1 class
+  differs from PyTorch's is <= B %, i.e. the lower bound of top-1 agreement is >= 1 - B / 100. A flipped prediction
+  is the only way a file can lose accuracy on a row, so this bounds the accuracy drop on any labels, and it is
+  judged on every row rather than on the difference of two noisy accuracies (which a file that flips 3 % of its
+  predictions can "win"). The labels only feed the accuracy columns, which are reported, not judged.
+- generate: a file passes when the paired bootstrap upper bound of its perplexity ratio over PyTorch (whole
+  sequences resampled, seed 0) is <= 1 + B / 100. Greedy token agreement is recorded beside it, not judged: a
+  single near-tie changes the rest of a continuation, so a few prompts cannot tell a real loss from chance.
+
+A classifier budget that the validation rows cannot decide (too few rows for even a file with no flipped
+prediction to pass) is refused before any file is written. When int8 misses the budget, the task's remedies
+(`Task.int8_remedies`) are tried in order; the first that passes is kept and every attempt is recorded. When none
+does: AccuracyBudgetError, and no bundle.
 """
 
 from __future__ import annotations
@@ -11,10 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..errors import AccuracyBudgetError
+from ..errors import AccuracyBudgetError, UsageError
+from .agreement import CONFIDENCE, binomial_upper_bound, rows_needed
 from ..tasks import Remedy, Task
 from .config import ExportConfig
 from .state import Budget, ExportResult, VariantResult
+
+FEW_SEQUENCES = 20
+"""Below this many generator sequences the bootstrap bound is recorded with a warning that it is approximate."""
 
 
 def budget_for(config: ExportConfig, task: Task) -> Budget:
@@ -23,13 +39,87 @@ def budget_for(config: ExportConfig, task: Task) -> Budget:
     return Budget(float(limit), task.budget_unit)
 
 
-def drop(task: Task, report: dict[str, Any]) -> tuple[float, str]:
-    """How much worse than PyTorch a validated file is, and the unit (negative: better)."""
-    if task.validation_metric == "perplexity":
-        return report["perplexity_increase_pct"], task.budget_unit
-    if report.get("accuracy") is not None:
-        return 100.0 * (report["accuracy_pytorch"] - report["accuracy"]), task.budget_unit
-    return 100.0 * (1.0 - report["top1_agreement"]), "top-1 disagreement points (no labels)"
+def rule_text(task: Task, budget: Budget) -> str:
+    """The decision rule with its numbers, as `export`, `info` and the model card print it."""
+    if task.generates:
+        return (f"pass when the one-sided {CONFIDENCE:.0%} upper bound of the perplexity ratio ONNX / PyTorch "
+                f"(paired bootstrap over sequences) is <= {1 + budget.max_drop / 100:.4f} "
+                f"(--max-accuracy-drop {budget.max_drop:g}: {budget.measure})")
+    return (f"pass when the one-sided {CONFIDENCE:.0%} lower bound of top-1 agreement with PyTorch (exact binomial, "
+            f"Clopper-Pearson) is >= {1 - budget.max_drop / 100:.4f}, i.e. at most {budget.max_drop:g} % of "
+            f"predictions may flip (--max-accuracy-drop {budget.max_drop:g}: {budget.measure})")
+
+
+def check_decidable(task: Task, budget: Budget, rows: int, validate_samples: int) -> None:
+    """Refuse a classifier budget that `rows` validation rows cannot decide, before any file is written.
+
+    Raises:
+        UsageError: even a file that flips no prediction would fail, so every export would be refused after
+            minutes of work; the message names the rows needed, the smallest budget these rows decide, and the fixes.
+    """
+    if rows < 1:
+        raise UsageError("the accuracy guard has no validation rows to judge: the RUN's eval and training data "
+                         "encode to no usable example; re-run deployft finetune with data that has text")
+    if task.generates:
+        return
+    needed = rows_needed(budget.max_drop / 100)
+    if needed is not None and rows >= needed:
+        return
+    smallest = 100 * binomial_upper_bound(0, rows)
+    need = "no finite number of rows" if needed is None else f"at least {needed} rows"
+    raise UsageError(
+        f"the accuracy guard cannot decide --max-accuracy-drop {budget.max_drop:g} ({budget.measure}) on "
+        f"{rows} validation rows: even a file that flips no prediction has an upper bound of {smallest:.2f} %, and "
+        f"{need} are needed; give the RUN more eval rows (deployft finetune --eval-fraction or --eval-data), "
+        f"raise --validate-samples (now {validate_samples}) if the RUN has more, or pass --max-accuracy-drop "
+        f"{_round_up(smallest)} or more")
+
+
+def judge(task: Task, report: dict[str, Any], budget: Budget) -> tuple[float, dict[str, Any]]:
+    """How far a validated file is from PyTorch in the budget's unit (its upper bound), and the guard's record.
+
+    Returns:
+        `(drop, guard)`: `drop` is the judged bound (classify: % of predictions flipped; generate: % perplexity
+        increase), `guard` what the manifest records for the file: rows, the measured value, its bound, the
+        threshold and `passed`.
+    """
+    rows = report["samples"]
+    if task.generates:
+        upper = report["perplexity_ratio_upper_95"]
+        drop = 100.0 * (upper - 1.0)
+        return drop, {"rows": rows, "target_tokens": report.get("target_tokens"),
+                      "perplexity_ratio": report["perplexity_ratio"], "perplexity_ratio_upper_95": upper,
+                      "max_perplexity_ratio": 1 + budget.max_drop / 100,
+                      "greedy_token_agreement": report.get("greedy_token_agreement"),
+                      "passed": drop <= budget.max_drop}
+    flips = report["flips"]
+    drop = 100.0 * binomial_upper_bound(flips, rows)
+    return drop, {"rows": rows, "flips": flips, "agreement": 1 - flips / rows,
+                  "agreement_lower_95": 1 - drop / 100, "min_agreement": 1 - budget.max_drop / 100,
+                  "passed": drop <= budget.max_drop}
+
+
+def guard_record(task: Task, budget: Budget, rows: int, rows_source: str) -> dict[str, Any]:
+    """The manifest's `guard`: the rule with its numbers, the rows judged, where they came from, and warnings."""
+    return {"rule": rule_text(task, budget), "confidence": CONFIDENCE, "max_drop": budget.max_drop,
+            "measure": budget.measure, "rows": rows, "rows_source": rows_source,
+            "warnings": rows_warnings(task, rows, rows_source)}
+
+
+def rows_warnings(task: Task, rows: int, rows_source: str) -> list[str]:
+    """What the manifest and `info` say about rows that weaken the guard's numbers."""
+    warnings = []
+    if rows_source == "train":
+        warnings.append("validated on the RUN's TRAINING rows (it has no eval split): the model has seen them, so "
+                        "agreement is measured where PyTorch is most confident and overstates held-out agreement; "
+                        "fine-tune with --eval-fraction or --eval-data")
+    elif rows_source == "random":
+        warnings.append("validated on random token sequences (no RUN data): the bounds are about parity on inputs "
+                        "unlike real text; the task metrics are absent")
+    if task.generates and rows < FEW_SEQUENCES:
+        warnings.append(f"only {rows} sequences: a bootstrap over fewer than {FEW_SEQUENCES} is approximate "
+                        "(it understates the spread); raise --validate-samples")
+    return warnings
 
 
 def first_within_budget(result: ExportResult, names: list[str], source_name: str) -> str:
@@ -39,10 +129,10 @@ def first_within_budget(result: ExportResult, names: list[str], source_name: str
             return name
     tried = "; ".join(f"{n}: {result.variants[n].drop:.2f}" for n in names)
     raise AccuracyBudgetError(
-        f"every candidate lost more than --max-accuracy-drop {result.budget.max_drop} ({result.budget.measure}) "
+        f"every candidate exceeded --max-accuracy-drop {result.budget.max_drop:g} ({result.budget.measure}) "
         f"against PyTorch on {source_name} ({tried}); no bundle written; raise --max-accuracy-drop or export "
         "with a higher precision (--quantize none)",
-        budget=result.budget.to_manifest(), attempts=[{"remedy": n, "drop": result.variants[n].drop} for n in names])
+        budget=result.budget.to_manifest(), attempts=[_attempt(n, result.variants[n]) for n in names])
 
 
 def climb(remedies: tuple[Remedy, ...], budget: Budget,
@@ -54,7 +144,8 @@ def climb(remedies: tuple[Remedy, ...], budget: Budget,
     change nothing over the attempts before it (it is then skipped).
 
     Returns:
-        The remedy that met the budget, its quantization settings, and every attempt `[{"remedy", "drop"}]`.
+        The remedy that met the budget, its quantization settings, and every attempt
+        `[{"remedy", "drop", "guard"}]`.
     """
     tried: list[dict[str, Any]] = []
     for remedy in remedies:
@@ -62,15 +153,23 @@ def climb(remedies: tuple[Remedy, ...], budget: Budget,
         if outcome is None:
             continue
         settings, variant = outcome
-        tried.append({"remedy": remedy.name, "drop": variant.drop})
+        tried.append(_attempt(remedy.name, variant))
         if variant.drop <= budget.max_drop:
             return remedy, settings, tried
     _refuse_int8(tried, budget)
 
 
+def _attempt(name: str, variant: VariantResult) -> dict[str, Any]:
+    return {"remedy": name, "drop": variant.drop, "guard": dict(variant.validation.get("guard") or {})}
+
+
 def _refuse_int8(tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
     attempts_text = ", ".join(f"{t['remedy']}: {t['drop']:.2f}" for t in tried)
     raise AccuracyBudgetError(
-        f"int8 lost {tried[-1]['drop']:.2f} {budget.measure} against PyTorch, over --max-accuracy-drop "
-        f"{budget.max_drop} after every remedy ({attempts_text}); no bundle written; raise --max-accuracy-drop "
+        f"int8 reached {tried[-1]['drop']:.2f} ({budget.measure}) against PyTorch, over --max-accuracy-drop "
+        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; raise --max-accuracy-drop "
         "or use --quantize none", budget=budget.to_manifest(), attempts=tried)
+
+
+def _round_up(value: float) -> str:
+    return f"{int(value * 10 + 0.999999) / 10:g}"

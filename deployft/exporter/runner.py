@@ -19,7 +19,7 @@ from ..errors import DeviceError, StageError, UsageError
 from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
-from .guard import budget_for, climb, drop, first_within_budget
+from .guard import budget_for, check_decidable, climb, first_within_budget, guard_record, judge
 from .state import ExportJob, ExportResult, VariantResult
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def export(config: ExportConfig) -> Path:
         ModelError: not a RUN/model folder, unreadable weights, an architecture Optimum cannot export.
         DataError: int8-static calibration on a RUN whose data is gone.
         OutputExistsError: the output folder exists (pass overwrite).
+        UsageError: bad flags, or a classifier budget the validation rows cannot decide (`guard.check_decidable`).
         AccuracyBudgetError: no variant met --max-accuracy-drop (no bundle is written).
         UsageError: an unusable --sign-key (checked before any work).
     """
@@ -64,14 +65,18 @@ def export(config: ExportConfig) -> Path:
     tokenizer = load_tokenizer(source)
     calibration = calibration_samples(source, tokenizer, config.calibration_samples) \
         if config.quantize == "int8-static" else None
+    limit = config.validate_samples or task.validation_rows
+    held_out = validation_samples(source, tokenizer, limit)
+    budget, rows = budget_for(config, task), len(held_out.sequences)
+    check_decidable(task, budget, rows, limit)
     model = load_torch_model(source)
-    held_out = validation_samples(source, tokenizer, config.validate_samples)
     ref = reference(source, model, tokenizer, held_out)
     attention = _decoder_attention(config, source, model)
     with atomic_folder(config.output, config.overwrite) as staging:
         job = ExportJob(config, source, task, staging, ref, calibration)
         result = _build(job, attention)
         result.validation_inputs = held_out.origin
+        result.guard = guard_record(task, budget, rows, held_out.source)
         write_bundle(staging, source, result)
         if signer is not None:
             from ..signing import sign_bundle
@@ -130,13 +135,15 @@ def _build(job: ExportJob, attention) -> ExportResult:
 
 
 def _validated(job: ExportJob, result: ExportResult, path: Path, precision: str, optimized: bool) -> VariantResult:
-    """Validate `path` against PyTorch and record it with its drop in the budget's unit."""
+    """Validate `path` against PyTorch, judge it, and record it with its drop (the judged bound) and op counts."""
+    from .optimize import op_counts
     from .validate import compare
 
     report = compare(job.reference, path, job.config.device)
-    report["drop"], report["drop_measure"] = drop(job.task, report)
+    report["drop"], report["guard"] = judge(job.task, report, result.budget)
+    report["drop_measure"] = result.budget.measure
     logger.info("%s: %s", path.name, report)
-    return result.add(VariantResult(path, precision, optimized, report))
+    return result.add(VariantResult(path, precision, optimized, report, op_counts(path)))
 
 
 def _fp32(job: ExportJob, result: ExportResult) -> str:

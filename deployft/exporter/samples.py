@@ -41,7 +41,9 @@ class Samples:
     prompts: list[list[int]] = field(default_factory=list)
     """generate: prompt ids (as the runtime formats and truncates them) whose greedy continuation is compared."""
     origin: str = "eval data"
-    """Where the examples came from, recorded in the manifest."""
+    """Where the examples came from, in words, recorded in the manifest."""
+    source: str = "eval"
+    """`eval`, `train` (a RUN without an eval split) or `random` (no data): the manifest's `guard.rows_source`."""
 
 
 def validation_samples(source: Source, tokenizer, limit: int) -> Samples:
@@ -51,15 +53,18 @@ def validation_samples(source: Source, tokenizer, limit: int) -> Samples:
     from ..data import load_run_examples
 
     try:
-        rows, origin = load_run_examples(source.path, "eval", limit), "eval data"
+        rows, origin, kind = load_run_examples(source.path, "eval", limit), "eval data", "eval"
         if not rows:
-            logger.warning("RUN %s has no eval split: validating on its TRAINING rows, which the model has seen; "
-                           "its numbers overstate held-out accuracy", source.path)
-            rows, origin = load_run_examples(source.path, "train", limit), "train data (the RUN has no eval split)"
+            logger.warning("RUN %s has no eval split: validating on its TRAINING rows, which the model has "
+                           "seen; the agreement measured there overstates held-out agreement", source.path)
+            rows, origin, kind = (load_run_examples(source.path, "train", limit),
+                                  "train data (the RUN has no eval split)", "train")
     except DataError as exc:
         logger.warning("validating on random tokens: %s", exc)
         return _random_samples(tokenizer, limit, f"random tokens (RUN data unavailable: {exc})")
-    return encode(source, tokenizer, rows, origin)
+    samples = encode(source, tokenizer, rows, origin)
+    samples.source = kind
+    return samples
 
 
 def calibration_samples(source: Source, tokenizer, limit: int) -> Samples:
@@ -78,7 +83,9 @@ def calibration_samples(source: Source, tokenizer, limit: int) -> Samples:
         rows = load_run_examples(source.path, "train", limit)
     except DataError as exc:
         raise DataError(f"--quantize int8-static needs the RUN's training data: {exc}") from exc
-    return encode(source, tokenizer, rows, "train data")
+    samples = encode(source, tokenizer, rows, "train data")
+    samples.source = "train"
+    return samples
 
 
 def encode(source: Source, tokenizer, rows: list[dict[str, Any]], origin: str) -> Samples:
@@ -105,7 +112,7 @@ def _random_samples(tokenizer, limit: int, origin: str) -> Samples:
     vocab = [i for i in range(len(tokenizer)) if i not in special]
     sequences = [[rng.choice(vocab) for _ in range(rng.randint(4, RANDOM_LENGTH))] for _ in range(limit)]
     prompts = [s[: max(2, len(s) // 2)] for s in sequences[:GREEDY_PROMPTS]]
-    return Samples(sequences, None, [[1] * len(s) for s in sequences], prompts, origin)
+    return Samples(sequences, None, [[1] * len(s) for s in sequences], prompts, origin, "random")
 
 
 def feeds(samples: Samples, session_inputs: dict[str, Any]) -> list[dict[str, np.ndarray]]:

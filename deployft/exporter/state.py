@@ -38,7 +38,10 @@ class VariantResult:
     optimized: bool
     """Whether it derives from the fused (ORTOptimizer / attention-fused) graph."""
     validation: dict[str, Any]
-    """The validation report (`deployft.exporter.validate.compare`), with `drop` in the budget's unit."""
+    """The validation report (`deployft.exporter.validate.compare`), with `drop` (the judged bound, in the budget's
+    unit) and `guard` (`deployft.exporter.guard.judge`)."""
+    ops: dict[str, int] = field(default_factory=dict)
+    """The file's own op counts (`{op type: count}`), what `info` and the model card describe it by."""
 
     @property
     def name(self) -> str:
@@ -49,7 +52,8 @@ class VariantResult:
         return self.validation["drop"]
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"precision": self.precision, "optimized": self.optimized, "validation": self.validation}
+        return {"precision": self.precision, "optimized": self.optimized, "ops": self.ops,
+                "validation": self.validation}
 
 
 @dataclass
@@ -83,6 +87,8 @@ class ExportResult:
     quantization: dict[str, Any] | None = None
     model_file: str | None = None
     validation_inputs: str | None = None
+    guard: dict[str, Any] = field(default_factory=dict)
+    """The accuracy guard's rule, rows and warnings (the manifest's `guard`)."""
 
     def add(self, variant: VariantResult) -> VariantResult:
         """Record a validated file (a later attempt at the same file replaces the earlier one)."""

@@ -3,8 +3,10 @@
 The PyTorch side runs once (`reference`); each file is then run through the runtime's own code, the session
 builder (`deployft.runtime.session.create_session`), the classifier call (`ClassifierHead`) and the KV-cache
 decoder (`KVDecoder`) that `Predictor` executes, and compared (`compare`): max |Δlogit|, top-1 agreement and
-the task metric (`deployft.metrics`: accuracy and macro-F1; perplexity on the response tokens), and for
-generators the share of prompts whose greedy continuation equals PyTorch's token for token.
+the task metric (`deployft.metrics`: accuracy and macro-F1; perplexity on the response tokens). What the accuracy
+guard (`guard.py`) judges is paired, row by row: for classifiers the number of rows whose top-1 class differs
+from PyTorch's (`flips`), for generators the perplexity ratio over PyTorch on the same sequences with its paired
+bootstrap upper bound (`deployft.stats`), and the greedy tokens that match PyTorch's before the first divergence.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import accuracy_and_macro_f1, perplexity, token_logprobs
+from .agreement import bootstrap_ratio_upper_bound
 from ..tasks import Task
 from ..tokens import SpecialIds, pad, special_ids
 from .samples import Samples
@@ -41,6 +44,8 @@ class Reference:
     """generate: PyTorch's greedy tokens for each prompt."""
     metrics: dict[str, float | None] = field(default_factory=dict)
     """PyTorch's own task metrics."""
+    nll: np.ndarray | None = None
+    """generate: PyTorch's summed negative log-likelihood of each sequence's target tokens."""
 
 
 def _batches(sequences: list[list[int]], pad_id: int, size: int = BATCH):
@@ -73,7 +78,7 @@ def reference(source, model, tokenizer, samples: Samples) -> Reference:
             return ref
         logits = [model(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in samples.sequences]
         greedy = [_torch_greedy(model, p) for p in samples.prompts]
-    ref = Reference(source.spec, samples, special, logits, greedy=greedy)
+    ref = Reference(source.spec, samples, special, logits, greedy=greedy, nll=_sequence_nll(logits, samples)[0])
     ref.metrics = {"perplexity": _perplexity(logits, samples)}
     return ref
 
@@ -95,10 +100,12 @@ def _compare_classify(ref: Reference, session) -> dict[str, Any]:
     ours = np.concatenate([head.logits(ids, mask) for ids, mask in _batches(ref.samples.sequences, ref.special.pad)])
     theirs = np.concatenate(ref.logits)
     metrics = _classify_metrics(ours, ref.samples.labels)
+    flipped = ours.argmax(-1) != theirs.argmax(-1)
     return {
         "samples": len(ref.samples.sequences),
         "max_abs_logit_diff": float(np.max(np.abs(ours - theirs))),
-        "top1_agreement": float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
+        "flips": int(flipped.sum()),
+        "top1_agreement": float(1.0 - flipped.mean()),
         "accuracy_pytorch": ref.metrics["accuracy"], "accuracy": metrics["accuracy"],
         "macro_f1_pytorch": ref.metrics["macro_f1"], "macro_f1": metrics["macro_f1"],
     }
@@ -115,16 +122,36 @@ def _compare_generate(ref: Reference, session, device: str) -> dict[str, Any]:
     diffs = [float(np.max(np.abs(a - b))) for a, b in zip(logits, ref.logits)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref.logits)])
     ppl, ppl_ref = _perplexity(logits, ref.samples), ref.metrics["perplexity"]
+    nll, tokens = _sequence_nll(logits, ref.samples)
+    ratio, upper = bootstrap_ratio_upper_bound(nll, ref.nll, tokens)
     greedy = [_runtime_greedy(decoder, p) for p in ref.samples.prompts]
     return {
         "samples": len(ref.samples.sequences),
+        "target_tokens": int(tokens.sum()),
         "max_abs_logit_diff": max(diffs),
         "top1_agreement": float(agree.mean()),
         "perplexity_pytorch": ppl_ref, "perplexity": ppl,
         "perplexity_increase_pct": 100.0 * (ppl - ppl_ref) / ppl_ref,
+        "perplexity_ratio": ratio, "perplexity_ratio_upper_95": upper,
         "greedy_identical": float(np.mean([a == b for a, b in zip(greedy, ref.greedy)])) if greedy else None,
+        "greedy_token_agreement": greedy_token_agreement(greedy, ref.greedy),
         "greedy_prompts": len(greedy), "greedy_tokens": GREEDY_TOKENS,
     }
+
+
+def greedy_token_agreement(ours: list[list[int]], theirs: list[list[int]]) -> float | None:
+    """Share of PyTorch's greedy tokens that the file reproduced before its first divergence, over all prompts.
+
+    Tokens after a divergence are not counted as matches even when they happen to agree again: from there on the
+    two continuations are conditioned on different text.
+    """
+    total = sum(len(t) for t in theirs)
+    if not total:
+        return None
+    matched = 0
+    for a, b in zip(ours, theirs):
+        matched += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return matched / total
 
 
 def _runtime_greedy(decoder, prompt: list[int]) -> list[int]:
@@ -145,6 +172,16 @@ def _torch_greedy(model, prompt: list[int]) -> list[int]:
         next_id = model(input_ids=ids).logits[0, -1].argmax()
         ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     return ids[0, len(prompt):].tolist()
+
+
+def _sequence_nll(logits: list[np.ndarray], samples: Samples) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence: the summed negative log-likelihood of its target tokens, and how many there are."""
+    nll, tokens = [], []
+    for lg, seq, targets in zip(logits, samples.sequences, samples.targets):
+        mask = np.asarray(targets[1:], dtype=np.float64)
+        nll.append(-float((token_logprobs(lg[None], np.asarray([seq]))[0] * mask).sum()))
+        tokens.append(mask.sum())
+    return np.asarray(nll), np.asarray(tokens)
 
 
 def _perplexity(logits: list[np.ndarray], samples: Samples) -> float:

@@ -23,12 +23,17 @@ def test_help(command):
 def test_export_then_info(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "--output", str(bundle), "--quantize", "int8",
-                                       "--validate-samples", "24", "--quantize-preset", "avx2"])
+                                       "--validate-samples", "24", "--quantize-preset", "avx2",
+                                       "--max-accuracy-drop", "30"])
     assert result.exit_code == 0, result.output
     assert "deployable: model_quantized.onnx" in result.output and "| model_quantized.onnx * | int8 |" in result.output
     assert "quantization: int8 (preset avx2, per-channel False), remedy: none" in result.output
+    rule = "rule: pass when the one-sided 95% lower bound of top-1 agreement with PyTorch"
+    assert rule in result.output and ">= 0.7000" in result.output and "rows: 24 (eval rows)" in result.output
+    assert "model_quantized.onnx (deployable): " in result.output and "/24 predictions agree" in result.output
     info = CliRunner().invoke(main, ["info", str(bundle)])
-    assert info.exit_code == 0 and "fusion: " in info.output and "labels: negative, positive" in info.output
+    assert info.exit_code == 0 and "fused graph model_optimized.onnx: " in info.output
+    assert "labels: negative, positive" in info.output and rule in info.output
 
 
 @pytest.mark.parametrize(("flag", "expected"), [
@@ -46,7 +51,7 @@ def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, f
 
 def test_export_reads_a_config_file(tiny_run, tmp_path):
     config = tmp_path / "export.yaml"
-    config.write_text("quantize: none\nvalidate_samples: 8\n")
+    config.write_text("quantize: none\nvalidate_samples: 8\nmax_accuracy_drop: 100\n")
     result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "-o", str(tmp_path / "b"),
                                        "--config", str(config)])
     assert result.exit_code == 0, result.output
@@ -73,6 +78,7 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")
     _fails(["export", run, "-o", out, "--quantize", "int8", "--device", "cuda"], "no CUDA kernels")
     _fails(["export", plain, "-o", out], "pass --task classify or --task generate")
+    _fails(["export", run, "-o", out], "cannot decide --max-accuracy-drop 3", "24 validation rows", "99 rows")
     _fails(["export", plain, "-o", out, "--task", "classify", "--quantize", "int8-static"],
            "int8-static calibrates on a RUN's training data")
     (tmp_path / "taken").mkdir()

@@ -9,8 +9,8 @@ from deployft.exporter import ExportConfig, export
 from deployft.manifest import read_manifest, sha256_file
 
 FIELDS = {"format_version", "kind", "task", "labels", "max_length", "prompt_format", "model_type", "model_file",
-          "variants", "opset", "fusion", "quantization", "validation", "generation", "files", "source_run",
-          "versions", "created", "manifest_sha256"}
+          "variants", "opset", "fusion", "quantization", "accuracy_budget", "guard", "validation", "validation_inputs",
+          "generation", "files", "source_run", "versions", "created", "manifest_sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def bundles(_tiny_run_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     return {
         "bert": export(ExportConfig(run=_tiny_run_cache("bert"), output=root / "bert", quantize="int8",
-                                    validate_samples=40)),
+                                    validate_samples=40, max_accuracy_drop=100)),
         "llama": export(ExportConfig(run=_tiny_run_cache("llama"), output=root / "llama", validate_samples=16)),
     }
 
@@ -71,6 +71,12 @@ def test_generator_manifest_has_what_a_kv_cache_loop_needs(bundles):
     fusion = manifest["fusion"]
     assert fusion["after"]["GroupQueryAttention"] == 2 and fusion["after"]["RotaryEmbedding"] == 4
     assert "decoder attention fused by deployft" in fusion["notes"][0]
+    record = manifest["validation"]["model_optimized.onnx"]["guard"]
+    assert record["rows"] == manifest["guard"]["rows"] == 12 and record["passed"] is True
+    assert record["perplexity_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert record["perplexity_ratio"] <= record["perplexity_ratio_upper_95"] + 1e-9
+    assert record["greedy_token_agreement"] == 1.0 and record["max_perplexity_ratio"] == pytest.approx(1.1)
+    assert "only 12 sequences" in manifest["guard"]["warnings"][0]
 
 
 def test_optimum_loads_the_classifier_bundle_with_pytorch_logits(bundles):
@@ -106,16 +112,28 @@ def test_optimum_generates_the_pytorch_tokens_from_the_generator_bundle(bundles)
     assert ort_model.generate(**ids, **kwargs).tolist() == expected.tolist()
 
 
-def test_model_card_and_info(bundles):
+def test_model_card_and_info_describe_the_deployable_file_itself(bundles):
     card = (bundles["bert"] / "README.md").read_text()
     manifest = read_manifest(bundles["bert"], "bundle")
     assert "model_quantized.onnx" in card and "Attention ×2" in card and validation_table(manifest) in card
     assert "ORTModelForSequenceClassification" in card and "Attention 0->2" in card
+    ops = manifest["variants"]["model_quantized.onnx"]["ops"]
+    assert "Attention" not in ops and ops["MatMulInteger"] > 0  # dynamic int8 of the plain export: unfused
+    deployable = f"model_quantized.onnx: int8, attention not fused, {sum(ops.values())} nodes ("
+    assert deployable in card and f"MatMulInteger {ops['MatMulInteger']}" in card
+    assert "why this file: dynamic int8 of the plain export (model.onnx)" in card
+    assert "Not the deployable file (model_quantized.onnx is; see above)" in card
     text = info_text(bundles["bert"])
     for expected in ("task: classify", "labels: negative, positive", "deployable: model_quantized.onnx",
-                     "fusion: ", "Attention 0->2", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |"):
+                     deployable, "fused graph model_optimized.onnx: ", "Attention ×2", "(not the deployable file)",
+                     "Attention 0->2", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |",
+                     "accuracy guard:", "rows: 24 (eval rows)"):
         assert expected in text
-    assert "perplexity" in info_text(bundles["llama"]) and "quantization: none" in info_text(bundles["llama"])
+    llama = info_text(bundles["llama"])
+    assert "perplexity" in llama and "quantization: none" in llama
+    assert "model_optimized.onnx: fp32, attention fused (GroupQueryAttention ×2)" in llama
+    assert "why this file: the fused fp32 graph" in llama and "(not the deployable file)" not in llama
+    assert "perplexity ratio 1.0000 over 12 sequences" in llama
 
 
 def test_op_changes_lists_what_the_optimizer_changed():
@@ -133,7 +151,8 @@ def test_validation_table_marks_the_deployable_file():
         "b.onnx": {"precision": "int8", "optimized": True,
                    "validation": {"max_abs_logit_diff": 0.02, "top1_agreement": 0.99, "accuracy": 0.89, "drop": 1.0}}}}
     lines = validation_table(manifest).splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| a.onnx | fp32 | no | 1e-07 | 1.0000 | 0.9000 |")
+    assert lines[0].endswith("| bound |") and len(lines) == 4
+    assert lines[2].startswith("| a.onnx | fp32 | no | 1e-07 | 1.0000 | 0.9000 |")
     assert lines[3].startswith("| b.onnx * | int8 | yes | 0.0200 | 0.9900 | 0.8900 |")
 
 

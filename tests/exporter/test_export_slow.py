@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
-    bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "clf", quantize="int8"))
+    # the fixture RUN holds out 33 eval rows: up to 2 flipped predictions pass 20 % (upper bound 17.9 % at 2)
+    bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "clf", quantize="int8", max_accuracy_drop=20))
     manifest = read_manifest(bundle, "bundle")
     after = manifest["fusion"]["after"]
     assert after["Attention"] == 6 and after["SkipLayerNormalization"] >= 12 and after["BiasGelu"] == 6
@@ -21,7 +22,9 @@ def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
     assert plain["top1_agreement"] == fused["top1_agreement"] == 1.0
     int8 = manifest["validation"]["model_quantized.onnx"]
     assert manifest["model_file"] == "model_quantized.onnx"
-    assert int8["top1_agreement"] >= 0.95 and int8["drop"] <= 1.0
+    assert int8["top1_agreement"] >= 0.95 and int8["drop"] <= 20
+    assert manifest["guard"]["rows"] == int8["guard"]["rows"] == 33 and manifest["guard"]["rows_source"] == "eval"
+    assert int8["guard"]["agreement_lower_95"] <= int8["guard"]["agreement"] and int8["guard"]["passed"] is True
     assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 3
     assert manifest["labels"] == ["fresh", "rotten"] and manifest["validation_inputs"] == "eval data"
     for name, entry in manifest["files"].items():
@@ -47,7 +50,8 @@ def test_real_generator_int8_bundle(real_generate_run, tmp_path, monkeypatch):
     q = manifest["quantization"]
     assert manifest["model_file"] == "model_quantized.onnx" and q["remedy"] == "none" and q["block_size"] == 32
     # blockwise int8 (measured: next-token agreement ~0.97, perplexity within +-2 %)
-    assert int8["top1_agreement"] >= 0.9 and int8["perplexity_increase_pct"] == int8["drop"] <= 10.0
+    assert int8["top1_agreement"] >= 0.9 and int8["drop"] <= 10.0
+    assert int8["perplexity_ratio_upper_95"] == int8["guard"]["perplexity_ratio_upper_95"] and int8["guard"]["passed"]
     assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 1.8
     # the fused graph masks padding itself: a left-padded batch decodes like single prompts
     prompts = ["What is the capital of France?", "Write a haiku about the sea.", "How many legs does a spider have?"]

@@ -1,0 +1,156 @@
+"""The accuracy guard on the default classifier: what export's int8 check records and decides.
+
+Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes; 300 held-out rows), exports it with
+`--quantize int8` at export's default budget, and records, per file, the rows the guard
+judged, the predictions that flipped against PyTorch, the one-sided 95 % lower bound of top-1 agreement, the
+accuracies and the guard's decision, plus every int8 attempt of the remedy ladder, into
+benchmarks/results/guard_defaults.{json,md}.
+
+    python benchmarks/guard_defaults.py                 # work files under outputs/guard-defaults
+    python benchmarks/guard_defaults.py --reuse         # keep the RUN from an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+FINETUNE = dict(task="classify", max_samples=1500, eval_fraction=0.2, epochs=1, max_length=128, batch_size=16,
+                lr=1e-4)
+"""300 held-out rows, 1200 training rows: 25 minutes on 2 busy cores."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def finetuned(work: Path, reuse: bool) -> Path:
+    from deployft import FinetuneConfig, finetune
+
+    run = work / "run"
+    if not (reuse and (run / "deployft.json").is_file()):
+        log("fine-tuning the default classifier")
+        finetune(FinetuneConfig(output=str(run), overwrite=True, **FINETUNE))
+    return run
+
+
+def max_flips(rows: int, budget: float) -> int:
+    """The most flipped predictions of `rows` that pass `budget` (% flipped, 95 % upper bound); -1: none pass."""
+    from deployft.exporter.agreement import binomial_upper_bound
+
+    flips = -1
+    while flips + 1 < rows and 100 * binomial_upper_bound(flips + 1, rows) <= budget:
+        flips += 1
+    return flips
+
+
+def decision_table(rows_list=(300, 600, 2000), budgets=(2.0, 3.0, 5.0)) -> list[dict]:
+    """For each rows x budget: the most flips that pass, as a count and a share, and the fewest rows any file needs."""
+    from deployft.exporter.agreement import rows_needed
+
+    return [{"rows": rows, "budget": budget, "max_flips": max_flips(rows, budget),
+             "max_flip_share": max_flips(rows, budget) / rows, "rows_needed": rows_needed(budget / 100)}
+            for rows in rows_list for budget in budgets]
+
+
+def exported(run: Path, work: Path) -> dict:
+    """Export `run` with --quantize int8 at export's defaults; the manifest, or the refusal and its attempts."""
+    from deployft.errors import AccuracyBudgetError
+    from deployft.exporter import ExportConfig, export
+    from deployft.manifest import read_manifest
+
+    log("exporting with --quantize int8 at the default budget and rows")
+    try:
+        return {"manifest": read_manifest(export(ExportConfig(run=run, output=work / "bundle", quantize="int8",
+                                                              overwrite=True)), "bundle")}
+    except AccuracyBudgetError as exc:
+        return {"refused": str(exc), "attempts": exc.attempts, "budget": exc.budget}
+
+
+def summary(outcome: dict) -> dict:
+    """What the results keep of the export: the guard, each file's decision, accuracy and own op counts."""
+    if "manifest" not in outcome:
+        return outcome
+    m = outcome["manifest"]
+    files = {name: {"precision": v["precision"], "nodes": sum(v["ops"].values()),
+                    "attention_ops": {op: n for op, n in v["ops"].items() if "Attention" in op},
+                    "guard": v["validation"]["guard"], "accuracy": v["validation"].get("accuracy"),
+                    "accuracy_pytorch": v["validation"].get("accuracy_pytorch"),
+                    "max_abs_logit_diff": v["validation"]["max_abs_logit_diff"]}
+             for name, v in m["variants"].items()}
+    return {"model_file": m["model_file"], "accuracy_budget": m["accuracy_budget"], "guard": m["guard"],
+            "validation_inputs": m["validation_inputs"], "files": files,
+            "attempts": (m["quantization"] or {}).get("attempts"), "remedy": (m["quantization"] or {}).get("remedy")}
+
+
+def markdown(record: dict) -> str:
+    lines = ["# The accuracy guard on the default classifier", "",
+             f"Command: `{record['command']}`  ", f"Date: {record['date']}  ", f"Machine: {record['machine']}", "",
+             f"RUN: default classifier fine-tuned with {record['finetune']}.", ""]
+    result = record["export"]
+    if "refused" in result:
+        lines += [f"Export refused int8: {result['refused']}", ""]
+    else:
+        lines += [f"Deployable file: `{result['model_file']}` (remedy: {result['remedy']}); rows: "
+                  f"{result['guard']['rows']} ({result['guard']['rows_source']}).", "",
+                  f"Rule: {result['guard']['rule']}", "",
+                  "| file | precision | nodes | attention ops | rows | flips | agreement | 95 % lower bound | "
+                  "threshold | decision | accuracy | PyTorch accuracy |", "|" + " --- |" * 12]
+        for name, f in result["files"].items():
+            g = f["guard"]
+            lines.append(f"| {name} | {f['precision']} | {f['nodes']} | {f['attention_ops'] or 'none'} | {g['rows']} | "
+                         f"{g['flips']} | {g['agreement']:.4f} | {g['agreement_lower_95']:.4f} | "
+                         f"{g['min_agreement']:.4f} | {'pass' if g['passed'] else 'FAIL'} | {f['accuracy']:.4f} | "
+                         f"{f['accuracy_pytorch']:.4f} |")
+        lines.append("")
+    lines += ["Int8 attempts (remedy ladder):", ""]
+    for attempt in result.get("attempts") or []:
+        g = attempt["guard"]
+        lines.append(f"- {attempt['remedy']}: {g['flips']} of {g['rows']} flipped, upper bound {attempt['drop']:.2f} % "
+                     f"-> {'pass' if g['passed'] else 'FAIL'}")
+    lines += ["", "What the rule allows (computed, no model): the most flipped predictions that pass, and the fewest "
+              "rows on which a file that flips nothing can pass.", "",
+              "| rows | budget (% flipped, 95 % upper bound) | most flips that pass | share | rows needed |",
+              "| --- | --- | --- | --- | --- |"]
+    for row in record["decision_table"]:
+        lines.append(f"| {row['rows']} | {row['budget']:g} | {row['max_flips']} | {row['max_flip_share']:.2%} | "
+                     f"{row['rows_needed']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("outputs/guard-defaults"))
+    parser.add_argument("--reuse", action="store_true", help="keep the RUN of an earlier run")
+    parser.add_argument("--finetune-only", action="store_true", help="stop after the RUN is written")
+    args = parser.parse_args(argv)
+    run = finetuned(args.work, args.reuse)
+    if args.finetune_only:
+        return 0
+    import torch
+
+    record = {"command": "python benchmarks/guard_defaults.py" + (" --reuse" if args.reuse else ""),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                         f"load average {os.getloadavg()[0]:.2f}",
+              "finetune": FINETUNE, "export": summary(exported(run, args.work)), "decision_table": decision_table()}
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    (results / "guard_defaults.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    (results / "guard_defaults.md").write_text(markdown(record), encoding="utf-8")
+    log(f"wrote {results / 'guard_defaults.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
