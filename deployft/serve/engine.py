@@ -217,6 +217,8 @@ class GenerationEngine:
         tail = row.tracker.flush() if reason != "cancelled" else ""
         row.ticket.left_step = self.steps
         row.ticket.sink(Chunk(tail, reason, row.generated))
+        if self.metrics is not None:
+            self.metrics.generation_end(reason)
 
     # ---- the batch's KV cache ---------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ class ServeMetrics:
         self.tokens = prometheus.Counter("deployft_generated_tokens_total", "Tokens generated", **kw)
         self.ttft = prometheus.Histogram("deployft_time_to_first_token_seconds",
                                          "Time from request to its first generated text", buckets=LATENCY_BUCKETS, **kw)
+        self.finished = prometheus.Counter("deployft_generations_total", "Generations ended, by finish reason",
+                                           ["reason"], **kw)
         self.rejected = prometheus.Counter("deployft_rejected_total", "Requests refused because the queue was full",
                                            **kw)
 
@@ -45,6 +47,9 @@ class ServeMetrics:
         """One decoder call that produced one token for each of `rows` sequences."""
         self.batches.labels("generate").observe(rows)
         self.tokens.inc(rows)
+
+    def generation_end(self, reason: str) -> None:
+        self.finished.labels(reason).inc()
 
     def classify_batch(self, rows: int) -> None:
         self.batches.labels("classify").observe(rows)

@@ -9,6 +9,7 @@ balancer stops routing to the server while it drains.
 from __future__ import annotations
 
 import logging
+import signal
 
 from ..errors import require
 from .config import API_KEY_ENV, ServeConfig
@@ -39,6 +40,9 @@ def serve(config: ServeConfig) -> None:
                             sig, service.inflight, config.grace_s)
             service.ready = False
             super().handle_exit(sig, frame)
+            # uvicorn re-raises captured signals after shutting down (the process then dies of SIGTERM);
+            # a drained SIGTERM is a clean stop, so the process exits 0
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     settings = uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="info",
                               timeout_graceful_shutdown=config.grace_s, access_log=False)
