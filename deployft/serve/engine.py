@@ -4,12 +4,15 @@ One worker thread owns the decoder session and loops over steps. Before each ste
 each one's prompt is prefilled alone (batch 1, so its first token is exactly what `Predictor.generate` computes),
 then its KV cache is left-padded to the running batch's cache length and concatenated along the batch axis.
 Every row keeps its own position ids and its own sampler, and the attention mask hides each row's padding, so a
-row decodes the same tokens whatever else shares the batch. A row that finishes (end token, stop string,
-`max_tokens`, or a cancelled request) is sliced out after the step that finished it, and the cache columns that
-are padding for every remaining row are trimmed, so the cache is never longer than the longest live sequence.
+row decodes the same tokens whatever else shares the batch.
 
-The cache stays in ONNX Runtime's own values between steps; it is copied through numpy only when rows join
-or leave.
+A row that finishes (end token, stop string, `max_tokens`, or a cancelled request) leaves at once: its request is
+answered after the step that finished it and its slot is free for the next waiting request. Its cache rows are
+dropped at the next compaction: when requests join (the cache is copied then anyway) or when finished rows are as
+many as live ones, so the batch never spends more than half of a step on finished rows and the cache is copied
+through numpy only when rows join or that bound is reached. A compaction also trims the cache columns that are
+padding for every live row, so the cache is never longer than the longest live sequence. Between compactions the
+cache stays in ONNX Runtime's own values.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class _Row:
     generated: int = 0
     finish: str | None = None
     cache: list | None = None
+    dead: bool = False
+    """Finished and answered; its cache row waits for the next compaction."""
 
 
 class GenerationEngine:
@@ -114,7 +119,8 @@ class GenerationEngine:
 
     @property
     def active(self) -> int:
-        return len(self.rows)
+        """Live sequences in the running batch (finished rows awaiting compaction are not counted)."""
+        return sum(not r.dead for r in self.rows)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="deployft-generate", daemon=True)
@@ -153,7 +159,7 @@ class GenerationEngine:
 
     def _admit(self) -> None:
         joined = []
-        while len(self.rows) + len(joined) < self.max_batch_size:
+        while self.active + len(joined) < self.max_batch_size:
             with self._wake:
                 if not self.pending:
                     break
@@ -179,7 +185,7 @@ class GenerationEngine:
         positions = np.arange(len(ids), dtype=np.int64)[None, :]
         logits, present = self.decoder.step(batch, np.ones_like(batch), positions, None)
         row.cache = [v.numpy() for v in present]
-        self._record(1)
+        self._record(1, 1)
         self._advance(row, logits)
         if row.finish:
             self._finish(row, row.finish)
@@ -187,18 +193,30 @@ class GenerationEngine:
         return row
 
     def _step(self) -> None:
-        ids = np.asarray([[r.last] for r in self.rows], dtype=np.int64)
+        ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
         mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
         positions = np.asarray([[r.position] for r in self.rows], dtype=np.int64)
         logits, self.cache = self.decoder.step(ids, mask, positions, self.cache)
         self.mask = mask
         self.steps += 1
-        self._record(len(self.rows))
+        self._record(len(self.rows), self.active)
         for i, row in enumerate(self.rows):
             row.position += 1
-            if not row.ticket.cancelled:
+            if row.dead:
+                continue
+            if row.ticket.cancelled:
+                row.finish = "cancelled"
+            else:
                 self._advance(row, logits[i:i + 1])
-        self._leave([r for r in self.rows if r.finish or r.ticket.cancelled])
+            if row.finish:
+                self._finish(row, row.finish)
+                row.dead = True
+        live = self.active
+        if live == 0:
+            self.rows, self.cache, self.mask = [], None, None
+        elif len(self.rows) - live >= live:
+            arrays, self.mask = self._live_cache()
+            self._set_cache(arrays)
 
     def _advance(self, row: _Row, logits: np.ndarray) -> None:
         """Pick the row's next token (its own sampler), report the text that is safe to show."""
@@ -223,8 +241,10 @@ class GenerationEngine:
     # ---- the batch's KV cache ---------------------------------------------------------------------------
 
     def _join(self, joined: list[_Row]) -> None:
-        parts = [self._host_cache()] if self.rows else []
-        masks = [self.mask] if self.rows else []
+        parts, masks = [], []
+        if self.rows:
+            arrays, mask = self._live_cache()
+            parts, masks = [arrays], [mask]
         for row in joined:
             parts.append(row.cache)
             masks.append(np.ones((1, row.position), dtype=np.int64))
@@ -236,20 +256,15 @@ class GenerationEngine:
                          for n in range(len(parts[0]))])
         self.rows.extend(joined)
 
-    def _leave(self, gone: list[_Row]) -> None:
-        if not gone:
-            return
-        for row in gone:
-            self._finish(row, "cancelled" if row.ticket.cancelled and not row.finish else row.finish)
-        keep = [i for i, r in enumerate(self.rows) if r not in gone]
+    def _live_cache(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Drop finished rows: the live rows' cache and mask, less the columns that are padding in all of them."""
+        keep = [i for i, r in enumerate(self.rows) if not r.dead]
+        whole = len(keep) == len(self.rows)
         self.rows = [self.rows[i] for i in keep]
-        if not self.rows:
-            self.cache, self.mask = None, None
-            return
         mask = self.mask[keep]
-        start = int(mask.argmax(axis=1).min())  # leading columns that are padding in every remaining row
-        self.mask = mask[:, start:]
-        self._set_cache([value[keep][:, :, start:, :] for value in self._host_cache()])
+        start = int(mask.argmax(axis=1).min())  # leading columns that are padding in every live row
+        whole = whole and start == 0
+        return [v if whole else v[keep][:, :, start:, :] for v in self._host_cache()], mask[:, start:]
 
     def _host_cache(self) -> list[np.ndarray]:
         return [v.numpy() if hasattr(v, "numpy") else v for v in self.cache]
@@ -262,16 +277,16 @@ class GenerationEngine:
         rows, self.rows, self.cache, self.mask = self.rows, [], None, None
         with self._wake:
             waiting, self.pending = list(self.pending), deque()
-        for ticket in [r.ticket for r in rows] + waiting:
+        for ticket in [r.ticket for r in rows if not r.dead] + waiting:
             ticket.sink(Chunk(finish_reason=reason, error=message))
 
-    def _record(self, batch: int) -> None:
+    def _record(self, batch: int, live: int) -> None:
         if self.metrics is not None:
-            self.metrics.generation_step(batch)
+            self.metrics.generation_step(batch, live)
 
     def _gauge(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue(len(self.pending), len(self.rows))
+            self.metrics.queue(len(self.pending), self.active)
 
 
 def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:

@@ -43,10 +43,10 @@ class ServeMetrics:
         self.queued.set(waiting)
         self.running.set(running)
 
-    def generation_step(self, rows: int) -> None:
-        """One decoder call that produced one token for each of `rows` sequences."""
+    def generation_step(self, rows: int, live: int) -> None:
+        """One decoder call over `rows` sequences, `live` of them still generating (one token each)."""
         self.batches.labels("generate").observe(rows)
-        self.tokens.inc(rows)
+        self.tokens.inc(live)
 
     def generation_end(self, reason: str) -> None:
         self.finished.labels(reason).inc()

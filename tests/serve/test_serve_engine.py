@@ -104,3 +104,20 @@ def test_a_full_queue_refuses(predictor):
         engine.submit(_ticket(predictor, prompt)[0])
     with pytest.raises(QueueFull, match="--max-queue 2"):
         engine.submit(_ticket(predictor, PROMPTS[2])[0])
+
+
+def test_finished_rows_are_compacted_once_they_are_as_many_as_the_live_ones(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    tickets = [_ticket(predictor, p, max_new_tokens=n, stop=never) for p, n in zip(PROMPTS, (2, 3, 40, 40))]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    physical = []
+    while not all(s.done for _, s in tickets[:2]):
+        engine.run_once()  # the first one prefills all four (token 1) and steps once (token 2)
+        physical.append((len(engine.rows), engine.active))
+    if all(s.done.completion_tokens == n for (_, s), n in zip(tickets[:2], (2, 3))):
+        assert physical == [(4, 3), (2, 2)]  # one finished row is kept (25 % waste), two are dropped
+    _drain(engine, [s for _, s in tickets])
+    for (_, sink), prompt, n in zip(tickets, PROMPTS, (2, 3, 40, 40)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
