@@ -51,7 +51,10 @@ async def _answer(service: Service, body, ids: list[int], options, chat: bool):
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     head = {"id": ident, "created": int(time.time()), "model": service.config.name}
     if body.stream:
-        events = _stream(chunks, head, chat, len(ids), body.include_usage)
+        # the first chunk is awaited before the headers go out, so a timeout or failure before any token
+        # is still an HTTP status, not an error event in a 200 stream
+        first = await chunks.__anext__()
+        events = _stream(_prepend(first, chunks), head, chat, len(ids), body.include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     pieces, last = [], None
@@ -91,6 +94,12 @@ async def _stream(chunks, head: dict, chat: bool, prompt_tokens: int, include_us
         yield "data: " + json.dumps(error_body(exc.status, exc.message)) + "\n\n"
         return
     yield "data: [DONE]\n\n"
+
+
+async def _prepend(first, rest):
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _usage(prompt: int, completion: int) -> dict:

@@ -133,8 +133,12 @@ class Service:
         future = loop.create_future()
 
         def settle(predictions, error):
-            if not future.done():
-                future.set_exception(ApiError(503, error)) if error else future.set_result(predictions)
+            if future.done():  # timed out already
+                return
+            if error:
+                future.set_exception(ApiError(503, error))
+            else:
+                future.set_result(predictions)
 
         self._submit(Job(ids, lambda p, e: loop.call_soon_threadsafe(settle, p, e)))
         try:

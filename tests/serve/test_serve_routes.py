@@ -229,3 +229,13 @@ def test_a_full_queue_is_429_with_retry_after(runtime_bundle):
     assert "--max-queue 2" in response.json()["error"]["message"]
     assert client.get("/health").status_code == 200
     assert 'status="429"' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("arch,route,body", [("bert", "/predict", {"inputs": "x"}),
+                                             ("llama", "/v1/completions", {"prompt": "bees"}),
+                                             ("llama", "/v1/completions", {"prompt": "bees", "stream": True})])
+def test_a_request_past_its_timeout_is_504(runtime_bundle, arch, route, body):
+    app = create_app(runtime_bundle(arch), start=False, request_timeout_s=0.2)
+    client = TestClient(app)  # no lifespan: the worker never starts, so the request waits until its timeout
+    response = client.post(route, json=body)
+    assert response.status_code == 504 and "--request-timeout" in response.json()["error"]["message"]
