@@ -102,7 +102,9 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), [500]
-        route = scope["path"] if scope["path"] in ROUTES else "other"
+        path, root = scope["path"], scope.get("root_path", "")
+        path = path[len(root):] if root and path.startswith(root) else path  # mounted under a prefix
+        route = path if path in ROUTES else "other"
         length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             await self._refuse(send, 413, f"the request body is over {self.max_body} bytes (--max-body-bytes)")

@@ -239,3 +239,17 @@ def test_a_request_past_its_timeout_is_504(runtime_bundle, arch, route, body):
     client = TestClient(app)  # no lifespan: the worker never starts, so the request waits until its timeout
     response = client.post(route, json=body)
     assert response.status_code == 504 and "--request-timeout" in response.json()["error"]["message"]
+
+
+def test_create_app_mounts_inside_a_larger_app(runtime_bundle):
+    from fastapi import FastAPI
+
+    parent = FastAPI()
+    parent.mount("/clf", create_app(runtime_bundle("bert")))  # a mounted app gets no lifespan: it starts itself
+    client = TestClient(parent)
+    deadline = time.time() + 60
+    while client.get("/clf/ready").status_code != 200:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert client.post("/clf/predict", json={"inputs": "great"}).status_code == 200
+    assert 'route="/predict",status="200"' in client.get("/clf/metrics").text
