@@ -116,7 +116,8 @@ async def load(call, url: str, concurrency: int, total: int) -> tuple[list[dict]
                 try:
                     results.append(await call(client, url, i))
                 except httpx.HTTPError as exc:
-                    results.append({"status": 0, "latency": 0.0, "tokens": 0, "ttft": None, "error": str(exc)})
+                    results.append({"status": 0, "latency": 0.0, "tokens": 0, "ttft": None,
+                                    "error": f"{type(exc).__name__}: {exc}"})
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -135,6 +136,7 @@ def summarize(results: list[dict], wall: float) -> dict:
             "status_4xx_other": sum(400 <= r["status"] < 500 and r["status"] != 429 for r in results),
             "status_5xx": sum(r["status"] >= 500 for r in results),
             "failed": sum(r["status"] == 0 for r in results),
+            "first_failure": next((r["error"] for r in results if r["status"] == 0), None),
             "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
             "p50_ms": pct([r["latency"] for r in ok], 0.5), "p99_ms": pct([r["latency"] for r in ok], 0.99),
             "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99)}
