@@ -74,7 +74,7 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
-             model_file: str | None = None) -> Predictor:
+             model_file: str | None = None, spinning: bool = True) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -82,12 +82,13 @@ class Predictor:
             device: `cpu`, `cuda`, or `auto` (CUDA when it really runs, else CPU; logged).
             threads: intra-op CPU threads (None: ONNX Runtime's default).
             model_file: another `.onnx` variant of the bundle (default: the manifest's `model_file`).
+            spinning: let idle ONNX Runtime threads spin-wait between calls (see `SessionOptions.spinning`).
 
         Raises:
             BundleError: missing folder, newer format, unknown task, missing or modified model file.
             DeviceError: CUDA asked for but ONNX Runtime runs on CPU.
         """
-        options = SessionOptions(device=device, threads=threads)
+        options = SessionOptions(device=device, threads=threads, spinning=spinning)
         folder = Path(bundle)
         manifest = read_manifest(folder, "bundle")
         if manifest.get("task") not in TASKS:

@@ -30,8 +30,9 @@ class Service:
 
     def __init__(self, config: ServeConfig, predictor: Predictor | None = None):
         self.config = config
+        # no spin-waiting: between batches the ONNX Runtime threads must leave the cores to the HTTP side
         self.predictor = predictor or Predictor.load(config.bundle, device=config.device, threads=config.threads,
-                                                     model_file=config.model_file)
+                                                     model_file=config.model_file, spinning=False)
         self.metrics = ServeMetrics()
         self.generates = self.predictor.decoder is not None
         self.started = int(time.time())
