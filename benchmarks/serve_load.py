@@ -90,7 +90,9 @@ async def classify_call(client: httpx.AsyncClient, url: str, i: int) -> dict:
 
 
 async def generate_call(client: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> dict:
-    body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
+    # a short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+    body = {"messages": messages, "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     started, ttft, tokens = time.perf_counter(), None, 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -156,7 +158,7 @@ def clean_round(server: Server, call, concurrency: int, total: int, args) -> dic
         rejected.append(row)
         print(f"  rejected (others used {foreign:.0%} of the machine); again", flush=True)
         time.sleep(args.pause)
-    return {**row, "rejected_rounds": rejected, "unclean": True}
+    return {**rejected[-1], "rejected_rounds": rejected[:-1], "unclean": True}
 
 
 def run_task(task: str, bundle: Path, args) -> dict:
