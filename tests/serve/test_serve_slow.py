@@ -25,26 +25,32 @@ def real_bundles(real_classify_run, real_generate_run, tmp_path_factory):
                                             validate_samples=6))}
 
 
+def _chat(question: str) -> list[dict]:
+    # SmolLM2's default system message alone nearly fills a max_length-64 RUN's 32-token prompt limit
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+
+
 def test_real_generator_with_the_openai_client_and_joining_requests(real_bundles):
+    """On the fused fp32 file: the blockwise-int8 file's MatMulNBits kernel computes a batch of rows slightly
+    differently from one row, so a near-tie there may pick another greedy token than the request alone."""
     bundle = real_bundles["generate"]
-    predictor = Predictor.load(bundle, threads=2)
-    server = Server(bundle, "--max-batch-size", "8")
+    predictor = Predictor.load(bundle, threads=2, model_file="model_optimized.onnx")
+    server = Server(bundle, "--max-batch-size", "8", "--model-file", "model_optimized.onnx")
     questions = ["What is the capital of France?", "Tell me a joke.", "Who are you?", "Do you like music?"]
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
         def ask(i: int) -> str:
-            messages = [{"role": "user", "content": questions[i]}]
-            reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12 + 6 * i,
+            reply = client.chat.completions.create(model="tiny", messages=_chat(questions[i]), max_tokens=12 + 6 * i,
                                                    temperature=0)
             return reply.choices[0].message.content
 
         with ThreadPoolExecutor(len(questions)) as pool:
             answers = list(pool.map(ask, range(len(questions))))
-        expected = [predictor.generate([{"role": "user", "content": q}], max_new_tokens=12 + 6 * i)
+        expected = [predictor.generate(_chat(q), max_new_tokens=12 + 6 * i)
                     for i, q in enumerate(questions)]
         assert answers == expected and all(answers)
-        stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": questions[0]}],
+        stream = client.chat.completions.create(model="tiny", messages=_chat(questions[0]),
                                                 max_tokens=12, temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected[0]
     finally:
