@@ -20,6 +20,7 @@ _COMMANDS = {
     "bench": ("deployft.cli.bench", "bench"),
     "verify": ("deployft.cli.verify", "verify"),
     "keygen": ("deployft.cli.verify", "keygen"),
+    "serve": ("deployft.cli.serve", "serve"),
 }
 
 
@@ -53,4 +54,5 @@ def main() -> None:
     deployft predict bundles/clf "a warm, funny film"
     deployft verify bundles/clf
     deployft bench --run runs/clf --bundle bundles/clf --report reports/clf
+    deployft serve bundles/clf --port 8000
     """

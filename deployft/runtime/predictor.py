@@ -60,7 +60,8 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
-             model_file: str | None = None, public_key: str | Path | None = None) -> Predictor:
+             model_file: str | None = None, public_key: str | Path | None = None,
+             spinning: bool = True) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -69,6 +70,7 @@ class Predictor:
             threads: intra-op CPU threads (None: ONNX Runtime's default).
             model_file: another `.onnx` variant of the bundle (default: the manifest's `model_file`).
             public_key: an Ed25519 public key PEM file; the bundle must carry a matching signature of its manifest.
+            spinning: let idle ONNX Runtime threads spin-wait between calls (see `SessionOptions.spinning`).
 
         Every file it reads is checked against the manifest first (`deployft.runtime.integrity`).
 
@@ -77,7 +79,7 @@ class Predictor:
                 unreadable file, a name outside the folder, a signature that does not match.
             DeviceError: CUDA asked for but ONNX Runtime runs on CPU.
         """
-        options = SessionOptions(device=device, threads=threads)
+        options = SessionOptions(device=device, threads=threads, spinning=spinning)
         folder = Path(bundle)
         manifest = read_manifest(folder, "bundle")
         if manifest.get("task") not in TASKS:
@@ -129,7 +131,14 @@ class Predictor:
         rows = check_texts([texts] if single else texts, "predict()")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
-        ids = [row or [self.codec.pad_id] for row in self.codec.encode(rows)]
+        results = self.predict_ids(self.codec.encode(rows), batch_size)
+        return results[0] if single else results
+
+    def predict_ids(self, ids: list[list[int]], batch_size: int = 32) -> list[Prediction]:
+        """Classify already-tokenized texts (same order): sorted by length, right-padded per batch of
+        `batch_size`, so texts of similar length share a call and padding stays small."""
+        self._require(False, "predict_ids()")
+        ids = [row or [self.codec.pad_id] for row in ids]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[Prediction | None] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
@@ -137,7 +146,7 @@ class Predictor:
             logits = self.forward(*self.codec.pad([ids[i] for i in chunk], side="right"))
             for i, row in zip(chunk, _softmax(logits.astype(np.float64))):
                 results[i] = self._prediction(row)
-        return results[0] if single else results
+        return results
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         labels = self.labels or [str(i) for i in range(len(probs))]

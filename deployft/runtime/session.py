@@ -28,6 +28,9 @@ class SessionOptions:
     """`cpu`, `cuda`, or `auto` (CUDA when ONNX Runtime really runs on it, else CPU)."""
     threads: int | None = None
     """Intra-op CPU threads; None lets ONNX Runtime use one per physical core."""
+    spinning: bool = True
+    """Let idle intra-op threads spin-wait for the next call (ONNX Runtime's default: lowest latency between
+    back-to-back calls); a server turns it off so idle threads leave the cores to its HTTP side."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -48,8 +51,10 @@ def import_ort():
     return onnxruntime
 
 
-def _session_options(ort, threads: int | None):
+def _session_options(ort, threads: int | None, spinning: bool = True):
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -67,8 +72,9 @@ def cuda_missing_reason(ort) -> str:
             "not found or no GPU visible); check nvidia-smi and LD_LIBRARY_PATH")
 
 
-def _build(ort, model_path: Path, providers: list[str], threads: int | None):
-    return ort.InferenceSession(str(model_path), sess_options=_session_options(ort, threads), providers=providers)
+def _build(ort, model_path: Path, providers: list[str], options: SessionOptions):
+    settings = _session_options(ort, options.threads, options.spinning)
+    return ort.InferenceSession(str(model_path), sess_options=settings, providers=providers)
 
 
 def create_session(model_path: str | Path, options: SessionOptions):
@@ -80,20 +86,20 @@ def create_session(model_path: str | Path, options: SessionOptions):
     ort = import_ort()
     model_path = Path(model_path)
     if options.device == "cpu":
-        return _build(ort, model_path, [CPU], options.threads), "cpu"
+        return _build(ort, model_path, [CPU], options), "cpu"
     if CUDA not in ort.get_available_providers():
         if options.device == "cuda":
             raise DeviceError(f"device cuda asked for but {cuda_missing_reason(ort)}; or pass --device cpu")
         logger.info("device auto: %s; running on CPU", cuda_missing_reason(ort))
-        return _build(ort, model_path, [CPU], options.threads), "cpu"
+        return _build(ort, model_path, [CPU], options), "cpu"
     try:
-        session = _build(ort, model_path, [CUDA, CPU], options.threads)
+        session = _build(ort, model_path, [CUDA, CPU], options)
     except Exception as exc:  # ORT raises its own Fail/RuntimeException types when a provider cannot start
         if options.device == "cuda":
             raise DeviceError(f"device cuda asked for but ONNX Runtime could not start CUDA: "
                               f"{first_line(exc)}; pass --device cpu") from exc
         logger.info("device auto: CUDA failed to start (%s); running on CPU", first_line(exc))
-        return _build(ort, model_path, [CPU], options.threads), "cpu"
+        return _build(ort, model_path, [CPU], options), "cpu"
     if CUDA in session.get_providers():
         logger.info("running %s on CUDA", model_path.name)
         return session, "cuda"
