@@ -20,7 +20,9 @@ def real_bundles(real_classify_run, real_generate_run, tmp_path_factory):
     from deployft.exporter import ExportConfig, export
 
     root = tmp_path_factory.mktemp("serve-real")
-    return {"classify": export(ExportConfig(run=real_classify_run, output=root / "clf", quantize="int8")),
+    # the fixture RUN holds out 33 eval rows: the smallest budget they decide is about 9 % (see test_export_slow)
+    return {"classify": export(ExportConfig(run=real_classify_run, output=root / "clf", quantize="int8",
+                                            max_accuracy_drop=20)),
             "generate": export(ExportConfig(run=real_generate_run, output=root / "gen", quantize="int8",
                                             validate_samples=6))}
 
