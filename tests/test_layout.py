@@ -9,7 +9,7 @@ from pathlib import Path
 import deployft
 
 PACKAGE = Path(deployft.__file__).parent
-STAGES = ("data", "train", "exporter", "runtime", "bench", "cli")
+STAGES = ("data", "train", "exporter", "runtime", "bench", "serve", "cli")
 SHARED = {"__init__.py", "__main__.py", "errors.py", "manifest.py", "staging.py", "configfile.py", "tasks.py",
           "metrics.py", "prompts.py", "tokens.py"}
 
@@ -28,6 +28,13 @@ def test_no_module_over_300_lines():
 def test_runtime_imports_no_torch_transformers_or_onnx():
     code = ("import sys, deployft.runtime, deployft.runtime.files, deployft.prompts, deployft.tokens, "
             "deployft.metrics, deployft.tasks; "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'optimum') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serve_imports_no_torch_transformers_or_onnx():
+    code = ("import sys, deployft.serve.app, deployft.serve.server, deployft.serve.service, deployft.cli.serve; "
             "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'optimum') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -18,6 +18,7 @@ _COMMANDS = {
     "info": ("deployft.cli.export", "info"),
     "predict": ("deployft.cli.predict", "predict"),
     "bench": ("deployft.cli.bench", "bench"),
+    "serve": ("deployft.cli.serve", "serve"),
 }
 
 
@@ -50,4 +51,5 @@ def main() -> None:
     deployft export runs/clf --output bundles/clf --quantize int8
     deployft predict bundles/clf "a warm, funny film"
     deployft bench --run runs/clf --bundle bundles/clf --report reports/clf
+    deployft serve bundles/clf --port 8000
     """

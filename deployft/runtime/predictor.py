@@ -133,7 +133,14 @@ class Predictor:
         rows = check_texts([texts] if single else texts, "predict()")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
-        ids = [row or [self.codec.pad_id] for row in self.codec.encode(rows)]
+        results = self.predict_ids(self.codec.encode(rows), batch_size)
+        return results[0] if single else results
+
+    def predict_ids(self, ids: list[list[int]], batch_size: int = 32) -> list[Prediction]:
+        """Classify already-tokenized texts (same order): sorted by length, right-padded per batch of
+        `batch_size`, so texts of similar length share a call and padding stays small."""
+        self._require(False, "predict_ids()")
+        ids = [row or [self.codec.pad_id] for row in ids]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[Prediction | None] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
@@ -141,7 +148,7 @@ class Predictor:
             logits = self.forward(*self.codec.pad([ids[i] for i in chunk], side="right"))
             for i, row in zip(chunk, _softmax(logits.astype(np.float64))):
                 results[i] = self._prediction(row)
-        return results[0] if single else results
+        return results
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         labels = self.labels or [str(i) for i in range(len(probs))]

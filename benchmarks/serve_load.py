@@ -1,0 +1,263 @@
+"""Load-test `deployft serve` on loopback: batching on against batching off (`--max-batch-size 1`), same run.
+
+For the default classifier and generator bundles (built by benchmarks/run_defaults.py, reused when present), for
+each mode a fresh server is started (`--threads 2`), then bounded, self-stopping rounds of concurrent requests
+(httpx async clients) run at concurrency 1, 8, 32 and 64: requests/s, generated tokens/s, p50/p99 latency and
+time to first token, status counts (2xx, 429, 5xx, failed connections) and the server's RSS before and after.
+Then 10,000 classifier requests check that the server's RSS stays flat.
+
+Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of the
+server is subtracted, and a round where other processes used more than --max-foreign of the machine is
+rejected and repeated (up to --tries times); rejected rounds are recorded.
+
+    python benchmarks/serve_load.py                      # both tasks -> results/serve_load.{json,md}
+    python benchmarks/serve_load.py --task classify --classify-bundle path/to/bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TEXTS = ["a warm, funny and beautifully acted film", "dull, overlong and badly written",
+         "the best thing I have seen this year, a triumph", "it never finds its footing; the jokes fall flat",
+         "an uneven but often moving portrait of a family", "forgettable"]
+PROMPTS = ["What is the capital of France?", "Tell me a joke.", "What do you like to do?", "Who are you?",
+           "What is the meaning of life?", "Do you like music?"]
+MODES = {"batched": [], "unbatched": ["--max-batch-size", "1"]}
+
+
+def busy_jiffies() -> int:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def own_cpu(server: psutil.Process) -> float:
+    total = 0.0
+    for process in (psutil.Process(), server):
+        times = process.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+        for thread_owner in process.children(recursive=True):
+            try:
+                t = thread_owner.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+class Server:
+    def __init__(self, bundle: Path, flags: list[str], port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-m", "deployft", "serve", str(bundle), "--port", str(port),
+                                         "--threads", "2", *flags], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.ps = psutil.Process(self.process.pid)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise RuntimeError(f"server for {bundle} never became ready")
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(60)
+
+
+async def classify_call(client: httpx.AsyncClient, url: str, i: int) -> dict:
+    started = time.perf_counter()
+    response = await client.post(url + "/v1/classify", json={"input": TEXTS[i % len(TEXTS)]})
+    return {"status": response.status_code, "latency": time.perf_counter() - started, "tokens": 0, "ttft": None}
+
+
+async def generate_call(client: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> dict:
+    body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    started, ttft, tokens = time.perf_counter(), None, 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if ttft is None and event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+                ttft = time.perf_counter() - started
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+        status = response.status_code
+    return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "ttft": ttft}
+
+
+async def load(call, url: str, concurrency: int, total: int) -> tuple[list[dict], float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    counter = itertools.count()
+    results: list[dict] = []
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker():
+            while (i := next(counter)) < total:
+                try:
+                    results.append(await call(client, url, i))
+                except httpx.HTTPError as exc:
+                    results.append({"status": 0, "latency": 0.0, "tokens": 0, "ttft": None, "error": str(exc)})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else None
+
+
+def summarize(results: list[dict], wall: float) -> dict:
+    ok = [r for r in results if 200 <= r["status"] < 300]
+    return {"requests": len(results), "wall_s": round(wall, 3), "ok": len(ok),
+            "status_429": sum(r["status"] == 429 for r in results),
+            "status_4xx_other": sum(400 <= r["status"] < 500 and r["status"] != 429 for r in results),
+            "status_5xx": sum(r["status"] >= 500 for r in results),
+            "failed": sum(r["status"] == 0 for r in results),
+            "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+            "p50_ms": pct([r["latency"] for r in ok], 0.5), "p99_ms": pct([r["latency"] for r in ok], 0.99),
+            "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99)}
+
+
+def clean_round(server: Server, call, concurrency: int, total: int, args) -> dict:
+    """Run one round; repeat it while other processes took more than max_foreign of the machine."""
+    cores, tick = psutil.cpu_count(), os.sysconf("SC_CLK_TCK")
+    rejected = []
+    for _ in range(args.tries):
+        busy, own = busy_jiffies(), own_cpu(server.ps)
+        results, wall = asyncio.run(load(call, server.url, concurrency, total))
+        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu(server.ps) - own)) / (wall * cores)
+        row = {"concurrency": concurrency, **summarize(results, wall), "foreign_load": round(foreign, 3)}
+        if foreign <= args.max_foreign:
+            return {**row, "rejected_rounds": rejected}
+        rejected.append(row)
+        print(f"  rejected (others used {foreign:.0%} of the machine); again", flush=True)
+        time.sleep(args.pause)
+    return {**row, "rejected_rounds": rejected, "unclean": True}
+
+
+def run_task(task: str, bundle: Path, args) -> dict:
+    call = classify_call if task == "classify" else \
+        (lambda client, url, i: generate_call(client, url, i, args.max_tokens))
+    out = {"bundle": str(bundle), "modes": {}}
+    for mode, flags in MODES.items():
+        server = Server(bundle, flags, args.port)
+        try:
+            asyncio.run(load(call, server.url, 4, 8))  # warm-up
+            rss_before, rounds = server.rss(), []
+            for concurrency in args.concurrency:
+                total = max(args.classify_requests, 10 * concurrency) if task == "classify" else \
+                    max(args.generate_requests, 2 * concurrency)
+                rounds.append(clean_round(server, call, concurrency, total, args))
+                print(f"{task} {mode} c={concurrency}: {json.dumps(rounds[-1])[:240]}", flush=True)
+            soak = None
+            if task == "classify" and mode == "batched" and args.soak:
+                soak = {"rss_before": server.rss()}
+                results, wall = asyncio.run(load(call, server.url, 32, args.soak))
+                soak.update(summarize(results, wall), rss_after=server.rss())
+                print(f"soak: {json.dumps(soak)}", flush=True)
+            out["modes"][mode] = {"rounds": rounds, "rss_before": rss_before, "rss_after": server.rss(),
+                                  "soak": soak}
+        finally:
+            out["modes"][mode]["exit_code"] = server.stop() if mode in out["modes"] else server.stop()
+    return out
+
+
+def ratios(task_result: dict, key: str) -> dict:
+    on, off = (task_result["modes"][m]["rounds"] for m in ("batched", "unbatched"))
+    return {str(a["concurrency"]): round(a[key] / b[key], 2) if b[key] else None for a, b in zip(on, off)}
+
+
+def write(results: dict, path: Path) -> None:
+    path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    lines = ["# deployft serve under load (loopback, `--threads 2`)", "",
+             f"Measured {results['created']} on {results['machine']}; load generator: httpx async, same machine.", ""]
+    for task, data in results["tasks"].items():
+        lines += [f"## {task}: {data['bundle']}", "",
+                  "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
+                  "| 429 | other 4xx | 5xx | failed | others' load | rejected rounds |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for mode, m in data["modes"].items():
+            for r in m["rounds"]:
+                lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
+                             f"{r['tokens_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['ttft_p50_ms']} | "
+                             f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
+                             f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
+                             f"{len(r['rejected_rounds'])} |")
+        lines.append("")
+        for mode, m in data["modes"].items():
+            lines.append(f"- {mode}: server RSS {m['rss_before'] / 2**20:.0f} MiB before the rounds, "
+                         f"{m['rss_after'] / 2**20:.0f} MiB after; exit code after SIGTERM {m['exit_code']}.")
+            if m.get("soak"):
+                s = m["soak"]
+                lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, {s['status_429']} "
+                             f"429, {s['status_5xx']} 5xx; RSS {s['rss_before'] / 2**20:.1f} MiB before, "
+                             f"{s['rss_after'] / 2**20:.1f} MiB after.")
+        key = "requests_per_s" if task == "classify" else "tokens_per_s"
+        lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("classify", "generate", "both"), default="both")
+    parser.add_argument("--classify-bundle", type=Path)
+    parser.add_argument("--generate-bundle", type=Path)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-defaults",
+                        help="Where run_defaults.py builds (or already built) the default bundles.")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
+    parser.add_argument("--classify-requests", type=int, default=400)
+    parser.add_argument("--generate-requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
+    parser.add_argument("--max-foreign", type=float, default=0.05)
+    parser.add_argument("--tries", type=int, default=4)
+    parser.add_argument("--pause", type=float, default=5.0)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "serve_load")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from deployft.bench.machine import cpu_info
+
+    tasks = ("classify", "generate") if args.task == "both" else (args.task,)
+    results = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": f"{cpu_info()['model']}, {psutil.cpu_count()} cores", "settings": vars(args) | {
+                   "work": str(args.work), "output": str(args.output), "classify_bundle": str(args.classify_bundle),
+                   "generate_bundle": str(args.generate_bundle)}, "tasks": {}}
+    for task in tasks:
+        bundle = getattr(args, f"{task}_bundle")
+        if bundle is None:
+            sys.path.insert(0, str(HERE))
+            import run_defaults
+
+            bundle = run_defaults.prepare(task, args.work, reuse=True)[1]
+        data = run_task(task, bundle, args)
+        data["ratio"] = ratios(data, "requests_per_s" if task == "classify" else "tokens_per_s")
+        results["tasks"][task] = data
+        write(results, args.output)
+    print(f"wrote {args.output}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`deployft serve`: parse flags, build a ServeConfig, call deployft.serve.serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..serve.config import API_KEY_ENV, DEVICES, ServeConfig
+from .options import shown
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default=None, show_default=shown(ServeConfig, "host"),
+              help="Address to listen on (0.0.0.0 exposes the server to the network).")
+@click.option("--port", type=int, default=None, show_default=shown(ServeConfig, "port"), help="TCP port.")
+@click.option("--threads", type=int, default=None, show_default="ONNX Runtime's", help="Intra-op CPU threads.")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(ServeConfig, "device"))
+@click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
+@click.option("--model-name", default=None, show_default="the bundle folder's name",
+              help="The model id of the API (/v1/models).")
+@click.option("--max-batch-size", type=int, default=None, show_default=shown(ServeConfig, "max_batch_size"),
+              help="Most texts or sequences per ONNX Runtime call; 1 turns batching off.")
+@click.option("--max-wait-ms", type=float, default=None, show_default=shown(ServeConfig, "max_wait_ms"),
+              help="How long the classifier batcher waits to fill a batch.")
+@click.option("--max-queue", type=int, default=None, show_default=shown(ServeConfig, "max_queue"),
+              help="Requests allowed to wait; one more is answered 429.")
+@click.option("--max-texts", type=int, default=None, show_default=shown(ServeConfig, "max_texts"),
+              help="Texts per classification request.")
+@click.option("--max-tokens-limit", type=int, default=None, show_default=shown(ServeConfig, "max_tokens_limit"),
+              help="Largest max_tokens a completion request may ask for.")
+@click.option("--max-body-bytes", type=int, default=None, show_default=shown(ServeConfig, "max_body_bytes"),
+              help="Largest request body.")
+@click.option("--request-timeout", "request_timeout_s", type=float, default=None,
+              show_default=shown(ServeConfig, "request_timeout_s"), help="Seconds per request before a 504.")
+@click.option("--grace", "grace_s", type=float, default=None, show_default=shown(ServeConfig, "grace_s"),
+              help="Seconds in-flight requests get after SIGTERM.")
+@click.option("--api-key", default=None, show_default=f"${API_KEY_ENV}",
+              help="Key clients must send as 'Authorization: Bearer KEY'.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML, TOML or JSON file of options (flags given here win).")
+def serve(bundle, host, port, threads, device, model_file, model_name, max_batch_size, max_wait_ms, max_queue,
+          max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file) -> None:
+    """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
+
+    \b
+    deployft serve bundles/gen --port 8000
+    deployft serve bundles/clf --max-batch-size 32 --max-wait-ms 5 --api-key "$KEY"
+    """
+    import logging
+
+    from ..configfile import build_config
+    from ..serve.server import serve as run
+
+    config = build_config(
+        ServeConfig, config_file, bundle=bundle, host=host, port=port, threads=threads, device=device,
+        model_file=model_file, model_name=model_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        max_queue=max_queue, max_texts=max_texts, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
+        request_timeout_s=request_timeout_s, grace_s=grace_s, api_key=api_key,
+    )
+    logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
+    run(config)

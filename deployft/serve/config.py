@@ -1,0 +1,94 @@
+"""`ServeConfig`: how `deployft serve` runs a BUNDLE, validated before any model is loaded."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+API_KEY_ENV = "DEPLOYFT_API_KEY"
+"""The environment variable read for the API key when `--api-key` is not given."""
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def _positive(name: str, value, flag: str, number=int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int) or value <= 0:
+        raise UsageError(f"{name} must be a positive {'number' if number is float else 'integer'}, got {value!r}; "
+                         f"pass {flag} with a value above 0")
+
+
+@dataclass
+class ServeConfig:
+    """How to serve a BUNDLE over HTTP."""
+
+    bundle: str | Path
+    """BUNDLE folder written by `deployft export`."""
+    host: str = "127.0.0.1"
+    """Address to listen on: loopback by default; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """TCP port to listen on."""
+    threads: int | None = None
+    """Intra-op CPU threads of the ONNX Runtime session (None: ONNX Runtime's default)."""
+    device: str = "cpu"
+    """`cpu`, `cuda`, or `auto`."""
+    model_file: str | None = None
+    """Another `.onnx` variant of the bundle (default: its manifest's model_file)."""
+    model_name: str | None = None
+    """The model id clients send and `/v1/models` lists (default: the bundle folder's name)."""
+    max_batch_size: int = 32
+    """The most texts (classifier) or sequences (generator) run in one ONNX Runtime call; 1 turns batching off."""
+    max_wait_ms: float = 5.0
+    """How long the classifier batcher waits for more texts before running a batch that is not full."""
+    max_queue: int = 256
+    """Requests allowed to wait for the model; one more is answered 429 with Retry-After."""
+    max_texts: int = 64
+    """Texts allowed in one classification request."""
+    max_tokens_limit: int = 512
+    """The largest `max_tokens` a completion request may ask for."""
+    max_body_bytes: int = 1_000_000
+    """The largest request body; a bigger one is answered 413."""
+    request_timeout_s: float = 120.0
+    """Seconds a request may wait and run before it is answered 504 (its batch slot is freed)."""
+    grace_s: float = 30.0
+    """Seconds in-flight requests get to finish after SIGTERM before the server exits."""
+    api_key: str | None = None
+    """Bearer key every model route requires (default: the DEPLOYFT_API_KEY environment variable; none: open)."""
+
+    def __post_init__(self) -> None:
+        self.bundle = Path(self.bundle)
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.device not in DEVICES:
+            raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}; pass --device cpu")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise UsageError(f"port must be an integer in 0..65535, got {self.port!r}; pass --port 8000")
+        if not isinstance(self.host, str) or not self.host:
+            raise UsageError(f"host must be an address, got {self.host!r}; pass --host 127.0.0.1")
+        if self.threads is not None:
+            _positive("threads", self.threads, "--threads")
+        for name in ("max_batch_size", "max_queue", "max_texts", "max_tokens_limit", "max_body_bytes"):
+            _positive(name, getattr(self, name), "--" + name.replace("_", "-"))
+        for name in ("request_timeout_s", "grace_s"):
+            _positive(name, getattr(self, name), "--" + name.replace("_", "-")[:-2], float)
+        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
+                or self.max_wait_ms < 0:
+            raise UsageError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}; pass --max-wait-ms 5")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
+            raise UsageError("the API key must be a string of at least 8 characters; pass a longer --api-key "
+                             f"or {API_KEY_ENV}")
+
+    @property
+    def exposed(self) -> bool:
+        """True when the host is not a loopback address (the server is reachable from the network)."""
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"
+
+    @property
+    def name(self) -> str:
+        """The model id of the API."""
+        return self.model_name or Path(self.bundle).resolve().name

@@ -1,0 +1,123 @@
+"""Dynamic batching for a classifier bundle.
+
+One worker thread owns the session. Requests queue their token ids; the worker takes the first waiting request,
+waits up to `max_wait_ms` after its arrival for more (or until `max_batch_size` texts are there), sorts the
+gathered texts by length (`Predictor.predict_ids`, so similar lengths share a call and padding stays small),
+runs them as one ONNX Runtime call per `max_batch_size` texts, and answers each request with its own rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .engine import QueueFull
+
+logger = logging.getLogger("deployft.serve")
+
+
+@dataclass
+class Job:
+    """One classification request: token ids per text, and the callback the worker answers it through."""
+
+    ids: list[list[int]]
+    answer: Callable[[list | None, str | None], None]
+    """Called from the worker thread with `(predictions, None)` or `(None, error message)`."""
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class ClassifierBatcher:
+    """Gathers concurrent classification requests into batches run by one worker thread."""
+
+    def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.pending: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Job) -> None:
+        """Queue a request. Raises QueueFull when `max_queue` requests already wait."""
+        with self._wake:
+            if len(self.pending) >= self.max_queue:
+                raise QueueFull(f"the queue holds {len(self.pending)} waiting requests (--max-queue {self.max_queue})")
+            self.pending.append(job)
+            self._wake.notify()
+        self._gauge()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.pending)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="deployft-classify", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._gather()
+            if jobs is None:
+                break
+            self.run(jobs)
+        with self._wake:
+            left, self.pending = list(self.pending), deque()
+        for job in left:
+            job.answer(None, "the server is shutting down")
+
+    def _gather(self) -> list[Job] | None:
+        """Wait for a first request, then for more until the batch is full or the first one waited max_wait."""
+        with self._wake:
+            while not self._stopping and not self.pending:
+                self._wake.wait()
+            if self._stopping:
+                return None
+            deadline = self.pending[0].arrived + self.max_wait
+            while self._texts() < self.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+                self._wake.wait(left)
+            jobs, texts = [], 0
+            while self.pending and (not jobs or texts + len(self.pending[0].ids) <= self.max_batch_size):
+                job = self.pending.popleft()
+                jobs.append(job)
+                texts += len(job.ids)
+        self._gauge()
+        return jobs
+
+    def _texts(self) -> int:
+        return sum(len(job.ids) for job in self.pending)
+
+    def run(self, jobs: list[Job]) -> None:
+        """Classify the texts of `jobs` together and answer each job with its own predictions."""
+        rows = [row for job in jobs for row in job.ids]
+        try:
+            predictions = self.predictor.predict_ids(rows, batch_size=self.max_batch_size)
+        except Exception as exc:  # an ONNX Runtime failure: answer the requests, keep serving
+            logger.exception("classification batch failed")
+            for job in jobs:
+                job.answer(None, f"classification failed: {exc}")
+            return
+        if self.metrics is not None:
+            for start in range(0, len(rows), self.max_batch_size):
+                self.metrics.classify_batch(min(self.max_batch_size, len(rows) - start))
+        start = 0
+        for job in jobs:
+            job.answer(predictions[start:start + len(job.ids)], None)
+            start += len(job.ids)
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue(len(self.pending), 0)

@@ -1,0 +1,104 @@
+"""Dynamic batching of classifier requests, and a client leaving a stream mid-way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from deployft.runtime import Predictor
+from deployft.serve.workers import ClassifierBatcher, Job
+
+TEXTS = ["the film was great", "this movie was awful the plot the cast the story", "dull", "every scene was superb",
+         "the ending was tedious the script", "charming"]
+
+
+class Sizes:
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def classify_batch(self, rows: int) -> None:
+        self.sizes.append(rows)
+
+    def queue(self, waiting: int, running: int) -> None:
+        pass
+
+
+class Answers:
+    def __init__(self, n: int):
+        self.results: list = [None] * n
+        self.left = n
+        self.event = threading.Event()
+
+    def job(self, i: int, ids) -> Job:
+        def answer(predictions, error):
+            assert error is None
+            self.results[i] = predictions
+            self.left -= 1
+            if self.left == 0:
+                self.event.set()
+
+        return Job(ids, answer)
+
+
+@pytest.fixture
+def predictor(runtime_bundle):
+    return Predictor.load(runtime_bundle("bert"))
+
+
+def _run(predictor, jobs_texts, max_batch_size, max_wait_ms=50.0):
+    sizes, answers = Sizes(), Answers(len(jobs_texts))
+    batcher = ClassifierBatcher(predictor, max_batch_size, max_wait_ms, max_queue=64, metrics=sizes)
+    for i, texts in enumerate(jobs_texts):  # all queued before the worker starts: it sees them together
+        batcher.submit(answers.job(i, predictor.codec.encode(texts)))
+    batcher.start()
+    try:
+        assert answers.event.wait(30)
+    finally:
+        batcher.stop()
+    return answers.results, sizes.sizes
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_answers(predictor):
+    jobs = [[t] for t in TEXTS] + [TEXTS[:3]]
+    results, sizes = _run(predictor, jobs, max_batch_size=32)
+    assert sizes == [len(TEXTS) + 3]
+    for texts, predictions in zip(jobs, results):
+        for text, got in zip(texts, predictions):
+            alone = predictor.predict(text)
+            assert got.label == alone.label and got.scores == pytest.approx(alone.scores, abs=1e-6)
+
+
+def test_batches_hold_at_most_max_batch_size_texts(predictor):
+    results, sizes = _run(predictor, [TEXTS[:3], TEXTS[3:], TEXTS[:2]], max_batch_size=4)
+    assert sizes == [3, 3, 2] and [len(r) for r in results] == [3, 3, 2]
+
+
+def test_batching_off_runs_one_text_per_call(predictor):
+    _, sizes = _run(predictor, [[t] for t in TEXTS], max_batch_size=1, max_wait_ms=0)
+    assert sizes == [1] * len(TEXTS)
+
+
+def test_a_client_leaving_a_stream_frees_its_row_at_the_next_step(runtime_bundle):
+    from deployft.runtime import GenerationOptions
+    from deployft.serve.config import ServeConfig
+    from deployft.serve.service import Service
+
+    service = Service(ServeConfig(bundle=runtime_bundle("llama"), max_batch_size=4))
+    engine = service.worker  # driven step by step here, in place of its thread
+
+    async def leave_after_one_chunk():
+        options = GenerationOptions(max_new_tokens=90, stop=("\x00never",))
+        chunks = await service.generate(service.prompt_ids("bees", "prompt"), options)
+        first = asyncio.ensure_future(chunks.__anext__())
+        while not first.done():
+            engine.run_once()
+            await asyncio.sleep(0)
+        assert first.result().text and engine.active == 1
+        await chunks.aclose()  # what Starlette does to the response's generator when the client disconnects
+        engine.run_once()
+        assert engine.active == 0 and engine.cache is None
+
+    asyncio.run(leave_after_one_chunk())
+    assert 'deployft_generations_total{reason="cancelled"} 1.0' in service.metrics.render()[0].decode()

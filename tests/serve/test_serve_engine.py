@@ -1,0 +1,123 @@
+"""Continuous batching: rows join a running batch mid-way and leave it at once, with the tokens they get alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployft.runtime import GenerationOptions, Predictor
+from deployft.serve.engine import Chunk, GenerationEngine, QueueFull, Ticket
+
+PROMPTS = ["what is the capital of france", "bees", "where do fish live and what do they eat every day", "two"]
+
+
+class Collect:
+    def __init__(self):
+        self.chunks: list[Chunk] = []
+
+    def __call__(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+    @property
+    def done(self) -> Chunk | None:
+        return self.chunks[-1] if self.chunks and self.chunks[-1].finish_reason else None
+
+
+def _ticket(predictor, prompt, **options) -> tuple[Ticket, Collect]:
+    sink = Collect()
+    return Ticket(predictor.prompt_ids(prompt), GenerationOptions(**options), sink), sink
+
+
+def _drain(engine, sinks, limit=500):
+    for _ in range(limit):
+        if all(s.done for s in sinks):
+            return
+        engine.run_once()
+    raise AssertionError("the engine did not finish its requests")
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def predictor(request, runtime_bundle):
+    return Predictor.load(runtime_bundle(request.param))
+
+
+def test_rows_joining_mid_way_get_the_tokens_they_get_alone(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=8, max_queue=8)
+    first, first_sink = _ticket(predictor, PROMPTS[0], max_new_tokens=40)
+    engine.submit(first)
+    for _ in range(3):
+        engine.run_once()
+    later = [_ticket(predictor, p, max_new_tokens=n) for p, n in zip(PROMPTS[1:], (5, 30, 12))]
+    for ticket, _ in later:
+        engine.submit(ticket)
+    _drain(engine, [first_sink] + [s for _, s in later])
+    for (ticket, sink), prompt, n in zip([(first, first_sink)] + later, PROMPTS, (40, 5, 30, 12)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n)
+    joined = [t.joined_step for t, _ in later if t.joined_step is not None]
+    assert joined and all(first.joined_step < step for step in joined)  # they joined while the first was decoding
+    assert engine.rows == [] and engine.cache is None
+
+
+def test_a_finished_row_leaves_at_once(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=8, max_queue=8)
+    short, short_sink = _ticket(predictor, PROMPTS[1], max_new_tokens=3)
+    long, long_sink = _ticket(predictor, PROMPTS[0], max_new_tokens=30, stop=["\x00never"])
+    engine.submit(long)
+    engine.submit(short)
+    _drain(engine, [short_sink, long_sink])
+    assert short_sink.done.finish_reason == "length" and short_sink.done.completion_tokens == 3
+    assert short.left_step == short.joined_step + 2  # prefill gave token 1, two steps gave 2 and 3
+    assert long.left_step is None or long.left_step > short.left_step
+
+
+def test_sampling_with_a_seed_is_reproduced_in_a_batch(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    settings = dict(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=7)
+    tickets = [_ticket(predictor, p, **settings) for p in PROMPTS]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    _drain(engine, [s for _, s in tickets])
+    assert [s.text for _, s in tickets] == [predictor.generate(p, **settings) for p in PROMPTS]
+
+
+def test_a_cancelled_row_frees_its_slot_at_the_next_step(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=1, max_queue=8)
+    first, first_sink = _ticket(predictor, PROMPTS[0], max_new_tokens=60, stop=["\x00never"])
+    second, second_sink = _ticket(predictor, PROMPTS[1], max_new_tokens=4)
+    engine.submit(first)
+    engine.submit(second)
+    engine.run_once()
+    if first_sink.done is None:
+        first.cancel()
+        engine.run_once()
+        assert first_sink.done.finish_reason == "cancelled" and engine.active == 0
+    _drain(engine, [second_sink])
+    assert second_sink.text == predictor.generate(PROMPTS[1], max_new_tokens=4)
+
+
+def test_a_full_queue_refuses(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=1, max_queue=2)
+    for prompt in PROMPTS[:2]:
+        engine.submit(_ticket(predictor, prompt)[0])
+    with pytest.raises(QueueFull, match="--max-queue 2"):
+        engine.submit(_ticket(predictor, PROMPTS[2])[0])
+
+
+def test_finished_rows_are_compacted_once_they_are_as_many_as_the_live_ones(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    tickets = [_ticket(predictor, p, max_new_tokens=n, stop=never) for p, n in zip(PROMPTS, (2, 3, 40, 40))]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    physical = []
+    while not all(s.done for _, s in tickets[:2]):
+        engine.run_once()  # the first one prefills all four (token 1) and steps once (token 2)
+        physical.append((len(engine.rows), engine.active))
+    if all(s.done.completion_tokens == n for (_, s), n in zip(tickets[:2], (2, 3))):
+        assert physical == [(4, 3), (2, 2)]  # one finished row is kept (25 % waste), two are dropped
+    _drain(engine, [s for _, s in tickets])
+    for (_, sink), prompt, n in zip(tickets, PROMPTS, (2, 3, 40, 40)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)

@@ -1,0 +1,241 @@
+"""Every route of the app, in process (FastAPI's TestClient), on the tiny test bundles."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from deployft.runtime import Predictor  # noqa: E402
+from deployft.serve import create_app  # noqa: E402
+
+CHAT = [{"role": "user", "content": "what is the capital of france"}]
+
+
+def _client(bundle, **settings) -> TestClient:
+    client = TestClient(create_app(bundle, **settings))
+    client.__enter__()
+    deadline = time.time() + 60
+    while client.get("/ready").status_code != 200:
+        assert time.time() < deadline, "the app never became ready"
+        time.sleep(0.05)
+    return client
+
+
+@pytest.fixture(scope="module")
+def gen(runtime_bundle):
+    client = _client(runtime_bundle("llama"), model_name="tiny")
+    yield client, Predictor.load(runtime_bundle("llama"))
+    client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_bundle):
+    client = _client(runtime_bundle("bert"), model_name="tiny-clf", max_texts=4)
+    yield client, Predictor.load(runtime_bundle("bert"))
+    client.__exit__(None, None, None)
+
+
+def _sse(response) -> list:
+    events = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_status_routes_and_playground(gen):
+    client, _ = gen
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["ready"] is True
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+    page = client.get("/")
+    assert page.status_code == 200 and '"task": "generate"' in page.text and "/*SETTINGS*/" not in page.text
+    assert client.get("/docs").status_code == 200
+    assert "/v1/chat/completions" in client.get("/openapi.json").json()["paths"]
+
+
+def test_chat_completion_is_the_predictors_greedy_answer(gen):
+    client, predictor = gen
+    body = client.post("/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "max_tokens": 20,
+                                                     "temperature": 0}).json()
+    assert body["object"] == "chat.completion"
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": predictor.generate(CHAT, max_new_tokens=20)}
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len(predictor.prompt_ids(CHAT)) and 1 <= usage["completion_tokens"] <= 20
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_completion_and_length_finish(gen):
+    client, predictor = gen
+    body = client.post("/v1/completions", json={"prompt": "bees", "max_tokens": 3, "temperature": 0,
+                                                "stop": ["\x00never"]}).json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == predictor.generate("bees", max_new_tokens=3)
+    if body["usage"]["completion_tokens"] == 3:
+        assert body["choices"][0]["finish_reason"] == "length"
+
+
+def test_streamed_chat_concatenates_to_the_answer(gen):
+    client, predictor = gen
+    response = client.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 20, "temperature": 0,
+                                                         "stream": True, "stream_options": {"include_usage": True}})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _sse(response)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == predictor.generate(CHAT, max_new_tokens=20)
+    finished = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert finished in (["stop"], ["length"])
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_streamed_completion(gen):
+    client, predictor = gen
+    events = _sse(client.post("/v1/completions", json={"prompt": "bees", "max_tokens": 8, "temperature": 0,
+                                                       "stream": True}))
+    assert all(e["object"] == "text_completion" for e in events)
+    assert "".join(e["choices"][0]["text"] for e in events) == predictor.generate("bees", max_new_tokens=8)
+
+
+def test_seeded_sampling_is_reproducible(gen):
+    client, predictor = gen
+    request = {"prompt": "bees", "max_tokens": 10, "temperature": 0.8, "top_p": 0.9, "seed": 3}
+    first = client.post("/v1/completions", json=request).json()["choices"][0]["text"]
+    assert first == predictor.generate("bees", max_new_tokens=10, temperature=0.8, top_p=0.9, seed=3)
+
+
+def test_metrics_count_requests_tokens_and_batches(gen):
+    client, _ = gen
+    client.post("/v1/completions", json={"prompt": "bees", "max_tokens": 2})
+    text = client.get("/metrics").text
+    assert 'deployft_requests_total{route="/v1/completions",status="200"}' in text
+    for name in ("deployft_request_seconds_bucket", "deployft_queue_depth", "deployft_batch_size_bucket",
+                 "deployft_generated_tokens_total", "deployft_time_to_first_token_seconds_bucket"):
+        assert name in text
+
+
+def test_classifier_routes_match_the_predictor(clf):
+    client, predictor = clf
+    texts = ["the film was great", "this movie was awful the plot"]
+    expected = predictor.predict(texts)
+    single = client.post("/predict", json={"inputs": texts[0]}).json()
+    assert single[0]["label"] == expected[0].label and single[0]["score"] == pytest.approx(expected[0].score)
+    assert single[0]["score"] >= single[1]["score"] and {s["label"] for s in single} == set(predictor.labels)
+    many = client.post("/predict", json={"inputs": texts}).json()
+    assert [m[0]["label"] for m in many] == [e.label for e in expected]
+    body = client.post("/v1/classify", json={"input": texts, "model": "tiny-clf"}).json()
+    assert body["labels"] == predictor.labels
+    for row, e in zip(body["data"], expected):
+        assert row["label"] == e.label and row["scores"] == pytest.approx(e.scores)
+    assert client.get("/v1/models").json()["data"][0]["task"] == "classify"
+    assert '"task": "classify"' in client.get("/").text
+
+
+BAD_GENERATE = [
+    ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/chat/completions", {"max_tokens": 3}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": [{"content": "x"}]}, 400, "role"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 2}, 400, "n"),
+    ("/v1/chat/completions", {"messages": CHAT, "temperature": -1}, 400, "temperature"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_p": 0}, 400, "top_p"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 100000}, 400, "--max-tokens-limit"),
+    ("/v1/chat/completions", {"messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/chat/completions", {"messages": CHAT, "logprobs": True}, 400, "logprobs"),
+    ("/v1/chat/completions", {"messages": CHAT, "model": "gpt-4"}, 404, "'tiny'"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "bees " * 400}]}, 400, "at most 32 tokens"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
+    ("/v1/completions", {"prompt": 5}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "x", "echo": True}, 400, "echo"),
+    ("/v1/completions", [1, 2], 400, ""),
+    ("/predict", {"inputs": "x"}, 404, "generate bundle: use POST /v1/chat/completions"),
+    ("/nowhere", {}, 404, "no route POST /nowhere"),
+]
+
+
+@pytest.mark.parametrize("route,body,status,words", BAD_GENERATE)
+def test_bad_generation_requests_are_4xx_in_the_openai_error_shape(gen, route, body, status, words):
+    client, _ = gen
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": body}
+    response = client.post(route, **kwargs)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words in error["message"] and error["type"] and error["code"] == status
+
+
+BAD_CLASSIFY = [
+    ({"inputs": []}, 400, "empty"),
+    ({"inputs": ["a"] * 5}, 400, "--max-texts"),
+    ({"inputs": [1]}, 400, "inputs"),
+    ({"inputs": "great " * 100}, 400, "truncate"),
+    ({"inputs": "x", "raw_scores": True}, 400, "raw_scores"),
+]
+
+
+@pytest.mark.parametrize("body,status,words", BAD_CLASSIFY)
+def test_bad_classification_requests(clf, body, status, words):
+    response = clf[0].post("/predict", json=body)
+    assert response.status_code == status and words in response.json()["error"]["message"]
+
+
+def test_over_long_text_is_classified_when_truncate_is_asked(clf):
+    response = clf[0].post("/predict", json={"inputs": "great " * 100, "truncate": True})
+    assert response.status_code == 200 and len(response.json()) == 2
+
+
+def test_body_over_the_limit_is_413(runtime_bundle):
+    client = _client(runtime_bundle("bert"), max_body_bytes=100)
+    try:
+        response = client.post("/predict", json={"inputs": "great " * 50})
+        assert response.status_code == 413 and "--max-body-bytes" in response.json()["error"]["message"]
+        assert client.post("/predict", json={"inputs": "great"}).status_code == 200
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_api_key(runtime_bundle):
+    client = _client(runtime_bundle("bert"), api_key="s3cret-key")
+    try:
+        assert client.post("/predict", json={"inputs": "x"}).status_code == 401
+        wrong = client.post("/predict", json={"inputs": "x"}, headers={"Authorization": "Bearer nope-nope"})
+        assert wrong.status_code == 401 and "wrong API key" in wrong.json()["error"]["message"]
+        assert client.get("/v1/models").status_code == 401
+        ok = client.post("/predict", json={"inputs": "x"}, headers={"Authorization": "Bearer s3cret-key"})
+        assert ok.status_code == 200
+        assert client.post("/predict", json={"inputs": "x"}, headers={"x-api-key": "s3cret-key"}).status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_a_full_queue_is_429_with_retry_after(runtime_bundle):
+    from deployft.serve.workers import Job
+
+    app = create_app(runtime_bundle("bert"), start=False, max_queue=2)
+    service = app.state.service
+    for _ in range(2):
+        service.worker.submit(Job([[1, 2]], lambda *_: None))
+    client = TestClient(app)  # no lifespan: the worker never starts, so the queue stays full
+    response = client.post("/predict", json={"inputs": "x"})
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert "--max-queue 2" in response.json()["error"]["message"]
+    assert client.get("/health").status_code == 200
+    assert 'status="429"' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("arch,route,body", [("bert", "/predict", {"inputs": "x"}),
+                                             ("llama", "/v1/completions", {"prompt": "bees"}),
+                                             ("llama", "/v1/completions", {"prompt": "bees", "stream": True})])
+def test_a_request_past_its_timeout_is_504(runtime_bundle, arch, route, body):
+    app = create_app(runtime_bundle(arch), start=False, request_timeout_s=0.2)
+    client = TestClient(app)  # no lifespan: the worker never starts, so the request waits until its timeout
+    response = client.post(route, json=body)
+    assert response.status_code == 504 and "--request-timeout" in response.json()["error"]["message"]
