@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..serve.config import API_KEY_ENV, DEVICES, ServeConfig
 from .options import shown
 
@@ -40,13 +41,22 @@ from .options import shown
               help="Key clients must send as 'Authorization: Bearer KEY'.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run the app as a Ray Serve deployment (pip install \"deployft[ray]\").")
+@click.option("--replicas", type=int, default=None, show_default="1", help="With --ray: replicas of the app.")
+@click.option("--min-replicas", type=int, default=None, help="With --ray: autoscale from this many replicas.")
+@click.option("--max-replicas", type=int, default=None, help="With --ray: autoscale up to this many replicas.")
+@click.option("--ray-address", default=None, show_default="the running cluster, else a local one",
+              help="With --ray: the cluster to join (auto, ray://HOST:10001).")
 def serve(bundle, host, port, threads, device, model_file, model_name, max_batch_size, max_wait_ms, max_queue,
-          max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file) -> None:
+          max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
+          on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
 
     \b
     deployft serve bundles/gen --port 8000
     deployft serve bundles/clf --max-batch-size 32 --max-wait-ms 5 --api-key "$KEY"
+    deployft serve bundles/gen --ray --min-replicas 1 --max-replicas 4
     """
     import logging
 
@@ -60,4 +70,14 @@ def serve(bundle, host, port, threads, device, model_file, model_name, max_batch
         request_timeout_s=request_timeout_s, grace_s=grace_s, api_key=api_key,
     )
     logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
-    run(config)
+    ray_flags = {"--replicas": replicas, "--min-replicas": min_replicas, "--max-replicas": max_replicas,
+                 "--ray-address": ray_address}
+    if on_ray:
+        from ..serve.ray_app import RayScale, serve_on_ray
+
+        serve_on_ray(config, RayScale(replicas, min_replicas, max_replicas, ray_address))
+    elif any(v is not None for v in ray_flags.values()):
+        raise UsageError(f"{', '.join(k for k, v in ray_flags.items() if v is not None)}: only used with --ray; "
+                         "add --ray or leave them out")
+    else:
+        run(config)
