@@ -118,3 +118,22 @@ def test_ray_flags_are_checked_before_ray_starts(runtime_bundle, tmp_path, monke
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ray_is_imported_only_when_asked_for():
+    import subprocess
+
+    code = ("import sys, deployft, deployft.runtime, deployft.runtime.ray_predict, deployft.serve.ray_app, "
+            "deployft.cli.predict, deployft.cli.serve; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("predict", ("--ray", "--workers", "--ray-address", "--output-format")),
+    ("serve", ("--ray", "--replicas", "--min-replicas", "--max-replicas", "--ray-address")),
+])
+def test_help_lists_the_ray_flags(command, flags):
+    result = _run(command, "--help")
+    assert result.exit_code == 0
+    assert all(flag in result.output for flag in flags)

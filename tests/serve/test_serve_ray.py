@@ -175,3 +175,15 @@ def test_ray_flags_without_ray_and_ray_without_ray_installed(tmp_path, monkeypat
     result = CliRunner().invoke(main, ["serve", str(tmp_path), "--ray"])
     assert result.exit_code == 1
     assert result.output.strip() == 'Error: ray is not installed; install it with: pip install "deployft[ray]"'
+
+
+def test_the_app_for_serve_run_comes_from_the_environment(tmp_path, monkeypatch):
+    serve = pytest.importorskip("ray.serve")
+    from deployft.errors import UsageError
+    from deployft.serve import ray_app
+
+    monkeypatch.delenv("DEPLOYFT_BUNDLE", raising=False)
+    with pytest.raises(UsageError, match="DEPLOYFT_BUNDLE is not set"):
+        ray_app.app
+    monkeypatch.setenv("DEPLOYFT_BUNDLE", str(tmp_path))
+    assert isinstance(ray_app.app, serve.Application)
