@@ -124,6 +124,22 @@ def predict_records(predictor: Predictor, texts: list[str], batch_size: int,
     return [{"prompt": t, "completion": c} for t, c in zip(texts, completions)]
 
 
+def check_bundle(bundle: Path, model_file: str | None) -> dict:
+    """The manifest of `bundle`, checked as `Predictor.load` checks it, without loading the model.
+
+    Ray workers load the bundle; checking it first on the driver turns a bad bundle into one line rather than
+    a traceback from every worker.
+    """
+    from .predictor import verify_model_file
+
+    manifest = read_manifest(bundle, "bundle")
+    if manifest.get("task") not in TASKS:
+        raise BundleError(f"{bundle}/deployft.json has task {manifest.get('task')!r}; expected one of "
+                          f"{', '.join(TASKS)}; re-export the bundle with deployft export")
+    verify_model_file(Path(bundle), manifest, model_file or manifest.get("model_file") or "model.onnx")
+    return manifest
+
+
 def predict_on_ray(config: RayPredictConfig) -> int:
     """Predict every row of `config.input` into `config.output_file`; returns the number of rows written.
 
@@ -133,15 +149,7 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     """
     ray = require("ray", "ray")
     require("ray.data", "ray")
-    from .predictor import verify_model_file
-
-    # the workers load the bundle: its errors are found here first, as one line rather than a worker's traceback
-    manifest = read_manifest(config.bundle, "bundle")
-    task = manifest.get("task")
-    if task not in TASKS:
-        raise BundleError(f"{config.bundle}/deployft.json has task {task!r}; expected one of {', '.join(TASKS)}; "
-                          "re-export the bundle with deployft export")
-    verify_model_file(config.bundle, manifest, config.model_file or manifest.get("model_file") or "model.onnx")
+    task = check_bundle(config.bundle, config.model_file)["task"]
     started = not ray.is_initialized()
     if started:
         with reraise_as(UsageError, f"cannot start or join Ray at {config.address or 'a local instance'} "

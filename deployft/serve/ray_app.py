@@ -73,8 +73,11 @@ def application(config: ServeConfig, scale: RayScale | None = None):
     Raises:
         MissingDependencyError: Ray Serve is not installed (`pip install "deployft[ray]"`).
     """
+    from ..runtime.ray_predict import check_bundle
+
     require("fastapi", "serve")
     serve = require("ray.serve", "ray")
+    check_bundle(config.bundle, config.model_file)
     scale = scale or RayScale()
 
     def build_asgi_app():  # runs in each replica, so each loads the bundle in its own process
@@ -93,8 +96,8 @@ def application(config: ServeConfig, scale: RayScale | None = None):
 def serve_on_ray(config: ServeConfig, scale: RayScale) -> None:
     """Run the app on Ray Serve at `config.host:config.port` until SIGINT / SIGTERM, then remove it.
 
-    A local Ray instance started here is shut down on exit; on an existing cluster only this application is
-    deleted, and Serve keeps running for the cluster's other applications.
+    On exit only this application is deleted (its replicas drain), so Serve keeps running for a joined cluster's
+    other applications; a local Ray instance started here goes down with this process's `ray.shutdown()`.
 
     Raises:
         MissingDependencyError: Ray Serve or fastapi is not installed.
@@ -103,18 +106,18 @@ def serve_on_ray(config: ServeConfig, scale: RayScale) -> None:
     ray = require("ray", "ray")
     serve = require("ray.serve", "ray")
     app = application(config, scale)
-    joined = ray.is_initialized() or scale.address is not None or bool(os.environ.get("RAY_ADDRESS"))
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         with reraise_as(UsageError, f"cannot start or join Ray at {scale.address or 'a local instance'} "
                                     "({reason}); pass --ray-address of a running cluster or leave it out"):
             ray.init(address=scale.address, include_dashboard=False)
     if config.exposed and config.api_key is None:
         logger.warning("listening on %s without an API key: anyone who reaches this address can use the model; "
                        "pass --api-key or set %s", config.host, API_KEY_ENV)
+    serve.start(http_options={"host": config.host, "port": config.port})
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         logger.info("serving %s on Ray Serve at http://%s:%s", config.bundle, config.host, config.port)
         stop.wait()
@@ -122,10 +125,8 @@ def serve_on_ray(config: ServeConfig, scale: RayScale) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if joined:
-            serve.delete(APP_NAME)
-        else:
-            serve.shutdown()
+        serve.delete(APP_NAME)
+        if started:
             ray.shutdown()
 
 

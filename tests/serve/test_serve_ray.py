@@ -172,18 +172,21 @@ def test_ray_flags_without_ray_and_ray_without_ray_installed(tmp_path, monkeypat
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--ray"])
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "any"), "--ray"])
     assert result.exit_code == 1
     assert result.output.strip() == 'Error: ray is not installed; install it with: pip install "deployft[ray]"'
 
 
-def test_the_app_for_serve_run_comes_from_the_environment(tmp_path, monkeypatch):
+def test_the_app_for_serve_run_comes_from_the_environment(runtime_bundle, tmp_path, monkeypatch):
     serve = pytest.importorskip("ray.serve")
-    from deployft.errors import UsageError
+    from deployft.errors import BundleError, UsageError
     from deployft.serve import ray_app
 
     monkeypatch.delenv("DEPLOYFT_BUNDLE", raising=False)
     with pytest.raises(UsageError, match="DEPLOYFT_BUNDLE is not set"):
         ray_app.app
-    monkeypatch.setenv("DEPLOYFT_BUNDLE", str(tmp_path))
+    monkeypatch.setenv("DEPLOYFT_BUNDLE", str(runtime_bundle("bert")))
     assert isinstance(ray_app.app, serve.Application)
+    monkeypatch.setenv("DEPLOYFT_BUNDLE", str(tmp_path))  # checked before any replica tries to load it
+    with pytest.raises(BundleError, match="deployft.json"):
+        ray_app.app
