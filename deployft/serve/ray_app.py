@@ -55,9 +55,16 @@ class RayScale:
             raise UsageError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas}); "
                              "pass --min-replicas at most --max-replicas")
 
-    def deployment_options(self, threads: int | None) -> dict:
-        """`serve.deployment` options: the replica count or autoscaling bounds, and CPUs per replica."""
-        options: dict = {"ray_actor_options": {"num_cpus": threads or 1}}
+    def deployment_options(self, config: ServeConfig) -> dict:
+        """`serve.deployment` options: the replica count or autoscaling bounds, CPUs, in-flight requests and
+        grace per replica."""
+        options: dict = {
+            "ray_actor_options": {"num_cpus": config.threads or 1},
+            # each replica's own bounded queue answers overload with 429 (Ray Serve's default of a few
+            # requests per replica would starve the batcher and queue the rest, unbounded, in Ray's router)
+            "max_ongoing_requests": config.max_batch_size + config.max_queue,
+            "graceful_shutdown_timeout_s": config.grace_s,
+        }
         if self.min_replicas is None and self.max_replicas is None:
             options["num_replicas"] = self.replicas or 1
         else:
@@ -72,6 +79,7 @@ def application(config: ServeConfig, scale: RayScale | None = None):
 
     Raises:
         MissingDependencyError: Ray Serve is not installed (`pip install "deployft[ray]"`).
+        BundleError: the bundle or its model file cannot be used (checked here, before any replica loads it).
     """
     from ..runtime.ray_predict import check_bundle
 
@@ -89,7 +97,7 @@ def application(config: ServeConfig, scale: RayScale | None = None):
     class DeployftReplica:
         """One replica of the deployft app."""
 
-    deployment = serve.deployment(name=APP_NAME, **scale.deployment_options(config.threads))(DeployftReplica)
+    deployment = serve.deployment(name=APP_NAME, **scale.deployment_options(config))(DeployftReplica)
     return deployment.bind()
 
 

@@ -148,10 +148,14 @@ def test_bad_replica_settings(scale, message):
         RayScale(**scale)
 
 
-def test_replica_options_for_ray_serve():
-    assert RayScale(replicas=3).deployment_options(2) == {"num_replicas": 3, "ray_actor_options": {"num_cpus": 2}}
-    assert RayScale(max_replicas=4).deployment_options(None)["autoscaling_config"] == {
-        "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1}
+def test_replica_options_for_ray_serve(tmp_path):
+    config = ServeConfig(bundle=tmp_path, threads=2, max_batch_size=8, max_queue=100, grace_s=5)
+    assert RayScale(replicas=3).deployment_options(config) == {
+        "num_replicas": 3, "ray_actor_options": {"num_cpus": 2}, "max_ongoing_requests": 108,
+        "graceful_shutdown_timeout_s": 5}
+    options = RayScale(max_replicas=4).deployment_options(ServeConfig(bundle=tmp_path))
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1}
+    assert options["ray_actor_options"] == {"num_cpus": 1}
 
 
 def test_build_app_arguments_are_checked(tmp_path):
