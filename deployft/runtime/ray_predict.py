@@ -10,11 +10,14 @@ and renamed when complete (`deployft.staging.atomic_file`). Ray is imported only
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BundleError, DataError, UsageError, reraise_as, require
+from ..errors import (BundleError, DataError, DeployftError, StageError, UsageError, first_line, reraise_as,
+                      require)
 from ..manifest import read_manifest
 from ..staging import atomic_file
 from ..tasks import TASKS, get_task
@@ -155,12 +158,32 @@ def predict_on_ray(config: RayPredictConfig) -> int:
         with reraise_as(UsageError, f"cannot start or join Ray at {config.address or 'a local instance'} "
                                     "({reason}); pass --ray-address of a running cluster or leave it out"):
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+    # Ray Data prints the driver-side stack of a failed actor; the error is reported below as one line, and
+    # the worker's own traceback stays in Ray's worker logs
+    quiet = logging.getLogger("ray.data.exceptions")
+    level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
     try:
         dataset = _dataset(ray.data, config, task)
         return _write(dataset, config)
+    except ray.exceptions.RayError as exc:
+        raise worker_error(exc, f"predicting {config.input}") from exc
     finally:
+        quiet.setLevel(level)
         if started:
             ray.shutdown()
+
+
+def worker_error(exc: BaseException, doing: str) -> DeployftError:
+    """The deployft error a Ray worker raised, as one line: Ray hands the driver a wrapper whose message holds
+    the worker's traceback, ending in `deployft.errors.<Class>: <message>`."""
+    from .. import errors
+
+    found = re.findall(r"deployft\.errors\.(\w+): (.+)", str(exc))
+    cls = getattr(errors, found[-1][0], None) if found else None
+    if isinstance(cls, type) and issubclass(cls, DeployftError):
+        return cls(found[-1][1].strip())
+    return StageError(f"a Ray worker failed while {doing} ({first_line(exc)}); see the worker logs in "
+                      "/tmp/ray/session_latest/logs")
 
 
 def _dataset(data, config: RayPredictConfig, task: str | None):
@@ -181,7 +204,8 @@ def _dataset(data, config: RayPredictConfig, task: str | None):
         BundleWorker, fn_constructor_kwargs=worker, batch_size=config.batch_size * WINDOW_BATCHES,
         # a pool that starts at one actor leaves CPUs to the read tasks; a full pool from the start can take
         # every CPU of a small cluster and wait forever for rows that no read task can produce
-        batch_format="numpy", concurrency=(1, config.workers), num_cpus=config.threads or 1)
+        batch_format="numpy", compute=data.ActorPoolStrategy(min_size=1, max_size=config.workers),
+        num_cpus=config.threads or 1)
 
 
 def _text_column(columns: list[str], column: str | None, task: str | None, path: Path) -> str:

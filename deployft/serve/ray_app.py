@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, fields
 
 from ..errors import UsageError, reraise_as, require
+from ..runtime.ray_predict import check_bundle, worker_error
 from .config import API_KEY_ENV, ServeConfig
 
 logger = logging.getLogger("deployft.serve")
@@ -81,8 +82,6 @@ def application(config: ServeConfig, scale: RayScale | None = None):
         MissingDependencyError: Ray Serve is not installed (`pip install "deployft[ray]"`).
         BundleError: the bundle or its model file cannot be used (checked here, before any replica loads it).
     """
-    from ..runtime.ray_predict import check_bundle
-
     require("fastapi", "serve")
     serve = require("ray.serve", "ray")
     check_bundle(config.bundle, config.model_file)
@@ -126,7 +125,10 @@ def serve_on_ray(config: ServeConfig, scale: RayScale) -> None:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        except Exception as exc:  # Ray Serve wraps what a replica raised in its own error, with the traceback
+            raise worker_error(exc, f"starting the replicas of {config.bundle}") from exc
         logger.info("serving %s on Ray Serve at http://%s:%s", config.bundle, config.host, config.port)
         stop.wait()
         logger.info("stopping: removing the application from Ray Serve")

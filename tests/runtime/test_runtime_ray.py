@@ -92,6 +92,22 @@ def test_ray_data_names_a_missing_column_and_writes_nothing(local_ray, runtime_b
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
+@pytest.mark.slow
+def test_a_worker_that_cannot_load_the_bundle_is_one_error_line(local_ray, runtime_bundle, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: --device cuda loads on the workers")
+    data = _parquet(tmp_path / "reviews.parquet", sentiment_rows(8))
+    result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray",
+                  "--workers", "1", "--device", "cuda", "--no-progress")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]  # among Ray's own log
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith("Error: device cuda asked for but ") and errors[0].endswith("or pass --device cpu")
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
 def test_ray_without_ray_installed_names_the_extra(runtime_bundle, tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
