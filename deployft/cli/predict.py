@@ -37,7 +37,7 @@ from .options import shown
               help="Predict --input on Ray Data: a pool of workers, one Predictor each (pip install \"deployft[ray]\").")
 @click.option("--workers", type=int, default=None, show_default=shown(RayPredictConfig, "workers"),
               help="With --ray: Ray actors, each with its own Predictor.")
-@click.option("--ray-address", default=None, show_default="the running cluster, else a local one",
+@click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
 @click.option("--output-format", type=click.Choice(FORMATS), default=None,
               show_default=shown(RayPredictConfig, "output_format"),

@@ -46,7 +46,7 @@ from .options import shown
 @click.option("--replicas", type=int, default=None, show_default="1", help="With --ray: replicas of the app.")
 @click.option("--min-replicas", type=int, default=None, help="With --ray: autoscale from this many replicas.")
 @click.option("--max-replicas", type=int, default=None, help="With --ray: autoscale up to this many replicas.")
-@click.option("--ray-address", default=None, show_default="the running cluster, else a local one",
+@click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
 def serve(bundle, host, port, threads, device, model_file, model_name, max_batch_size, max_wait_ms, max_queue,
           max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,

@@ -57,7 +57,7 @@ class RayPredictConfig:
     model_file: str | None = None
     """Another `.onnx` variant of the bundle."""
     address: str | None = None
-    """Ray cluster to join (`auto`, `ray://host:10001`); default: the running one, else a local instance."""
+    """Ray cluster to join (`auto`, `ray://host:10001`); default: the one ray.init() finds, else a local instance."""
     options: GenerationOptions = field(default_factory=GenerationOptions)
     """Decoding settings for generators."""
     progress: bool = True

@@ -40,7 +40,7 @@ class RayScale:
     max_replicas: int | None = None
     """Autoscaling: the most replicas started under load."""
     address: str | None = None
-    """Ray cluster to join (`auto`, `ray://host:10001`); default: the running one, else a local instance."""
+    """Ray cluster to join (`auto`, `ray://host:10001`); default: the one ray.init() finds, else a local instance."""
 
     def __post_init__(self) -> None:
         for name in ("replicas", "min_replicas", "max_replicas"):
