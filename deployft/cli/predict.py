@@ -34,7 +34,7 @@ from .options import shown
 @click.option("--stop", multiple=True, help="A string that ends generation (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar for --input.")
 @click.option("--ray", "on_ray", is_flag=True,
-              help="Predict --input on Ray Data: a pool of workers, one Predictor each (pip install \"deployft[ray]\").")
+              help="Predict --input on Ray Data, one Predictor per worker (pip install \"deployft[ray]\").")
 @click.option("--workers", type=int, default=None, show_default=shown(RayPredictConfig, "workers"),
               help="With --ray: Ray actors, each with its own Predictor.")
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
