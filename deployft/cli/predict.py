@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from ..tasks import get_task
-
 import json
 from dataclasses import asdict
 
 import click
+
+from ..runtime.ray_predict import FORMATS, RayPredictConfig
+from ..tasks import get_task
+from .options import shown
 
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("texts", nargs=-1)
 @click.option("--input", "input_path", type=click.Path(dir_okay=False),
-              help="A .jsonl or .csv file to predict row by row (column text, or prompt for generators).")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False),
-              help="Where --input predictions go, as JSONL (needed with --input).")
+              help="A .jsonl or .csv file to predict row by row (column text, or prompt for generators); "
+                   "with --ray also .parquet.")
+@click.option("--output", "output_path", type=click.Path(),
+              help="Where --input predictions go, as JSONL (needed with --input); with --ray a folder.")
 @click.option("--column", default=None, help="The text column of --input (default: text, or prompt then text).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
@@ -32,14 +35,25 @@ import click
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="A string that ends generation (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar for --input.")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Predict --input on Ray Data, one Predictor per worker (pip install \"deployft[ray]\").")
+@click.option("--workers", type=int, default=None, show_default=shown(RayPredictConfig, "workers"),
+              help="With --ray: Ray actors, each with its own Predictor.")
+@click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
+              help="With --ray: the cluster to join (auto, ray://HOST:10001).")
+@click.option("--output-format", type=click.Choice(FORMATS), default=None,
+              show_default=shown(RayPredictConfig, "output_format"),
+              help="With --ray: the file written into the --output folder, predictions.jsonl or .parquet.")
 def predict(bundle, texts, input_path, output_path, column, as_json, device, threads, model_file, public_key,
-            batch_size, max_new_tokens, temperature, top_k, top_p, seed, stop, progress) -> None:
+            batch_size, max_new_tokens, temperature, top_k, top_p, seed, stop, progress, on_ray, workers, ray_address,
+            output_format) -> None:
     """Predict with BUNDLE: label and score per TEXT, or the completion of each prompt (streamed).
 
     \b
     deployft predict bundles/clf "a warm, funny film" "a dull one"
     deployft predict bundles/gen "What is the capital of France?" --max-new-tokens 32
     deployft predict bundles/clf --input reviews.csv --output preds.jsonl
+    deployft predict bundles/clf --input reviews.parquet --output preds/ --ray --workers 4
     """
     from ..errors import UsageError
     from ..runtime import GenerationOptions, Predictor
@@ -49,6 +63,16 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
     if input_path and not output_path:
         raise UsageError("--input needs --output FILE.jsonl to write the predictions to")
     options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+    ray_flags = {"--workers": workers, "--ray-address": ray_address, "--output-format": output_format}
+    if not on_ray and any(v is not None for v in ray_flags.values()):
+        raise UsageError(f"{', '.join(k for k, v in ray_flags.items() if v is not None)}: only used with --ray; "
+                         "add --ray or leave them out")
+    if on_ray:
+        if not input_path:
+            raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
+        _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
+                        device, model_file, public_key, ray_address, options, progress)
+        return
     predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key)
     if device == "auto":
         click.echo(f"device auto: running on {predictor.device}", err=True)
@@ -61,6 +85,20 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
         _print_labels(predictor.predict(list(texts), batch_size=batch_size), texts, as_json)
     else:
         _print_completions(predictor, texts, options, as_json)
+
+
+def _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
+                    device, model_file, public_key, address, options, progress) -> None:
+    from ..configfile import build_config
+    from ..runtime.ray_predict import predict_on_ray
+
+    config = build_config(RayPredictConfig, None, bundle=bundle, input=input_path, output=output_path,
+                          column=column, output_format=output_format, batch_size=batch_size, workers=workers,
+                          threads=threads, device=device, model_file=model_file, public_key=public_key,
+                          address=address,
+                          options=options, progress=progress)
+    rows = predict_on_ray(config)
+    click.echo(f"wrote {rows} prediction(s) to {config.output_file}", err=True)
 
 
 def _print_labels(predictions, texts, as_json: bool) -> None:

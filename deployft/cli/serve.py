@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..serve.config import API_KEY_ENV, DEVICES, ServeConfig
 from .options import shown
 
@@ -18,6 +19,8 @@ from .options import shown
 @click.option("--threads", type=int, default=None, show_default="ONNX Runtime's", help="Intra-op CPU threads.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(ServeConfig, "device"))
 @click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
+@click.option("--public-key", type=click.Path(dir_okay=False), default=None,
+              help="Serve only if the bundle's manifest is signed by this Ed25519 key (deployft export --sign-key).")
 @click.option("--model-name", default=None, show_default="the bundle folder's name",
               help="The model id of the API (/v1/models).")
 @click.option("--max-batch-size", type=int, default=None, show_default=shown(ServeConfig, "max_batch_size"),
@@ -40,13 +43,22 @@ from .options import shown
               help="Key clients must send as 'Authorization: Bearer KEY'.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
-def serve(bundle, host, port, threads, device, model_file, model_name, max_batch_size, max_wait_ms, max_queue,
-          max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file) -> None:
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run the app as a Ray Serve deployment (pip install \"deployft[ray]\").")
+@click.option("--replicas", type=int, default=None, show_default="1", help="With --ray: replicas of the app.")
+@click.option("--min-replicas", type=int, default=None, help="With --ray: autoscale from this many replicas.")
+@click.option("--max-replicas", type=int, default=None, help="With --ray: autoscale up to this many replicas.")
+@click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
+              help="With --ray: the cluster to join (auto, ray://HOST:10001).")
+def serve(bundle, host, port, threads, device, model_file, public_key, model_name, max_batch_size, max_wait_ms,
+          max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
+          on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
 
     \b
     deployft serve bundles/gen --port 8000
     deployft serve bundles/clf --max-batch-size 32 --max-wait-ms 5 --api-key "$KEY"
+    deployft serve bundles/gen --ray --min-replicas 1 --max-replicas 4
     """
     import logging
 
@@ -55,9 +67,20 @@ def serve(bundle, host, port, threads, device, model_file, model_name, max_batch
 
     config = build_config(
         ServeConfig, config_file, bundle=bundle, host=host, port=port, threads=threads, device=device,
-        model_file=model_file, model_name=model_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        model_file=model_file, public_key=public_key, model_name=model_name,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         max_queue=max_queue, max_texts=max_texts, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout_s, grace_s=grace_s, api_key=api_key,
     )
     logging.basicConfig(level=logging.INFO, format="serve: %(message)s")
-    run(config)
+    ray_flags = {"--replicas": replicas, "--min-replicas": min_replicas, "--max-replicas": max_replicas,
+                 "--ray-address": ray_address}
+    if on_ray:
+        from ..serve.ray_app import RayScale, serve_on_ray
+
+        serve_on_ray(config, RayScale(replicas, min_replicas, max_replicas, ray_address))
+    elif any(v is not None for v in ray_flags.values()):
+        raise UsageError(f"{', '.join(k for k, v in ray_flags.items() if v is not None)}: only used with --ray; "
+                         "add --ray or leave them out")
+    else:
+        run(config)

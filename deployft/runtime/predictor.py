@@ -37,6 +37,22 @@ class Prediction:
     """The probability of every label, in the bundle's label order."""
 
 
+def checked_bundle(folder: Path, model_file: str | None = None,
+                   public_key: str | Path | None = None) -> tuple[dict, str, Path]:
+    """`(manifest, model file name, its path)` of a bundle after every check `Predictor.load` makes before it
+    reads a file: known task, signature (with a public key), the manifest's digest, and the files it will read."""
+    manifest = read_manifest(folder, "bundle")
+    if manifest.get("task") not in TASKS:
+        raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
+                          f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
+    if public_key is not None:
+        from ..signing import verify_signature
+
+        verify_signature(folder, public_key)
+    name = model_file or manifest.get("model_file") or "model.onnx"
+    return manifest, name, check_for_load(folder, manifest, name)
+
+
 class Predictor:
     """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across threads."""
 
@@ -81,16 +97,7 @@ class Predictor:
         """
         options = SessionOptions(device=device, threads=threads, spinning=spinning)
         folder = Path(bundle)
-        manifest = read_manifest(folder, "bundle")
-        if manifest.get("task") not in TASKS:
-            raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
-                              f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
-        if public_key is not None:
-            from ..signing import verify_signature
-
-            verify_signature(folder, public_key)
-        name = model_file or manifest.get("model_file") or "model.onnx"
-        path = check_for_load(folder, manifest, name)
+        manifest, name, path = checked_bundle(folder, model_file, public_key)
         why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"
         with reraise_as(BundleError, why):
             session, actual = create_session(path, options)

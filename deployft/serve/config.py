@@ -36,6 +36,8 @@ class ServeConfig:
     """`cpu`, `cuda`, or `auto`."""
     model_file: str | None = None
     """Another `.onnx` variant of the bundle (default: its manifest's model_file)."""
+    public_key: str | None = None
+    """An Ed25519 public key PEM file: refuse to serve a bundle whose manifest signature does not match it."""
     model_name: str | None = None
     """The model id clients send and `/v1/models` lists (default: the bundle folder's name)."""
     max_batch_size: int = 32

@@ -32,7 +32,8 @@ class Service:
         self.config = config
         # no spin-waiting: between batches the ONNX Runtime threads must leave the cores to the HTTP side
         self.predictor = predictor or Predictor.load(config.bundle, device=config.device, threads=config.threads,
-                                                     model_file=config.model_file, spinning=False)
+                                                     model_file=config.model_file, public_key=config.public_key,
+                                                     spinning=False)
         self.metrics = ServeMetrics()
         self.generates = self.predictor.decoder is not None
         self.started = int(time.time())

@@ -63,3 +63,13 @@ def test_a_folder_that_is_not_a_bundle(tmp_path):
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "missing")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "missing" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_public_key_refuses_an_unsigned_bundle_before_serving(runtime_bundle, tmp_path):
+    from deployft.signing import generate_keys
+
+    _, public = generate_keys(tmp_path / "key.pem", tmp_path / "key.pub.pem")
+    bundle = runtime_bundle("gpt2")
+    result = CliRunner().invoke(main, ["serve", str(bundle), "--public-key", str(public), "--port", "0"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "deployft.json.sig" in result.output and "Traceback" not in result.output

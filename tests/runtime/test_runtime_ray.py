@@ -1,0 +1,155 @@
+"""`deployft predict --ray`: Ray Data predictions equal the single-process file's, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import qa_rows, sentiment_rows, write_rows
+from deployft.cli import main
+from deployft.runtime import GenerationOptions, Predictor
+from deployft.runtime.files import predict_file
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module: 2 CPUs, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _parquet(path, rows: list[dict]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=64)  # several blocks for Ray to reorder
+    return path
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _assert_same(ray_rows: list[dict], local_rows: list[dict]) -> None:
+    assert [r["id"] for r in ray_rows] == list(range(len(local_rows)))
+    for got, expected in zip(ray_rows, local_rows):
+        scores = expected.pop("scores", None)
+        assert {k: v for k, v in got.items() if k != "scores"} == pytest.approx(expected, abs=1e-5)
+        if scores is not None:
+            assert got["scores"] == pytest.approx(scores, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_data_classifies_a_parquet_file_like_the_single_process_path(local_ray, runtime_bundle, tmp_path):
+    bundle = runtime_bundle("bert")
+    rows = [{"stars": i % 5, "text": r["text"] * (1 + i % 3)} for i, r in enumerate(sentiment_rows(300))]
+    data = _parquet(tmp_path / "reviews.parquet", rows)
+    result = _run("predict", bundle, "--input", data, "--output", tmp_path / "out", "--ray", "--workers", "2",
+                  "--batch-size", "16", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "wrote 300 prediction(s)" in result.output
+    local = tmp_path / "local.jsonl"
+    predict_file(Predictor.load(bundle), write_rows(tmp_path / "reviews.jsonl", rows), local, batch_size=16,
+                 progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.jsonl"]
+    _assert_same(_jsonl(tmp_path / "out" / "predictions.jsonl"), _jsonl(local))
+
+
+@pytest.mark.slow
+def test_ray_data_completes_prompts_into_parquet_like_the_single_process_path(local_ray, runtime_bundle, tmp_path):
+    import pyarrow.parquet as pq
+
+    bundle = runtime_bundle("llama")
+    data = write_rows(tmp_path / "qa.jsonl", [{"prompt": r["prompt"], "answer": r["response"]}
+                                              for r in qa_rows(24)])
+    result = _run("predict", bundle, "--input", data, "--output", tmp_path / "out", "--ray", "--workers", "2",
+                  "--batch-size", "4", "--max-new-tokens", "8", "--output-format", "parquet", "--no-progress")
+    assert result.exit_code == 0, result.output
+    local = tmp_path / "local.jsonl"
+    predict_file(Predictor.load(bundle), data, local, batch_size=4, progress=False,
+                 options=GenerationOptions(max_new_tokens=8))
+    ray_rows = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
+    assert ray_rows == _jsonl(local)
+    assert any(r["completion"] for r in ray_rows)
+
+
+@pytest.mark.slow
+def test_ray_data_names_a_missing_column_and_writes_nothing(local_ray, runtime_bundle, tmp_path):
+    data = _parquet(tmp_path / "reviews.parquet", [{"review": "fine"}, {"review": "dull"}])
+    result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray",
+                  "--no-progress")
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {data} has no column 'text' (columns: review); pass --column NAME")
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_load_the_bundle_is_one_error_line(local_ray, runtime_bundle, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: --device cuda loads on the workers")
+    data = _parquet(tmp_path / "reviews.parquet", sentiment_rows(8))
+    result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray",
+                  "--workers", "1", "--device", "cuda", "--no-progress")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]  # among Ray's own log
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith("Error: device cuda asked for but ") and errors[0].endswith("or pass --device cpu")
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_ray_without_ray_installed_names_the_extra(runtime_bundle, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    data = write_rows(tmp_path / "reviews.jsonl", sentiment_rows(4))
+    result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray")
+    assert result.exit_code == 1
+    assert result.output.strip() == 'Error: ray is not installed; install it with: pip install "deployft[ray]"'
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--input", "in.parquet", "--output", "out", "--workers", "2"), "--workers: only used with --ray"),
+    (("some text", "--ray"), "--ray predicts a file: pass --input FILE"),
+    (("--input", "missing.parquet", "--output", "out", "--ray"), "input file missing.parquet not found"),
+    (("--input", "in.txt", "--output", "out", "--ray"), "has extension '.txt'; with --ray pass a .parquet"),
+    (("--input", "in.parquet", "--output", "out", "--ray", "--workers", "0"), "workers must be an integer >= 1"),
+])
+def test_ray_flags_are_checked_before_ray_starts(runtime_bundle, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.parquet").write_bytes(b"")
+    (tmp_path / "in.txt").write_text("x")
+    result = _run("predict", runtime_bundle("bert"), *args)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ray_is_imported_only_when_asked_for():
+    import subprocess
+
+    code = ("import sys, deployft, deployft.runtime, deployft.runtime.ray_predict, deployft.serve.ray_app, "
+            "deployft.cli.predict, deployft.cli.serve; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("predict", ("--ray", "--workers", "--ray-address", "--output-format")),
+    ("serve", ("--ray", "--replicas", "--min-replicas", "--max-replicas", "--ray-address")),
+])
+def test_help_lists_the_ray_flags(command, flags):
+    result = _run(command, "--help")
+    assert result.exit_code == 0
+    assert all(flag in result.output for flag in flags)
