@@ -66,7 +66,10 @@ def _optimum_generate(model, ids: list[int], new_tokens: int) -> tuple[float, fl
     import torch
 
     config = copy.deepcopy(model.generation_config)
-    config.update(max_new_tokens=new_tokens, min_new_tokens=None, do_sample=False, eos_token_id=None)
+    # an end id past the vocabulary is never generated: the loop runs to max_new_tokens and, unlike
+    # min_new_tokens, leaves the real end token's logit alone, as iter_token_ids(ignore_eos=True) does
+    config.update(max_new_tokens=new_tokens, min_new_tokens=None, do_sample=False,
+                  eos_token_id=[model.config.vocab_size], pad_token_id=model.generation_config.pad_token_id or 0)
     clock = _Clock()
     tensor = torch.tensor([ids])
     start = time.perf_counter()
