@@ -61,6 +61,18 @@ def test_concurrent_requests_join_the_running_batch_and_get_their_own_answers(ge
     assert float(sizes[0].split()[-1]) < float(total[0].split()[-1])  # some steps ran more than one row
 
 
+def _metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples over all label sets."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "))
+
+
+def _arrived(metrics: str) -> float:
+    """Generation requests the server has taken: queued, running, or already finished."""
+    return sum(_metric(metrics, name) for name in ("deployft_queue_depth", "deployft_running_sequences",
+                                                     "deployft_generations_total"))
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_0(runtime_bundle):
     server = Server(runtime_bundle("llama"), "--max-batch-size", "1", "--grace", "60")
     body = {"model": "tiny", "prompt": "what is two plus two", "max_tokens": 100, "temperature": 0, "stream": True}
@@ -72,10 +84,11 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(runtime_bundle):
         assert lines[-1] == "[DONE]"
         return "".join(json.loads(line)["choices"][0]["text"] for line in lines[:-1])
 
+    before = _arrived(httpx.get(server.url + "/metrics").text)  # the warm-up's generation, if counted
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(stream, i) for i in range(12)]
         deadline = time.time() + 30
-        while 'deployft_queue_depth 0.0' in httpx.get(server.url + "/metrics").text:  # wait until requests queue up
+        while _arrived(httpx.get(server.url + "/metrics").text) < before + 12:  # every request reached the server
             assert time.time() < deadline
             time.sleep(0.005)
         server.process.send_signal(signal.SIGTERM)

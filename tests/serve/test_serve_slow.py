@@ -68,8 +68,9 @@ def test_real_classifier_routes(real_bundles):
     try:
         tei = httpx.post(server.url + "/predict", json={"inputs": texts}, timeout=60).json()
         ours = httpx.post(server.url + "/v1/classify", json={"input": texts}, timeout=60).json()["data"]
-        for text, ranked, row in zip(texts, tei, ours):
-            expected = predictor.predict(text)
+        # the same two texts in one call, as the server runs them: dynamic int8 quantizes activations with one
+        # scale per call, so a text's scores depend (slightly) on the texts it is batched with
+        for ranked, row, expected in zip(tei, ours, predictor.predict(texts)):
             assert ranked[0]["label"] == row["label"] == expected.label
             assert row["scores"] == pytest.approx(expected.scores, abs=1e-5)
     finally:
