@@ -178,7 +178,8 @@ def test_default_classifier_int8_against_pytorch(real_classify_run, tmp_path):
 def test_default_generator_int8_decodes_every_token(real_generate_run, tmp_path):
     from deployft.exporter import ExportConfig, export
 
-    # int8 costs the default generator far more perplexity than export's 10 % budget; the bench must still time it
+    # 4 validation rows of a 2-step fine-tune bound the perplexity ratio too loosely for the 10 % budget (the
+    # guard is tested in tests/exporter/test_guard.py); here the bench must time every int8 token
     bundle = export(ExportConfig(run=real_generate_run, output=tmp_path / "bundle", quantize="int8",
                                  validate_samples=4, max_accuracy_drop=1000.0))
     fp32, int8 = onnx_variants(bundle)

@@ -41,6 +41,7 @@ def test_export_then_info(tiny_run, tmp_path):
     (["--no-fuse-attention"], "note: attention is not fused: --no-fuse-attention was given"),
 ])
 def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, flag, expected):
+    # the fusion note is under test, not the guard (8 rows of a random tiny llama decide no realistic budget)
     result = CliRunner().invoke(main, ["export", str(tiny_run("llama")), "--output", str(tmp_path / "b"),
                                        "--quantize", "int8", "--validate-samples", "8", "--max-accuracy-drop", "1000",
                                        *flag])

@@ -35,6 +35,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def signed_bundle(tiny_generate_run, keys, tmp_path_factory):
     output = tmp_path_factory.mktemp("integrity") / "bundle"
+    # a bundle to tamper with, not a guard test: 8 rows of a tiny model decide no realistic budget
     result = _run("export", tiny_generate_run, "--output", output, "--quantize", "none", "--validate-samples", "8",
                   "--max-accuracy-drop", "1000", "--sign-key", keys / "sign.pem")
     assert result.exit_code == 0, result.output
