@@ -18,23 +18,17 @@ cache stays in ONNX Runtime's own values.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DeployftError
 from ..runtime.generation import TextTracker
 from ..runtime.sampling import GenerationOptions, next_tokens
 from ..runtime.session import import_ort
+from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
-
-
-class QueueFull(DeployftError):
-    """The engine's waiting queue is at its bound; the caller answers 429."""
 
 
 @dataclass
@@ -82,57 +76,29 @@ class _Row:
     """Finished and answered; its cache row waits for the next compaction."""
 
 
-class GenerationEngine:
+class GenerationEngine(QueueWorker):
     """The running batch of a generator `Predictor`, driven by `run_once` (the worker thread calls it in a loop)."""
 
+    thread_name = "deployft-generate"
+
     def __init__(self, predictor, max_batch_size: int, max_queue: int, metrics=None):
+        super().__init__(max_queue, metrics)
         self.predictor = predictor
         self.decoder = predictor.decoder
         self.eos = set(int(e) for e in self.decoder.eos_ids)
         self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
-        self.metrics = metrics
-        self.pending: deque[Ticket] = deque()
         self.rows: list[_Row] = []
         self.cache: list | None = None
         self.mask: np.ndarray | None = None
         self.steps = 0
         self._ort = import_ort()
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
 
     # ---- the caller's side (event loop) ---------------------------------------------------------------
-
-    def submit(self, ticket: Ticket) -> None:
-        """Queue a request. Raises QueueFull when `max_queue` requests already wait."""
-        with self._wake:
-            if len(self.pending) >= self.max_queue:
-                raise QueueFull(f"the queue holds {len(self.pending)} waiting requests (--max-queue {self.max_queue})")
-            self.pending.append(ticket)
-            self._wake.notify()
-        self._gauge()
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.pending)
 
     @property
     def active(self) -> int:
         """Live sequences in the running batch (finished rows awaiting compaction are not counted)."""
         return sum(not r.dead for r in self.rows)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="deployft-generate", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker after its current step; rows still running are cancelled."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     # ---- the worker's side ----------------------------------------------------------------------------
 
@@ -275,9 +241,7 @@ class GenerationEngine:
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
         rows, self.rows, self.cache, self.mask = self.rows, [], None, None
-        with self._wake:
-            waiting, self.pending = list(self.pending), deque()
-        for ticket in [r.ticket for r in rows if not r.dead] + waiting:
+        for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
             ticket.sink(Chunk(finish_reason=reason, error=message))
 
     def _record(self, batch: int, live: int) -> None:

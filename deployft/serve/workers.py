@@ -9,13 +9,11 @@ runs them as one ONNX Runtime call per `max_batch_size` texts, and answers each 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .engine import QueueFull
+from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
 
@@ -30,43 +28,16 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
 
 
-class ClassifierBatcher:
+class ClassifierBatcher(QueueWorker):
     """Gathers concurrent classification requests into batches run by one worker thread."""
 
+    thread_name = "deployft-classify"
+
     def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+        super().__init__(max_queue, metrics)
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
-        self.max_queue = max_queue
-        self.metrics = metrics
-        self.pending: deque[Job] = deque()
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: Job) -> None:
-        """Queue a request. Raises QueueFull when `max_queue` requests already wait."""
-        with self._wake:
-            if len(self.pending) >= self.max_queue:
-                raise QueueFull(f"the queue holds {len(self.pending)} waiting requests (--max-queue {self.max_queue})")
-            self.pending.append(job)
-            self._wake.notify()
-        self._gauge()
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.pending)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="deployft-classify", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -74,9 +45,7 @@ class ClassifierBatcher:
             if jobs is None:
                 break
             self.run(jobs)
-        with self._wake:
-            left, self.pending = list(self.pending), deque()
-        for job in left:
+        for job in self.take_waiting():
             job.answer(None, "the server is shutting down")
 
     def _gather(self) -> list[Job] | None:

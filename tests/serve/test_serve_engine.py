@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deployft.runtime import GenerationOptions, Predictor
-from deployft.serve.engine import Chunk, GenerationEngine, QueueFull, Ticket
+from deployft.serve.engine import Chunk, GenerationEngine, Ticket
+from deployft.serve.queueing import QueueFull
 
 PROMPTS = ["what is the capital of france", "bees", "where do fish live and what do they eat every day", "two"]
 

@@ -1,0 +1,70 @@
+"""What both serving engines share: a bounded queue of waiting requests and the worker thread that owns the session.
+
+The event loop calls `submit` (never blocks: a full queue raises `QueueFull`, answered 429); the worker thread
+runs the subclass's `_loop`, woken through `_wake` when a request arrives or `stop` is called.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from ..errors import DeployftError
+
+__all__ = ["QueueFull", "QueueWorker"]
+
+
+class QueueFull(DeployftError):
+    """The waiting queue is at its bound; the caller answers 429."""
+
+
+class QueueWorker:
+    """A bounded request queue drained by one worker thread; subclasses implement `_loop` (and `_gauge`)."""
+
+    thread_name = "deployft-worker"
+
+    def __init__(self, max_queue: int, metrics=None):
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.pending: deque[Any] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, request: Any) -> None:
+        """Queue a request. Raises QueueFull when `max_queue` requests already wait."""
+        with self._wake:
+            if len(self.pending) >= self.max_queue:
+                raise QueueFull(f"the queue holds {len(self.pending)} waiting requests (--max-queue {self.max_queue})")
+            self.pending.append(request)
+            self._wake.notify()
+        self._gauge()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.pending)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current call; what is still queued or running is answered as cancelled."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def take_waiting(self) -> list[Any]:
+        """Empty the queue and return what waited in it (to answer it as failed or cancelled)."""
+        with self._wake:
+            waiting, self.pending = list(self.pending), deque()
+        return waiting
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _gauge(self) -> None:
+        """Publish the queue depth (subclasses with metrics)."""
