@@ -1,10 +1,13 @@
+import os
+
 from deployft.bench.machine import busy_warning, cpu_info, describe_machine, load_average
 
 
 def test_machine_description_has_cpu_cores_memory_and_versions():
     info = describe_machine()
     assert info["cpu"]["model"] and isinstance(info["cpu"]["flags"], list)
-    assert info["cores_logical"] >= 1 and info["cores_usable"] >= 1
+    assert info["cores_logical"] == os.cpu_count()
+    assert info["cores_usable"] == len(os.sched_getaffinity(0))
     assert info["memory_bytes"] > 0
     assert "torch" in info["versions"] and "onnxruntime" in info["versions"]
 

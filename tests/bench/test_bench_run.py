@@ -188,4 +188,5 @@ def test_default_generator_int8_decodes_every_token(real_generate_run, tmp_path)
                                    eval_samples=4))
     assert report.failed == {}
     assert all(r["tokens"] == 8 for row in report.results for r in row["runs"])
-    assert report.variants[int8]["accuracy"]["token_agreement"] is not None
+    assert report.variants["pytorch"]["accuracy"]["token_agreement"] == 1.0
+    assert 0.0 <= report.variants[int8]["accuracy"]["token_agreement"] <= 1.0

@@ -32,7 +32,9 @@ def test_the_openai_client_chats_completes_and_streams(generator):
     expected = predictor.generate(CHAT, max_new_tokens=16)
     chat = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=16, temperature=0)
     assert chat.choices[0].message.content == expected
-    assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens >= 1
+    generated = list(predictor.iter_token_ids(predictor.prompt_ids(CHAT), max_new_tokens=16))
+    assert chat.usage.completion_tokens == len(generated)
+    assert chat.choices[0].finish_reason == ("length" if len(generated) == 16 else "stop")
     stream = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=16, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
     completion = client.completions.create(model="tiny", prompt="bees", max_tokens=8, temperature=0)

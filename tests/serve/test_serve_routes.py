@@ -91,8 +91,9 @@ def test_streamed_chat_concatenates_to_the_answer(gen):
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
     assert text == predictor.generate(CHAT, max_new_tokens=20)
     finished = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
-    assert finished in (["stop"], ["length"])
-    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] >= 1
+    generated = list(predictor.iter_token_ids(predictor.prompt_ids(CHAT), max_new_tokens=20))
+    assert finished == (["length"] if len(generated) == 20 else ["stop"])
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == len(generated)
 
 
 def test_streamed_completion(gen):
