@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 FINETUNE = {
-    "classify": dict(task="classify", max_samples=1200, eval_fraction=0.15, epochs=1, max_length=128, batch_size=16,
+    "classify": dict(task="classify", max_samples=1500, eval_fraction=0.2, epochs=1, max_length=128, batch_size=16,
                      lr=1e-4),
     "generate": dict(task="generate", max_samples=240, eval_fraction=0.1, max_steps=30, max_length=64, batch_size=4,
                      lr=5e-5),
@@ -37,8 +37,8 @@ EXPORT = {
     "generate": {},
 }
 """Export's defaults (docs/folders.md, "The accuracy guard"): at 95 % confidence, at most 3 % of the classifier's
-predictions may flip and the generator's perplexity may rise at most 10 %. The recorded results predate that rule
-(they were taken under a 1-accuracy-point check); with 180 eval rows the classifier passes only with at most 1 flip."""
+predictions may flip and the generator's perplexity may rise at most 10 %. The classifier's 300 eval rows (the same
+settings as benchmarks/guard_defaults.py) let a file with up to 3 flipped predictions pass that rule (4 give an upper bound of 3.03 %)."""
 BENCH = {
     "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
     "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),
