@@ -43,6 +43,10 @@ class Backend:
     def size_bytes(self) -> int:
         raise NotImplementedError
 
+    def weight_bytes_per_token(self) -> int | None:
+        """Weight bytes one decode step reads (`roofline.py`), or None where they cannot be counted."""
+        return None
+
     def sync(self) -> None:
         """Wait for queued device work (CUDA); nothing on CPU."""
 
@@ -123,6 +127,12 @@ class TorchBackend(Backend):
         return sum(p.stat().st_size for p in self.run.glob("*.safetensors")) or \
             sum(p.stat().st_size for p in self.run.glob("*.bin"))
 
+    def weight_bytes_per_token(self) -> int | None:
+        from .roofline import torch_weight_bytes
+
+        # torch.ao packs int8 Linear weights out of model.parameters(): they cannot be counted the same way
+        return None if self.name == "pytorch-int8" else torch_weight_bytes(self.model)
+
     def sync(self) -> None:
         if self.device == "cuda":
             self._torch.cuda.synchronize()
@@ -157,6 +167,11 @@ class OnnxBackend(Backend):
         model = self.bundle / self.name
         data = [p for p in self.bundle.iterdir() if p.name in (model.name + "_data", model.name + ".data")]
         return model.stat().st_size + sum(p.stat().st_size for p in data)
+
+    def weight_bytes_per_token(self) -> int | None:
+        from .roofline import onnx_weight_bytes
+
+        return onnx_weight_bytes(self.bundle / self.name)
 
 
 

@@ -75,12 +75,16 @@ class BenchConfig:
     """Untimed runs per variant and cell before timing."""
     settle: float = 0.05
     """Idle seconds before each timed call, so the previous variant's spinning threads (OpenMP, ONNX Runtime) stop."""
+    hot_calls: int = 5
+    """Classification: back-to-back calls timed right after each settled call; their median is the round's hot
+    latency (what a busy server sees: thread pools awake, caches warm), the figure the tables show. 0: settled only."""
     eval_samples: int = 200
     """Eval rows of the RUN used for the accuracy of every variant (generators: fewer are generated from)."""
     device: str = "cpu"
     """cpu or cuda (CUDA timings synchronise the device around each call)."""
     peak: bool = True
-    """Measure the machine's peak matmul rate (fp32 torch, int8 ONNX Runtime) and each variant's fraction of it."""
+    """Measure the machine's ceilings (peak matmul rate: fp32 torch, int8 ONNX Runtime; memory copy bandwidth) and
+    each variant's fraction of them (classifiers: of the matmul peak; decode: of the memory roofline)."""
     plots: bool = True
     """Write PNG plots and embed them in report.html."""
     overwrite: bool = False
@@ -94,7 +98,8 @@ class BenchConfig:
         self.prompt_lens = _int_tuple(self.prompt_lens, "--prompt-lens")
         self.new_tokens = _int_tuple(self.new_tokens, "--new-tokens")
         for flag, value, low in (("--threads", self.threads, 1), ("--repeats", self.repeats, 1),
-                                 ("--warmup", self.warmup, 0), ("--eval-samples", self.eval_samples, 0)):
+                                 ("--warmup", self.warmup, 0), ("--eval-samples", self.eval_samples, 0),
+                                 ("--hot-calls", self.hot_calls, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{flag} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.settle, (int, float)) or self.settle < 0:

@@ -40,21 +40,25 @@ def variants_table(data: dict[str, Any]) -> str:
             quality = [_num(acc.get("accuracy"), ".4f"), _num(acc.get("macro_f1"), ".4f"),
                        _num(acc.get("accuracy_delta_points"), "+.2f")]
         else:
-            quality = [_num(acc.get("perplexity"), ".3f"), _num(acc.get("token_agreement"), ".3f")]
+            quality = [_num(acc.get("perplexity"), ".3f"), _num(acc.get("token_agreement"), ".3f"),
+                       _mb(v.get("weight_bytes_per_token"))]
         rows.append([name, v["status"], v["precision"], _mb(v.get("size_bytes")), _mb(v.get("peak_rss_bytes")),
                      _num(v.get("cold_start_s"), ".2f"), *quality])
     quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)"] if not get_task(data["task"]).generates
-                    else ["perplexity", "greedy-token agreement"])
+                    else ["perplexity", "greedy-token agreement", "weights read per token MB"])
     return _table(["variant", "status", "precision", "size MB", "peak RSS MB", "cold start s", *quality_head], rows)
 
 
 def classify_table(data: dict[str, Any]) -> str:
+    """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it."""
     rows = [[r["variant"], str(r["batch"]), str(r["seq"]), _num(r["p50"] * 1e3), _num(r["p90"] * 1e3),
              _num(r["p99"] * 1e3), _num(r["throughput"], ".1f"), _num(r["speedup_p50"], ".2f", "x"),
+             _num(r["settled"]["p50"] * 1e3), _num(r["speedup_settled_p50"], ".2f", "x"),
              _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"), str(r["n"])]
             for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"]))]
-    return _table(["variant", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", "speed-up p50",
-                   "of peak", "runs"], rows)
+    latency = data["results"][0]["latency"] if data["results"] else "hot"
+    return _table(["variant", "batch", "seq", f"{latency} p50 ms", "p90 ms", "p99 ms", "samples/s", "speed-up p50",
+                   "settled p50 ms", "speed-up settled", "of peak", "runs"], rows)
 
 
 def generate_table(data: dict[str, Any]) -> str:
@@ -65,10 +69,11 @@ def generate_table(data: dict[str, Any]) -> str:
                      _num(r["decode_tokens_per_s"], ".1f"), _num(tok.get("p50") and tok["p50"] * 1e3),
                      _num(tok.get("p99") and tok["p99"] * 1e3), _num(r["speedup_decode"], ".2f", "x"),
                      _num(r["speedup_ttft"], ".2f", "x"),
-                     _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"),
+                     _num(None if r.get("fraction_of_bandwidth") is None else 100 * r["fraction_of_bandwidth"], ".1f",
+                          "%"),
                      str(len(r["runs"]))])
     return _table(["variant", "prompt", "new tokens", "TTFT p50 ms", "decode tok/s", "per-token p50 ms",
-                   "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of peak", "runs"], rows)
+                   "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of memory roofline", "runs"], rows)
 
 
 def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
@@ -77,7 +82,9 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
     parts = [f"# deployft bench: {data['task']} — {data.get('base_model')}", "",
              f"- machine: {machine_line(data)}",
              f"- load average (1/5/15 min): before {load['before']}, after {load['after']}",
-             f"- baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50"
+             f"- baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
+             f"hot latency is the median of {data['config'].get('hot_calls', 0)} back-to-back calls made right after "
+             "each settled call (one per round, after an idle pause), as a busy server sees it"
              if not get_task(data["task"]).generates else
              f"- baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
              "over the baseline's",
@@ -91,7 +98,12 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
     if data.get("peak"):
         peak = data["peak"]
         parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
-                     + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else ""))
+                     + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else "")
+                     + (f"; memory copy {peak['copy_bytes_per_s'] / 1e9:.1f} GB/s" if peak.get("copy_bytes_per_s")
+                        else "") + f" ({peak.get('method', 'method not recorded')})")
+        if get_task(data["task"]).generates:
+            parts.append("- decode is judged against the memory roofline: weight bytes read per token x decode "
+                         "tokens/s over the copy bandwidth (100 % = every weight streamed at copy speed)")
     parts += [f"- **warning:** {w}" for w in data["warnings"]]
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
               classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]

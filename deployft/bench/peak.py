@@ -1,8 +1,10 @@
 """The hardware limit beside the result: the machine's peak matmul rate and each variant's FLOPs.
 
-Peak fp32 is a large square matmul through torch; peak int8 is the same through ONNX Runtime's
-MatMulInteger (uint8 x int8 -> int32), the kernel dynamically quantized models run on. A variant's
-achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak.
+Peak fp32 is the best square matmul through torch; peak int8 is the same through ONNX Runtime's
+MatMulInteger (uint8 x int8 -> int32), the kernel dynamically quantized models run on. Both are the best of
+several sizes and repeated sweeps (a single 1024 matmul swung 3x between runs on one machine). A classifier's
+achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak; decode, which
+reads every weight once per token, is judged against memory bandwidth instead (`roofline.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+
+SIZES = (512, 1024, 2048)
+"""Square matmul sizes the peaks are taken over: the best size differs between machines and kernels."""
+SWEEPS = 2
+"""Times every size is measured, sweeps interleaved, so one unlucky stretch cannot set the peak."""
 
 
 def _best_rate(run: Callable[[], Any], flops: float, seconds: float) -> float:
@@ -26,22 +34,36 @@ def _best_rate(run: Callable[[], Any], flops: float, seconds: float) -> float:
             return best
 
 
-def peak_fp32(threads: int, size: int = 1024, seconds: float = 1.0, device: str = "cpu") -> float:
-    """Peak fp32 matmul FLOP/s through torch with `threads` intra-op threads."""
+def _sweep(make_run: Callable[[int], Callable[[], Any]], sizes: tuple[int, ...], seconds: float,
+           sweeps: int) -> tuple[float, dict[str, float]]:
+    """The best rate over `sizes`, each measured `sweeps` times (interleaved), and the best rate per size."""
+    runs = {size: make_run(size) for size in sizes}
+    by_size = {str(size): 0.0 for size in sizes}
+    for _ in range(sweeps):
+        for size, run in runs.items():
+            by_size[str(size)] = max(by_size[str(size)], _best_rate(run, 2.0 * size**3, seconds))
+    return max(by_size.values()), by_size
+
+
+def peak_fp32(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5, device: str = "cpu",
+              sweeps: int = SWEEPS) -> tuple[float, dict[str, float]]:
+    """Peak fp32 matmul FLOP/s through torch with `threads` intra-op threads, and the best rate per size."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    try:
-        a = torch.randn(size, size, device=device)
-        b = torch.randn(size, size, device=device)
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def make_run(size: int):
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
 
         def run():
             torch.mm(a, b)
             sync()
+        return run
 
-        return _best_rate(run, 2.0 * size**3, seconds)
+    try:
+        return _sweep(make_run, sizes, seconds, sweeps)
     finally:
         torch.set_num_threads(previous)
 
@@ -61,26 +83,42 @@ def _matmul_integer_model(size: int) -> bytes:
     return model.SerializeToString()
 
 
-def peak_int8(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """Peak int8 matmul op/s through ONNX Runtime's MatMulInteger on CPU with `threads` threads."""
+def peak_int8(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5,
+              sweeps: int = SWEEPS) -> tuple[float, dict[str, float]]:
+    """Peak int8 matmul op/s through ONNX Runtime's MatMulInteger on CPU with `threads` threads, and per size."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(_matmul_integer_model(size), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {"A": rng.integers(0, 255, (size, size), dtype=np.uint8),
-             "B": rng.integers(-127, 127, (size, size), dtype=np.int8)}
-    return _best_rate(lambda: session.run(None, feeds), 2.0 * size**3, seconds)
+
+    def make_run(size: int):
+        session = ort.InferenceSession(_matmul_integer_model(size), options, providers=["CPUExecutionProvider"])
+        feeds = {"A": rng.integers(0, 255, (size, size), dtype=np.uint8),
+                 "B": rng.integers(-127, 127, (size, size), dtype=np.int8)}
+        return lambda: session.run(None, feeds)
+
+    return _sweep(make_run, sizes, seconds, sweeps)
 
 
-def measure_peaks(threads: int, device: str = "cpu", seconds: float = 1.0) -> dict[str, Any]:
-    """`{"fp32": FLOP/s, "int8": op/s or None, "threads", "method"}` for this machine."""
-    peaks: dict[str, Any] = {"threads": threads, "fp32": peak_fp32(threads, device=device, seconds=seconds)}
-    peaks["int8"] = peak_int8(threads, seconds=seconds) if device == "cpu" else None
-    peaks["method"] = ("best of repeated 1024x1024x1024 matmuls: fp32 torch.mm, int8 ONNX Runtime MatMulInteger "
-                       "(uint8 x int8)")
+def measure_peaks(threads: int, device: str = "cpu", seconds: float = 0.5, sizes: tuple[int, ...] = SIZES,
+                  sweeps: int = SWEEPS) -> dict[str, Any]:
+    """This machine's ceilings: `{"fp32": FLOP/s, "int8": op/s or None, "copy_bytes_per_s", per-size rates,
+    "threads", "method"}`."""
+    from .roofline import copy_bandwidth
+
+    fp32, fp32_by_size = peak_fp32(threads, sizes, seconds, device, sweeps)
+    peaks: dict[str, Any] = {"threads": threads, "fp32": fp32, "fp32_by_size": fp32_by_size}
+    if device == "cpu":
+        peaks["int8"], peaks["int8_by_size"] = peak_int8(threads, sizes, seconds, sweeps)
+        peaks["copy_bytes_per_s"] = copy_bandwidth(threads, seconds=seconds)
+    else:
+        peaks["int8"], peaks["copy_bytes_per_s"] = None, None
+    sized = "x".join(str(s) for s in sizes)
+    peaks["method"] = (f"best of {sweeps} interleaved sweeps over square matmuls of sizes {sized}, each repeated for "
+                       f"{seconds:g} s: fp32 torch.mm, int8 ONNX Runtime MatMulInteger (uint8 x int8); memory: "
+                       "best copy of a 256 MiB tensor (bytes read + written per second)")
     return peaks
 
 

@@ -12,7 +12,8 @@ from ..manifest import read_json
 from ..tasks import get_task
 from .config import TORCH_VARIANTS, BenchConfig
 from .peak import fraction_of_peak
-from .timing import summarize
+from .roofline import fraction_of_bandwidth
+from .timing import percentile, summarize
 
 BASELINE = "pytorch"
 """Speed-ups and accuracy deltas are measured against the RUN in eager fp32."""
@@ -99,16 +100,21 @@ def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
             if not cell["samples"]:
                 continue
             batch, seq = cell["cell"]
-            stats = summarize(cell["samples"])
+            settled = [m["seconds"] for m in cell["samples"]]
+            hot = [percentile(m["hot"], 50) for m in cell["samples"] if m["hot"]]
+            times = hot if len(hot) == len(settled) else settled
+            stats = summarize(times)
             cell_flops = flops.get(f"{batch}x{seq}")
-            rows.append({"variant": name, "batch": batch, "seq": seq, "times_s": cell["samples"], **stats,
+            rows.append({"variant": name, "batch": batch, "seq": seq, "latency": "hot" if times is hot else "settled",
+                         "times_s": times, "settled_times_s": settled, "settled": summarize(settled), **stats,
                          "throughput": batch / stats["p50"], "flops": cell_flops,
                          "fraction_of_peak": fraction_of_peak(cell_flops, stats["p50"],
                                                               _peak_for(peak, variants[name]["precision"]))})
-    base = {(r["batch"], r["seq"]): r["p50"] for r in rows if r["variant"] == BASELINE}
+    base = {(r["batch"], r["seq"]): r for r in rows if r["variant"] == BASELINE}
     for row in rows:
         ref = base.get((row["batch"], row["seq"]))
-        row["speedup_p50"] = ref / row["p50"] if ref else None
+        row["speedup_p50"] = ref["p50"] / row["p50"] if ref else None
+        row["speedup_settled_p50"] = ref["settled"]["p50"] / row["settled"]["p50"] if ref else None
     return rows
 
 
@@ -137,6 +143,8 @@ def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
                 "tokens_generated": [r["tokens"] for r in runs], "flops": cell_flops or None,
                 "fraction_of_peak": fraction_of_peak(cell_flops.get("decode_token", 0) * (rate or 0), 1.0,
                                                      _peak_for(peak, variants[name]["precision"])),
+                "fraction_of_bandwidth": fraction_of_bandwidth(rate, variants[name].get("weight_bytes_per_token"),
+                                                               (peak or {}).get("copy_bytes_per_s")),
             })
     base = {(r["prompt_len"], r["new_tokens"]): r for r in rows if r["variant"] == BASELINE}
     for row in rows:

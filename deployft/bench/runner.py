@@ -133,10 +133,11 @@ def _time(config: BenchConfig, task: str, workers: dict, live: list[str], status
 
         def step(name, cell):
             time.sleep(config.settle)
-            reply = workers[name].call("classify", cell=f"cell_{cell[0]}x{cell[1]}", warmup=config.warmup)
-            return reply["seconds"]
+            return workers[name].call("classify", cell=f"cell_{cell[0]}x{cell[1]}", warmup=config.warmup,
+                                      hot_calls=config.hot_calls)
 
-        elapsed = float
+        def elapsed(m):
+            return m["seconds"] + sum(m["hot"])
     else:
         cells = [(p, n) for p in config.prompt_lens for n in config.new_tokens]
 

@@ -52,8 +52,11 @@ class Worker:
         loaded = time.perf_counter()
         self._first_result()
         done = time.perf_counter()
-        return {"load_s": loaded - start, "first_result_s": done - loaded, "cold_start_s": done - start,
-                "size_bytes": self.backend.size_bytes()}
+        reply = {"load_s": loaded - start, "first_result_s": done - loaded, "cold_start_s": done - start,
+                 "size_bytes": self.backend.size_bytes()}
+        if get_task(spec["task"]).generates:
+            reply["weight_bytes_per_token"] = self.backend.weight_bytes_per_token()
+        return reply
 
     def _first_result(self) -> None:
         if not get_task(self.spec["task"]).generates:
@@ -64,18 +67,23 @@ class Worker:
             key = min((k for k in self.inputs if k.startswith("prompt_")), key=lambda k: self.inputs[k].size)
             self.backend.generate(self.inputs[key].tolist(), 1)
 
-    def op_classify(self, cell: str, warmup: int) -> dict[str, Any]:
+    def op_classify(self, cell: str, warmup: int, hot_calls: int = 0) -> dict[str, Any]:
+        """One settled call (the parent paused before it), then `hot_calls` back-to-back calls, each timed."""
         ids = self.inputs[cell]
         mask = np.ones_like(ids)
         if cell not in self.warm:
             for _ in range(warmup):
                 self.backend.forward(ids, mask)
             self.warm.add(cell)
+        settled, *hot = (self._timed_forward(ids, mask) for _ in range(1 + hot_calls))
+        return {"seconds": settled, "hot": hot}
+
+    def _timed_forward(self, ids: np.ndarray, mask: np.ndarray) -> float:
         self.backend.sync()
         start = time.perf_counter()
         self.backend.forward(ids, mask)
         self.backend.sync()
-        return {"seconds": time.perf_counter() - start}
+        return time.perf_counter() - start
 
     def op_generate(self, cell: str, new_tokens: int, warmup: int) -> dict[str, Any]:
         prompt = self.inputs[cell].tolist()

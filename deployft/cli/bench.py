@@ -37,6 +37,8 @@ from .options import shown
               help="Untimed runs per variant and cell.")
 @click.option("--settle", type=float, default=None, show_default=shown(BenchConfig, "settle"),
               help="Idle seconds before each timed call, so the previous variant's spinning threads stop.")
+@click.option("--hot-calls", type=int, default=None, show_default=shown(BenchConfig, "hot_calls"),
+              help="Classification: back-to-back calls after each settled call (the hot latency); 0: settled only.")
 @click.option("--eval-samples", type=int, default=None, show_default=shown(BenchConfig, "eval_samples"),
               help="Eval rows scored by every variant; 0 skips accuracy.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(BenchConfig, "device"),
@@ -47,7 +49,7 @@ from .options import shown
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
-          min_time, warmup, settle, eval_samples, device, no_peak, no_plots, overwrite, config_file) -> None:
+          min_time, warmup, settle, hot_calls, eval_samples, device, no_peak, no_plots, overwrite, config_file) -> None:
     """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
 
     \b
@@ -62,7 +64,8 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
     config = build_config(
         BenchConfig, config_file, run=run, bundle=bundle, report=report, variants=variants,
         batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
-        threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, eval_samples=eval_samples,
+        threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, hot_calls=hot_calls,
+        eval_samples=eval_samples,
         device=device, peak=False if no_peak else None, plots=False if no_plots else None,
         overwrite=True if overwrite else None,
     )

@@ -3,10 +3,12 @@ import pytest
 from deployft.bench.peak import classify_flops, decode_flops, fraction_of_peak, measure_peaks
 
 
-def test_peak_rates_are_positive_and_recorded_with_their_threads():
-    peaks = measure_peaks(threads=1, seconds=0.05)
-    assert peaks["fp32"] > 1e8 and peaks["int8"] > 1e8
-    assert peaks["threads"] == 1 and "MatMulInteger" in peaks["method"]
+def test_peaks_are_the_best_size_and_recorded_with_their_threads():
+    peaks = measure_peaks(threads=1, seconds=0.02, sizes=(128, 256), sweeps=2)
+    assert peaks["fp32"] == max(peaks["fp32_by_size"].values()) > 1e8
+    assert peaks["int8"] == max(peaks["int8_by_size"].values()) > 1e8
+    assert set(peaks["int8_by_size"]) == {"128", "256"} and peaks["copy_bytes_per_s"] > 1e8
+    assert peaks["threads"] == 1 and "MatMulInteger" in peaks["method"] and "128x256" in peaks["method"]
 
 
 def test_classify_flops_grow_with_batch_and_length(tiny_model):

@@ -44,6 +44,7 @@ def test_classifier_report_covers_every_variant_and_shape(bench_pair, tmp_path):
     assert set(cells) == {(v, b, s) for v in variants for b in (1, 2) for s in (8, 16)}
     for (variant, batch, seq), row in cells.items():
         assert len(row["times_s"]) == row["n"] == 3 and all(t > 0 for t in row["times_s"])
+        assert row["latency"] == "hot" and len(row["settled_times_s"]) == 3 and row["settled"]["n"] == 3
         assert row["min"] <= row["p50"] <= row["p90"] <= row["p99"] <= row["max"]
         assert row["p50"] == pytest.approx(float(np.median(row["times_s"])))
         assert row["speedup_p50"] == pytest.approx(cells[("pytorch", batch, seq)]["p50"] / row["p50"])

@@ -25,6 +25,9 @@ def test_classifier_worker_loads_times_scores_and_reports_memory(tiny_model, tmp
         assert load["cold_start_s"] >= load["load_s"] > 0 and load["size_bytes"] > 0
         times = [handle.call("classify", cell="cell_2x12", warmup=1)["seconds"] for _ in range(3)]
         assert all(t > 0 for t in times)
+        calls = handle.call("classify", cell="cell_2x12", warmup=1, hot_calls=3)
+        assert calls["seconds"] > 0 and len(calls["hot"]) == 3 and all(t > 0 for t in calls["hot"])
+        assert handle.call("classify", cell="cell_2x12", warmup=1)["hot"] == []
         accuracy = handle.call("accuracy")
         assert accuracy["samples"] == len(accuracy["predictions"]) == 2
         assert accuracy["accuracy"] == pytest.approx(float(np.mean(np.array(accuracy["predictions"]) == [0, 1])))
@@ -39,7 +42,8 @@ def test_classifier_worker_loads_times_scores_and_reports_memory(tiny_model, tmp
 def test_generator_worker_times_every_token_and_scores_perplexity(tiny_model, tmp_path):
     handle = _handle(tmp_path, tiny_model("llama"), "generate")
     try:
-        handle.call("load")
+        load = handle.call("load")
+        assert 0 < load["weight_bytes_per_token"] <= load["size_bytes"]
         reply = handle.call("generate", cell="prompt_6", new_tokens=5, warmup=1)
         assert reply["tokens"] == 5 and len(reply["times"]) == 5
         assert reply["times"] == sorted(reply["times"]) and reply["times"][0] > 0
