@@ -3,7 +3,8 @@
 For the default classifier and generator bundles (built by benchmarks/run_defaults.py, reused when present), for
 each mode a fresh server is started (`--threads 2`), then bounded, self-stopping rounds of concurrent requests
 (httpx async clients) run at concurrency 1, 8, 32 and 64: requests/s, generated tokens/s, p50/p99 latency and
-time to first token, status counts (2xx, 429, 5xx, failed connections) and the server's RSS before and after.
+time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX Runtime calls made and their rows
+(from the server's /metrics batch-size histogram) and the server's RSS before and after.
 Then 10,000 classifier requests check that the server's RSS stays flat.
 
 Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of the
@@ -144,15 +145,45 @@ def summarize(results: list[dict], wall: float) -> dict:
             "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99)}
 
 
+def batch_histogram(server: Server) -> dict[str, float]:
+    """The server's cumulative `deployft_batch_size` histogram from /metrics: `{le: count}`, `_count` and `_sum`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "deployft_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                values[sample.labels["le"]] = values.get(sample.labels["le"], 0.0) + sample.value
+            elif sample.name.endswith(("_count", "_sum")):
+                key = sample.name.rsplit("_", 1)[1]
+                values["_" + key] = values.get("_" + key, 0.0) + sample.value
+    return values
+
+
+def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
+    """ONNX Runtime calls made during a round, their mean rows, and how many fell in each bucket (not cumulative)."""
+    calls = after.get("_count", 0.0) - before.get("_count", 0.0)
+    rows = after.get("_sum", 0.0) - before.get("_sum", 0.0)
+    edges = sorted((k for k in after if not k.startswith("_")), key=float)
+    cumulative = [after[k] - before.get(k, 0.0) for k in edges]
+    per_bucket = {f"<={edge}": int(c - p) for edge, c, p in zip(edges, cumulative, [0.0, *cumulative[:-1]]) if c - p}
+    return {"calls": int(calls), "mean_rows": round(rows / calls, 2) if calls else None, "histogram": per_bucket}
+
+
 def clean_round(server: Server, call, concurrency: int, total: int, args) -> dict:
     """Run one round; repeat it while other processes took more than max_foreign of the machine."""
     cores, tick = psutil.cpu_count(), os.sysconf("SC_CLK_TCK")
     rejected = []
     for _ in range(args.tries):
+        histogram = batch_histogram(server)
         busy, own = busy_jiffies(), own_cpu(server.ps)
         results, wall = asyncio.run(load(call, server.url, concurrency, total))
         foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu(server.ps) - own)) / (wall * cores)
-        row = {"concurrency": concurrency, **summarize(results, wall), "foreign_load": round(foreign, 3)}
+        row = {"concurrency": concurrency, **summarize(results, wall), "foreign_load": round(foreign, 3),
+               "batches": batch_sizes(histogram, batch_histogram(server))}
         if foreign <= args.max_foreign:
             return {**row, "rejected_rounds": rejected}
         rejected.append(row)
@@ -200,15 +231,18 @@ def write(results: dict, path: Path) -> None:
     for task, data in results["tasks"].items():
         lines += [f"## {task}: {data['bundle']}", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
-                  "| 429 | other 4xx | 5xx | failed | others' load | rejected rounds |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| 429 | other 4xx | 5xx | failed | others' load | rejected rounds | model calls | mean rows per call "
+                  "| rows per call (histogram) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                  "| ---: | ---: | --- |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
                              f"{r['tokens_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['ttft_p50_ms']} | "
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
                              f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
-                             f"{len(r['rejected_rounds'])} |")
+                             f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
+                             f"{_histogram(r)} |")
         lines.append("")
         for mode, m in data["modes"].items():
             lines.append(f"- {mode}: server RSS {m['rss_before'] / 2**20:.0f} MiB before the rounds, "
@@ -221,6 +255,14 @@ def write(results: dict, path: Path) -> None:
         key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _batches(row: dict, key: str):
+    return (row.get("batches") or {}).get(key, "–")
+
+
+def _histogram(row: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in ((row.get("batches") or {}).get("histogram") or {}).items()) or "–"
 
 
 def main() -> None:
