@@ -56,12 +56,15 @@ def fake_plugin(monkeypatch):
     real_options, real_session = onnxruntime.SessionOptions, onnxruntime.InferenceSession
 
     class Options(real_options):
+        openvino = False
+
         def add_provider_for_devices(self, devices, options):
             record["added"].append((devices, options))
+            self.openvino = True
 
     class Session:
-        def __init__(self, path, sess_options=None, providers=None):
-            self._real = real_session(path, sess_options=sess_options, providers=[CPU])
+        def __init__(self, real):
+            self._real = real
 
         def __getattr__(self, name):
             return getattr(self._real, name)
@@ -73,6 +76,11 @@ def fake_plugin(monkeypatch):
             nodes = [n for sub in self._real.get_provider_graph_assignment_info() for n in sub.get_nodes()]
             return [_Subgraph(EP if record["places_nodes"] else CPU, nodes)]
 
+    def session(path, sess_options=None, providers=None, **kwargs):
+        if not getattr(sess_options, "openvino", False):  # a session of another stage (the optimizer): untouched
+            return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+        return Session(real_session(path, sess_options=sess_options, providers=[CPU]))
+
     plugin = types.SimpleNamespace(get_library_path=lambda: "/fake/libonnxruntime_providers_openvino_plugin.so")
     monkeypatch.setattr(openvino, "import_plugin", lambda: plugin)
     monkeypatch.setattr(openvino, "_registered", False)
@@ -80,7 +88,7 @@ def fake_plugin(monkeypatch):
                         lambda name, path: record["registered"].append((name, path)))
     monkeypatch.setattr(onnxruntime, "get_ep_devices", lambda: record["devices"])
     monkeypatch.setattr(onnxruntime, "SessionOptions", Options)
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     return record
 
 
@@ -198,6 +206,26 @@ def test_cli_predict_through_openvino(fake_plugin, runtime_bundle, cache_home):
     expected = Predictor.load(bundle).predict(TEXTS)
     assert [r["label"] for r in rows] == [p.label for p in expected]
     assert "provider openvino: model.onnx, precision" in result.output
+
+
+def test_export_validates_every_file_through_openvino_and_records_it(fake_plugin, tiny_run, tmp_path, cache_home):
+    from deployft.exporter import ExportConfig, export
+
+    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", validate_samples=16,
+                                 max_accuracy_drop=100.0, provider="openvino"))
+    validation = read_manifest(bundle, "bundle")["validation"]
+    assert set(validation) == {"model.onnx", "model_optimized.onnx"}
+    for report in validation.values():
+        assert (report["provider"], report["precision"]) == ("openvino", openvino.cpu_precision())
+    assert len(fake_plugin["added"]) == len(validation)
+
+
+def test_export_records_the_default_provider(tiny_run, tmp_path):
+    from deployft.exporter import ExportConfig, export
+
+    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", validate_samples=16,
+                                 max_accuracy_drop=100.0))
+    assert {r["provider"] for r in read_manifest(bundle, "bundle")["validation"].values()} == {"default"}
 
 
 @pytest.mark.parametrize("command", ["predict", "bench", "serve", "export"])
