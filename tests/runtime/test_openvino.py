@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 import types
 
 import numpy as np
@@ -226,6 +227,31 @@ def test_export_records_the_default_provider(tiny_run, tmp_path):
     bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", validate_samples=16,
                                  max_accuracy_drop=100.0))
     assert {r["provider"] for r in read_manifest(bundle, "bundle")["validation"].values()} == {"default"}
+
+
+def test_bench_backend_loads_the_named_file_through_openvino(fake_plugin, runtime_bundle, cache_home):
+    from deployft.bench.backends import make_backend
+
+    bundle = runtime_bundle("bert")
+    manifests = {"bundle": read_manifest(bundle, "bundle")}
+    backend = make_backend("model_int8.onnx", bundle, bundle, manifests, "cpu", 2, "openvino")
+    backend.load()
+    assert backend.predictor.runtime.provider == "openvino" and backend.predictor.model_file == "model_int8.onnx"
+
+
+def test_serve_runs_openvino_and_says_so(fake_plugin, runtime_bundle, cache_home):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from deployft.serve import create_app
+
+    with TestClient(create_app(runtime_bundle("bert"), provider="openvino", threads=2)) as client:
+        deadline = time.time() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.time() < deadline, "the app never became ready"
+            time.sleep(0.05)
+        assert client.get("/ready").json()["provider"] == "openvino"
+        assert client.post("/predict", json={"inputs": TEXTS[0]}).status_code == 200
 
 
 @pytest.mark.parametrize("command", ["predict", "bench", "serve", "export"])
