@@ -71,12 +71,10 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, pro
         raise UsageError(f"{', '.join(k for k, v in ray_flags.items() if v is not None)}: only used with --ray; "
                          "add --ray or leave them out")
     if on_ray:
-        if provider != "default":
-            raise UsageError("--ray runs the default provider only; leave out --provider or --ray")
         if not input_path:
             raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
         _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
-                        device, model_file, public_key, ray_address, options, progress)
+                        device, provider, model_file, public_key, ray_address, options, progress)
         return
     predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key,
                                provider=provider)
@@ -98,14 +96,14 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, pro
 
 
 def _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
-                    device, model_file, public_key, address, options, progress) -> None:
+                    device, provider, model_file, public_key, address, options, progress) -> None:
     from ..configfile import build_config
     from ..runtime.ray_predict import predict_on_ray
 
     config = build_config(RayPredictConfig, None, bundle=bundle, input=input_path, output=output_path,
                           column=column, output_format=output_format, batch_size=batch_size, workers=workers,
-                          threads=threads, device=device, model_file=model_file, public_key=public_key,
-                          address=address,
+                          threads=threads, device=device, provider=provider, model_file=model_file,
+                          public_key=public_key, address=address,
                           options=options, progress=progress)
     rows = predict_on_ray(config)
     click.echo(f"wrote {rows} prediction(s) to {config.output_file}", err=True)

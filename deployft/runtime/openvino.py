@@ -4,8 +4,9 @@ The plugin package `onnxruntime-ep-openvino` ships the provider as a shared libr
 loads with `register_execution_provider_library`; the provider then lists its devices in `get_ep_devices()` and a
 session takes one with `SessionOptions.add_provider_for_devices`. Facts this module builds on:
 
-- the plugin ignores the `precision` and `num_of_threads` provider options: threads and inference precision go
-  through `load_config` (OpenVINO's own property names), so they are set there, explicitly, and reported;
+- the plugin ignores the `precision`, `num_of_threads` and `cache_dir` provider options (its library says to set
+  them through `load_config`): threads, inference precision and the model cache go there, under OpenVINO's own
+  property names, explicitly, and are reported;
 - it defaults to bf16 where the CPU has AMX; deployft asks for bf16 only where the CPU has bf16 instructions
   (AMX or AVX512-BF16) and f32 elsewhere, and says which it asked for;
 - it offers devices for Intel hardware only (vendor id 0x8086): on an AMD CPU it lists none, which is an error here,
@@ -93,14 +94,13 @@ def default_cache_dir() -> Path:
 
 
 def provider_options(threads: int | None, precision: str, cache_dir: Path | None) -> dict[str, str]:
-    """The plugin's options: threads and precision through `load_config`, the model cache through `cache_dir`."""
+    """The plugin's options: threads, precision and the model cache, all through `load_config`."""
     config = {"INFERENCE_PRECISION_HINT": precision}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    options = {"load_config": json.dumps({"CPU": config})}
     if cache_dir is not None:
-        options["cache_dir"] = str(cache_dir)
-    return options
+        config["CACHE_DIR"] = str(cache_dir)
+    return {"load_config": json.dumps({"CPU": config})}
 
 
 def add_to(ort, settings, threads: int | None, cache_dir: Path | None) -> str:

@@ -12,7 +12,7 @@ The provider is a field of its own, not a device value: the device says which ha
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DeviceError, MissingDependencyError, UsageError, first_line
@@ -73,9 +73,6 @@ class Runtime:
     """openvino: the compiled-model cache folder; None: no cache."""
     nodes: dict[str, int] = field(default_factory=dict)
     """openvino: nodes per execution provider, as ONNX Runtime recorded them."""
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
 
 def import_ort():

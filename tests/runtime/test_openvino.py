@@ -131,9 +131,11 @@ def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime
     assert fake_plugin["registered"] == [(openvino.REGISTRATION, "/fake/libonnxruntime_providers_openvino_plugin.so")]
     (devices, options), = fake_plugin["added"]
     assert [d.ep_name for d in devices] == [EP]
+    assert list(options) == ["load_config"]  # the plugin ignores num_of_threads, precision and cache_dir options
     config = json.loads(options["load_config"])["CPU"]
-    assert config == {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": openvino.cpu_precision()}
-    assert options["cache_dir"] == str(cache_home) and cache_home.is_dir()
+    assert config == {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": openvino.cpu_precision(),
+                      "CACHE_DIR": str(cache_home)}
+    assert cache_home.is_dir()
     run = predictor.runtime
     assert (run.provider, run.device, run.threads, run.precision) == ("openvino", "cpu", 2, openvino.cpu_precision())
     assert run.nodes[EP] > 0 and "provider='openvino'" in repr(predictor)
@@ -142,7 +144,7 @@ def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime
 def test_cache_can_be_turned_off(fake_plugin, runtime_bundle, cache_home):
     _, runtime = create_session(runtime_bundle("bert") / "model.onnx", SessionOptions(provider="openvino", cache=False))
     (_, options), = fake_plugin["added"]
-    assert "cache_dir" not in options and runtime.cache_dir is None and not cache_home.exists()
+    assert "CACHE_DIR" not in options["load_config"] and runtime.cache_dir is None and not cache_home.exists()
 
 
 def test_registers_the_plugin_once(fake_plugin, runtime_bundle, cache_home):
@@ -252,6 +254,18 @@ def test_serve_runs_openvino_and_says_so(fake_plugin, runtime_bundle, cache_home
             time.sleep(0.05)
         assert client.get("/ready").json()["provider"] == "openvino"
         assert client.post("/predict", json={"inputs": TEXTS[0]}).status_code == 200
+
+
+def test_ray_predict_names_the_missing_plugin_before_any_worker(monkeypatch, runtime_bundle, tmp_path):
+    from deployft.runtime.ray_predict import RayPredictConfig
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "fine"}\n')
+    with pytest.raises(MissingDependencyError, match=r'deployft\[openvino\]'):
+        RayPredictConfig(bundle=runtime_bundle("bert"), input=rows, output=tmp_path / "out", provider="openvino")
+    with pytest.raises(UsageError, match="provider must be one of"):
+        RayPredictConfig(bundle=runtime_bundle("bert"), input=rows, output=tmp_path / "out", provider="tensorrt")
 
 
 @pytest.mark.parametrize("command", ["predict", "bench", "serve", "export"])
