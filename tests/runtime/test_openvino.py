@@ -221,6 +221,8 @@ def test_export_validates_every_file_through_openvino_and_records_it(fake_plugin
     for report in validation.values():
         assert (report["provider"], report["precision"]) == ("openvino", openvino.cpu_precision())
     assert len(fake_plugin["added"]) == len(validation)
+    assert f"Validated through ONNX Runtime's openvino provider ({openvino.cpu_precision()})." in \
+        (bundle / "README.md").read_text()
 
 
 def test_export_records_the_default_provider(tiny_run, tmp_path):
