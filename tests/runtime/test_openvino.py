@@ -153,6 +153,19 @@ def test_registers_the_plugin_once(fake_plugin, runtime_bundle, cache_home):
     assert len(fake_plugin["registered"]) == 1
 
 
+def test_nodes_left_to_other_providers_are_logged(caplog):
+    class Session:
+        def get_providers(self):
+            return [EP, CPU]
+
+        def get_provider_graph_assignment_info(self):
+            return [_Subgraph(EP, ["a", "b", "c"]), _Subgraph(CPU, ["d"])]
+
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        assert openvino.check_placement(Session(), "m.onnx") == {EP: 3, CPU: 1}
+    assert "OpenVINO runs 3 nodes of m.onnx; 1 stay on CPUExecutionProvider" in caplog.text
+
+
 @pytest.mark.parametrize("flags, expected", [("fpu avx2 fma", "f32"), ("avx512f avx512_bf16", "bf16"),
                                              ("amx_tile amx_bf16 amx_int8", "bf16")])
 def test_precision_follows_the_cpu(tmp_path, flags, expected):
