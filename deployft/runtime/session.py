@@ -116,7 +116,11 @@ def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, R
     settings = _session_options(ort, options.threads, options.spinning)
     cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
     precision = openvino.add_to(ort, settings, options.threads, cache)
-    session = ort.InferenceSession(str(model_path), sess_options=settings)
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=settings)
+    except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
+        raise DeviceError(f"provider openvino could not compile {model_path.name}: {first_line(exc)}; "
+                          "pass --provider default or another --model-file") from exc
     nodes = openvino.check_placement(session, model_path.name)
     logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s)", model_path.name, precision,
                 options.threads or "default", cache or "off")

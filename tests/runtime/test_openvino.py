@@ -126,6 +126,13 @@ def test_a_session_where_openvino_runs_nothing_is_refused(fake_plugin, runtime_b
         Predictor.load(runtime_bundle("bert"), provider="openvino")
 
 
+def test_a_file_openvino_cannot_compile_is_a_provider_error(fake_plugin, tmp_path, cache_home):
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(DeviceError, match="provider openvino could not compile model.onnx.*--provider default"):
+        create_session(broken, SessionOptions(provider="openvino"))
+
+
 def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime_bundle, cache_home):
     predictor = Predictor.load(runtime_bundle("bert"), provider="openvino", threads=2)
     assert fake_plugin["registered"] == [(openvino.REGISTRATION, "/fake/libonnxruntime_providers_openvino_plugin.so")]
