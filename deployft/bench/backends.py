@@ -141,14 +141,15 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """One `.onnx` file of the BUNDLE, run through `deployft.runtime.Predictor` (the product's own code path)."""
 
-    def __init__(self, name: str, bundle: Path, precision: str, device: str, threads: int):
+    def __init__(self, name: str, bundle: Path, precision: str, device: str, threads: int, provider: str = "default"):
         self.name, self.bundle, self.precision = name, Path(bundle), precision
-        self.device, self.threads = device, threads
+        self.device, self.threads, self.provider = device, threads, provider
 
     def load(self) -> None:
         from ..runtime import Predictor
 
-        self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name)
+        self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name,
+                                        provider=self.provider)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return np.asarray(self.predictor.forward(input_ids, attention_mask)).astype(np.float32)
@@ -176,9 +177,9 @@ class OnnxBackend(Backend):
 
 
 def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,
-                 threads: int) -> Backend:
+                 threads: int, provider: str = "default") -> Backend:
     """The backend for variant `name` (validated against the bundle's variants beforehand)."""
     if name in TORCH_VARIANTS:
         return TorchBackend(name, run, manifests["run"]["task"], device, threads)
     info = manifests["bundle"].get("variants", {}).get(name, {})
-    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads)
+    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads, provider)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime.session import PROVIDERS
 
 TORCH_VARIANTS = ("pytorch", "pytorch-int8", "pytorch-compile")
 """The PyTorch variants built from the RUN; every other variant name is an `.onnx` file of the BUNDLE."""
@@ -82,6 +83,8 @@ class BenchConfig:
     """Eval rows of the RUN used for the accuracy of every variant (generators: fewer are generated from)."""
     device: str = "cpu"
     """cpu or cuda (CUDA timings synchronise the device around each call)."""
+    provider: str = "default"
+    """ONNX Runtime provider of the `.onnx` variants: default or openvino (the OpenVINO plugin, CPU)."""
     peak: bool = True
     """Measure the machine's ceilings (peak matmul rate: fp32 torch, int8 ONNX Runtime; memory copy bandwidth) and
     each variant's fraction of them (classifiers: of the matmul peak; decode: of the memory roofline)."""
@@ -108,3 +111,7 @@ class BenchConfig:
             raise UsageError(f"--min-time must be a number of seconds >= 0, got {self.min_time!r}")
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"--provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        if self.provider == "openvino" and self.device != "cpu":
+            raise UsageError("--provider openvino runs on the CPU, not CUDA; pass --device cpu")

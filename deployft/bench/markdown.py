@@ -29,7 +29,12 @@ def machine_line(data: dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']['name']}" if m.get("gpu") else ""
     return (f"{m['cpu']['model']} ({', '.join(m['cpu']['flags']) or 'no SIMD flags read'}), "
             f"{m['cores_usable']} usable cores, {m['memory_bytes'] / 2**30:.0f} GiB{gpu}; "
-            f"{data['config']['threads']} threads; {libs}")
+            f"{data['config']['threads']} threads{_provider(data['config'])}; {libs}")
+
+
+def _provider(config: dict[str, Any]) -> str:
+    provider = config.get("provider", "default")
+    return "" if provider == "default" else f", ONNX Runtime provider {provider}"
 
 
 def variants_table(data: dict[str, Any]) -> str:

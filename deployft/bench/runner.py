@@ -97,7 +97,8 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
         for name in variants:
             spec = {"variant": name, "run": str(Path(config.run).resolve()), "task": task,
                     "bundle": str(Path(config.bundle).resolve()), "manifests": manifests,
-                    "device": config.device, "threads": config.threads, "inputs": str(scratch / "inputs.npz")}
+                    "device": config.device, "provider": config.provider, "threads": config.threads,
+                    "inputs": str(scratch / "inputs.npz")}
             safe = name.replace("/", "_")
             workers[name] = WorkerHandle(spec, scratch / f"{safe}.json", scratch / f"{safe}.log")
             status[name] = _start(workers[name])

@@ -47,7 +47,7 @@ class Worker:
         start = time.perf_counter()
         spec = self.spec
         self.backend = make_backend(spec["variant"], Path(spec["run"]), Path(spec["bundle"]), spec["manifests"],
-                                    spec["device"], spec["threads"])
+                                    spec["device"], spec["threads"], spec.get("provider", "default"))
         self.backend.load()
         loaded = time.perf_counter()
         self._first_result()

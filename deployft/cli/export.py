@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.config import DEVICES, PRESETS, QUANTIZE_MODES, ExportConfig
+from ..exporter.config import DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, ExportConfig
 from ..tasks import TASKS
 from .options import shown
 
@@ -34,6 +34,9 @@ from .options import shown
                    "the accuracy drop); generate: % perplexity increase.")
 @click.option("--device", default=None, metavar="|".join(DEVICES), show_default=shown(ExportConfig, "device"),
               help="Target device.")
+@click.option("--provider", default=None, metavar="|".join(PROVIDERS), show_default=shown(ExportConfig, "provider"),
+              help="ONNX Runtime provider every file is validated through (openvino: pip install "
+                   "\"deployft[openvino]\"); recorded in the manifest's validation.")
 @click.option("--opset", type=int, default=None, show_default="Optimum's choice", help="ONNX opset.")
 @click.option("--fuse-attention/--no-fuse-attention", default=None, show_default=shown(ExportConfig, "fuse_attention"),
               help="Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets).")

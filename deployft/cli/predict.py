@@ -23,6 +23,9 @@ from .options import shown
 @click.option("--column", default=None, help="The text column of --input (default: text, or prompt then text).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--provider", type=click.Choice(["default", "openvino"]), default="default", show_default=True,
+              help="openvino: the OpenVINO plugin on the CPU (pip install \"deployft[openvino]\"); a dynamic int8 "
+                   "deployable file is swapped for the fused fp32 file unless --model-file is given.")
 @click.option("--threads", type=int, default=None, help="Intra-op CPU threads (default: ONNX Runtime's).")
 @click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
 @click.option("--public-key", type=click.Path(dir_okay=False), default=None,
@@ -44,7 +47,7 @@ from .options import shown
 @click.option("--output-format", type=click.Choice(FORMATS), default=None,
               show_default=shown(RayPredictConfig, "output_format"),
               help="With --ray: the file written into the --output folder, predictions.jsonl or .parquet.")
-def predict(bundle, texts, input_path, output_path, column, as_json, device, threads, model_file, public_key,
+def predict(bundle, texts, input_path, output_path, column, as_json, device, provider, threads, model_file, public_key,
             batch_size, max_new_tokens, temperature, top_k, top_p, seed, stop, progress, on_ray, workers, ray_address,
             output_format) -> None:
     """Predict with BUNDLE: label and score per TEXT, or the completion of each prompt (streamed).
@@ -71,11 +74,16 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
         if not input_path:
             raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
         _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
-                        device, model_file, public_key, ray_address, options, progress)
+                        device, provider, model_file, public_key, ray_address, options, progress)
         return
-    predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key)
+    predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key,
+                               provider=provider)
     if device == "auto":
         click.echo(f"device auto: running on {predictor.device}", err=True)
+    if provider == "openvino":
+        run = predictor.runtime
+        click.echo(f"provider openvino: {predictor.model_file}, precision {run.precision}, "
+                   f"threads {run.threads or 'default'}, cache {run.cache_dir or 'off'}", err=True)
     if input_path:
         from ..runtime.files import predict_file
 
@@ -88,14 +96,14 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, thr
 
 
 def _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
-                    device, model_file, public_key, address, options, progress) -> None:
+                    device, provider, model_file, public_key, address, options, progress) -> None:
     from ..configfile import build_config
     from ..runtime.ray_predict import predict_on_ray
 
     config = build_config(RayPredictConfig, None, bundle=bundle, input=input_path, output=output_path,
                           column=column, output_format=output_format, batch_size=batch_size, workers=workers,
-                          threads=threads, device=device, model_file=model_file, public_key=public_key,
-                          address=address,
+                          threads=threads, device=device, provider=provider, model_file=model_file,
+                          public_key=public_key, address=address,
                           options=options, progress=progress)
     rows = predict_on_ray(config)
     click.echo(f"wrote {rows} prediction(s) to {config.output_file}", err=True)

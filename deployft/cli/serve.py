@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..serve.config import API_KEY_ENV, DEVICES, ServeConfig
+from ..serve.config import API_KEY_ENV, DEVICES, PROVIDERS, ServeConfig
 from .options import shown
 
 
@@ -18,6 +18,8 @@ from .options import shown
 @click.option("--port", type=int, default=None, show_default=shown(ServeConfig, "port"), help="TCP port.")
 @click.option("--threads", type=int, default=None, show_default="ONNX Runtime's", help="Intra-op CPU threads.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(ServeConfig, "device"))
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None, show_default=shown(ServeConfig, "provider"),
+              help="openvino: the OpenVINO plugin on the CPU (pip install \"deployft[openvino]\").")
 @click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
 @click.option("--public-key", type=click.Path(dir_okay=False), default=None,
               help="Serve only if the bundle's manifest is signed by this Ed25519 key (deployft export --sign-key).")
@@ -50,7 +52,7 @@ from .options import shown
 @click.option("--max-replicas", type=int, default=None, help="With --ray: autoscale up to this many replicas.")
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
-def serve(bundle, host, port, threads, device, model_file, public_key, model_name, max_batch_size, max_wait_ms,
+def serve(bundle, host, port, threads, device, provider, model_file, public_key, model_name, max_batch_size, max_wait_ms,
           max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
           on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
@@ -67,7 +69,7 @@ def serve(bundle, host, port, threads, device, model_file, public_key, model_nam
 
     config = build_config(
         ServeConfig, config_file, bundle=bundle, host=host, port=port, threads=threads, device=device,
-        model_file=model_file, public_key=public_key, model_name=model_name,
+        provider=provider, model_file=model_file, public_key=public_key, model_name=model_name,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         max_queue=max_queue, max_texts=max_texts, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout_s, grace_s=grace_s, api_key=api_key,

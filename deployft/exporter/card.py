@@ -47,6 +47,13 @@ def validation_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def provider_note(manifest: dict[str, Any]) -> str:
+    """Which ONNX Runtime provider the files were validated through, when it is not the default one."""
+    reports = [v.get("validation") or {} for v in manifest["variants"].values()]
+    ran = {(r.get("provider", "default"), r.get("precision")) for r in reports} - {("default", None)}
+    return "".join(f" Validated through ONNX Runtime's {p} provider ({precision})." for p, precision in sorted(ran))
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """The bundle's README.md: what it is, how to load it, and how it compares with PyTorch."""
     q = manifest["quantization"]
@@ -86,7 +93,7 @@ Op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}.
 
 {guard}
 
-Rows: {manifest['validation_inputs'] or ''}; * = deployable.
+Rows: {manifest['validation_inputs'] or ''}; * = deployable.{provider_note(manifest)}
 
 {validation_table(manifest)}
 """

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
 
-__all__ = ["DEVICES", "ExportConfig", "PRESETS", "QUANTIZE_MODES", "VARIANT_FILES"]
+__all__ = ["DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "VARIANT_FILES"]
 
 QUANTIZE_MODES = ("none", "int8", "int8-static", "fp16")
 DEVICES = ("cpu", "cuda")
@@ -46,6 +47,9 @@ class ExportConfig:
     task's default (classify 3: at most 3 % of predictions may flip; generate 10: perplexity at most +10 %)."""
     device: str = "cpu"
     """Target device: cpu or cuda (fp16 needs cuda; int8 has no CUDA kernels)."""
+    provider: str = "default"
+    """ONNX Runtime provider every file is validated through: default or openvino (the OpenVINO plugin, CPU);
+    recorded in each file's validation report."""
     opset: int | None = None
     """ONNX opset; default: Optimum's choice for the architecture."""
     fuse_attention: bool = True
@@ -64,6 +68,9 @@ class ExportConfig:
                                  "(create a pair with deployft keygen)")
         _one_of("--quantize", self.quantize, QUANTIZE_MODES)
         _one_of("--device", self.device, DEVICES)
+        _one_of("--provider", self.provider, PROVIDERS)
+        if self.provider == "openvino" and self.device != "cpu":
+            raise UsageError("--provider openvino runs on the CPU, not CUDA; pass --device cpu")
         if self.task is not None:
             _one_of("--task", self.task, tuple(TASKS))
         if self.quantize == "fp16" and self.device != "cuda":

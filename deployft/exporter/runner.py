@@ -139,7 +139,7 @@ def _validated(job: ExportJob, result: ExportResult, path: Path, precision: str,
     from .optimize import op_counts
     from .validate import compare
 
-    report = compare(job.reference, path, job.config.device)
+    report = compare(job.reference, path, job.config.device, job.config.provider)
     report["drop"], report["guard"] = judge(job.task, report, result.budget)
     report["drop_measure"] = result.budget.measure
     logger.info("%s: %s", path.name, report)

@@ -83,14 +83,23 @@ def reference(source, model, tokenizer, samples: Samples) -> Reference:
     return ref
 
 
-def compare(ref: Reference, onnx_path: Path, device: str = "cpu") -> dict[str, Any]:
-    """Compare one ONNX file with the PyTorch reference; returns the validation report of that variant."""
+def compare(ref: Reference, onnx_path: Path, device: str = "cpu", provider: str = "default") -> dict[str, Any]:
+    """Compare one ONNX file with the PyTorch reference through `provider`; returns the validation report of that
+    variant, with what ran it (`provider`, and for openvino its precision and threads)."""
     from ..runtime.session import SessionOptions, create_session
 
-    session, actual = create_session(onnx_path, SessionOptions(device=device))
+    session, runtime = create_session(onnx_path, SessionOptions(device=device, provider=provider))
     if ref.task.generates:
-        return _compare_generate(ref, session, actual)
-    return _compare_classify(ref, session)
+        report = _compare_generate(ref, session, runtime.device)
+    else:
+        report = _compare_classify(ref, session)
+    return {**report, **_ran_on(runtime)}
+
+
+def _ran_on(runtime) -> dict[str, Any]:
+    if runtime.provider == "default":
+        return {"provider": "default"}
+    return {"provider": runtime.provider, "precision": runtime.precision, "threads": runtime.threads}
 
 
 def _compare_classify(ref: Reference, session) -> dict[str, Any]:

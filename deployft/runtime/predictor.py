@@ -19,7 +19,8 @@ from .generation import KVDecoder, TextTracker
 from .integrity import REEXPORT, check_for_load
 from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
-from .session import SessionOptions, create_session
+from .openvino import pick_model_file
+from .session import Runtime, SessionOptions, create_session
 from .text import TextCodec
 
 logger = logging.getLogger("deployft.runtime")
@@ -56,12 +57,15 @@ def checked_bundle(folder: Path, model_file: str | None = None,
 class Predictor:
     """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across threads."""
 
-    def __init__(self, folder: Path, manifest: dict, session, device: str, model_file: str):
+    def __init__(self, folder: Path, manifest: dict, session, device: str, model_file: str,
+                 runtime: Runtime | None = None, file_choice: str | None = None):
         self.folder = folder
         self.manifest = manifest
         self.session = session
         self.device = device
         self.model_file = model_file
+        self.runtime = runtime or Runtime(device)  # what really runs: provider, threads, precision, placement
+        self.file_choice = file_choice  # why model_file is not the deployable file, when the provider chose it
         self.providers = list(session.get_providers())
         self.task = manifest.get("task")
         self.labels = list(manifest.get("labels") or [])
@@ -77,7 +81,7 @@ class Predictor:
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
              model_file: str | None = None, public_key: str | Path | None = None,
-             spinning: bool = True) -> Predictor:
+             spinning: bool = True, provider: str = "default", cache_dir: str | Path | None = None) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -87,28 +91,41 @@ class Predictor:
             model_file: another `.onnx` variant of the bundle (default: the manifest's `model_file`).
             public_key: an Ed25519 public key PEM file; the bundle must carry a matching signature of its manifest.
             spinning: let idle ONNX Runtime threads spin-wait between calls (see `SessionOptions.spinning`).
+            provider: `default` (ONNX Runtime's kernels) or `openvino` (the OpenVINO plugin on the CPU; a dynamic
+                int8 deployable file is swapped for the bundle's fused fp32 file unless `model_file` is given,
+                logged and kept in `file_choice`).
+            cache_dir: openvino's compiled-model cache (default ~/.cache/deployft/openvino).
 
         Every file it reads is checked against the manifest first (`deployft.runtime.integrity`).
 
         Raises:
             BundleError: missing folder, newer or older format, unknown task, a missing, added, modified or
                 unreadable file, a name outside the folder, a signature that does not match.
-            DeviceError: CUDA asked for but ONNX Runtime runs on CPU.
+            DeviceError: CUDA asked for but ONNX Runtime runs on CPU; OpenVINO asked for but not running.
+            MissingDependencyError: OpenVINO asked for and its plugin is not installed.
         """
-        options = SessionOptions(device=device, threads=threads, spinning=spinning)
+        options = SessionOptions(device=device, threads=threads, spinning=spinning, provider=provider,
+                                 cache_dir=cache_dir)
         folder = Path(bundle)
+        choice = None
+        if provider == "openvino":
+            model_file, choice = pick_model_file(read_manifest(folder, "bundle"), model_file)
         manifest, name, path = checked_bundle(folder, model_file, public_key)
+        if choice:
+            logger.warning("provider openvino: %s", choice)
         why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"
         with reraise_as(BundleError, why):
-            session, actual = create_session(path, options)
-        logger.info("loaded %s (%s) on %s", folder, name, actual)
+            session, runtime = create_session(path, options)
+        actual = runtime.device
+        logger.info("loaded %s (%s) on %s (provider %s)", folder, name, actual, runtime.provider)
         if manifest.get("device") not in (None, actual):
             logger.warning("%s was exported and validated for %s but runs on %s; its speed and accuracy there "
                            "are unmeasured (re-export with --device %s)", folder, manifest["device"], actual, actual)
-        return cls(folder, manifest, session, actual, name)
+        return cls(folder, manifest, session, actual, name, runtime, choice)
 
     def __repr__(self) -> str:
-        return f"Predictor(task={self.task!r}, model_file={self.model_file!r}, device={self.device!r})"
+        return (f"Predictor(task={self.task!r}, model_file={self.model_file!r}, device={self.device!r}, "
+                f"provider={self.runtime.provider!r})")
 
     # ---- classification ----------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from ..errors import (BundleError, DataError, DeployftError, StageError, UsageEr
 from ..manifest import read_manifest
 from ..staging import atomic_file
 from ..tasks import TASKS, get_task
+from .openvino import import_plugin
 from .sampling import GenerationOptions
+from .session import PROVIDERS
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -54,6 +56,8 @@ class RayPredictConfig:
     """Intra-op threads of each actor's session; also the CPUs each actor reserves (default 1)."""
     device: str = "cpu"
     """`cpu`, `cuda` or `auto`, on every worker."""
+    provider: str = "default"
+    """ONNX Runtime provider on every worker: `default` or `openvino` (the plugin must be installed there too)."""
     model_file: str | None = None
     """Another `.onnx` variant of the bundle."""
     public_key: str | Path | None = None
@@ -75,6 +79,11 @@ class RayPredictConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}; "
                                  f"pass --{name.replace('_', '-')} with a value above 0")
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}; "
+                             "pass --provider default")
+        if self.provider == "openvino":
+            import_plugin()  # the driver says how to install a missing plugin before any worker starts
         if self.output.is_file():
             raise UsageError(f"--output {self.output} is a file; with --ray pass a folder to write "
                              f"predictions.{self.output_format} into")
@@ -95,10 +104,11 @@ class BundleWorker:
     """One Ray Data actor: loads the bundle once, predicts each window of rows it is given."""
 
     def __init__(self, bundle: str, column: str, batch_size: int, options: dict, device: str = "cpu",
-                 threads: int | None = None, model_file: str | None = None):
+                 threads: int | None = None, model_file: str | None = None, provider: str = "default"):
         from .predictor import Predictor
 
-        self.predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file)
+        self.predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file,
+                                        provider=provider)
         self.column, self.batch_size = column, batch_size
         self.options = GenerationOptions(**options)
 
@@ -196,7 +206,7 @@ def _dataset(data, config: RayPredictConfig, task: str | None):
     column = _text_column(columns, config.column, task, config.input)
     worker = {"bundle": str(config.bundle.resolve()), "column": column, "batch_size": config.batch_size,
               "options": asdict(config.options), "device": config.device, "threads": config.threads,
-              "model_file": config.model_file}
+              "model_file": config.model_file, "provider": config.provider}
     return dataset.select_columns([column]).map_batches(
         BundleWorker, fn_constructor_kwargs=worker, batch_size=config.batch_size * WINDOW_BATCHES,
         # a pool that starts at one actor leaves CPUs to the read tasks; a full pool from the start can take

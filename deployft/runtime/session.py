@@ -2,20 +2,26 @@
 
 ONNX Runtime falls back to CPU when CUDA cannot start and only logs why, so after building the
 session this module reads `session.get_providers()` back and refuses a CUDA request that did not
-come true, naming the missing piece.
+come true, naming the missing piece. The OpenVINO provider (`provider="openvino"`, `runtime/openvino.py`)
+gets the same treatment: a session where it places no node is refused.
+
+The provider is a field of its own, not a device value: the device says which hardware the numbers come from
+(the bundle's validation is per device), the provider which engine runs the graph on it; OpenVINO runs on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DeviceError, MissingDependencyError, UsageError, first_line
+from . import openvino
 
 logger = logging.getLogger("deployft.runtime")
 
 DEVICES = ("cpu", "cuda", "auto")
+PROVIDERS = ("default", "openvino")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -31,13 +37,42 @@ class SessionOptions:
     spinning: bool = True
     """Let idle intra-op threads spin-wait for the next call (ONNX Runtime's default: lowest latency between
     back-to-back calls); a server turns it off so idle threads leave the cores to its HTTP side."""
+    provider: str = "default"
+    """`default` (ONNX Runtime's own CPU or CUDA kernels) or `openvino` (the OpenVINO plugin, on the CPU)."""
+    cache_dir: str | Path | None = None
+    """openvino: where compiled models are cached (None: ~/.cache/deployft/openvino)."""
+    cache: bool = True
+    """openvino: use the compiled-model cache (a second load of the same file skips compilation)."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}; pass --device cpu")
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}; "
+                             "pass --provider default")
+        if self.provider == "openvino" and self.device == "cuda":
+            raise UsageError("--provider openvino runs on the CPU, not CUDA; pass --device cpu")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UsageError(f"threads must be a positive integer, got {self.threads!r}; pass --threads 1 or more")
+
+
+@dataclass
+class Runtime:
+    """What really runs a session, read back from ONNX Runtime once it is built."""
+
+    device: str
+    """`cpu` or `cuda`."""
+    provider: str = "default"
+    """`default` or `openvino`."""
+    threads: int | None = None
+    """Intra-op threads asked for (openvino: also OpenVINO's INFERENCE_NUM_THREADS); None: the engine's default."""
+    precision: str | None = None
+    """openvino: the inference precision set through load_config (`f32` or `bf16`); None: the file's own types."""
+    cache_dir: str | None = None
+    """openvino: the compiled-model cache folder; None: no cache."""
+    nodes: dict[str, int] = field(default_factory=dict)
+    """openvino: nodes per execution provider, as ONNX Runtime recorded them."""
 
 
 def import_ort():
@@ -77,14 +112,38 @@ def _build(ort, model_path: Path, providers: list[str], options: SessionOptions)
     return ort.InferenceSession(str(model_path), sess_options=settings, providers=providers)
 
 
-def create_session(model_path: str | Path, options: SessionOptions):
-    """Build the session and return `(session, device)` where device is what really runs.
+def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, Runtime]:
+    settings = _session_options(ort, options.threads, options.spinning)
+    cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
+    precision = openvino.add_to(ort, settings, options.threads, cache)
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=settings)
+    except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
+        raise DeviceError(f"provider openvino could not compile {model_path.name}: {first_line(exc)}; "
+                          "pass --provider default or another --model-file") from exc
+    nodes = openvino.check_placement(session, model_path.name)
+    logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s)", model_path.name, precision,
+                options.threads or "default", cache or "off")
+    return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes)
+
+
+def create_session(model_path: str | Path, options: SessionOptions) -> tuple[object, Runtime]:
+    """Build the session and return `(session, runtime)`: what really runs it (`Runtime.device`, provider, ...).
 
     Raises:
-        DeviceError: CUDA was asked for and the session came up without the CUDA provider.
+        DeviceError: CUDA was asked for and the session came up without the CUDA provider; OpenVINO was asked
+            for and its plugin offers no device here, or runs no node of the model.
+        MissingDependencyError: OpenVINO asked for and its plugin is not installed.
     """
     ort = import_ort()
     model_path = Path(model_path)
+    if options.provider == "openvino":
+        return _openvino(ort, model_path, options)
+    session, device = _create(ort, model_path, options)
+    return session, Runtime(device, "default", options.threads)
+
+
+def _create(ort, model_path: Path, options: SessionOptions):
     if options.device == "cpu":
         return _build(ort, model_path, [CPU], options), "cpu"
     if CUDA not in ort.get_available_providers():

@@ -71,7 +71,7 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
     async def ready():
         """The model is loaded and warmed up: 200, else 503."""
         body = {"ready": service.ready, "task": service.task, "model": config.name,
-                "device": service.predictor.device}
+                "device": service.predictor.device, "provider": service.predictor.runtime.provider}
         return JSONResponse(body, status_code=200 if service.ready else 503)
 
     @app.get("/metrics", tags=["Status"], response_class=Response)

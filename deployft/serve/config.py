@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime.session import PROVIDERS
 
 API_KEY_ENV = "DEPLOYFT_API_KEY"
 """The environment variable read for the API key when `--api-key` is not given."""
@@ -34,6 +35,8 @@ class ServeConfig:
     """Intra-op CPU threads of the ONNX Runtime session (None: ONNX Runtime's default)."""
     device: str = "cpu"
     """`cpu`, `cuda`, or `auto`."""
+    provider: str = "default"
+    """ONNX Runtime provider: `default` or `openvino` (the OpenVINO plugin on the CPU)."""
     model_file: str | None = None
     """Another `.onnx` variant of the bundle (default: its manifest's model_file)."""
     public_key: str | None = None
@@ -65,6 +68,9 @@ class ServeConfig:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if self.device not in DEVICES:
             raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}; pass --device cpu")
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}; "
+                             "pass --provider default")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise UsageError(f"port must be an integer in 0..65535, got {self.port!r}; pass --port 8000")
         if not isinstance(self.host, str) or not self.host:

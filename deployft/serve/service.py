@@ -34,7 +34,7 @@ class Service:
         # no spin-waiting: between batches the ONNX Runtime threads must leave the cores to the HTTP side
         self.predictor = predictor or Predictor.load(config.bundle, device=config.device, threads=config.threads,
                                                      model_file=config.model_file, public_key=config.public_key,
-                                                     spinning=False)
+                                                     spinning=False, provider=config.provider)
         self.metrics = ServeMetrics()
         self.generates = self.predictor.decoder is not None
         self.started = int(time.time())

@@ -62,3 +62,22 @@ def test_bad_flags_exit_1_with_one_line(bench_pair, tmp_path):
     assert "does not exist" in _error([*base, "--bundle", str(tmp_path / "missing")])
     assert "--threads must be" in _error([*base, "--bundle", str(bundle), "--threads", "0"])
     assert not (tmp_path / "r").exists()
+
+
+def test_provider_openvino_runs_the_files_through_it_or_reports_why_not(bench_pair, tmp_path):
+    """Each `.onnx` variant runs in its own worker through the OpenVINO plugin; where the plugin offers no device
+    (it serves Intel hardware only) the variant is reported failed with that reason, never silently run on CPU."""
+    run, bundle = bench_pair("classify")
+    report = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "bench", "--run", str(run), "--bundle", str(bundle), "--report", str(report), "--variants",
+        "pytorch,model.onnx", "--provider", "openvino", "--batch-sizes", "1", "--seq-lens", "8", "--repeats", "2",
+        "--warmup", "0", "--threads", "1", "--eval-samples", "4", "--no-peak", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    assert data["config"]["provider"] == "openvino" and "ONNX Runtime provider openvino" in result.output
+    ran = {r["variant"] for r in data["results"]}
+    failed = "variant model.onnx failed:" in result.output
+    assert "pytorch" in ran and (failed != ("model.onnx" in ran)), result.output
+    if failed:
+        assert "Intel hardware only" in result.output or "deployft[openvino]" in result.output

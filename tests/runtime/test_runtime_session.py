@@ -42,14 +42,14 @@ def fake_ort(monkeypatch):
 
 def test_cpu_is_the_default(tmp_path, fake_ort):
     fake_ort([CUDA, CPU], [CUDA, CPU])
-    session, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions())
-    assert device == "cpu" and session.get_providers() == [CPU]
+    session, runtime = session_module.create_session(tmp_path / "m.onnx", SessionOptions())
+    assert runtime.device == "cpu" and runtime.provider == "default" and session.get_providers() == [CPU]
 
 
 def test_cuda_that_runs(tmp_path, fake_ort):
     fake_ort([CUDA, CPU], [CUDA, CPU])
-    _, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
-    assert device == "cuda"
+    _, runtime = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+    assert runtime.device == "cuda"
 
 
 def test_cuda_without_onnxruntime_gpu_names_the_package(tmp_path, fake_ort):
@@ -80,8 +80,8 @@ def test_cuda_start_failure(tmp_path, fake_ort):
 def test_auto_picks_what_really_runs_and_says_so(tmp_path, fake_ort, caplog, available, actual, fail, expected):
     fake_ort(available, actual, fail)
     with caplog.at_level("INFO", logger="deployft.runtime"):
-        _, device = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="auto"))
-    assert device == expected
+        _, runtime = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="auto"))
+    assert runtime.device == expected
     assert ("on CUDA" if expected == "cuda" else "running on CPU") in caplog.text
 
 
@@ -100,7 +100,8 @@ def test_auto_on_this_machine_reports_the_real_device(runtime_bundle):
     assert (CUDA in predictor.providers) == (expected == "cuda")
 
 
-@pytest.mark.parametrize("kwargs", [{"device": "gpu"}, {"threads": 0}, {"threads": 1.5}, {"threads": True}])
+@pytest.mark.parametrize("kwargs", [{"device": "gpu"}, {"threads": 0}, {"threads": 1.5}, {"threads": True},
+                                    {"provider": "tensorrt"}, {"provider": "openvino", "device": "cuda"}])
 def test_session_options_validate(kwargs):
     with pytest.raises(UsageError):
         SessionOptions(**kwargs)
