@@ -156,9 +156,12 @@ def _genai(name: str, run: Path, target: Path, threads: int) -> None:
 
 
 def _llama_cpp(name: str, run: Path, target: Path, threads: int) -> None:
-    raise MissingDependencyError("not installed: llama-cpp-python has no wheel for this platform on the package index and "
-                      "compiles from source (over 10 minutes on 2 cores); pip install llama-cpp-python, then "
-                      "convert the RUN with llama.cpp's convert_hf_to_gguf.py (not automated by deployft yet)")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise MissingDependencyError(
+            "not installed: llama-cpp-python has no wheel for this platform on the package index and compiles "
+            "from source (over 10 minutes on 2 cores); pip install llama-cpp-python")
+    raise MissingDependencyError("llama-cpp-python is installed, but deployft does not yet convert a RUN to GGUF "
+                                 "(llama.cpp's convert_hf_to_gguf.py) for it")
 
 
 _BUILDERS: dict[str, Callable[[str, Path, Path, int], None]] = {
