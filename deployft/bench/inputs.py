@@ -62,6 +62,9 @@ def select_variants(config: BenchConfig, bundle: dict[str, Any]) -> list[str]:
         raise UsageError(f"--variants names peer(s) {', '.join(wrong)} that do not run {task} models; "
                          f"peers for this RUN: {', '.join(own)}")
     names = peers.expand(config.variants, task)
+    if config.device != "cpu" and any(peers.is_peer(n) for n in names):
+        raise UsageError(f"the peer variants are timed on CPU only and --device is {config.device}; "
+                         "drop them from --variants or pass --device cpu")
     unknown = [v for v in names if v not in known and not peers.is_peer(v)]
     if unknown:
         raise UsageError(f"--variants names unknown variant(s) {', '.join(unknown)}; this RUN and BUNDLE have: "

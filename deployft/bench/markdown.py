@@ -83,9 +83,11 @@ def fastest_table(data: dict[str, Any]) -> str:
             f"b{shape['batch']}×{shape['seq']}"
         rows.append([cell, f"`{shape['fastest']}` ({shape['fastest_source']})",
                      *[_num(ratios.get(name), ".2f", "x") for name in own]])
-    measure = "decode time per token" if generates else "p50"
-    return (f"Each deployft file's {measure} as a multiple of the fastest variant's (1.00x = it is the fastest).\n\n"
-            + _table(["shape", "fastest", *[f"`{n}`" for n in own]], rows))
+    return _table(["shape", "fastest", *[f"`{n}`" for n in own]], rows)
+
+
+FASTEST_NOTE = "Each deployft file's time (classifiers: p50; generators: per decoded token) as a multiple of the " \
+    "fastest variant's; 1.00x means it is the fastest."
 
 
 def peers_lines(data: dict[str, Any]) -> list[str]:
@@ -129,7 +131,7 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
               classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]
     if data.get("fastest"):
-        parts += ["## Fastest per shape", "", fastest_table(data), ""]
+        parts += ["## Fastest per shape", "", FASTEST_NOTE, "", fastest_table(data), ""]
     if peer_lines := peers_lines(data):
         parts += ["## Peers", ""] + peer_lines + [""]
     failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}

@@ -63,6 +63,7 @@ def test_openvino_peers_are_built_once_timed_and_scored(bench_pair, tmp_path):
     markdown = (report.path / "report.md").read_text()
     assert "## Fastest per shape" in markdown and f"`{int8}`" in markdown
     assert "`openvino-int8` (openvino, int8): built in" in markdown
+    assert "<h2>Fastest per shape</h2>" in (report.path / "report.html").read_text()
     again = benchmark(quick(run, bundle, tmp_path / "again", variants=["openvino-fp32"], batch_sizes=1, seq_lens=8,
                             eval_samples=0, peer_cache=cache))
     assert again.variants["openvino-fp32"]["build"]["cached"] is True and again.failed == {}
@@ -86,11 +87,14 @@ def test_a_peer_that_cannot_be_built_is_reported_with_its_reason(bench_pair, tmp
     assert "`llama.cpp-q8_0` (llama.cpp, int8): not built; **failed**: build failed: " in markdown
 
 
-def test_peers_for_the_other_task_are_refused_in_one_line(bench_pair, tmp_path):
+def test_peers_for_the_other_task_or_a_gpu_are_refused_in_one_line(bench_pair, tmp_path):
     run, bundle = bench_pair("generate")
     with pytest.raises(UsageError, match="peer.s. openvino that do not run generate models; peers for this RUN: "
                                          "ort-genai, llama.cpp"):
         benchmark(quick(run, bundle, tmp_path / "report", variants="pytorch,openvino"))
+    classify_run, classify_bundle = bench_pair("classify")
+    with pytest.raises(UsageError, match="timed on CPU only and --device is cuda"):
+        benchmark(quick(classify_run, classify_bundle, tmp_path / "report", variants="openvino", device="cuda"))
     assert not (tmp_path / "report").exists()
     assert peers.expand(("pytorch", "ort-genai", "ort-genai-int8"), "generate") == [
         "pytorch", "ort-genai-int8", "ort-genai-int4", "ort-genai-int4-b128"]
