@@ -2,13 +2,15 @@
 
 Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes) and generator (SmolLM2-135M-Instruct
 on chatterbot pairs) with short settings, exports each to ONNX (fp32, fused, int8), runs
-`deployft bench` at 2 threads, and copies report.json / report.md of each into benchmarks/results/
+`deployft bench` at 2 threads with the peer engines (OpenVINO for the classifier, onnxruntime-genai and
+llama.cpp for the generator), and copies report.json / report.md of each into benchmarks/results/
 (bench_classify.*, bench_generate.*), with a summary (results/bench_defaults.md) of the numbers the README
 quotes and the machine they were measured on.
 
     python benchmarks/run_defaults.py                   # both tasks, work files under outputs/bench-defaults
     python benchmarks/run_defaults.py --task classify   # one task
     python benchmarks/run_defaults.py --reuse           # keep RUN and BUNDLE folders from an earlier run
+    python benchmarks/run_defaults.py --no-peers        # without the peer engines (OpenVINO, onnxruntime-genai)
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ EXPORT = {
 }
 """Export's defaults (docs/folders.md, "The accuracy guard"): at 95 % confidence, at most 3 % of the classifier's
 predictions may flip and the generator's perplexity may rise at most 10 %. The classifier's 300 eval rows (the same
-settings as benchmarks/guard_defaults.py) let a file with up to 3 flipped predictions pass that rule (4 give an upper bound of 3.03 %)."""
+settings as benchmarks/guard_defaults.py) let a file with up to 3 flipped predictions pass that rule (4 give an
+upper bound of 3.03 %)."""
+PEERS = {"classify": ("openvino",), "generate": ("ort-genai", "llama.cpp")}
+"""Peer engines timed beside deployft's own variants (`deployft[peers]`); one that cannot be installed or built
+is reported as failed with its reason. Peer models are built once into WORK/peer-cache."""
 BENCH = {
     "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
     "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),
@@ -64,12 +70,17 @@ def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
     return run, bundle
 
 
-def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None):
+def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None, peers: bool):
     from deployft.bench import BenchConfig, benchmark
+    from deployft.bench.inputs import available_variants
+    from deployft.manifest import read_manifest
+
+    if variants is None and peers:
+        variants = [*available_variants(bundle, read_manifest(bundle, "bundle")), *PEERS[task]]
 
     log(f"benchmarking {task} at {threads} threads")
     config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}", threads=threads, overwrite=True,
-                         variants=variants, **BENCH[task])
+                         variants=variants, peer_cache=work / "peer-cache", **BENCH[task])
     return benchmark(config)
 
 
@@ -86,7 +97,9 @@ def headline(task: str, report) -> list[str]:
     int8 = next((n for n, v in variants.items() if v["source"] == "onnx" and v["precision"] == "int8"), None)
     if task == "classify":
         lines = ["### Classifier: batch 1, sequence 128", ""]
-        for name in ("pytorch", "pytorch-int8", "pytorch-compile", *[n for n in variants if n.endswith(".onnx")]):
+        peers = [n for n, v in variants.items() if v["source"] == "peer"]
+        for name in ("pytorch", "pytorch-int8", "pytorch-compile", *[n for n in variants if n.endswith(".onnx")],
+                     *peers):
             row, acc = _row(report, name, batch=1, seq=128), (variants.get(name) or {}).get("accuracy") or {}
             if name in variants and row:
                 lines.append(f"- `{name}`: p50 {row['p50'] * 1e3:.2f} ms, {row['speedup_p50']:.2f}x pytorch, "
@@ -97,7 +110,7 @@ def headline(task: str, report) -> list[str]:
         mine = _row(report, int8, batch=1, seq=128) if int8 else None
         if ref and mine:
             lines.append(f"- `{int8}` vs `pytorch-int8`: {ref['p50'] / mine['p50']:.2f}x")
-        return lines + [""]
+        return lines + fastest_lines(report) + [""]
     lines = ["### Generator: decode tokens/s (greedy, KV cache)", ""]
     for row in sorted(report.results, key=lambda r: (r["prompt_len"], r["variant"])):
         acc = variants[row["variant"]].get("accuracy") or {}
@@ -108,7 +121,19 @@ def headline(task: str, report) -> list[str]:
                      f"{row['ttft']['p50'] * 1e3:.1f} ms, perplexity {acc.get('perplexity')}, "
                      f"greedy-token agreement {acc.get('token_agreement')}")
     failed = [f"- `{n}`: failed: {v.get('error')}" for n, v in variants.items() if v["status"] != "ok"]
-    return lines + failed + [""]
+    return lines + failed + fastest_lines(report) + [""]
+
+
+def fastest_lines(report) -> list[str]:
+    """Per shape, the fastest variant and each deployft file's time as a multiple of it."""
+    lines = []
+    for shape in report.data.get("fastest") or []:
+        where = f"b{shape['batch']}x{shape['seq']}" if "batch" in shape else f"prompt {shape['prompt_len']}"
+        own = ", ".join(f"`{n}` {r:.2f}x" for n, r in shape["slower_than_fastest"].items()
+                        if report.variants[n]["source"] == "onnx")
+        lines.append(f"- {where}: fastest `{shape['fastest']}`" + (f"; deployft's files take {own} its time"
+                                                                     if own else ""))
+    return lines
 
 
 def publish(task: str, report, results: Path) -> None:
@@ -149,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--reuse", action="store_true", help="keep RUN and BUNDLE folders already in --work")
+    parser.add_argument("--no-peers", action="store_true", help="time deployft's own variants only")
     args = parser.parse_args(argv)
     tasks = ["classify", "generate"] if args.task == "both" else [args.task]
     for task in tasks:
         run, bundle = prepare(task, args.work, args.reuse)
-        report = bench(task, run, bundle, args.work, args.threads, args.variants)
+        report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers)
         publish(task, report, args.results)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)

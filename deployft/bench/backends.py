@@ -50,6 +50,10 @@ class Backend:
     def sync(self) -> None:
         """Wait for queued device work (CUDA); nothing on CPU."""
 
+    def details(self) -> dict:
+        """How the variant runs, for the report (engine settings of a peer); empty for deployft's own."""
+        return {}
+
 
 class _Stamps:
     """A transformers streamer that notes when each new token arrives (the first `put` is the prompt)."""
@@ -175,10 +179,14 @@ class OnnxBackend(Backend):
         return onnx_weight_bytes(self.bundle / self.name)
 
 
-
 def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,
-                 threads: int, provider: str = "default") -> Backend:
-    """The backend for variant `name` (validated against the bundle's variants beforehand)."""
+                 threads: int, provider: str = "default", peer: dict | None = None) -> Backend:
+    """The backend for variant `name` (validated against the bundle's variants beforehand; `peer`: where a peer
+    variant was built, see `peers.build_peers`)."""
+    if peer is not None:
+        from .peer_backends import make_peer_backend
+
+        return make_peer_backend(name, peer, threads)
     if name in TORCH_VARIANTS:
         return TorchBackend(name, run, manifests["run"]["task"], device, threads)
     info = manifests["bundle"].get("variants", {}).get(name, {})

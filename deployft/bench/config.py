@@ -57,7 +57,8 @@ class BenchConfig:
     report: str | Path
     """Output folder for report.json, report.md, report.html and the plots."""
     variants: tuple[str, ...] | None = None
-    """Variants to time: pytorch, pytorch-int8, pytorch-compile and `.onnx` file names of the bundle; None = all."""
+    """Variants to time: pytorch, pytorch-int8, pytorch-compile, `.onnx` file names of the bundle and peer engines
+    (openvino, ort-genai, llama.cpp or one of their variants, see `peers.py`); None = all but the peers."""
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     """Classification: batch sizes of the grid."""
     seq_lens: tuple[int, ...] = (16, 64, 128)
@@ -92,9 +93,12 @@ class BenchConfig:
     """Write PNG plots and embed them in report.html."""
     overwrite: bool = False
     """Replace an existing non-empty report folder."""
+    peer_cache: str | Path | None = None
+    """Folder where peer models are built once and reused across runs; None = this run's scratch folder."""
 
     def __post_init__(self) -> None:
         self.run, self.bundle, self.report = Path(self.run), Path(self.bundle), Path(self.report)
+        self.peer_cache = None if self.peer_cache is None else Path(self.peer_cache)
         self.variants = _name_tuple(self.variants)
         self.batch_sizes = _int_tuple(self.batch_sizes, "--batch-sizes")
         self.seq_lens = _int_tuple(self.seq_lens, "--seq-lens")

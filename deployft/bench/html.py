@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import get_task
-from .markdown import classify_table, generate_table, machine_line, variants_table
+from .markdown import FASTEST_NOTE, classify_table, fastest_table, generate_table, machine_line, variants_table
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -45,6 +45,8 @@ def render_html(data: dict[str, Any], folder: Path, images: dict[str, str]) -> s
         f"created {html.escape(data['created'])}</p>", warnings,
         "<h2>Variants</h2>", markdown_table_to_html(variants_table(data)),
         "<h2>Speed</h2>", markdown_table_to_html(speed),
+        *(["<h2>Fastest per shape</h2>", f"<p>{html.escape(FASTEST_NOTE)}</p>",
+           markdown_table_to_html(fastest_table(data))] if data.get("fastest") else []),
         f"<h2>Failed variants</h2><ul>{failed}</ul>" if failed else "",
         "<h2>Plots</h2>" if images else "",
         *(_image(folder, name, title) for name, title in images.items()),

@@ -48,15 +48,28 @@ def available_variants(bundle_dir: Path, bundle: dict[str, Any]) -> list[str]:
 
 
 def select_variants(config: BenchConfig, bundle: dict[str, Any]) -> list[str]:
-    """`--variants` checked against what exists; all of them when it is not given."""
+    """`--variants` checked against what exists (peer groups expanded, see `peers.py`); the RUN's and BUNDLE's own
+    variants when it is not given (peers are timed only when asked for)."""
+    from . import peers
+
     known = available_variants(config.bundle, bundle)
     if config.variants is None:
         return known
-    unknown = [v for v in config.variants if v not in known]
+    task = bundle.get("task")
+    wrong = peers.wrong_task(list(config.variants), task)
+    if wrong:
+        own = [p for p in (*peers.GROUPS, *peers.PEERS) if not peers.wrong_task([p], task)]
+        raise UsageError(f"--variants names peer(s) {', '.join(wrong)} that do not run {task} models; "
+                         f"peers for this RUN: {', '.join(own)}")
+    names = peers.expand(config.variants, task)
+    if config.device != "cpu" and any(peers.is_peer(n) for n in names):
+        raise UsageError(f"the peer variants are timed on CPU only and --device is {config.device}; "
+                         "drop them from --variants or pass --device cpu")
+    unknown = [v for v in names if v not in known and not peers.is_peer(v)]
     if unknown:
-        raise UsageError(f"--variants names unknown variant(s) {', '.join(unknown)}; "
-                         f"this RUN and BUNDLE have: {', '.join(known)}")
-    return list(config.variants)
+        raise UsageError(f"--variants names unknown variant(s) {', '.join(unknown)}; this RUN and BUNDLE have: "
+                         f"{', '.join(known)}, and the peers {', '.join(peers.GROUPS)}")
+    return names
 
 
 def max_positions(run_dir: Path) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any
 from ..manifest import library_versions
 
 _INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-                      "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "sve")
+                      "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "sve")
 """The CPU flags that decide which matmul kernels torch and ONNX Runtime can use."""
 
 

@@ -43,13 +43,15 @@ def variants_table(data: dict[str, Any]) -> str:
         acc = v.get("accuracy") or {}
         if not get_task(data["task"]).generates:
             quality = [_num(acc.get("accuracy"), ".4f"), _num(acc.get("macro_f1"), ".4f"),
-                       _num(acc.get("accuracy_delta_points"), "+.2f")]
+                       _num(acc.get("accuracy_delta_points"), "+.2f"),
+                       _num(acc.get("agreement_with_pytorch"), ".3f")]
         else:
             quality = [_num(acc.get("perplexity"), ".3f"), _num(acc.get("token_agreement"), ".3f"),
                        _mb(v.get("weight_bytes_per_token"))]
         rows.append([name, v["status"], v["precision"], _mb(v.get("size_bytes")), _mb(v.get("peak_rss_bytes")),
                      _num(v.get("cold_start_s"), ".2f"), *quality])
-    quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)"] if not get_task(data["task"]).generates
+    quality_head = (["accuracy", "macro-F1", "Δ accuracy (points)", "top-1 agreement with pytorch"]
+                    if not get_task(data["task"]).generates
                     else ["perplexity", "greedy-token agreement", "weights read per token MB"])
     return _table(["variant", "status", "precision", "size MB", "peak RSS MB", "cold start s", *quality_head], rows)
 
@@ -79,6 +81,40 @@ def generate_table(data: dict[str, Any]) -> str:
                      str(len(r["runs"]))])
     return _table(["variant", "prompt", "new tokens", "TTFT p50 ms", "decode tok/s", "per-token p50 ms",
                    "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of memory roofline", "runs"], rows)
+
+
+def fastest_table(data: dict[str, Any]) -> str:
+    """Per shape: the fastest variant, then each deployft file's time as a multiple of the fastest's."""
+    generates = get_task(data["task"]).generates
+    own = [n for n, v in data["variants"].items() if v["source"] == "onnx" and v["status"] == "ok"]
+    rows = []
+    for shape in data.get("fastest") or []:
+        ratios = shape["slower_than_fastest"]
+        cell = f"prompt {shape['prompt_len']}, {shape['new_tokens']} new" if generates else \
+            f"b{shape['batch']}×{shape['seq']}"
+        rows.append([cell, f"`{shape['fastest']}` ({shape['fastest_source']})",
+                     *[_num(ratios.get(name), ".2f", "x") for name in own]])
+    return _table(["shape", "fastest", *[f"`{n}`" for n in own]], rows)
+
+
+FASTEST_NOTE = "Each deployft file's time (classifiers: p50; generators: per decoded token) as a multiple of the " \
+    "fastest variant's; 1.00x means it is the fastest."
+
+
+def peers_lines(data: dict[str, Any]) -> list[str]:
+    """How each peer was built and run (engine settings, build time, cache)."""
+    lines = []
+    for name, v in data["variants"].items():
+        if v["source"] != "peer":
+            continue
+        build, details = v.get("build") or {}, v.get("details") or {}
+        made = "reused from the peer cache" if build.get("cached") else \
+            f"built in {build['build_s']:.1f} s" if build.get("build_s") is not None else "not built"
+        settings = ", ".join(f"{k} {val}" for k, val in details.items())
+        lines.append(f"- `{name}` ({v.get('engine')}, {v['precision']}): {made}"
+                     + (f"; {settings}" if settings else "") + (f"; **{v['status']}**: {v['error']}"
+                                                                  if v["status"] != "ok" else ""))
+    return lines
 
 
 def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
@@ -112,6 +148,10 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
     parts += [f"- **warning:** {w}" for w in data["warnings"]]
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
               classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]
+    if data.get("fastest"):
+        parts += ["## Fastest per shape", "", FASTEST_NOTE, "", fastest_table(data), ""]
+    if peer_lines := peers_lines(data):
+        parts += ["## Peers", ""] + peer_lines + [""]
     failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}
     if failed:
         parts += ["## Failed variants", ""] + [f"- `{n}`: {e}" for n, e in failed.items()] + [""]

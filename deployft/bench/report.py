@@ -65,6 +65,7 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
     else:
         results = _generate_results(raw["timings"], variants, raw["flops"], peak)
     _accuracy_deltas(variants, run["task"])
+    fastest = fastest_per_shape(results, variants, get_task(run["task"]).generates)
     return {
         "format_version": 1, "kind": "bench", "created": raw["created"], "task": run["task"],
         "run": str(Path(config.run).resolve()), "bundle": str(Path(config.bundle).resolve()),
@@ -73,14 +74,44 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
         "load_average": {"before": raw["load_before"], "after": raw["load_after"]},
         "rounds": raw.get("rounds"), "warnings": raw["warnings"], "peak": peak, "wall_s": raw["wall_s"],
         "baseline": BASELINE,
-        "variants": variants, "results": results,
+        "variants": variants, "results": results, "fastest": fastest,
     }
 
 
+def fastest_per_shape(results: list[dict[str, Any]], variants: dict[str, dict], generates: bool
+                      ) -> list[dict[str, Any]]:
+    """Per grid shape, the fastest variant (lowest p50; generators: most decode tokens/s) and how many times
+    slower than it each variant is; each row also gets `vs_fastest`."""
+    shape_keys = ("prompt_len", "new_tokens") if generates else ("batch", "seq")
+    shapes: dict[tuple, list[dict]] = {}
+    for row in results:
+        shapes.setdefault(tuple(row[k] for k in shape_keys), []).append(row)
+    table = []
+    for shape, rows in shapes.items():
+        if generates:
+            rows = [r for r in rows if r["decode_tokens_per_s"]]
+            cost = {r["variant"]: 1.0 / r["decode_tokens_per_s"] for r in rows}
+        else:
+            cost = {r["variant"]: r["p50"] for r in rows}
+        if not cost:
+            continue
+        best = min(cost, key=cost.get)
+        for row in rows:
+            row["vs_fastest"] = cost[row["variant"]] / cost[best]
+        table.append({**dict(zip(shape_keys, shape)), "fastest": best,
+                      "fastest_source": variants[best]["source"],
+                      "slower_than_fastest": {n: c / cost[best] for n, c in cost.items()}})
+    return table
+
+
 def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, Any]:
+    from .peers import PEERS
+
     entry = dict(info)
-    entry["source"] = "torch" if name in TORCH_VARIANTS else "onnx"
-    if name in TORCH_VARIANTS:
+    entry["source"] = "torch" if name in TORCH_VARIANTS else "peer" if name in PEERS else "onnx"
+    if name in PEERS:
+        entry["precision"], entry["engine"] = PEERS[name].precision, PEERS[name].engine
+    elif name in TORCH_VARIANTS:
         entry["precision"] = "int8" if name == "pytorch-int8" else "fp32"
     else:
         entry["precision"] = (bundle.get("variants") or {}).get(name, {}).get("precision", "fp32")

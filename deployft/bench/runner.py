@@ -70,8 +70,9 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
         from .peak import measure_peaks
 
         raw["peak"] = measure_peaks(config.threads, config.device)
+    built = _build_peers(config, variants, scratch)
     started = time.perf_counter()
-    raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch)
+    raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch, built)
     raw["wall_s"] = time.perf_counter() - started
     raw["load_after"] = load_average()
     raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
@@ -88,20 +89,37 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
     return raw
 
 
-def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scratch: Path):
+def _build_peers(config: BenchConfig, variants: list[str], scratch: Path) -> dict[str, dict[str, Any]]:
+    """Build the requested peer models before any timing (see `peers.py`); `{}` when none is requested."""
+    from .peers import build_peers, is_peer
+
+    names = [n for n in variants if is_peer(n)]
+    if not names:
+        return {}
+    cache = config.peer_cache or scratch / "peers"
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_peers(names, Path(config.run).resolve(), cache, config.threads)
+
+
+def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scratch: Path,
+                 built: dict[str, dict[str, Any]]):
     """Start one worker per variant, time them interleaved, then collect accuracy and memory."""
     task = manifests["run"]["task"]
     status: dict[str, dict[str, Any]] = {}
     workers: dict[str, WorkerHandle] = {}
     try:
         for name in variants:
+            peer = built.get(name)
+            if peer and "error" in peer:
+                status[name] = {"status": "failed", "error": peer["error"], "build": peer}
+                continue
             spec = {"variant": name, "run": str(Path(config.run).resolve()), "task": task,
-                    "bundle": str(Path(config.bundle).resolve()), "manifests": manifests,
+                    "bundle": str(Path(config.bundle).resolve()), "manifests": manifests, "peer": peer,
                     "device": config.device, "provider": config.provider, "threads": config.threads,
                     "inputs": str(scratch / "inputs.npz")}
             safe = name.replace("/", "_")
             workers[name] = WorkerHandle(spec, scratch / f"{safe}.json", scratch / f"{safe}.log")
-            status[name] = _start(workers[name])
+            status[name] = {**_start(workers[name]), **({"build": peer} if peer else {})}
             logger.info("%s: %s", name, f"loaded, first result after {status[name]['cold_start_s']:.2f} s"
                         if status[name]["status"] == "ok" else f"failed: {status[name]['error']}")
         live = [n for n in variants if status[n]["status"] == "ok"]
@@ -112,7 +130,7 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
     finally:
         for handle in workers.values():
             handle.close()
-    return status, timings, rounds
+    return {name: status[name] for name in variants}, timings, rounds
 
 
 def _start(handle: WorkerHandle) -> dict[str, Any]:

@@ -47,13 +47,13 @@ class Worker:
         start = time.perf_counter()
         spec = self.spec
         self.backend = make_backend(spec["variant"], Path(spec["run"]), Path(spec["bundle"]), spec["manifests"],
-                                    spec["device"], spec["threads"], spec.get("provider", "default"))
+                                    spec["device"], spec["threads"], spec.get("provider", "default"), spec.get("peer"))
         self.backend.load()
         loaded = time.perf_counter()
         self._first_result()
         done = time.perf_counter()
         reply = {"load_s": loaded - start, "first_result_s": done - loaded, "cold_start_s": done - start,
-                 "size_bytes": self.backend.size_bytes()}
+                 "size_bytes": self.backend.size_bytes(), "details": self.backend.details()}
         if get_task(spec["task"]).generates:
             reply["weight_bytes_per_token"] = self.backend.weight_bytes_per_token()
         return reply

@@ -17,8 +17,9 @@ from .options import shown
               help="BUNDLE folder written by deployft export from that RUN.")
 @click.option("--report", required=True, type=click.Path(path_type=Path),
               help="Output folder for report.json, report.md, report.html and the PNG plots.")
-@click.option("--variants", default=None, show_default="all",
-              help="Comma-separated subset: pytorch, pytorch-int8, pytorch-compile and .onnx files of the bundle.")
+@click.option("--variants", default=None, show_default="all but the peers",
+              help="Comma-separated subset: pytorch, pytorch-int8, pytorch-compile, .onnx files of the bundle, and "
+                   "peers: openvino (classifiers), ort-genai, llama.cpp (generators) or one of their variants.")
 @click.option("--batch-sizes", default=None, show_default=shown(BenchConfig, "batch_sizes"),
               help="Classification batch sizes, comma-separated.")
 @click.option("--seq-lens", default=None, show_default=shown(BenchConfig, "seq_lens"),
@@ -48,11 +49,13 @@ from .options import shown
 @click.option("--no-peak", is_flag=True, default=False, help="Skip the peak matmul rate and FLOP counting.")
 @click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
+@click.option("--peer-cache", type=click.Path(path_type=Path), default=None, show_default="the run's scratch folder",
+              help="Folder where peer models (openvino, ort-genai) are built once and reused.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
           min_time, warmup, settle, hot_calls, eval_samples, device, provider, no_peak, no_plots, overwrite,
-          config_file) -> None:
+          peer_cache, config_file) -> None:
     """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
 
     \b
@@ -69,8 +72,7 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
         batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
         threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, hot_calls=hot_calls,
         eval_samples=eval_samples, device=device, provider=provider, peak=False if no_peak else None,
-        plots=False if no_plots else None,
-        overwrite=True if overwrite else None,
+        plots=False if no_plots else None, overwrite=True if overwrite else None, peer_cache=peer_cache,
     )
     progress, handler = logging.getLogger("deployft.bench"), logging.StreamHandler()
     handler.setFormatter(logging.Formatter("bench: %(message)s"))

@@ -14,7 +14,7 @@ def test_help_lists_the_flags():
     result = CliRunner().invoke(main, ["bench", "--help"])
     assert result.exit_code == 0
     for flag in ("--run", "--bundle", "--report", "--variants", "--batch-sizes", "--seq-lens", "--prompt-lens",
-                 "--new-tokens", "--threads", "--repeats", "--eval-samples", "--device"):
+                 "--new-tokens", "--threads", "--repeats", "--eval-samples", "--device", "--peer-cache"):
         assert flag in result.output
 
 
@@ -61,6 +61,8 @@ def test_bad_flags_exit_1_with_one_line(bench_pair, tmp_path):
     assert "pass the BUNDLE exported from this RUN" in _error([*base, "--bundle", str(gen_bundle)])
     assert "does not exist" in _error([*base, "--bundle", str(tmp_path / "missing")])
     assert "--threads must be" in _error([*base, "--bundle", str(bundle), "--threads", "0"])
+    assert "peer(s) ort-genai that do not run classify models; peers for this RUN: openvino" in _error(
+        [*base, "--bundle", str(bundle), "--variants", "pytorch,ort-genai"])
     assert not (tmp_path / "r").exists()
 
 
