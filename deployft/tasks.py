@@ -75,9 +75,8 @@ class Task:
     int8_method: str
     """How `--quantize int8` quantizes: `dynamic` (per-tensor activations) or `blockwise` (MatMulNBits)."""
     int8_remedies: tuple[Remedy, ...]
-    """The int8 attempts in order, each trading size or speed for accuracy. generate: the first is the plain recipe;
-    classify: climbed only when none of the int8 candidates (`deployft.exporter.select.RECIPES`, which include
-    plain and per-channel) meets the budget."""
+    """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy
+    (a classifier rebuilds every one of its int8 candidates with the remedy, `deployft.exporter.select`)."""
     encoder: str
     """`module:function` turning normalised rows into training features."""
     collator: str
@@ -116,8 +115,9 @@ TASKS: dict[str, Task] = {
         default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
         validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
         default_budget=3.0, validation_rows=2000, int8_method="dynamic",
-        int8_remedies=(Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
-                              keep_sensitive=True),),
+        int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
+                       Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
+                              keep_sensitive=True)),
         encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
         trainer_metrics="deployft.metrics:classification_metrics",
     ),

@@ -185,8 +185,7 @@ def candidates_table(q: dict[str, Any] | None) -> str:
         lines.append(f"| {c['name']}{' *' if c['kept'] else ''} | {c['quantized_from'] or '-'} | "
                      f"{_fmt(guard.get('flips'))} | {_fmt(c['drop'])} | {verdict} | {size} | " + " | ".join(ms)
                      + f" | {_fmt(c['score_ms'])} | {vs} |")
-    timed = (f"timed {selection['rounds']} interleaved rounds in {selection['seconds']} s, {selection['threads']}"
-             if selection.get("timed") else "untimed: no candidate met the budget")
+    timed = f"timed {selection['rounds']} interleaved rounds in {selection['seconds']} s, {selection['threads']}"
     skipped = [f"{c['name']}: {c['skipped']}" for c in q["candidates"] if c["skipped"]]
     return "\n".join([f"kept by --select {selection['rule']} ({selection['score']}); {timed}; * = kept", *lines,
                       *[f"skipped {line}" for line in skipped]])

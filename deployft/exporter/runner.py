@@ -4,7 +4,8 @@
            attention fused into GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
         ─► --quantize int8: model_quantized.onnx (classifiers: the fastest, or with --select smallest the smallest,
            of the int8 candidates within the accuracy budget, timed on this machine (`select.py`); generators:
-           blockwise int8 MatMulNBits of model_optimized.onnx) | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
+           blockwise int8 MatMulNBits of model_optimized.onnx)
+           | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
         ─► every file validated against the PyTorch original through the runtime's own session and decoder
         ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically (and, with
            --sign-key, its manifest signed inside the same atomic step: deployft.json.sig)

@@ -1,16 +1,17 @@
 """Measured selection of a classifier's int8 file: build every int8 recipe ONNX Runtime offers, judge each with the
 accuracy guard, time the ones within budget on this machine, keep the fastest (or the smallest).
 
-    model.onnx ───────────────► plain               dynamic int8 (DynamicQuantizeMatMul once loaded)
-               ───────────────► plain-per-channel   the same, weights scaled per output channel
-               ───────────────► static-qdq          static QDQ int8, calibrated on the RUN's training rows
-    model_optimized.onnx ─────► fused-qattention    dynamic int8 of the fused graph, attention as QAttention
-    fused without SkipLayerNormalization ─► fused-no-skip-layernorm   the same on that graph
+    model.onnx ─► plain                    dynamic int8 (DynamicQuantizeMatMul once loaded)
+               ─► plain-per-channel        the same, weights scaled per output channel
+               ─► static-qdq               static QDQ int8, calibrated on the RUN's training rows
+    model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, attention as QAttention
+    fused, no SkipLayerNormalization ─► fused-no-skip-layernorm   the same, that fusion left out
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
-When no candidate is within budget, the task's remaining remedies (`Task.int8_remedies`) are climbed on the plain
-export; when those miss too, the export is refused with every attempt named.
+When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel, then the head,
+embeddings, first and last layer in fp32) are applied to every recipe at once, rung by rung, and the files of the
+first rung with one within budget are timed; when every rung misses, the export is refused with every attempt named.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StageError
+from ..tasks import Remedy
 from .config import VARIANT_FILES
-from .guard import climb
+from .guard import attempt_record, refuse_int8
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import Timer, TimingPlan, Timings, typical_shapes
 
@@ -69,9 +71,11 @@ RECIPES = (
 
 @dataclass
 class Candidate:
-    """One recipe's file and what was found about it."""
+    """One recipe's file at one rung of the remedy ladder, and what was found about it."""
 
     recipe: Recipe
+    remedy: str
+    """The remedy applied (`none` on the first rung)."""
     settings: dict[str, Any]
     variant: VariantResult | None = None
     """The validated file; None when the recipe could not be built (`skipped` says why)."""
@@ -85,6 +89,11 @@ class Candidate:
     """The file's bytes."""
 
     @property
+    def name(self) -> str:
+        """The recipe's name, with the remedy after a semicolon past the first rung."""
+        return self.recipe.name if self.remedy == "none" else f"{self.recipe.name}; {self.remedy}"
+
+    @property
     def passed(self) -> bool:
         return self.variant is not None and bool(self.variant.validation["guard"]["passed"])
 
@@ -95,7 +104,8 @@ class Candidate:
     def to_manifest(self, plain_score: float | None) -> dict[str, Any]:
         validation = self.variant.validation if self.variant else {}
         vs_plain = plain_score / self.score if plain_score and self.score else None
-        return {"name": self.recipe.name, "description": self.recipe.description,
+        return {"name": self.name, "recipe": self.recipe.name, "remedy": self.remedy,
+                "description": self.recipe.description,
                 "quantized_from": self.settings.get("quantized_from"), "per_channel": self.settings.get("per_channel"),
                 "static": self.recipe.static, "bytes": self.bytes, "drop": validation.get("drop"),
                 "guard": dict(validation.get("guard") or {}), "passed": self.passed, "skipped": self.skipped,
@@ -109,36 +119,43 @@ Validate = Callable[[Path, bool], VariantResult]
 def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer: Timer | None = None) -> str:
     """Build, judge and time every candidate; keep one as `model_quantized.onnx` and record them all.
 
+    The task's remedies are climbed with all candidates at once: the first rung is every recipe as it is, each
+    next rung rebuilds the recipes with the remedy applied, until one file is within budget.
+
     Raises:
-        AccuracyBudgetError: no candidate and no remedy met the budget.
+        AccuracyBudgetError: no candidate met the budget at any rung.
     """
     from .timing import time_files
 
     scratch = job.staging / SCRATCH
     scratch.mkdir()
-    candidates = [_build(job, recipe, scratch, validate) for recipe in RECIPES]
-    passed = [c for c in candidates if c.passed]
-    timings = None
-    if passed:
-        timings = (timer or time_files)({c.recipe.name: c.variant.path for c in passed}, _plan(job))
-        for c in passed:
-            c.ms, c.score = timings.medians[c.recipe.name], timings.score(c.recipe.name)
-        kept, remedy, tried = _pick(passed, job.config.select or "fastest"), "none", []
+    candidates: list[Candidate] = []
+    seen: set[tuple] = set()
+    for rung, remedy in enumerate(job.task.int8_remedies):
+        built = [_build(job, recipe, remedy, rung, scratch, validate, seen) for recipe in RECIPES]
+        candidates += [c for c in built if c is not None]
+        passed = [c for c in built if c is not None and c.passed]
+        if passed:
+            break
     else:
-        kept, remedy, tried = _climb_remedies(job, result, candidates, scratch, validate)
+        refuse_int8([attempt_record(c.name, c.variant) for c in candidates if c.variant], result.budget)
+    timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
+    for c in passed:
+        c.ms, c.score = timings.medians[c.name], timings.score(c.name)
+    kept = _pick(passed, job.config.select or "fastest")
     kept.kept = True
     target = job.staging / VARIANT_FILES["int8"]
     os.replace(kept.variant.path, target)
     variant = result.add(VariantResult(target, "int8", kept.recipe.base != "plain", kept.variant.validation,
                                        kept.variant.ops))
     shutil.rmtree(scratch)
-    plain_score = candidates[0].score
+    plain = next((c.score for c in passed if c.recipe is RECIPES[0]), None)
     result.quantization = {
-        **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": remedy,
-        "attempts": [_attempt(c.recipe.name, c.variant) for c in candidates if c.variant] + tried,
-        "choice": kept.recipe.description, "candidates": [c.to_manifest(plain_score) for c in candidates],
-        "selection": _selection(job, candidates, kept, timings)}
-    logger.info("int8 candidate kept: %s (%s)", kept.recipe.name, variant.name)
+        **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": kept.remedy,
+        "attempts": [attempt_record(c.name, c.variant) for c in candidates if c.variant],
+        "choice": kept.recipe.description, "candidates": [c.to_manifest(plain) for c in candidates],
+        "selection": _selection(job, passed, kept, timings, plain)}
+    logger.info("int8 candidate kept: %s (%s)", kept.name, variant.name)
     return variant.name
 
 
@@ -155,27 +172,38 @@ def _pick(passed: list[Candidate], rule: str) -> Candidate:
     return min(passed, key=lambda c: c.score)
 
 
-def _build(job: ExportJob, recipe: Recipe, scratch: Path, validate: Validate) -> Candidate:
-    """Quantize and validate one recipe; a recipe that cannot be built is recorded with the reason."""
-    from .quantize import cpu_preset, quantize_dynamic_int8, quantize_static_int8
+def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: Path, validate: Validate,
+           seen: set[tuple]) -> Candidate | None:
+    """Quantize and validate one recipe at one rung of the remedy ladder; None when that file was already built
+    (or the rung does not apply to the recipe); a recipe that cannot be built is recorded with the reason."""
+    from .quantize import cpu_preset, quantize_dynamic_int8, quantize_static_int8, sensitive_nodes
 
+    per_channel = recipe.per_channel or job.config.per_channel if remedy.per_channel is None else remedy.per_channel
+    key = (recipe.base, recipe.static, per_channel, remedy.keep_sensitive)
+    if key in seen or (recipe.static and remedy.keep_sensitive):
+        return None
+    seen.add(key)
     preset = job.config.quantize_preset or cpu_preset()
-    per_channel = recipe.per_channel or job.config.per_channel
-    target = scratch / f"{recipe.name}.onnx"
+    target = scratch / (f"{recipe.name}.onnx" if rung == 0 else f"{recipe.name}.remedy{rung}.onnx")
+    candidate = Candidate(recipe, remedy.name, {})
     try:
         base = _base(job, recipe.base, scratch)
         if recipe.static:
             if job.calibration is None:
-                return Candidate(recipe, {}, skipped=job.calibration_gap or "no calibration rows")
-            settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
+                candidate.skipped = job.calibration_gap or "not built: no calibration rows"
+                return candidate
+            candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
         else:
-            settings = quantize_dynamic_int8(base, target, preset, per_channel)
+            nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
+            candidate.settings = quantize_dynamic_int8(base, target, preset, per_channel, nodes)
     except StageError as exc:
-        logger.warning("int8 candidate %s not built: %s", recipe.name, exc)
-        return Candidate(recipe, {}, skipped=str(exc))
+        logger.warning("int8 candidate %s not built: %s", candidate.name, exc)
+        candidate.skipped = f"not built: {exc}"
+        return candidate
     if recipe.base == "fused-no-sln":
-        settings["quantized_from"] = "model.onnx fused at level 2 without SkipLayerNormalization"
-    return Candidate(recipe, settings, validate(target, recipe.base != "plain"), size=target.stat().st_size)
+        candidate.settings["quantized_from"] = "model.onnx fused at level 2 without SkipLayerNormalization"
+    candidate.variant, candidate.size = validate(target, recipe.base != "plain"), target.stat().st_size
+    return candidate
 
 
 def _base(job: ExportJob, base: str, scratch: Path) -> Path:
@@ -200,56 +228,25 @@ def calibration_batches(job: ExportJob) -> list[dict]:
     return feeds(job.calibration, {i.name: i for i in session.get_inputs()})
 
 
-def _climb_remedies(job: ExportJob, result: ExportResult, candidates: list[Candidate], scratch: Path,
-                    validate: Validate) -> tuple[Candidate, str, list[dict[str, Any]]]:
-    """No candidate met the budget: climb the task's remedies on the plain export."""
-    from .quantize import cpu_preset, quantize_dynamic_int8, sensitive_nodes
-
-    preset = job.config.quantize_preset or cpu_preset()
-    built: dict[str, Candidate] = {}
-
-    def attempt(remedy):
-        per_channel = job.config.per_channel if remedy.per_channel is None else remedy.per_channel
-        nodes = sensitive_nodes(job.plain, job.source.num_layers) if remedy.keep_sensitive else []
-        target = scratch / "remedy.onnx"
-        settings = quantize_dynamic_int8(job.plain, target, preset, per_channel, nodes)
-        built[remedy.name] = Candidate(RECIPES[0], settings, validate(target, False), size=target.stat().st_size)
-        return settings, built[remedy.name].variant
-
-    earlier = [_attempt(c.recipe.name, c.variant) for c in candidates if c.variant]
-    remedy, _, tried = climb(job.task.int8_remedies, result.budget, attempt, earlier)
-    return built[remedy.name], remedy.name, tried
-
-
-def _attempt(name: str, variant: VariantResult) -> dict[str, Any]:
-    return {"remedy": name, "drop": variant.drop, "guard": dict(variant.validation.get("guard") or {})}
-
-
-def _selection(job: ExportJob, candidates: list[Candidate], kept: Candidate,
-               timings: Timings | None) -> dict[str, Any]:
+def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings,
+               plain: float | None) -> dict[str, Any]:
     """How the kept file was chosen: the rule, the shapes and threads, and what it is worth against the others."""
-    record = {"rule": job.config.select or "fastest", "kept": kept.recipe.name, "timed": timings is not None,
-              "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
-              "threads": "onnxruntime default (one per physical core), the same for every file",
-              "seconds_budget": job.config.select_seconds, "note": _note(candidates, kept)}
-    if timings is not None:
-        record.update(shapes=list(next(iter(timings.medians.values()))), rounds=timings.rounds,
-                      seconds=round(timings.seconds, 2))
-    return record
+    return {"rule": job.config.select or "fastest", "kept": kept.name,
+            "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
+            "threads": "onnxruntime default (one per physical core), the same for every file",
+            "seconds_budget": job.config.select_seconds, "shapes": list(timings.medians[kept.name]),
+            "rounds": timings.rounds, "seconds": round(timings.seconds, 2), "note": _note(passed, kept, plain)}
 
 
-def _note(candidates: list[Candidate], kept: Candidate) -> str:
+def _note(passed: list[Candidate], kept: Candidate, plain: float | None) -> str:
     """What the kept file is worth against the other kind of graph (plain vs fused), in measured time."""
-    if kept.score is None:
-        return "no candidate met the budget: the plain export was quantized with the remedy named, untimed"
-    fused = [c for c in candidates if c.score is not None and c.recipe.base != "plain"]
+    fused = [c for c in passed if c.recipe.base != "plain"]
     if kept.recipe.base == "plain":
         if not fused:
             return "a file quantized from the plain export was kept: no fused candidate was within budget"
         best = min(fused, key=lambda c: c.score)
-        return (f"a file quantized from the plain export was kept: the fastest fused candidate ({best.recipe.name}) "
-                f"measured {best.score / kept.score:.2f}x its time")
-    plain = candidates[0].score
+        return (f"a file quantized from the plain export was kept: the fastest fused candidate within budget "
+                f"({best.name}) measured {best.score / kept.score:.2f}x its time")
     if plain is None:
-        return "a fused file was kept; the plain dynamic int8 was not within budget"
+        return "a fused file was kept; dynamic int8 of the plain export was not within budget"
     return f"a fused file was kept: {plain / kept.score:.2f}x faster than dynamic int8 of the plain export"
