@@ -138,7 +138,11 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         if passed:
             break
     else:
-        refuse_int8([attempt_record(c.name, c.variant) for c in candidates if c.variant], result.budget)
+        tried = [attempt_record(c.name, c.variant) for c in candidates if c.variant]
+        if not tried:
+            raise StageError("no int8 candidate could be built (" + "; ".join(
+                f"{c.name}: {c.skipped}" for c in candidates) + "); export with --quantize none")
+        refuse_int8(tried, result.budget)
     timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
     for c in passed:
         c.ms, c.score = timings.medians[c.name], timings.score(c.name)

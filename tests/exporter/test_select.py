@@ -132,3 +132,18 @@ def test_typical_shapes_are_median_max_and_a_batch():
 def test_score_is_the_geometric_mean_of_the_shapes():
     timings = Timings({"a": {"b1x8": 1.0, "b16x8": 16.0}}, rounds=3, seconds=1.0)
     assert timings.score("a") == pytest.approx(4.0) and not math.isclose(timings.score("a"), 8.5)
+
+
+def test_no_buildable_candidate_is_one_stage_error(tiny_run, tmp_path, monkeypatch):
+    import deployft.exporter.quantize as quantize
+    from deployft.errors import StageError
+
+    def broken(src, *args, **kwargs):
+        raise StageError(f"quantization of {src.name} failed: broken on purpose")
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", broken)
+    monkeypatch.setattr(quantize, "quantize_static_int8", broken)
+    with pytest.raises(StageError, match=r"no int8 candidate could be built \(plain: not built: quantization of "
+                                         r"model.onnx failed: broken on purpose; .*--quantize none") as info:
+        _export(tiny_run("bert"), tmp_path)
+    assert "\n" not in str(info.value) and not (tmp_path / "bundle").exists()
