@@ -113,7 +113,7 @@ def markdown(record: dict) -> str:
                          f"{g['min_agreement']:.4f} | {'pass' if g['passed'] else 'FAIL'} | {f['accuracy']:.4f} | "
                          f"{f['accuracy_pytorch']:.4f} |")
         lines.append("")
-    lines += ["Int8 attempts (remedy ladder):", ""]
+    lines += ["Int8 attempts (the int8 candidates, then the remedy ladder when none passed):", ""]
     for attempt in result.get("attempts") or []:
         g = attempt["guard"]
         lines.append(f"- {attempt['remedy']}: {g['flips']} of {g['rows']} flipped, upper bound {attempt['drop']:.2f} % "

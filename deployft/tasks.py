@@ -75,7 +75,8 @@ class Task:
     int8_method: str
     """How `--quantize int8` quantizes: `dynamic` (per-tensor activations) or `blockwise` (MatMulNBits)."""
     int8_remedies: tuple[Remedy, ...]
-    """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy."""
+    """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy
+    (a classifier rebuilds every one of its int8 candidates with the remedy, `deployft.exporter.select`)."""
     encoder: str
     """`module:function` turning normalised rows into training features."""
     collator: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.config import DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, ExportConfig
+from ..exporter.config import DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES, ExportConfig
 from ..tasks import TASKS
 from .options import shown
 
@@ -22,8 +22,13 @@ from .options import shown
               help="Force the dynamic int8 preset.")
 @click.option("--per-channel/--no-per-channel", default=None, show_default=shown(ExportConfig, "per_channel"),
               help="Quantize weights per channel from the start.")
+@click.option("--select", default=None, metavar="|".join(SELECT_RULES), show_default="fastest",
+              help="Classifier int8: keep the fastest candidate within the accuracy budget, timed on this machine "
+                   "at the bundle's typical shapes, or the smallest file.")
+@click.option("--select-seconds", type=float, default=None, show_default=shown(ExportConfig, "select_seconds"),
+              help="Classifier int8: time budget for timing the candidates.")
 @click.option("--calibration-samples", type=int, default=None, show_default=shown(ExportConfig, "calibration_samples"),
-              help="Training examples for int8-static.")
+              help="Training examples for int8-static (and a classifier's static int8 candidate).")
 @click.option("--validate-samples", type=int, default=None,
               show_default=", ".join(f"{t.name} {t.validation_rows}" for t in TASKS.values()),
               help="Most eval rows to validate every file on against PyTorch (all of them up to this many).")

@@ -89,6 +89,8 @@ Op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}.
 
 {quant}
 
+{candidates_table(manifest['quantization'])}
+
 ## Validation against the PyTorch original
 
 {guard}
@@ -117,6 +119,10 @@ def deployable_lines(manifest: dict[str, Any]) -> list[str]:
 
 def _why(manifest: dict[str, Any]) -> str:
     q, name = manifest["quantization"], manifest["model_file"]
+    if q and q.get("selection"):
+        chosen = q["selection"]
+        return (f"{q['choice']}; the {chosen['rule']} of {len(q['candidates'])} int8 candidates within the accuracy "
+                f"guard (remedy: {q.get('remedy')}); {chosen['note']}")
     if q:
         how = q.get("choice") or f"{q['mode']} of {q.get('quantized_from')}"
         return f"{how}; it passed the accuracy guard (remedy: {q.get('remedy')})"
@@ -162,8 +168,34 @@ def quantization_line(q: dict[str, Any]) -> str:
     """One line on how a bundle was quantized: `int8 (blockwise int8 ..., block 32), remedy: none, 0 nodes in fp32`."""
     how = (f"{q['method']}, block {q.get('block_size')}" if q.get("method")
            else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
-    return (f"{q['mode']} ({how}), remedy: {q.get('remedy')}, "
+    recipe = f" candidate {q['recipe']}" if q.get("recipe") else ""
+    return (f"{q['mode']}{recipe} ({how}), remedy: {q.get('remedy')}, "
             f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")
+
+
+def candidates_table(q: dict[str, Any] | None) -> str:
+    """A classifier's int8 candidates as a Markdown table: guard, size, median ms per shape, and the kept one (*);
+    empty when the bundle was not quantized by measured selection."""
+    if not q or not q.get("candidates"):
+        return ""
+    selection = q["selection"]
+    shapes = selection.get("shapes") or []
+    head = "| candidate | from | flips | bound | guard | MB | " + " | ".join(f"{s} ms" for s in shapes) + \
+        " | geo-mean ms | vs plain |"
+    lines = [head, "|" + " --- |" * (len(shapes) + 8)]
+    for c in q["candidates"]:
+        guard = c["guard"]
+        verdict = "skipped" if c["skipped"] else ("pass" if c["passed"] else "FAIL")
+        ms = [_fmt(None if c["ms"] is None else c["ms"].get(s)) for s in shapes]
+        size = "-" if c["bytes"] is None else f"{c['bytes'] / 1e6:.2f}"
+        vs = "-" if c["vs_plain"] is None else f"{c['vs_plain']:.2f}x"
+        lines.append(f"| {c['name']}{' *' if c['kept'] else ''} | {c['quantized_from'] or '-'} | "
+                     f"{_fmt(guard.get('flips'))} | {_fmt(c['drop'])} | {verdict} | {size} | " + " | ".join(ms)
+                     + f" | {_fmt(c['score_ms'])} | {vs} |")
+    timed = f"timed {selection['rounds']} interleaved rounds in {selection['seconds']} s, {selection['threads']}"
+    skipped = [f"{c['name']}: {c['skipped']}" for c in q["candidates"] if c["skipped"]]
+    return "\n".join([f"kept by --select {selection['rule']} ({selection['score']}); {timed}; * = kept", *lines,
+                      *[f"skipped {line}" for line in skipped]])
 
 
 def op_changes(fusion: dict[str, Any]) -> str:
@@ -189,6 +221,8 @@ def info_text(bundle: str | Path) -> str:
     lines.append(f"  op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}")
     lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
     lines.append(f"quantization: {quantization_line(q) if q else 'none'}")
+    table = candidates_table(q)
+    lines += [f"  {line}" for line in table.splitlines()]
     lines.append("files:")
     lines += [f"  {name:<32} {entry['bytes'] / 1e6:9.2f} MB" for name, entry in manifest["files"].items()]
     lines += ["accuracy guard:", *[f"  {line}" for line in guard_lines(manifest)]]

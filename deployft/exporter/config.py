@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
 
-__all__ = ["DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "VARIANT_FILES"]
+__all__ = ["DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES", "VARIANT_FILES"]
 
 QUANTIZE_MODES = ("none", "int8", "int8-static", "fp16")
 DEVICES = ("cpu", "cuda")
@@ -18,6 +18,8 @@ PRESETS = ("avx512_vnni", "avx2", "arm64")
 """ONNX Runtime's int8 presets (`deployft.exporter.quantize.cpu_preset` picks one from the CPU)."""
 VARIANT_FILES = {"int8": "model_quantized.onnx", "int8-static": "model_int8_static.onnx", "fp16": "model_fp16.onnx"}
 """The file each --quantize mode writes beside model.onnx and model_optimized.onnx."""
+SELECT_RULES = ("fastest", "smallest")
+"""How a classifier's int8 file is chosen among the candidates within the accuracy budget (`select.py`)."""
 
 
 @dataclass
@@ -37,6 +39,11 @@ class ExportConfig:
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False
     """Quantize weights per output channel from the first attempt (otherwise it is the first remedy)."""
+    select: str | None = None
+    """Classifier int8: keep the `fastest` candidate within the accuracy budget, timed on this machine, or the
+    `smallest` file; None: fastest."""
+    select_seconds: float = 30.0
+    """Classifier int8: the time budget for timing the candidates (warm-up not counted; at least 3 rounds)."""
     calibration_samples: int = 100
     """Training examples that calibrate int8-static activation ranges."""
     validate_samples: int | None = None
@@ -85,6 +92,14 @@ class ExportConfig:
                 raise UsageError(f"{flag} must be a positive integer, got {value!r}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.select is not None:
+            _one_of("--select", self.select, SELECT_RULES)
+            if self.quantize != "int8":
+                raise UsageError(f"--select chooses among a classifier's int8 files; it needs --quantize int8, got "
+                                 f"--quantize {self.quantize}: drop --select or pass --quantize int8")
+        if isinstance(self.select_seconds, bool) or not isinstance(self.select_seconds, (int, float)) \
+                or not 0 < self.select_seconds <= 3600:
+            raise UsageError(f"--select-seconds must be a number of seconds in (0, 3600], got {self.select_seconds!r}")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
 

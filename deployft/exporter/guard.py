@@ -14,8 +14,9 @@ Decision rule (`--max-accuracy-drop B`, in `Task.budget_unit`), one-sided 95 % c
 
 A classifier budget that the validation rows cannot decide (too few rows for even a file with no flipped
 prediction to pass) is refused before any file is written. When int8 misses the budget, the task's remedies
-(`Task.int8_remedies`) are tried in order; the first that passes is kept and every attempt is recorded. When none
-does: AccuracyBudgetError, and no bundle.
+(`Task.int8_remedies`) are tried in order; the first that passes is kept and every attempt is recorded (a
+classifier climbs them with all its int8 candidates at once, `select.py`). When none does: AccuracyBudgetError,
+and no bundle.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def first_within_budget(result: ExportResult, names: list[str], source_name: str
         f"every candidate exceeded --max-accuracy-drop {result.budget.max_drop:g} ({result.budget.measure}) "
         f"against PyTorch on {source_name} ({tried}); no bundle written; raise --max-accuracy-drop or export "
         "with a higher precision (--quantize none)",
-        budget=result.budget.to_manifest(), attempts=[_attempt(n, result.variants[n]) for n in names])
+        budget=result.budget.to_manifest(), attempts=[attempt_record(n, result.variants[n]) for n in names])
 
 
 def climb(remedies: tuple[Remedy, ...], budget: Budget,
@@ -153,17 +154,19 @@ def climb(remedies: tuple[Remedy, ...], budget: Budget,
         if outcome is None:
             continue
         settings, variant = outcome
-        tried.append(_attempt(remedy.name, variant))
+        tried.append(attempt_record(remedy.name, variant))
         if variant.drop <= budget.max_drop:
             return remedy, settings, tried
-    _refuse_int8(tried, budget)
+    refuse_int8(tried, budget)
 
 
-def _attempt(name: str, variant: VariantResult) -> dict[str, Any]:
+def attempt_record(name: str, variant: VariantResult) -> dict[str, Any]:
+    """One int8 attempt as `quantization.attempts` and the refusal record it: `{"remedy", "drop", "guard"}`."""
     return {"remedy": name, "drop": variant.drop, "guard": dict(variant.validation.get("guard") or {})}
 
 
-def _refuse_int8(tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
+def refuse_int8(tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
+    """AccuracyBudgetError naming every int8 attempt, the last one's bound first."""
     attempts_text = ", ".join(f"{t['remedy']}: {t['drop']:.2f}" for t in tried)
     raise AccuracyBudgetError(
         f"int8 reached {tried[-1]['drop']:.2f} ({budget.measure}) against PyTorch, over --max-accuracy-drop "

@@ -3,7 +3,8 @@
 Dynamic int8 takes its settings from Optimum's preset for the CPU's instruction set (`avx512_vnni`, `avx2`,
 `arm64`), read from /proc/cpuinfo, and is applied through `onnxruntime.quantization.quantize_dynamic` with
 `DefaultTensorType=FLOAT`, so the same call also quantizes an ORTOptimizer-fused graph (ORTQuantizer fails on its
-contrib ops, whose outputs have no inferred type). `export` quantizes the plain export by default: measured faster.
+contrib ops, whose outputs have no inferred type). Which graph a classifier's int8 file is quantized from, plain
+or fused, `export` decides by timing the candidates (`select.py`).
 """
 
 from __future__ import annotations

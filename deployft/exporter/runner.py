@@ -2,8 +2,10 @@
 
     RUN ─► model.onnx (Optimum) ─► model_optimized.onnx (ORTOptimizer level 2; Llama / Mistral / Qwen2 decoders:
            attention fused into GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
-        ─► --quantize int8: model_quantized.onnx (classifiers: dynamic int8 of model.onnx; generators: blockwise
-           int8 MatMulNBits of model_optimized.onnx) | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
+        ─► --quantize int8: model_quantized.onnx (classifiers: the fastest, or with --select smallest the smallest,
+           of the int8 candidates within the accuracy budget, timed on this machine (`select.py`); generators:
+           blockwise int8 MatMulNBits of model_optimized.onnx)
+           | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
         ─► every file validated against the PyTorch original through the runtime's own session and decoder
         ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically (and, with
            --sign-key, its manifest signed inside the same atomic step: deployft.json.sig)
@@ -15,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError, StageError, UsageError
+from ..errors import DataError, DeviceError, UsageError
 from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
@@ -24,13 +26,9 @@ from .state import ExportJob, ExportResult, VariantResult
 
 logger = logging.getLogger(__name__)
 
-INT8_NOTES = {
-    "dynamic": ("dynamic int8 of the plain export (model.onnx), not of the fused graph: its attention is not fused; "
-                "ONNX Runtime fuses the quantized MatMuls when it loads the file (DynamicQuantizeMatMul)"),
-    "blockwise": ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of "
-                  "model_optimized.onnx, attention fused where the fusion note says so"),
-}
-"""What the `quantization.choice` field says about each int8 method."""
+BLOCKWISE_NOTE = ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of "
+                  "model_optimized.onnx, attention fused where the fusion note says so")
+"""What the `quantization.choice` field says about a generator's int8."""
 
 
 def export(config: ExportConfig) -> Path:
@@ -48,23 +46,24 @@ def export(config: ExportConfig) -> Path:
         UsageError: an unusable --sign-key (checked before any work).
     """
     from .bundle import write_bundle
-    from .samples import calibration_samples, validation_samples
+    from .samples import validation_samples
     from .source import check_exportable, load_tokenizer, load_torch_model, read_source
     from .validate import reference
 
     source = read_source(config.run, config.task)
     task = source.spec
     check_exportable(source)
-    if config.quantize == "int8" and task.int8_method != "dynamic" and (config.per_channel or config.quantize_preset):
-        raise UsageError(f"--per-channel and --quantize-preset set up dynamic int8; a {task.name} model's int8 "
-                         f"is {task.int8_method} (MatMulNBits, one scale per 32 weights) and takes neither: drop the flag")
+    if config.quantize == "int8" and task.int8_method != "dynamic" and (config.per_channel or config.quantize_preset
+                                                                         or config.select):
+        raise UsageError(f"--per-channel, --quantize-preset and --select set up a classifier's int8; a {task.name} "
+                         f"model's int8 is {task.int8_method} (MatMulNBits, one scale per 32 weights) and takes none "
+                         "of them: drop the flag")
     check_output_free(config.output, config.overwrite)
     signer = _signer(config)
     if config.device == "cuda":
         _check_cuda()
     tokenizer = load_tokenizer(source)
-    calibration = calibration_samples(source, tokenizer, config.calibration_samples) \
-        if config.quantize == "int8-static" else None
+    calibration, gap = _calibration(config, source, tokenizer)
     limit = config.validate_samples or task.validation_rows
     held_out = validation_samples(source, tokenizer, limit)
     budget, rows = budget_for(config, task), len(held_out.sequences)
@@ -73,7 +72,7 @@ def export(config: ExportConfig) -> Path:
     ref = reference(source, model, tokenizer, held_out)
     attention = _decoder_attention(config, source, model)
     with atomic_folder(config.output, config.overwrite) as staging:
-        job = ExportJob(config, source, task, staging, ref, calibration)
+        job = ExportJob(config, source, task, staging, ref, calibration, gap)
         result = _build(job, attention)
         result.validation_inputs = held_out.origin
         result.guard = guard_record(task, budget, rows, held_out.source)
@@ -83,6 +82,23 @@ def export(config: ExportConfig) -> Path:
 
             sign_bundle(staging, signer)
     return config.output.resolve()
+
+
+def _calibration(config: ExportConfig, source, tokenizer):
+    """`(rows, None)` for int8-static and a classifier's int8 candidates; for the candidates, `(None, why)` when
+    the RUN has no data to calibrate on (int8-static refuses that instead)."""
+    from .samples import calibration_samples
+
+    if config.quantize == "int8-static":
+        return calibration_samples(source, tokenizer, config.calibration_samples), None
+    if config.quantize != "int8" or source.spec.int8_method != "dynamic":
+        return None, None
+    if not source.is_run:
+        return None, "not built: a plain model folder has no training rows to calibrate on"
+    try:
+        return calibration_samples(source, tokenizer, config.calibration_samples), None
+    except DataError as exc:
+        return None, f"not built: the RUN's training rows are unreadable ({exc})"
 
 
 def _signer(config: ExportConfig):
@@ -135,7 +151,12 @@ def _build(job: ExportJob, attention) -> ExportResult:
 
 
 def _validated(job: ExportJob, result: ExportResult, path: Path, precision: str, optimized: bool) -> VariantResult:
-    """Validate `path` against PyTorch, judge it, and record it with its drop (the judged bound) and op counts."""
+    """Validate `path` against PyTorch, judge it, and record it in the result."""
+    return result.add(_report(job, result, path, precision, optimized))
+
+
+def _report(job: ExportJob, result: ExportResult, path: Path, precision: str, optimized: bool) -> VariantResult:
+    """Validate `path` against PyTorch and judge it: the file with its drop (the judged bound) and op counts."""
     from .optimize import op_counts
     from .validate import compare
 
@@ -143,7 +164,7 @@ def _validated(job: ExportJob, result: ExportResult, path: Path, precision: str,
     report["drop"], report["guard"] = judge(job.task, report, result.budget)
     report["drop_measure"] = result.budget.measure
     logger.info("%s: %s", path.name, report)
-    return result.add(VariantResult(path, precision, optimized, report, op_counts(path)))
+    return VariantResult(path, precision, optimized, report, op_counts(path))
 
 
 def _fp32(job: ExportJob, result: ExportResult) -> str:
@@ -151,46 +172,24 @@ def _fp32(job: ExportJob, result: ExportResult) -> str:
 
 
 def _int8(job: ExportJob, result: ExportResult) -> str:
-    """int8 by the task's method, climbing its remedy ladder until the budget is met."""
-    quantize = {"dynamic": _dynamic_int8, "blockwise": _blockwise_int8}[job.task.int8_method]
+    """Classifiers: measured selection among the int8 candidates (`select.py`). Generators: blockwise int8,
+    climbing the remedy ladder until the budget is met."""
+    if job.task.int8_method == "dynamic":
+        from .select import select_int8
+
+        return select_int8(job, result, lambda path, fused: _report(job, result, path, "int8", fused))
     seen: set[tuple] = set()
 
     def attempt(remedy: Remedy):
-        settings = _effective(job, remedy)
+        settings = (remedy.block_size, remedy.keep_head)
         if settings in seen:
             return None
         seen.add(settings)
-        return quantize(job, result, remedy)
+        return _blockwise_int8(job, result, remedy)
 
     remedy, settings, tried = climb(job.task.int8_remedies, result.budget, attempt)
-    result.quantization = {**settings, "remedy": remedy.name, "attempts": tried,
-                           "choice": INT8_NOTES[job.task.int8_method]}
+    result.quantization = {**settings, "remedy": remedy.name, "attempts": tried, "choice": BLOCKWISE_NOTE}
     return VARIANT_FILES["int8"]
-
-
-def _effective(job: ExportJob, remedy: Remedy) -> tuple:
-    per_channel = job.config.per_channel if remedy.per_channel is None else remedy.per_channel
-    return per_channel, remedy.keep_sensitive, remedy.block_size, remedy.keep_head
-
-
-def _dynamic_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
-    """Dynamic int8 of the plain export (of the fused graph when the plain one cannot be quantized)."""
-    from .quantize import cpu_preset, quantize_dynamic_int8, sensitive_nodes
-
-    preset = job.config.quantize_preset or cpu_preset()
-    per_channel = _effective(job, remedy)[0]
-    target = job.staging / VARIANT_FILES["int8"]
-    for base in (job.plain, job.optimized):
-        nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
-        try:
-            settings = quantize_dynamic_int8(base, target, preset, per_channel, nodes)
-        except StageError:
-            if base == job.optimized:
-                raise
-            logger.warning("quantizing the plain export failed; quantizing the fused graph instead")
-            continue
-        return settings, _validated(job, result, target, "int8", base == job.optimized)
-    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
@@ -204,15 +203,12 @@ def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
 
 
 def _int8_static(job: ExportJob, result: ExportResult) -> str:
-    from ..runtime.session import SessionOptions, create_session
     from .quantize import cpu_preset, quantize_static_int8
-    from .samples import feeds
+    from .select import calibration_batches
 
     target = job.staging / VARIANT_FILES["int8-static"]
-    session, _ = create_session(job.plain, SessionOptions())
-    inputs = {i.name: i for i in session.get_inputs()}
     settings = quantize_static_int8(job.plain, target, job.config.quantize_preset or cpu_preset(),
-                                    job.config.per_channel, feeds(job.calibration, inputs))
+                                    job.config.per_channel, calibration_batches(job))
     variant = _validated(job, result, target, "int8-static", False)
     result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
     return first_within_budget(result, [target.name], job.source.path.name)

@@ -68,7 +68,10 @@ class ExportJob:
     reference: Any
     """The PyTorch original's outputs on the validation rows (`deployft.exporter.validate.Reference`)."""
     calibration: Any = None
-    """int8-static: the encoded calibration rows (`deployft.exporter.samples.Samples`)."""
+    """int8-static, and a classifier's int8 candidates: the encoded calibration rows
+    (`deployft.exporter.samples.Samples`)."""
+    calibration_gap: str | None = None
+    """Why a classifier's int8 has no calibration rows (its static-qdq candidate is then skipped with this reason)."""
     plain: Path | None = None
     """model.onnx, once exported."""
     optimized: Path | None = None

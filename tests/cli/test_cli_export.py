@@ -16,7 +16,7 @@ def test_help(command):
     if command == "export":
         for flag in ("--quantize", "--quantize-preset", "--per-channel", "--calibration-samples",
                      "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task",
-                     "--no-fuse-attention"):
+                     "--no-fuse-attention", "--select", "--select-seconds"):
             assert flag in result.output
 
 
@@ -24,16 +24,26 @@ def test_export_then_info(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "--output", str(bundle), "--quantize", "int8",
                                        "--validate-samples", "24", "--quantize-preset", "avx2",
-                                       "--max-accuracy-drop", "30"])
+                                       "--max-accuracy-drop", "30", "--select-seconds", "0.5"])
     assert result.exit_code == 0, result.output
     assert "deployable: model_quantized.onnx" in result.output and "| model_quantized.onnx * | int8 |" in result.output
-    assert "quantization: int8 (preset avx2, per-channel False), remedy: none" in result.output
+    assert "quantization: int8 candidate " in result.output and "(preset avx2, per-channel" in result.output
+    assert "kept by --select fastest" in result.output and "| static-qdq" in result.output
     rule = "rule: pass when the one-sided 95% lower bound of top-1 agreement with PyTorch"
     assert rule in result.output and ">= 0.7000" in result.output and "rows: 24 (eval rows)" in result.output
     assert "model_quantized.onnx (deployable): " in result.output and "/24 predictions agree" in result.output
     info = CliRunner().invoke(main, ["info", str(bundle)])
     assert info.exit_code == 0 and "fused graph model_optimized.onnx: " in info.output
     assert "labels: negative, positive" in info.output and rule in info.output
+    assert "| candidate | from | flips | bound | guard | MB | b1x" in info.output and " * |" in info.output
+
+
+def test_select_flag_is_one_error_line(tiny_run, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "--output", str(tmp_path / "b"),
+                                       "--quantize", "int8", "--select", "biggest"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --select is 'biggest'; expected one of fastest, smallest"
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(("flag", "expected"), [

@@ -117,11 +117,13 @@ def test_model_card_and_info_describe_the_deployable_file_itself(bundles):
     manifest = read_manifest(bundles["bert"], "bundle")
     assert "model_quantized.onnx" in card and "Attention ×2" in card and validation_table(manifest) in card
     assert "ORTModelForSequenceClassification" in card and "Attention 0->2" in card
-    ops = manifest["variants"]["model_quantized.onnx"]["ops"]
-    assert "Attention" not in ops and ops["MatMulInteger"] > 0  # dynamic int8 of the plain export: unfused
-    deployable = f"model_quantized.onnx: int8, attention not fused, {sum(ops.values())} nodes ("
-    assert deployable in card and f"MatMulInteger {ops['MatMulInteger']}" in card
-    assert "why this file: dynamic int8 of the plain export (model.onnx)" in card
+    ops, q = manifest["variants"]["model_quantized.onnx"]["ops"], manifest["quantization"]
+    fused = q["quantized_from"] != "model.onnx" and q["recipe"].startswith("fused")  # the kept candidate, measured
+    assert ("QAttention" in ops) is fused and "Attention" not in ops  # int8 files hold QAttention, never fp32 Attention
+    assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("QuantizeLinear", 0) > 0
+    attention = f"attention fused (QAttention ×{ops['QAttention']})" if fused else "attention not fused"
+    deployable = f"model_quantized.onnx: int8, {attention}, {sum(ops.values())} nodes ("
+    assert deployable in card and f"why this file: {q['choice']}; the fastest of " in card
     assert "Not the deployable file (model_quantized.onnx is; see above)" in card
     text = info_text(bundles["bert"])
     for expected in ("task: classify", "labels: negative, positive", "deployable: model_quantized.onnx",

@@ -61,20 +61,24 @@ def test_int8_keeps_top1_on_a_trained_classifier(tiny_run, tmp_path):
     assert report["accuracy_pytorch"] >= 0.9  # the RUN learnt its task, so agreement means something
     assert report["drop"] <= TINY_BUDGET and manifest["accuracy_budget"] == {
         "max_drop": TINY_BUDGET, "measure": "% of predictions flipped vs PyTorch, 95 % upper bound"}
-    assert manifest["quantization"]["quantized_from"] == "model.onnx" and "not of the fused graph" in manifest["quantization"]["choice"]
-    assert manifest["variants"]["model_quantized.onnx"]["optimized"] is False
+    q = manifest["quantization"]
+    kept = next(c for c in q["candidates"] if c["kept"])
+    assert q["recipe"] == kept["name"] and q["quantized_from"] == kept["quantized_from"]
+    assert manifest["variants"]["model_quantized.onnx"]["optimized"] is (kept["quantized_from"] != "model.onnx")
 
 
 def _inject(monkeypatch, overrides):
     """The successive int8 attempts report `overrides[i]` (flipped predictions for a classifier, the perplexity
-    ratio's upper bound for a generator) before the guard judges them; fp32 files keep their real report."""
+    ratio's upper bound for a generator) before the guard judges them; fp32 files keep their real report.
+    A classifier's attempts are its int8 candidates (in `select.RECIPES` order), then its remedies."""
     import deployft.exporter.validate as module
 
     real, queue = module.compare, list(overrides)
 
     def fake(ref, path, device="cpu"):
         report = real(ref, path, device)
-        if path.name == "model_quantized.onnx" and queue:
+        quantized = path.name == "model_quantized.onnx" or path.parent.name == "candidates.tmp"
+        if quantized and queue:
             key = "perplexity_ratio_upper_95" if ref.task.generates else "flips"
             report[key] = queue.pop(0)
         return report
@@ -82,34 +86,48 @@ def _inject(monkeypatch, overrides):
     monkeypatch.setattr(module, "compare", fake)
 
 
-def test_guard_refuses_when_no_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [10, 8, 4])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 %
+RUNGS = 5, 3, 3
+"""Int8 files a classifier's rungs build: five candidates; per-channel rebuilds the two fused ones and the static
+one (the plain ones are already per-channel); the last remedy the plain and two fused ones (static takes no
+excluded nodes)."""
+
+
+def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 8, 8, 4, 4, 4])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 %
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
     assert "int8 reached 34.18" in message and "--max-accuracy-drop 25" in message
-    assert "none: 60.32" in message and "per-channel: 52.14" in message and "no bundle written" in message
+    assert "plain: 60.32" in message and "fused-qattention: 52.14" in message
+    assert "static-qdq; per-channel: 52.14" in message and "fused-no-skip-layernorm; per-channel + head" in message
+    assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == 11
     assert "\n" not in message
     assert _no_bundle(tmp_path)
 
 
 def test_guard_records_the_remedy_that_met_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [5])
+    _inject(monkeypatch, [5] * RUNGS[0])
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
     assert q["remedy"] == "per-channel" and q["per_channel"] is True
-    assert [a["remedy"] for a in q["attempts"]] == ["none", "per-channel"] and q["attempts"][0]["guard"]["flips"] == 5
-    assert q["attempts"][0]["guard"]["passed"] is False and q["attempts"][1]["guard"]["passed"] is True
+    names = [a["remedy"] for a in q["attempts"]]
+    assert names[RUNGS[0]:] == ["fused-qattention; per-channel", "fused-no-skip-layernorm; per-channel",
+                                "static-qdq; per-channel"]
+    assert all(a["guard"]["flips"] == 5 and not a["guard"]["passed"] for a in q["attempts"][:RUNGS[0]])
+    kept = next(c for c in q["candidates"] if c["kept"])
+    assert kept["remedy"] == "per-channel" and kept["passed"] and q["selection"]["kept"] == kept["name"]
+    assert all(c["ms"] is None for c in q["candidates"][:RUNGS[0]])
 
 
 def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [5, 4])
+    _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
     assert q["remedy"].startswith("per-channel + head") and q["nodes_excluded"]
-    assert "/classifier/Gemm_MatMul" in q["nodes_excluded"]
+    assert any("classifier" in name for name in q["nodes_excluded"])
+    assert len(q["candidates"]) == sum(RUNGS) and sum(c["kept"] for c in q["candidates"]) == 1
 
 
 def test_generator_int8_is_blockwise_on_the_attention_fused_graph(tiny_run, tmp_path):
@@ -154,9 +172,9 @@ def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
     assert manifest["quantization"]["block_size"] == 32
 
 
-@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}])
+@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}, {"select": "fastest"}])
 def test_classifier_int8_flags_are_refused_for_a_generator(tiny_run, tmp_path, flags):
-    with pytest.raises(UsageError, match="generate model's int8 is blockwise .* takes neither"):
+    with pytest.raises(UsageError, match="generate model's int8 is blockwise .* takes none of them"):
         _export(tiny_run("llama"), tmp_path, quantize="int8", **flags)
     assert _no_bundle(tmp_path)
 
@@ -186,6 +204,8 @@ def test_plain_model_folder_with_task(tiny_model, tmp_path):
     assert manifest["guard"]["rows_source"] == "random" and manifest["guard"]["rows"] == 40
     assert manifest["validation"]["model_optimized.onnx"]["accuracy"] is None
     assert manifest["source_run"]["is_run"] is False
+    static = next(c for c in manifest["quantization"]["candidates"] if c["name"] == "static-qdq")
+    assert static["skipped"] == "not built: a plain model folder has no training rows to calibrate on"
 
 
 def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(tiny_run, tmp_path):
@@ -213,6 +233,9 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
     ({"max_accuracy_drop": -1.0}, UsageError, "--max-accuracy-drop must be >= 0"),
     ({"validate_samples": 0}, UsageError, "--validate-samples must be a positive integer"),
     ({"quantize_preset": "sse4"}, UsageError, "--quantize-preset is 'sse4'"),
+    ({"quantize": "int8", "select": "biggest"}, UsageError, "--select is 'biggest'; expected one of fastest, smallest"),
+    ({"select": "smallest"}, UsageError, "--select .* needs --quantize int8, got --quantize none"),
+    ({"quantize": "int8", "select_seconds": 0}, UsageError, r"--select-seconds must be a number of seconds in \(0, "),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, flags, error, match):
     with pytest.raises(error, match=match):

@@ -25,7 +25,12 @@ def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
     assert int8["top1_agreement"] >= 0.95 and int8["drop"] <= 20
     assert manifest["guard"]["rows"] == int8["guard"]["rows"] == 33 and manifest["guard"]["rows_source"] == "eval"
     assert int8["guard"]["agreement_lower_95"] <= int8["guard"]["agreement"] and int8["guard"]["passed"] is True
-    assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / 3
+    q = manifest["quantization"]
+    kept = next(c for c in q["candidates"] if c["kept"])
+    assert kept["score_ms"] == min(c["score_ms"] for c in q["candidates"] if c["passed"]) and kept["passed"]
+    assert set(kept["ms"]) == {"b1x64", "b16x64"} | {s for s in kept["ms"] if s.startswith("b1x")}
+    shrink = 1.4 if kept["static"] else 3  # static QDQ keeps the embeddings in fp32
+    assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / shrink
     assert manifest["labels"] == ["fresh", "rotten"] and manifest["validation_inputs"] == "eval data"
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(bundle / name)

@@ -1,0 +1,256 @@
+"""Measured selection of a classifier's int8 file: build every int8 recipe ONNX Runtime offers, judge each with the
+accuracy guard, time the ones within budget on this machine, keep the fastest (or the smallest).
+
+    model.onnx ─► plain                    dynamic int8 (DynamicQuantizeMatMul once loaded)
+               ─► plain-per-channel        the same, weights scaled per output channel
+               ─► static-qdq               static QDQ int8, calibrated on the RUN's training rows
+    model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, attention as QAttention
+    fused, no SkipLayerNormalization ─► fused-no-skip-layernorm   the same, that fusion left out
+
+Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
+and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
+When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel, then the head,
+embeddings, first and last layer in fp32) are applied to every recipe at once, rung by rung, and the files of the
+first rung with one within budget are timed; when every rung misses, the export is refused with every attempt named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StageError
+from ..tasks import Remedy
+from .config import VARIANT_FILES
+from .guard import attempt_record, refuse_int8
+from .state import ExportJob, ExportResult, VariantResult
+from .timing import Timer, TimingPlan, Timings, typical_shapes
+
+logger = logging.getLogger(__name__)
+
+SCRATCH = "candidates.tmp"
+"""The staged bundle's scratch folder for candidate files (deleted before the manifest is written)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to make the int8 file."""
+
+    name: str
+    """How the manifest, `export` and `info` name the candidate."""
+    base: str
+    """The graph it quantizes: `plain` (model.onnx), `fused` (model_optimized.onnx) or `fused-no-sln` (the fused
+    graph rebuilt without the SkipLayerNormalization fusion)."""
+    description: str
+    """What the file is, in words (the manifest's `quantization.choice` when it is kept)."""
+    per_channel: bool = False
+    """Weights scaled per output channel (always, whatever --per-channel says)."""
+    static: bool = False
+    """Static QDQ int8 with calibrated activation ranges, instead of dynamic int8."""
+
+
+RECIPES = (
+    Recipe("plain", "plain", "dynamic int8 of the plain export (model.onnx): attention not fused; ONNX Runtime fuses "
+                             "the quantized MatMuls when it loads the file (DynamicQuantizeMatMul)"),
+    Recipe("plain-per-channel", "plain", "dynamic int8 of the plain export, weights scaled per output channel",
+           per_channel=True),
+    Recipe("fused-qattention", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), its fused "
+                                        "attention quantized too (QAttention)"),
+    Recipe("fused-no-skip-layernorm", "fused-no-sln", "dynamic int8 (QAttention) of the fused graph rebuilt without "
+                                                      "the SkipLayerNormalization fusion"),
+    Recipe("static-qdq", "plain", "static int8 (QDQ) of the plain export, activation ranges calibrated (min/max) on "
+                                  "the RUN's training rows", static=True),
+)
+"""The candidates, in the order they are built and listed."""
+
+
+@dataclass
+class Candidate:
+    """One recipe's file at one rung of the remedy ladder, and what was found about it."""
+
+    recipe: Recipe
+    remedy: str
+    """The remedy applied (`none` on the first rung)."""
+    settings: dict[str, Any]
+    variant: VariantResult | None = None
+    """The validated file; None when the recipe could not be built (`skipped` says why)."""
+    skipped: str | None = None
+    ms: dict[str, float] | None = None
+    """Median ms per shape, for candidates within budget."""
+    score: float | None = None
+    """The geometric mean of `ms` (what --select fastest compares)."""
+    kept: bool = False
+    size: int | None = None
+    """The file's bytes."""
+
+    @property
+    def name(self) -> str:
+        """The recipe's name, with the remedy after a semicolon past the first rung."""
+        return self.recipe.name if self.remedy == "none" else f"{self.recipe.name}; {self.remedy}"
+
+    @property
+    def passed(self) -> bool:
+        return self.variant is not None and bool(self.variant.validation["guard"]["passed"])
+
+    @property
+    def bytes(self) -> int | None:
+        return self.size
+
+    def to_manifest(self, plain_score: float | None) -> dict[str, Any]:
+        validation = self.variant.validation if self.variant else {}
+        vs_plain = plain_score / self.score if plain_score and self.score else None
+        return {"name": self.name, "recipe": self.recipe.name, "remedy": self.remedy,
+                "description": self.recipe.description,
+                "quantized_from": self.settings.get("quantized_from"), "per_channel": self.settings.get("per_channel"),
+                "static": self.recipe.static, "bytes": self.bytes, "drop": validation.get("drop"),
+                "guard": dict(validation.get("guard") or {}), "passed": self.passed, "skipped": self.skipped,
+                "ms": self.ms, "score_ms": self.score, "vs_plain": vs_plain, "kept": self.kept}
+
+
+Validate = Callable[[Path, bool], VariantResult]
+"""Validate a file against PyTorch and judge it (`runner._report`): `(path, optimized) -> VariantResult`."""
+
+
+def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer: Timer | None = None) -> str:
+    """Build, judge and time every candidate; keep one as `model_quantized.onnx` and record them all.
+
+    The task's remedies are climbed with all candidates at once: the first rung is every recipe as it is, each
+    next rung rebuilds the recipes with the remedy applied, until one file is within budget.
+
+    Raises:
+        AccuracyBudgetError: no candidate met the budget at any rung.
+    """
+    from .timing import time_files
+
+    scratch = job.staging / SCRATCH
+    scratch.mkdir()
+    candidates: list[Candidate] = []
+    seen: set[tuple] = set()
+    for rung, remedy in enumerate(job.task.int8_remedies):
+        built = [_build(job, recipe, remedy, rung, scratch, validate, seen) for recipe in RECIPES]
+        candidates += [c for c in built if c is not None]
+        passed = [c for c in built if c is not None and c.passed]
+        if passed:
+            break
+    else:
+        tried = [attempt_record(c.name, c.variant) for c in candidates if c.variant]
+        if not tried:
+            raise StageError("no int8 candidate could be built (" + "; ".join(
+                f"{c.name}: {c.skipped}" for c in candidates) + "); export with --quantize none")
+        refuse_int8(tried, result.budget)
+    timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
+    for c in passed:
+        c.ms, c.score = timings.medians[c.name], timings.score(c.name)
+    kept = _pick(passed, job.config.select or "fastest")
+    kept.kept = True
+    target = job.staging / VARIANT_FILES["int8"]
+    os.replace(kept.variant.path, target)
+    variant = result.add(VariantResult(target, "int8", kept.recipe.base != "plain", kept.variant.validation,
+                                       kept.variant.ops))
+    shutil.rmtree(scratch)
+    plain = next((c.score for c in passed if c.recipe is RECIPES[0]), None)
+    result.quantization = {
+        **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": kept.remedy,
+        "attempts": [attempt_record(c.name, c.variant) for c in candidates if c.variant],
+        "choice": kept.recipe.description, "candidates": [c.to_manifest(plain) for c in candidates],
+        "selection": _selection(job, passed, kept, timings, plain)}
+    logger.info("int8 candidate kept: %s (%s)", kept.name, variant.name)
+    return variant.name
+
+
+def _plan(job: ExportJob) -> TimingPlan:
+    sequences = job.reference.samples.sequences
+    tokens = sorted({t for seq in sequences for t in seq}) or [0]
+    shapes = typical_shapes(job.source.max_length, [len(seq) for seq in sequences])
+    return TimingPlan(shapes, job.config.select_seconds, tokens=tokens)
+
+
+def _pick(passed: list[Candidate], rule: str) -> Candidate:
+    if rule == "smallest":
+        return min(passed, key=lambda c: (c.bytes, c.score))
+    return min(passed, key=lambda c: c.score)
+
+
+def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: Path, validate: Validate,
+           seen: set[tuple]) -> Candidate | None:
+    """Quantize and validate one recipe at one rung of the remedy ladder; None when that file was already built
+    (or the rung does not apply to the recipe); a recipe that cannot be built is recorded with the reason."""
+    from .quantize import cpu_preset, quantize_dynamic_int8, quantize_static_int8, sensitive_nodes
+
+    per_channel = recipe.per_channel or job.config.per_channel if remedy.per_channel is None else remedy.per_channel
+    key = (recipe.base, recipe.static, per_channel, remedy.keep_sensitive)
+    if key in seen or (recipe.static and remedy.keep_sensitive):
+        return None
+    seen.add(key)
+    preset = job.config.quantize_preset or cpu_preset()
+    target = scratch / (f"{recipe.name}.onnx" if rung == 0 else f"{recipe.name}.remedy{rung}.onnx")
+    candidate = Candidate(recipe, remedy.name, {})
+    try:
+        base = _base(job, recipe.base, scratch)
+        if recipe.static:
+            if job.calibration is None:
+                candidate.skipped = job.calibration_gap or "not built: no calibration rows"
+                return candidate
+            candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
+        else:
+            nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
+            candidate.settings = quantize_dynamic_int8(base, target, preset, per_channel, nodes)
+    except StageError as exc:
+        logger.warning("int8 candidate %s not built: %s", candidate.name, exc)
+        candidate.skipped = f"not built: {exc}"
+        return candidate
+    if recipe.base == "fused-no-sln":
+        candidate.settings["quantized_from"] = "model.onnx fused at level 2 without SkipLayerNormalization"
+    candidate.variant, candidate.size = validate(target, recipe.base != "plain"), target.stat().st_size
+    return candidate
+
+
+def _base(job: ExportJob, base: str, scratch: Path) -> Path:
+    from .optimize import optimize_without_skip_layer_norm
+
+    if base == "plain":
+        return job.plain
+    if base == "fused":
+        return job.optimized
+    graph = scratch / "fused_no_sln.onnx"
+    if not graph.exists():
+        optimize_without_skip_layer_norm(job.plain, graph)
+    return graph
+
+
+def calibration_batches(job: ExportJob) -> list[dict]:
+    """The calibration rows as model feeds of the plain export (its input names and types)."""
+    from ..runtime.session import SessionOptions, create_session
+    from .samples import feeds
+
+    session, _ = create_session(job.plain, SessionOptions())
+    return feeds(job.calibration, {i.name: i for i in session.get_inputs()})
+
+
+def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings,
+               plain: float | None) -> dict[str, Any]:
+    """How the kept file was chosen: the rule, the shapes and threads, and what it is worth against the others."""
+    return {"rule": job.config.select or "fastest", "kept": kept.name,
+            "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
+            "threads": "onnxruntime default (one per physical core), the same for every file",
+            "seconds_budget": job.config.select_seconds, "shapes": list(timings.medians[kept.name]),
+            "rounds": timings.rounds, "seconds": round(timings.seconds, 2), "note": _note(passed, kept, plain)}
+
+
+def _note(passed: list[Candidate], kept: Candidate, plain: float | None) -> str:
+    """What the kept file is worth against the other kind of graph (plain vs fused), in measured time."""
+    fused = [c for c in passed if c.recipe.base != "plain"]
+    if kept.recipe.base == "plain":
+        if not fused:
+            return "a file quantized from the plain export was kept: no fused candidate was within budget"
+        best = min(fused, key=lambda c: c.score)
+        return (f"a file quantized from the plain export was kept: the fastest fused candidate within budget "
+                f"({best.name}) measured {best.score / kept.score:.2f}x its time")
+    if plain is None:
+        return "a fused file was kept; dynamic int8 of the plain export was not within budget"
+    return f"a fused file was kept: {plain / kept.score:.2f}x faster than dynamic int8 of the plain export"

@@ -1,0 +1,149 @@
+"""A classifier's int8 chosen by measurement (`deployft.exporter.select`): candidates judged by the guard, timed
+through an injectable timer, the fastest or smallest kept, every candidate recorded; and the timing itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import deployft.exporter.timing as timing
+from deployft.exporter import ExportConfig, export
+from deployft.exporter.card import info_text
+from deployft.exporter.select import RECIPES
+from deployft.exporter.timing import Shape, Timings, typical_shapes
+from deployft.manifest import read_manifest
+
+NAMES = [r.name for r in RECIPES]
+TINY_BUDGET = 25.0
+"""Up to 2 flipped predictions of the tiny RUN's 24 eval rows pass; 5 do not."""
+
+
+def _export(run, tmp_path, **flags):
+    settings = {"validate_samples": 40, "calibration_samples": 16, "quantize": "int8", "max_accuracy_drop": TINY_BUDGET}
+    return read_manifest(export(ExportConfig(run=run, output=tmp_path / "bundle", **{**settings, **flags})), "bundle")
+
+
+def _fake_timer(monkeypatch, scores: dict[str, float], seen: list | None = None):
+    """Every file times `scores[name]` ms at every shape; `seen` collects the names it was asked to time."""
+
+    def fake(files, plan):
+        if seen is not None:
+            seen.extend(files)
+        return Timings({k: {s.label: scores[k] for s in plan.shapes} for k in files}, rounds=7, seconds=0.1)
+
+    monkeypatch.setattr(timing, "time_files", fake)
+
+
+def _flip(monkeypatch, flips: dict[str, int]):
+    """The candidate files named in `flips` report that many flipped predictions (the rest their real report)."""
+    import deployft.exporter.validate as module
+
+    real = module.compare
+
+    def fake(ref, path, device="cpu"):
+        report = real(ref, path, device)
+        if path.parent.name == "candidates.tmp" and path.stem in flips:
+            report["flips"] = flips[path.stem]
+        return report
+
+    monkeypatch.setattr(module, "compare", fake)
+
+
+def _kept(manifest):
+    return [c["name"] for c in manifest["quantization"]["candidates"] if c["kept"]]
+
+
+@pytest.mark.parametrize("fastest", ["plain-per-channel", "fused-qattention", "static-qdq"])
+def test_fastest_within_budget_is_kept(tiny_run, tmp_path, monkeypatch, fastest):
+    scores = {name: 10.0 + i for i, name in enumerate(NAMES)} | {fastest: 2.0}
+    _fake_timer(monkeypatch, scores)
+    manifest = _export(tiny_run("bert"), tmp_path)
+    q = manifest["quantization"]
+    assert _kept(manifest) == [fastest] and q["recipe"] == fastest and q["selection"]["rule"] == "fastest"
+    assert [c["name"] for c in q["candidates"]] == NAMES and all(c["passed"] for c in q["candidates"])
+    for c in q["candidates"]:
+        assert c["score_ms"] == pytest.approx(scores[c["name"]]) and set(c["ms"]) == set(q["selection"]["shapes"])
+        assert c["vs_plain"] == pytest.approx(scores["plain"] / scores[c["name"]]) and c["bytes"] > 0
+    fused = fastest.startswith("fused")
+    variant = manifest["variants"]["model_quantized.onnx"]
+    assert variant["optimized"] is fused and (variant["ops"].get("QAttention", 0) > 0) is fused
+    if fastest == "static-qdq":
+        assert variant["ops"].get("QuantizeLinear", 0) > 0 and q["calibration_samples"] == 16
+    note = q["selection"]["note"]
+    assert (f"{scores['plain'] / 2.0:.2f}x faster than dynamic int8 of the plain export" in note) if fused else (
+        f"the fastest fused candidate within budget (fused-qattention) measured {12.0 / 2.0:.2f}x its time" in note)
+
+
+def test_smallest_keeps_the_smallest_file_within_budget(tiny_run, tmp_path, monkeypatch):
+    _fake_timer(monkeypatch, {name: 1.0 for name in NAMES})
+    _flip(monkeypatch, {"fused-qattention": 5})  # over budget: never kept, however small
+    manifest = _export(tiny_run("bert"), tmp_path, select="smallest")
+    candidates = {c["name"]: c for c in manifest["quantization"]["candidates"]}
+    within = [c for c in candidates.values() if c["passed"]]
+    assert _kept(manifest) == [min(within, key=lambda c: c["bytes"])["name"]]
+    assert not candidates["fused-qattention"]["passed"] and candidates["fused-qattention"]["bytes"] > 0
+    assert manifest["quantization"]["selection"]["rule"] == "smallest"
+    kept = candidates[_kept(manifest)[0]]
+    assert kept["bytes"] == manifest["files"]["model_quantized.onnx"]["bytes"]
+
+
+def test_candidates_over_budget_are_recorded_never_timed_never_kept(tiny_run, tmp_path, monkeypatch):
+    seen: list[str] = []
+    _fake_timer(monkeypatch, {"plain": 1.0, "plain-per-channel": 9.0, "fused-qattention": 0.5,
+                              "fused-no-skip-layernorm": 0.1, "static-qdq": 5.0}, seen)
+    _flip(monkeypatch, {"fused-qattention": 5, "fused-no-skip-layernorm": 6})
+    manifest = _export(tiny_run("bert"), tmp_path)
+    q = manifest["quantization"]
+    assert sorted(seen) == ["plain", "plain-per-channel", "static-qdq"] and _kept(manifest) == ["plain"]
+    failed = [c for c in q["candidates"] if c["name"].startswith("fused")]
+    assert [c["guard"]["flips"] for c in failed] == [5, 6]
+    assert all(not c["passed"] and c["ms"] is None and c["drop"] > TINY_BUDGET for c in failed)
+    note = "a file quantized from the plain export was kept: no fused candidate was within budget"
+    assert q["selection"]["note"] == note
+    assert [a["remedy"] for a in q["attempts"]] == NAMES and q["remedy"] == "none"
+
+
+def test_real_timing_records_every_candidate_and_info_prints_the_table(tiny_run, tmp_path):
+    manifest = _export(tiny_run("bert"), tmp_path, select_seconds=0.2)
+    q, selection = manifest["quantization"], manifest["quantization"]["selection"]
+    shapes = selection["shapes"]
+    assert shapes[1:] == ["b1x32", "b16x32"] and shapes[0].startswith("b1x") and selection["rounds"] >= 3
+    timed = [c for c in q["candidates"] if c["passed"]]
+    assert len(timed) == len(NAMES)  # a trained tiny RUN: every recipe within 2 flips of 24
+    assert all(set(c["ms"]) == set(shapes) and all(v > 0 for v in c["ms"].values()) for c in timed)
+    assert _kept(manifest) == [min(timed, key=lambda c: c["score_ms"])["name"]]
+    assert sorted(p.name for p in (tmp_path / "bundle").glob("*.onnx")) == [
+        "model.onnx", "model_optimized.onnx", "model_quantized.onnx"]
+    text = info_text(tmp_path / "bundle")
+    assert "kept by --select fastest" in text and f"| {_kept(manifest)[0]} * |" in text
+    assert all(f"| {name}" in text for name in NAMES)
+    assert "## Quantization" in (tmp_path / "bundle" / "README.md").read_text() and \
+        f"| {_kept(manifest)[0]} * |" in (tmp_path / "bundle" / "README.md").read_text()
+
+
+def test_typical_shapes_are_median_max_and_a_batch():
+    assert typical_shapes(128, [10, 20, 30, 200]) == [Shape(1, 25), Shape(1, 128), Shape(16, 128)]
+    assert typical_shapes(512, [40]) == [Shape(1, 40), Shape(1, 512), Shape(16, 128)]
+    assert typical_shapes(32, [32, 32]) == [Shape(1, 32), Shape(16, 32)]
+    assert typical_shapes(64, []) == [Shape(1, 64), Shape(16, 64)]
+
+
+def test_score_is_the_geometric_mean_of_the_shapes():
+    timings = Timings({"a": {"b1x8": 1.0, "b16x8": 16.0}}, rounds=3, seconds=1.0)
+    assert timings.score("a") == pytest.approx(4.0) and not math.isclose(timings.score("a"), 8.5)
+
+
+def test_no_buildable_candidate_is_one_stage_error(tiny_run, tmp_path, monkeypatch):
+    import deployft.exporter.quantize as quantize
+    from deployft.errors import StageError
+
+    def broken(src, *args, **kwargs):
+        raise StageError(f"quantization of {src.name} failed: broken on purpose")
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", broken)
+    monkeypatch.setattr(quantize, "quantize_static_int8", broken)
+    with pytest.raises(StageError, match=r"no int8 candidate could be built \(plain: not built: quantization of "
+                                         r"model.onnx failed: broken on purpose; .*--quantize none") as info:
+        _export(tiny_run("bert"), tmp_path)
+    assert "\n" not in str(info.value) and not (tmp_path / "bundle").exists()
