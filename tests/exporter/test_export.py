@@ -204,7 +204,7 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
 
 
 @pytest.mark.parametrize(("flags", "error", "match"), [
-    ({"quantize": "int4"}, UsageError, "--quantize is 'int4'; expected one of none, int8, int8-static, fp16"),
+    ({"quantize": "int3"}, UsageError, "--quantize is 'int3'; expected one of none, int8, int4, int8-static, fp16"),
     ({"quantize": "fp16"}, UsageError, "--quantize fp16 is for CUDA only.*--device cuda"),
     ({"quantize": "int8", "device": "cuda"}, UsageError, "no CUDA kernels"),
     ({"quantize": "int8-static", "device": "cuda"}, UsageError, "no CUDA kernels"),
