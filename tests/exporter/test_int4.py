@@ -112,11 +112,13 @@ def _inject(monkeypatch, ratios):
     monkeypatch.setattr(module, "compare", fake)
 
 
-def test_int4_export_of_the_tiny_llama_within_budget(tiny_run, tmp_path):
+def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_run, tmp_path):
     from deployft import Predictor
+    from deployft.bench import BenchConfig, benchmark
     from deployft.manifest import read_manifest
 
-    bundle = _export(tiny_run("llama"), tmp_path, quantize="int4")
+    run = tiny_run("llama")
+    bundle = _export(run, tmp_path, quantize="int4")
     manifest = read_manifest(bundle, "bundle")
     q, variant = manifest["quantization"], manifest["variants"]["model_int4.onnx"]
     assert manifest["model_file"] == "model_int4.onnx" and variant["precision"] == "int4" and variant["optimized"]
@@ -135,6 +137,13 @@ def test_int4_export_of_the_tiny_llama_within_budget(tiny_run, tmp_path):
     ids = list(predictor.iter_token_ids([5, 9, 14, 3], max_new_tokens=6, ignore_eos=True))
     assert len(ids) == 6 and all(0 <= i < manifest_vocab(bundle) for i in ids)
     assert isinstance(predictor.generate("hello", max_new_tokens=4), str)
+    report = benchmark(BenchConfig(run=run, bundle=bundle, report=tmp_path / "report", variants=["model_int4.onnx"],
+                                   threads=1, repeats=2, warmup=1, eval_samples=4, peak=False, prompt_lens="4",
+                                   new_tokens=3))
+    assert report.variants["model_int4.onnx"]["status"] == "ok"
+    assert report.variants["model_int4.onnx"]["precision"] == "int4"
+    (row,) = report.results
+    assert row["variant"] == "model_int4.onnx" and all(r["tokens"] == 3 for r in row["runs"])
 
 
 def manifest_vocab(bundle) -> int:
