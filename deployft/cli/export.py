@@ -17,8 +17,8 @@ from .options import shown
               help="Task of a plain model folder (a RUN knows its own).")
 @click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES), show_default=shown(ExportConfig, "quantize"),
               help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
-                   "CPU: 4-bit MatMulNBits, LM head at 8 bits), int8-static (calibrated on the RUN's training data), "
-                   "fp16 (CUDA).")
+                   "CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits), int8-static (calibrated on the RUN's "
+                   "training data), fp16 (CUDA).")
 @click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)), show_default="32",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")
 @click.option("--quantize-preset", default=None, metavar="|".join(PRESETS), show_default="from this CPU",

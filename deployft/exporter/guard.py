@@ -14,7 +14,8 @@ Decision rule (`--max-accuracy-drop B`, in `Task.budget_unit`), one-sided 95 % c
 
 A classifier budget that the validation rows cannot decide (too few rows for even a file with no flipped
 prediction to pass) is refused before any file is written. When int8 misses the budget, the task's remedies
-(`Task.int8_remedies`, `Task.int4_remedies` for int4) are tried in order; the first that passes is kept and every attempt is recorded. When none
+(`Task.int8_remedies`, `Task.int4_remedies` for int4) are tried in order; the first that passes is kept and every
+attempt is recorded. When none
 does: AccuracyBudgetError, and no bundle.
 """
 

@@ -1,11 +1,11 @@
-"""Blockwise int4 of a decoder's fused graph: `MatMulNBits` with 4-bit weights, the LM head at 8 bits.
+"""Blockwise int4 of a decoder's fused graph: `MatMulNBits` with 4-bit weights, the LM head and embedding at 8 bits.
 
 Every constant-weight MatMul becomes `MatMulNBits` (symmetric, one scale per `block_size` weights along K, int8
 activations: accuracy level 4), in two passes of ONNX Runtime's `MatMulNBitsQuantizer`: first the nodes kept at
 8 bits (the LM head; a remedy adds the first and last layer), then every other weight at 4 bits. The token
-embedding stays fp32: the quantizer writes `GatherBlockQuantized` at 4 bits only, and a 4-bit embedding is not
-what `--quantize int4` promises (embeddings and LM head at 8 bits). A lookup reads one row per token, so the fp32
-embedding costs disk, not speed; the manifest says so in `quantization.embedding`.
+embedding lookup becomes an 8-bit `GatherBlockQuantized`, written here: the quantizer writes that op at 4 bits
+only, while the kernel of ONNX Runtime >= 1.32 reads 8-bit blocks. When no block size of 16..`block_size` divides the
+hidden size the embedding stays fp32; the manifest's `quantization.embedding` says which.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 from ..errors import StageError, reraise_as
 from .quantize import ACCURACY_LEVEL, _quiet, untie_transposed_weights
 
-EMBEDDING_NOTE = ("fp32: ONNX Runtime's MatMulNBitsQuantizer quantizes the embedding Gather (GatherBlockQuantized) "
-                  "to 4 bits only, and int4 keeps embeddings at 8 bits or more")
-"""What the manifest's `quantization.embedding` says about the token embedding of an int4 file."""
+EMBEDDING_FP32 = "fp32: no block size of 16 or more up to --block-size divides the hidden size"
+"""What the manifest's `quantization.embedding` says when the token embedding could not be blocked."""
 _LAYER = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
 
 
@@ -55,7 +54,8 @@ def bits_of(path: Path) -> dict[str, int]:
 def quantize_int4(src: Path, dst: Path, block_size: int = 32, eight_bit: Iterable[str] = (),
                   nodes_to_exclude: Iterable[str] = ()) -> dict[str, Any]:
     """Blockwise int4 of `src` into `dst`: `eight_bit` MatMuls at 8 bits, `nodes_to_exclude` in fp32, the rest at
-    4 bits; returns the settings the manifest records (the bit widths counted from the written file)."""
+    4 bits, the token embedding at 8 bits (unless its Gather is excluded by name); returns the settings the manifest
+    records (the bit widths counted from the written file)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -76,8 +76,45 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32, eight_bit: Iterabl
             _quiet(quantizer.process)
             quantizer.model.topological_sort()
             model = quantizer.model.model
+        embedding = quantize_embedding(model.graph, block_size, excluded)
         save_model(model, dst)
     return {"mode": "int4", "method": "blockwise int4 weights (MatMulNBits), int8 compute", "preset": None,
             "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
-            "op_types": ["MatMul"], "bits": bits_of(dst), "eight_bit_nodes": eight, "embedding": EMBEDDING_NOTE,
+            "op_types": ["MatMul"], "bits": bits_of(dst), "eight_bit_nodes": eight, "embedding": embedding,
             "untied_weights": untied, "nodes_excluded": excluded, "quantized_from": src.name}
+
+
+def quantize_embedding(graph, block_size: int, nodes_to_exclude: Iterable[str] = ()) -> str:
+    """Rewrite the token embedding lookup (the Gather of a weight by `input_ids`) as an 8-bit `GatherBlockQuantized`
+    (symmetric: uint8 around a zero point of 128, one scale per block along the hidden size); returns what the
+    manifest's `quantization.embedding` records."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    node = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers
+                 and n.input[1] == "input_ids"), None)
+    if node is None:
+        return "fp32: no Gather of a weight by input_ids found"
+    if node.name in nodes_to_exclude:
+        return f"fp32: {node.name} excluded"
+    weight = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+    block = next((b for b in (block_size, 64, 32, 16) if b <= block_size and weight.shape[1] % b == 0), None)
+    if weight.ndim != 2 or block is None:
+        return EMBEDDING_FP32
+    blocks = weight.reshape(weight.shape[0], -1, block)
+    scales = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / 127.0
+    data = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8).reshape(weight.shape)
+    name = node.input[0]
+    tensors = [numpy_helper.from_array(data, f"{name}_Q8"), numpy_helper.from_array(scales.astype(np.float32),
+               f"{name}_scales"), numpy_helper.from_array(np.full(scales.shape, 128, np.uint8), f"{name}_zero_points")]
+    graph.initializer.extend(tensors)
+    quantized = helper.make_node("GatherBlockQuantized", [tensors[0].name, node.input[1], tensors[1].name,
+                                                          tensors[2].name], list(node.output), name=f"{node.name}_Q8",
+                                 domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=8)
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(position, quantized)
+    if not any(name in n.input for n in graph.node):
+        graph.initializer.remove(initializers[name])
+    return f"8-bit GatherBlockQuantized, block {block}"

@@ -32,8 +32,9 @@ INT8_NOTES = {
                   "model_optimized.onnx, attention fused where the fusion note says so"),
 }
 """What the `quantization.choice` field says about each int8 method."""
-INT4_NOTE = ("blockwise int4 (MatMulNBits: 4-bit weights, one scale per block along K, int8 compute; the LM head at "
-             "8 bits, the token embedding fp32) of model_optimized.onnx, attention fused where the fusion note says so")
+INT4_NOTE = ("blockwise int4 (MatMulNBits: 4-bit weights, one scale per block along K, int8 compute; the LM head "
+             "at 8 bits, the token embedding as `embedding` says) of model_optimized.onnx, attention fused where the "
+             "fusion note says so")
 """What the `quantization.choice` field says about int4."""
 
 

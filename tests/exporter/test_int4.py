@@ -21,6 +21,14 @@ def _nbits(path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _ops(path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
 def _remaining(path) -> list[str]:
     import onnx
 
@@ -49,7 +57,7 @@ def test_int4_is_four_bit_everywhere_but_the_eight_bit_head(tiny_onnx):
     assert _remaining(dst) == []
     assert settings["bits"] == {"4": 14, "8": 1} == bits_of(dst) and settings["eight_bit_nodes"] == head
     assert settings["mode"] == "int4" and settings["accuracy_level"] == 4 and settings["symmetric"] is True
-    assert settings["embedding"].startswith("fp32")
+    assert settings["embedding"] == "8-bit GatherBlockQuantized, block 32" and _ops(dst)["GatherBlockQuantized"] == 1
     fp32, int4 = _logits(src), _logits(dst)
     assert np.abs(fp32 - int4).max() < 0.25 * np.abs(fp32).max()
 
@@ -78,9 +86,11 @@ def test_every_node_excluded_leaves_the_fp32_logits(tiny_onnx):
 
     folder = tiny_onnx("llama")
     src = folder / "model.onnx"
-    everything = weight_matmuls(onnx.load(str(src)).graph) + head_matmuls(src)  # the tied head is a Transpose's
+    graph = onnx.load(str(src)).graph
+    embedding = [n.name for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    everything = weight_matmuls(graph) + head_matmuls(src) + embedding  # the tied head is a Transpose's
     settings = quantize_int4(src, folder / "q4.onnx", eight_bit=["/lm_head/MatMul"], nodes_to_exclude=everything)
-    assert settings["bits"] == {} and settings["eight_bit_nodes"] == []
+    assert settings["bits"] == {} and settings["eight_bit_nodes"] == [] and settings["embedding"].startswith("fp32")
     np.testing.assert_allclose(_logits(folder / "q4.onnx"), _logits(src), atol=1e-5)
     quantize_int4(src, folder / "q4b.onnx")  # and the comparison can fail: int4 moves the logits
     assert np.abs(_logits(folder / "q4b.onnx") - _logits(src)).max() > 1e-5
@@ -128,10 +138,11 @@ def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_r
     assert nbits.pop("/lm_head/MatMul") == (8, 32) and set(nbits.values()) == {(4, 32)} and len(nbits) == 14
     assert _remaining(bundle / "model_int4.onnx") == [] and q["bits"] == {"4": 14, "8": 1}
     assert variant["ops"]["MatMulNBits"] == 15 and variant["ops"]["GroupQueryAttention"] == 2
+    assert variant["ops"]["GatherBlockQuantized"] == 1 and q["embedding"] == "8-bit GatherBlockQuantized, block 32"
     report = manifest["validation"]["model_int4.onnx"]
     assert report["guard"]["passed"] and report["drop"] <= 10.0
     assert 0.0 <= report["greedy_token_agreement"] <= 1.0
-    assert "MatMulNBits 4-bit ×14, 8-bit ×1; token embedding fp32" in (bundle / "README.md").read_text()
+    assert "MatMulNBits 4-bit ×14, 8-bit ×1; token embedding 8-bit GatherBlockQuantized" in (bundle / "README.md").read_text()
     predictor = Predictor.load(bundle)  # the KV-cache decoder on MatMulNBits, through the runtime's own loop
     assert predictor.model_file == "model_int4.onnx"
     ids = list(predictor.iter_token_ids([5, 9, 14, 3], max_new_tokens=6, ignore_eos=True))
@@ -205,5 +216,5 @@ def test_cli_block_size_reaches_the_file(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "deployable: model_int4.onnx" in result.output and "| model_int4.onnx * | int4 |" in result.output
     assert "quantization: int4 (blockwise int4 weights (MatMulNBits), int8 compute, block 128; MatMulNBits 4-bit ×14, " \
-           "8-bit ×1; token embedding fp32), remedy: none" in result.output
+           "8-bit ×1; token embedding 8-bit GatherBlockQuantized, block 32), remedy: none" in result.output
     assert {block for _, block in _nbits(bundle / "model_int4.onnx").values()} == {128}
