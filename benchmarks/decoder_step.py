@@ -1,15 +1,21 @@
-"""One decode step of a generator BUNDLE, file by file: what attention fusion and each int8 recipe buy.
+"""One decode step and one prefill of a generator BUNDLE, file by file: what fusion, int8 and int4 buy.
 
-Times a single KV-cache step (batch 1, one new token, `--past` cached tokens) through ONNX Runtime for
+Times a single KV-cache step (batch 1, one new token, `--past` cached tokens) and a prefill (batch 1, `--prompts`
+tokens, empty cache: the time to first token's model call) through ONNX Runtime for
 
     model.onnx                Optimum's export
     model_optimized.onnx      ORTOptimizer + deployft's fused decoder attention (GroupQueryAttention)
-    model_quantized.onnx      the bundle's int8 (blockwise MatMulNBits of the fused graph)
+    model_quantized.onnx      the bundle's int8 (blockwise MatMulNBits of the fused graph), when it has one
     dynamic-int8.onnx         per-tensor dynamic int8 of model.onnx, written here for comparison (what deployft
                               shipped for generators before blockwise int8)
+    int4-b32.onnx, int4-b128.onnx
+                              `--quantize int4` of model_optimized.onnx at block 32 and 128 (LM head at 8 bits),
+                              written here with deployft's own quantizer
+    *-acc1.onnx               the int8 / int4 block-32 files with MatMulNBits accuracy level 1 (fp32 compute)
+                              instead of 4 (int8 compute): the prefill question on CPUs without VNNI
 
-with the node count of each file and the kernels that take the time (ONNX Runtime's profiler, one extra pass).
-Files are interleaved round by round at the same thread count; medians are reported.
+with the node count of each file and the kernels that take the decode step's time (ONNX Runtime's profiler, one
+extra pass). Files are interleaved round by round at the same thread count; medians are reported.
 
     python benchmarks/decoder_step.py outputs/bench-defaults/bundle-generate --threads 2
 """
@@ -40,10 +46,12 @@ def _session(path: Path, threads: int, profile: str | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _feed(sess, past: int) -> dict[str, np.ndarray]:
+def _feed(sess, past: int, new: int = 1) -> dict[str, np.ndarray]:
+    """`new` tokens after `past` random cached ones (decode: new=1; prefill: past=0)."""
     rng = np.random.default_rng(0)
-    feed = {"input_ids": np.array([[42]], dtype=np.int64), "attention_mask": np.ones((1, past + 1), dtype=np.int64),
-            "position_ids": np.array([[past]], dtype=np.int64)}
+    feed = {"input_ids": rng.integers(3, 100, (1, new), dtype=np.int64),
+            "attention_mask": np.ones((1, past + new), dtype=np.int64),
+            "position_ids": np.arange(past, past + new, dtype=np.int64)[None]}
     for item in sess.get_inputs():
         if item.name.startswith("past_key_values."):
             feed[item.name] = rng.standard_normal((1, item.shape[1], past, item.shape[3])).astype(np.float32)
@@ -65,60 +73,109 @@ def _top_kernels(path: Path, threads: int, feed: dict, steps: int = 10) -> list[
     return [(op, us / steps / 1e3, count[op] // steps) for op, us in total.most_common(5)]
 
 
+def _with_accuracy_level(src: Path, dst: Path, level: int) -> Path:
+    """A copy of `src` whose MatMulNBits nodes compute at accuracy `level` (1: fp32, 4: int8 activations)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "MatMulNBits" and attr.name == "accuracy_level":
+                attr.i = level
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
+    from deployft.exporter.int4 import quantize_int4
+    from deployft.exporter.quantize import cpu_preset, head_matmuls, quantize_dynamic_int8
+
+    files = {name: bundle / name for name in ("model.onnx", "model_optimized.onnx", "model_quantized.onnx")
+             if (bundle / name).exists()}
+    files["dynamic-int8.onnx"] = scratch / "dynamic-int8.onnx"
+    quantize_dynamic_int8(bundle / "model.onnx", files["dynamic-int8.onnx"], cpu_preset(), per_channel=False)
+    fused = bundle / "model_optimized.onnx"
+    for block in (32, 128):
+        files[f"int4-b{block}.onnx"] = scratch / f"int4-b{block}.onnx"
+        quantize_int4(fused, files[f"int4-b{block}.onnx"], block, head_matmuls(fused))
+    for name in ("model_quantized.onnx", "int4-b32.onnx"):
+        if name in files:
+            acc1 = name.replace(".onnx", "-acc1.onnx")
+            files[acc1] = _with_accuracy_level(files[name], scratch / acc1, 1)
+    return files
+
+
+def _medians(sessions: dict, feeds: dict, rounds: int, steps: int) -> dict[str, float]:
+    """ms per call (p50) of every session on its feed, files interleaved round by round."""
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for _ in range(2):
+                sess.run(None, feeds[name])
+            for _ in range(steps):
+                start = time.perf_counter()
+                sess.run(None, feeds[name])
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--past", type=int, default=32, help="cached tokens before the timed step")
+    parser.add_argument("--prompts", type=int, nargs="*", default=[64, 256], help="prefill lengths timed")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per file per round")
+    parser.add_argument("--steps", type=int, default=15, help="timed decode steps per file per round")
+    parser.add_argument("--prefill-steps", type=int, default=3, help="timed prefills per file, length and round")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
     import onnx
 
-    from deployft.exporter.quantize import cpu_preset, quantize_dynamic_int8
-
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.bundle.parent) as scratch:
-        dynamic = Path(scratch) / "dynamic-int8.onnx"
-        quantize_dynamic_int8(args.bundle / "model.onnx", dynamic, cpu_preset(), per_channel=False)
-        files = {name: args.bundle / name for name in ("model.onnx", "model_optimized.onnx", "model_quantized.onnx")}
-        files["dynamic-int8.onnx"] = dynamic
+        files = _files(args.bundle, Path(scratch))
         sessions = {name: _session(path, args.threads) for name, path in files.items()}
         feeds = {name: _feed(sess, args.past) for name, sess in sessions.items()}
-        times: dict[str, list[float]] = {name: [] for name in files}
-        for _ in range(args.rounds):
-            for name, sess in sessions.items():
-                for _ in range(3):
-                    sess.run(None, feeds[name])
-                for _ in range(args.steps):
-                    start = time.perf_counter()
-                    sess.run(None, feeds[name])
-                    times[name].append(time.perf_counter() - start)
-        rows = {name: {"ms_p50": 1e3 * statistics.median(times[name]),
+        decode = _medians(sessions, feeds, args.rounds, args.steps)
+        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n) for name, sess in sessions.items()},
+                               args.rounds, args.prefill_steps) for n in args.prompts}
+        rows = {name: {"ms_p50": decode[name], **{f"prefill_{n}_ms_p50": prefill[n][name] for n in args.prompts},
                        "nodes": len(onnx.load(str(path), load_external_data=False).graph.node),
-                       "mb": path.stat().st_size / 1e6,
+                       "mb": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6,
                        "top_kernels": _top_kernels(path, args.threads, feeds[name])}
                 for name, path in files.items()}
-    result = {"bundle": str(args.bundle), "threads": args.threads, "past": args.past, "rounds": args.rounds,
-              "steps": args.steps, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    result = {"bundle": str(args.bundle), "threads": args.threads, "past": args.past, "prompts": args.prompts,
+              "rounds": args.rounds, "steps": args.steps, "prefill_steps": args.prefill_steps,
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "load_before": load_before, "load_after": os.getloadavg()[0], "files": rows}
-    base = rows["model.onnx"]["ms_p50"]
-    lines = ["# One decode step per file (batch 1, one new token)", "",
-             f"`{args.bundle}`, {args.past} cached tokens, {args.threads} threads, {args.rounds} rounds x "
-             f"{args.steps} steps, interleaved; load average {load_before:.2f} before, {result['load_after']:.2f} after",
-             "", "| file | nodes | MB | ms per step (p50) | vs model.onnx | top kernels (ms per step, nodes) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for name, row in rows.items():
-        kernels = ", ".join(f"{op} {ms:.1f} ({n})" for op, ms, n in row["top_kernels"])
-        lines.append(f"| {name} | {row['nodes']} | {row['mb']:.0f} | {row['ms_p50']:.1f} | "
-                     f"{base / row['ms_p50']:.2f}x | {kernels} |")
-    text = "\n".join(lines) + "\n"
+    text = _markdown(args, result)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "decoder_step.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "decoder_step.md").write_text(text)
     print(text)
+
+
+def _markdown(args, result: dict) -> str:
+    rows, fused = result["files"], result["files"]["model_optimized.onnx"]
+    base = rows["model.onnx"]["ms_p50"]
+    prefill_head = " | ".join(f"prefill {n} ms (p50) | vs fused fp32" for n in args.prompts)
+    lines = ["# One decode step and one prefill per file (batch 1)", "",
+             f"`{args.bundle}`, decode: one new token after {args.past} cached tokens; prefill: "
+             f"{', '.join(map(str, args.prompts))} tokens, empty cache; {args.threads} threads, {args.rounds} rounds "
+             f"x {args.steps} decode steps / {args.prefill_steps} prefills, interleaved; load average "
+             f"{result['load_before']:.2f} before, {result['load_after']:.2f} after", "",
+             f"| file | nodes | MB | decode ms per step (p50) | vs model.onnx | {prefill_head} | "
+             "top decode kernels (ms per step, nodes) |",
+             "| --- | --- | --- | --- | --- | " + "--- | --- | " * len(args.prompts) + "--- |"]
+    for name, row in rows.items():
+        kernels = ", ".join(f"{op} {ms:.1f} ({n})" for op, ms, n in row["top_kernels"])
+        prefill = " | ".join(f"{row[f'prefill_{n}_ms_p50']:.1f} | "
+                             f"{fused[f'prefill_{n}_ms_p50'] / row[f'prefill_{n}_ms_p50']:.2f}x" for n in args.prompts)
+        lines.append(f"| {name} | {row['nodes']} | {row['mb']:.0f} | {row['ms_p50']:.1f} | "
+                     f"{base / row['ms_p50']:.2f}x | {prefill} | {kernels} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

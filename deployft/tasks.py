@@ -19,7 +19,7 @@ __all__ = ["TASKS", "Remedy", "Task", "get_task"]
 
 @dataclass(frozen=True)
 class Remedy:
-    """One rung of the int8 remedy ladder: what the next quantization attempt changes."""
+    """One rung of an int8 / int4 remedy ladder: what the next quantization attempt changes."""
 
     name: str
     """How the manifest and the error message name it (`per-channel`, `blocks of 16`, ...)."""
@@ -31,6 +31,8 @@ class Remedy:
     """Blockwise int8: weights per scale (None: the default block size)."""
     keep_head: bool = False
     """Blockwise int8: keep the LM head in fp32."""
+    eight_bit_edges: bool = False
+    """int4: quantize the first and last layer at 8 bits too (the LM head always is)."""
 
 
 def _resolve(dotted: str) -> Callable[..., Any]:
@@ -77,6 +79,8 @@ class Task:
     int8_remedies: tuple[Remedy, ...]
     """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy
     (a classifier rebuilds every one of its int8 candidates with the remedy, `deployft.exporter.select`)."""
+    int4_remedies: tuple[Remedy, ...]
+    """The `--quantize int4` attempts in order; empty for a task int4 is refused for."""
     encoder: str
     """`module:function` turning normalised rows into training features."""
     collator: str
@@ -118,6 +122,7 @@ TASKS: dict[str, Task] = {
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
                               keep_sensitive=True)),
+        int4_remedies=(),
         encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
         trainer_metrics="deployft.metrics:classification_metrics",
     ),
@@ -131,6 +136,8 @@ TASKS: dict[str, Task] = {
         int8_method="blockwise",
         int8_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
                        Remedy("blocks of 16 + LM head in fp32", block_size=16, keep_head=True)),
+        int4_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
+                       Remedy("blocks of 16 + first and last layer at 8 bits", block_size=16, eight_bit_edges=True)),
         encoder="deployft.train.collate:encode_generate", collator="deployft.train.collate:GenerateCollator",
         trainer_metrics=None,
     ),

@@ -121,7 +121,8 @@ def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, A
 def _peak_for(peak: dict | None, precision: str) -> float | None:
     if not peak:
         return None
-    return peak.get("int8") if precision.startswith("int8") else peak.get("fp32")
+    # int4 files compute in int8 (MatMulNBits accuracy level 4)
+    return peak.get("int8") if precision.startswith(("int8", "int4")) else peak.get("fp32")
 
 
 def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.config import DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES, ExportConfig
+from ..exporter.config import BLOCK_SIZES, DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES, ExportConfig
 from ..tasks import TASKS
 from .options import shown
 
@@ -16,8 +16,11 @@ from .options import shown
 @click.option("--task", type=click.Choice(list(TASKS)), default=None,
               help="Task of a plain model folder (a RUN knows its own).")
 @click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES), show_default=shown(ExportConfig, "quantize"),
-              help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int8-static "
-                   "(calibrated on the RUN's training data), fp16 (CUDA).")
+              help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
+                   "CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits), int8-static (calibrated on the RUN's "
+                   "training data), fp16 (CUDA).")
+@click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)), show_default="32",
+              help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")
 @click.option("--quantize-preset", default=None, metavar="|".join(PRESETS), show_default="from this CPU",
               help="Force the dynamic int8 preset.")
 @click.option("--per-channel/--no-per-channel", default=None, show_default=shown(ExportConfig, "per_channel"),
@@ -56,6 +59,7 @@ def export(run: str, config_file: str | None, **flags) -> None:
     \b
     deployft export runs/clf --output bundles/clf --quantize int8
     deployft export runs/chat --output bundles/chat --quantize int8 --max-accuracy-drop 30
+    deployft export runs/chat --output bundles/chat-int4 --quantize int4 --block-size 32
     """
     import logging
 

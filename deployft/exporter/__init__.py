@@ -2,7 +2,7 @@
 
     config.py          ExportConfig, the one source of the stage's defaults
     runner.py          export(): the variants built in order, the deployable one chosen, the BUNDLE written
-    guard.py           the accuracy guard: budget, decision rule per file, the int8 remedy ladders, the refusal
+    guard.py           the accuracy guard: budget, decision rule per file, the int8 / int4 remedy ladders, the refusal
     agreement.py       its confidence bounds: exact binomial (flipped predictions), paired bootstrap (perplexity)
     state.py           typed export state: one VariantResult per .onnx file, the ExportResult
     source.py          what is exported (a RUN or a model folder), the PyTorch original and its tokenizer
@@ -10,6 +10,7 @@
     optimize.py        ORTOptimizer level 2 and the op-count report
     decoder_fusion.py  decoder attention -> GroupQueryAttention + RotaryEmbedding
     quantize.py        dynamic / static / blockwise int8 and fp16
+    int4.py            generator int4: 4-bit MatMulNBits, the LM head at 8 bits
     samples.py         the rows validation and calibration feed, encoded as training encoded them
     validate.py        every file against PyTorch, run through the runtime's own session and decoder
     bundle.py          the manifest; card.py the model card and `deployft info`

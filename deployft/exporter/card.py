@@ -168,6 +168,9 @@ def quantization_line(q: dict[str, Any]) -> str:
     """One line on how a bundle was quantized: `int8 (blockwise int8 ..., block 32), remedy: none, 0 nodes in fp32`."""
     how = (f"{q['method']}, block {q.get('block_size')}" if q.get("method")
            else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
+    if q.get("bits") is not None:  # int4: the widths counted from the file, and what stayed fp32
+        widths = ", ".join(f"{bits}-bit ×{count}" for bits, count in q["bits"].items()) or "none"
+        how += f"; MatMulNBits {widths}; token embedding {q.get('embedding', '-').split(':')[0]}"
     recipe = f" candidate {q['recipe']}" if q.get("recipe") else ""
     return (f"{q['mode']}{recipe} ({how}), remedy: {q.get('remedy')}, "
             f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")

@@ -10,13 +10,17 @@ from ..errors import UsageError
 from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
 
-__all__ = ["DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES", "VARIANT_FILES"]
+__all__ = ["BLOCK_SIZES", "DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES",
+           "VARIANT_FILES"]
 
-QUANTIZE_MODES = ("none", "int8", "int8-static", "fp16")
+QUANTIZE_MODES = ("none", "int8", "int4", "int8-static", "fp16")
 DEVICES = ("cpu", "cuda")
 PRESETS = ("avx512_vnni", "avx2", "arm64")
 """ONNX Runtime's int8 presets (`deployft.exporter.quantize.cpu_preset` picks one from the CPU)."""
-VARIANT_FILES = {"int8": "model_quantized.onnx", "int8-static": "model_int8_static.onnx", "fp16": "model_fp16.onnx"}
+BLOCK_SIZES = (16, 32, 64, 128)
+"""`--block-size` values: weights per scale of a generator's MatMulNBits (smaller: closer to fp32, larger file)."""
+VARIANT_FILES = {"int8": "model_quantized.onnx", "int4": "model_int4.onnx", "int8-static": "model_int8_static.onnx",
+                 "fp16": "model_fp16.onnx"}
 """The file each --quantize mode writes beside model.onnx and model_optimized.onnx."""
 SELECT_RULES = ("fastest", "smallest")
 """How a classifier's int8 file is chosen among the candidates within the accuracy budget (`select.py`)."""
@@ -34,7 +38,10 @@ class ExportConfig:
     """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
     quantize: str = "none"
     """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
-    RUN's training data, CPU) or fp16 (CUDA)."""
+    RUN's training data, CPU), int4 (generators, CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits) or fp16
+    (CUDA)."""
+    block_size: int | None = None
+    """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 32."""
     quantize_preset: str | None = None
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False
@@ -83,6 +90,9 @@ class ExportConfig:
         if self.quantize == "fp16" and self.device != "cuda":
             raise UsageError("--quantize fp16 is for CUDA only (ONNX Runtime's CPU kernels run fp16 slower than fp32); "
                              "pass --device cuda, or use --quantize int8 for CPU")
+        if self.quantize == "int4" and self.device == "cuda":
+            raise UsageError("--device cuda --quantize int4 is refused: deployft's int4 is built and validated for "
+                             "CPU (int8 compute); use --quantize fp16 on CUDA or --device cpu")
         if self.quantize.startswith("int8") and self.device == "cuda":
             raise UsageError(f"--device cuda --quantize {self.quantize} is refused: ONNX Runtime has no CUDA kernels "
                              "for int8-quantized MatMuls; use --quantize fp16 on CUDA or --device cpu")
@@ -100,10 +110,15 @@ class ExportConfig:
         if isinstance(self.select_seconds, bool) or not isinstance(self.select_seconds, (int, float)) \
                 or not 0 < self.select_seconds <= 3600:
             raise UsageError(f"--select-seconds must be a number of seconds in (0, 3600], got {self.select_seconds!r}")
+        if self.block_size is not None:
+            _one_of("--block-size", self.block_size, BLOCK_SIZES)
+            if self.quantize not in ("int8", "int4"):
+                raise UsageError(f"--block-size sets the blocks of a generator's --quantize int4 or int8, not of "
+                                 f"--quantize {self.quantize}; drop --block-size or pass --quantize int4")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
 
 
-def _one_of(flag: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _one_of(flag: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise UsageError(f"{flag} is {value!r}; expected one of {', '.join(allowed)}")
+        raise UsageError(f"{flag} is {value!r}; expected one of {', '.join(map(str, allowed))}")

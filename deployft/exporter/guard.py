@@ -14,9 +14,9 @@ Decision rule (`--max-accuracy-drop B`, in `Task.budget_unit`), one-sided 95 % c
 
 A classifier budget that the validation rows cannot decide (too few rows for even a file with no flipped
 prediction to pass) is refused before any file is written. When int8 misses the budget, the task's remedies
-(`Task.int8_remedies`) are tried in order; the first that passes is kept and every attempt is recorded (a
-classifier climbs them with all its int8 candidates at once, `select.py`). When none does: AccuracyBudgetError,
-and no bundle.
+(`Task.int8_remedies`, `Task.int4_remedies` for int4) are tried in order; the first that passes is kept and every
+attempt is recorded (a classifier climbs them with all its int8 candidates at once, `select.py`). When none does:
+AccuracyBudgetError, and no bundle.
 """
 
 from __future__ import annotations
@@ -137,9 +137,9 @@ def first_within_budget(result: ExportResult, names: list[str], source_name: str
 
 
 def climb(remedies: tuple[Remedy, ...], budget: Budget,
-          attempt: Callable[[Remedy], tuple[dict[str, Any], VariantResult] | None]
+          attempt: Callable[[Remedy], tuple[dict[str, Any], VariantResult] | None], mode: str = "int8"
           ) -> tuple[Remedy, dict[str, Any], list[dict[str, Any]]]:
-    """Try `remedies` in order until one meets `budget`.
+    """Try `remedies` in order until one meets `budget` (`mode`, int8 or int4, names them in the refusal).
 
     `attempt(remedy)` quantizes and validates, returning `(settings, variant)`, or None when the remedy would
     change nothing over the attempts before it (it is then skipped).
@@ -157,7 +157,7 @@ def climb(remedies: tuple[Remedy, ...], budget: Budget,
         tried.append(attempt_record(remedy.name, variant))
         if variant.drop <= budget.max_drop:
             return remedy, settings, tried
-    refuse_int8(tried, budget)
+    refuse(mode, tried, budget)
 
 
 def attempt_record(name: str, variant: VariantResult) -> dict[str, Any]:
@@ -165,13 +165,14 @@ def attempt_record(name: str, variant: VariantResult) -> dict[str, Any]:
     return {"remedy": name, "drop": variant.drop, "guard": dict(variant.validation.get("guard") or {})}
 
 
-def refuse_int8(tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
-    """AccuracyBudgetError naming every int8 attempt, the last one's bound first."""
+def refuse(mode: str, tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
+    """AccuracyBudgetError naming every `mode` (int8 or int4) attempt, the last one's bound first."""
     attempts_text = ", ".join(f"{t['remedy']}: {t['drop']:.2f}" for t in tried)
+    instead = "--quantize int8 (or none)" if mode == "int4" else "--quantize none"
     raise AccuracyBudgetError(
-        f"int8 reached {tried[-1]['drop']:.2f} ({budget.measure}) against PyTorch, over --max-accuracy-drop "
+        f"{mode} reached {tried[-1]['drop']:.2f} ({budget.measure}) against PyTorch, over --max-accuracy-drop "
         f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; raise --max-accuracy-drop "
-        "or use --quantize none", budget=budget.to_manifest(), attempts=tried)
+        f"or use {instead}", budget=budget.to_manifest(), attempts=tried)
 
 
 def _round_up(value: float) -> str:

@@ -4,8 +4,8 @@
            attention fused into GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
         ─► --quantize int8: model_quantized.onnx (classifiers: the fastest, or with --select smallest the smallest,
            of the int8 candidates within the accuracy budget, timed on this machine (`select.py`); generators:
-           blockwise int8 MatMulNBits of model_optimized.onnx)
-           | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
+           blockwise int8 MatMulNBits of model_optimized.onnx) | int4 (generators): model_int4.onnx, 4-bit
+           MatMulNBits of model_optimized.onnx | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
         ─► every file validated against the PyTorch original through the runtime's own session and decoder
         ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically (and, with
            --sign-key, its manifest signed inside the same atomic step: deployft.json.sig)
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 BLOCKWISE_NOTE = ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of "
                   "model_optimized.onnx, attention fused where the fusion note says so")
 """What the `quantization.choice` field says about a generator's int8."""
+INT4_NOTE = ("blockwise int4 (MatMulNBits: 4-bit weights, one scale per block along K, int8 compute; the LM head "
+             "at 8 bits, the token embedding as `embedding` says) of model_optimized.onnx, attention fused where the "
+             "fusion note says so")
+"""What the `quantization.choice` field says about int4."""
 
 
 def export(config: ExportConfig) -> Path:
@@ -53,11 +57,7 @@ def export(config: ExportConfig) -> Path:
     source = read_source(config.run, config.task)
     task = source.spec
     check_exportable(source)
-    if config.quantize == "int8" and task.int8_method != "dynamic" and (config.per_channel or config.quantize_preset
-                                                                         or config.select):
-        raise UsageError(f"--per-channel, --quantize-preset and --select set up a classifier's int8; a {task.name} "
-                         f"model's int8 is {task.int8_method} (MatMulNBits, one scale per 32 weights) and takes none "
-                         "of them: drop the flag")
+    _check_task_flags(config, task)
     check_output_free(config.output, config.overwrite)
     signer = _signer(config)
     if config.device == "cuda":
@@ -99,6 +99,22 @@ def _calibration(config: ExportConfig, source, tokenizer):
         return calibration_samples(source, tokenizer, config.calibration_samples), None
     except DataError as exc:
         return None, f"not built: the RUN's training rows are unreadable ({exc})"
+
+
+def _check_task_flags(config: ExportConfig, task) -> None:
+    """Refuse flags that do not fit the source's task, before any work."""
+    blockwise = task.int8_method == "blockwise"
+    if config.quantize == "int4" and not task.int4_remedies:
+        raise UsageError(f"--quantize int4 is for generators (4-bit MatMulNBits); a {task.name} model is quantized "
+                         "with --quantize int8")
+    if config.quantize in ("int8", "int4") and blockwise and (config.per_channel or config.quantize_preset
+                                                               or config.select):
+        raise UsageError(f"--per-channel, --quantize-preset and --select set up a classifier's int8; a {task.name} "
+                         f"model's {config.quantize} is blockwise (MatMulNBits, one scale per block of weights) and "
+                         "takes none of them: drop the flag")
+    if config.block_size is not None and not blockwise:
+        raise UsageError(f"--block-size sets the MatMulNBits blocks of a generator; a {task.name} model's int8 is "
+                         f"{task.int8_method} and has no blocks: drop --block-size")
 
 
 def _signer(config: ExportConfig):
@@ -145,7 +161,8 @@ def _build(job: ExportJob, attention) -> ExportResult:
     result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, budget_for(job.config, job.task))
     for path, optimized in ((job.plain, False), (job.optimized, True)):
         _validated(job, result, path, "fp32", optimized)
-    build = {"none": _fp32, "int8": _int8, "int8-static": _int8_static, "fp16": _fp16}[job.config.quantize]
+    build = {"none": _fp32, "int8": _int8, "int4": _int4, "int8-static": _int8_static,
+             "fp16": _fp16}[job.config.quantize]
     result.model_file = build(job, result)
     return result
 
@@ -178,28 +195,63 @@ def _int8(job: ExportJob, result: ExportResult) -> str:
         from .select import select_int8
 
         return select_int8(job, result, lambda path, fused: _report(job, result, path, "int8", fused))
+    return _ladder(job, result, "int8", job.task.int8_remedies, _blockwise_int8, BLOCKWISE_NOTE)
+
+
+def _int4(job: ExportJob, result: ExportResult) -> str:
+    """Blockwise int4 of a decoder's optimized graph, climbing the task's int4 ladder until the budget is met."""
+    return _ladder(job, result, "int4", job.task.int4_remedies, _blockwise_int4, INT4_NOTE)
+
+
+def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Remedy, ...], quantize,
+            note: str) -> str:
+    """Try `remedies` in order with `quantize`, skipping one that changes nothing, and record the one that passed."""
     seen: set[tuple] = set()
 
     def attempt(remedy: Remedy):
-        settings = (remedy.block_size, remedy.keep_head)
+        settings = _effective(job, remedy)
         if settings in seen:
             return None
         seen.add(settings)
-        return _blockwise_int8(job, result, remedy)
+        return quantize(job, result, remedy)
 
-    remedy, settings, tried = climb(job.task.int8_remedies, result.budget, attempt)
-    result.quantization = {**settings, "remedy": remedy.name, "attempts": tried, "choice": BLOCKWISE_NOTE}
-    return VARIANT_FILES["int8"]
+    remedy, settings, tried = climb(remedies, result.budget, attempt, mode)
+    result.quantization = {**settings, "remedy": remedy.name, "attempts": tried, "choice": note}
+    return VARIANT_FILES[mode]
+
+
+def _effective(job: ExportJob, remedy: Remedy) -> tuple:
+    """What a generator's remedy changes in the file: two remedies with the same settings build the same file."""
+    return _block_size(job, remedy), remedy.keep_head, remedy.eight_bit_edges
+
+
+def _block_size(job: ExportJob, remedy: Remedy) -> int:
+    from .quantize import BLOCK_SIZE
+
+    return remedy.block_size or job.config.block_size or BLOCK_SIZE
 
 
 def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
     """Blockwise int8 of a decoder's optimized graph."""
-    from .quantize import BLOCK_SIZE, head_matmuls, quantize_blockwise_int8
+    from .quantize import head_matmuls, quantize_blockwise_int8
 
     target = job.staging / VARIANT_FILES["int8"]
     excluded = head_matmuls(job.optimized) if remedy.keep_head else []
-    settings = quantize_blockwise_int8(job.optimized, target, remedy.block_size or BLOCK_SIZE, excluded)
+    settings = quantize_blockwise_int8(job.optimized, target, _block_size(job, remedy), excluded)
     return settings, _validated(job, result, target, "int8", True)
+
+
+def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
+    """4-bit MatMulNBits of a decoder's optimized graph, the LM head (and with the remedy, the edge layers) at 8."""
+    from .int4 import edge_layer_matmuls, quantize_int4
+    from .quantize import head_matmuls
+
+    target = job.staging / VARIANT_FILES["int4"]
+    eight_bit = head_matmuls(job.optimized)
+    if remedy.eight_bit_edges:
+        eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
+    settings = quantize_int4(job.optimized, target, _block_size(job, remedy), eight_bit)
+    return settings, _validated(job, result, target, "int4", True)
 
 
 def _int8_static(job: ExportJob, result: ExportResult) -> str:

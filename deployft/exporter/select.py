@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
-from .guard import attempt_record, refuse_int8
+from .guard import attempt_record, refuse
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import Timer, TimingPlan, Timings, typical_shapes
 
@@ -142,7 +142,7 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         if not tried:
             raise StageError("no int8 candidate could be built (" + "; ".join(
                 f"{c.name}: {c.skipped}" for c in candidates) + "); export with --quantize none")
-        refuse_int8(tried, result.budget)
+        refuse("int8", tried, result.budget)
     timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
     for c in passed:
         c.ms, c.score = timings.medians[c.name], timings.score(c.name)

@@ -34,7 +34,7 @@ class VariantResult:
     path: Path
     """The file, in the staging folder."""
     precision: str
-    """`fp32`, `int8`, `int8-static` or `fp16`."""
+    """`fp32`, `int8`, `int4`, `int8-static` or `fp16`."""
     optimized: bool
     """Whether it derives from the fused (ORTOptimizer / attention-fused) graph."""
     validation: dict[str, Any]

@@ -16,7 +16,7 @@ def test_help(command):
     if command == "export":
         for flag in ("--quantize", "--quantize-preset", "--per-channel", "--calibration-samples",
                      "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task",
-                     "--no-fuse-attention", "--select", "--select-seconds"):
+                     "--no-fuse-attention", "--select", "--select-seconds", "--block-size"):
             assert flag in result.output
 
 
@@ -85,7 +85,9 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     plain = str(tiny_model("bert"))
     _fails(["export", str(tmp_path / "missing"), "-o", out], "is not a folder")
     _fails(["export", str(tmp_path), "-o", out], "has no config.json")
-    _fails(["export", run, "-o", out, "--quantize", "int4"], "--quantize is 'int4'")
+    _fails(["export", run, "-o", out, "--quantize", "int3"], "--quantize is 'int3'")
+    _fails(["export", run, "-o", out, "--quantize", "int4"], "--quantize int4 is for generators", "--quantize int8")
+    _fails(["export", run, "-o", out, "--quantize", "int4", "--block-size", "48"], "--block-size is 48")
     _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")
     _fails(["export", run, "-o", out, "--quantize", "int8", "--device", "cuda"], "no CUDA kernels")
     _fails(["export", plain, "-o", out], "pass --task classify or --task generate")

@@ -75,8 +75,8 @@ def _inject(monkeypatch, overrides):
 
     real, queue = module.compare, list(overrides)
 
-    def fake(ref, path, device="cpu"):
-        report = real(ref, path, device)
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
         quantized = path.name == "model_quantized.onnx" or path.parent.name == "candidates.tmp"
         if quantized and queue:
             key = "perplexity_ratio_upper_95" if ref.task.generates else "flips"
@@ -224,7 +224,7 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
 
 
 @pytest.mark.parametrize(("flags", "error", "match"), [
-    ({"quantize": "int4"}, UsageError, "--quantize is 'int4'; expected one of none, int8, int8-static, fp16"),
+    ({"quantize": "int3"}, UsageError, "--quantize is 'int3'; expected one of none, int8, int4, int8-static, fp16"),
     ({"quantize": "fp16"}, UsageError, "--quantize fp16 is for CUDA only.*--device cuda"),
     ({"quantize": "int8", "device": "cuda"}, UsageError, "no CUDA kernels"),
     ({"quantize": "int8-static", "device": "cuda"}, UsageError, "no CUDA kernels"),

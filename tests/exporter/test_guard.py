@@ -91,8 +91,8 @@ def _inject_flips(monkeypatch, flips):
 
     real, queue = validate.compare, list(flips)
 
-    def fake(ref, path, device="cpu"):
-        report = real(ref, path, device)
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
         if (path.name == "model_quantized.onnx" or path.parent.name == "candidates.tmp") and queue:
             report["flips"] = queue.pop(0)
             report["top1_agreement"] = 1 - report["flips"] / report["samples"]

@@ -41,8 +41,8 @@ def _flip(monkeypatch, flips: dict[str, int]):
 
     real = module.compare
 
-    def fake(ref, path, device="cpu"):
-        report = real(ref, path, device)
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
         if path.parent.name == "candidates.tmp" and path.stem in flips:
             report["flips"] = flips[path.stem]
         return report
