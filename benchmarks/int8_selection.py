@@ -1,7 +1,8 @@
 """Measured int8 selection on the default classifier: every candidate export builds, its guard record, size and
 timing at the bundle's typical shapes, and the file export keeps.
 
-Exports a classifier RUN (default: /work/bundles/run-classify, all-MiniLM-L6-v2 fine-tuned, 300 eval rows) with
+Exports a classifier RUN (default: outputs/bench-defaults/run-classify from benchmarks/run_defaults.py, all-MiniLM-L6-v2
+fine-tuned, 300 eval rows) with
 `--quantize int8 --select fastest` at export's default budget and rows, and records `quantization.candidates` and
 `quantization.selection` from the bundle's manifest, with the machine and its load before and after, into
 benchmarks/results/int8_selection.{json,md}. Run it on a quiet machine: the timing is export's own, interleaved,
@@ -9,6 +10,7 @@ but a busy neighbour still moves every number.
 
     python benchmarks/int8_selection.py                                  # the recorded result
     python benchmarks/int8_selection.py --select-seconds 5 --validate-samples 60 --results /tmp/smoke   # smoke
+    python benchmarks/int8_selection.py --bundle outputs/bench-defaults/bundle-classify   # record a bundle's own
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_RUN = Path("/work/bundles/run-classify")
+DEFAULT_RUN = Path("outputs/bench-defaults/run-classify")
+"""The default classifier RUN that benchmarks/run_defaults.py fine-tunes (300 eval rows)."""
 
 
 def log(message: str) -> None:
@@ -61,7 +64,10 @@ def markdown(record: dict) -> str:
     shapes = selection.get("shapes") or []
     lines = ["# Measured int8 selection on the default classifier", "",
              f"Command: `{record['command']}`  ", f"Date: {record['date']}  ", f"Machine: {record['machine']}  ",
-             f"Load average (1 min) before / after: {record['load_before']:.2f} / {record['load_after']:.2f}", "",
+             (f"Load average (1 min) before / after: {record['load_before']:.2f} / {record['load_after']:.2f}"
+              if record["load_before"] is not None else
+              "Recorded from the bundle's manifest: the timing is the export's own, run when the bundle was exported"),
+             "",
              f"RUN: `{record['run']}`; guard: {record['guard']['rows']} {record['guard']['rows_source']} rows, "
              f"{record['guard']['rule']}", "",
              f"Kept: `{q['recipe']}` as model_quantized.onnx by --select {selection['rule']} "
@@ -90,16 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select-seconds", type=float, default=60.0)
     parser.add_argument("--validate-samples", type=int, default=None, help="default: export's (all eval rows)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="record the selection an existing bundle's export made instead of exporting again")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    manifest = export_with_selection(args.run, args.work, args.select, args.select_seconds, args.validate_samples)
+    if args.bundle is not None:
+        from deployft.manifest import read_manifest
+
+        manifest = read_manifest(args.bundle, "bundle")
+        args.run = Path(manifest["source_run"]["path"])
+    else:
+        manifest = export_with_selection(args.run, args.work, args.select, args.select_seconds, args.validate_samples)
     import onnxruntime
 
     record = {"command": "python benchmarks/int8_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, {cpu()}, "
                          f"onnxruntime {onnxruntime.__version__}",
-              "load_before": load_before, "load_after": os.getloadavg()[0], "run": str(args.run),
+              "load_before": None if args.bundle else load_before,
+              "load_after": None if args.bundle else os.getloadavg()[0], "run": str(args.run),
               "guard": manifest["guard"], "quantization": manifest["quantization"],
               "deployable_ops": manifest["variants"][manifest["model_file"]]["ops"]}
     args.results.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ PEERS = {"classify": ("openvino",), "generate": ("ort-genai", "llama.cpp")}
 """Peer engines timed beside deployft's own variants (`deployft[peers]`); one that cannot be installed or built
 is reported as failed with its reason. Peer models are built once into WORK/peer-cache."""
 BENCH = {
-    "classify": dict(batch_sizes=(1, 8, 32), seq_lens=(16, 64, 128), repeats=20, warmup=3, eval_samples=200),
+    "classify": dict(batch_sizes=(1, 16), seq_lens=(32, 128), repeats=10, warmup=2, hot_calls=3, eval_samples=300),
     "generate": dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40),
 }
 
@@ -103,7 +103,8 @@ def headline(task: str, report) -> list[str]:
             row, acc = _row(report, name, batch=1, seq=128), (variants.get(name) or {}).get("accuracy") or {}
             if name in variants and row:
                 lines.append(f"- `{name}`: p50 {row['p50'] * 1e3:.2f} ms, {row['speedup_p50']:.2f}x pytorch, "
-                             f"accuracy {acc.get('accuracy', float('nan')):.4f}")
+                             f"accuracy {acc.get('accuracy', float('nan')):.4f}, top-1 agreement with pytorch "
+                             f"{acc.get('agreement_with_pytorch', float('nan')):.4f}")
             elif name in variants:
                 lines.append(f"- `{name}`: {variants[name]['status']} {variants[name].get('error') or ''}")
         ref = _row(report, "pytorch-int8", batch=1, seq=128)

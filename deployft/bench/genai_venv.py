@@ -44,7 +44,8 @@ def build_genai_model(run: Path, target: Path, precision: str, block_size: int) 
     """onnxruntime-genai's builder on the RUN: CPU, `precision` int8 or int4 with `block_size` weight blocks."""
     python = helper_python()
     target.mkdir(parents=True, exist_ok=True)
-    options = [f"int4_block_size={block_size}", "int4_accuracy_level=4", "hf_token=false"]
+    # onnxruntime-genai 0.18 reads `block_size` and `accuracy_level` (older builders: int4_block_size, ...)
+    options = [f"block_size={block_size}", "accuracy_level=4", "hf_token=false"]
     _run([str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(run), "-o", str(target),
           "-p", precision, "-e", "cpu", "-c", str(target / "builder-cache"), "--extra_options", *options],
          f"onnxruntime-genai's builder ({precision}, block {block_size})")

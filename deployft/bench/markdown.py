@@ -140,11 +140,11 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
         peak = data["peak"]
         parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
                      + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else "")
-                     + (f"; memory copy {peak['copy_bytes_per_s'] / 1e9:.1f} GB/s" if peak.get("copy_bytes_per_s")
+                     + (f"; memory read {peak['read_bytes_per_s'] / 1e9:.1f} GB/s" if peak.get("read_bytes_per_s")
                         else "") + f" ({peak.get('method', 'method not recorded')})")
         if get_task(data["task"]).generates:
             parts.append("- decode is judged against the memory roofline: weight bytes read per token x decode "
-                         "tokens/s over the copy bandwidth (100 % = every weight streamed at copy speed)")
+                         "tokens/s over the measured read bandwidth (100 % = every weight streamed from memory at that rate)")
     parts += [f"- **warning:** {w}" for w in data["warnings"]]
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
               classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]

@@ -104,21 +104,21 @@ def peak_int8(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5
 
 def measure_peaks(threads: int, device: str = "cpu", seconds: float = 0.5, sizes: tuple[int, ...] = SIZES,
                   sweeps: int = SWEEPS) -> dict[str, Any]:
-    """This machine's ceilings: `{"fp32": FLOP/s, "int8": op/s or None, "copy_bytes_per_s", per-size rates,
+    """This machine's ceilings: `{"fp32": FLOP/s, "int8": op/s or None, "read_bytes_per_s", per-size rates,
     "threads", "method"}`."""
-    from .roofline import copy_bandwidth
+    from .roofline import read_bandwidth
 
     fp32, fp32_by_size = peak_fp32(threads, sizes, seconds, device, sweeps)
     peaks: dict[str, Any] = {"threads": threads, "fp32": fp32, "fp32_by_size": fp32_by_size}
     if device == "cpu":
         peaks["int8"], peaks["int8_by_size"] = peak_int8(threads, sizes, seconds, sweeps)
-        peaks["copy_bytes_per_s"] = copy_bandwidth(threads, seconds=seconds)
+        peaks["read_bytes_per_s"] = read_bandwidth(threads, seconds=seconds)
     else:
-        peaks["int8"], peaks["copy_bytes_per_s"] = None, None
+        peaks["int8"], peaks["read_bytes_per_s"] = None, None
     sized = "x".join(str(s) for s in sizes)
     peaks["method"] = (f"best of {sweeps} interleaved sweeps over square matmuls of sizes {sized}, each repeated for "
                        f"{seconds:g} s: fp32 torch.mm, int8 ONNX Runtime MatMulInteger (uint8 x int8); memory: "
-                       "best copy of a 256 MiB tensor (bytes read + written per second)")
+                       "best read of a 256 MiB tensor (bytes read per second, a sum)")
     return peaks
 
 

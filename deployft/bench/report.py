@@ -176,7 +176,7 @@ def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
                 "fraction_of_peak": fraction_of_peak(cell_flops.get("decode_token", 0) * (rate or 0), 1.0,
                                                      _peak_for(peak, variants[name]["precision"])),
                 "fraction_of_bandwidth": fraction_of_bandwidth(rate, variants[name].get("weight_bytes_per_token"),
-                                                               (peak or {}).get("copy_bytes_per_s")),
+                                                               (peak or {}).get("read_bytes_per_s")),
             })
     base = {(r["prompt_len"], r["new_tokens"]): r for r in rows if r["variant"] == BASELINE}
     for row in rows:

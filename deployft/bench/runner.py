@@ -77,7 +77,10 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
     raw["load_after"] = load_average()
     raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
     cores = raw["machine"]["cores_usable"] or 1
-    warning = busy_warning(raw["load_before"], raw["load_after"], config.threads, cores)
+    # the load average counts the benchmark's own threads; where every round was judged from /proc/stat the
+    # round counts below say more, so the load-average guess is only the fallback (no /proc/stat)
+    warning = None if raw["rounds"]["judged"] else busy_warning(raw["load_before"], raw["load_after"],
+                                                                  config.threads, cores)
     raw["warnings"] = [warning] if warning else []
     if raw["rounds"]["rounds_dirty"]:
         raw["warnings"].append(f"{raw['rounds']['rounds_dirty']} of {raw['rounds']['rounds_kept']} timing rounds "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from bench_pairs import bench_pair, make_run  # noqa: F401  (fixture)
@@ -162,12 +163,26 @@ def test_ort_genai_peers_built_in_the_helper_venv_generate_exactly_n_tokens(tmp_
 
     run = _gqa_run(tmp_path)
     bundle = export(ExportConfig(run=run, output=tmp_path / "bundle", validate_samples=8, max_accuracy_drop=1e9))
-    report = benchmark(quick(run, bundle, tmp_path / "report", variants="pytorch,ort-genai-int8,ort-genai-int4",
+    report = benchmark(quick(run, bundle, tmp_path / "report", variants="pytorch,ort-genai",
                              prompt_lens="4,8", new_tokens=3, eval_samples=4))
     assert report.failed == {}
-    for name in ("ort-genai-int8", "ort-genai-int4"):
+    for name, bits, block in (("ort-genai-int8", 8, 32), ("ort-genai-int4", 4, 32), ("ort-genai-int4-b128", 4, 128)):
+        assert _matmulnbits(Path(report.variants[name]["build"]["path"])) == {(bits, block)}, name
         rows = [r for r in report.results if r["variant"] == name]
         assert len(rows) == 2 and all(len(run["times"]) == run["tokens"] == 3 for r in rows for run in r["runs"])
         accuracy = report.variants[name]["accuracy"]
         assert accuracy["perplexity"] > 1 and 0 <= accuracy["token_agreement"] <= 1
         assert report.variants[name]["build"]["build_s"] > 0
+
+
+def _matmulnbits(folder: Path) -> set[tuple[int, int]]:
+    """`(bits, block_size)` of every MatMulNBits node of a built onnxruntime-genai model, except its LM head."""
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    found = set()
+    for node in graph.node:
+        if node.op_type == "MatMulNBits" and "lm_head" not in node.name:
+            attrs = {a.name: a.i for a in node.attribute}
+            found.add((attrs.get("bits", 4), attrs["block_size"]))
+    return found

@@ -13,7 +13,7 @@ from deployft.bench.timing import percentile
 
 def _raw(task, timings, variants, flops):
     return {"created": "2026-01-01T00:00:00+00:00", "load_before": [0.1, 0.1, 0.1], "load_after": [1.0, 0.5, 0.2],
-            "inputs": {"eval_rows": 4}, "machine": describe_machine(), "peak": {"fp32": 1e11, "int8": 4e11, "copy_bytes_per_s": 1e10},
+            "inputs": {"eval_rows": 4}, "machine": describe_machine(), "peak": {"fp32": 1e11, "int8": 4e11, "read_bytes_per_s": 1e10},
             "variants": variants, "timings": timings, "wall_s": 1.0, "flops": flops, "warnings": ["the machine was busy"],
             "rounds": {"rounds_kept": 3, "rounds_rejected": 2, "rounds_dirty": 0, "max_other_share": 0.05,
                        "judged": True, "median_other_share": 0.01}}

@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployft.bench.roofline import copy_bandwidth, fraction_of_bandwidth, onnx_weight_bytes, torch_weight_bytes
+from deployft.bench.roofline import read_bandwidth, fraction_of_bandwidth, onnx_weight_bytes, torch_weight_bytes
 
 
 def _graph_with_lookup_and_matmul(path):
@@ -42,7 +42,7 @@ def test_torch_weight_bytes_leave_out_an_unshared_embedding(tied):
     assert torch_weight_bytes(model) == (total if tied else total - embedding)
 
 
-def test_fraction_of_bandwidth_and_copy_bandwidth():
+def test_fraction_of_bandwidth_and_read_bandwidth():
     assert fraction_of_bandwidth(10.0, 1e8, 1e10) == pytest.approx(0.1)
     assert fraction_of_bandwidth(None, 1e8, 1e10) is None and fraction_of_bandwidth(10.0, None, 1e10) is None
-    assert copy_bandwidth(1, seconds=0.01, size=16 * 2**20) > 1e8
+    assert read_bandwidth(1, seconds=0.01, size=16 * 2**20) > 1e8
