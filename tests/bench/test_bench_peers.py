@@ -141,14 +141,15 @@ def test_the_helper_venv_is_made_once_torch_first(tmp_path, monkeypatch):
 
 
 def _gqa_run(root):
-    """A tiny llama RUN with head size 16 (onnxruntime-genai's GroupQueryAttention needs a multiple of 16)."""
+    """A tiny llama RUN with head size 16 (onnxruntime-genai's GroupQueryAttention needs a multiple of 16) and
+    matmuls 128 wide, so weight blocks of 128 fit."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     run = make_run("llama", "generate", root / "run", write_rows(root / "data" / "qa.jsonl", qa_rows(60)))
     tokenizer = AutoTokenizer.from_pretrained(run)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -164,7 +165,7 @@ def test_ort_genai_peers_built_in_the_helper_venv_generate_exactly_n_tokens(tmp_
     run = _gqa_run(tmp_path)
     bundle = export(ExportConfig(run=run, output=tmp_path / "bundle", validate_samples=8, max_accuracy_drop=1e9))
     report = benchmark(quick(run, bundle, tmp_path / "report", variants="pytorch,ort-genai",
-                             prompt_lens="4,8", new_tokens=3, eval_samples=4))
+                             prompt_lens="4,8", new_tokens=3, eval_samples=4, peer_cache=tmp_path / "peers"))
     assert report.failed == {}
     for name, bits, block in (("ort-genai-int8", 8, 32), ("ort-genai-int4", 4, 32), ("ort-genai-int4-b128", 4, 128)):
         assert _matmulnbits(Path(report.variants[name]["build"]["path"])) == {(bits, block)}, name
