@@ -4,8 +4,15 @@ Times a single KV-cache step (batch 1, one new token, `--past` cached tokens) an
 tokens, empty cache: the time to first token's model call) through ONNX Runtime for
 
     model.onnx                Optimum's export
-    model_optimized.onnx      ORTOptimizer + deployft's fused decoder attention (GroupQueryAttention)
+    model_optimized.onnx      ORTOptimizer + deployft's fused decoder attention (GroupQueryAttention), packed
+                              q/k/v and gate/up projections, optional last-position LM head (`logits_to_keep`)
     model_quantized.onnx      the bundle's int8 (blockwise MatMulNBits of the fused graph), when it has one
+    unpacked-fp32.onnx, unpacked-int8.onnx
+                              model_optimized.onnx with its packed projections split back into one MatMul each,
+                              and its blockwise int8: what packing buys
+    *, every position's logits
+                              the fused fp32 and int8 files fed `logits_to_keep` 0 (logits at every position, as
+                              a file without the input computes them): what the last-position LM head buys
     dynamic-int8.onnx         per-tensor dynamic int8 of model.onnx, written here for comparison (what deployft
                               shipped for generators before blockwise int8)
     int4-b32.onnx, int4-b128.onnx
@@ -15,7 +22,10 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
                               instead of 4 (int8 compute): the prefill question on CPUs without VNNI
 
 with the node count of each file and the kernels that take the decode step's time (ONNX Runtime's profiler, one
-extra pass). Files are interleaved round by round at the same thread count; medians are reported.
+extra pass). Files are interleaved round by round at the same thread count; medians are reported. Files that take
+`logits_to_keep` are fed 1, as the runtime feeds them. A round counts only if other programs used at most
+`--max-foreign` of a core during it (/proc/stat busy time minus this process's); rejected rounds are repeated
+and counted.
 
     python benchmarks/decoder_step.py outputs/bench-defaults/bundle-generate --threads 2
 """
@@ -46,8 +56,12 @@ def _session(path: Path, threads: int, profile: str | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _feed(sess, past: int, new: int = 1) -> dict[str, np.ndarray]:
-    """`new` tokens after `past` random cached ones (decode: new=1; prefill: past=0)."""
+ALL_LOGITS = ", every position's logits"
+
+
+def _feed(sess, past: int, new: int = 1, keep_last: bool = True) -> dict[str, np.ndarray]:
+    """`new` tokens after `past` random cached ones (decode: new=1; prefill: past=0); `logits_to_keep` 1 where the
+    file takes it and `keep_last`, else 0."""
     rng = np.random.default_rng(0)
     feed = {"input_ids": rng.integers(3, 100, (1, new), dtype=np.int64),
             "attention_mask": np.ones((1, past + new), dtype=np.int64),
@@ -55,7 +69,50 @@ def _feed(sess, past: int, new: int = 1) -> dict[str, np.ndarray]:
     for item in sess.get_inputs():
         if item.name.startswith("past_key_values."):
             feed[item.name] = rng.standard_normal((1, item.shape[1], past, item.shape[3])).astype(np.float32)
-    return {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
+    feed = {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
+    if any(i.name == "logits_to_keep" for i in sess.get_overridable_initializers()):
+        feed["logits_to_keep"] = np.array(1 if keep_last else 0, dtype=np.int64)
+    return feed
+
+
+def _unpacked(src: Path, dst: Path) -> Path | None:
+    """`src` with every packed MatMul + Split (deployft's `pack_projections`) split back into one MatMul per
+    output, or None when `src` has none."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from deployft.exporter.decoder_graph import PACKED_SPLIT
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    nodes, found = [], False
+    users = {i: n for n in graph.node for i in n.input}
+    for node in graph.node:
+        matmul = producers.get(node.input[0]) if node.name.endswith("/" + PACKED_SPLIT) else None
+        if matmul is None:
+            split = users.get(node.output[0]) if node.op_type == "MatMul" else None
+            if split is None or not split.name.endswith("/" + PACKED_SPLIT):
+                nodes.append(onnx.NodeProto())
+                nodes[-1].CopyFrom(node)
+            continue
+        found = True
+        packed = numpy_helper.to_array(weights[matmul.input[1]])
+        sizes = numpy_helper.to_array(weights[node.input[1]]).tolist()
+        folder, leaves = matmul.name.rsplit("/", 1)[0].rsplit("/", 1)
+        names = [f"{folder}/{leaf}/MatMul" for leaf in leaves.split("+")]
+        if len(names) != len(node.output):
+            names = [f"{matmul.name}_part_{i}" for i in range(len(node.output))]
+        for name, out, part in zip(names, node.output, np.split(packed, np.cumsum(sizes)[:-1], axis=1)):
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part), f"{name}/weight"))
+            nodes.append(helper.make_node("MatMul", [matmul.input[0], f"{name}/weight"], [out], name=name))
+    if not found:
+        return None
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    return dst
 
 
 def _top_kernels(path: Path, threads: int, feed: dict, steps: int = 10) -> list[tuple[str, float, int]]:
@@ -88,13 +145,18 @@ def _with_accuracy_level(src: Path, dst: Path, level: int) -> Path:
 
 def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     from deployft.exporter.int4 import quantize_int4
-    from deployft.exporter.quantize import cpu_preset, head_matmuls, quantize_dynamic_int8
+    from deployft.exporter.quantize import cpu_preset, head_matmuls, quantize_blockwise_int8, quantize_dynamic_int8
 
     files = {name: bundle / name for name in ("model.onnx", "model_optimized.onnx", "model_quantized.onnx")
              if (bundle / name).exists()}
     files["dynamic-int8.onnx"] = scratch / "dynamic-int8.onnx"
     quantize_dynamic_int8(bundle / "model.onnx", files["dynamic-int8.onnx"], cpu_preset(), per_channel=False)
     fused = bundle / "model_optimized.onnx"
+    unpacked = _unpacked(fused, scratch / "unpacked-fp32.onnx")
+    if unpacked is not None:
+        files["unpacked-fp32.onnx"] = unpacked
+        files["unpacked-int8.onnx"] = scratch / "unpacked-int8.onnx"
+        quantize_blockwise_int8(unpacked, files["unpacked-int8.onnx"], nodes_to_exclude=())
     for block in (32, 128):
         files[f"int4-b{block}.onnx"] = scratch / f"int4-b{block}.onnx"
         quantize_int4(fused, files[f"int4-b{block}.onnx"], block, head_matmuls(fused))
@@ -105,17 +167,25 @@ def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     return files
 
 
-def _medians(sessions: dict, feeds: dict, rounds: int, steps: int) -> dict[str, float]:
-    """ms per call (p50) of every session on its feed, files interleaved round by round."""
+def _medians(sessions: dict, feeds: dict, rounds: int, steps: int, meter) -> dict[str, float]:
+    """ms per call (p50) of every session on its feed, files interleaved round by round; a round the meter
+    rejects (others busy) is thrown away and repeated."""
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
+    kept = 0
+    while kept < rounds:
+        meter.start()
+        this_round: dict[str, list[float]] = {name: [] for name in sessions}
         for name, sess in sessions.items():
             for _ in range(2):
                 sess.run(None, feeds[name])
             for _ in range(steps):
                 start = time.perf_counter()
                 sess.run(None, feeds[name])
-                times[name].append(time.perf_counter() - start)
+                this_round[name].append(time.perf_counter() - start)
+        if meter.finish():
+            kept += 1
+            for name, values in this_round.items():
+                times[name].extend(values)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
@@ -128,19 +198,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=15, help="timed decode steps per file per round")
     parser.add_argument("--prefill-steps", type=int, default=3, help="timed prefills per file, length and round")
+    parser.add_argument("--max-foreign", type=float, default=0.05,
+                        help="largest share of a core other programs may use during a kept round")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
     import onnx
 
+    from deployft.bench.quiet import RoundMeter
+
+    meter = RoundMeter(max_share=args.max_foreign)
+
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.bundle.parent) as scratch:
         files = _files(args.bundle, Path(scratch))
         sessions = {name: _session(path, args.threads) for name, path in files.items()}
-        feeds = {name: _feed(sess, args.past) for name, sess in sessions.items()}
-        decode = _medians(sessions, feeds, args.rounds, args.steps)
-        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n) for name, sess in sessions.items()},
-                               args.rounds, args.prefill_steps) for n in args.prompts}
+        for name in ("model_optimized.onnx", "model_quantized.onnx"):
+            if name in sessions and "logits_to_keep" in {i.name for i in sessions[name].get_overridable_initializers()}:
+                files[name + ALL_LOGITS], sessions[name + ALL_LOGITS] = files[name], sessions[name]
+        feeds = {name: _feed(sess, args.past, keep_last=not name.endswith(ALL_LOGITS))
+                 for name, sess in sessions.items()}
+        decode = _medians(sessions, feeds, args.rounds, args.steps, meter)
+        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n, keep_last=not name.endswith(ALL_LOGITS))
+                                          for name, sess in sessions.items()},
+                               args.rounds, args.prefill_steps, meter) for n in args.prompts}
         rows = {name: {"ms_p50": decode[name], **{f"prefill_{n}_ms_p50": prefill[n][name] for n in args.prompts},
                        "nodes": len(onnx.load(str(path), load_external_data=False).graph.node),
                        "mb": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6,
@@ -149,7 +230,8 @@ def main() -> None:
     result = {"bundle": str(args.bundle), "threads": args.threads, "past": args.past, "prompts": args.prompts,
               "rounds": args.rounds, "steps": args.steps, "prefill_steps": args.prefill_steps,
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "load_before": load_before, "load_after": os.getloadavg()[0], "files": rows}
+              "load_before": load_before, "load_after": os.getloadavg()[0], "rounds_judged": meter.summary(),
+              "files": rows}
     text = _markdown(args, result)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "decoder_step.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -165,7 +247,9 @@ def _markdown(args, result: dict) -> str:
              f"`{args.bundle}`, decode: one new token after {args.past} cached tokens; prefill: "
              f"{', '.join(map(str, args.prompts))} tokens, empty cache; {args.threads} threads, {args.rounds} rounds "
              f"x {args.steps} decode steps / {args.prefill_steps} prefills, interleaved; load average "
-             f"{result['load_before']:.2f} before, {result['load_after']:.2f} after", "",
+             f"{result['load_before']:.2f} before, {result['load_after']:.2f} after; rounds rejected because other "
+             f"programs used over {args.max_foreign:.0%} of a core: {result['rounds_judged']['rounds_rejected']}, "
+             f"kept anyway after repeated rejections: {result['rounds_judged']['rounds_dirty']}", "",
              f"| file | nodes | MB | decode ms per step (p50) | vs model.onnx | {prefill_head} | "
              "top decode kernels (ms per step, nodes) |",
              "| --- | --- | --- | --- | --- | " + "--- | --- | " * len(args.prompts) + "--- |"]

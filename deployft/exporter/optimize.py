@@ -67,11 +67,11 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     skipped = _ort_optimizer_skip(folder)
     if not skipped:
         _ort_optimize(onnx_path, target)
+    rewritten: list[str] = []
     if skipped or attention is not None:
-        _rewrite(onnx_path if skipped else target, target, attention)
+        rewritten = _rewrite(onnx_path if skipped else target, target, attention)
     report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
-    if skipped:
-        report["notes"].insert(1 if decoder else 0, skipped)
+    report["notes"][1 if decoder else 0:1 if decoder else 0] = [*([skipped] if skipped else []), *rewritten]
     return target, report
 
 
@@ -114,25 +114,40 @@ def _ort_optimize(onnx_path: Path, target: Path, **disabled: bool) -> None:
             shutil.move(str(path), target if path == written else target.parent / path.name)
 
 
-def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> None:
-    """Load `src` once, fuse its decoder attention when `attention` is given, and save it as `dst`.
+def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str]:
+    """Load `src` once, fuse its decoder attention when `attention` is given (then pack its sibling projections
+    and give its LM head the optional `logits_to_keep` input), and save it as `dst`; returns the fusion notes.
 
     `dst` gets its own external weights when it needs them, never shares `src`'s, and leaves no stale weight file.
     """
     import onnx
 
     from .decoder_fusion import fuse_attention
+    from .decoder_graph import add_logits_to_keep, lm_head, pack_projections
     from .onnx_export import external_files, save_model
 
     stale = external_files(dst) if dst.exists() else []
     model = onnx.load(str(src))
+    notes = []
     if attention is not None:
         try:
             fuse_attention(model, attention)
+            head = lm_head(model)
+            packed = pack_projections(model, exclude={head} if head else set())
+            if head:
+                add_logits_to_keep(model, head)
         except ValueError as exc:
             raise StageError(f"fusing the decoder attention of {src.name} failed: {exc}; "
                              "export with --no-fuse-attention to keep the exported attention") from exc
+        if packed:
+            notes.append(f"{sum(map(len, packed))} projections that read the same activation packed into "
+                         f"{len(packed)} MatMuls ({', '.join(sorted({f'{len(g)} to 1' for g in packed}))}: a "
+                         "layer's q/k/v, its MLP's gate/up), each followed by a Split")
+        notes.append("the LM head computes the last `logits_to_keep` positions when that optional input is fed "
+                     "(the runtime feeds 1; 0, the default, computes every position)" if head else
+                     "the LM head could not be found: every step computes every position's logits")
     save_model(model, dst, stale)
+    return notes
 
 
 def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,

@@ -2,7 +2,8 @@
 
 The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `input_ids`, `attention_mask`,
 `position_ids` and `past_key_values.N.key/value` (length 0 on the first step) and returns `logits` and
-`present.N.key/value`. Every run goes through IO binding: the `present` outputs stay where ONNX Runtime put
+`present.N.key/value`; deployft's fused files also take an optional `logits_to_keep`, fed 1 on every step so only
+the last position's logits are computed. Every run goes through IO binding: the `present` outputs stay where ONNX Runtime put
 them (on the GPU for CUDA) and are bound as the next step's `past`, so the cache never round-trips through
 numpy. Batches are left-padded; position ids count only real tokens, as transformers computes them.
 """
@@ -20,6 +21,7 @@ from .sampling import GenerationOptions, next_tokens
 logger = logging.getLogger("deployft.runtime")
 
 _PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_KEEP_LAST = np.array(1, dtype=np.int64)
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -46,6 +48,12 @@ class KVDecoder:
         self.past_dtype = _PAST_DTYPES.get(first.type, np.float32)
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.has_positions = "position_ids" in inputs
+        # deployft's fused decoders (CPU) take an optional `logits_to_keep` (default 0: every position); a step
+        # feeds 1, so a prefill projects only its last position onto the vocabulary. IO binding cannot bind an
+        # optional input, so those steps run through run_with_ort_values, which on CPU keeps the cache as OrtValues
+        # just the same; CUDA steps keep IO binding (their presents stay on the device) and every position.
+        self.keeps_last = device == "cpu" and any(
+            i.name == "logits_to_keep" for i in session.get_overridable_initializers())
         self.output_names = [o.name for o in session.get_outputs()]
         self.present_names = ["present" + n[len("past_key_values"):] for n in self.past_names]
 
@@ -78,9 +86,28 @@ class KVDecoder:
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
         """One forward pass; returns `(last-position logits as float32, present cache values)`."""
+        if self.keeps_last:
+            return self._step_keeping_last(ids, mask, positions, past)
         binding = self._bind_step(ids, mask, positions, past)
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
+        logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
+        return logits, [outputs[name] for name in self.present_names]
+
+    def _step_keeping_last(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
+        from onnxruntime import OrtValue
+
+        feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": _KEEP_LAST}
+        if self.has_positions:
+            feeds["position_ids"] = positions
+        feeds = {name: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
+        if past is None:
+            empty = OrtValue.ortvalue_from_numpy(
+                np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype))
+            feeds.update({name: empty for name in self.past_names})
+        else:
+            feeds.update(zip(self.past_names, past))
+        outputs = dict(zip(self.output_names, self.session.run_with_ort_values(self.output_names, feeds)))
         logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
         return logits, [outputs[name] for name in self.present_names]
 

@@ -135,14 +135,15 @@ def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_r
     assert q["mode"] == "int4" and q["remedy"] == "none" and q["block_size"] == 32 and q["accuracy_level"] == 4
     assert q["quantized_from"] == "model_optimized.onnx" and "int4" in q["choice"]
     nbits = _nbits(bundle / "model_int4.onnx")
-    assert nbits.pop("/lm_head/MatMul") == (8, 32) and set(nbits.values()) == {(4, 32)} and len(nbits) == 14
-    assert _remaining(bundle / "model_int4.onnx") == [] and q["bits"] == {"4": 14, "8": 1}
-    assert variant["ops"]["MatMulNBits"] == 15 and variant["ops"]["GroupQueryAttention"] == 2
+    # q/k/v and gate/up are packed in the fused graph: 4 MatMuls per layer (qkv, o, gate+up, down)
+    assert nbits.pop("/lm_head/MatMul") == (8, 32) and set(nbits.values()) == {(4, 32)} and len(nbits) == 8
+    assert _remaining(bundle / "model_int4.onnx") == [] and q["bits"] == {"4": 8, "8": 1}
+    assert variant["ops"]["MatMulNBits"] == 9 and variant["ops"]["GroupQueryAttention"] == 2
     assert variant["ops"]["GatherBlockQuantized"] == 1 and q["embedding"] == "8-bit GatherBlockQuantized, block 32"
     report = manifest["validation"]["model_int4.onnx"]
     assert report["guard"]["passed"] and report["drop"] <= 10.0
     assert 0.0 <= report["greedy_token_agreement"] <= 1.0
-    assert "MatMulNBits 4-bit ×14, 8-bit ×1; token embedding 8-bit GatherBlockQuantized" in (bundle / "README.md").read_text()
+    assert "MatMulNBits 4-bit ×8, 8-bit ×1; token embedding 8-bit GatherBlockQuantized" in (bundle / "README.md").read_text()
     predictor = Predictor.load(bundle)  # the KV-cache decoder on MatMulNBits, through the runtime's own loop
     assert predictor.model_file == "model_int4.onnx"
     ids = list(predictor.iter_token_ids([5, 9, 14, 3], max_new_tokens=6, ignore_eos=True))
@@ -178,7 +179,7 @@ def test_int4_ladder_then_refusal_without_a_bundle(tiny_run, tmp_path, monkeypat
     manifest = read_manifest(_export(run, tmp_path, quantize="int4", max_accuracy_drop=15.0), "bundle")
     q = manifest["quantization"]
     assert q["remedy"] == "blocks of 16 + first and last layer at 8 bits" and q["block_size"] == 16
-    assert q["bits"] == {"8": 15} and [a["remedy"] for a in q["attempts"]][:2] == ["none", "blocks of 16"]
+    assert q["bits"] == {"8": 9} and [a["remedy"] for a in q["attempts"]][:2] == ["none", "blocks of 16"]
 
 
 def test_classifier_refuses_int4_and_block_size(tiny_run, tmp_path):
@@ -215,6 +216,6 @@ def test_cli_block_size_reaches_the_file(tiny_run, tmp_path):
                                        "--block-size", "128", "--validate-samples", "8", "--max-accuracy-drop", "1000"])
     assert result.exit_code == 0, result.output
     assert "deployable: model_int4.onnx" in result.output and "| model_int4.onnx * | int4 |" in result.output
-    assert "quantization: int4 (blockwise int4 weights (MatMulNBits), int8 compute, block 128; MatMulNBits 4-bit ×14, " \
+    assert "quantization: int4 (blockwise int4 weights (MatMulNBits), int8 compute, block 128; MatMulNBits 4-bit ×8, " \
            "8-bit ×1; token embedding 8-bit GatherBlockQuantized, block 32), remedy: none" in result.output
     assert {block for _, block in _nbits(bundle / "model_int4.onnx").values()} == {128}

@@ -126,3 +126,23 @@ def test_every_generator_variant_decodes_a_left_padded_batch_like_single_prompts
         for row, seq in enumerate(ids):
             single = predictor.forward(np.array([seq]), np.ones((1, len(seq)), dtype=np.int64))
             np.testing.assert_allclose(logits[row, :len(seq)], single[0], atol=1e-3, err_msg=name)
+
+
+def test_fused_files_compute_the_last_positions_logits_only_and_decode_the_same(generate_bundle):
+    """Fused generator files take `logits_to_keep`; the runtime feeds 1 (run_with_ort_values) and gets the tokens
+    the IO-binding path (every position's logits) gives, on a left-padded batch."""
+    prompts = [r["prompt"] for r in qa_rows(3, seed=7)]
+    fused = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
+             if v["optimized"]]
+    assert fused
+    for name in fused:
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        assert predictor.decoder.keeps_last, name
+        ids = np.array([[5, 6, 7, 8]], dtype=np.int64)
+        step, _ = predictor.decoder.step(ids, np.ones_like(ids), np.arange(4)[None], None)
+        full = predictor.decoder.full_logits(ids, np.ones_like(ids))
+        assert full.shape[1] == 4
+        np.testing.assert_allclose(step, full[:, -1], atol=1e-5)
+        kept = predictor.generate(prompts, max_new_tokens=8)
+        predictor.decoder.keeps_last = False
+        assert predictor.generate(prompts, max_new_tokens=8) == kept, name
