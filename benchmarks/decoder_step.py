@@ -111,6 +111,10 @@ def _unpacked(src: Path, dst: Path) -> Path | None:
         return None
     del graph.node[:]
     graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     return dst
 
