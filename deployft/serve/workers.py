@@ -56,7 +56,7 @@ class ClassifierBatcher(QueueWorker):
             if self._stopping:
                 return None
             deadline = self.pending[0].arrived + self.max_wait
-            while self._texts() < self.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+            while not self._full() and (left := deadline - time.perf_counter()) > 0:
                 self._wake.wait(left)
             jobs, texts = [], 0
             while self.pending and (not jobs or texts + len(self.pending[0].ids) <= self.max_batch_size):
@@ -68,6 +68,13 @@ class ClassifierBatcher(QueueWorker):
 
     def _texts(self) -> int:
         return sum(len(job.ids) for job in self.pending)
+
+    def _needs_wake(self) -> bool:
+        # the worker waits for a first request, then (in the window) for a full batch; nothing in between
+        return len(self.pending) == 1 or self._full()
+
+    def _full(self) -> bool:
+        return len(self.pending) >= self.max_batch_size or self._texts() >= self.max_batch_size
 
     def run(self, jobs: list[Job]) -> None:
         """Classify the texts of `jobs` together and answer each job with its own predictions."""

@@ -102,3 +102,24 @@ def test_a_client_leaving_a_stream_frees_its_row_at_the_next_step(runtime_bundle
 
     asyncio.run(leave_after_one_chunk())
     assert 'deployft_generations_total{reason="cancelled"} 1.0' in service.metrics.render()[0].decode()
+
+
+class CountingCondition(threading.Condition):
+    def __init__(self):
+        super().__init__()
+        self.notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_the_worker_is_woken_by_the_first_request_and_by_a_full_batch_only(predictor):
+    batcher = ClassifierBatcher(predictor, max_batch_size=4, max_wait_ms=50.0, max_queue=64)
+    batcher._wake = CountingCondition()  # not started: only what submit does is counted
+    wakes = []
+    for text in TEXTS[:5]:
+        batcher.submit(Job(predictor.codec.encode([text]), lambda *_: None))
+        wakes.append(batcher._wake.notified)
+    assert wakes == [1, 1, 1, 2, 3]  # the first request, then the 4th (the batch is full) and after
+
