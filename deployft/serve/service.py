@@ -46,7 +46,7 @@ class Service:
             self.worker = GenerationEngine(self.predictor, config.max_batch_size, config.max_queue, self.metrics)
         else:
             self.worker = ClassifierBatcher(self.predictor, config.max_batch_size, config.max_wait_ms,
-                                            config.max_queue, self.metrics)
+                                            config.max_queue, self.metrics, in_flight=lambda: self.inflight)
         self._running = False
 
     @property
