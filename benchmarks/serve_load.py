@@ -42,6 +42,8 @@ TEXTS = ["a warm, funny and beautifully acted film", "dull, overlong and badly w
          "an uneven but often moving portrait of a family", "forgettable"]
 PROMPTS = ["What is the capital of France?", "Tell me a joke.", "What do you like to do?", "Who are you?",
            "What is the meaning of life?", "Do you like music?"]
+SYSTEM = "Be brief."
+"""A short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit."""
 MODES = {"batched": [], "unbatched": ["--max-batch-size", "1"]}
 
 
@@ -105,8 +107,8 @@ async def classify_call(client: aiohttp.ClientSession, url: str, i: int) -> dict
 
 
 async def generate_call(client: aiohttp.ClientSession, url: str, i: int, max_tokens: int) -> dict:
-    # a short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []
+    messages.append({"role": "user", "content": PROMPTS[i % len(PROMPTS)]})
     body = {"messages": messages, "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     started, ttft, tokens = time.perf_counter(), None, 0

@@ -47,3 +47,16 @@ def test_own_cpu_counts_the_server_once(serve_load, server):
     expected = mine.user + mine.system + mine.children_user + mine.children_system + theirs.user + theirs.system
     # the server spent seconds loading the model: counted twice, the sum would be off by that much
     assert serve_load.own_cpu() == pytest.approx(expected, abs=0.3)
+
+
+def test_a_streamed_generation_counts_its_tokens_and_first_token_time(serve_load, runtime_bundle, monkeypatch):
+    monkeypatch.setattr(serve_load, "SYSTEM", None)  # the tiny bundle takes prompts of at most 32 tokens
+    monkeypatch.setattr(serve_load, "PROMPTS", ["hi", "bees"])
+    server = Server(runtime_bundle("llama"))
+    try:
+        call = lambda client, url, i: serve_load.generate_call(client, url, i, 4)  # noqa: E731
+        results, _ = asyncio.run(serve_load.load(call, server.url, 2, 4))
+    finally:
+        server.stop()
+    assert [r["status"] for r in results] == [200] * 4
+    assert all(r["tokens"] > 0 and 0 < r["ttft"] <= r["latency"] for r in results)
