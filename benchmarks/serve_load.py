@@ -2,14 +2,18 @@
 
 For the default classifier and generator bundles (built by benchmarks/run_defaults.py, reused when present), for
 each mode a fresh server is started (`--threads 2`), then bounded, self-stopping rounds of concurrent requests
-(httpx async clients) run at concurrency 1, 8, 32 and 64: requests/s, generated tokens/s, p50/p99 latency and
-time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX Runtime calls made and their rows
-(from the server's /metrics batch-size histogram) and the server's RSS before and after.
+(one aiohttp client session, `concurrency` connections) run at concurrency 1, 8, 32 and 64: requests/s, generated
+tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX
+Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
+after, and the CPU time the load generator itself spent per request (it runs on the same cores as the server).
 Then 10,000 classifier requests check that the server's RSS stays flat.
 
-Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of the
-server is subtracted, and a round where other processes used more than --max-foreign of the machine is
-rejected and repeated (up to --tries times); rejected rounds are recorded.
+The client is aiohttp, not httpx: on 2 cores httpx's AsyncClient spent about 5 ms of CPU per request at
+concurrency 32 (a whole core, so the rounds measured the client), aiohttp about 0.2 ms.
+
+Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of its
+children (the server) is subtracted, and a round where other processes used more than --max-foreign of the
+machine is rejected and repeated (up to --tries times); rejected rounds are recorded.
 
     python benchmarks/serve_load.py                      # both tasks -> results/serve_load.{json,md}
     python benchmarks/serve_load.py --task classify --classify-bundle path/to/bundle
@@ -27,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 
@@ -37,6 +42,8 @@ TEXTS = ["a warm, funny and beautifully acted film", "dull, overlong and badly w
          "an uneven but often moving portrait of a family", "forgettable"]
 PROMPTS = ["What is the capital of France?", "Tell me a joke.", "What do you like to do?", "Who are you?",
            "What is the meaning of life?", "Do you like music?"]
+SYSTEM = "Be brief."
+"""A short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit."""
 MODES = {"batched": [], "unbatched": ["--max-batch-size", "1"]}
 
 
@@ -45,18 +52,25 @@ def busy_jiffies() -> int:
     return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
 
 
-def own_cpu(server: psutil.Process) -> float:
-    total = 0.0
-    for process in (psutil.Process(), server):
-        times = process.cpu_times()
-        total += times.user + times.system + times.children_user + times.children_system
-        for thread_owner in process.children(recursive=True):
-            try:
-                t = thread_owner.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
+def own_cpu() -> float:
+    """CPU seconds of this process (the load generator), of its live descendants (the server) and of its
+    children that have exited, each counted once."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
     return total
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process alone (to the nanosecond, not the clock tick): during a round, what the load
+    generator costs."""
+    return time.process_time()
 
 
 class Server:
@@ -84,20 +98,23 @@ class Server:
         return self.process.wait(60)
 
 
-async def classify_call(client: httpx.AsyncClient, url: str, i: int) -> dict:
+async def classify_call(client: aiohttp.ClientSession, url: str, i: int) -> dict:
     started = time.perf_counter()
-    response = await client.post(url + "/v1/classify", json={"input": TEXTS[i % len(TEXTS)]})
-    return {"status": response.status_code, "latency": time.perf_counter() - started, "tokens": 0, "ttft": None}
+    async with client.post(url + "/v1/classify", json={"input": TEXTS[i % len(TEXTS)]}) as response:
+        await response.read()
+        status = response.status
+    return {"status": status, "latency": time.perf_counter() - started, "tokens": 0, "ttft": None}
 
 
-async def generate_call(client: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> dict:
-    # a short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+async def generate_call(client: aiohttp.ClientSession, url: str, i: int, max_tokens: int) -> dict:
+    messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []
+    messages.append({"role": "user", "content": PROMPTS[i % len(PROMPTS)]})
     body = {"messages": messages, "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     started, ttft, tokens = time.perf_counter(), None, 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
+    async with client.post(url + "/v1/chat/completions", json=body) as response:
+        async for raw in response.content:  # one SSE line at a time
+            line = raw.decode("utf-8").rstrip("\r\n")
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
@@ -105,20 +122,20 @@ async def generate_call(client: httpx.AsyncClient, url: str, i: int, max_tokens:
                 ttft = time.perf_counter() - started
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-        status = response.status_code
+        status = response.status
     return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "ttft": ttft}
 
 
 async def load(call, url: str, concurrency: int, total: int) -> tuple[list[dict], float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     counter = itertools.count()
     results: list[dict] = []
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
         async def worker():
             while (i := next(counter)) < total:
                 try:
                     results.append(await call(client, url, i))
-                except httpx.HTTPError as exc:
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     results.append({"status": 0, "latency": 0.0, "tokens": 0, "ttft": None,
                                     "error": f"{type(exc).__name__}: {exc}"})
 
@@ -132,9 +149,11 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else None
 
 
-def summarize(results: list[dict], wall: float) -> dict:
+def summarize(results: list[dict], wall: float, client_s: float | None = None) -> dict:
     ok = [r for r in results if 200 <= r["status"] < 300]
     return {"requests": len(results), "wall_s": round(wall, 3), "ok": len(ok),
+            "client_cpu_ms_per_request": round(client_s / len(results) * 1000, 3)
+            if client_s is not None and results else None,
             "status_429": sum(r["status"] == 429 for r in results),
             "status_4xx_other": sum(400 <= r["status"] < 500 and r["status"] != 429 for r in results),
             "status_5xx": sum(r["status"] >= 500 for r in results),
@@ -179,10 +198,11 @@ def clean_round(server: Server, call, concurrency: int, total: int, args) -> dic
     rejected = []
     for _ in range(args.tries):
         histogram = batch_histogram(server)
-        busy, own = busy_jiffies(), own_cpu(server.ps)
+        busy, own, client = busy_jiffies(), own_cpu(), client_cpu()
         results, wall = asyncio.run(load(call, server.url, concurrency, total))
-        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu(server.ps) - own)) / (wall * cores)
-        row = {"concurrency": concurrency, **summarize(results, wall), "foreign_load": round(foreign, 3),
+        client = client_cpu() - client
+        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / (wall * cores)
+        row = {"concurrency": concurrency, **summarize(results, wall, client), "foreign_load": round(foreign, 3),
                "batches": batch_sizes(histogram, batch_histogram(server))}
         if foreign <= args.max_foreign:
             return {**row, "rejected_rounds": rejected}
@@ -208,9 +228,9 @@ def run_task(task: str, bundle: Path, args) -> dict:
                 print(f"{task} {mode} c={concurrency}: {json.dumps(rounds[-1])[:240]}", flush=True)
             soak = None
             if task == "classify" and mode == "batched" and args.soak:
-                soak = {"rss_before": server.rss()}
+                soak, client = {"rss_before": server.rss()}, client_cpu()
                 results, wall = asyncio.run(load(call, server.url, 32, args.soak))
-                soak.update(summarize(results, wall), rss_after=server.rss())
+                soak.update(summarize(results, wall, client_cpu() - client), rss_after=server.rss())
                 print(f"soak: {json.dumps(soak)}", flush=True)
             out["modes"][mode] = {"rounds": rounds, "rss_before": rss_before, "rss_after": server.rss(),
                                   "soak": soak}
@@ -227,14 +247,15 @@ def ratios(task_result: dict, key: str) -> dict:
 def write(results: dict, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = ["# deployft serve under load (loopback, `--threads 2`)", "",
-             f"Measured {results['created']} on {results['machine']}; load generator: httpx async, same machine.", ""]
+             f"Measured {results['created']} on {results['machine']}; load generator: aiohttp, one process on the same "
+             "cores (its CPU per request in the last column).", ""]
     for task, data in results["tasks"].items():
         lines += [f"## {task}: {data['bundle']}", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
                   "| 429 | other 4xx | 5xx | failed | others' load | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) |",
+                  "| rows per call (histogram) | client CPU ms/req |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | --- |"]
+                  "| ---: | ---: | --- | ---: |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
@@ -242,7 +263,7 @@ def write(results: dict, path: Path) -> None:
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
                              f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
                              f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
-                             f"{_histogram(r)} |")
+                             f"{_histogram(r)} | {r.get('client_cpu_ms_per_request', '–')} |")
         lines.append("")
         for mode, m in data["modes"].items():
             lines.append(f"- {mode}: server RSS {m['rss_before'] / 2**20:.0f} MiB before the rounds, "
@@ -250,8 +271,8 @@ def write(results: dict, path: Path) -> None:
             if m.get("soak"):
                 s = m["soak"]
                 lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, {s['status_429']} "
-                             f"429, {s['status_5xx']} 5xx; RSS {s['rss_before'] / 2**20:.1f} MiB before, "
-                             f"{s['rss_after'] / 2**20:.1f} MiB after.")
+                             f"429, {s['status_5xx']} 5xx, {s['failed']} failed ({s['first_failure'] or 'none'}); "
+                             f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after.")
         key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -28,7 +28,8 @@ from .options import shown
 @click.option("--max-batch-size", type=int, default=None, show_default=shown(ServeConfig, "max_batch_size"),
               help="Most texts or sequences per ONNX Runtime call; 1 turns batching off.")
 @click.option("--max-wait-ms", type=float, default=None, show_default=shown(ServeConfig, "max_wait_ms"),
-              help="How long the classifier batcher waits to fill a batch.")
+              help="How long the classifier batcher waits to fill a batch (not at all while no other "
+                   "request is in flight).")
 @click.option("--max-queue", type=int, default=None, show_default=shown(ServeConfig, "max_queue"),
               help="Requests allowed to wait; one more is answered 429.")
 @click.option("--max-texts", type=int, default=None, show_default=shown(ServeConfig, "max_texts"),

@@ -59,7 +59,7 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
     @app.get("/v1/models", tags=["OpenAI"], dependencies=[Depends(auth)])
     async def models() -> dict:
         """The one model this server serves (OpenAI's model list)."""
-        return {"object": "list", "data": [{"id": config.name, "object": "model", "created": service.started,
+        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": service.started,
                                             "owned_by": "deployft", "task": service.task}]}
 
     @app.get("/health", tags=["Status"])
@@ -70,7 +70,7 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
     @app.get("/ready", tags=["Status"])
     async def ready():
         """The model is loaded and warmed up: 200, else 503."""
-        body = {"ready": service.ready, "task": service.task, "model": config.name,
+        body = {"ready": service.ready, "task": service.task, "model": service.name,
                 "device": service.predictor.device, "provider": service.predictor.runtime.provider}
         return JSONResponse(body, status_code=200 if service.ready else 503)
 
@@ -92,7 +92,7 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
 
 def _playground(service) -> str:
     page = resources.files("deployft.serve").joinpath("playground.html").read_text(encoding="utf-8")
-    settings = {"task": service.task, "model": service.config.name, "labels": service.predictor.labels,
+    settings = {"task": service.task, "model": service.name, "labels": service.predictor.labels,
                 "needsKey": service.config.api_key is not None}
     import json
 

@@ -46,7 +46,8 @@ class ServeConfig:
     max_batch_size: int = 32
     """The most texts (classifier) or sequences (generator) run in one ONNX Runtime call; 1 turns batching off."""
     max_wait_ms: float = 5.0
-    """How long the classifier batcher waits for more texts before running a batch that is not full."""
+    """How long the classifier batcher waits for more texts before running a batch that is not full (it does not
+    wait when no other request is in flight)."""
     max_queue: int = 256
     """Requests allowed to wait for the model; one more is answered 429 with Retry-After."""
     max_texts: int = 64

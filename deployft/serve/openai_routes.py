@@ -49,7 +49,7 @@ async def _answer(service: Service, body, ids: list[int], options, chat: bool):
 
     chunks = await service.generate(ids, options)
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    head = {"id": ident, "created": int(time.time()), "model": service.config.name}
+    head = {"id": ident, "created": int(time.time()), "model": service.name}
     if body.stream:
         # the first chunk is awaited before the headers go out, so a timeout or failure before any token
         # is still an HTTP status, not an error event in a 200 stream

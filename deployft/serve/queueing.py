@@ -1,7 +1,9 @@
 """What both serving engines share: a bounded queue of waiting requests and the worker thread that owns the session.
 
 The event loop calls `submit` (never blocks: a full queue raises `QueueFull`, answered 429); the worker thread
-runs the subclass's `_loop`, woken through `_wake` when a request arrives or `stop` is called.
+runs the subclass's `_loop`, woken through `_wake` when `stop` is called or when a request arrives that it may be
+waiting for (`_needs_wake`: by default the first one in an empty queue). Waking the worker for every request
+would make the two threads trade the GIL on each one while the worker has nothing to do yet.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class QueueWorker:
             if len(self.pending) >= self.max_queue:
                 raise QueueFull(f"the queue holds {len(self.pending)} waiting requests (--max-queue {self.max_queue})")
             self.pending.append(request)
-            self._wake.notify()
+            if self._needs_wake():
+                self._wake.notify()
         self._gauge()
 
     @property
@@ -65,6 +68,13 @@ class QueueWorker:
 
     def _loop(self) -> None:
         raise NotImplementedError
+
+    def _needs_wake(self) -> bool:
+        """Called under the lock after a request was queued: True when the worker may be waiting for it.
+
+        The worker only waits while the queue is empty, so only the request that ends that wait wakes it.
+        """
+        return len(self.pending) == 1
 
     def _gauge(self) -> None:
         """Publish the queue depth (subclasses with metrics)."""

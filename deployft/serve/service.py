@@ -35,6 +35,8 @@ class Service:
         self.predictor = predictor or Predictor.load(config.bundle, device=config.device, threads=config.threads,
                                                      model_file=config.model_file, public_key=config.public_key,
                                                      spinning=False, provider=config.provider)
+        self.name = config.name
+        """The model id clients send and get back (resolved once: `ServeConfig.name` resolves a path)."""
         self.metrics = ServeMetrics()
         self.generates = self.predictor.decoder is not None
         self.started = int(time.time())
@@ -44,7 +46,7 @@ class Service:
             self.worker = GenerationEngine(self.predictor, config.max_batch_size, config.max_queue, self.metrics)
         else:
             self.worker = ClassifierBatcher(self.predictor, config.max_batch_size, config.max_wait_ms,
-                                            config.max_queue, self.metrics)
+                                            config.max_queue, self.metrics, in_flight=lambda: self.inflight)
         self._running = False
 
     @property
@@ -82,8 +84,8 @@ class Service:
         return f"this server serves a {self.task} bundle: use {model}"
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.config.name:
-            raise ApiError(404, f"model {model!r} is not served here; this server serves {self.config.name!r} "
+        if model is not None and model != self.name:
+            raise ApiError(404, f"model {model!r} is not served here; this server serves {self.name!r} "
                                 "(GET /v1/models)", param="model")
 
     def prompt_ids(self, prompt: str | list[dict], param: str) -> list[int]:

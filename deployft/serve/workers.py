@@ -4,6 +4,8 @@ One worker thread owns the session. Requests queue their token ids; the worker t
 waits up to `max_wait_ms` after its arrival for more (or until `max_batch_size` texts are there), sorts the
 gathered texts by length (`Predictor.predict_ids`, so similar lengths share a call and padding stays small),
 runs them as one ONNX Runtime call per `max_batch_size` texts, and answers each request with its own rows.
+It does not wait when every request the HTTP side holds is already queued (`in_flight`): no other request is on
+its way to join, so waiting would only add `max_wait_ms` to this one (a lone client would pay it on every call).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ class ClassifierBatcher(QueueWorker):
 
     thread_name = "deployft-classify"
 
-    def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None):
+    def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int, metrics=None,
+                 in_flight: Callable[[], int] | None = None):
         super().__init__(max_queue, metrics)
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
+        self.in_flight = in_flight
+        """Requests the HTTP side holds, queued or not yet (None: unknown, always wait the window)."""
 
     def _loop(self) -> None:
         while True:
@@ -56,7 +61,9 @@ class ClassifierBatcher(QueueWorker):
             if self._stopping:
                 return None
             deadline = self.pending[0].arrived + self.max_wait
-            while self._texts() < self.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+            if self.in_flight is not None and self.in_flight() <= len(self.pending):
+                deadline = 0.0  # nothing else is on its way
+            while not self._full() and (left := deadline - time.perf_counter()) > 0:
                 self._wake.wait(left)
             jobs, texts = [], 0
             while self.pending and (not jobs or texts + len(self.pending[0].ids) <= self.max_batch_size):
@@ -68,6 +75,13 @@ class ClassifierBatcher(QueueWorker):
 
     def _texts(self) -> int:
         return sum(len(job.ids) for job in self.pending)
+
+    def _needs_wake(self) -> bool:
+        # the worker waits for a first request, then (in the window) for a full batch; nothing in between
+        return len(self.pending) == 1 or self._full()
+
+    def _full(self) -> bool:
+        return len(self.pending) >= self.max_batch_size or self._texts() >= self.max_batch_size
 
     def run(self, jobs: list[Job]) -> None:
         """Classify the texts of `jobs` together and answer each job with its own predictions."""

@@ -102,3 +102,50 @@ def test_a_client_leaving_a_stream_frees_its_row_at_the_next_step(runtime_bundle
 
     asyncio.run(leave_after_one_chunk())
     assert 'deployft_generations_total{reason="cancelled"} 1.0' in service.metrics.render()[0].decode()
+
+
+class CountingCondition(threading.Condition):
+    def __init__(self):
+        super().__init__()
+        self.notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_the_worker_is_woken_by_the_first_request_and_by_a_full_batch_only(predictor):
+    batcher = ClassifierBatcher(predictor, max_batch_size=4, max_wait_ms=50.0, max_queue=64)
+    batcher._wake = CountingCondition()  # not started: only what submit does is counted
+    wakes = []
+    for text in TEXTS[:5]:
+        batcher.submit(Job(predictor.codec.encode([text]), lambda *_: None))
+        wakes.append(batcher._wake.notified)
+    assert wakes == [1, 1, 1, 2, 3]  # the first request, then the 4th (the batch is full) and after
+
+
+def test_a_request_with_no_other_in_flight_runs_without_waiting(predictor):
+    answered = threading.Event()
+    batcher = ClassifierBatcher(predictor, max_batch_size=32, max_wait_ms=60_000.0, max_queue=64,
+                                in_flight=lambda: 1)
+    batcher.start()
+    try:
+        batcher.submit(Job(predictor.codec.encode(["dull"]), lambda p, e: answered.set()))
+        assert answered.wait(10)  # not the 60 s window
+    finally:
+        batcher.stop()
+
+
+def test_requests_on_their_way_are_waited_for(predictor):
+    sizes, answers = Sizes(), Answers(2)
+    batcher = ClassifierBatcher(predictor, max_batch_size=2, max_wait_ms=60_000.0, max_queue=64, metrics=sizes,
+                                in_flight=lambda: 2)  # the HTTP side holds two requests: wait for the second
+    batcher.start()
+    try:
+        batcher.submit(answers.job(0, predictor.codec.encode(["dull"])))
+        assert not answers.event.wait(0.3)
+        batcher.submit(answers.job(1, predictor.codec.encode(["charming"])))
+        assert answers.event.wait(10)  # the batch is full: it runs at once
+    finally:
+        batcher.stop()
+    assert sizes.sizes == [2]

@@ -254,3 +254,12 @@ def test_create_app_mounts_inside_a_larger_app(runtime_bundle):
         time.sleep(0.05)
     assert client.post("/clf/predict", json={"inputs": "great"}).status_code == 200
     assert 'route="/predict",status="200"' in client.get("/clf/metrics").text
+
+
+def test_a_lone_classification_request_does_not_wait_for_the_batch_window(runtime_bundle):
+    # a 120 s window with a 30 s request timeout: waiting for it would be a 504
+    client = _client(runtime_bundle("bert"), max_wait_ms=120_000.0, request_timeout_s=30.0)
+    try:
+        assert client.post("/v1/classify", json={"input": "great"}).status_code == 200
+    finally:
+        client.__exit__(None, None, None)

@@ -1,0 +1,62 @@
+"""benchmarks/serve_load.py's load generator against a live tiny server: answers counted, CPU accounted once."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+
+pytest.importorskip("aiohttp")
+psutil = pytest.importorskip("psutil")
+
+from live_server import ROOT, Server, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def serve_load():
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(runtime_bundle):
+    server = Server(runtime_bundle("bert"))
+    yield server
+    server.stop()
+
+
+def test_a_round_answers_every_request_and_reports_the_clients_cpu(serve_load, server):
+    before = serve_load.client_cpu()
+    results, wall = asyncio.run(serve_load.load(serve_load.classify_call, server.url, 4, 12))
+    row = serve_load.summarize(results, wall, serve_load.client_cpu() - before)
+    assert row["requests"] == row["ok"] == 12 and row["failed"] == 0
+    assert row["client_cpu_ms_per_request"] > 0
+
+
+def test_a_refused_connection_is_a_failed_request_not_a_crash(serve_load):
+    results, wall = asyncio.run(serve_load.load(serve_load.classify_call, f"http://127.0.0.1:{free_port()}", 2, 3))
+    assert [r["status"] for r in results] == [0, 0, 0] and "Error" in serve_load.summarize(results, wall)["first_failure"]
+
+
+def test_own_cpu_counts_the_server_once(serve_load, server):
+    me, child = psutil.Process(), psutil.Process(server.process.pid)
+    mine, theirs = me.cpu_times(), child.cpu_times()
+    expected = mine.user + mine.system + mine.children_user + mine.children_system + theirs.user + theirs.system
+    # the server spent seconds loading the model: counted twice, the sum would be off by that much
+    assert serve_load.own_cpu() == pytest.approx(expected, abs=0.3)
+
+
+def test_a_streamed_generation_counts_its_tokens_and_first_token_time(serve_load, runtime_bundle, monkeypatch):
+    monkeypatch.setattr(serve_load, "SYSTEM", None)  # the tiny bundle takes prompts of at most 32 tokens
+    monkeypatch.setattr(serve_load, "PROMPTS", ["hi", "bees"])
+    server = Server(runtime_bundle("llama"))
+    try:
+        call = lambda client, url, i: serve_load.generate_call(client, url, i, 4)  # noqa: E731
+        results, _ = asyncio.run(serve_load.load(call, server.url, 2, 4))
+    finally:
+        server.stop()
+    assert [r["status"] for r in results] == [200] * 4
+    assert all(r["tokens"] > 0 and 0 < r["ttft"] <= r["latency"] for r in results)
