@@ -100,9 +100,10 @@ def add_logits_to_keep(model: Any, head: str) -> None:
     graph = model.graph
     if any(i.name == LOGITS_TO_KEEP for i in graph.input):
         raise ValueError(f"the graph already has an input {LOGITS_TO_KEEP!r}")
-    node = next((n for n in graph.node if n.op_type == "MatMul" and n.name == head), None)
-    if node is None:
+    at = next((i for i, n in enumerate(graph.node) if n.op_type == "MatMul" and n.name == head), None)
+    if at is None:
         raise ValueError(f"the graph has no LM head MatMul {head!r}")
+    node = graph.node[at]
     hidden, kept = node.input[0], f"{PREFIX}/lm_head_input"
     graph.initializer.extend([
         numpy_helper.from_array(np.array(0, dtype=np.int64), LOGITS_TO_KEEP),
@@ -113,7 +114,6 @@ def add_logits_to_keep(model: Any, head: str) -> None:
     # an initializer that is also a graph input is a default the caller may override (ONNX IR >= 4)
     graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []))
     node.input[0] = kept
-    at = next(i for i, n in enumerate(graph.node) if n.name == head and n.op_type == "MatMul")
     # Slice from -k: k = 0 starts at 0 (every position), k = 1 at the last one
     _replace_nodes(graph, {at: [
         helper.make_node("Neg", [LOGITS_TO_KEEP], [f"{PREFIX}/negated"], name=f"{PREFIX}/negate"),

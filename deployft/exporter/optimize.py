@@ -71,7 +71,8 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)
     report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
-    report["notes"][1 if decoder else 0:1 if decoder else 0] = [*([skipped] if skipped else []), *rewritten]
+    after_attention_note = 1 if decoder else 0
+    report["notes"][after_attention_note:after_attention_note] = [*([skipped] if skipped else []), *rewritten]
     return target, report
 
 

@@ -147,13 +147,12 @@ def head_matmuls(path: Path) -> list[str]:
     """The MatMul nodes of a decoder's LM head (the one that produces the logits), by name."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    producers = {out: node for node in graph.node for out in node.output}
-    names = [n.name for n in graph.node if n.op_type == "MatMul" and "lm_head" in n.name.lower()]
-    logits = producers.get("logits")
-    if not names and logits is not None and logits.op_type == "MatMul":
-        names = [logits.name]
-    return names
+    from .decoder_graph import lm_head
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.name.lower()]
+    head = None if names else lm_head(model)
+    return names or ([head] if head else [])
 
 
 def _quiet(fn) -> None:

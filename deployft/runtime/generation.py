@@ -2,10 +2,10 @@
 
 The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `input_ids`, `attention_mask`,
 `position_ids` and `past_key_values.N.key/value` (length 0 on the first step) and returns `logits` and
-`present.N.key/value`; deployft's fused files also take an optional `logits_to_keep`, fed 1 on every step so only
-the last position's logits are computed. Every run goes through IO binding: the `present` outputs stay where ONNX Runtime put
-them (on the GPU for CUDA) and are bound as the next step's `past`, so the cache never round-trips through
-numpy. Batches are left-padded; position ids count only real tokens, as transformers computes them.
+`present.N.key/value`. The `present` outputs stay where ONNX Runtime put them (on the GPU for CUDA) and are
+fed back as the next step's `past`, so the cache never round-trips through numpy: through IO binding, or, for
+deployft's fused CPU files, through `run_with_ort_values`, because those take an optional `logits_to_keep` (fed 1
+on every step, so only the last position's logits are computed) that IO binding cannot bind. Batches are left-padded; position ids count only real tokens, as transformers computes them.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class KVDecoder:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.has_positions:
             feeds["position_ids"] = positions_from_mask(mask)
-        empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+        empty = self._empty_past(ids.shape[0])
         feeds.update({name: empty for name in self.past_names})
         return self.session.run(["logits"], feeds)[0].astype(np.float32)
 
@@ -73,7 +73,7 @@ class KVDecoder:
         if self.has_positions:
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
         if past is None:
-            empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+            empty = self._empty_past(ids.shape[0])
             for name in self.past_names:
                 binding.bind_cpu_input(name, empty)
         else:
@@ -102,14 +102,17 @@ class KVDecoder:
             feeds["position_ids"] = positions
         feeds = {name: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
         if past is None:
-            empty = OrtValue.ortvalue_from_numpy(
-                np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), dtype=self.past_dtype))
+            empty = OrtValue.ortvalue_from_numpy(self._empty_past(ids.shape[0]))
             feeds.update({name: empty for name in self.past_names})
         else:
             feeds.update(zip(self.past_names, past))
         outputs = dict(zip(self.output_names, self.session.run_with_ort_values(self.output_names, feeds)))
         logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
         return logits, [outputs[name] for name in self.present_names]
+
+    def _empty_past(self, batch: int) -> np.ndarray:
+        """The cache of a first step: length 0."""
+        return np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
 
     def budget(self, prompt_length: int, max_new_tokens: int) -> int:
         """max_new_tokens, cut so prompt plus generation fits the model's position table."""

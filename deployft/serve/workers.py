@@ -81,7 +81,7 @@ class ClassifierBatcher(QueueWorker):
         return len(self.pending) == 1 or self._full()
 
     def _full(self) -> bool:
-        return len(self.pending) >= self.max_batch_size or self._texts() >= self.max_batch_size
+        return self._texts() >= self.max_batch_size
 
     def run(self, jobs: list[Job]) -> None:
         """Classify the texts of `jobs` together and answer each job with its own predictions."""
