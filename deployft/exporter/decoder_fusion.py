@@ -173,6 +173,24 @@ def fuse_attention(model: Any, shape: AttentionShape) -> int:
     return shape.num_layers
 
 
+def mark_shared_cache(model: Any) -> None:
+    """Say in the model's metadata that its cache may be one buffer per layer updated in place.
+
+    Every `past_key_values.N` input of a fused graph feeds only its GroupQueryAttention, which writes the step's
+    keys and values into `present.N` at column `total - 1`; bound to the same preallocated buffer as `past`, it
+    writes them in place (the runtime's `SharedCache`). Unfused graphs concatenate past and new into a fresh
+    tensor, so they are never marked.
+    """
+    from ..runtime.generation import SHARED_CACHE, SHARED_CACHE_KEY
+
+    for entry in model.metadata_props:
+        if entry.key == SHARED_CACHE_KEY:
+            entry.value = SHARED_CACHE
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SHARED_CACHE_KEY, SHARED_CACHE
+
+
 def _shared_nodes(helper, TensorProto) -> list:
     """Once per step: total length, per-row cache length - 1, and the additive padding bias [B, 1, S, T]."""
     P = PREFIX

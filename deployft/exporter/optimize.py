@@ -123,7 +123,7 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
     """
     import onnx
 
-    from .decoder_fusion import fuse_attention
+    from .decoder_fusion import fuse_attention, mark_shared_cache
     from .decoder_graph import add_logits_to_keep, lm_head, pack_projections
     from .onnx_export import external_files, save_model
 
@@ -133,6 +133,7 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
     if attention is not None:
         try:
             fuse_attention(model, attention)
+            mark_shared_cache(model)
             head = lm_head(model)
             packed = pack_projections(model, exclude={head} if head else set())
             if head:
@@ -147,6 +148,8 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
         notes.append("the LM head computes the last `logits_to_keep` positions when that optional input is fed "
                      "(the runtime feeds 1; 0, the default, computes every position)" if head else
                      "the LM head could not be found: every step computes every position's logits")
+        notes.append("the KV cache is marked shareable: the runtime binds one buffer per layer as past and present "
+                     "and GroupQueryAttention updates it in place")
     save_model(model, dst, stale)
     return notes
 

@@ -146,3 +146,40 @@ def test_fused_files_compute_the_last_positions_logits_only_and_decode_the_same(
         kept = predictor.generate(prompts, max_new_tokens=8)
         predictor.decoder.keeps_last = False
         assert predictor.generate(prompts, max_new_tokens=8) == kept, name
+
+
+def test_fused_files_update_one_cache_in_place_and_decode_like_the_copying_cache(generate_bundle, monkeypatch):
+    """Every fused file (fp32 and quantized) keeps the shared-cache mark; its in-place generation gives the
+    tokens of the copying cache on a left-padded batch, with sampling too, and writes into the bound buffers."""
+    from deployft.runtime import generation
+
+    prompts = [r["prompt"] for r in qa_rows(4, seed=9)]
+    fused = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
+             if v["optimized"]]
+    assert fused
+    for name in fused:
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        assert predictor.decoder.shares_cache, name
+        caches = []
+        real_init = generation.SharedCache.__init__
+
+        def spy(self, *args, **kwargs):
+            real_init(self, *args, **kwargs)
+            caches.append(self)
+
+        monkeypatch.setattr(generation.SharedCache, "__init__", spy)
+        in_place = predictor.generate(prompts, max_new_tokens=12)
+        sampled = predictor.generate(prompts, max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
+        assert len(caches) == 2 and caches[0].total > max(len(predictor.prompt_ids(p)) for p in prompts)
+        monkeypatch.undo()
+        predictor.decoder.shares_cache = False
+        assert predictor.generate(prompts, max_new_tokens=12) == in_place, name
+        assert predictor.generate(prompts, max_new_tokens=12, temperature=0.8, top_k=20, seed=3) == sampled, name
+
+
+def test_unfused_files_are_not_marked_for_a_shared_cache(generate_bundle):
+    plain = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
+             if not v["optimized"]]
+    assert plain
+    for name in plain:
+        assert not Predictor.load(generate_bundle, model_file=name).decoder.shares_cache, name
