@@ -21,6 +21,12 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
     *-acc1.onnx               the int8 / int4 block-32 files with MatMulNBits accuracy level 1 (fp32 compute)
                               instead of 4 (int8 compute): the prefill question on CPUs without VNNI
 
+    peer ort-genai-*          onnxruntime-genai's model builder files of the same RUN, from the bench's peer cache
+                              (`--peers`, default BUNDLE/../peer-cache, as benchmarks/run_defaults.py leaves it):
+                              the same step and prefill through the same ONNX Runtime calls, so the graphs compare
+                              at the same block size (these files compute every prefill position's logits, as
+                              onnxruntime-genai runs them)
+
 with the node count of each file and the kernels that take the decode step's time (ONNX Runtime's profiler, one
 extra pass). Files are interleaved round by round at the same thread count; medians are reported. Files that take
 `logits_to_keep` are fed 1, as the runtime feeds them. A round counts only if other programs used at most
@@ -59,16 +65,17 @@ def _session(path: Path, threads: int, profile: str | None = None):
 ALL_LOGITS = ", every position's logits"
 
 
-def _feed(sess, past: int, new: int = 1, keep_last: bool = True) -> dict[str, np.ndarray]:
+def _feed(sess, past: int, new: int = 1, keep_last: bool = True, head_dim: int = 0) -> dict[str, np.ndarray]:
     """`new` tokens after `past` random cached ones (decode: new=1; prefill: past=0); `logits_to_keep` 1 where the
-    file takes it and `keep_last`, else 0."""
+    file takes it and `keep_last`, else 0; `head_dim` where the file leaves the cache's last axis symbolic."""
     rng = np.random.default_rng(0)
     feed = {"input_ids": rng.integers(3, 100, (1, new), dtype=np.int64),
             "attention_mask": np.ones((1, past + new), dtype=np.int64),
             "position_ids": np.arange(past, past + new, dtype=np.int64)[None]}
     for item in sess.get_inputs():
         if item.name.startswith("past_key_values."):
-            feed[item.name] = rng.standard_normal((1, item.shape[1], past, item.shape[3])).astype(np.float32)
+            width = item.shape[3] if isinstance(item.shape[3], int) else head_dim
+            feed[item.name] = rng.standard_normal((1, item.shape[1], past, width)).astype(np.float32)
     feed = {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
     if any(i.name == "logits_to_keep" for i in sess.get_overridable_initializers()):
         feed["logits_to_keep"] = np.array(1 if keep_last else 0, dtype=np.int64)
@@ -147,6 +154,22 @@ def _with_accuracy_level(src: Path, dst: Path, level: int) -> Path:
     return dst
 
 
+def _peer_files(folder: Path | None) -> dict[str, Path]:
+    """`peer <variant>` -> model.onnx of every peer model the bench cached under `folder`."""
+    if folder is None or not folder.is_dir():
+        return {}
+    found = {}
+    for marker in sorted(folder.glob("*/deployft-peer.json")):
+        if (marker.parent / "model.onnx").is_file():
+            found[f"peer {json.loads(marker.read_text())['variant']}"] = marker.parent / "model.onnx"
+    return found
+
+
+def _head_dim(bundle: Path) -> int:
+    config = json.loads((bundle / "config.json").read_text())
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
 def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     from deployft.exporter.int4 import quantize_int4
     from deployft.exporter.quantize import cpu_preset, head_matmuls, quantize_blockwise_int8, quantize_dynamic_int8
@@ -204,8 +227,13 @@ def main() -> None:
     parser.add_argument("--prefill-steps", type=int, default=3, help="timed prefills per file, length and round")
     parser.add_argument("--max-foreign", type=float, default=0.05,
                         help="largest share of a core other programs may use during a kept round")
+    parser.add_argument("--peers", type=Path, default=None,
+                        help="folder of the bench's cached peer models (default: BUNDLE/../peer-cache)")
+    parser.add_argument("--no-peers", action="store_true", help="time deployft's files only")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.peers is None and not args.no_peers:
+        args.peers = args.bundle.parent / "peer-cache"
 
     import onnx
 
@@ -216,14 +244,17 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.bundle.parent) as scratch:
         files = _files(args.bundle, Path(scratch))
+        files.update(_peer_files(None if args.no_peers else args.peers))
+        head_dim = _head_dim(args.bundle)
         sessions = {name: _session(path, args.threads) for name, path in files.items()}
         for name in ("model_optimized.onnx", "model_quantized.onnx"):
             if name in sessions and "logits_to_keep" in {i.name for i in sessions[name].get_overridable_initializers()}:
                 files[name + ALL_LOGITS], sessions[name + ALL_LOGITS] = files[name], sessions[name]
-        feeds = {name: _feed(sess, args.past, keep_last=not name.endswith(ALL_LOGITS))
+        feeds = {name: _feed(sess, args.past, keep_last=not name.endswith(ALL_LOGITS), head_dim=head_dim)
                  for name, sess in sessions.items()}
         decode = _medians(sessions, feeds, args.rounds, args.steps, meter)
-        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n, keep_last=not name.endswith(ALL_LOGITS))
+        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n, keep_last=not name.endswith(ALL_LOGITS),
+                                                      head_dim=head_dim)
                                           for name, sess in sessions.items()},
                                args.rounds, args.prefill_steps, meter) for n in args.prompts}
         rows = {name: {"ms_p50": decode[name], **{f"prefill_{n}_ms_p50": prefill[n][name] for n in args.prompts},
@@ -263,6 +294,11 @@ def _markdown(args, result: dict) -> str:
                              f"{fused[f'prefill_{n}_ms_p50'] / row[f'prefill_{n}_ms_p50']:.2f}x" for n in args.prompts)
         lines.append(f"| {name} | {row['nodes']} | {row['mb']:.0f} | {row['ms_p50']:.1f} | "
                      f"{base / row['ms_p50']:.2f}x | {prefill} | {kernels} |")
+    if any(name.startswith("peer ") for name in rows):
+        lines += ["", "`peer` rows are onnxruntime-genai's model-builder files of the same RUN (int8: 8-bit "
+                  "MatMulNBits block 32; int4: 4-bit at the block in its name), timed through the same ONNX Runtime "
+                  "calls as deployft's files: the graphs compare here, not the two runtimes' loops (bench_generate "
+                  "compares those). Their prefill computes every position's logits, as onnxruntime-genai runs them."]
     return "\n".join(lines) + "\n"
 
 
