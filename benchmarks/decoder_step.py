@@ -18,6 +18,13 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
     int4-b32.onnx, int4-b128.onnx
                               `--quantize int4` of model_optimized.onnx at block 32 and 128 (LM head at 8 bits),
                               written here with deployft's own quantizer
+    rotary-in-attention-int8.onnx
+                              model_quantized.onnx with each layer's packed q/k/v MatMul fed straight to
+                              GroupQueryAttention (do_rotary, position_ids): no RotaryEmbedding or Split nodes, as
+                              onnxruntime-genai builds it. Not shipped: ONNX Runtime's CPU kernel reads a first
+                              prompt's position_ids as one offset for every row, so a left-padded batch's prefill
+                              would be rotated at other positions than its decode steps. Timed here at batch 1,
+                              where it computes the same logits, to show what that layout is worth
     *-acc1.onnx               the int8 / int4 block-32 files with MatMulNBits accuracy level 1 (fp32 compute)
                               instead of 4 (int8 compute): the prefill question on CPUs without VNNI
 
@@ -154,6 +161,57 @@ def _with_accuracy_level(src: Path, dst: Path, level: int) -> Path:
     return dst
 
 
+def _rotary_in_attention(src: Path, dst: Path) -> Path | None:
+    """`src` (blockwise int8) with every layer's RotaryEmbedding pair and packed q/k/v Split folded into its
+    GroupQueryAttention (packed QKV input, do_rotary=1, the same cos/sin caches and position_ids), the packed
+    MatMulNBits' output columns reordered to q, k, v; None when `src` has no such layers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    dropped = set()
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        rot_q, rot_k = producers.get(node.input[0]), producers.get(node.input[1])
+        if rot_q is None or rot_k is None or rot_q.op_type != "RotaryEmbedding" or rot_k.op_type != "RotaryEmbedding":
+            return None
+        q, k, v = rot_q.input[0], rot_k.input[0], node.input[2]
+        split = producers.get(q)
+        if split is None or split.op_type != "Split" or not (producers.get(k) is split is producers.get(v)):
+            return None
+        matmul = producers[split.input[0]]
+        if matmul.op_type != "MatMulNBits":
+            return None
+        bounds = np.cumsum([0, *numpy_helper.to_array(weights[split.input[1]]).tolist()])
+        rows = {out: slice(bounds[i], bounds[i + 1]) for i, out in enumerate(split.output)}
+        packed, scales = (numpy_helper.to_array(weights[name]) for name in matmul.input[1:3])
+        scales_2d = scales.reshape(packed.shape[0], -1)
+        weights[matmul.input[1]].CopyFrom(numpy_helper.from_array(
+            np.concatenate([packed[rows[t]] for t in (q, k, v)]), matmul.input[1]))
+        weights[matmul.input[2]].CopyFrom(numpy_helper.from_array(
+            np.concatenate([scales_2d[rows[t]] for t in (q, k, v)]).reshape(scales.shape), matmul.input[2]))
+        inputs = [*node.input, *[""] * (11 - len(node.input))]
+        inputs[0:3] = [matmul.output[0], "", ""]
+        inputs[7:10] = [rot_q.input[2], rot_q.input[3], rot_q.input[1]]
+        del node.input[:]
+        node.input.extend(inputs)
+        for attr in node.attribute:
+            if attr.name == "do_rotary":
+                attr.i = 1
+        dropped |= {rot_q.name, rot_k.name, split.name}
+    if not dropped:
+        return None
+    kept = [n for n in graph.node if n.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    onnx.save(model, str(dst))
+    return dst
+
+
 def _peer_files(folder: Path | None) -> dict[str, Path]:
     """`peer <variant>` -> model.onnx of every peer model the bench cached under `folder`."""
     if folder is None or not folder.is_dir():
@@ -187,6 +245,10 @@ def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     for block in (32, 128):
         files[f"int4-b{block}.onnx"] = scratch / f"int4-b{block}.onnx"
         quantize_int4(fused, files[f"int4-b{block}.onnx"], block, head_matmuls(fused))
+    if "model_quantized.onnx" in files:
+        folded = _rotary_in_attention(files["model_quantized.onnx"], scratch / "rotary-in-attention-int8.onnx")
+        if folded is not None:
+            files["rotary-in-attention-int8.onnx"] = folded
     for name in ("model_quantized.onnx", "int4-b32.onnx"):
         if name in files:
             acc1 = name.replace(".onnx", "-acc1.onnx")
