@@ -264,3 +264,34 @@ def test_attention_shape_checks_the_rotary_module(width, reason):
         assert found is None and shape.cos_cache.shape == (16, 4) and shape.num_kv_heads == 2 and not shape.qkv_bias
     else:
         assert shape is None and found.startswith(reason)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_optimized_decoders_update_their_cache_in_place_like_the_copying_cache(arch, tmp_path):
+    """optimize() marks the fused file; its shared, in-place cache gives the copying cache's logits on a left-padded
+    batch: Qwen2's biased projections, and Mistral's window (4) shorter than the 7-token prompt + 5 steps."""
+    from deployft.exporter.onnx_export import export_onnx
+    from deployft.exporter.optimize import optimize
+    from deployft.exporter.source import read_source
+    from deployft.runtime.generation import SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, KVDecoder, SharedCache
+
+    source = build_tiny_model(arch, tmp_path / "model")
+    export_onnx(read_source(source, "generate"), tmp_path / "onnx")
+    path, report = optimize(tmp_path / "onnx" / "model.onnx", decoder=True, attention=_shape(source))
+    assert any("marked shareable" in note for note in report["notes"])
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}[SHARED_CACHE_KEY] == SHARED_CACHE
+    decoder = KVDecoder(_session(path), "cpu", [1], 0, None)
+    plain = KVDecoder(_session(tmp_path / "onnx" / "model.onnx"), "cpu", [1], 0, None)
+    assert decoder.shares_cache and not plain.shares_cache
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, 60, size=(2, 7)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[0, :3], ids[0, :3] = 0, 0
+    shared, copying = SharedCache(decoder, ids, mask, 6), CopyingCache(decoder, ids, mask)
+    logits = [(shared.prefill(), copying.prefill())]
+    for step in range(5):
+        tokens = logits[-1][1].argmax(axis=-1)
+        logits.append((shared.advance(tokens), copying.advance(tokens)))
+    for ours, theirs in logits:
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert shared.total == 12
