@@ -1,10 +1,13 @@
 """Continuous (iteration-level) batching for a generator bundle.
 
 One worker thread owns the decoder session and loops over steps. Before each step it admits waiting requests:
-each one's prompt is prefilled alone (batch 1, so its first token is exactly what `Predictor.generate` computes),
-then its KV cache is left-padded to the running batch's cache length and concatenated along the batch axis.
-Every row keeps its own position ids and its own sampler, and the attention mask hides each row's padding, so a
-row decodes the same tokens whatever else shares the batch.
+their prompts are prefilled together, in as few model calls as keeps padding bounded (`prefill_groups`: sorted by
+length, a group's padded tokens at most `MAX_PREFILL_PADDING` times its real ones), left-padded and masked like
+`Predictor.generate`'s batches; each row's cache, without its padding columns, is then left-padded to the running
+batch's cache length and concatenated along the batch axis. Every row keeps its own position ids and its own
+sampler, and the attention mask hides each row's padding, so a row decodes the same tokens whatever else shares
+the batch (greedy output equals `Predictor.generate` of the request alone, up to float rounding between batch
+shapes).
 
 A row that finishes (end token, stop string, `max_tokens`, or a cancelled request) leaves at once: its request is
 answered after the step that finished it and its slot is free for the next waiting request. Its cache rows are
@@ -23,12 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.generation import TextTracker
+from ..runtime.generation import TextTracker, positions_from_mask
 from ..runtime.sampling import GenerationOptions, next_tokens
 from ..runtime.session import import_ort
 from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
+
+MAX_PREFILL_PADDING = 1.5
+"""A prefill group's tokens with padding (rows x longest prompt) stay within this multiple of its real tokens."""
 
 
 @dataclass
@@ -124,8 +130,8 @@ class GenerationEngine(QueueWorker):
         self._gauge()
 
     def _admit(self) -> None:
-        joined = []
-        while self.active + len(joined) < self.max_batch_size:
+        tickets = []
+        while self.active + len(tickets) < self.max_batch_size:
             with self._wake:
                 if not self.pending:
                     break
@@ -133,13 +139,13 @@ class GenerationEngine(QueueWorker):
             if ticket.cancelled:
                 ticket.sink(Chunk(finish_reason="cancelled"))
                 continue
-            row = self._prefill(ticket)
-            if row is not None:
-                joined.append(row)
+            tickets.append(ticket)
+        rows = [row for row in map(self._new_row, tickets) if row is not None]
+        joined = [row for group in prefill_groups(rows) for row in self._prefill(group)]
         if joined:
             self._join(joined)
 
-    def _prefill(self, ticket: Ticket) -> _Row | None:
+    def _new_row(self, ticket: Ticket) -> _Row | None:
         ids = ticket.prompt_ids
         row = _Row(ticket, TextTracker(self.predictor.codec.decode, ticket.options.stop, self.eos),
                    np.random.default_rng(ticket.options.seed),
@@ -147,16 +153,28 @@ class GenerationEngine(QueueWorker):
         if row.budget < 1:
             self._finish(row, "length")
             return None
-        batch = np.asarray([ids], dtype=np.int64)
-        positions = np.arange(len(ids), dtype=np.int64)[None, :]
-        logits, present = self.decoder.step(batch, np.ones_like(batch), positions, None)
-        row.cache = [v.numpy() for v in present]
-        self._record(1, 1)
-        self._advance(row, logits)
-        if row.finish:
-            self._finish(row, row.finish)
-            return None
         return row
+
+    def _prefill(self, rows: list[_Row]) -> list[_Row]:
+        """One model call over the prompts of `rows` (left-padded); returns the rows that go on decoding."""
+        width = max(row.position for row in rows)
+        batch = np.full((len(rows), width), self.decoder.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            batch[i, width - row.position:] = row.ticket.prompt_ids
+            mask[i, width - row.position:] = 1
+        logits, present = self.decoder.step(batch, mask, positions_from_mask(mask), None)
+        host = [v.numpy() for v in present]
+        self._record(len(rows), len(rows))
+        going = []
+        for i, row in enumerate(rows):
+            row.cache = [h[i:i + 1, :, width - row.position:, :] for h in host]
+            self._advance(row, logits[i:i + 1])
+            if row.finish:
+                self._finish(row, row.finish)
+            else:
+                going.append(row)
+        return going
 
     def _step(self) -> None:
         ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
@@ -260,3 +278,18 @@ def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
     shape = list(array.shape)
     shape[axis] = missing
     return np.concatenate([np.zeros(shape, dtype=array.dtype), array], axis=axis)
+
+
+def prefill_groups(rows: list) -> list[list]:
+    """`rows` (each with its prompt length as `.position`) in prefill groups: sorted by length, a row joins the
+    current group while the group's padded size stays within `MAX_PREFILL_PADDING` times its real tokens."""
+    groups: list[list] = []
+    for row in sorted(rows, key=lambda r: r.position):
+        group = groups[-1] if groups else None
+        if group is not None:
+            real = sum(r.position for r in group) + row.position
+            if row.position * (len(group) + 1) <= MAX_PREFILL_PADDING * real:
+                group.append(row)
+                continue
+        groups.append([row])
+    return groups

@@ -122,3 +122,41 @@ def test_finished_rows_are_compacted_once_they_are_as_many_as_the_live_ones(pred
     _drain(engine, [s for _, s in tickets])
     for (_, sink), prompt, n in zip(tickets, PROMPTS, (2, 3, 40, 40)):
         assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+
+
+def test_requests_admitted_together_are_prefilled_in_one_call(predictor):
+    engine = GenerationEngine(predictor, max_batch_size=8, max_queue=8)
+    prompts = ["what do bees eat", "where do the fish live", "who wrote this book", "what do cats eat today"]
+    tickets = [_ticket(predictor, p, max_new_tokens=n) for p, n in zip(prompts, (6, 9, 12, 15))]
+    assert len({len(t.prompt_ids) for t, _ in tickets}) > 1  # the prefill batch really is padded
+    prefills = []
+    step = engine.decoder.step
+
+    def spy(ids, mask, positions, past):
+        if past is None:
+            prefills.append(ids.shape)
+        return step(ids, mask, positions, past)
+
+    engine.decoder.step = spy
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    _drain(engine, [s for _, s in tickets])
+    assert len(prefills) == 1 and prefills[0][0] == 4
+    assert all(t.joined_step == 0 for t, _ in tickets)
+    for (_, sink), prompt, n in zip(tickets, prompts, (6, 9, 12, 15)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n)
+
+
+class _Len:
+    def __init__(self, n):
+        self.position = n
+
+
+def test_prefill_groups_bound_the_padding():
+    from deployft.serve.engine import MAX_PREFILL_PADDING, prefill_groups
+
+    groups = prefill_groups([_Len(n) for n in (40, 3, 4, 41, 5, 200)])
+    assert [[r.position for r in g] for g in groups] == [[3, 4, 5], [40, 41], [200]]
+    for group in groups:
+        assert max(r.position for r in group) * len(group) <= MAX_PREFILL_PADDING * sum(r.position for r in group)
+    assert prefill_groups([]) == []
