@@ -183,3 +183,18 @@ def test_unfused_files_are_not_marked_for_a_shared_cache(generate_bundle):
     assert plain
     for name in plain:
         assert not Predictor.load(generate_bundle, model_file=name).decoder.shares_cache, name
+
+
+def test_threads_share_one_predictor_on_a_shared_cache_file(generate_bundle):
+    """Each generation owns its cache buffers and binding: concurrent generations on one fused file give the
+    tokens they give one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = Predictor.load(generate_bundle, model_file="model_quantized.onnx", threads=1)
+    assert predictor.decoder.shares_cache
+    jobs = [(r["prompt"], seed) for r in qa_rows(3, seed=11) for seed in (1, 2)] * 2
+    alone = [predictor.generate(p, max_new_tokens=10, temperature=0.8, seed=s) for p, s in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda job: predictor.generate(job[0], max_new_tokens=10, temperature=0.8,
+                                                                seed=job[1]), jobs))
+    assert together == alone
