@@ -227,8 +227,8 @@ class SharedCache:
         if decoder.has_positions:
             binding.bind_ortvalue_input("position_ids", self._ort_value(self.step_positions))
         binding.bind_ortvalue_output("logits", self._ort_value(self.logits))
-        for past, present in zip(decoder.past_names, decoder.present_names):
-            buffer = outputs[present]
+        self.buffers = [outputs[present] for present in decoder.present_names]  # kept for as long as bound
+        for past, present, buffer in zip(decoder.past_names, decoder.present_names, self.buffers):
             if buffer.shape()[2] != self.capacity:
                 raise BundleError(f"the decoder returned a cache of length {buffer.shape()[2]} for a buffer of "
                                   f"{self.capacity}; its {SHARED_CACHE_KEY!r} metadata is wrong: re-export it")
