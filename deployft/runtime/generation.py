@@ -108,6 +108,22 @@ class KVDecoder:
         logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
         return logits, [outputs[name] for name in self.present_names]
 
+    def step_shared(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, buffers: list) -> np.ndarray:
+        """One step with each of `buffers` (an OrtValue per past input, its length axis at least the mask's width)
+        bound as both past and present: GroupQueryAttention writes the step's keys and values into it in place at
+        column `mask.shape[1] - 1`. Returns the last position's logits as float32. Needs `shares_cache`."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask))
+        if self.has_positions:
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+        binding.bind_output("logits", "cpu")
+        for past, present, buffer in zip(self.past_names, self.present_names, buffers):
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()[:, -1, :].astype(np.float32)
+
     def _step_keeping_last(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
         from onnxruntime import OrtValue
 

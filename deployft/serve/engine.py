@@ -15,7 +15,9 @@ dropped at the next compaction: when requests join (the cache is copied then any
 many as live ones, so the batch never spends more than half of a step on finished rows and the cache is copied
 through numpy only when rows join or that bound is reached. A compaction also trims the cache columns that are
 padding for every live row, so the cache is never longer than the longest live sequence. Between compactions the
-cache stays in ONNX Runtime's own values.
+cache stays in ONNX Runtime's own values. On a file whose cache may be shared (deployft's fused CPU decoders,
+`KVDecoder.shares_cache`), each layer's cache is one buffer with room for every live row's remaining tokens, bound
+as both past and present, so a step writes its keys and values in place instead of copying the whole cache.
 """
 
 from __future__ import annotations
@@ -180,7 +182,12 @@ class GenerationEngine(QueueWorker):
         ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
         mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
         positions = np.asarray([[r.position] for r in self.rows], dtype=np.int64)
-        logits, self.cache = self.decoder.step(ids, mask, positions, self.cache)
+        if self.decoder.shares_cache:
+            if mask.shape[1] > self.cache[0].shape()[2]:  # no room left (the budgets bound it; kept as a guard)
+                self._set_cache(self._host_cache())
+            logits = self.decoder.step_shared(ids, mask, positions, self.cache)
+        else:
+            logits, self.cache = self.decoder.step(ids, mask, positions, self.cache)
         self.mask = mask
         self.steps += 1
         self._record(len(self.rows), self.active)
@@ -236,9 +243,9 @@ class GenerationEngine(QueueWorker):
             row.ticket.joined_step = self.steps
         width = max(m.shape[1] for m in masks)
         self.mask = np.concatenate([_left_pad(m, width, 1) for m in masks], axis=0)
+        self.rows.extend(joined)
         self._set_cache([np.concatenate([_left_pad(p[n], width, 2) for p in parts], axis=0)
                          for n in range(len(parts[0]))])
-        self.rows.extend(joined)
 
     def _live_cache(self) -> tuple[list[np.ndarray], np.ndarray]:
         """Drop finished rows: the live rows' cache and mask, less the columns that are padding in all of them."""
@@ -251,10 +258,18 @@ class GenerationEngine(QueueWorker):
         return [v if whole else v[keep][:, :, start:, :] for v in self._host_cache()], mask[:, start:]
 
     def _host_cache(self) -> list[np.ndarray]:
-        return [v.numpy() if hasattr(v, "numpy") else v for v in self.cache]
+        """The cache as numpy, its columns cut to the mask's width (a shared buffer has unused room after it)."""
+        width = self.mask.shape[1]
+        return [(v.numpy() if hasattr(v, "numpy") else v)[:, :, :width, :] for v in self.cache]
 
     def _set_cache(self, arrays: list[np.ndarray]) -> None:
+        """Make `arrays` (as wide as the mask) the running batch's cache; a shared one gets room for every live
+        row's remaining tokens."""
         device = self.decoder.device
+        if self.decoder.shares_cache:
+            room = max((r.budget - r.generated for r in self.rows if not r.dead), default=0) + 1
+            arrays = [np.concatenate([a, np.zeros((*a.shape[:2], room, a.shape[3]), dtype=a.dtype)], axis=2)
+                      for a in arrays]
         self.cache = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), device, 0) for a in arrays]
 
     def _fail_all(self, message: str, reason: str = "error") -> None:

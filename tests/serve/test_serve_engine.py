@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from deployft.runtime import GenerationOptions, Predictor
@@ -38,6 +39,15 @@ def _drain(engine, sinks, limit=500):
             return
         engine.run_once()
     raise AssertionError("the engine did not finish its requests")
+
+
+@pytest.fixture(scope="module")
+def fused_bundle(tiny_generate_run, tmp_path_factory):
+    """deployft's own export of a tiny Llama RUN: attention fused, its cache marked shareable (fp32 only)."""
+    from deployft.exporter import ExportConfig, export
+
+    return export(ExportConfig(run=tiny_generate_run, output=tmp_path_factory.mktemp("engine") / "bundle",
+                               quantize="none", validate_samples=8))
 
 
 @pytest.fixture(params=["gpt2", "llama"])
@@ -160,3 +170,48 @@ def test_prefill_groups_bound_the_padding():
     for group in groups:
         assert max(r.position for r in group) * len(group) <= MAX_PREFILL_PADDING * sum(r.position for r in group)
     assert prefill_groups([]) == []
+
+
+def test_the_shared_cache_engine_decodes_what_each_row_gets_alone(fused_bundle):
+    """On a fused file the running batch's cache is one buffer per layer updated in place (past = present):
+    rows joining mid-way, rows leaving and compactions give each request the tokens it gets alone."""
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    assert predictor.decoder.shares_cache
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    calls = {"shared": 0, "copying": 0}
+    shared, copying = engine.decoder.step_shared, engine.decoder.step
+
+    def count_shared(*args):
+        calls["shared"] += 1
+        return shared(*args)
+
+    def count_copying(ids, mask, positions, past):
+        calls["copying"] += past is not None
+        return copying(ids, mask, positions, past)
+
+    engine.decoder.step_shared, engine.decoder.step = count_shared, count_copying
+    never = ("\x00never",)
+    # the tiny RUN's model ends most prompts within two tokens; these two it runs on
+    long_prompts = ["where do fish live and what do they eat every day", "what is the best way to cook rice"]
+    first, first_sink = _ticket(predictor, long_prompts[0], max_new_tokens=20, stop=never)
+    engine.submit(first)
+    for _ in range(3):
+        engine.run_once()
+    later = [_ticket(predictor, p, max_new_tokens=n, stop=never)
+             for p, n in ((long_prompts[1], 12), (PROMPTS[1], 5), (long_prompts[0], 8))]
+    for ticket, _ in later:
+        engine.submit(ticket)
+    room = []
+    while not all(s.done for s in [first_sink] + [s for _, s in later]):
+        engine.run_once()
+        if engine.cache is not None:
+            keys, width = engine.cache[0].numpy(), engine.mask.shape[1]
+            room.append(keys.shape[2] - width)
+            assert (np.abs(keys[:, :, width - 1, :]).sum(axis=(1, 2)) > 0).all()  # the step wrote in place
+            assert not keys[:, :, width:, :].any()  # and nothing past it
+    expected = [(long_prompts[0], 20), (long_prompts[1], 12), (PROMPTS[1], 5), (long_prompts[0], 8)]
+    for (_, sink), (prompt, n) in zip([(first, first_sink)] + later, expected):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+    assert calls["shared"] == 19 and calls["copying"] == 0  # the first row: a prefill, then 19 steps
+    assert room and min(room) >= 1  # the buffers always had room for the next step's column
+    assert any(t.joined_step and t.joined_step > first.joined_step for t, _ in later)
