@@ -77,7 +77,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32, eight_bit: Iterabl
             quantizer.model.topological_sort()
             model = quantizer.model.model
         embedding = quantize_embedding(model.graph, block_size, excluded)
-        save_model(model, dst)
+        save_model(model, dst, external=True)
     return {"mode": "int4", "method": "blockwise int4 weights (MatMulNBits), int8 compute", "preset": None,
             "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
             "op_types": ["MatMul"], "bits": bits_of(dst), "eight_bit_nodes": eight, "embedding": embedding,

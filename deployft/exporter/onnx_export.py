@@ -47,10 +47,14 @@ def external_files(path: Path) -> list[Path]:
     return [path.parent / name for name in sorted(names)]
 
 
-def save_model(model, path: Path, stale: list[Path] = ()) -> None:
-    """Save an in-memory ONNX model to `path`, its weights in `<name>_data` when they are too large for one file.
+def save_model(model, path: Path, stale: list[Path] = (), external: bool = False) -> None:
+    """Save an in-memory ONNX model to `path`, its weights in `<name>_data` when they are too large for one file
+    or `external` asks for it.
 
     `stale`: external-weight files the model was read from (now in memory); they are removed once it is saved.
+    `external`: weights in `<name>_data` whatever their size. ONNX Runtime then maps them instead of reading them
+    into the protobuf it parses, so a session of a blockwise-quantized decoder holds about half the memory
+    (benchmarks/results/session_memory.md).
     """
     import onnx
 
@@ -58,7 +62,7 @@ def save_model(model, path: Path, stale: list[Path] = ()) -> None:
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if data.exists():
         data.unlink()
-    if weights > EXTERNAL_DATA_BYTES:
+    if external or weights > EXTERNAL_DATA_BYTES:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     else:
         onnx.save(model, str(path))

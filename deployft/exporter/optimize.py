@@ -150,7 +150,7 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
                      "the LM head could not be found: every step computes every position's logits")
         notes.append("the KV cache is marked shareable: the runtime binds one buffer per layer as past and present "
                      "and GroupQueryAttention updates it in place")
-    save_model(model, dst, stale)
+    save_model(model, dst, stale, external=attention is not None)  # a fused decoder: weights mapped, not parsed
     return notes
 
 

@@ -103,7 +103,7 @@ def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
                                          op_types_to_quantize=("MatMul",))
         _quiet(quantizer.process)
         quantizer.model.topological_sort()
-        save_model(quantizer.model.model, dst)
+        save_model(quantizer.model.model, dst, external=True)
     return {"mode": "int8", "method": "blockwise int8 weights (MatMulNBits), int8 compute", "preset": None,
             "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
             "op_types": ["MatMul"], "untied_weights": untied, "nodes_excluded": list(nodes_to_exclude),

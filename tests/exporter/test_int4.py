@@ -147,6 +147,7 @@ def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_r
     predictor = Predictor.load(bundle)  # the KV-cache decoder on MatMulNBits, through the runtime's own loop
     assert predictor.model_file == "model_int4.onnx"
     assert predictor.decoder.shares_cache  # the int4 file keeps the fused graph's in-place cache
+    assert variant["external_data"] == ["model_int4.onnx_data"] and (bundle / "model_int4.onnx_data").is_file()
     ids = list(predictor.iter_token_ids([5, 9, 14, 3], max_new_tokens=6, ignore_eos=True))
     assert len(ids) == 6 and all(0 <= i < manifest_vocab(bundle) for i in ids)
     assert isinstance(predictor.generate("hello", max_new_tokens=4), str)

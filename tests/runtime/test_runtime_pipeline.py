@@ -177,6 +177,25 @@ def test_fused_files_update_one_cache_in_place_and_decode_like_the_copying_cache
         assert predictor.generate(prompts, max_new_tokens=12, temperature=0.8, top_k=20, seed=3) == sampled, name
 
 
+def test_blockwise_int8_weights_are_a_separate_file_the_manifest_lists(generate_bundle):
+    """ONNX Runtime maps external weights instead of parsing them into the protobuf (half the session memory)."""
+    from deployft.runtime.integrity import check_for_load
+    from deployft.errors import BundleError
+
+    manifest = json.loads((generate_bundle / "deployft.json").read_text())
+    assert manifest["variants"]["model_quantized.onnx"]["external_data"] == ["model_quantized.onnx_data"]
+    data = generate_bundle / "model_quantized.onnx_data"
+    assert data.stat().st_size > (generate_bundle / "model_quantized.onnx").stat().st_size
+    assert Predictor.load(generate_bundle, model_file="model_quantized.onnx").generate("hi", max_new_tokens=2) is not None
+    original = data.read_bytes()
+    try:
+        data.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(BundleError):
+            check_for_load(generate_bundle, manifest, "model_quantized.onnx")
+    finally:
+        data.write_bytes(original)
+
+
 def test_unfused_files_are_not_marked_for_a_shared_cache(generate_bundle):
     plain = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
              if not v["optimized"]]
