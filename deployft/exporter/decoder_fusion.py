@@ -181,7 +181,7 @@ def mark_shared_cache(model: Any) -> None:
     writes them in place (the runtime's `SharedCache`). Unfused graphs concatenate past and new into a fresh
     tensor, so they are never marked.
     """
-    from ..runtime.generation import SHARED_CACHE, SHARED_CACHE_KEY
+    from ..runtime.kv_cache import SHARED_CACHE, SHARED_CACHE_KEY
 
     for entry in model.metadata_props:
         if entry.key == SHARED_CACHE_KEY:

@@ -4,7 +4,7 @@ The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `i
 `position_ids` and `past_key_values.N.key/value` and returns `logits` and `present.N.key/value`. The cache never
 round-trips through numpy; a generation keeps it one of two ways:
 
-- `SharedCache`, for deployft's attention-fused CPU files (their model metadata says `SHARED_CACHE_KEY`): one
+- `SharedCache` (`kv_cache.py`), for deployft's attention-fused CPU files (their model metadata says `SHARED_CACHE_KEY`): one
   buffer per layer of the generation's full length, bound as both `past` and `present`, which GroupQueryAttention
   updates in place; the step's inputs and its logits are preallocated buffers bound once, so a decode step copies
   no cache and builds no feeds. The prefill feeds `logits_to_keep` 1 (only the last position's logits) through
@@ -23,20 +23,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import BundleError
+from .kv_cache import KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask
 from .sampling import GenerationOptions, next_tokens
 
 logger = logging.getLogger("deployft.runtime")
 
 _PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_KEEP_LAST = np.array(1, dtype=np.int64)
-SHARED_CACHE_KEY = "deployft.kv_cache"
-"""Model metadata key: `SHARED_CACHE` when `past_key_values.N` and `present.N` may be one buffer updated in place."""
-SHARED_CACHE = "shared-buffer"
-
-
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Position ids of a padded batch: 0.. over the real tokens, 1 on padding (as transformers computes them)."""
-    return np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
 
 
 class KVDecoder:
@@ -127,7 +119,7 @@ class KVDecoder:
     def _step_keeping_last(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
         from onnxruntime import OrtValue
 
-        feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": _KEEP_LAST}
+        feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": KEEP_LAST}
         if self.has_positions:
             feeds["position_ids"] = positions
         feeds = {name: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
@@ -176,91 +168,6 @@ class KVDecoder:
             if done.all() or generated == budget:
                 return
             logits = cache.advance(tokens)
-
-
-class CopyingCache:
-    """A generation's cache as ONNX Runtime returns it: each step's `present` is fed back as the next `past`."""
-
-    def __init__(self, decoder: KVDecoder, ids: np.ndarray, mask: np.ndarray):
-        self.decoder, self.ids, self.mask = decoder, ids, mask
-        self.next_position = mask.sum(axis=1, keepdims=True).astype(np.int64)
-        self.past: list | None = None
-
-    def prefill(self) -> np.ndarray:
-        """Run the prompt; returns the last position's logits (float32)."""
-        logits, self.past = self.decoder.step(self.ids, self.mask, positions_from_mask(self.mask), None)
-        return logits
-
-    def advance(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one new token per row; returns their logits."""
-        self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), dtype=np.int64)], axis=1)
-        logits, self.past = self.decoder.step(tokens[:, None], self.mask, self.next_position, self.past)
-        self.next_position = self.next_position + 1
-        return logits
-
-
-class SharedCache:
-    """A generation's cache preallocated at its full length (prompt + budget) and updated in place.
-
-    The prefill runs with a zero `past` of that length, so ONNX Runtime returns `present` buffers of that length
-    holding the prompt's keys and values. Every decode step binds each buffer as both `past_key_values.N` and
-    `present.N`: GroupQueryAttention sees the shared buffer and writes the step's keys and values at column
-    `total - 1`, attending over the first `total` columns only (the attention mask's width), so nothing is copied.
-    `input_ids`, `position_ids` and `logits` are preallocated arrays bound once and rewritten each step.
-    """
-
-    def __init__(self, decoder: KVDecoder, ids: np.ndarray, mask: np.ndarray, budget: int):
-        from onnxruntime import OrtValue
-
-        self.decoder, self.ids = decoder, ids
-        batch, prompt = ids.shape
-        self.capacity = prompt + budget
-        self.mask = np.ones((batch, self.capacity), dtype=np.int64)
-        self.mask[:, :prompt] = mask
-        self.total = prompt
-        self.step_ids = np.zeros((batch, 1), dtype=np.int64)
-        self.step_positions = mask.sum(axis=1, keepdims=True).astype(np.int64)
-        self._ort_value = OrtValue.ortvalue_from_numpy
-        self.binding = None
-
-    def prefill(self) -> np.ndarray:
-        """Run the prompt into the full-length buffers and bind them; returns the last position's logits."""
-        decoder, ids = self.decoder, self.ids
-        feeds = {"input_ids": ids, "attention_mask": self.mask[:, :self.total]}
-        if decoder.has_positions:
-            feeds["position_ids"] = positions_from_mask(feeds["attention_mask"])
-        if decoder.keeps_last:
-            feeds["logits_to_keep"] = _KEEP_LAST
-        feeds = {name: self._ort_value(np.ascontiguousarray(value)) for name, value in feeds.items()}
-        zero = self._ort_value(np.zeros((ids.shape[0], decoder.kv_heads, self.capacity, decoder.head_dim),
-                                        dtype=decoder.past_dtype))
-        feeds.update({name: zero for name in decoder.past_names})
-        outputs = dict(zip(decoder.output_names, decoder.session.run_with_ort_values(decoder.output_names, feeds)))
-        logits = outputs["logits"].numpy()
-        self.logits = np.zeros((ids.shape[0], 1, logits.shape[-1]), dtype=logits.dtype)
-        binding = decoder.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", self._ort_value(self.step_ids))
-        if decoder.has_positions:
-            binding.bind_ortvalue_input("position_ids", self._ort_value(self.step_positions))
-        binding.bind_ortvalue_output("logits", self._ort_value(self.logits))
-        self.buffers = [outputs[present] for present in decoder.present_names]  # kept for as long as bound
-        for past, present, buffer in zip(decoder.past_names, decoder.present_names, self.buffers):
-            if buffer.shape()[2] != self.capacity:
-                raise BundleError(f"the decoder returned a cache of length {buffer.shape()[2]} for a buffer of "
-                                  f"{self.capacity}; its {SHARED_CACHE_KEY!r} metadata is wrong: re-export it")
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
-        self.binding = binding
-        return logits[:, -1, :].astype(np.float32)
-
-    def advance(self, tokens: np.ndarray) -> np.ndarray:
-        """Write one new token per row into the bound inputs and run the step in place; returns their logits."""
-        self.step_ids[:, 0] = tokens
-        self.total += 1
-        self.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(self.mask[:, :self.total]))
-        self.decoder.session.run_with_iobinding(self.binding)
-        self.step_positions += 1
-        return self.logits[:, -1, :].astype(np.float32)
 
 
 class TextTracker:

@@ -31,12 +31,10 @@ import numpy as np
 from ..runtime.generation import TextTracker, positions_from_mask
 from ..runtime.sampling import GenerationOptions, next_tokens
 from ..runtime.session import import_ort
+from .prefill import left_pad, prefill_groups
 from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
-
-MAX_PREFILL_PADDING = 1.5
-"""A prefill group's tokens with padding (rows x longest prompt) stay within this multiple of its real tokens."""
 
 
 @dataclass
@@ -242,9 +240,9 @@ class GenerationEngine(QueueWorker):
             row.cache = None
             row.ticket.joined_step = self.steps
         width = max(m.shape[1] for m in masks)
-        self.mask = np.concatenate([_left_pad(m, width, 1) for m in masks], axis=0)
+        self.mask = np.concatenate([left_pad(m, width, 1) for m in masks], axis=0)
         self.rows.extend(joined)
-        self._set_cache([np.concatenate([_left_pad(p[n], width, 2) for p in parts], axis=0)
+        self._set_cache([np.concatenate([left_pad(p[n], width, 2) for p in parts], axis=0)
                          for n in range(len(parts[0]))])
 
     def _live_cache(self) -> tuple[list[np.ndarray], np.ndarray]:
@@ -284,27 +282,3 @@ class GenerationEngine(QueueWorker):
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue(len(self.pending), self.active)
-
-
-def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
-    missing = width - array.shape[axis]
-    if missing == 0:
-        return array
-    shape = list(array.shape)
-    shape[axis] = missing
-    return np.concatenate([np.zeros(shape, dtype=array.dtype), array], axis=axis)
-
-
-def prefill_groups(rows: list) -> list[list]:
-    """`rows` (each with its prompt length as `.position`) in prefill groups: sorted by length, a row joins the
-    current group while the group's padded size stays within `MAX_PREFILL_PADDING` times its real tokens."""
-    groups: list[list] = []
-    for row in sorted(rows, key=lambda r: r.position):
-        group = groups[-1] if groups else None
-        if group is not None:
-            real = sum(r.position for r in group) + row.position
-            if row.position * (len(group) + 1) <= MAX_PREFILL_PADDING * real:
-                group.append(row)
-                continue
-        groups.append([row])
-    return groups

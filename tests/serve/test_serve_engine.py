@@ -157,21 +157,6 @@ def test_requests_admitted_together_are_prefilled_in_one_call(predictor):
         assert sink.text == predictor.generate(prompt, max_new_tokens=n)
 
 
-class _Len:
-    def __init__(self, n):
-        self.position = n
-
-
-def test_prefill_groups_bound_the_padding():
-    from deployft.serve.engine import MAX_PREFILL_PADDING, prefill_groups
-
-    groups = prefill_groups([_Len(n) for n in (40, 3, 4, 41, 5, 200)])
-    assert [[r.position for r in g] for g in groups] == [[3, 4, 5], [40, 41], [200]]
-    for group in groups:
-        assert max(r.position for r in group) * len(group) <= MAX_PREFILL_PADDING * sum(r.position for r in group)
-    assert prefill_groups([]) == []
-
-
 def test_the_shared_cache_engine_decodes_what_each_row_gets_alone(fused_bundle):
     """On a fused file the running batch's cache is one buffer per layer updated in place (past = present):
     rows joining mid-way, rows leaving and compactions give each request the tokens it gets alone."""
