@@ -45,6 +45,11 @@ def _copies(path: Path, scratch: Path) -> dict[str, Path]:
     return {"weights inside the .onnx": inside, "weights in <name>_data": beside}
 
 
+def _size_mb(path: Path) -> float:
+    """The .onnx file and its `_data` file, in MB."""
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
+
+
 def _probe(path: Path, threads: int) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, str(path), str(threads)], capture_output=True, text=True,
                          check=True)
@@ -71,8 +76,7 @@ def main() -> None:
             rows.setdefault(name, {})[form] = {
                 "rss_mb": statistics.median(v["rss_mb"] for v in values),
                 "load_s": statistics.median(v["load_s"] for v in values),
-                "file_mb": sum(p.stat().st_size for p in files[(name, form)].parent.glob(files[(name, form)].name + "*"))
-                / 1e6}
+                "file_mb": _size_mb(files[(name, form)])}
     result = {"bundle": str(args.bundle), "threads": args.threads, "repeats": args.repeats,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "files": rows}

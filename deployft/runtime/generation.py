@@ -72,7 +72,9 @@ class KVDecoder:
         feeds.update({name: empty for name in self.past_names})
         return self.session.run(["logits"], feeds)[0].astype(np.float32)
 
-    def _bind_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
+    def _bind_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None,
+                   shared: bool = False):
+        """The step's IO binding; `shared`: each of `past` is bound as its layer's present too (written in place)."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask))
@@ -86,8 +88,11 @@ class KVDecoder:
             for name, value in zip(self.past_names, past):
                 binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.device)
+        for index, name in enumerate(self.present_names):
+            if shared:
+                binding.bind_ortvalue_output(name, past[index])
+            else:
+                binding.bind_output(name, self.device)
         return binding
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
@@ -104,15 +109,7 @@ class KVDecoder:
         """One step with each of `buffers` (an OrtValue per past input, its length axis at least the mask's width)
         bound as both past and present: GroupQueryAttention writes the step's keys and values into it in place at
         column `mask.shape[1] - 1`. Returns the last position's logits as float32. Needs `shares_cache`."""
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask))
-        if self.has_positions:
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
-        binding.bind_output("logits", "cpu")
-        for past, present, buffer in zip(self.past_names, self.present_names, buffers):
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
+        binding = self._bind_step(ids, mask, positions, buffers, shared=True)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()[:, -1, :].astype(np.float32)
 

@@ -157,12 +157,8 @@ class GenerationEngine(QueueWorker):
 
     def _prefill(self, rows: list[_Row]) -> list[_Row]:
         """One model call over the prompts of `rows` (left-padded); returns the rows that go on decoding."""
-        width = max(row.position for row in rows)
-        batch = np.full((len(rows), width), self.decoder.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            batch[i, width - row.position:] = row.ticket.prompt_ids
-            mask[i, width - row.position:] = 1
+        batch, mask = self.predictor.codec.pad([row.ticket.prompt_ids for row in rows], side="left")
+        width = batch.shape[1]
         logits, present = self.decoder.step(batch, mask, positions_from_mask(mask), None)
         host = [v.numpy() for v in present]
         self._record(len(rows), len(rows))
@@ -180,9 +176,7 @@ class GenerationEngine(QueueWorker):
         ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
         mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
         positions = np.asarray([[r.position] for r in self.rows], dtype=np.int64)
-        if self.decoder.shares_cache:
-            if mask.shape[1] > self.cache[0].shape()[2]:  # no room left (the budgets bound it; kept as a guard)
-                self._set_cache(self._host_cache())
+        if self.decoder.shares_cache:  # `_set_cache` left room for every live row's remaining tokens
             logits = self.decoder.step_shared(ids, mask, positions, self.cache)
         else:
             logits, self.cache = self.decoder.step(ids, mask, positions, self.cache)

@@ -31,9 +31,10 @@ def classify_bundle(tiny_classify_run, tmp_path_factory):
     return _export(tiny_classify_run, tmp_path_factory.mktemp("pipeline-classify"), quantize="none")
 
 
-def _variants(bundle, precision=None):
+def _variants(bundle, precision=None, optimized=None):
     variants = json.loads((bundle / "deployft.json").read_text())["variants"]
-    return [name for name, v in variants.items() if precision is None or v["precision"] == precision]
+    return [name for name, v in variants.items()
+            if precision in (None, v["precision"]) and optimized in (None, v["optimized"])]
 
 
 @pytest.mark.parametrize("words", [3, 200])
@@ -132,8 +133,7 @@ def test_fused_files_compute_the_last_positions_logits_only_and_decode_the_same(
     """Fused generator files take `logits_to_keep`; the runtime feeds 1 (run_with_ort_values) and gets the tokens
     the IO-binding path (every position's logits) gives, on a left-padded batch."""
     prompts = [r["prompt"] for r in qa_rows(3, seed=7)]
-    fused = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
-             if v["optimized"]]
+    fused = _variants(generate_bundle, optimized=True)
     assert fused
     for name in fused:
         predictor = Predictor.load(generate_bundle, model_file=name)
@@ -150,12 +150,12 @@ def test_fused_files_compute_the_last_positions_logits_only_and_decode_the_same(
 
 def test_fused_files_update_one_cache_in_place_and_decode_like_the_copying_cache(generate_bundle, monkeypatch):
     """Every fused file (fp32 and quantized) keeps the shared-cache mark; its in-place generation gives the
-    tokens of the copying cache on a left-padded batch, with sampling too, and writes into the bound buffers."""
+    tokens of the copying cache on a left-padded batch, with sampling too, and its last step wrote the last used
+    column of the bound buffers (the columns after it stay empty)."""
     from deployft.runtime import generation
 
     prompts = [r["prompt"] for r in qa_rows(4, seed=9)]
-    fused = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
-             if v["optimized"]]
+    fused = _variants(generate_bundle, optimized=True)
     assert fused
     for name in fused:
         predictor = Predictor.load(generate_bundle, model_file=name)
@@ -171,6 +171,8 @@ def test_fused_files_update_one_cache_in_place_and_decode_like_the_copying_cache
         in_place = predictor.generate(prompts, max_new_tokens=12)
         sampled = predictor.generate(prompts, max_new_tokens=12, temperature=0.8, top_k=20, seed=3)
         assert len(caches) == 2 and caches[0].total > max(len(predictor.prompt_ids(p)) for p in prompts)
+        keys = caches[0].buffers[0].numpy()
+        assert np.abs(keys[:, :, caches[0].total - 1]).sum() > 0 and not keys[:, :, caches[0].total:].any()
         monkeypatch.undo()
         predictor.decoder.shares_cache = False
         assert predictor.generate(prompts, max_new_tokens=12) == in_place, name
@@ -197,8 +199,7 @@ def test_blockwise_int8_weights_are_a_separate_file_the_manifest_lists(generate_
 
 
 def test_unfused_files_are_not_marked_for_a_shared_cache(generate_bundle):
-    plain = [n for n, v in json.loads((generate_bundle / "deployft.json").read_text())["variants"].items()
-             if not v["optimized"]]
+    plain = _variants(generate_bundle, optimized=False)
     assert plain
     for name in plain:
         assert not Predictor.load(generate_bundle, model_file=name).decoder.shares_cache, name
