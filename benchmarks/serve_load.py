@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -212,6 +213,35 @@ def clean_round(server: Server, call, concurrency: int, total: int, args) -> dic
     return {**rejected[-1], "rejected_rounds": rejected[:-1], "unclean": True}
 
 
+def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
+    """The classifier without HTTP, in this process, with the server's threads: rows/s at batch 1 and at
+    `batch_size` on the load generator's texts, interleaved rounds, the median of the clean ones. Their ratio is the
+    most batching can add on this machine before HTTP and the load generator take their share of the cores."""
+    from deployft import Predictor
+
+    predictor = Predictor.load(bundle, threads=2, spinning=False)
+    ids = predictor.codec.encode([TEXTS[i % len(TEXTS)] for i in range(rows)])
+    cores, tick = psutil.cpu_count(), os.sysconf("SC_CLK_TCK")
+    speeds: dict[int, list[float]] = {1: [], batch_size: []}
+    rejected = 0
+    predictor.predict_ids(ids[:batch_size], batch_size=batch_size)  # warm-up
+    while min(len(v) for v in speeds.values()) < args.model_rounds and rejected < 4 * args.model_rounds:
+        for size in speeds:
+            busy, own, started = busy_jiffies(), own_cpu(), time.perf_counter()
+            for start in range(0, rows, size):
+                predictor.predict_ids(ids[start:start + size], batch_size=size)
+            wall = time.perf_counter() - started
+            foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / (wall * cores)
+            if foreign > args.max_foreign:
+                rejected += 1
+            else:
+                speeds[size].append(rows / wall)
+    median = {size: round(statistics.median(v), 1) if v else None for size, v in speeds.items()}
+    return {"batch_size": batch_size, "rows_per_s_batch_1": median[1], "rows_per_s_batched": median[batch_size],
+            "ratio": round(median[batch_size] / median[1], 2) if median[1] and median[batch_size] else None,
+            "rounds": {str(k): len(v) for k, v in speeds.items()}, "rejected_rounds": rejected}
+
+
 def run_task(task: str, bundle: Path, args) -> dict:
     call = classify_call if task == "classify" else \
         (lambda client, url, i: generate_call(client, url, i, args.max_tokens))
@@ -275,6 +305,13 @@ def write(results: dict, path: Path) -> None:
                              f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after.")
         key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
+        if data.get("model_alone"):
+            a = data["model_alone"]
+            lines += [f"The model alone, in one process without HTTP (same 2 threads, no spinning, the same texts; "
+                      f"median of {a['rounds']} clean rounds, {a['rejected_rounds']} rejected): "
+                      f"{a['rows_per_s_batch_1']} rows/s one text per call, {a['rows_per_s_batched']} rows/s "
+                      f"{a['batch_size']} per call: **{a['ratio']}x** is the most batching can give on this machine "
+                      "before HTTP and the load generator take their share of the cores.", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -298,6 +335,8 @@ def main() -> None:
     parser.add_argument("--generate-requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
+    parser.add_argument("--model-rounds", type=int, default=5,
+                        help="Clean rounds of the classifier alone, without HTTP (0: skip).")
     parser.add_argument("--max-foreign", type=float, default=0.05)
     parser.add_argument("--tries", type=int, default=4)
     parser.add_argument("--pause", type=float, default=5.0)
@@ -321,6 +360,10 @@ def main() -> None:
             bundle = run_defaults.prepare(task, args.work, reuse=True)[1]
         data = run_task(task, bundle, args)
         data["ratio"] = ratios(data, "requests_per_s" if task == "classify" else "tokens_per_s")
+        if task == "classify" and args.model_rounds:
+            from deployft.serve.config import ServeConfig
+
+            data["model_alone"] = model_alone(bundle, ServeConfig.max_batch_size, args)
         results["tasks"][task] = data
         write(results, args.output)
     print(f"wrote {args.output}.json and .md")

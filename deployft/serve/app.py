@@ -49,7 +49,7 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
         service.close()
 
     app = FastAPI(title=f"deployft: {config.name}", version=_version(), lifespan=lifespan,
-                  description=f"A {service.task} bundle served by deployft with ONNX Runtime.")
+                  description=f"A {service.task} bundle served by deployft with ONNX Runtime.", **_telemetry(FastAPI))
     app.state.service = service
     install_error_handlers(app, service.routes)
 
@@ -97,6 +97,16 @@ def _playground(service) -> str:
     import json
 
     return page.replace("/*SETTINGS*/{}", json.dumps(settings).replace("</", "<\\/"))
+
+
+def _telemetry(fastapi_class) -> dict:
+    """FastAPI's own OpenTelemetry instrumentation off (FastAPI >= 0.160 has it): /metrics already records every
+    request, and the per-request check of the global providers is paid on the event loop even when none is set."""
+    import inspect
+
+    if "telemetry" not in inspect.signature(fastapi_class.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _version() -> str:

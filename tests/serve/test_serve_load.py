@@ -36,6 +36,16 @@ def test_a_round_answers_every_request_and_reports_the_clients_cpu(serve_load, s
     assert row["client_cpu_ms_per_request"] > 0
 
 
+def test_the_model_alone_is_timed_at_batch_one_and_batched(serve_load, runtime_bundle):
+    import argparse
+
+    args = argparse.Namespace(model_rounds=2, max_foreign=1.0)  # every round counts: the machine may be busy
+    alone = serve_load.model_alone(runtime_bundle("bert"), 4, args, rows=16)
+    assert alone["rounds"] == {"1": 2, "4": 2} and alone["rejected_rounds"] == 0
+    assert alone["rows_per_s_batch_1"] > 0 and alone["rows_per_s_batched"] > 0
+    assert alone["ratio"] == round(alone["rows_per_s_batched"] / alone["rows_per_s_batch_1"], 2)
+
+
 def test_a_refused_connection_is_a_failed_request_not_a_crash(serve_load):
     results, wall = asyncio.run(serve_load.load(serve_load.classify_call, f"http://127.0.0.1:{free_port()}", 2, 3))
     assert [r["status"] for r in results] == [0, 0, 0] and "Error" in serve_load.summarize(results, wall)["first_failure"]

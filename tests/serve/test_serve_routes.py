@@ -58,6 +58,18 @@ def test_status_routes_and_playground(gen):
     assert "/v1/chat/completions" in client.get("/openapi.json").json()["paths"]
 
 
+def test_fastapis_own_telemetry_is_off_where_it_has_one(gen):
+    import inspect
+
+    from fastapi import FastAPI
+
+    client, _ = gen
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        pytest.skip("this FastAPI has no native telemetry")
+    settings = client.app._telemetry
+    assert (settings["tracing"], settings["metrics"], settings["logs"]) == (False, False, False)
+
+
 def test_chat_completion_is_the_predictors_greedy_answer(gen):
     client, predictor = gen
     body = client.post("/v1/chat/completions", json={"model": "tiny", "messages": CHAT, "max_tokens": 20,
