@@ -5,6 +5,7 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
                ─► plain-per-channel        the same, weights scaled per output channel
                ─► static-qdq               static QDQ int8, calibrated on the RUN's training rows
     model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, attention as QAttention
+                         ─► fused-qattention-per-channel   the same, weights scaled per output channel
     fused, no SkipLayerNormalization ─► fused-no-skip-layernorm   the same, that fusion left out
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
@@ -61,6 +62,9 @@ RECIPES = (
            per_channel=True),
     Recipe("fused-qattention", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), its fused "
                                         "attention quantized too (QAttention)"),
+    Recipe("fused-qattention-per-channel", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), "
+                                                    "attention as QAttention, weights scaled per output channel",
+           per_channel=True),
     Recipe("fused-no-skip-layernorm", "fused-no-sln", "dynamic int8 (QAttention) of the fused graph rebuilt without "
                                                       "the SkipLayerNormalization fusion"),
     Recipe("static-qdq", "plain", "static int8 (QDQ) of the plain export, activation ranges calibrated (min/max) on "
