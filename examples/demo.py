@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         ))
         metrics = json.loads((run_dir / "eval.json").read_text())
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        print(f"\n== 2/3 export to ONNX (plain and fused fp32), quantize the plain export to int8, check each file's "
+        print(f"\n== 2/3 export to ONNX (plain and fused fp32), build the int8 candidates and keep the fastest "
+              f"within the accuracy guard, check each file's "
               f"predictions against PyTorch -> {bundle_dir}")
         deployft.export(deployft.ExportConfig(run=run_dir, output=bundle_dir, quantize="int8", overwrite=True))
         print(info_text(bundle_dir))
