@@ -1,0 +1,162 @@
+"""Every classifier int8 recipe against dynamic int8 of the plain export, timed whatever the guard said.
+
+Export times only the candidates within the accuracy guard, so when `plain` (dynamic int8 of model.onnx, the
+deployable file before measured selection) fails the guard, its bundle cannot say how much faster the kept file
+is than it. This script rebuilds every dynamic recipe from a bundle's own model.onnx / model_optimized.onnx with
+export's functions and preset (`plain`, `plain-per-channel`, `fused-qattention`, `fused-qattention-per-channel`,
+`fused-no-skip-layernorm`; static QDQ needs the RUN's calibration rows and is left out), and times them beside
+the bundle's deployable `model_quantized.onnx` and its fused fp32 file, at one text of 32 and 128 tokens and 16
+texts of 128, with the same threads, in interleaved rounds. A round is kept only when other programs used at most
+--max-foreign of the machine during it (busy time from /proc/stat minus this process's CPU time); rejected rounds
+are repeated and counted. The guard's flips for each recipe come from the bundle's manifest where export built it.
+
+    python benchmarks/int8_recipes.py --bundle outputs/demo/bundle      # the recorded result (after `make demo`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHAPES = ((1, 32), (1, 128), (16, 128))
+"""The shapes the issue's classifier targets name."""
+RECIPES = {"plain": ("model.onnx", False), "plain-per-channel": ("model.onnx", True),
+           "fused-qattention": ("model_optimized.onnx", False),
+           "fused-qattention-per-channel": ("model_optimized.onnx", True),
+           "fused-no-skip-layernorm": ("fused_no_sln.onnx", False)}
+"""Recipe -> (the graph it quantizes, per-channel weights), as `deployft.exporter.select.RECIPES` builds them."""
+
+
+def busy_seconds() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def build(bundle: Path, work: Path) -> dict[str, Path]:
+    from deployft.exporter.optimize import optimize_without_skip_layer_norm
+    from deployft.exporter.quantize import cpu_preset, quantize_dynamic_int8
+
+    optimize_without_skip_layer_norm(bundle / "model.onnx", work / "fused_no_sln.onnx")
+    files = {}
+    for name, (source, per_channel) in RECIPES.items():
+        graph = work / source if source == "fused_no_sln.onnx" else bundle / source
+        files[name] = work / f"{name}.onnx"
+        quantize_dynamic_int8(graph, files[name], cpu_preset(), per_channel)
+    return files
+
+
+def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: float,
+             vocab_size: int) -> tuple[dict, int]:
+    from deployft.runtime.session import SessionOptions, create_session
+
+    sessions = {k: create_session(p, SessionOptions(threads=threads, spinning=False))[0] for k, p in files.items()}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for batch, length in SHAPES:
+        ids = rng.integers(1, vocab_size, size=(batch, length), dtype=np.int64)
+        feeds[(batch, length)] = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                  "token_type_ids": np.zeros_like(ids)}
+    names = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
+    for key, session in sessions.items():
+        for feed in feeds.values():
+            for _ in range(2):
+                session.run(None, {n: feed[n] for n in names[key]})
+    samples = {k: {s: [] for s in SHAPES} for k in sessions}
+    keys, kept, rejected = list(sessions), 0, 0
+    while kept < rounds and rejected < 4 * rounds:
+        order = keys[kept % len(keys):] + keys[:kept % len(keys)]
+        row = {k: {} for k in keys}
+        busy, own, started = busy_seconds(), time.process_time(), time.perf_counter()
+        for shape, feed in feeds.items():
+            for key in order:
+                began = time.perf_counter()
+                sessions[key].run(None, {n: feed[n] for n in names[key]})
+                row[key][shape] = 1000 * (time.perf_counter() - began)
+        wall = time.perf_counter() - started
+        foreign = max(0.0, busy_seconds() - busy - (time.process_time() - own)) / (wall * os.cpu_count())
+        if foreign > max_foreign:
+            rejected += 1
+            continue
+        kept += 1
+        for key in keys:
+            for shape in SHAPES:
+                samples[key][shape].append(row[key][shape])
+    medians = {k: {f"b{b}x{n}": round(statistics.median(v), 2) for (b, n), v in per.items()}
+               for k, per in samples.items()}
+    return medians, rejected
+
+
+def guard_flips(bundle: Path) -> dict[str, str]:
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    out = {}
+    for c in (manifest.get("quantization") or {}).get("candidates") or []:
+        if c["remedy"] == "none":
+            g = c.get("guard") or {}
+            out[c["name"]] = f"{g.get('flips')} of {g.get('rows')} ({'pass' if c['passed'] else 'FAIL'})"
+    kept = (manifest.get("quantization") or {}).get("recipe")
+    return out | ({"model_quantized.onnx": out.get(kept, "-")} if kept else {})
+
+
+def write(result: dict, out: Path) -> None:
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    labels = [f"b{b}x{n}" for b, n in SHAPES]
+    lines = ["# Classifier int8 recipes against dynamic int8 of the plain export", "",
+             f"Command: `python benchmarks/int8_recipes.py --bundle {result['bundle']}`  ",
+             f"Date: {result['created']}  ", f"Machine: {result['machine']}; {result['threads']} threads, "
+             f"no spinning; {result['rounds']} clean interleaved rounds, {result['rejected']} rejected (others used "
+             f"more than {result['max_foreign']:.0%} of the machine)  ",
+             f"Kept by export: `{result['kept']}` (its `model_quantized.onnx`)", "",
+             "| file | guard (export's) | " + " | ".join(f"{s} ms" for s in labels) + " | "
+             + " | ".join(f"vs plain {s}" for s in labels) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in labels * 2) + " |"]
+    plain = result["medians"]["plain"]
+    for name, ms in result["medians"].items():
+        lines.append(f"| {name} | {result['guard'].get(name, '-')} | " + " | ".join(f"{ms[s]:.2f}" for s in labels)
+                     + " | " + " | ".join(f"{plain[s] / ms[s]:.2f}x" for s in labels) + " |")
+    deployable = result["medians"]["model_quantized.onnx"]
+    lines += ["", "Target (issue 11): the deployable file >= 1.3x faster than `plain` at b1x128 and b16x128: "
+              + ", ".join(f"{s} {plain[s] / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))
+              + (" — met" if all(plain[s] / deployable[s] >= 1.3 for s in ("b1x128", "b16x128")) else " — not met"), ""]
+    out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=Path("outputs/demo/bundle"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--max-foreign", type=float, default=0.05)
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "int8_recipes")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parent))
+    from deployft.bench.machine import cpu_info
+
+    with tempfile.TemporaryDirectory() as work:
+        files = build(args.bundle, Path(work))
+        files |= {"model_quantized.onnx": args.bundle / "model_quantized.onnx",
+                  "model_optimized.onnx (fp32)": args.bundle / "model_optimized.onnx"}
+        vocab = json.loads((args.bundle / "config.json").read_text())["vocab_size"]
+        medians, rejected = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
+    manifest = json.loads((args.bundle / "deployft.json").read_text())
+    info = cpu_info()
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": str(args.bundle),
+              "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
+              "threads": args.threads, "rounds": args.rounds, "rejected": rejected, "max_foreign": args.max_foreign,
+              "kept": (manifest.get("quantization") or {}).get("recipe"), "guard": guard_flips(args.bundle),
+              "medians": medians}
+    write(result, args.output)
+    print(args.output.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

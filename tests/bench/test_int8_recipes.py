@@ -1,0 +1,49 @@
+"""benchmarks/int8_recipes.py on a tiny classifier bundle: every recipe built and timed, the table and the verdict
+computed from the timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from deployft.exporter import ExportConfig, export
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    spec = importlib.util.spec_from_file_location("int8_recipes", ROOT / "benchmarks" / "int8_recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatch):
+    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8",
+                                 validate_samples=40, calibration_samples=16, max_accuracy_drop=25.0,
+                                 select_seconds=0.2))
+    files = recipes.build(bundle, tmp_path)
+    assert sorted(files) == sorted(recipes.RECIPES) and all(p.stat().st_size > 0 for p in files.values())
+    monkeypatch.setattr(recipes, "SHAPES", ((1, 8), (2, 8)))
+    medians, rejected = recipes.time_all(files | {"model_quantized.onnx": bundle / "model_quantized.onnx"}, 1, 2, 1.0,
+                                         json.loads((bundle / "config.json").read_text())["vocab_size"])
+    assert rejected == 0 and set(medians["plain"]) == {"b1x8", "b2x8"}
+    assert all(v > 0 for per in medians.values() for v in per.values())
+    guard = recipes.guard_flips(bundle)
+    kept = json.loads((bundle / "deployft.json").read_text())["quantization"]["recipe"]
+    assert guard["model_quantized.onnx"] == guard[kept] and " of " in guard["plain"]
+
+
+def test_the_verdict_follows_the_timings(recipes, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "SHAPES", ((1, 32), (1, 128), (16, 128)))
+    base = {"created": "now", "bundle": "b", "machine": "m", "threads": 2, "rounds": 3, "rejected": 1,
+            "max_foreign": 0.05, "kept": "plain", "guard": {}}
+    plain = {"b1x32": 4.0, "b1x128": 13.0, "b16x128": 130.0}
+    for deployable, verdict in (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, "— met"),
+                                ({"b1x32": 1.0, "b1x128": 10.0, "b16x128": 101.0}, "— not met")):
+        recipes.write(base | {"medians": {"plain": plain, "model_quantized.onnx": deployable}}, tmp_path / "r")
+        text = (tmp_path / "r.md").read_text()
+        assert text.rstrip().endswith(verdict) and "| plain | - | 4.00 | 13.00 | 130.00 | 1.00x" in text
