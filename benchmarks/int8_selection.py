@@ -2,7 +2,7 @@
 timing at the bundle's typical shapes, and the file export keeps.
 
 Exports a classifier RUN (default: outputs/bench-defaults/run-classify from benchmarks/run_defaults.py, all-MiniLM-L6-v2
-fine-tuned, 300 eval rows) with
+fine-tuned, 2000 eval rows) with
 `--quantize int8 --select fastest` at export's default budget and rows, and records `quantization.candidates` and
 `quantization.selection` from the bundle's manifest, with the machine and its load before and after, into
 benchmarks/results/int8_selection.{json,md}. Run it on a quiet machine: the timing is export's own, interleaved,
@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RUN = Path("outputs/bench-defaults/run-classify")
-"""The default classifier RUN that benchmarks/run_defaults.py fine-tunes (300 eval rows)."""
+"""The default classifier RUN that benchmarks/run_defaults.py fine-tunes (2000 eval rows)."""
 
 
 def log(message: str) -> None:
