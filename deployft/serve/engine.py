@@ -1,23 +1,19 @@
 """Continuous (iteration-level) batching for a generator bundle.
 
 One worker thread owns the decoder session and loops over steps. Before each step it admits waiting requests:
-their prompts are prefilled together, in as few model calls as keeps padding bounded (`prefill_groups`: sorted by
-length, a group's padded tokens at most `MAX_PREFILL_PADDING` times its real ones), left-padded and masked like
-`Predictor.generate`'s batches; each row's cache, without its padding columns, is then left-padded to the running
-batch's cache length and concatenated along the batch axis. Every row keeps its own position ids and its own
-sampler, and the attention mask hides each row's padding, so a row decodes the same tokens whatever else shares
-the batch (greedy output equals `Predictor.generate` of the request alone, up to float rounding between batch
-shapes).
+their prompts are prefilled together in groups of bounded padding (`prefill_groups`), left-padded and masked like
+`Predictor.generate`'s batches, and each row's cache joins the running batch's, left-padded to its length. Every row
+keeps its own position ids and sampler, and the mask hides each row's padding, so a row decodes the same tokens
+whatever else shares the batch (greedy output equals `Predictor.generate` of the request alone).
 
 A row that finishes (end token, stop string, `max_tokens`, or a cancelled request) leaves at once: its request is
-answered after the step that finished it and its slot is free for the next waiting request. Its cache rows are
-dropped at the next compaction: when requests join (the cache is copied then anyway) or when finished rows are as
-many as live ones, so the batch never spends more than half of a step on finished rows and the cache is copied
-through numpy only when rows join or that bound is reached. A compaction also trims the cache columns that are
-padding for every live row, so the cache is never longer than the longest live sequence. Between compactions the
-cache stays in ONNX Runtime's own values. On a file whose cache may be shared (deployft's fused CPU decoders,
-`KVDecoder.shares_cache`), each layer's cache is one buffer with room for every live row's remaining tokens, bound
-as both past and present, so a step writes its keys and values in place instead of copying the whole cache.
+answered after the step that finished it and its slot is free for the next waiting request. On a file whose cache
+may be shared (deployft's fused CPU decoders, `KVDecoder.shares_cache`) each layer's cache is one buffer, bound as
+both past and present so a step writes its keys and values in place, with room for every live row's remaining
+tokens plus `JOIN_HEADROOM` columns; a joining request is written into a finished row's slot in place when its
+prompt and budget fit. Otherwise (and on other files) the cache is rebuilt through numpy: when requests join, or
+when finished rows are as many as live ones (a compaction, which also trims the columns that are padding in every
+live row), so the batch never spends more than half of a step on finished rows.
 """
 
 from __future__ import annotations
@@ -35,6 +31,10 @@ from .prefill import left_pad, prefill_groups
 from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
+
+JOIN_HEADROOM = 64
+"""Spare columns of a shared cache beyond its live rows' remaining tokens: requests can join in place for up to
+that many steps after the cache was last rebuilt."""
 
 
 @dataclass
@@ -95,18 +95,16 @@ class GenerationEngine(QueueWorker):
         self.max_batch_size = max_batch_size
         self.rows: list[_Row] = []
         self.cache: list | None = None
+        self.host: list[np.ndarray] | None = None
+        """A shared cache's buffers as numpy arrays over the same memory as `cache` (None otherwise)."""
         self.mask: np.ndarray | None = None
         self.steps = 0
         self._ort = import_ort()
-
-    # ---- the caller's side (event loop) ---------------------------------------------------------------
 
     @property
     def active(self) -> int:
         """Live sequences in the running batch (finished rows awaiting compaction are not counted)."""
         return sum(not r.dead for r in self.rows)
-
-    # ---- the worker's side ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
@@ -142,8 +140,9 @@ class GenerationEngine(QueueWorker):
             tickets.append(ticket)
         rows = [row for row in map(self._new_row, tickets) if row is not None]
         joined = [row for group in prefill_groups(rows) for row in self._prefill(group)]
-        if joined:
-            self._join(joined)
+        rest = self._fill_free_slots(joined)
+        if rest:
+            self._join(rest)
 
     def _new_row(self, ticket: Ticket) -> _Row | None:
         ids = ticket.prompt_ids
@@ -196,7 +195,7 @@ class GenerationEngine(QueueWorker):
                 row.dead = True
         live = self.active
         if live == 0:
-            self.rows, self.cache, self.mask = [], None, None
+            self.rows, self.cache, self.host, self.mask = [], None, None, None
         elif len(self.rows) - live >= live:
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
@@ -222,6 +221,25 @@ class GenerationEngine(QueueWorker):
             self.metrics.generation_end(reason)
 
     # ---- the batch's KV cache ---------------------------------------------------------------------------
+
+    def _fill_free_slots(self, joined: list[_Row]) -> list[_Row]:
+        """Write joined rows into finished rows' slots of a shared cache in place (right-aligned, masked before);
+        return those that do not fit (no free slot, a prompt wider than the batch, too little room left)."""
+        if self.host is None or not self.rows:
+            return joined
+        width, rest = self.mask.shape[1], []
+        room = self.host[0].shape[2] - width
+        free = [i for i, r in enumerate(self.rows) if r.dead]
+        for row in joined:
+            if not free or row.position > width or row.budget - row.generated + 1 > room:
+                rest.append(row)
+                continue
+            slot, start = free.pop(0), width - row.position
+            for buffer, part in zip(self.host, row.cache):  # the finished row's columns before `start` are masked
+                buffer[slot, :, start:width, :] = part[0]
+            self.mask[slot, :start], self.mask[slot, start:] = 0, 1
+            self.rows[slot], row.cache, row.ticket.joined_step = row, None, self.steps
+        return rest
 
     def _join(self, joined: list[_Row]) -> None:
         parts, masks = [], []
@@ -251,21 +269,23 @@ class GenerationEngine(QueueWorker):
 
     def _host_cache(self) -> list[np.ndarray]:
         """The cache as numpy, its columns cut to the mask's width (a shared buffer has unused room after it)."""
-        width = self.mask.shape[1]
-        return [(v.numpy() if hasattr(v, "numpy") else v)[:, :, :width, :] for v in self.cache]
+        return [(v.numpy() if hasattr(v, "numpy") else v)[:, :, :self.mask.shape[1], :] for v in self.cache]
 
     def _set_cache(self, arrays: list[np.ndarray]) -> None:
         """Make `arrays` (as wide as the mask) the running batch's cache; a shared one gets room for every live
         row's remaining tokens."""
         device = self.decoder.device
         if self.decoder.shares_cache:
-            room = max((r.budget - r.generated for r in self.rows if not r.dead), default=0) + 1
+            room = max((r.budget - r.generated for r in self.rows if not r.dead), default=0) + 1 + JOIN_HEADROOM
             arrays = [np.concatenate([a, np.zeros((*a.shape[:2], room, a.shape[3]), dtype=a.dtype)], axis=2)
                       for a in arrays]
-        self.cache = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), device, 0) for a in arrays]
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        # on the CPU an OrtValue made from a numpy array uses the array's memory: `host` writes reach the session
+        self.host = arrays if self.decoder.shares_cache and device == "cpu" else None
+        self.cache = [self._ort.OrtValue.ortvalue_from_numpy(a, device, 0) for a in arrays]
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
-        rows, self.rows, self.cache, self.mask = self.rows, [], None, None
+        rows, self.rows, self.cache, self.host, self.mask = self.rows, [], None, None, None
         for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
             ticket.sink(Chunk(finish_reason=reason, error=message))
 

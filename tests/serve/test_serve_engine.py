@@ -200,3 +200,32 @@ def test_the_shared_cache_engine_decodes_what_each_row_gets_alone(fused_bundle):
     assert calls["shared"] == 19 and calls["copying"] == 0  # the first row: a prefill, then 19 steps
     assert room and min(room) >= 1  # the buffers always had room for the next step's column
     assert any(t.joined_step and t.joined_step > first.joined_step for t, _ in later)
+
+
+def test_a_request_joins_a_finished_rows_slot_of_the_shared_cache_in_place(fused_bundle):
+    """A newcomer whose prompt and budget fit is written into a finished row's slot of the live buffers: no
+    rebuild (the same arrays), and every request still gets the tokens it gets alone."""
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    long_prompts = ["where do fish live and what do they eat every day", "what is the best way to cook rice"]
+    first = [_ticket(predictor, p, max_new_tokens=n, stop=never)
+             for p, n in ((long_prompts[0], 16), (long_prompts[1], 16), (long_prompts[0], 3))]
+    for ticket, _ in first:
+        engine.submit(ticket)
+    while not first[2][1].done:
+        engine.run_once()
+    assert [r.dead for r in engine.rows] == [False, False, True]  # one finished of three: no compaction
+    buffers, mask_width = [id(b) for b in engine.host], engine.mask.shape[1]
+    newcomer, sink = _ticket(predictor, long_prompts[1], max_new_tokens=6, stop=never)
+    engine.submit(newcomer)
+    engine.run_once()
+    assert [id(b) for b in engine.host] == buffers and engine.rows[2].ticket is newcomer
+    assert newcomer.joined_step is not None and engine.mask.shape[1] == mask_width + 1
+    row = engine.mask[2]
+    assert not row[:mask_width - len(newcomer.prompt_ids)].any() and row[mask_width - len(newcomer.prompt_ids):].all()
+    _drain(engine, [s for _, s in first] + [sink])
+    for (_, s), (prompt, n) in zip(first + [(newcomer, sink)],
+                                  ((long_prompts[0], 16), (long_prompts[1], 16), (long_prompts[0], 3),
+                                   (long_prompts[1], 6))):
+        assert s.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
