@@ -3,7 +3,7 @@
 Export times only the candidates within the accuracy guard, so when `plain` (dynamic int8 of model.onnx, the
 deployable file before measured selection) fails the guard, its bundle cannot say how much faster the kept file
 is than it. This script rebuilds every dynamic recipe from a bundle's own model.onnx / model_optimized.onnx with
-export's functions and preset (`plain`, `plain-per-channel`, `fused-qattention`, `fused-qattention-per-channel`,
+export's functions and the bundle's preset (`plain`, `plain-per-channel`, `fused-qattention`, `fused-qattention-per-channel`,
 `fused-no-skip-layernorm`; static QDQ needs the RUN's calibration rows and is left out), and times them beside
 the bundle's deployable `model_quantized.onnx` and its fused fp32 file, at one text of 32 and 128 tokens and 16
 texts of 128, with the same threads, in interleaved rounds. A round is kept only when other programs used at most
@@ -43,20 +43,25 @@ def busy_seconds() -> float:
 
 
 def build(bundle: Path, work: Path) -> dict[str, Path]:
+    """Every recipe's file, with the preset export used for the bundle (this CPU's when it recorded none)."""
     from deployft.exporter.optimize import optimize_without_skip_layer_norm
     from deployft.exporter.quantize import cpu_preset, quantize_dynamic_int8
 
+    preset = (json.loads((bundle / "deployft.json").read_text()).get("quantization") or {}).get("preset") \
+        or cpu_preset()
     optimize_without_skip_layer_norm(bundle / "model.onnx", work / "fused_no_sln.onnx")
     files = {}
     for name, (source, per_channel) in RECIPES.items():
         graph = work / source if source == "fused_no_sln.onnx" else bundle / source
         files[name] = work / f"{name}.onnx"
-        quantize_dynamic_int8(graph, files[name], cpu_preset(), per_channel)
+        quantize_dynamic_int8(graph, files[name], preset, per_channel)
     return files
 
 
 def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: float,
-             vocab_size: int) -> tuple[dict, int]:
+             vocab_size: int) -> tuple[dict, int, int]:
+    """Median ms per file and shape over the clean rounds; returns `(medians, clean rounds, rejected rounds)`.
+    Gives up after 4 x `rounds` rejections; with no clean round at all it raises."""
     from deployft.runtime.session import SessionOptions, create_session
 
     sessions = {k: create_session(p, SessionOptions(threads=threads, spinning=False))[0] for k, p in files.items()}
@@ -91,20 +96,25 @@ def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: flo
         for key in keys:
             for shape in SHAPES:
                 samples[key][shape].append(row[key][shape])
+    if not kept:
+        raise SystemExit(f"no clean round in {rejected} tries: other programs kept the machine busy; run it again later")
     medians = {k: {f"b{b}x{n}": round(statistics.median(v), 2) for (b, n), v in per.items()}
                for k, per in samples.items()}
-    return medians, rejected
+    return medians, kept, rejected
 
 
 def guard_flips(bundle: Path) -> dict[str, str]:
+    """Export's guard record per candidate name (first rung: the recipes as they are), and the kept file's."""
     manifest = json.loads((bundle / "deployft.json").read_text())
     out = {}
     for c in (manifest.get("quantization") or {}).get("candidates") or []:
+        g = c.get("guard") or {}
+        record = f"{g.get('flips')} of {g.get('rows')} ({'pass' if c['passed'] else 'FAIL'})"
         if c["remedy"] == "none":
-            g = c.get("guard") or {}
-            out[c["name"]] = f"{g.get('flips')} of {g.get('rows')} ({'pass' if c['passed'] else 'FAIL'})"
-    kept = (manifest.get("quantization") or {}).get("recipe")
-    return out | ({"model_quantized.onnx": out.get(kept, "-")} if kept else {})
+            out[c["name"]] = record
+        if c.get("kept"):
+            out["model_quantized.onnx"] = record if c["remedy"] == "none" else f"{record}, {c['name']}"
+    return out
 
 
 def write(result: dict, out: Path) -> None:
@@ -113,7 +123,7 @@ def write(result: dict, out: Path) -> None:
     lines = ["# Classifier int8 recipes against dynamic int8 of the plain export", "",
              f"Command: `python benchmarks/int8_recipes.py --bundle {result['bundle']}`  ",
              f"Date: {result['created']}  ", f"Machine: {result['machine']}; {result['threads']} threads, "
-             f"no spinning; {result['rounds']} clean interleaved rounds, {result['rejected']} rejected (others used "
+             f"no spinning; {result['kept_rounds']} clean interleaved rounds, {result['rejected']} rejected (others used "
              f"more than {result['max_foreign']:.0%} of the machine)  ",
              f"Kept by export: `{result['kept']}` (its `model_quantized.onnx`)", "",
              "| file | guard (export's) | " + " | ".join(f"{s} ms" for s in labels) + " | "
@@ -146,12 +156,13 @@ def main() -> None:
         files |= {"model_quantized.onnx": args.bundle / "model_quantized.onnx",
                   "model_optimized.onnx (fp32)": args.bundle / "model_optimized.onnx"}
         vocab = json.loads((args.bundle / "config.json").read_text())["vocab_size"]
-        medians, rejected = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
+        medians, kept_rounds, rejected = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
     manifest = json.loads((args.bundle / "deployft.json").read_text())
     info = cpu_info()
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": str(args.bundle),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
-              "threads": args.threads, "rounds": args.rounds, "rejected": rejected, "max_foreign": args.max_foreign,
+              "threads": args.threads, "rounds": args.rounds, "kept_rounds": kept_rounds, "rejected": rejected,
+              "max_foreign": args.max_foreign,
               "kept": (manifest.get("quantization") or {}).get("recipe"), "guard": guard_flips(args.bundle),
               "medians": medians}
     write(result, args.output)

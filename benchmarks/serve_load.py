@@ -6,7 +6,9 @@ each mode a fresh server is started (`--threads 2`), then bounded, self-stopping
 tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX
 Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
 after, and the CPU time the load generator itself spent per request (it runs on the same cores as the server).
-Then 10,000 classifier requests check that the server's RSS stays flat.
+Then 10,000 classifier requests check that the server's RSS stays flat, and the classifier is timed alone, in this
+process without HTTP (`model_alone`: batch 1 against the server's max batch size, the same threads and texts): the
+most batching can multiply requests/s by on this machine.
 
 The client is aiohttp, not httpx: on 2 cores httpx's AsyncClient spent about 5 ms of CPU per request at
 concurrency 32 (a whole core, so the rounds measured the client), aiohttp about 0.2 ms.
@@ -308,7 +310,8 @@ def write(results: dict, path: Path) -> None:
         if data.get("model_alone"):
             a = data["model_alone"]
             lines += [f"The model alone, in one process without HTTP (same 2 threads, no spinning, the same texts; "
-                      f"median of {a['rounds']} clean rounds, {a['rejected_rounds']} rejected): "
+                      f"median of {' and '.join(f'{n} at batch {k}' for k, n in a['rounds'].items())} clean rounds, "
+                      f"{a['rejected_rounds']} rejected): "
                       f"{a['rows_per_s_batch_1']} rows/s one text per call, {a['rows_per_s_batched']} rows/s "
                       f"{a['batch_size']} per call: **{a['ratio']}x** is the most batching can give on this machine "
                       "before HTTP and the load generator take their share of the cores.", ""]

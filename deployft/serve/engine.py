@@ -4,7 +4,7 @@ One worker thread owns the decoder session and loops over steps. Before each ste
 their prompts are prefilled together in groups of bounded padding (`prefill_groups`), left-padded and masked like
 `Predictor.generate`'s batches, and each row's cache joins the running batch's, left-padded to its length. Every row
 keeps its own position ids and sampler, and the mask hides each row's padding, so a row decodes the same tokens
-whatever else shares the batch (greedy output equals `Predictor.generate` of the request alone).
+whatever else shares the batch (greedy output equals `Predictor.generate` of the request alone on fp32 files).
 
 A row that finishes (end token, stop string, `max_tokens`, or a cancelled request) leaves at once: its request is
 answered after the step that finished it and its slot is free for the next waiting request. On a file whose cache
@@ -33,8 +33,8 @@ from .queueing import QueueWorker
 logger = logging.getLogger("deployft.serve")
 
 JOIN_HEADROOM = 64
-"""Spare columns of a shared cache beyond its live rows' remaining tokens: requests can join in place for up to
-that many steps after the cache was last rebuilt."""
+"""Spare columns of a shared cache beyond its live rows' remaining tokens when it is rebuilt; each step uses one.
+A request joins in place while the columns left cover its own budget."""
 
 
 @dataclass
@@ -138,11 +138,17 @@ class GenerationEngine(QueueWorker):
                 ticket.sink(Chunk(finish_reason="cancelled"))
                 continue
             tickets.append(ticket)
-        rows = [row for row in map(self._new_row, tickets) if row is not None]
-        joined = [row for group in prefill_groups(rows) for row in self._prefill(group)]
-        rest = self._fill_free_slots(joined)
-        if rest:
-            self._join(rest)
+        try:
+            rows = [row for row in map(self._new_row, tickets) if row is not None]
+            joined = [row for group in prefill_groups(rows) for row in self._prefill(group)]
+            rest = self._fill_free_slots(joined)
+            if rest:
+                self._join(rest)
+        except Exception as exc:  # taken from the queue but not in the batch: `_fail_all` would not answer them
+            for ticket in tickets:
+                if ticket.left_step is None and all(r.ticket is not ticket for r in self.rows):
+                    ticket.sink(Chunk(finish_reason="error", error=f"generation failed: {exc}"))
+            raise
 
     def _new_row(self, ticket: Ticket) -> _Row | None:
         ids = ticket.prompt_ids
@@ -242,15 +248,12 @@ class GenerationEngine(QueueWorker):
         return rest
 
     def _join(self, joined: list[_Row]) -> None:
-        parts, masks = [], []
-        if self.rows:
-            arrays, mask = self._live_cache()
-            parts, masks = [arrays], [mask]
+        live = self._live_cache() if self.rows else None  # (arrays, mask) of the rows already running
+        parts, masks = ([live[0]], [live[1]]) if live else ([], [])
         for row in joined:
             parts.append(row.cache)
             masks.append(np.ones((1, row.position), dtype=np.int64))
-            row.cache = None
-            row.ticket.joined_step = self.steps
+            row.cache, row.ticket.joined_step = None, self.steps
         width = max(m.shape[1] for m in masks)
         self.mask = np.concatenate([left_pad(m, width, 1) for m in masks], axis=0)
         self.rows.extend(joined)
@@ -260,11 +263,10 @@ class GenerationEngine(QueueWorker):
     def _live_cache(self) -> tuple[list[np.ndarray], np.ndarray]:
         """Drop finished rows: the live rows' cache and mask, less the columns that are padding in all of them."""
         keep = [i for i, r in enumerate(self.rows) if not r.dead]
-        whole = len(keep) == len(self.rows)
-        self.rows = [self.rows[i] for i in keep]
         mask = self.mask[keep]
         start = int(mask.argmax(axis=1).min())  # leading columns that are padding in every live row
-        whole = whole and start == 0
+        whole = len(keep) == len(self.rows) and start == 0
+        self.rows = [self.rows[i] for i in keep]
         return [v if whole else v[keep][:, :, start:, :] for v in self._host_cache()], mask[:, start:]
 
     def _host_cache(self) -> list[np.ndarray]:
@@ -272,8 +274,7 @@ class GenerationEngine(QueueWorker):
         return [(v.numpy() if hasattr(v, "numpy") else v)[:, :, :self.mask.shape[1], :] for v in self.cache]
 
     def _set_cache(self, arrays: list[np.ndarray]) -> None:
-        """Make `arrays` (as wide as the mask) the running batch's cache; a shared one gets room for every live
-        row's remaining tokens."""
+        """Make `arrays` (as wide as the mask) the batch's cache; a shared one gets room (see JOIN_HEADROOM)."""
         device = self.decoder.device
         if self.decoder.shares_cache:
             room = max((r.budget - r.generated for r in self.rows if not r.dead), default=0) + 1 + JOIN_HEADROOM

@@ -54,7 +54,8 @@ def _kept(manifest):
     return [c["name"] for c in manifest["quantization"]["candidates"] if c["kept"]]
 
 
-@pytest.mark.parametrize("fastest", ["plain-per-channel", "fused-qattention", "static-qdq"])
+@pytest.mark.parametrize("fastest", ["plain-per-channel", "fused-qattention", "fused-qattention-per-channel",
+                                     "static-qdq"])
 def test_fastest_within_budget_is_kept(tiny_run, tmp_path, monkeypatch, fastest):
     scores = {name: 10.0 + i for i, name in enumerate(NAMES)} | {fastest: 2.0}
     _fake_timer(monkeypatch, scores)
@@ -65,6 +66,8 @@ def test_fastest_within_budget_is_kept(tiny_run, tmp_path, monkeypatch, fastest)
     for c in q["candidates"]:
         assert c["score_ms"] == pytest.approx(scores[c["name"]]) and set(c["ms"]) == set(q["selection"]["shapes"])
         assert c["vs_plain"] == pytest.approx(scores["plain"] / scores[c["name"]]) and c["bytes"] > 0
+    kept = next(c for c in q["candidates"] if c["kept"])
+    assert kept["per_channel"] is fastest.endswith("per-channel") and q["per_channel"] is kept["per_channel"]
     fused = fastest.startswith("fused")
     variant = manifest["variants"]["model_quantized.onnx"]
     assert variant["optimized"] is fused and (variant["ops"].get("QAttention", 0) > 0) is fused

@@ -216,16 +216,58 @@ def test_a_request_joins_a_finished_rows_slot_of_the_shared_cache_in_place(fused
     while not first[2][1].done:
         engine.run_once()
     assert [r.dead for r in engine.rows] == [False, False, True]  # one finished of three: no compaction
-    buffers, mask_width = [id(b) for b in engine.host], engine.mask.shape[1]
+    buffers, width = list(engine.host), engine.mask.shape[1]
     newcomer, sink = _ticket(predictor, long_prompts[1], max_new_tokens=6, stop=never)
     engine.submit(newcomer)
     engine.run_once()
-    assert [id(b) for b in engine.host] == buffers and engine.rows[2].ticket is newcomer
-    assert newcomer.joined_step is not None and engine.mask.shape[1] == mask_width + 1
-    row = engine.mask[2]
-    assert not row[:mask_width - len(newcomer.prompt_ids)].any() and row[mask_width - len(newcomer.prompt_ids):].all()
+    assert all(now is before for now, before in zip(engine.host, buffers))  # written in place, not rebuilt
+    assert engine.rows[2].ticket is newcomer and newcomer.joined_step is not None
+    start = width - len(newcomer.prompt_ids)
+    assert engine.mask.shape[1] == width + 1 and not engine.mask[2, :start].any() and engine.mask[2, start:].all()
+    ids = np.asarray([newcomer.prompt_ids], dtype=np.int64)
+    _, alone = predictor.decoder.step(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], None)
+    for buffer, present in zip(engine.host, alone):  # the slot holds the prompt's keys / values, right-aligned
+        np.testing.assert_allclose(buffer[2, :, start:width, :], present.numpy()[0], rtol=1e-5, atol=1e-5)
     _drain(engine, [s for _, s in first] + [sink])
     for (_, s), (prompt, n) in zip(first + [(newcomer, sink)],
                                   ((long_prompts[0], 16), (long_prompts[1], 16), (long_prompts[0], 3),
                                    (long_prompts[1], 6))):
         assert s.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+
+
+def test_a_request_that_does_not_fit_a_free_slot_joins_by_a_rebuild(fused_bundle, monkeypatch):
+    """No spare columns: a newcomer whose budget is over the room left joins through a rebuilt cache."""
+    import deployft.serve.engine as module
+
+    monkeypatch.setattr(module, "JOIN_HEADROOM", 0)
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    prompt = "where do fish live and what do they eat every day"
+    first = [_ticket(predictor, prompt, max_new_tokens=n, stop=never) for n in (8, 8, 2)]
+    for ticket, _ in first:
+        engine.submit(ticket)
+    while not first[2][1].done:
+        engine.run_once()
+    buffers = list(engine.host)
+    newcomer, sink = _ticket(predictor, prompt, max_new_tokens=12, stop=never)
+    engine.submit(newcomer)
+    engine.run_once()
+    assert not any(now is before for now, before in zip(engine.host, buffers))
+    assert [r.ticket for r in engine.rows][-1] is newcomer and not any(r.dead for r in engine.rows)
+    _drain(engine, [s for _, s in first] + [sink])
+    assert sink.text == predictor.generate(prompt, max_new_tokens=12, stop=never)
+
+
+def test_a_failed_prefill_answers_the_requests_it_took_from_the_queue(predictor, monkeypatch):
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    ticket, sink = _ticket(predictor, PROMPTS[0], max_new_tokens=4)
+
+    def broken(*args):
+        raise RuntimeError("no memory")
+
+    monkeypatch.setattr(engine.decoder, "step", broken)
+    engine.submit(ticket)
+    with pytest.raises(RuntimeError):
+        engine.run_once()
+    assert sink.done.finish_reason == "error" and "no memory" in sink.done.error and not engine.pending
