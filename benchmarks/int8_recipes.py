@@ -7,8 +7,8 @@ export's functions and the bundle's preset (`plain`, `plain-per-channel`, `fused
 `fused-no-skip-layernorm`; static QDQ needs the RUN's calibration rows and is left out), and times them beside
 the bundle's deployable `model_quantized.onnx` and its fused fp32 file, at one text of 32 and 128 tokens and 16
 texts of 128, with the same threads, in interleaved rounds. A round is kept only when other programs used at most
---max-foreign of the machine during it (busy time from /proc/stat minus this process's CPU time); rejected rounds
-are repeated and counted. The guard's flips for each recipe come from the bundle's manifest where export built it.
+--max-foreign of a core during it (`deployft.bench.quiet.RoundMeter`: busy time from /proc/stat minus this
+process's CPU time); rejected rounds are repeated and counted, and after 5 in a row one is kept and counted dirty. The guard's flips for each recipe come from the bundle's manifest where export built it.
 
     python benchmarks/int8_recipes.py --bundle outputs/demo/bundle      # the recorded result (after `make demo`)
 """
@@ -37,11 +37,6 @@ RECIPES = {"plain": ("model.onnx", False), "plain-per-channel": ("model.onnx", T
 """Recipe -> (the graph it quantizes, per-channel weights), as `deployft.exporter.select.RECIPES` builds them."""
 
 
-def busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def build(bundle: Path, work: Path) -> dict[str, Path]:
     """Every recipe's file, with the preset export used for the bundle (this CPU's when it recorded none)."""
     from deployft.exporter.optimize import optimize_without_skip_layer_norm
@@ -59,9 +54,11 @@ def build(bundle: Path, work: Path) -> dict[str, Path]:
 
 
 def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: float,
-             vocab_size: int) -> tuple[dict, int, int]:
-    """Median ms per file and shape over the clean rounds; returns `(medians, clean rounds, rejected rounds)`.
-    Gives up after 4 x `rounds` rejections; with no clean round at all it raises."""
+             vocab_size: int) -> tuple[dict, dict]:
+    """Median ms per file and shape over `rounds` kept rounds, each judged by `RoundMeter` (a round where others
+    took more than `max_foreign` of a core is repeated; after 5 in a row one is kept as dirty); returns
+    `(medians, the meter's summary)`."""
+    from deployft.bench.quiet import RoundMeter
     from deployft.runtime.session import SessionOptions, create_session
 
     sessions = {k: create_session(p, SessionOptions(threads=threads, spinning=False))[0] for k, p in files.items()}
@@ -77,30 +74,24 @@ def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: flo
             for _ in range(2):
                 session.run(None, {n: feed[n] for n in names[key]})
     samples = {k: {s: [] for s in SHAPES} for k in sessions}
-    keys, kept, rejected = list(sessions), 0, 0
-    while kept < rounds and rejected < 4 * rounds:
-        order = keys[kept % len(keys):] + keys[:kept % len(keys)]
+    keys, meter = list(sessions), RoundMeter(max_share=max_foreign)
+    while meter.kept < rounds:
+        order = keys[meter.kept % len(keys):] + keys[:meter.kept % len(keys)]
         row = {k: {} for k in keys}
-        busy, own, started = busy_seconds(), time.process_time(), time.perf_counter()
+        meter.start()
         for shape, feed in feeds.items():
             for key in order:
                 began = time.perf_counter()
                 sessions[key].run(None, {n: feed[n] for n in names[key]})
                 row[key][shape] = 1000 * (time.perf_counter() - began)
-        wall = time.perf_counter() - started
-        foreign = max(0.0, busy_seconds() - busy - (time.process_time() - own)) / (wall * os.cpu_count())
-        if foreign > max_foreign:
-            rejected += 1
+        if not meter.finish():
             continue
-        kept += 1
         for key in keys:
             for shape in SHAPES:
                 samples[key][shape].append(row[key][shape])
-    if not kept:
-        raise SystemExit(f"no clean round in {rejected} tries: other programs kept the machine busy; run it again later")
     medians = {k: {f"b{b}x{n}": round(statistics.median(v), 2) for (b, n), v in per.items()}
                for k, per in samples.items()}
-    return medians, kept, rejected
+    return medians, meter.summary()
 
 
 def guard_flips(bundle: Path) -> dict[str, str]:
@@ -123,8 +114,9 @@ def write(result: dict, out: Path) -> None:
     lines = ["# Classifier int8 recipes against dynamic int8 of the plain export", "",
              f"Command: `python benchmarks/int8_recipes.py --bundle {result['bundle']}`  ",
              f"Date: {result['created']}  ", f"Machine: {result['machine']}; {result['threads']} threads, "
-             f"no spinning; {result['kept_rounds']} clean interleaved rounds, {result['rejected']} rejected (others used "
-             f"more than {result['max_foreign']:.0%} of the machine)  ",
+             f"no spinning; {result['quiet']['rounds_kept']} interleaved rounds kept ({result['quiet']['rounds_dirty']} of "
+             f"them dirty), {result['quiet']['rounds_rejected']} rejected (others used more than "
+             f"{result['max_foreign']:.0%} of a core)  ",
              f"Kept by export: `{result['kept']}` (its `model_quantized.onnx`)", "",
              "| file | guard (export's) | " + " | ".join(f"{s} ms" for s in labels) + " | "
              + " | ".join(f"vs plain {s}" for s in labels) + " |",
@@ -156,12 +148,12 @@ def main() -> None:
         files |= {"model_quantized.onnx": args.bundle / "model_quantized.onnx",
                   "model_optimized.onnx (fp32)": args.bundle / "model_optimized.onnx"}
         vocab = json.loads((args.bundle / "config.json").read_text())["vocab_size"]
-        medians, kept_rounds, rejected = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
+        medians, quiet = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
     manifest = json.loads((args.bundle / "deployft.json").read_text())
     info = cpu_info()
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": str(args.bundle),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
-              "threads": args.threads, "rounds": args.rounds, "kept_rounds": kept_rounds, "rejected": rejected,
+              "threads": args.threads, "rounds": args.rounds, "quiet": quiet,
               "max_foreign": args.max_foreign,
               "kept": (manifest.get("quantization") or {}).get("recipe"), "guard": guard_flips(args.bundle),
               "medians": medians}

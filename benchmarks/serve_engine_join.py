@@ -7,8 +7,10 @@ in flight, each finished one is replaced by the next until `--requests` have run
 tokens each, on serve_load's chat prompts. Two engines take turns round by round: `in-place` (as shipped) and
 `rebuild` (the same engine with in-place joins turned off, so every join rebuilds the cache). Both decode greedily;
 on an int8 file the two can still end some requests at different lengths (a row's batch neighbours change the
-matrix shapes, hence float rounding, hence near-tie tokens), so tokens per round are reported for each. A round is kept only when other programs used at most --max-foreign of the machine
-during it (busy time from /proc/stat minus this process's CPU time); rejected rounds are repeated and counted.
+matrix shapes, hence float rounding, hence near-tie tokens), so tokens per round are reported for each. A round
+(both engines) is kept only when other programs used at most --max-foreign of a core during it
+(`deployft.bench.quiet.RoundMeter`: busy time from /proc/stat minus this process's CPU time); rejected rounds are
+repeated and counted, and after 5 in a row one is kept and counted dirty.
 Reports tokens/s per engine and concurrency (median of the clean rounds), their ratio, and how many joins each
 engine made in place and how many cache rebuilds it did.
 
@@ -31,11 +33,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 MODES = ("in-place", "rebuild")
-
-
-def busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def engine_for(predictor, mode: str, concurrency: int, total: int):
@@ -96,27 +93,22 @@ def workload(predictor, mode: str, prompts: list[list[int]], concurrency: int, t
 
 
 def measure(predictor, prompts, concurrency: int, args) -> dict:
+    """`args.rounds` kept rounds, each running both engines (in turns), judged as one by `RoundMeter`."""
+    from deployft.bench.quiet import RoundMeter
+
     rounds: dict[str, list[dict]] = {m: [] for m in MODES}
-    rejected = 0
+    meter = RoundMeter(max_share=args.max_foreign)
     workload(predictor, "in-place", prompts, concurrency, concurrency, 4)  # warm-up
-    while min(len(v) for v in rounds.values()) < args.rounds and rejected < 4 * args.rounds:
-        order = MODES if (len(rounds[MODES[0]]) + rejected) % 2 == 0 else MODES[::-1]
-        results, clean = {}, True
-        for mode in order:
-            busy, own = busy_seconds(), time.process_time()
-            result = workload(predictor, mode, prompts, concurrency, args.requests, args.max_tokens)
-            foreign = max(0.0, busy_seconds() - busy - (time.process_time() - own)) / (result["wall_s"] * os.cpu_count())
-            clean = clean and foreign <= args.max_foreign
-            results[mode] = result
-        if not clean:
-            rejected += 1
-            continue
-        for mode in MODES:
-            rounds[mode].append(results[mode])
-    if not rounds["in-place"]:
-        raise SystemExit(f"no clean round in {rejected} tries; run it again on a quieter machine")
+    while meter.kept < args.rounds:
+        order = MODES if (meter.kept + meter.rejected) % 2 == 0 else MODES[::-1]
+        meter.start()
+        results = {mode: workload(predictor, mode, prompts, concurrency, args.requests, args.max_tokens)
+                   for mode in order}
+        if meter.finish():
+            for mode in MODES:
+                rounds[mode].append(results[mode])
     median = {m: statistics.median(r["tokens_per_s"] for r in rounds[m]) for m in MODES}
-    return {"concurrency": concurrency, "clean_rounds": len(rounds["in-place"]), "rejected_rounds": rejected,
+    return {"concurrency": concurrency, "quiet": meter.summary(),
             "tokens_per_s": {m: round(v, 1) for m, v in median.items()},
             "ratio": round(median["in-place"] / median["rebuild"], 3),
             "tokens_per_round": {m: rounds[m][0]["tokens"] for m in MODES},
@@ -130,12 +122,12 @@ def write(result: dict, out: Path) -> None:
              f"Command: `python benchmarks/serve_engine_join.py --bundle {result['bundle']} --rounds {result['rounds']}`  ",
              f"Date: {result['created']}  ", f"Machine: {result['machine']}; 2 threads, no spinning; "
              f"{result['requests']} greedy requests per round, up to {result['max_tokens']} new tokens each", "",
-             "| concurrency | clean rounds | rejected | tokens per round (in-place / rebuild) | in-place tokens/s | rebuild tokens/s | ratio "
+             "| concurrency | rounds kept | rejected | tokens per round (in-place / rebuild) | in-place tokens/s | rebuild tokens/s | ratio "
              "| in-place: joins in place / rebuilds | rebuild: rebuilds |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in result["results"]:
-        c = r["counts"]
-        lines.append(f"| {r['concurrency']} | {r['clean_rounds']} | {r['rejected_rounds']} | "
+        c, q = r["counts"], r["quiet"]
+        lines.append(f"| {r['concurrency']} | {q['rounds_kept']} ({q['rounds_dirty']} dirty) | {q['rounds_rejected']} | "
                      f"{r['tokens_per_round']['in-place']} / {r['tokens_per_round']['rebuild']} | "
                      f"{r['tokens_per_s']['in-place']} | {r['tokens_per_s']['rebuild']} | {r['ratio']:.2f}x | "
                      f"{c['in-place']['in_place_joins']} / {c['in-place']['rebuilds']} | {c['rebuild']['rebuilds']} |")

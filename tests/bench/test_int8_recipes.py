@@ -28,9 +28,9 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatc
     files = recipes.build(bundle, tmp_path)
     assert sorted(files) == sorted(recipes.RECIPES) and all(p.stat().st_size > 0 for p in files.values())
     monkeypatch.setattr(recipes, "SHAPES", ((1, 8), (2, 8)))
-    medians, kept, rejected = recipes.time_all(files | {"model_quantized.onnx": bundle / "model_quantized.onnx"}, 1, 2, float("inf"),
+    medians, quiet = recipes.time_all(files | {"model_quantized.onnx": bundle / "model_quantized.onnx"}, 1, 2, float("inf"),
                                          json.loads((bundle / "config.json").read_text())["vocab_size"])
-    assert (kept, rejected) == (2, 0) and set(medians["plain"]) == {"b1x8", "b2x8"}
+    assert (quiet["rounds_kept"], quiet["rounds_rejected"]) == (2, 0) and set(medians["plain"]) == {"b1x8", "b2x8"}
     assert all(v > 0 for per in medians.values() for v in per.values())
     guard = recipes.guard_flips(bundle)
     candidates = json.loads((bundle / "deployft.json").read_text())["quantization"]["candidates"]
@@ -40,7 +40,8 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatc
 
 def test_the_verdict_follows_the_timings(recipes, tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "SHAPES", ((1, 32), (1, 128), (16, 128)))
-    base = {"created": "now", "bundle": "b", "machine": "m", "threads": 2, "rounds": 3, "kept_rounds": 3, "rejected": 1,
+    base = {"created": "now", "bundle": "b", "machine": "m", "threads": 2, "rounds": 3,
+            "quiet": {"rounds_kept": 3, "rounds_dirty": 0, "rounds_rejected": 1},
             "max_foreign": 0.05, "kept": "plain", "guard": {}}
     plain = {"b1x32": 4.0, "b1x128": 13.0, "b16x128": 130.0}
     for deployable, verdict in (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, "— met"),
