@@ -14,8 +14,9 @@ The client is aiohttp, not httpx: on 2 cores httpx's AsyncClient spent about 5 m
 concurrency 32 (a whole core, so the rounds measured the client), aiohttp about 0.2 ms.
 
 Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of its
-children (the server) is subtracted, and a round where other processes used more than --max-foreign of the
-machine is rejected and repeated (up to --tries times); rejected rounds are recorded.
+children (the server) is subtracted, and a round where other processes used more than --max-foreign of one core
+(their CPU seconds over the round's wall time, as `deployft.bench.quiet.RoundMeter` judges the bench's rounds) is
+rejected and repeated (up to --tries times); rejected rounds are recorded.
 
     python benchmarks/serve_load.py                      # both tasks -> results/serve_load.{json,md}
     python benchmarks/serve_load.py --task classify --classify-bundle path/to/bundle
@@ -196,21 +197,21 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 def clean_round(server: Server, call, concurrency: int, total: int, args) -> dict:
-    """Run one round; repeat it while other processes took more than max_foreign of the machine."""
-    cores, tick = psutil.cpu_count(), os.sysconf("SC_CLK_TCK")
+    """Run one round; repeat it while other processes took more than max_foreign of one core."""
+    tick = os.sysconf("SC_CLK_TCK")
     rejected = []
     for _ in range(args.tries):
         histogram = batch_histogram(server)
         busy, own, client = busy_jiffies(), own_cpu(), client_cpu()
         results, wall = asyncio.run(load(call, server.url, concurrency, total))
         client = client_cpu() - client
-        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / (wall * cores)
+        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / wall
         row = {"concurrency": concurrency, **summarize(results, wall, client), "foreign_load": round(foreign, 3),
                "batches": batch_sizes(histogram, batch_histogram(server))}
         if foreign <= args.max_foreign:
             return {**row, "rejected_rounds": rejected}
         rejected.append(row)
-        print(f"  rejected (others used {foreign:.0%} of the machine); again", flush=True)
+        print(f"  rejected (others used {foreign:.0%} of a core); again", flush=True)
         time.sleep(args.pause)
     return {**rejected[-1], "rejected_rounds": rejected[:-1], "unclean": True}
 
@@ -223,7 +224,7 @@ def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
 
     predictor = Predictor.load(bundle, threads=2, spinning=False)
     ids = predictor.codec.encode([TEXTS[i % len(TEXTS)] for i in range(rows)])
-    cores, tick = psutil.cpu_count(), os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
     speeds: dict[int, list[float]] = {1: [], batch_size: []}
     rejected = 0
     predictor.predict_ids(ids[:batch_size], batch_size=batch_size)  # warm-up
@@ -233,7 +234,7 @@ def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
             for start in range(0, rows, size):
                 predictor.predict_ids(ids[start:start + size], batch_size=size)
             wall = time.perf_counter() - started
-            foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / (wall * cores)
+            foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / wall
             if foreign > args.max_foreign:
                 rejected += 1
             else:
@@ -284,7 +285,7 @@ def write(results: dict, path: Path) -> None:
     for task, data in results["tasks"].items():
         lines += [f"## {task}: {data['bundle']}", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
-                  "| 429 | other 4xx | 5xx | failed | others' load | rejected rounds | model calls | mean rows per call "
+                  "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
                   "| rows per call (histogram) | client CPU ms/req |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
                   "| ---: | ---: | --- | ---: |"]
@@ -335,7 +336,7 @@ def main() -> None:
                         help="Where run_defaults.py builds (or already built) the default bundles.")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
     parser.add_argument("--classify-requests", type=int, default=400)
-    parser.add_argument("--generate-requests", type=int, default=16)
+    parser.add_argument("--generate-requests", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
     parser.add_argument("--model-rounds", type=int, default=5,
