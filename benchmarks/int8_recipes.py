@@ -143,6 +143,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent))
     from deployft.bench.machine import cpu_info
 
+    manifest_path = args.bundle / "deployft.json"
+    if not manifest_path.is_file() or json.loads(manifest_path.read_text()).get("task") != "classify":
+        raise SystemExit(f"Error: --bundle {args.bundle} is not a classifier bundle (its deployft.json is missing or "
+                         "names another task); pass a folder `deployft export` wrote for a classifier")
     with tempfile.TemporaryDirectory() as work:
         files = build(args.bundle, Path(work))
         files |= {"model_quantized.onnx": args.bundle / "model_quantized.onnx",

@@ -148,7 +148,14 @@ def main() -> None:
     from deployft.runtime import Predictor
     from serve_load import PROMPTS, SYSTEM
 
-    predictor = Predictor.load(args.bundle, threads=2, spinning=False)
+    from deployft.errors import DeployftError
+
+    try:
+        predictor = Predictor.load(args.bundle, threads=2, spinning=False)
+    except DeployftError as exc:
+        raise SystemExit(f"Error: --bundle {args.bundle}: {exc}") from None
+    if predictor.decoder is None:
+        raise SystemExit(f"Error: --bundle {args.bundle} is a classifier; pass a generator bundle")
     if not predictor.decoder.shares_cache:
         raise SystemExit(f"{args.bundle}'s decoder does not share its cache: nothing to compare; use a fused CPU bundle")
     prompts = [predictor.prompt_ids([{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}])

@@ -218,31 +218,31 @@ def clean_round(server: Server, call, concurrency: int, total: int, args) -> dic
 
 def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
     """The classifier without HTTP, in this process, with the server's threads: rows/s at batch 1 and at
-    `batch_size` on the load generator's texts, interleaved rounds, the median of the clean ones. Their ratio is the
-    most batching can add on this machine before HTTP and the load generator take their share of the cores."""
+    `batch_size` on the load generator's texts, interleaved rounds judged by `RoundMeter`, the median of the kept
+    ones. Their ratio is the most batching can add on this machine before HTTP and the load generator take their
+    share of the cores."""
     from deployft import Predictor
+    from deployft.bench.quiet import RoundMeter
 
     predictor = Predictor.load(bundle, threads=2, spinning=False)
     ids = predictor.codec.encode([TEXTS[i % len(TEXTS)] for i in range(rows)])
-    tick = os.sysconf("SC_CLK_TCK")
     speeds: dict[int, list[float]] = {1: [], batch_size: []}
-    rejected = 0
+    meter = RoundMeter(max_share=args.max_foreign)
     predictor.predict_ids(ids[:batch_size], batch_size=batch_size)  # warm-up
-    while min(len(v) for v in speeds.values()) < args.model_rounds and rejected < 4 * args.model_rounds:
+    while min(len(v) for v in speeds.values()) < args.model_rounds:
         for size in speeds:
-            busy, own, started = busy_jiffies(), own_cpu(), time.perf_counter()
+            meter.start()
+            started = time.perf_counter()
             for start in range(0, rows, size):
                 predictor.predict_ids(ids[start:start + size], batch_size=size)
             wall = time.perf_counter() - started
-            foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / wall
-            if foreign > args.max_foreign:
-                rejected += 1
-            else:
+            if meter.finish():
                 speeds[size].append(rows / wall)
-    median = {size: round(statistics.median(v), 1) if v else None for size, v in speeds.items()}
+    median = {size: round(statistics.median(v), 1) for size, v in speeds.items()}
     return {"batch_size": batch_size, "rows_per_s_batch_1": median[1], "rows_per_s_batched": median[batch_size],
-            "ratio": round(median[batch_size] / median[1], 2) if median[1] and median[batch_size] else None,
-            "rounds": {str(k): len(v) for k, v in speeds.items()}, "rejected_rounds": rejected}
+            "ratio": round(median[batch_size] / median[1], 2),
+            "rounds": {str(k): len(v) for k, v in speeds.items()}, "rejected_rounds": meter.rejected,
+            "dirty_rounds": meter.dirty}
 
 
 def run_task(task: str, bundle: Path, args) -> dict:
@@ -311,8 +311,8 @@ def write(results: dict, path: Path) -> None:
         if data.get("model_alone"):
             a = data["model_alone"]
             lines += [f"The model alone, in one process without HTTP (same 2 threads, no spinning, the same texts; "
-                      f"median of {' and '.join(f'{n} at batch {k}' for k, n in a['rounds'].items())} clean rounds, "
-                      f"{a['rejected_rounds']} rejected): "
+                      f"median of {' and '.join(f'{n} at batch {k}' for k, n in a['rounds'].items())} rounds kept, "
+                      f"{a['rejected_rounds']} rejected, {a.get('dirty_rounds', 0)} of the kept dirty): "
                       f"{a['rows_per_s_batch_1']} rows/s one text per call, {a['rows_per_s_batched']} rows/s "
                       f"{a['batch_size']} per call: **{a['ratio']}x** is the most batching can give on this machine "
                       "before HTTP and the load generator take their share of the cores.", ""]

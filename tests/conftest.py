@@ -282,6 +282,24 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = 
 
 
 @pytest.fixture(scope="session")
+def benchmark_script():
+    """`benchmark_script("serve_load")` -> benchmarks/serve_load.py imported as a module (the scripts are no package)."""
+    import importlib.util
+
+    loaded: dict = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def runtime_bundle(_tiny_model_cache, tmp_path_factory):
     """`runtime_bundle("gpt2")` -> a shared tiny BUNDLE (with the RUN-like model folder at manifest source_run.path).
 

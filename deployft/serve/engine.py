@@ -270,8 +270,9 @@ class GenerationEngine(QueueWorker):
         return [v if whole else v[keep][:, :, start:, :] for v in self._host_cache()], mask[:, start:]
 
     def _host_cache(self) -> list[np.ndarray]:
-        """The cache as numpy, its columns cut to the mask's width (a shared buffer has unused room after it)."""
-        return [(v.numpy() if hasattr(v, "numpy") else v)[:, :, :self.mask.shape[1], :] for v in self.cache]
+        """The cache as numpy (a shared cache's own arrays: no copy), its columns cut to the mask's width."""
+        arrays = self.host or [v.numpy() if hasattr(v, "numpy") else v for v in self.cache]
+        return [a[:, :, :self.mask.shape[1], :] for a in arrays]
 
     def _set_cache(self, arrays: list[np.ndarray]) -> None:
         """Make `arrays` (as wide as the mask) the batch's cache; a shared one gets room (see JOIN_HEADROOM)."""

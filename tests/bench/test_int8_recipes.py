@@ -3,22 +3,15 @@ computed from the timings."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from deployft.exporter import ExportConfig, export
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture(scope="module")
-def recipes():
-    spec = importlib.util.spec_from_file_location("int8_recipes", ROOT / "benchmarks" / "int8_recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def recipes(benchmark_script):
+    return benchmark_script("int8_recipes")
 
 
 def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatch):

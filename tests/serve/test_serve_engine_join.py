@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from deployft.runtime import Predictor
-from live_server import ROOT
 
 
 @pytest.fixture(scope="module")
-def join_bench():
-    spec = importlib.util.spec_from_file_location("serve_engine_join", ROOT / "benchmarks" / "serve_engine_join.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def join_bench(benchmark_script):
+    return benchmark_script("serve_engine_join")
 
 
 @pytest.fixture(scope="module")

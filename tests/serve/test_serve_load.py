@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 
 import pytest
 
 pytest.importorskip("aiohttp")
 psutil = pytest.importorskip("psutil")
 
-from live_server import ROOT, Server, free_port  # noqa: E402
+from live_server import Server, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def serve_load():
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def serve_load(benchmark_script):
+    return benchmark_script("serve_load")
 
 
 @pytest.fixture(scope="module")
