@@ -1,9 +1,10 @@
 """Load-test `deployft serve` on loopback: batching on against batching off (`--max-batch-size 1`), same run.
 
-For the default classifier and generator bundles (built by benchmarks/run_defaults.py, reused when present), for
-each mode a fresh server is started (`--threads 2`), then bounded, self-stopping rounds of concurrent requests
-(one aiohttp client session, `concurrency` connections) run at concurrency 1, 8, 32 and 64: requests/s, generated
-tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX
+For the default classifier and generator bundles (built by benchmarks/run_defaults.py, reused when present), one
+server per mode is started (`--threads 2`, both running side by side; the idle one's threads sleep), then bounded,
+self-stopping rounds of concurrent requests (one aiohttp client session, `concurrency` connections) run at
+concurrency 1, 8, 32 and 64, the two modes' rounds alternating, --rounds of each; each mode reports its median
+round: requests/s, generated tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX
 Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
 after, and the CPU time the load generator itself spent per request (it runs on the same cores as the server).
 Then 10,000 classifier requests check that the server's RSS stays flat, and the classifier is timed alone, in this
@@ -14,7 +15,7 @@ The client is aiohttp, not httpx: on 2 cores httpx's AsyncClient spent about 5 m
 concurrency 32 (a whole core, so the rounds measured the client), aiohttp about 0.2 ms.
 
 Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of its
-children (the server) is subtracted, and a round where other processes used more than --max-foreign of one core
+children (the servers) is subtracted, and a round where other processes used more than --max-foreign of one core
 (their CPU seconds over the round's wall time, as `deployft.bench.quiet.RoundMeter` judges the bench's rounds) is
 rejected and repeated (up to --tries times); rejected rounds are recorded.
 
@@ -245,30 +246,52 @@ def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
             "dirty_rounds": meter.dirty}
 
 
+def median_round(trials: list[dict], key: str) -> dict:
+    """The round with the median `key` of a mode's interleaved rounds at one concurrency (every column from that
+    one round), with how many rounds there were, their `key`s and the rounds rejected on the way."""
+    ranked = sorted(trials, key=lambda r: r[key])
+    middle = ranked[(len(ranked) - 1) // 2]
+    return {**middle, "rounds": len(trials), f"{key}_rounds": [r[key] for r in trials],
+            "rejected_rounds": [bad for r in trials for bad in r["rejected_rounds"]],
+            "unclean": any(r.get("unclean") for r in trials)}
+
+
 def run_task(task: str, bundle: Path, args) -> dict:
+    """Both modes' servers run side by side (the idle one sleeps: no spinning threads); at each concurrency their
+    rounds alternate, `args.rounds` each, and each mode reports its median round."""
     call = classify_call if task == "classify" else \
         (lambda client, url, i: generate_call(client, url, i, args.max_tokens))
-    out = {"bundle": str(bundle), "modes": {}}
-    for mode, flags in MODES.items():
-        server = Server(bundle, flags, args.port)
-        try:
-            asyncio.run(load(call, server.url, 4, 8))  # warm-up
-            rss_before, rounds = server.rss(), []
-            for concurrency in args.concurrency:
-                total = max(args.classify_requests, 10 * concurrency) if task == "classify" else \
-                    max(args.generate_requests, 2 * concurrency)
-                rounds.append(clean_round(server, call, concurrency, total, args))
-                print(f"{task} {mode} c={concurrency}: {json.dumps(rounds[-1])[:240]}", flush=True)
-            soak = None
-            if task == "classify" and mode == "batched" and args.soak:
-                soak, client = {"rss_before": server.rss()}, client_cpu()
-                results, wall = asyncio.run(load(call, server.url, 32, args.soak))
-                soak.update(summarize(results, wall, client_cpu() - client), rss_after=server.rss())
-                print(f"soak: {json.dumps(soak)}", flush=True)
-            out["modes"][mode] = {"rounds": rounds, "rss_before": rss_before, "rss_after": server.rss(),
-                                  "soak": soak}
-        finally:
-            out["modes"][mode]["exit_code"] = server.stop() if mode in out["modes"] else server.stop()
+    key = "requests_per_s" if task == "classify" else "tokens_per_s"
+    servers: dict[str, Server] = {}
+    out = {"bundle": str(bundle), "rounds_per_mode": args.rounds, "modes": {}}
+    try:
+        for offset, (mode, flags) in enumerate(MODES.items()):
+            servers[mode] = Server(bundle, flags, args.port + offset)
+            asyncio.run(load(call, servers[mode].url, 4, 8))  # warm-up
+            out["modes"][mode] = {"rounds": [], "rss_before": servers[mode].rss(), "soak": None}
+        for concurrency in args.concurrency:
+            total = max(args.classify_requests, 10 * concurrency) if task == "classify" else \
+                max(args.generate_requests, 2 * concurrency)
+            trials: dict[str, list[dict]] = {mode: [] for mode in servers}
+            for _ in range(args.rounds):
+                for mode, server in servers.items():
+                    trials[mode].append(clean_round(server, call, concurrency, total, args))
+            for mode in servers:
+                out["modes"][mode]["rounds"].append(median_round(trials[mode], key))
+                print(f"{task} {mode} c={concurrency}: {json.dumps(out['modes'][mode]['rounds'][-1])[:240]}",
+                      flush=True)
+        if task == "classify" and args.soak:
+            server = servers["batched"]
+            soak, client = {"rss_before": server.rss()}, client_cpu()
+            results, wall = asyncio.run(load(call, server.url, 32, args.soak))
+            soak.update(summarize(results, wall, client_cpu() - client), rss_after=server.rss())
+            out["modes"]["batched"]["soak"] = soak
+            print(f"soak: {json.dumps(soak)}", flush=True)
+        for mode, server in servers.items():
+            out["modes"][mode]["rss_after"] = server.rss()
+    finally:
+        for mode, server in servers.items():
+            out["modes"].setdefault(mode, {})["exit_code"] = server.stop()
     return out
 
 
@@ -283,12 +306,16 @@ def write(results: dict, path: Path) -> None:
              f"Measured {results['created']} on {results['machine']}; load generator: aiohttp, one process on the same "
              "cores (its CPU per request in the last column).", ""]
     for task, data in results["tasks"].items():
+        key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += [f"## {task}: {data['bundle']}", "",
+                  f"Each row is the median of {data['rounds_per_mode']} rounds by {key} (the two modes' servers run "
+                  "side by side and their rounds alternate); every column is from that round, the last column lists "
+                  f"all rounds' {key}.", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
                   "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) | client CPU ms/req |",
+                  "| rows per call (histogram) | client CPU ms/req | all rounds |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | --- | ---: |"]
+                  "| ---: | ---: | --- | ---: | --- |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
@@ -296,7 +323,8 @@ def write(results: dict, path: Path) -> None:
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
                              f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
                              f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
-                             f"{_histogram(r)} | {r.get('client_cpu_ms_per_request', '–')} |")
+                             f"{_histogram(r)} | {r.get('client_cpu_ms_per_request', '–')} | "
+                             f"{', '.join(map(str, r.get(key + '_rounds', [])))} |")
         lines.append("")
         for mode, m in data["modes"].items():
             lines.append(f"- {mode}: server RSS {m['rss_before'] / 2**20:.0f} MiB before the rounds, "
@@ -306,7 +334,6 @@ def write(results: dict, path: Path) -> None:
                 lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, {s['status_429']} "
                              f"429, {s['status_5xx']} 5xx, {s['failed']} failed ({s['first_failure'] or 'none'}); "
                              f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after.")
-        key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
         if data.get("model_alone"):
             a = data["model_alone"]
@@ -341,6 +368,8 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
     parser.add_argument("--model-rounds", type=int, default=5,
                         help="Clean rounds of the classifier alone, without HTTP (0: skip).")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Interleaved rounds per mode and concurrency; each mode reports its median round.")
     parser.add_argument("--max-foreign", type=float, default=0.05)
     parser.add_argument("--tries", type=int, default=4)
     parser.add_argument("--pause", type=float, default=5.0)

@@ -66,3 +66,26 @@ def test_a_streamed_generation_counts_its_tokens_and_first_token_time(serve_load
         server.stop()
     assert [r["status"] for r in results] == [200] * 4
     assert all(r["tokens"] > 0 and 0 < r["ttft"] <= r["latency"] for r in results)
+
+
+def test_median_round_keeps_the_middle_round_whole(serve_load):
+    trials = [{"tokens_per_s": v, "p50_ms": v * 10, "rejected_rounds": [{"r": v}] if v == 3 else []}
+              for v in (5.0, 1.0, 3.0)]
+    row = serve_load.median_round(trials, "tokens_per_s")
+    assert row["tokens_per_s"] == 3.0 and row["p50_ms"] == 30.0
+    assert row["rounds"] == 3 and row["tokens_per_s_rounds"] == [5.0, 1.0, 3.0]
+    assert row["rejected_rounds"] == [{"r": 3.0}] and not row["unclean"]
+
+
+def test_both_modes_alternate_rounds_and_report_their_median(serve_load, runtime_bundle):
+    import argparse
+
+    args = argparse.Namespace(rounds=2, concurrency=[2], classify_requests=6, max_foreign=float("inf"), tries=1,
+                              pause=0.0, port=free_port(), soak=20, max_tokens=4)
+    out = serve_load.run_task("classify", runtime_bundle("bert"), args)  # 10 requests per connection: 20
+    assert set(out["modes"]) == {"batched", "unbatched"} and out["rounds_per_mode"] == 2
+    for mode in out["modes"].values():
+        (row,) = mode["rounds"]
+        assert row["rounds"] == 2 and row["ok"] == 20 and len(row["requests_per_s_rounds"]) == 2
+        assert mode["exit_code"] == 0
+    assert out["modes"]["batched"]["soak"]["ok"] == 20 and out["modes"]["unbatched"]["soak"] is None
