@@ -168,7 +168,14 @@ class KVDecoder:
 
 
 class TextTracker:
-    """Turns one row's new token ids into text pieces, holding back what could still be a stop string."""
+    """Turns one row's new token ids into text pieces, holding back what could still be a stop string.
+
+    Detokenization is incremental: each token decodes only the ids since the previous piece plus the piece before
+    them (`prefix`: decoders that strip a leading space or merge across tokens see the same context as in a whole
+    decode), so a long generation costs the same per token at its end as at its start, instead of decoding every
+    id again on each token. Stop strings are searched only where a new match can be: the new text and the stop
+    string's length before it.
+    """
 
     def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):
         self.decode = decode
@@ -178,27 +185,53 @@ class TextTracker:
         self.emitted = 0
         self.text = ""
         self.finished = False
+        self._prefix = 0
+        """Start of the ids decoded as context for the next piece."""
+        self._read = 0
+        """Ids before this index are in `text`."""
+        self._longest_stop = max((len(s) for s in stop), default=0)
 
     def add(self, token: int) -> str:
         """Record a token; return the text that is now safe to show (maybe empty)."""
         if self.finished:
             return ""
         if token in self.eos_ids:
+            tail = self.flush()
             self.finished = True
-            return self.flush()
+            return tail
         self.ids.append(int(token))
-        self.text = self.decode(self.ids)
-        hit = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if hit >= 0:
-            self.text, self.finished = self.text[:hit], True
-            return self.flush()
-        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next byte
+        piece = self._new_text()
+        if piece is None:  # an incomplete multi-byte character: wait for its next byte
             return ""
+        if self._extend(piece):
+            return self.flush()
         return self._take(len(self.text) - self._stop_prefix())
 
     def flush(self) -> str:
-        """Return everything not yet emitted."""
+        """Return everything not yet emitted (with any incomplete character's replacement mark)."""
+        if self._read < len(self.ids) and not self.finished:
+            piece = self._new_text(partial=True)
+            if piece:
+                self._extend(piece)
         return self._take(len(self.text))
+
+    def _new_text(self, partial: bool = False) -> str | None:
+        """The text the ids since `_read` add (None while it ends in an incomplete character, unless `partial`)."""
+        context = self.decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
+        window = self.decode(self.ids[self._prefix:])
+        if not partial and (window.endswith("\ufffd") or len(window) <= len(context)):
+            return None
+        self._prefix, self._read = self._read, len(self.ids)
+        return window[len(context):]
+
+    def _extend(self, piece: str) -> bool:
+        """Append `piece` to the text; cut the text at a stop string that now appears (True) or not (False)."""
+        start = max(0, len(self.text) - self._longest_stop + 1)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.finished = self.text[:min(hits)], True
+        return bool(hits)
 
     def _take(self, end: int) -> str:
         piece = self.text[self.emitted:end] if end > self.emitted else ""

@@ -204,6 +204,8 @@ class Predictor:
             for i, (tracker, token) in enumerate(zip(trackers, tokens)):
                 tracker.add(int(token))
                 done[i] |= tracker.finished
+        for tracker in trackers:  # ids still waiting for a character's next byte
+            tracker.flush()
         return [t.text for t in trackers]
 
     def generate(self, prompt: str | list, max_new_tokens: int = 64, temperature: float = 0.0,

@@ -104,3 +104,41 @@ def test_text_tracker_holds_back_stop_prefixes_and_partial_characters():
     stopped = TextTracker(lambda ids: "".join(pieces[i] for i in ids), ("cEN",), {9})
     assert [stopped.add(t) for t in (1, 2, 5)] == ["ab", "", ""]
     assert stopped.finished and stopped.text == "ab"
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "wordpiece"])
+def test_text_tracker_pieces_join_to_the_whole_decode(kind):
+    """Pieces (decoded a window at a time) plus the flush equal decoding every id at once, through characters
+    split over several byte tokens, special tokens that decode to nothing, and WordPiece's joined sub-words."""
+    from conftest import _bpe_tokenizer, _wordpiece_tokenizer
+    from deployft.runtime.generation import TextTracker
+
+    tokenizer = _bpe_tokenizer(None) if kind == "byte-level" else _wordpiece_tokenizer(["input_ids"])
+    text = "hello world, answering questions: café, naïve, 東京 and 🚀 rockets; the end."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = ids[:5] + [tokenizer.pad_token_id] + ids[5:]
+    assert len(ids) > 20
+    decode = lambda part: tokenizer.decode(part, skip_special_tokens=True)  # noqa: E731
+    tracker = TextTracker(decode, (), set())
+    pieces = [tracker.add(t) for t in ids] + [tracker.flush()]
+    assert "".join(pieces) == tracker.text == decode(ids)
+    if kind == "byte-level":  # the rocket's four bytes are four tokens: held back until the last one
+        assert len(tokenizer("🚀", add_special_tokens=False)["input_ids"]) > 1
+        assert any("🚀" in p for p in pieces) and not any("\ufffd" in p for p in pieces)
+
+
+def test_text_tracker_decodes_each_id_a_bounded_number_of_times():
+    """A long generation: the ids handed to the decoder grow linearly with the tokens, not quadratically."""
+    from deployft.runtime.generation import TextTracker
+
+    decoded = []
+
+    def decode(ids):
+        decoded.append(len(ids))
+        return "".join(f"w{i} " for i in ids)
+
+    tracker = TextTracker(decode, ("STOP",), set())
+    for token in range(2000):
+        tracker.add(token)
+    assert tracker.flush() == "" and tracker.text == decode(list(range(2000)))
+    assert sum(decoded[:-1]) <= 4 * 2000  # a whole decode per token would be about 2,000,000
