@@ -30,6 +30,8 @@ from .options import shown
 @click.option("--max-wait-ms", type=float, default=None, show_default=shown(ServeConfig, "max_wait_ms"),
               help="How long the classifier batcher waits to fill a batch (not at all while no other "
                    "request is in flight).")
+@click.option("--prefix-cache-mb", type=int, default=None, show_default=shown(ServeConfig, "prefix_cache_mb"),
+              help="Memory for prompts' KV caches, so prompts that start the same way resume from them (0: off).")
 @click.option("--max-queue", type=int, default=None, show_default=shown(ServeConfig, "max_queue"),
               help="Requests allowed to wait; one more is answered 429.")
 @click.option("--max-texts", type=int, default=None, show_default=shown(ServeConfig, "max_texts"),
@@ -54,7 +56,7 @@ from .options import shown
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
 def serve(bundle, host, port, threads, device, provider, model_file, public_key, model_name, max_batch_size, max_wait_ms,
-          max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
+          prefix_cache_mb, max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
           on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
 
@@ -71,7 +73,7 @@ def serve(bundle, host, port, threads, device, provider, model_file, public_key,
     config = build_config(
         ServeConfig, config_file, bundle=bundle, host=host, port=port, threads=threads, device=device,
         provider=provider, model_file=model_file, public_key=public_key, model_name=model_name,
-        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, prefix_cache_mb=prefix_cache_mb,
         max_queue=max_queue, max_texts=max_texts, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout_s, grace_s=grace_s, api_key=api_key,
     )

@@ -48,6 +48,9 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     """How long the classifier batcher waits for more texts before running a batch that is not full (it does not
     wait when no other request is in flight)."""
+    prefix_cache_mb: int = 128
+    """Memory for generator prompts' KV caches kept so that prompts starting the same way (a system message, a
+    chat's previous turns) resume from them; 0 turns the prefix cache off."""
     max_queue: int = 256
     """Requests allowed to wait for the model; one more is answered 429 with Retry-After."""
     max_texts: int = 64
@@ -82,6 +85,10 @@ class ServeConfig:
             _positive(name, getattr(self, name), "--" + name.replace("_", "-"))
         for name in ("request_timeout_s", "grace_s"):
             _positive(name, getattr(self, name), "--" + name.replace("_", "-")[:-2], float)
+        if isinstance(self.prefix_cache_mb, bool) or not isinstance(self.prefix_cache_mb, int) \
+                or self.prefix_cache_mb < 0:
+            raise UsageError(f"prefix_cache_mb must be an integer >= 0, got {self.prefix_cache_mb!r}; "
+                             "pass --prefix-cache-mb 128 (0 turns it off)")
         if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
                 or self.max_wait_ms < 0:
             raise UsageError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}; pass --max-wait-ms 5")

@@ -1,8 +1,9 @@
 """Continuous (iteration-level) batching for a generator bundle.
 
 One worker thread owns the decoder session and loops over steps. Before each step it admits waiting requests:
-their prompts are prefilled together in groups of bounded padding (`prefill_groups`), left-padded and masked like
-`Predictor.generate`'s batches, and each row's cache joins the running batch's, left-padded to its length. Every row
+a prompt that begins like one prefilled before resumes from that prompt's cache (`PrefixCache`), the others are
+prefilled together in groups of bounded padding, left-padded and masked like `Predictor.generate`'s batches
+(`prefill`), and each row's cache joins the running batch's, left-padded to its length. Every row
 keeps its own position ids and sampler, and the mask hides each row's padding, so a row decodes the same tokens
 whatever else shares the batch (greedy output equals `Predictor.generate` of the request alone on fp32 files).
 
@@ -27,7 +28,7 @@ import numpy as np
 from ..runtime.generation import TextTracker, positions_from_mask
 from ..runtime.sampling import GenerationOptions, next_tokens
 from ..runtime.session import import_ort
-from .prefill import left_pad, prefill_groups
+from .prefill import PrefixCache, left_pad, prefill
 from .queueing import QueueWorker
 
 logger = logging.getLogger("deployft.serve")
@@ -87,8 +88,9 @@ class GenerationEngine(QueueWorker):
 
     thread_name = "deployft-generate"
 
-    def __init__(self, predictor, max_batch_size: int, max_queue: int, metrics=None):
+    def __init__(self, predictor, max_batch_size: int, max_queue: int, metrics=None, prefix_cache_bytes: int = 0):
         super().__init__(max_queue, metrics)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.predictor = predictor
         self.decoder = predictor.decoder
         self.eos = set(int(e) for e in self.decoder.eos_ids)
@@ -140,7 +142,7 @@ class GenerationEngine(QueueWorker):
             tickets.append(ticket)
         try:
             rows = [row for row in map(self._new_row, tickets) if row is not None]
-            joined = [row for group in prefill_groups(rows) for row in self._prefill(group)]
+            joined = self._prefill(rows)
             rest = self._fill_free_slots(joined)
             if rest:
                 self._join(rest)
@@ -161,16 +163,14 @@ class GenerationEngine(QueueWorker):
         return row
 
     def _prefill(self, rows: list[_Row]) -> list[_Row]:
-        """One model call over the prompts of `rows` (left-padded); returns the rows that go on decoding."""
-        batch, mask = self.predictor.codec.pad([row.ticket.prompt_ids for row in rows], side="left")
-        width = batch.shape[1]
-        logits, present = self.decoder.step(batch, mask, positions_from_mask(mask), None)
-        host = [v.numpy() for v in present]
-        self._record(len(rows), len(rows))
+        """Prefill the prompts of `rows`; returns the rows that go on decoding."""
+        reused = self.metrics.prefix_reused if self.metrics is not None else (lambda tokens: None)
+        results = prefill(self.decoder, self.predictor.codec, [row.ticket.prompt_ids for row in rows],
+                          self.prefix_cache, lambda n: self._record(n, n), reused)
         going = []
-        for i, row in enumerate(rows):
-            row.cache = [h[i:i + 1, :, width - row.position:, :] for h in host]
-            self._advance(row, logits[i:i + 1])
+        for row, (logits, cache) in zip(rows, results):
+            row.cache = cache
+            self._advance(row, logits)
             if row.finish:
                 self._finish(row, row.finish)
             else:

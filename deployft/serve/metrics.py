@@ -32,6 +32,10 @@ class ServeMetrics:
                                          "Time from request to its first generated text", buckets=LATENCY_BUCKETS, **kw)
         self.finished = prometheus.Counter("deployft_generations_total", "Generations ended, by finish reason",
                                            ["reason"], **kw)
+        self.prefix_hits = prometheus.Counter("deployft_prefix_cache_hits_total",
+                                              "Prompts prefilled from a cached prefix", **kw)
+        self.prefix_tokens = prometheus.Counter("deployft_prefix_cache_tokens_total",
+                                                "Prompt tokens taken from the prefix cache instead of computed", **kw)
         self.rejected = prometheus.Counter("deployft_rejected_total", "Requests refused because the queue was full",
                                            **kw)
 
@@ -47,6 +51,11 @@ class ServeMetrics:
         """One decoder call over `rows` sequences, `live` of them still generating (one token each)."""
         self.batches.labels("generate").observe(rows)
         self.tokens.inc(live)
+
+    def prefix_reused(self, tokens: int) -> None:
+        """A prompt resumed from a cached prefix of `tokens` tokens."""
+        self.prefix_hits.inc()
+        self.prefix_tokens.inc(tokens)
 
     def generation_end(self, reason: str) -> None:
         self.finished.labels(reason).inc()

@@ -43,7 +43,8 @@ class Service:
         self.ready = False
         self.inflight = 0
         if self.generates:
-            self.worker = GenerationEngine(self.predictor, config.max_batch_size, config.max_queue, self.metrics)
+            self.worker = GenerationEngine(self.predictor, config.max_batch_size, config.max_queue, self.metrics,
+                                           prefix_cache_bytes=config.prefix_cache_mb * 2**20)
         else:
             self.worker = ClassifierBatcher(self.predictor, config.max_batch_size, config.max_wait_ms,
                                             config.max_queue, self.metrics, in_flight=lambda: self.inflight)

@@ -43,6 +43,7 @@ def test_api_key_from_the_environment(tmp_path, captured, monkeypatch):
     (["--max-queue", "-1"], "--max-queue"),
     (["--port", "70000"], "--port 8000"),
     (["--max-wait-ms", "-5"], "--max-wait-ms"),
+    (["--prefix-cache-mb", "-1"], "--prefix-cache-mb 128 (0 turns it off)"),
     (["--request-timeout", "0"], "--request-timeout"),
     (["--api-key", "short"], "at least 8 characters"),
 ])

@@ -157,6 +157,50 @@ def test_requests_admitted_together_are_prefilled_in_one_call(predictor):
         assert sink.text == predictor.generate(prompt, max_new_tokens=n)
 
 
+def _prefix_engine(predictor, max_batch_size=4):
+    """An engine with a prefix cache, its reuse counted through real metrics."""
+    from deployft.serve.metrics import ServeMetrics
+
+    return GenerationEngine(predictor, max_batch_size=max_batch_size, max_queue=8, metrics=ServeMetrics(),
+                            prefix_cache_bytes=1 << 24)
+
+
+def _reused(engine) -> tuple[float, float]:
+    return engine.metrics.prefix_hits._value.get(), engine.metrics.prefix_tokens._value.get()
+
+
+def test_prompts_that_start_alike_resume_from_the_cached_prefix_with_the_same_tokens(predictor):
+    """The second and third requests begin like the first: they are prefilled from its cache (only their own
+    tokens computed, while the first still decodes) and get the tokens they get alone."""
+    _check_prefix_reuse(predictor)
+
+
+def test_the_shared_cache_engine_resumes_cached_prefixes_with_the_same_tokens(fused_bundle):
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    assert predictor.decoder.shares_cache
+    _check_prefix_reuse(predictor)
+
+
+def _check_prefix_reuse(predictor):
+    engine = _prefix_engine(predictor)
+    prompts = ["where do fish live and eat", "where do fish sleep", "where do fish live"]
+    never = ("\x00never",)
+    first, first_sink = _ticket(predictor, prompts[0], max_new_tokens=12, stop=never)
+    engine.submit(first)
+    engine.run_once()
+    assert _reused(engine) == (0, 0)
+    later = [_ticket(predictor, p, max_new_tokens=n, stop=never) for p, n in zip(prompts[1:], (9, 6))]
+    for ticket, _ in later:
+        engine.submit(ticket)
+    _drain(engine, [first_sink] + [s for _, s in later])
+    shared = [next(i for i, (a, b) in enumerate(zip(first.prompt_ids, t.prompt_ids)) if a != b)
+              if t.prompt_ids != first.prompt_ids[:len(t.prompt_ids)] else len(t.prompt_ids) - 1 for t, _ in later]
+    assert all(n >= 4 for n in shared)
+    assert _reused(engine) == (2, sum(shared))
+    for (_, sink), prompt, n in zip([(first, first_sink)] + later, prompts, (12, 9, 6)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+
+
 def test_the_shared_cache_engine_decodes_what_each_row_gets_alone(fused_bundle):
     """On a fused file the running batch's cache is one buffer per layer updated in place (past = present):
     rows joining mid-way, rows leaving and compactions give each request the tokens it gets alone."""
