@@ -4,9 +4,12 @@ For the default classifier and generator bundles (built by benchmarks/run_defaul
 server per mode is started (`--threads 2`, both running side by side; the idle one's threads sleep), then bounded,
 self-stopping rounds of concurrent requests (one aiohttp client session, `concurrency` connections) run at
 concurrency 1, 8, 32 and 64, the two modes' rounds alternating, --rounds of each; each mode reports its median
-round: requests/s, generated tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx, failed connections), the ONNX
-Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
+round: requests/s, generated tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx,
+failed connections), the ONNX Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
 after, and the CPU time the load generator itself spent per request (it runs on the same cores as the server).
+A generation round sends 16 requests per connection (at least 48, at most 256): its last requests finish one by
+one while a batching server's batch is partly empty (an unbatched server's queue never is), so rounds of a few
+requests per connection would measure that drain more than the batching.
 Then 10,000 classifier requests check that the server's RSS stays flat, and the classifier is timed alone, in this
 process without HTTP (`model_alone`: batch 1 against the server's max batch size, the same threads and texts): the
 most batching can multiply requests/s by on this machine.
@@ -20,7 +23,8 @@ children (the servers) is subtracted, and a round where other processes used mor
 rejected and repeated (up to --tries times); rejected rounds are recorded.
 
     python benchmarks/serve_load.py                      # both tasks -> results/serve_load.{json,md}
-    python benchmarks/serve_load.py --task classify --classify-bundle path/to/bundle
+    python benchmarks/serve_load.py --task generate --generate-bundle outputs/bench-defaults/bundle-generate \
+        --output benchmarks/results/serve_load_generate
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ async def classify_call(client: aiohttp.ClientSession, url: str, i: int) -> dict
 
 async def generate_call(client: aiohttp.ClientSession, url: str, i: int, max_tokens: int) -> dict:
     messages = [{"role": "system", "content": SYSTEM}] if SYSTEM else []
-    messages.append({"role": "user", "content": PROMPTS[i % len(PROMPTS)]})
+    # each request's own question, numbered first: what requests share is the system message and the chat
+    # template's opening, as in a chat service (a repeated prompt would come from the prefix cache almost whole)
+    messages.append({"role": "user", "content": f"Question {i}: {PROMPTS[i % len(PROMPTS)]}"})
     body = {"messages": messages, "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     started, ttft, tokens = time.perf_counter(), None, 0
@@ -169,13 +175,21 @@ def summarize(results: list[dict], wall: float, client_s: float | None = None) -
             "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99)}
 
 
+PREFIX_COUNTERS = {"deployft_prefix_cache_hits": "_prefix_hits", "deployft_prefix_cache_tokens": "_prefix_tokens"}
+"""The generator's prefix cache counters in /metrics, and their keys in `batch_histogram`'s values."""
+
+
 def batch_histogram(server: Server) -> dict[str, float]:
-    """The server's cumulative `deployft_batch_size` histogram from /metrics: `{le: count}`, `_count` and `_sum`."""
+    """The server's cumulative `deployft_batch_size` histogram from /metrics: `{le: count}`, `_count` and `_sum`
+    (and the prefix cache counters, where the server has them)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(server.url + "/metrics", timeout=30).text
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        if family.name in PREFIX_COUNTERS:
+            values[PREFIX_COUNTERS[family.name]] = sum(sample.value for sample in family.samples
+                                                       if sample.name.endswith("_total"))
         if family.name != "deployft_batch_size":
             continue
         for sample in family.samples:
@@ -194,7 +208,9 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
     edges = sorted((k for k in after if not k.startswith("_")), key=float)
     cumulative = [after[k] - before.get(k, 0.0) for k in edges]
     per_bucket = {f"<={edge}": int(c - p) for edge, c, p in zip(edges, cumulative, [0.0, *cumulative[:-1]]) if c - p}
-    return {"calls": int(calls), "mean_rows": round(rows / calls, 2) if calls else None, "histogram": per_bucket}
+    reuse = {key[1:]: int(after[key] - before.get(key, 0.0)) for key in PREFIX_COUNTERS.values() if key in after}
+    return {"calls": int(calls), "mean_rows": round(rows / calls, 2) if calls else None, "histogram": per_bucket,
+            **reuse}
 
 
 def clean_round(server: Server, call, concurrency: int, total: int, args) -> dict:
@@ -271,7 +287,7 @@ def run_task(task: str, bundle: Path, args) -> dict:
             out["modes"][mode] = {"rounds": [], "rss_before": servers[mode].rss(), "soak": None}
         for concurrency in args.concurrency:
             total = max(args.classify_requests, 10 * concurrency) if task == "classify" else \
-                max(args.generate_requests, 2 * concurrency)
+                max(args.generate_requests, min(args.generate_per_connection * concurrency, args.generate_cap))
             trials: dict[str, list[dict]] = {mode: [] for mode in servers}
             for _ in range(args.rounds):
                 for mode, server in servers.items():
@@ -313,9 +329,9 @@ def write(results: dict, path: Path) -> None:
                   f"all rounds' {key}.", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
                   "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) | client CPU ms/req | all rounds |",
+                  "| rows per call (histogram) | prompts from prefix cache (tokens) | client CPU ms/req | all rounds |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | --- | ---: | --- |"]
+                  "| ---: | ---: | --- | ---: | ---: | --- |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
@@ -323,7 +339,8 @@ def write(results: dict, path: Path) -> None:
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
                              f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
                              f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
-                             f"{_histogram(r)} | {r.get('client_cpu_ms_per_request', '–')} | "
+                             f"{_histogram(r)} | {_reuse(r) if task == 'generate' else '–'} | "
+                             f"{r.get('client_cpu_ms_per_request', '–')} | "
                              f"{', '.join(map(str, r.get(key + '_rounds', [])))} |")
         lines.append("")
         for mode, m in data["modes"].items():
@@ -350,6 +367,11 @@ def _batches(row: dict, key: str):
     return (row.get("batches") or {}).get(key, "–")
 
 
+def _reuse(row: dict) -> str:
+    batches = row.get("batches") or {}
+    return f"{batches['prefix_hits']} ({batches['prefix_tokens']})" if "prefix_hits" in batches else "–"
+
+
 def _histogram(row: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in ((row.get("batches") or {}).get("histogram") or {}).items()) or "–"
 
@@ -363,7 +385,12 @@ def main() -> None:
                         help="Where run_defaults.py builds (or already built) the default bundles.")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
     parser.add_argument("--classify-requests", type=int, default=400)
-    parser.add_argument("--generate-requests", type=int, default=48)
+    parser.add_argument("--generate-requests", type=int, default=48, help="Generation requests per round, at least.")
+    parser.add_argument("--generate-per-connection", type=int, default=16,
+                        help="Generation requests per connection and round (up to --generate-cap in all): a round "
+                             "ends with its last requests finishing one by one, a batch partly empty meanwhile, so "
+                             "rounds of a few requests per connection measure that drain more than the batching.")
+    parser.add_argument("--generate-cap", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
     parser.add_argument("--model-rounds", type=int, default=5,

@@ -66,7 +66,8 @@ def prefill(decoder, codec, prompts: list[list[int]], cache: PrefixCache | None,
             reused: Callable[[int], None] = lambda tokens: None) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """Run `prompts` through `decoder`; per prompt, its last position's logits [1, vocab] and its cache per layer
     as numpy [1, kv_heads, len, head_dim]. A prompt with a cached prefix runs alone from it (`reused` gets the
-    tokens not recomputed); the others run in groups (`prefill_groups`). `record` gets each call's rows."""
+    tokens not recomputed): GroupQueryAttention on the CPU takes a prompt after a past only for one row at a
+    time. The others run in groups (`prefill_groups`). `record` gets each call's rows."""
     from onnxruntime import OrtValue
 
     results: list = [None] * len(prompts)

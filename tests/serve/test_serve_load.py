@@ -89,3 +89,22 @@ def test_both_modes_alternate_rounds_and_report_their_median(serve_load, runtime
         assert row["rounds"] == 2 and row["ok"] == 20 and len(row["requests_per_s_rounds"]) == 2
         assert mode["exit_code"] == 0
     assert out["modes"]["batched"]["soak"]["ok"] == 20 and out["modes"]["unbatched"]["soak"] is None
+
+
+def test_generation_rounds_report_what_the_prefix_cache_served(serve_load, runtime_bundle, monkeypatch):
+    """Distinct questions after the same chat template opening: every request after the first resumes from a
+    cached prefix, and the round's batch summary counts it from /metrics."""
+    monkeypatch.setattr(serve_load, "PROMPTS", ["bees", "fish"])  # within the tiny bundle's 32-token prompt limit
+    monkeypatch.setattr(serve_load, "SYSTEM", "")
+    server = Server(runtime_bundle("llama"))
+    try:
+        before = serve_load.batch_histogram(server)
+        call = lambda client, url, i: serve_load.generate_call(client, url, i, 4)  # noqa: E731
+        results, wall = asyncio.run(serve_load.load(call, server.url, 1, 4))
+        batches = serve_load.batch_sizes(before, serve_load.batch_histogram(server))
+    finally:
+        server.stop()
+    assert [r["status"] for r in results] == [200] * 4
+    # the first request resumes from the start-up warm-up's "hello", which opens with the same template tokens
+    assert batches["prefix_hits"] == 4 and batches["prefix_tokens"] >= 4 * 4  # MIN_PREFIX tokens at least
+    assert "prefix_hits" not in serve_load.batch_sizes({}, {"1.0": 2.0, "_count": 2.0, "_sum": 2.0})
