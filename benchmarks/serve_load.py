@@ -5,11 +5,13 @@ server per mode is started (`--threads 2`, both running side by side; the idle o
 self-stopping rounds of concurrent requests (one aiohttp client session, `concurrency` connections) run at
 concurrency 1, 8, 32 and 64, the two modes' rounds alternating, --rounds of each; each mode reports its median
 round: requests/s, generated tokens/s, p50/p99 latency and time to first token, status counts (2xx, 429, 5xx,
-failed connections), the ONNX Runtime calls made and their rows (from the server's /metrics batch-size histogram), the server's RSS before and
-after, and the CPU time the load generator itself spent per request (it runs on the same cores as the server).
-A generation round sends 16 requests per connection (at least 48, at most 256): its last requests finish one by
-one while a batching server's batch is partly empty (an unbatched server's queue never is), so rounds of a few
-requests per connection would measure that drain more than the batching.
+failed connections), the ONNX Runtime calls made and their rows (from the server's /metrics batch-size
+histogram), prompt tokens and what the prefix cache served of them, the server's RSS before and after, and the
+CPU time the load generator itself spent per request (it runs on the same cores as the server).
+A generation round sends 16 requests per connection, at least 48 and at most 256 in all (48 at concurrency 1, 128
+at 8, 256 at 32 and 64): its last requests finish one by one while a batching server's batch is partly empty (an
+unbatched server's queue never is), so rounds of a few requests per connection would measure that drain more than
+the batching. Every generation request asks its own numbered question after the same short system message.
 Then 10,000 classifier requests check that the server's RSS stays flat, and the classifier is timed alone, in this
 process without HTTP (`model_alone`: batch 1 against the server's max batch size, the same threads and texts): the
 most batching can multiply requests/s by on this machine.
@@ -122,7 +124,7 @@ async def generate_call(client: aiohttp.ClientSession, url: str, i: int, max_tok
     messages.append({"role": "user", "content": f"Question {i}: {PROMPTS[i % len(PROMPTS)]}"})
     body = {"messages": messages, "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    started, ttft, tokens = time.perf_counter(), None, 0
+    started, ttft, tokens, prompt_tokens = time.perf_counter(), None, 0, None
     async with client.post(url + "/v1/chat/completions", json=body) as response:
         async for raw in response.content:  # one SSE line at a time
             line = raw.decode("utf-8").rstrip("\r\n")
@@ -132,18 +134,21 @@ async def generate_call(client: aiohttp.ClientSession, url: str, i: int, max_tok
             if ttft is None and event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
                 ttft = time.perf_counter() - started
             if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+                tokens, prompt_tokens = event["usage"]["completion_tokens"], event["usage"]["prompt_tokens"]
         status = response.status
-    return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "ttft": ttft}
+    return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "ttft": ttft,
+            "prompt_tokens": prompt_tokens}
 
 
-async def load(call, url: str, concurrency: int, total: int) -> tuple[list[dict], float]:
-    counter = itertools.count()
+async def load(call, url: str, concurrency: int, total: int, first: int = 0) -> tuple[list[dict], float]:
+    """`total` requests numbered from `first` (a generation request's question carries its number), `concurrency`
+    at a time."""
+    counter, end = itertools.count(first), first + total
     results: list[dict] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as client:
         async def worker():
-            while (i := next(counter)) < total:
+            while (i := next(counter)) < end:
                 try:
                     results.append(await call(client, url, i))
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -172,7 +177,9 @@ def summarize(results: list[dict], wall: float, client_s: float | None = None) -
             "first_failure": next((r["error"] for r in results if r["status"] == 0), None),
             "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
             "p50_ms": pct([r["latency"] for r in ok], 0.5), "p99_ms": pct([r["latency"] for r in ok], 0.99),
-            "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99)}
+            "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99),
+            "prompt_tokens_mean": round(statistics.mean(prompts), 1) if (prompts := [
+                r["prompt_tokens"] for r in ok if r.get("prompt_tokens")]) else None}
 
 
 PREFIX_COUNTERS = {"deployft_prefix_cache_hits": "_prefix_hits", "deployft_prefix_cache_tokens": "_prefix_tokens"}
@@ -213,14 +220,15 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
             **reuse}
 
 
-def clean_round(server: Server, call, concurrency: int, total: int, args) -> dict:
-    """Run one round; repeat it while other processes took more than max_foreign of one core."""
+def clean_round(server: Server, call, concurrency: int, total: int, args, first: int = 0) -> dict:
+    """Run one round (requests numbered from `first`); repeat it while other processes took more than max_foreign
+    of one core."""
     tick = os.sysconf("SC_CLK_TCK")
     rejected = []
     for _ in range(args.tries):
         histogram = batch_histogram(server)
         busy, own, client = busy_jiffies(), own_cpu(), client_cpu()
-        results, wall = asyncio.run(load(call, server.url, concurrency, total))
+        results, wall = asyncio.run(load(call, server.url, concurrency, total, first))
         client = client_cpu() - client
         foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / wall
         row = {"concurrency": concurrency, **summarize(results, wall, client), "foreign_load": round(foreign, 3),
@@ -274,24 +282,29 @@ def median_round(trials: list[dict], key: str) -> dict:
 
 def run_task(task: str, bundle: Path, args) -> dict:
     """Both modes' servers run side by side (the idle one sleeps: no spinning threads); at each concurrency their
-    rounds alternate, `args.rounds` each, and each mode reports its median round."""
+    rounds alternate, `args.rounds` each (which goes first alternates too), and each mode reports its median
+    round. Both modes get the same requests in each round, numbered on from the previous round's: no question is
+    asked twice, so a prefix cache serves what prompts share, not repeats."""
     call = classify_call if task == "classify" else \
         (lambda client, url, i: generate_call(client, url, i, args.max_tokens))
     key = "requests_per_s" if task == "classify" else "tokens_per_s"
     servers: dict[str, Server] = {}
     out = {"bundle": str(bundle), "rounds_per_mode": args.rounds, "modes": {}}
+    first = 8  # after the warm-up's
     try:
         for offset, (mode, flags) in enumerate(MODES.items()):
             servers[mode] = Server(bundle, flags, args.port + offset)
-            asyncio.run(load(call, servers[mode].url, 4, 8))  # warm-up
+            asyncio.run(load(call, servers[mode].url, 4, 8))  # warm-up: questions 0 to 7
             out["modes"][mode] = {"rounds": [], "rss_before": servers[mode].rss(), "soak": None}
         for concurrency in args.concurrency:
             total = max(args.classify_requests, 10 * concurrency) if task == "classify" else \
                 max(args.generate_requests, min(args.generate_per_connection * concurrency, args.generate_cap))
             trials: dict[str, list[dict]] = {mode: [] for mode in servers}
-            for _ in range(args.rounds):
-                for mode, server in servers.items():
-                    trials[mode].append(clean_round(server, call, concurrency, total, args))
+            for round_index in range(args.rounds):
+                order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+                for mode in order:
+                    trials[mode].append(clean_round(servers[mode], call, concurrency, total, args, first))
+                first += total
             for mode in servers:
                 out["modes"][mode]["rounds"].append(median_round(trials[mode], key))
                 print(f"{task} {mode} c={concurrency}: {json.dumps(out['modes'][mode]['rounds'][-1])[:240]}",
@@ -325,13 +338,14 @@ def write(results: dict, path: Path) -> None:
         key = "requests_per_s" if task == "classify" else "tokens_per_s"
         lines += [f"## {task}: {data['bundle']}", "",
                   f"Each row is the median of {data['rounds_per_mode']} rounds by {key} (the two modes' servers run "
-                  "side by side and their rounds alternate); every column is from that round, the last column lists "
-                  f"all rounds' {key}.", "",
+                  "side by side and their rounds alternate); its columns are that round's, except the rejected "
+                  f"rounds (all of them) and the last column (every round's {key}).", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
                   "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) | prompts from prefix cache (tokens) | client CPU ms/req | all rounds |",
+                  "| rows per call (histogram) | prompt tokens (mean) | prompts from prefix cache (tokens) | client CPU ms/req "
+                  "| all rounds |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | --- | ---: | ---: | --- |"]
+                  "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
@@ -339,7 +353,8 @@ def write(results: dict, path: Path) -> None:
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
                              f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
                              f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
-                             f"{_histogram(r)} | {_reuse(r) if task == 'generate' else '–'} | "
+                             f"{_histogram(r)} | {r.get('prompt_tokens_mean') or '–'} | "
+                             f"{_reuse(r) if task == 'generate' else '–'} | "
                              f"{r.get('client_cpu_ms_per_request', '–')} | "
                              f"{', '.join(map(str, r.get(key + '_rounds', [])))} |")
         lines.append("")

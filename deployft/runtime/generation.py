@@ -18,6 +18,7 @@ Batches are left-padded; position ids count only real tokens, as transformers co
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -170,11 +171,12 @@ class KVDecoder:
 class TextTracker:
     """Turns one row's new token ids into text pieces, holding back what could still be a stop string.
 
-    Detokenization is incremental: each token decodes only the ids since the previous piece plus the piece before
-    them (`prefix`: decoders that strip a leading space or merge across tokens see the same context as in a whole
-    decode), so a long generation costs the same per token at its end as at its start, instead of decoding every
-    id again on each token. Stop strings are searched only where a new match can be: the new text and the stop
-    string's length before it.
+    Detokenization is incremental: each token decodes only the ids since the previous piece, after the ids of that
+    piece as context (so a decoder that strips a leading space or joins sub-words sees its neighbour), and a long
+    generation costs the same per token at its end as at its start instead of decoding every id again. Where the
+    decoder rewrites the context once more ids follow (a clean-up of the space before punctuation), the text resumes
+    from where it agrees with a whole decode (a character already shown stays shown). Stop strings are searched only where a new match can be: the new text and
+    the stop string's length before it.
     """
 
     def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):
@@ -201,7 +203,7 @@ class TextTracker:
             return tail
         self.ids.append(int(token))
         piece = self._new_text()
-        if piece is None:  # an incomplete multi-byte character: wait for its next byte
+        if piece is None:  # an incomplete multi-byte character (or nothing yet): wait for the next token
             return ""
         if self._extend(piece):
             return self.flush()
@@ -216,13 +218,25 @@ class TextTracker:
         return self._take(len(self.text))
 
     def _new_text(self, partial: bool = False) -> str | None:
-        """The text the ids since `_read` add (None while it ends in an incomplete character, unless `partial`)."""
+        """The text the ids since `_read` add; None (unless `partial`) while that is nothing, or ends in an
+        incomplete character and completes no stop string."""
         context = self.decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
         window = self.decode(self.ids[self._prefix:])
-        if not partial and (window.endswith("\ufffd") or len(window) <= len(context)):
+        if window.startswith(context):
+            new = window[len(context):]
+        else:  # the decoder rewrote the context: resume from where the text and a whole decode agree
+            whole = self.decode(self.ids)
+            common = len(os.path.commonprefix([self.text, whole]))
+            self.text, self.emitted = self.text[:common], min(self.emitted, common)
+            new = whole[common:]
+        if not partial and (not new or new.endswith("\ufffd") and not self._completes_stop(new.rstrip("\ufffd"))):
             return None
         self._prefix, self._read = self._read, len(self.ids)
-        return window[len(context):]
+        return new
+
+    def _completes_stop(self, new: str) -> bool:
+        tail = self.text[max(0, len(self.text) - self._longest_stop + 1):] + new
+        return any(stop in tail for stop in self.stop)
 
     def _extend(self, piece: str) -> bool:
         """Append `piece` to the text; cut the text at a stop string that now appears (True) or not (False)."""

@@ -14,6 +14,8 @@ MAX_PREFILL_PADDING = 1.5
 """A prefill group's tokens with padding (rows x longest prompt) stay within this multiple of its real tokens."""
 MIN_PREFIX = 4
 """Cached prefixes shorter than this many tokens are not worth a call of their own."""
+MAX_ENTRIES = 1024
+"""Prompts the prefix cache keeps at most (each lookup compares the new prompt with every one)."""
 
 
 class PrefixCache:
@@ -22,8 +24,8 @@ class PrefixCache:
 
     A token's keys and values depend only on the tokens before it, so the first L columns of a stored prompt's cache
     are the cache of any prompt that begins with the same L tokens. `lookup` finds the stored prompt with the longest
-    common prefix (at least `MIN_PREFIX` tokens, and always one token short of the new prompt: its last position's
-    logits give the first new token). Entries are dropped least recently used beyond `max_bytes`; a prompt that
+    common prefix (at least `MIN_PREFIX` tokens, at most all but the new prompt's last token, whose logits give the
+    first new token). Entries are dropped least recently used beyond `max_bytes` or `MAX_ENTRIES`; a prompt that
     begins with a stored one replaces it.
     """
 
@@ -33,7 +35,8 @@ class PrefixCache:
         self.bytes = 0
 
     def lookup(self, ids: list[int]) -> tuple[int, list[np.ndarray]] | None:
-        """`(L, per-layer arrays [1, kv_heads, L, head_dim])` of the longest cached prefix of `ids`, or None."""
+        """`(L, per-layer arrays [1, kv_heads, L, head_dim])` of the longest cached prefix of `ids`, or None.
+        The arrays are views of the cache's own: copy them before anything may write to them."""
         best, best_key = 0, None
         for key in self.entries:
             length = _common_prefix(key, ids)
@@ -50,14 +53,14 @@ class PrefixCache:
         key = tuple(int(i) for i in ids)
         if any(len(k) >= len(key) and k[:len(key)] == key for k in self.entries):  # already covered
             return
-        copies = [np.array(a, copy=True) for a in arrays]
-        size = sum(a.nbytes for a in copies)
+        size = sum(a.nbytes for a in arrays)
         if size > self.max_bytes:
             return
+        copies = [np.array(a, copy=True) for a in arrays]  # never a view of a batch's buffers, written in place
         for covered in [k for k in self.entries if k == key[:len(k)]]:
             self.bytes -= sum(a.nbytes for a in self.entries.pop(covered))
         self.entries[key], self.bytes = copies, self.bytes + size
-        while self.bytes > self.max_bytes:
+        while self.bytes > self.max_bytes or len(self.entries) > MAX_ENTRIES:
             self.bytes -= sum(a.nbytes for a in self.entries.popitem(last=False)[1])
 
 
@@ -67,19 +70,20 @@ def prefill(decoder, codec, prompts: list[list[int]], cache: PrefixCache | None,
     """Run `prompts` through `decoder`; per prompt, its last position's logits [1, vocab] and its cache per layer
     as numpy [1, kv_heads, len, head_dim]. A prompt with a cached prefix runs alone from it (`reused` gets the
     tokens not recomputed): GroupQueryAttention on the CPU takes a prompt after a past only for one row at a
-    time. The others run in groups (`prefill_groups`). `record` gets each call's rows."""
+    time, so when several prompts are prefilled together, one resumes only if the cache holds at least half of it
+    (`_worth_resuming`); the others run in groups (`prefill_groups`). `record` gets each call's rows."""
     from onnxruntime import OrtValue
 
     results: list = [None] * len(prompts)
     fresh = []
     for index, ids in enumerate(prompts):
         hit = cache.lookup(ids) if cache is not None else None
-        if hit is None:
+        if hit is None or not _worth_resuming(hit[0], len(ids), len(prompts)):
             fresh.append(index)
             continue
         length, arrays = hit
         mask = np.ones((1, len(ids)), dtype=np.int64)
-        past = [OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), decoder.device, 0) for a in arrays]
+        past = [OrtValue.ortvalue_from_numpy(np.array(a, copy=True), decoder.device, 0) for a in arrays]
         logits, present = decoder.step(np.asarray([ids[length:]], dtype=np.int64), mask,
                                        positions_from_mask(mask)[:, length:], past)
         record(1)
@@ -96,6 +100,12 @@ def prefill(decoder, codec, prompts: list[list[int]], cache: PrefixCache | None,
         for ids, (_, arrays) in zip(prompts, results):
             cache.store(ids, arrays)
     return results
+
+
+def _worth_resuming(cached: int, length: int, prompts: int) -> bool:
+    """Resume a prompt from `cached` of its `length` tokens in a call of its own, rather than prefill it whole in a
+    group with the other `prompts` - 1: always when it is alone, else when the cache holds at least half of it."""
+    return prompts == 1 or 2 * cached >= length
 
 
 def left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:

@@ -142,3 +142,38 @@ def test_text_tracker_decodes_each_id_a_bounded_number_of_times():
         tracker.add(token)
     assert tracker.flush() == "" and tracker.text == decode(list(range(2000)))
     assert sum(decoded[:-1]) <= 4 * 2000  # a whole decode per token would be about 2,000,000
+
+
+def test_text_tracker_finds_stops_across_three_pieces_and_the_earliest_of_several():
+    from deployft.runtime.generation import TextTracker
+
+    pieces = {1: "ab", 2: "cE", 3: "N", 4: "xyz", 5: "--"}
+    decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+    tracker = TextTracker(decode, ("zz", "cEN"), set())
+    assert [tracker.add(t) for t in (1, 2)] == ["ab", ""]  # "cE" may begin "cEN"
+    assert tracker.add(3) == "" and tracker.finished and tracker.text == "ab"
+    several = TextTracker(decode, ("Nxyz-", "yz", "abcEN"), set())
+    assert [several.add(t) for t in (1, 2, 3, 4)][-1] == ""
+    assert several.finished and several.text == ""  # "abcEN" starts first
+
+
+def test_text_tracker_follows_a_decoder_that_rewrites_its_context():
+    """A decoder that cleans the space before punctuation turns " ." into "." only once more text follows: the text
+    resumes from where it agrees with the whole decode; the space already shown stays shown, nothing is lost."""
+    from deployft.runtime.generation import TextTracker
+
+    pieces = {1: "x", 2: " ", 3: ".", 4: " foo", 5: " bar"}
+    decode = lambda ids: "".join(pieces[i] for i in ids).replace(" .", ".")  # noqa: E731
+    tracker = TextTracker(decode, (), set())
+    shown = [tracker.add(t) for t in (1, 2, 3, 4, 5)] + [tracker.flush()]
+    assert tracker.text == decode([1, 2, 3, 4, 5]) == "x. foo bar"
+    assert "".join(shown) == "x . foo bar"
+
+
+def test_text_tracker_stops_at_once_when_a_stop_string_precedes_an_incomplete_character():
+    from deployft.runtime.generation import TextTracker
+
+    pieces = {1: "ok", 2: "\n\ufffd", 3: "d"}
+    tracker = TextTracker(lambda ids: "".join(pieces[i] for i in ids).replace("\ufffdd", "é"), ("\n",), set())
+    assert tracker.add(1) == "ok"
+    assert tracker.add(2) == "" and tracker.finished and tracker.text == "ok"

@@ -183,7 +183,7 @@ def test_the_shared_cache_engine_resumes_cached_prefixes_with_the_same_tokens(fu
 
 def _check_prefix_reuse(predictor):
     engine = _prefix_engine(predictor)
-    prompts = ["where do fish live and eat", "where do fish sleep", "where do fish live"]
+    prompts = ["where do fish live and eat", "where do fish live and nap", "where do fish live and go"]
     never = ("\x00never",)
     first, first_sink = _ticket(predictor, prompts[0], max_new_tokens=12, stop=never)
     engine.submit(first)

@@ -69,26 +69,53 @@ def test_a_streamed_generation_counts_its_tokens_and_first_token_time(serve_load
 
 
 def test_median_round_keeps_the_middle_round_whole(serve_load):
-    trials = [{"tokens_per_s": v, "p50_ms": v * 10, "rejected_rounds": [{"r": v}] if v == 3 else []}
+    trials = [{"tokens_per_s": v, "p50_ms": v * 10, "rejected_rounds": [{"r": v}] if v == 5 else []}
               for v in (5.0, 1.0, 3.0)]
     row = serve_load.median_round(trials, "tokens_per_s")
     assert row["tokens_per_s"] == 3.0 and row["p50_ms"] == 30.0
     assert row["rounds"] == 3 and row["tokens_per_s_rounds"] == [5.0, 1.0, 3.0]
-    assert row["rejected_rounds"] == [{"r": 3.0}] and not row["unclean"]
+    assert row["rejected_rounds"] == [{"r": 5.0}] and not row["unclean"]  # every round's rejections
 
 
-def test_both_modes_alternate_rounds_and_report_their_median(serve_load, runtime_bundle):
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too (run_task gives the second mode's server args.port + 1)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_both_modes_alternate_rounds_on_the_same_requests_and_report_their_median(serve_load, runtime_bundle,
+                                                                                 monkeypatch):
     import argparse
 
-    args = argparse.Namespace(rounds=2, concurrency=[2], classify_requests=6, max_foreign=float("inf"), tries=1,
-                              pause=0.0, port=free_port(), soak=20, max_tokens=4)
+    rounds = []
+    clean_round = serve_load.clean_round
+
+    def spy(server, call, concurrency, total, args, first=0):
+        rounds.append((server.url, first))
+        return clean_round(server, call, concurrency, total, args, first)
+
+    monkeypatch.setattr(serve_load, "clean_round", spy)
+    args = argparse.Namespace(rounds=3, concurrency=[2], classify_requests=6, max_foreign=float("inf"), tries=1,
+                              pause=0.0, port=_two_free_ports(), soak=20, max_tokens=4)
     out = serve_load.run_task("classify", runtime_bundle("bert"), args)  # 10 requests per connection: 20
-    assert set(out["modes"]) == {"batched", "unbatched"} and out["rounds_per_mode"] == 2
+    assert set(out["modes"]) == {"batched", "unbatched"} and out["rounds_per_mode"] == 3
     for mode in out["modes"].values():
         (row,) = mode["rounds"]
-        assert row["rounds"] == 2 and row["ok"] == 20 and len(row["requests_per_s_rounds"]) == 2
+        assert row["rounds"] == 3 and row["ok"] == 20 and len(row["requests_per_s_rounds"]) == 3
         assert mode["exit_code"] == 0
     assert out["modes"]["batched"]["soak"]["ok"] == 20 and out["modes"]["unbatched"]["soak"] is None
+    batched, unbatched = (f"http://127.0.0.1:{args.port + i}" for i in (0, 1))
+    # the modes take turns, which goes first alternates, and both get the same numbered requests in a round
+    assert rounds == [(batched, 8), (unbatched, 8), (unbatched, 28), (batched, 28), (batched, 48), (unbatched, 48)]
 
 
 def test_generation_rounds_report_what_the_prefix_cache_served(serve_load, runtime_bundle, monkeypatch):

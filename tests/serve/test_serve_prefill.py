@@ -55,3 +55,26 @@ def test_left_pad_prepends_zeros_only_when_needed():
     row = np.ones((1, 3), dtype=np.int64)
     assert left_pad(row, 3, 1) is row
     np.testing.assert_array_equal(left_pad(row, 5, 1), [[0, 0, 1, 1, 1]])
+
+
+def test_the_prefix_cache_keeps_copies_and_a_bounded_number_of_prompts(monkeypatch):
+    from deployft.serve import prefill
+
+    cache = PrefixCache(max_bytes=1 << 20)
+    source = _kv([1, 2, 3, 4, 5, 6])
+    cache.store([1, 2, 3, 4, 5, 6], source)
+    for array in source:  # the batch buffer it came from is written in place later
+        array[:] = -1
+    np.testing.assert_array_equal(cache.lookup([1, 2, 3, 4, 5, 9])[1][0][0, 0, :, 0], [1, 2, 3, 4, 5])
+    monkeypatch.setattr(prefill, "MAX_ENTRIES", 2)
+    for start in (10, 20, 30):
+        cache.store([start + i for i in range(6)], _kv([start + i for i in range(6)]))
+    assert [key[0] for key in cache.entries] == [20, 30]
+
+
+def test_a_prompt_resumes_alone_always_and_beside_others_when_half_of_it_is_cached():
+    from deployft.serve.prefill import _worth_resuming
+
+    assert _worth_resuming(cached=4, length=20, prompts=1)
+    assert not _worth_resuming(cached=4, length=20, prompts=2)  # better prefilled whole in the group
+    assert _worth_resuming(cached=10, length=20, prompts=3)

@@ -55,6 +55,10 @@ def test_real_generator_with_the_openai_client_and_joining_requests(real_bundles
         stream = client.chat.completions.create(model="tiny", messages=_chat(questions[0]),
                                                 max_tokens=12, temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected[0]
+        # the repeated question resumed from its first asking's cache (all but its last token) and still matched
+        hits = [line for line in httpx.get(server.url + "/metrics").text.splitlines()
+                if line.startswith("deployft_prefix_cache_hits_total ")]
+        assert hits and float(hits[0].split()[1]) >= 1
     finally:
         server.stop()
     assert server.process.returncode == 0
