@@ -31,7 +31,8 @@ from .options import shown
               help="How long the classifier batcher waits to fill a batch (not at all while no other "
                    "request is in flight).")
 @click.option("--prefix-cache-mb", type=int, default=None, show_default=shown(ServeConfig, "prefix_cache_mb"),
-              help="Memory for prompts' KV caches, so prompts that start the same way resume from them (0: off).")
+              help="Generators: memory for prompts' KV caches, so prompts that start the same way resume from "
+                   "them (0: off).")
 @click.option("--max-queue", type=int, default=None, show_default=shown(ServeConfig, "max_queue"),
               help="Requests allowed to wait; one more is answered 429.")
 @click.option("--max-texts", type=int, default=None, show_default=shown(ServeConfig, "max_texts"),

@@ -21,6 +21,13 @@ def _positive(name: str, value, flag: str, number=int) -> None:
                          f"pass {flag} with a value above 0")
 
 
+def _non_negative(name: str, value, fix: str, number=int) -> None:
+    kinds = (int, float) if number is float else int
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+        raise UsageError(f"{name} must be {'a number' if number is float else 'an integer'} >= 0, got {value!r}; "
+                         f"pass {fix}")
+
+
 @dataclass
 class ServeConfig:
     """How to serve a BUNDLE over HTTP."""
@@ -85,13 +92,8 @@ class ServeConfig:
             _positive(name, getattr(self, name), "--" + name.replace("_", "-"))
         for name in ("request_timeout_s", "grace_s"):
             _positive(name, getattr(self, name), "--" + name.replace("_", "-")[:-2], float)
-        if isinstance(self.prefix_cache_mb, bool) or not isinstance(self.prefix_cache_mb, int) \
-                or self.prefix_cache_mb < 0:
-            raise UsageError(f"prefix_cache_mb must be an integer >= 0, got {self.prefix_cache_mb!r}; "
-                             "pass --prefix-cache-mb 128 (0 turns it off)")
-        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
-                or self.max_wait_ms < 0:
-            raise UsageError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}; pass --max-wait-ms 5")
+        _non_negative("prefix_cache_mb", self.prefix_cache_mb, "--prefix-cache-mb 128 (0 turns it off)", int)
+        _non_negative("max_wait_ms", self.max_wait_ms, "--max-wait-ms 5", float)
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
             raise UsageError("the API key must be a string of at least 8 characters; pass a longer --api-key "
                              f"or {API_KEY_ENV}")
