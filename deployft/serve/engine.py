@@ -8,7 +8,8 @@ keeps its own position ids and sampler, and the mask hides each row's padding, s
 whatever else shares the batch (greedy output equals `Predictor.generate` of the request alone on fp32 files).
 
 A row that finishes (end token, stop string, `max_tokens`, or a cancelled request) leaves at once: its request is
-answered after the step that finished it and its slot is free for the next waiting request. On a file whose cache
+answered after the step that finished it, its prompt and answer go to the prefix cache (a chat's next turn begins
+with them), and its slot is free for the next waiting request. On a file whose cache
 may be shared (deployft's fused CPU decoders, `KVDecoder.shares_cache`) each layer's cache is one buffer, bound as
 both past and present so a step writes its keys and values in place, with room for every live row's remaining
 tokens plus `JOIN_HEADROOM` columns; a joining request is written into a finished row's slot in place when its
@@ -20,52 +21,22 @@ live row), so the batch never spends more than half of a step on finished rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..runtime.generation import TextTracker, positions_from_mask
-from ..runtime.sampling import GenerationOptions, next_tokens
+from ..runtime.sampling import next_tokens
 from ..runtime.session import import_ort
 from .prefill import PrefixCache, left_pad, prefill
 from .queueing import QueueWorker
+from .tickets import Chunk, Ticket
 
 logger = logging.getLogger("deployft.serve")
 
 JOIN_HEADROOM = 64
 """Spare columns of a shared cache beyond its live rows' remaining tokens when it is rebuilt; each step uses one.
 A request joins in place while the columns left cover its own budget."""
-
-
-@dataclass
-class Chunk:
-    """What the engine reports to a request: a piece of text, and at the end a finish reason (or an error)."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    """`stop` (end token or stop string), `length` (max_tokens or the model's positions), `cancelled`, `error`."""
-    completion_tokens: int = 0
-    """Tokens generated so far (set on the last chunk)."""
-    error: str | None = None
-
-
-@dataclass
-class Ticket:
-    """One generation request: its prompt ids, options and where its chunks go (called from the worker thread)."""
-
-    prompt_ids: list[int]
-    options: GenerationOptions
-    sink: Callable[[Chunk], None]
-    cancelled: bool = False
-    """Set by the caller (client gone, timeout); the row leaves the batch after the current step."""
-    joined_step: int | None = None
-    """The engine step after which this row joined the running batch (None: finished in its prefill)."""
-    left_step: int | None = None
-    """The engine step after which this row left."""
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 @dataclass
@@ -198,6 +169,7 @@ class GenerationEngine(QueueWorker):
                 self._advance(row, logits[i:i + 1])
             if row.finish:
                 self._finish(row, row.finish)
+                self._remember(i, row)
                 row.dead = True
         live = self.active
         if live == 0:
@@ -227,6 +199,16 @@ class GenerationEngine(QueueWorker):
             self.metrics.generation_end(reason)
 
     # ---- the batch's KV cache ---------------------------------------------------------------------------
+
+    def _remember(self, index: int, row: _Row) -> None:
+        """Keep a finished row's prompt and answer (the tokens fed back) in the prefix cache: a chat's next turn
+        begins with both."""
+        if self.prefix_cache is None:
+            return
+        columns = self.mask[index].astype(bool)
+        ids = (row.ticket.prompt_ids + row.tracker.ids)[:int(columns.sum())]
+        if len(ids) == columns.sum():
+            self.prefix_cache.store(ids, [a[index:index + 1][:, :, columns, :] for a in self._host_cache()])
 
     def _fill_free_slots(self, joined: list[_Row]) -> list[_Row]:
         """Write joined rows into finished rows' slots of a shared cache in place (right-aligned, masked before);

@@ -19,8 +19,9 @@ MAX_ENTRIES = 1024
 
 
 class PrefixCache:
-    """Prompts' KV caches kept after their prefill, so that a later prompt starting with the same tokens (the same
-    system message and chat template, or a chat's whole previous turn) computes only the rest.
+    """KV caches of prompts (kept after their prefill) and of finished requests' prompts and answers, so that a
+    later prompt starting with the same tokens (the same system message and chat template, or a chat's previous
+    turns) computes only the rest.
 
     A token's keys and values depend only on the tokens before it, so the first L columns of a stored prompt's cache
     are the cache of any prompt that begins with the same L tokens. `lookup` finds the stored prompt with the longest

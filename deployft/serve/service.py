@@ -15,7 +15,8 @@ from ..prompts import prompt_ids, prompt_limit
 from ..runtime import GenerationOptions, Predictor
 from ..runtime.inputs import stop_strings
 from .config import ServeConfig
-from .engine import Chunk, GenerationEngine, Ticket
+from .engine import GenerationEngine
+from .tickets import Chunk, Ticket
 from .queueing import QueueFull
 from .http import ApiError
 from .metrics import ServeMetrics

@@ -315,3 +315,34 @@ def test_a_failed_prefill_answers_the_requests_it_took_from_the_queue(predictor,
     with pytest.raises(RuntimeError):
         engine.run_once()
     assert sink.done.finish_reason == "error" and "no memory" in sink.done.error and not engine.pending
+
+
+def test_a_finished_answer_is_kept_so_the_next_turn_resumes_after_it(predictor):
+    """A chat's next turn begins with the previous prompt and answer: both come from the prefix cache (all the
+    answer's tokens that were fed back, that is all but its last), and the turn gets the tokens it gets alone."""
+    _check_answer_reuse(predictor)
+
+
+def test_the_shared_cache_engine_keeps_finished_answers_too(fused_bundle):
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    assert predictor.decoder.shares_cache
+    _check_answer_reuse(predictor, "where do fish live and what do they eat every day")  # one it runs on
+
+
+def _check_answer_reuse(predictor, prompt="where do fish live"):
+    engine = _prefix_engine(predictor)
+    never = ("\x00never",)
+    first, first_sink = _ticket(predictor, prompt, max_new_tokens=6, stop=never)
+    engine.submit(first)
+    _drain(engine, [first_sink])
+    answer = [int(t) for t in predictor.iter_token_ids(first.prompt_ids, max_new_tokens=6)]
+    assert first_sink.done.completion_tokens == len(answer) > 2
+    more = predictor.codec.tokenizer.encode(" and bees", add_special_tokens=False).ids
+    turn = first.prompt_ids + answer[:-1] + more
+    second = Ticket(turn, GenerationOptions(max_new_tokens=5, stop=never), Collect())
+    engine.submit(second)
+    _drain(engine, [second.sink])
+    assert _reused(engine) == (1, len(first.prompt_ids) + len(answer) - 1)
+    alone = [int(t) for t in predictor.iter_token_ids(turn, max_new_tokens=5)]
+    assert second.sink.done.completion_tokens == len(alone)
+    assert second.sink.text == predictor.codec.decode(alone)
