@@ -342,8 +342,8 @@ def write(results: dict, path: Path) -> None:
                   f"rounds (all of them) and the last column (every round's {key}).", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
                   "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) | prompt tokens (mean) | prompts from prefix cache (tokens) | client CPU ms/req "
-                  "| all rounds |",
+                  "| rows per call (histogram) | prompt tokens (mean) | prompts from prefix cache (tokens) "
+                  "| client CPU ms/req | all rounds |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
                   "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for mode, m in data["modes"].items():

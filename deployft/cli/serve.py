@@ -57,8 +57,8 @@ from .options import shown
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
 def serve(bundle, host, port, threads, device, provider, model_file, public_key, model_name, max_batch_size, max_wait_ms,
-          prefix_cache_mb, max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key, config_file,
-          on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
+          prefix_cache_mb, max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key,
+          config_file, on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
 
     \b

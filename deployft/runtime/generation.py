@@ -175,8 +175,8 @@ class TextTracker:
     piece as context (so a decoder that strips a leading space or joins sub-words sees its neighbour), and a long
     generation costs the same per token at its end as at its start instead of decoding every id again. Where the
     decoder rewrites the context once more ids follow (a clean-up of the space before punctuation), the text resumes
-    from where it agrees with a whole decode (a character already shown stays shown). Stop strings are searched only where a new match can be: the new text and
-    the stop string's length before it.
+    from where it agrees with a whole decode (a character already shown stays shown). Stop strings are searched
+    only where a new match can be: the new text and the stop string's length before it.
     """
 
     def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):

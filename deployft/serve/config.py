@@ -15,17 +15,13 @@ API_KEY_ENV = "DEPLOYFT_API_KEY"
 DEVICES = ("cpu", "cuda", "auto")
 
 
-def _positive(name: str, value, flag: str, number=int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int) or value <= 0:
-        raise UsageError(f"{name} must be a positive {'number' if number is float else 'integer'}, got {value!r}; "
-                         f"pass {flag} with a value above 0")
-
-
-def _non_negative(name: str, value, fix: str, number=int) -> None:
-    kinds = (int, float) if number is float else int
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
-        raise UsageError(f"{name} must be {'a number' if number is float else 'an integer'} >= 0, got {value!r}; "
-                         f"pass {fix}")
+def _number(name: str, value, fix: str, number=int, zero: bool = False) -> None:
+    """Refuse `value` unless it is a positive int (or number, `number=float`), or 0 too with `zero`."""
+    kind = "number" if number is float else "integer"
+    if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int) \
+            or value < 0 or (value == 0 and not zero):
+        wanted = f"{'a' if number is float else 'an'} {kind} >= 0" if zero else f"a positive {kind}"
+        raise UsageError(f"{name} must be {wanted}, got {value!r}; pass {fix}")
 
 
 @dataclass
@@ -87,13 +83,13 @@ class ServeConfig:
         if not isinstance(self.host, str) or not self.host:
             raise UsageError(f"host must be an address, got {self.host!r}; pass --host 127.0.0.1")
         if self.threads is not None:
-            _positive("threads", self.threads, "--threads")
+            _number("threads", self.threads, "--threads with a value above 0")
         for name in ("max_batch_size", "max_queue", "max_texts", "max_tokens_limit", "max_body_bytes"):
-            _positive(name, getattr(self, name), "--" + name.replace("_", "-"))
+            _number(name, getattr(self, name), f"--{name.replace('_', '-')} with a value above 0")
         for name in ("request_timeout_s", "grace_s"):
-            _positive(name, getattr(self, name), "--" + name.replace("_", "-")[:-2], float)
-        _non_negative("prefix_cache_mb", self.prefix_cache_mb, "--prefix-cache-mb 128 (0 turns it off)", int)
-        _non_negative("max_wait_ms", self.max_wait_ms, "--max-wait-ms 5", float)
+            _number(name, getattr(self, name), f"--{name.replace('_', '-')[:-2]} with a value above 0", float)
+        _number("prefix_cache_mb", self.prefix_cache_mb, "--prefix-cache-mb 128 (0 turns it off)", zero=True)
+        _number("max_wait_ms", self.max_wait_ms, "--max-wait-ms 5", float, zero=True)
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
             raise UsageError("the API key must be a string of at least 8 characters; pass a longer --api-key "
                              f"or {API_KEY_ENV}")

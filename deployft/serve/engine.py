@@ -159,6 +159,7 @@ class GenerationEngine(QueueWorker):
         self.mask = mask
         self.steps += 1
         self._record(len(self.rows), self.active)
+        finished = []
         for i, row in enumerate(self.rows):
             row.position += 1
             if row.dead:
@@ -169,8 +170,9 @@ class GenerationEngine(QueueWorker):
                 self._advance(row, logits[i:i + 1])
             if row.finish:
                 self._finish(row, row.finish)
-                self._remember(i, row)
+                finished.append(i)
                 row.dead = True
+        self._remember(finished)
         live = self.active
         if live == 0:
             self.rows, self.cache, self.host, self.mask = [], None, None, None
@@ -200,15 +202,17 @@ class GenerationEngine(QueueWorker):
 
     # ---- the batch's KV cache ---------------------------------------------------------------------------
 
-    def _remember(self, index: int, row: _Row) -> None:
-        """Keep a finished row's prompt and answer (the tokens fed back) in the prefix cache: a chat's next turn
+    def _remember(self, indices: list[int]) -> None:
+        """Keep the finished rows' prompts and answers (the tokens fed back) in the prefix cache: a chat's next turn
         begins with both."""
-        if self.prefix_cache is None:
+        if self.prefix_cache is None or not indices:
             return
-        columns = self.mask[index].astype(bool)
-        ids = (row.ticket.prompt_ids + row.tracker.ids)[:int(columns.sum())]
-        if len(ids) == columns.sum():
-            self.prefix_cache.store(ids, [a[index:index + 1][:, :, columns, :] for a in self._host_cache()])
+        arrays = self._host_cache()  # out of a copying cache once for all of them
+        for index in indices:
+            row, columns = self.rows[index], self.mask[index].astype(bool)
+            ids = (row.ticket.prompt_ids + row.tracker.ids)[:int(columns.sum())]
+            if len(ids) == columns.sum():
+                self.prefix_cache.store(ids, [a[index:index + 1][:, :, columns, :] for a in arrays])
 
     def _fill_free_slots(self, joined: list[_Row]) -> list[_Row]:
         """Write joined rows into finished rows' slots of a shared cache in place (right-aligned, masked before);

@@ -346,3 +346,37 @@ def _check_answer_reuse(predictor, prompt="where do fish live"):
     alone = [int(t) for t in predictor.iter_token_ids(turn, max_new_tokens=5)]
     assert second.sink.done.completion_tokens == len(alone)
     assert second.sink.text == predictor.codec.decode(alone)
+
+
+def test_rows_finishing_at_the_same_step_are_all_kept_from_one_copy_of_the_cache(predictor, monkeypatch):
+    engine = _prefix_engine(predictor)
+    copies, remembering = [], []
+    host_cache, remember = engine._host_cache, engine._remember
+
+    def counted():
+        if remembering:  # compactions copy too; only the copies made to remember rows are counted
+            copies.append(engine.steps)
+        return host_cache()
+
+    def flagged(indices):
+        remembering.append(True)
+        try:
+            return remember(indices)
+        finally:
+            remembering.pop()
+
+    monkeypatch.setattr(engine, "_host_cache", counted)
+    monkeypatch.setattr(engine, "_remember", flagged)
+    never = ("\x00never",)
+    tickets = [_ticket(predictor, p, max_new_tokens=3, stop=never) for p in ("where do fish live", "bees")]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    _drain(engine, [s for _, s in tickets])
+    for ticket, sink in tickets:
+        answer = [int(t) for t in predictor.iter_token_ids(ticket.prompt_ids, max_new_tokens=3)]
+        assert sink.done.completion_tokens == len(answer)
+        if len(answer) > 1:  # finished in a decode step: prompt and the answer fed back are kept
+            assert tuple(ticket.prompt_ids + answer[:-1]) in engine.prefix_cache.entries
+    finishing_steps = {t.left_step for t, s in tickets if s.done.completion_tokens > 1}
+    assert len(finishing_steps) == 1  # both ran their 3 tokens: they finished at the same step
+    assert sorted(copies) == sorted(finishing_steps)  # one copy per step, however many rows finished in it
