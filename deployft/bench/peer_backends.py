@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError, first_line
+from ..errors import MissingDependencyError, UsageError, first_line
 from .backends import Backend
+from .llama_cpp import FTYPES, GGUF
+from .llama_cpp import INSTALL as LLAMA_CPP_INSTALL
 from .peers import INSTALL, PEERS, bf16_hint
 
 
@@ -130,6 +132,77 @@ class GenaiBackend(Backend):
                 "block_size": dict(PEERS[self.name].options).get("block_size")}
 
 
+class LlamaCppBackend(Backend):
+    """A GGUF file built by llama.cpp's converter and quantizer (`llama_cpp.py`), run by llama-cpp-python.
+
+    Generation is `Llama.generate` with llama.cpp's greedy sampler, as a Python user runs it, after a `reset` so
+    no call reuses the previous call's cache for the same prompt (which `generate` would otherwise do). For
+    timing every call makes exactly `new_tokens`, an end token fed back like any other. `forward` (perplexity)
+    runs each row alone in a second context that keeps every position's logits, made only when asked for.
+    """
+
+    CONTEXT = 2048
+    """Context length of the timed instance (its KV cache), enough for the bench's prompts and answers."""
+
+    def __init__(self, name: str, folder: Path, threads: int):
+        self.name, self.folder, self.threads = name, Path(folder), threads
+        self.precision = PEERS[name].precision
+        self._scorer = None
+
+    def _llama(self, **options):
+        return self._Llama(str(self.folder / GGUF), n_threads=self.threads, n_threads_batch=self.threads,
+                           verbose=False, **options)
+
+    def load(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise MissingDependencyError(f"llama-cpp-python is not installed ({first_line(exc)}); "
+                                         f"{LLAMA_CPP_INSTALL}") from None
+        self._llama_cpp, self._Llama = llama_cpp, llama_cpp.Llama
+        self.model = self._llama(n_ctx=self.CONTEXT)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        width = input_ids.shape[1]
+        if self._scorer is None or self._scorer.n_ctx() < width:
+            self._scorer = self._llama(n_ctx=max(width, 512), logits_all=True)
+        logits = None
+        for i, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
+            tokens = ids[mask.astype(bool)].tolist()
+            self._scorer.reset()
+            self._scorer.eval(tokens)
+            row = np.asarray(self._scorer.scores[:len(tokens)], dtype=np.float32)
+            if logits is None:
+                logits = np.zeros((len(input_ids), width, row.shape[-1]), dtype=np.float32)
+            logits[i, np.flatnonzero(mask)] = row  # padded positions stay zero (they carry no weight)
+        return logits
+
+    def generate(self, prompt_ids: list[int], new_tokens: int, stop_at_eos: bool = False
+                 ) -> tuple[list[int], list[float]]:
+        if len(prompt_ids) + new_tokens > self.CONTEXT:
+            raise UsageError(f"{self.name}: prompt {len(prompt_ids)} + {new_tokens} new tokens exceed the "
+                             f"context of {self.CONTEXT}; pass shorter --prompt-lens / --new-tokens")
+        vocab = self.model._model.vocab
+        tokens, times = [], []
+        start = time.perf_counter()
+        self.model.reset()
+        for token in self.model.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            if stop_at_eos and self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            tokens.append(int(token))
+            times.append(time.perf_counter() - start)
+            if len(tokens) == new_tokens:
+                break
+        return tokens, times
+
+    def size_bytes(self) -> int:
+        return (self.folder / GGUF).stat().st_size
+
+    def details(self) -> dict[str, Any]:
+        return {"engine": "llama.cpp (llama-cpp-python)", "version": self._llama_cpp.__version__,
+                "file_type": FTYPES[self.precision][0], "threads": self.threads, "n_ctx": self.CONTEXT}
+
+
 def make_peer_backend(name: str, peer: dict[str, Any], threads: int) -> Backend:
     """The backend of peer variant `name`, built into `peer["path"]` by `peers.build_peers`."""
     engine = PEERS[name].engine
@@ -137,4 +210,6 @@ def make_peer_backend(name: str, peer: dict[str, Any], threads: int) -> Backend:
         return OpenVinoBackend(name, Path(peer["path"]), threads)
     if engine == "ort-genai":
         return GenaiBackend(name, Path(peer["path"]), threads)
+    if engine == "llama.cpp":
+        return LlamaCppBackend(name, Path(peer["path"]), threads)
     raise MissingDependencyError(f"{name}: no runtime for engine {engine} in this environment")

@@ -4,7 +4,8 @@
                                        int8 calibrated on the rows deployft's int8-static calibrates on
     ort-genai-int8, ort-genai-int4,    generators: onnxruntime-genai's model builder (run in a helper venv, see
     ort-genai-int4-b128                `genai_venv.py`), timed with onnxruntime-genai's runtime
-    llama.cpp-q8_0, llama.cpp-q4_0     generators: llama-cpp-python, where it is installed
+    llama.cpp-q8_0, llama.cpp-q4_0     generators: llama.cpp's own GGUF converter and quantizer, run by
+                                       llama-cpp-python where it is installed (see `llama_cpp.py`)
 
 `openvino`, `ort-genai` and `llama.cpp` in `--variants` stand for all of their variants. Peers are built once,
 before any timing, into a cache folder keyed by the RUN's weights (`--peer-cache`, else the bench's scratch
@@ -156,12 +157,9 @@ def _genai(name: str, run: Path, target: Path, threads: int) -> None:
 
 
 def _llama_cpp(name: str, run: Path, target: Path, threads: int) -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise MissingDependencyError(
-            "not installed: llama-cpp-python has no wheel for this platform on the package index and compiles "
-            "from source (over 10 minutes on 2 cores); pip install llama-cpp-python")
-    raise MissingDependencyError("llama-cpp-python is installed, but deployft does not yet convert a RUN to GGUF "
-                                 "(llama.cpp's convert_hf_to_gguf.py) for it")
+    from .llama_cpp import build
+
+    build(name, PEERS[name].precision, run, target, threads)
 
 
 _BUILDERS: dict[str, Callable[[str, Path, Path, int], None]] = {
