@@ -2,8 +2,8 @@
 
 llama-cpp-python ships llama.cpp's library but not its converter (`convert_hf_to_gguf.py` with its `conversion`
 and `gguf-py` packages). Those come from the same release's source archive on the package index, fetched once
-with `pip download` into a cache folder (`~/.cache/deployft/peers/llama.cpp-<version>`, or
-`$DEPLOYFT_LLAMA_CPP_CONVERTER`), so the converter and the runtime are the same llama.cpp commit. A peer is the
+with `pip download` into a cache folder (`$DEPLOYFT_CACHE/peers/llama.cpp-<version>`, by default under
+`~/.cache/deployft`), so the converter and the runtime are the same llama.cpp commit. A peer is the
 RUN converted to an f32 GGUF, then quantized with `llama_model_quantize` and llama.cpp's default choices for that
 file type (as `llama-quantize model-f32.gguf model.gguf Q8_0` would), in a child process that keeps llama.cpp's
 log out of the bench's.
@@ -41,8 +41,9 @@ def require() -> str:
 
 
 def converter_root(version: str) -> Path:
-    default = Path.home() / ".cache" / "deployft" / "peers" / f"llama.cpp-{version}"
-    return Path(os.environ.get("DEPLOYFT_LLAMA_CPP_CONVERTER") or default)
+    from ..data.defaults import cache_dir
+
+    return cache_dir() / "peers" / f"llama.cpp-{version}"
 
 
 def converter(version: str, root: Path | None = None) -> Path:
@@ -86,13 +87,15 @@ def build(name: str, precision: str, run: Path, target: Path, threads: int) -> N
     """The RUN as `target/model.gguf`: llama.cpp's converter to f32, then its quantizer to `precision`."""
     script = converter(require())
     target.mkdir(parents=True, exist_ok=True)
-    full = target / "model-f32.gguf"
-    _run([sys.executable, str(script), str(run), "--outtype", "f32", "--outfile", str(full)],
-         f"llama.cpp's convert_hf_to_gguf.py for {name}")
-    entry = "import sys; from deployft.bench.llama_cpp import quantize; quantize(*sys.argv[1:])"
-    _run([sys.executable, "-c", entry, str(full), str(target / GGUF), precision, str(threads)],
-         f"llama.cpp's quantizer ({FTYPES[precision][0]}) for {name}")
-    full.unlink()
+    full = target / "model-f32.gguf"  # as large as the fp32 model: never left behind, built or not
+    try:
+        _run([sys.executable, str(script), str(run), "--outtype", "f32", "--outfile", str(full)],
+             f"llama.cpp's convert_hf_to_gguf.py for {name}")
+        entry = "import sys; from deployft.bench.llama_cpp import quantize; quantize(*sys.argv[1:])"
+        _run([sys.executable, "-c", entry, str(full), str(target / GGUF), precision, str(threads)],
+             f"llama.cpp's quantizer ({FTYPES[precision][0]}) for {name}")
+    finally:
+        full.unlink(missing_ok=True)
 
 
 def quantize(source: str, target: str, precision: str, threads: str) -> None:

@@ -142,3 +142,21 @@ def test_llama_cpp_peers_convert_the_run_and_match_its_logits(tmp_path):
     q8.load()
     greedy = [int(np.argmax(expected[0][-1]))]
     assert q8.generate(ids[0].tolist(), 1)[0] == greedy
+
+
+def test_a_failed_quantization_leaves_no_f32_gguf_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def run(command, what):
+        calls.append(what)
+        if "convert_hf_to_gguf" in what:
+            Path(command[command.index("--outfile") + 1]).write_bytes(b"GGUF" * 1000)
+        else:
+            raise StageError(f"{what} failed (exit 1): llama_model_quantize could not write model.gguf")
+
+    monkeypatch.setattr(llama_cpp, "require", lambda: "9.9.9")
+    monkeypatch.setattr(llama_cpp, "converter", lambda version: tmp_path / "convert_hf_to_gguf.py")
+    monkeypatch.setattr(llama_cpp, "_run", run)
+    with pytest.raises(StageError, match=r"quantizer \(Q4_0\) for llama.cpp-q4_0 failed"):
+        llama_cpp.build("llama.cpp-q4_0", "int4", tmp_path / "run", tmp_path / "peer", 1)
+    assert len(calls) == 2 and list((tmp_path / "peer").iterdir()) == []
