@@ -50,7 +50,7 @@ from .options import shown
 @click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
 @click.option("--peer-cache", type=click.Path(path_type=Path), default=None, show_default="the run's scratch folder",
-              help="Folder where peer models (openvino, ort-genai) are built once and reused.")
+              help="Folder where peer models (openvino, ort-genai, llama.cpp) are built once and reused.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
