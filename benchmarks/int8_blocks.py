@@ -1,7 +1,7 @@
 """A generator's blockwise int8 at several `--block-size` values: what larger blocks buy in speed and cost in accuracy.
 
 Exports the RUN once per block size (`deployft export RUN --quantize int8 --block-size N`, into WORK/bundle-bN,
-kept for later runs) and reads each bundle's accuracy guard record for `model_quantized.onnx` (perplexity ratio
+kept for later runs of the same RUN's weights) and reads each bundle's accuracy guard record for `model_quantized.onnx` (perplexity ratio
 to PyTorch and its 95 % upper bound, next-token agreement, greedy agreement, largest logit difference). Then
 times each file the way the runtime and `deployft serve` run it, with the same threads, in interleaved rounds:
 
@@ -38,11 +38,15 @@ CACHED = 48
 
 def export_all(run: Path, work: Path, blocks: list[int]) -> dict[int, Path]:
     from deployft.exporter import ExportConfig, export
+    from deployft.manifest import sha256_file
 
+    weights = sha256_file(run / "model.safetensors")
     bundles = {}
     for block in blocks:
         bundle = work / f"bundle-b{block}"
-        if not (bundle / "deployft.json").is_file():
+        manifest = bundle / "deployft.json"
+        made = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+        if (made.get("source_run") or {}).get("weights_sha256") != weights:  # missing, or another RUN's
             print(f"exporting {run} with --quantize int8 --block-size {block}", flush=True)
             export(ExportConfig(run=run, output=bundle, quantize="int8", block_size=block, overwrite=True))
         bundles[block] = bundle

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -52,16 +53,28 @@ def converter(version: str, root: Path | None = None) -> Path:
     script = root / "convert_hf_to_gguf.py"
     if script.is_file() and (root / "deployft-converter.txt").is_file():
         return script
-    with tempfile.TemporaryDirectory() as scratch:
-        archive = _download_source(version, Path(scratch))
-        _unpack_converter(archive, root)
-    (root / "deployft-converter.txt").write_text(f"llama-cpp-python {version}\n", encoding="utf-8")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as scratch:
+        unpacked = Path(scratch) / "converter"
+        _unpack_converter(_download_source(version, Path(scratch), root), unpacked)
+        (unpacked / "deployft-converter.txt").write_text(f"llama-cpp-python {version}\n", encoding="utf-8")
+        if root.exists() and not (root / "deployft-converter.txt").is_file():
+            shutil.rmtree(root)  # a half-unpacked copy that no run finished
+        try:
+            unpacked.rename(root)  # whole or not at all, also for another bench unpacking the same version
+        except OSError:
+            if not (root / "deployft-converter.txt").is_file():
+                raise
     return script
 
 
-def _download_source(version: str, into: Path) -> Path:
+def _download_source(version: str, into: Path, root: Path) -> Path:
+    fix = (f"it needs the package index once; or unpack convert_hf_to_gguf.py, conversion/ and gguf-py/ from "
+           f"vendor/llama.cpp of llama-cpp-python {version}'s source archive into {root} with an empty "
+           "deployft-converter.txt")
     _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-          f"llama-cpp-python=={version}", "-d", str(into)], f"pip download of llama-cpp-python {version}'s source")
+          f"llama-cpp-python=={version}", "-d", str(into)], f"pip download of llama-cpp-python {version}'s source",
+         fix)
     archives = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if not archives:
         raise StageError(f"pip download of llama-cpp-python {version} left no source archive in {into}")
@@ -80,7 +93,13 @@ def _unpack_converter(archive: Path, root: Path) -> None:
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
             raise StageError(f"{archive.name} holds no vendor/llama.cpp/convert_hf_to_gguf.py")
         root.mkdir(parents=True, exist_ok=True)
-        tar.extractall(root, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12 / 3.11.4 and later
+            tar.extractall(root, members=members, filter="data")
+            return
+        for member in members:
+            if member.name.startswith("/") or ".." in Path(member.name).parts:
+                raise StageError(f"{archive.name} holds {member.name!r}, a path outside its own folder")
+        tar.extractall(root, members=members)
 
 
 def build(name: str, precision: str, run: Path, target: Path, threads: int) -> None:
@@ -94,6 +113,9 @@ def build(name: str, precision: str, run: Path, target: Path, threads: int) -> N
         entry = "import sys; from deployft.bench.llama_cpp import quantize; quantize(*sys.argv[1:])"
         _run([sys.executable, "-c", entry, str(full), str(target / GGUF), precision, str(threads)],
              f"llama.cpp's quantizer ({FTYPES[precision][0]}) for {name}")
+    except BaseException:
+        (target / GGUF).unlink(missing_ok=True)  # a quantizer stopped half-way may have begun it
+        raise
     finally:
         full.unlink(missing_ok=True)
 
@@ -111,7 +133,7 @@ def quantize(source: str, target: str, precision: str, threads: str) -> None:
         raise SystemExit(f"llama_model_quantize could not write {target}")
 
 
-def _run(command: list[str], what: str) -> None:
+def _run(command: list[str], what: str, fix: str = "") -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
@@ -120,4 +142,5 @@ def _run(command: list[str], what: str) -> None:
     if done.returncode != 0:
         lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()
                  and not ln.startswith("WARNING: Location")]
-        raise StageError(f"{what} failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}")
+        raise StageError(f"{what} failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
+                         + (f"; {fix}" if fix else ""))

@@ -147,7 +147,7 @@ class LlamaCppBackend(Backend):
     def __init__(self, name: str, folder: Path, threads: int):
         self.name, self.folder, self.threads = name, Path(folder), threads
         self.precision = PEERS[name].precision
-        self._scorer = None
+        self._scorer, self._scorer_length = None, 0
 
     def _llama(self, **options):
         return self._Llama(str(self.folder / GGUF), n_threads=self.threads, n_threads_batch=self.threads,
@@ -164,8 +164,9 @@ class LlamaCppBackend(Backend):
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         width = input_ids.shape[1]
-        if self._scorer is None or self._scorer.n_ctx() < width:
-            self._scorer = self._llama(n_ctx=max(width, 512), logits_all=True)
+        if self._scorer is None or self._scorer_length < width:  # (llama.cpp rounds its own n_ctx() up)
+            self._scorer_length = max(width, 512)
+            self._scorer = self._llama(n_ctx=self._scorer_length, logits_all=True)
         logits = None
         for i, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
             tokens = ids[mask.astype(bool)].tolist()

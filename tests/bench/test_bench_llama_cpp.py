@@ -37,7 +37,7 @@ def test_the_converter_is_unpacked_once_from_the_source_archive(tmp_path, monkey
         top + "ggml/src/ggml.c", top + "convert_lora_to_gguf.py", "llama_cpp_python-9.9.9/setup.py"])
     downloads = []
 
-    def download(version, into):
+    def download(version, into, root):
         downloads.append(version)
         return archive
 
@@ -54,16 +54,30 @@ def test_the_converter_is_unpacked_once_from_the_source_archive(tmp_path, monkey
 
 def test_an_archive_without_the_converter_is_refused(tmp_path, monkeypatch):
     archive = _archive(tmp_path / "llama_cpp_python-1.0.tar.gz", ["llama_cpp_python-1.0/setup.py"])
-    monkeypatch.setattr(llama_cpp, "_download_source", lambda version, into: archive)
+    monkeypatch.setattr(llama_cpp, "_download_source", lambda version, into, root: archive)
     with pytest.raises(StageError, match="holds no vendor/llama.cpp/convert_hf_to_gguf.py"):
         llama_cpp.converter("1.0", tmp_path / "converter")
-    assert not (tmp_path / "converter" / "deployft-converter.txt").exists()
+    assert not (tmp_path / "converter").exists()
+
+
+def test_a_half_unpacked_converter_is_replaced_whole(tmp_path, monkeypatch):
+    top = "llama_cpp_python-2.0/vendor/llama.cpp/"
+    archive = _archive(tmp_path / "llama_cpp_python-2.0.tar.gz", [top + "convert_hf_to_gguf.py"])
+    monkeypatch.setattr(llama_cpp, "_download_source", lambda version, into, root: archive)
+    root = tmp_path / "converter"
+    (root / "conversion").mkdir(parents=True)
+    (root / "convert_hf_to_gguf.py").write_text("trunc")  # an earlier run stopped before its marker
+    assert llama_cpp.converter("2.0", root).read_text() == f"# {top}convert_hf_to_gguf.py\n"
+    assert sorted(p.name for p in root.iterdir()) == ["convert_hf_to_gguf.py", "deployft-converter.txt"]
+    assert [p.name for p in root.parent.iterdir() if p.name != archive.name] == ["converter"]
 
 
 def test_a_missing_llama_cpp_names_the_extra_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
-    with pytest.raises(MissingDependencyError, match=r'not installed: llama_cpp; pip install "deployft\[llama-cpp\]"'):
+    hidden = {"llama_cpp", "sentencepiece"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    with pytest.raises(MissingDependencyError,
+                       match=r'not installed: llama_cpp, sentencepiece; pip install "deployft\[llama-cpp\]"'):
         llama_cpp.require()
 
 
@@ -135,8 +149,13 @@ def test_llama_cpp_peers_convert_the_run_and_match_its_logits(tmp_path):
         prompt = ids[0].tolist()
         tokens, times = backend.generate(prompt, 6)
         assert len(tokens) == len(times) == 6 and times == sorted(times)
+        evaluated, real_eval = [], backend.model.eval
+        backend.model.eval = lambda batch: (evaluated.append(len(batch)), real_eval(batch))[1]
         again, _ = backend.generate(prompt, 6)
-        assert again == tokens  # greedy, and nothing left over from the previous call
+        assert again == tokens and evaluated[0] == len(prompt)  # the whole prompt again: no cache reused
+        long = np.random.default_rng(1).integers(10, 2000, (1, 530))
+        for width in (520, 530):  # llama.cpp rounds a context of 520 up to 768; its logits buffer stays 520
+            assert backend.forward(long[:, :width], np.ones((1, width), dtype=np.int64)).shape[1] == width
         assert backend.details()["file_type"] == {"llama.cpp-q8_0": "Q8_0", "llama.cpp-q4_0": "Q4_0"}[name]
     q8 = make_peer_backend("llama.cpp-q8_0", built["llama.cpp-q8_0"], 1)
     q8.load()

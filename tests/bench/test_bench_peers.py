@@ -78,12 +78,13 @@ def test_a_peer_that_cannot_be_built_is_reported_with_its_reason(bench_pair, tmp
 
     monkeypatch.setitem(peers._BUILDERS, "ort-genai", no_builder)
     real = importlib.util.find_spec  # llama-cpp-python missing, whether or not this machine has it
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    hidden = {"llama_cpp", "sentencepiece"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     report = benchmark(quick(run, bundle, tmp_path / "report", variants=["pytorch", "ort-genai-int8", "llama.cpp"],
                              prompt_lens=4, new_tokens=2, eval_samples=0))
     assert set(report.failed) == {"ort-genai-int8", "llama.cpp-q8_0", "llama.cpp-q4_0"}
     assert "no space left" in report.failed["ort-genai-int8"]
-    assert 'not installed: llama_cpp; pip install "deployft[llama-cpp]"' in report.failed["llama.cpp-q4_0"]
+    assert 'not installed: llama_cpp, sentencepiece; pip install "deployft[llama-cpp]"' in report.failed["llama.cpp-q4_0"]
     assert {r["variant"] for r in report.results} == {"pytorch"}
     assert list(report.variants) == ["pytorch", "ort-genai-int8", "llama.cpp-q8_0", "llama.cpp-q4_0"]
     markdown = (report.path / "report.md").read_text()
