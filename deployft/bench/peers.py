@@ -4,6 +4,7 @@
                                        int8 calibrated on the rows deployft's int8-static calibrates on
     ort-genai-int8, ort-genai-int4,    generators: onnxruntime-genai's model builder (run in a helper venv, see
     ort-genai-int4-b128                `genai_venv.py`), timed with onnxruntime-genai's runtime
+    ort-genai-int8-b64                 the same int8 at blocks of 64, deployft's default (the builder's is 32)
     llama.cpp-q8_0, llama.cpp-q4_0     generators: llama.cpp's own GGUF converter and quantizer, run by
                                        llama-cpp-python where it is installed (see `llama_cpp.py`)
 
@@ -46,6 +47,7 @@ PEERS: dict[str, Peer] = {
     "openvino-fp32": Peer("openvino", "openvino", "classify", "fp32"),
     "openvino-int8": Peer("openvino", "openvino", "classify", "int8"),
     "ort-genai-int8": Peer("ort-genai", "ort-genai", "generate", "int8", (("block_size", 32),)),
+    "ort-genai-int8-b64": Peer("ort-genai", "ort-genai", "generate", "int8", (("block_size", 64),)),
     "ort-genai-int4": Peer("ort-genai", "ort-genai", "generate", "int4", (("block_size", 32),)),
     "ort-genai-int4-b128": Peer("ort-genai", "ort-genai", "generate", "int4", (("block_size", 128),)),
     "llama.cpp-q8_0": Peer("llama.cpp", "llama.cpp", "generate", "int8"),

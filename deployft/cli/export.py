@@ -19,7 +19,8 @@ from .options import shown
               help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
                    "CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits), int8-static (calibrated on the RUN's "
                    "training data), fp16 (CUDA).")
-@click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)), show_default="32",
+@click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)),
+              show_default="64 for int8, 32 for int4",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")
 @click.option("--quantize-preset", default=None, metavar="|".join(PRESETS), show_default="from this CPU",
               help="Force the dynamic int8 preset.")

@@ -41,7 +41,8 @@ class ExportConfig:
     RUN's training data, CPU), int4 (generators, CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits) or fp16
     (CUDA)."""
     block_size: int | None = None
-    """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 32."""
+    """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 64 for int8, 32 for
+    int4."""
     quantize_preset: str | None = None
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False

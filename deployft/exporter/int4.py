@@ -51,7 +51,11 @@ def bits_of(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def quantize_int4(src: Path, dst: Path, block_size: int = 32, eight_bit: Iterable[str] = (),
+INT4_BLOCK_SIZE = 32
+"""Weights per 4-bit scale when `--block-size` is not given."""
+
+
+def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK_SIZE, eight_bit: Iterable[str] = (),
                   nodes_to_exclude: Iterable[str] = ()) -> dict[str, Any]:
     """Blockwise int4 of `src` into `dst`: `eight_bit` MatMuls at 8 bits, `nodes_to_exclude` in fp32, the rest at
     4 bits, the token embedding at 8 bits (unless its Gather is excluded by name); returns the settings the manifest

@@ -209,7 +209,7 @@ def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Rem
     seen: set[tuple] = set()
 
     def attempt(remedy: Remedy):
-        settings = _effective(job, remedy)
+        settings = _effective(job, remedy, mode)
         if settings in seen:
             return None
         seen.add(settings)
@@ -220,15 +220,17 @@ def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Rem
     return VARIANT_FILES[mode]
 
 
-def _effective(job: ExportJob, remedy: Remedy) -> tuple:
+def _effective(job: ExportJob, remedy: Remedy, mode: str) -> tuple:
     """What a generator's remedy changes in the file: two remedies with the same settings build the same file."""
-    return _block_size(job, remedy), remedy.keep_head, remedy.eight_bit_edges
+    return _block_size(job, remedy, mode), remedy.keep_head, remedy.eight_bit_edges
 
 
-def _block_size(job: ExportJob, remedy: Remedy) -> int:
+def _block_size(job: ExportJob, remedy: Remedy, mode: str) -> int:
+    """The remedy's block size, else --block-size, else the mode's default (int8 64, int4 32)."""
+    from .int4 import INT4_BLOCK_SIZE
     from .quantize import BLOCK_SIZE
 
-    return remedy.block_size or job.config.block_size or BLOCK_SIZE
+    return remedy.block_size or job.config.block_size or {"int8": BLOCK_SIZE, "int4": INT4_BLOCK_SIZE}[mode]
 
 
 def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
@@ -237,7 +239,7 @@ def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
 
     target = job.staging / VARIANT_FILES["int8"]
     excluded = head_matmuls(job.optimized) if remedy.keep_head else []
-    settings = quantize_blockwise_int8(job.optimized, target, _block_size(job, remedy), excluded)
+    settings = quantize_blockwise_int8(job.optimized, target, _block_size(job, remedy, "int8"), excluded)
     return settings, _validated(job, result, target, "int8", True)
 
 
@@ -250,7 +252,7 @@ def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
     eight_bit = head_matmuls(job.optimized)
     if remedy.eight_bit_edges:
         eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
-    settings = quantize_int4(job.optimized, target, _block_size(job, remedy), eight_bit)
+    settings = quantize_int4(job.optimized, target, _block_size(job, remedy, "int4"), eight_bit)
     return settings, _validated(job, result, target, "int4", True)
 
 

@@ -101,7 +101,7 @@ def test_peers_for_the_other_task_or_a_gpu_are_refused_in_one_line(bench_pair, t
         benchmark(quick(classify_run, classify_bundle, tmp_path / "report", variants="openvino", device="cuda"))
     assert not (tmp_path / "report").exists()
     assert peers.expand(("pytorch", "ort-genai", "ort-genai-int8"), "generate") == [
-        "pytorch", "ort-genai-int8", "ort-genai-int4", "ort-genai-int4-b128"]
+        "pytorch", "ort-genai-int8", "ort-genai-int8-b64", "ort-genai-int4", "ort-genai-int4-b128"]
 
 
 def test_peer_builds_are_cached_by_the_runs_weights(tmp_path, monkeypatch, bench_pair):
@@ -170,7 +170,8 @@ def test_ort_genai_peers_built_in_the_helper_venv_generate_exactly_n_tokens(tmp_
     report = benchmark(quick(run, bundle, tmp_path / "report", variants="pytorch,ort-genai",
                              prompt_lens="4,8", new_tokens=3, eval_samples=4, peer_cache=tmp_path / "peers"))
     assert report.failed == {}
-    for name, bits, block in (("ort-genai-int8", 8, 32), ("ort-genai-int4", 4, 32), ("ort-genai-int4-b128", 4, 128)):
+    for name, bits, block in (("ort-genai-int8", 8, 32), ("ort-genai-int8-b64", 8, 64), ("ort-genai-int4", 4, 32),
+                              ("ort-genai-int4-b128", 4, 128)):
         assert _matmulnbits(Path(report.variants[name]["build"]["path"])) == {(bits, block)}, name
         rows = [r for r in report.results if r["variant"] == name]
         assert len(rows) == 2 and all(len(run["times"]) == run["tokens"] == 3 for r in rows for run in r["runs"])

@@ -57,7 +57,7 @@ def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, f
                                        *flag])
     assert result.exit_code == 0, result.output
     assert expected in result.output
-    assert "quantization: int8 (blockwise int8 weights (MatMulNBits), int8 compute, block 32)" in result.output
+    assert "quantization: int8 (blockwise int8 weights (MatMulNBits), int8 compute, block 64)" in result.output
 
 
 def test_export_reads_a_config_file(tiny_run, tmp_path):

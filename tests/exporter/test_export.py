@@ -135,7 +135,7 @@ def test_generator_int8_is_blockwise_on_the_attention_fused_graph(tiny_run, tmp_
                              "bundle")
     q = manifest["quantization"]
     assert manifest["model_file"] == "model_quantized.onnx" and q["quantized_from"] == "model_optimized.onnx"
-    assert "MatMulNBits" in q["method"] and q["block_size"] == 32 and "blockwise" in q["choice"]
+    assert "MatMulNBits" in q["method"] and q["block_size"] == 64 and "blockwise" in q["choice"]
     assert manifest["fusion"]["after"]["GroupQueryAttention"] == 2
     assert manifest["variants"]["model_quantized.onnx"]["optimized"] is True
 
@@ -168,7 +168,7 @@ def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
     assert (skipped in " ".join(manifest["fusion"]["notes"])) == (arch == "qwen2")
     for name in ("model.onnx", "model_optimized.onnx"):
         assert manifest["validation"][name]["greedy_identical"] == 1.0, name
-    assert manifest["quantization"]["block_size"] == 32
+    assert manifest["quantization"]["block_size"] == 64
 
 
 @pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}, {"select": "fastest"}])

@@ -125,7 +125,7 @@ def test_blockwise_int8_turns_every_weight_matmul_into_matmulnbits(tiny_onnx):
     ops = _ops(folder / "q.onnx")
     assert ops["MatMulNBits"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + the LM head
     assert _weight_matmuls(folder / "q.onnx") == []
-    assert settings["block_size"] == 32 and settings["accuracy_level"] == 4 and settings["mode"] == "int8"
+    assert settings["block_size"] == 64 and settings["accuracy_level"] == 4 and settings["mode"] == "int8"
     assert "MatMulNBits" in settings["method"] and settings["quantized_from"] == "model.onnx"
     feed = {"input_ids": np.array([[5, 9, 14, 3]]), "attention_mask": np.ones((1, 4), dtype=np.int64),
             "position_ids": np.arange(4)[None]}
