@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import StageError
+from .child import run_child
 
 VENV_STEPS = (("torch==2.13.0",), ("onnxruntime-genai==0.18.0", "transformers>=5", "onnx", "onnx_ir"))
 """pip installs, in order: torch first (CPU wheel), then the builder and what it imports."""
-BUILD_TIMEOUT_S = 3600
 
 
 def venv_root() -> Path:
@@ -52,12 +50,4 @@ def build_genai_model(run: Path, target: Path, precision: str, block_size: int) 
 
 
 def _run(command: list[str], what: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise StageError(f"{what} did not finish within {BUILD_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip() and
-                 not ln.startswith("WARNING: Location")]
-        raise StageError(f"{what} failed (exit {done.returncode}): {lines[-1].strip() if lines else 'no output'}")
+    run_child(command, what, {"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})

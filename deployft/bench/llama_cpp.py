@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 from ..errors import MissingDependencyError, StageError
+from .child import run_child
 
 INSTALL = ('pip install "deployft[llama-cpp]" (llama-cpp-python has no wheel on the package index and compiles '
            "from source: over 10 minutes on 2 cores; `make llama-cpp` does it once)")
@@ -30,7 +29,6 @@ FTYPES = {"int8": ("Q8_0", 7), "int4": ("Q4_0", 2)}
 GGUF = "model.gguf"
 _CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 """What the converter needs from the archive's vendor/llama.cpp folder."""
-TIMEOUT_S = 1800
 
 
 def require() -> str:
@@ -134,13 +132,4 @@ def quantize(source: str, target: str, precision: str, threads: str) -> None:
 
 
 def _run(command: list[str], what: str, fix: str = "") -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise StageError(f"{what} did not finish within {TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()
-                 and not ln.startswith("WARNING: Location")]
-        raise StageError(f"{what} failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"
-                         + (f"; {fix}" if fix else ""))
+    run_child(command, what, {"HF_HUB_OFFLINE": "1"}, fix=fix)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import MissingDependencyError, StageError, first_line
+from ..errors import MissingDependencyError, first_line
 from ..manifest import sha256_file
+from .child import run_child
 from .machine import cpu_info
 
 logger = logging.getLogger("deployft.bench")
@@ -115,11 +114,8 @@ def _openvino(name: str, run: Path, target: Path, threads: int) -> None:
     if importlib.util.find_spec("optimum.intel") is None:
         raise MissingDependencyError(f"optimum-intel is not installed; {INSTALL}")
     entry = "import sys; from deployft.bench.peers import openvino_build; openvino_build(*sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", entry, name, str(run), str(target)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-        raise StageError(f"optimum-intel's export of {name} failed: {lines[-1] if lines else 'no output'}")
+    run_child([sys.executable, "-c", entry, name, str(run), str(target)], f"optimum-intel's export of {name}",
+              {"OMP_NUM_THREADS": str(threads)})
 
 
 def openvino_build(name: str, run: str, target: str) -> None:

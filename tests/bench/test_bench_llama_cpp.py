@@ -81,12 +81,15 @@ def test_a_missing_llama_cpp_names_the_extra_to_install(monkeypatch):
         llama_cpp.require()
 
 
-def test_a_failing_converter_is_one_line_with_its_last_words(tmp_path):
-    script = tmp_path / "fail.py"
-    script.write_text("import sys\nprint('loading', file=sys.stderr)\nraise SystemExit('BPE pre-tokenizer was not "
-                      "recognized')\n")
-    with pytest.raises(StageError, match=r"the converter failed \(exit 1\): BPE pre-tokenizer was not recognized"):
-        llama_cpp._run([__import__("sys").executable, str(script)], "the converter")
+def test_an_offline_source_download_names_the_manual_fix(tmp_path, monkeypatch):
+    def offline(command, what, env=None, timeout=None, fix=""):
+        raise StageError(f"{what} failed (exit 1): ERROR: No matching distribution found" + (f"; {fix}" if fix else ""))
+
+    monkeypatch.setattr(llama_cpp, "run_child", offline)
+    with pytest.raises(StageError, match=r"No matching distribution found; it needs the package index once; or "
+                                         r"unpack convert_hf_to_gguf.py, conversion/ and gguf-py/ .* into "):
+        llama_cpp.converter("9.9.9", tmp_path / "converter")
+    assert not (tmp_path / "converter").exists()
 
 
 def _tiny_run(root: Path) -> Path:

@@ -17,7 +17,7 @@ from conftest import qa_rows, write_rows
 
 from deployft.bench import BenchConfig, benchmark, peers
 from deployft.bench import genai_venv
-from deployft.errors import UsageError
+from deployft.errors import StageError, UsageError
 from deployft.manifest import read_manifest
 
 HAS_OPENVINO = importlib.util.find_spec("optimum.intel") is not None and importlib.util.find_spec("openvino")
@@ -74,7 +74,7 @@ def test_a_peer_that_cannot_be_built_is_reported_with_its_reason(bench_pair, tmp
     run, bundle = bench_pair("generate")
 
     def no_builder(name, run, target, threads):
-        raise genai_venv.StageError("onnxruntime-genai's builder (int8, block 32) failed (exit 1): no space left")
+        raise StageError("onnxruntime-genai's builder (int8, block 32) failed (exit 1): no space left")
 
     monkeypatch.setitem(peers._BUILDERS, "ort-genai", no_builder)
     real = importlib.util.find_spec  # llama-cpp-python missing, whether or not this machine has it
