@@ -122,16 +122,17 @@ def _tiny_config(arch: str, tokenizer, num_labels: int):
     if arch == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **special, **common)
     if arch == "llama":
-        return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True,
+        # heads of 16: ONNX Runtime's GroupQueryAttention rotates q and k itself only for multiples of 16
+        return LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=128, max_position_embeddings=128, tie_word_embeddings=True,
                            **special, **common)
     gqa = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=64, max_position_embeddings=128)
-    if arch == "qwen2":  # q/k/v projections with bias
+    if arch == "qwen2":  # q/k/v projections with bias; heads of 16, rotated inside the fused attention
         from transformers import Qwen2Config
 
-        return Qwen2Config(**gqa, **special, **common)
-    if arch == "mistral":  # a sliding window shorter than the test sequences
+        return Qwen2Config(**{**gqa, "hidden_size": 64, "intermediate_size": 128}, **special, **common)
+    if arch == "mistral":  # a sliding window shorter than the test sequences; heads of 8: RotaryEmbedding nodes
         from transformers import MistralConfig
 
         return MistralConfig(**gqa, sliding_window=4, **special, **common)

@@ -48,7 +48,7 @@ from .options import shown
                    "\"deployft[openvino]\"); recorded in the manifest's validation.")
 @click.option("--opset", type=int, default=None, show_default="Optimum's choice", help="ONNX opset.")
 @click.option("--fuse-attention/--no-fuse-attention", default=None, show_default=shown(ExportConfig, "fuse_attention"),
-              help="Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets).")
+              help="Fuse a decoder's attention into GroupQueryAttention with its rotary embedding (CPU targets).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output folder.")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Ed25519 private key (PEM, from deployft keygen): sign the manifest into deployft.json.sig.")

@@ -8,7 +8,7 @@
     source.py          what is exported (a RUN or a model folder), the PyTorch original and its tokenizer
     onnx_export.py     Optimum's export, opset, external weights
     optimize.py        ORTOptimizer level 2 and the op-count report
-    decoder_fusion.py  decoder attention -> GroupQueryAttention + RotaryEmbedding
+    decoder_fusion.py  decoder attention -> GroupQueryAttention with its rotary embedding
     quantize.py        dynamic / static / blockwise int8 and fp16
     int4.py            generator int4: 4-bit MatMulNBits, the LM head at 8 bits
     samples.py         the rows validation and calibration feed, encoded as training encoded them

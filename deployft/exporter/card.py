@@ -54,6 +54,17 @@ def provider_note(manifest: dict[str, Any]) -> str:
     return "".join(f" Validated through ONNX Runtime's {p} provider ({precision})." for p, precision in sorted(ran))
 
 
+def optimum_note(manifest: dict[str, Any]) -> str:
+    """What Optimum cannot do with the deployable file: batches of prompts of different lengths when its attention
+    rotates q and k itself (see deployft/runtime/padding.py)."""
+    after = (manifest.get("fusion") or {}).get("after") or {}
+    if manifest["model_file"] == "model.onnx" or not after.get("GroupQueryAttention") or after.get("RotaryEmbedding"):
+        return ""
+    return (" (one prompt per call: this file's attention rotates q and k itself, so the first step of a left-padded"
+            " batch must run right-padded, as deployft's runtime and server do; Optimum's batched `generate` feeds it"
+            " left-padded, so for batches give Optimum `model.onnx`)")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """The bundle's README.md: what it is, how to load it, and how it compares with PyTorch."""
     q = manifest["quantization"]
@@ -76,7 +87,7 @@ predictor = Predictor.load("path/to/this/bundle")
 ```
 
 or `deployft predict BUNDLE "some text"`; Optimum loads it too:
-`{get_task(manifest['task']).ort_model_class}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`.
+`{get_task(manifest['task']).ort_model_class}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`{optimum_note(manifest)}.
 `deployft verify BUNDLE` checks every file against `deployft.json` (add `--public-key KEY` for a signed bundle).
 
 ## The fused graph, model_optimized.onnx (ORTOptimizer level {manifest['fusion']['level']})

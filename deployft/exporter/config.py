@@ -68,7 +68,7 @@ class ExportConfig:
     opset: int | None = None
     """ONNX opset; default: Optimum's choice for the architecture."""
     fuse_attention: bool = True
-    """Fuse a decoder's attention into GroupQueryAttention + RotaryEmbedding (CPU targets, supported models)."""
+    """Fuse a decoder's attention into GroupQueryAttention with its rotary embedding (CPU targets, supported models)."""
     overwrite: bool = False
     """Replace an existing output folder."""
     sign_key: str | Path | None = None

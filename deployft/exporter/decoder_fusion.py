@@ -4,11 +4,16 @@ Optimum exports each decoder layer's attention as ~100 small nodes (shape arithm
 repeat-KV, mask handling, softmax guard). At batch 1 decode those nodes cost more than the layer's matrix products.
 This pass replaces, per layer, everything between the q/k/v projections and the o projection with
 
-    RotaryEmbedding(q), RotaryEmbedding(k)            (com.microsoft, explicit position_ids)
-    GroupQueryAttention(q, k, v, past_key, past_value) (com.microsoft, causal, KV cache appended by the op)
+    GroupQueryAttention(q, k, v, past_key, past_value, position_ids)
+        (com.microsoft; causal; q and k rotated by the op from the model's own cos/sin tables, `do_rotary`;
+         the KV cache appended by the op; heads whose size is not a multiple of 16, which the op cannot rotate,
+         get two RotaryEmbedding nodes before it instead)
 
-The graph's inputs and outputs keep their names and shapes, so the runtime, Optimum's ORTModelForCausalLM and the
-KV-cache protocol (left-padded batches, attention_mask, position_ids) are unchanged. Padding is honoured through
+The graph's inputs and outputs keep their names and shapes, so the KV-cache protocol (attention_mask, position_ids,
+past/present) is unchanged. One difference is marked in the model's metadata (`mark_rotary_in_attention`): on a
+first step (no past) the op rotates every row by its column, so a left-padded batch's first step must run
+right-padded, as deployft's runtime does (`deployft/runtime/padding.py`); decode steps and resumed prompts take
+position ids per row. Padding is honoured through
 GroupQueryAttention's `attention_bias` (0 for real tokens, -1e4 for padding); every row's cache length is the
 batch's full length, so the op appends new keys at the same column for every row, like the unfused graph's Concat.
 
@@ -20,11 +25,12 @@ anything else is left as exported and the caller reports why.
 from __future__ import annotations
 
 import re
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .decoder_graph import prune, topological
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 """model_type values whose exported attention this pass rewrites."""
@@ -138,6 +144,7 @@ def fuse_attention(model: Any, shape: AttentionShape) -> int:
     graph.initializer.extend([numpy_helper.from_array(shape.cos_cache.astype(np.float32), f"{PREFIX}/cos_cache"),
                               numpy_helper.from_array(shape.sin_cache.astype(np.float32), f"{PREFIX}/sin_cache")])
     replaced: set[str] = set()
+    inside = shape.head_dim % 16 == 0  # ONNX Runtime's CPU GroupQueryAttention rotates heads of 16k only
     for layer in range(shape.num_layers):
         q, k, v = (_projection(graph, layer, p, shape.qkv_bias) for p in ("q_proj", "k_proj", "v_proj"))
         o_node = _matmul(graph, layer, "o_proj")
@@ -148,28 +155,31 @@ def fuse_attention(model: Any, shape: AttentionShape) -> int:
             if name not in pool:
                 raise ValueError(f"layer {layer}: the graph has no {name!r}")
         p = f"{PREFIX}/layers.{layer}"
-        new_nodes += [
-            helper.make_node("RotaryEmbedding", [q, "position_ids", f"{PREFIX}/cos_cache", f"{PREFIX}/sin_cache"],
-                             [f"{p}/q_rot"], name=f"{p}/q_rotary", domain=MS_DOMAIN, num_heads=shape.num_heads,
-                             interleaved=0),
-            helper.make_node("RotaryEmbedding", [k, "position_ids", f"{PREFIX}/cos_cache", f"{PREFIX}/sin_cache"],
-                             [f"{p}/k_rot"], name=f"{p}/k_rotary", domain=MS_DOMAIN, num_heads=shape.num_kv_heads,
-                             interleaved=0),
-            helper.make_node("GroupQueryAttention",
-                             [f"{p}/q_rot", f"{p}/k_rot", v, past_k, past_v, f"{PREFIX}/seqlens_k",
-                              f"{PREFIX}/total_len", "", "", "", f"{PREFIX}/bias"],
-                             [attn_out, present_k, present_v], name=f"{p}/GroupQueryAttention", domain=MS_DOMAIN,
-                             num_heads=shape.num_heads, kv_num_heads=shape.num_kv_heads, do_rotary=0, causal=1,
-                             scale=float(shape.head_dim ** -0.5),
-                             local_window_size=-1 if shape.window is None else shape.window),
-        ]
+        if inside:
+            rotated, rotary = (q, k), [f"{PREFIX}/cos_cache", f"{PREFIX}/sin_cache", "position_ids"]
+        else:
+            rotated, rotary = (f"{p}/q_rot", f"{p}/k_rot"), ["", "", ""]
+            new_nodes += [helper.make_node("RotaryEmbedding", [x, "position_ids", f"{PREFIX}/cos_cache",
+                                                               f"{PREFIX}/sin_cache"], [out], name=f"{p}/{n}_rotary",
+                                           domain=MS_DOMAIN, num_heads=heads, interleaved=0)
+                          for x, out, n, heads in ((q, rotated[0], "q", shape.num_heads),
+                                                   (k, rotated[1], "k", shape.num_kv_heads))]
+        new_nodes.append(helper.make_node(
+            "GroupQueryAttention", [*rotated, v, past_k, past_v, f"{PREFIX}/seqlens_k", f"{PREFIX}/total_len",
+                                    *rotary, f"{PREFIX}/bias"],
+            [attn_out, present_k, present_v], name=f"{p}/GroupQueryAttention", domain=MS_DOMAIN,
+            num_heads=shape.num_heads, kv_num_heads=shape.num_kv_heads, do_rotary=int(inside), rotary_interleaved=0,
+            causal=1, scale=float(shape.head_dim ** -0.5),
+            local_window_size=-1 if shape.window is None else shape.window))
         replaced |= {attn_out, present_k, present_v}
     kept = [node for node in graph.node if not replaced.intersection(node.output)]
     del graph.node[:]
-    graph.node.extend(_topological(kept + new_nodes))
-    _prune(graph)
+    graph.node.extend(topological(kept + new_nodes))
+    prune(graph)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if inside:
+        mark_rotary_in_attention(model)
     return shape.num_layers
 
 
@@ -183,12 +193,23 @@ def mark_shared_cache(model: Any) -> None:
     """
     from ..runtime.kv_cache import SHARED_CACHE, SHARED_CACHE_KEY
 
+    _set_metadata(model, SHARED_CACHE_KEY, SHARED_CACHE)
+
+
+def mark_rotary_in_attention(model: Any) -> None:
+    """Say in the model's metadata that GroupQueryAttention rotates q and k itself (see the module docstring)."""
+    from ..runtime.padding import ROTARY_IN_ATTENTION, ROTARY_KEY
+
+    _set_metadata(model, ROTARY_KEY, ROTARY_IN_ATTENTION)
+
+
+def _set_metadata(model: Any, key: str, value: str) -> None:
     for entry in model.metadata_props:
-        if entry.key == SHARED_CACHE_KEY:
-            entry.value = SHARED_CACHE
+        if entry.key == key:
+            entry.value = value
             return
     entry = model.metadata_props.add()
-    entry.key, entry.value = SHARED_CACHE_KEY, SHARED_CACHE
+    entry.key, entry.value = key, value
 
 
 def _shared_nodes(helper, TensorProto) -> list:
@@ -247,45 +268,3 @@ def _projection(graph, layer: int, proj: str, biased: bool) -> str:
     if biased:
         raise ValueError(f"layer {layer}: {proj} has a bias but its Add was not found after the MatMul")
     return out
-
-
-def _topological(nodes: list) -> list:
-    """`nodes` ordered so every input is produced before use (ONNX requires it)."""
-    produced_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    deps = [{produced_by[n] for n in node.input if n in produced_by} for node in nodes]
-    users: dict[int, list[int]] = {}
-    for i, ds in enumerate(deps):
-        for d in ds:
-            users.setdefault(d, []).append(i)
-    remaining = [len(ds) for ds in deps]
-    ready = deque(i for i, r in enumerate(remaining) if r == 0)
-    order = []
-    while ready:
-        i = ready.popleft()
-        order.append(nodes[i])
-        for u in users.get(i, []):
-            remaining[u] -= 1
-            if remaining[u] == 0:
-                ready.append(u)
-    if len(order) != len(nodes):
-        raise ValueError("the rewritten graph has a cycle")
-    return order
-
-
-def _prune(graph) -> None:
-    """Drop nodes and initializers that no graph output depends on."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(list(graph.node)):
-        if needed.intersection(node.output):
-            keep.append(node)
-            needed.update(n for n in node.input if n)
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    initializers = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    value_info = [v for v in graph.value_info if v.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)

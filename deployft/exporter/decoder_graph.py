@@ -6,6 +6,9 @@ along N, followed by a Split back into the original outputs. Each output column 
 so the graph computes the same numbers; the step runs one kernel instead of three (or two), and a later MatMulNBits
 quantization (whose blocks run along K) quantizes every column exactly as it would have unpacked.
 
+`attention_reads_packed_qkv` then hands a layer's packed q/k/v straight to its GroupQueryAttention (the op's packed
+QKV input; it rotates q and k itself) when the Split's three outputs feed nothing else: one node fewer per layer.
+
 `add_logits_to_keep` gives the graph an optional input `logits_to_keep` (an overridable initializer, default 0) that
 slices the LM head's input to its last k positions: 0 keeps every position (validation, perplexity and Optimum's
 ORTModelForCausalLM, which do not feed it), 1 computes the vocabulary projection for the last position only, which
@@ -15,7 +18,7 @@ and outputs otherwise keep their names, so the KV-cache protocol is unchanged.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import numpy as np
@@ -72,6 +75,45 @@ def pack_projections(model: Any, exclude: set[str] = frozenset()) -> list[list[s
         _replace_nodes(graph, replacement)
         _drop_unused_initializers(graph)
     return packed
+
+
+def attention_reads_packed_qkv(model: Any) -> int:
+    """Drop the Split after a packed q/k/v MatMul where its three outputs are a GroupQueryAttention's query, key
+    and value and feed nothing else; the op reads the packed tensor (key and value left empty), its weight columns
+    put in q, k, v order where the export had the projections in another. Returns the number of layers changed."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        for name in node.input:
+            readers[name] += 1
+    dropped = set()
+    for node in graph.node:
+        split = producers.get(node.input[0]) if node.op_type == "GroupQueryAttention" else None
+        if (split is None or split.op_type != "Split" or not split.name.endswith(PACKED_SPLIT)
+                or sorted(split.output) != sorted(node.input[:3]) or any(readers[o] != 1 for o in split.output)):
+            continue
+        matmul = producers.get(split.input[0])
+        weight = initializers.get(matmul.input[1]) if matmul is not None and matmul.op_type == "MatMul" else None
+        if weight is None or split.input[1] not in initializers:
+            continue
+        bounds = np.cumsum([0, *numpy_helper.to_array(initializers[split.input[1]]).tolist()])
+        order = [list(split.output).index(name) for name in node.input[:3]]
+        if order != [0, 1, 2]:
+            columns = numpy_helper.to_array(weight)
+            weight.CopyFrom(numpy_helper.from_array(
+                np.concatenate([columns[:, bounds[i]:bounds[i + 1]] for i in order], axis=1), weight.name))
+        node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
+        dropped.add(split.name)
+    if dropped:
+        kept = [n for n in graph.node if n.name not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
+        _drop_unused_initializers(graph)
+    return len(dropped)
 
 
 def packed_name(members: list[str], index: int) -> str:
@@ -160,3 +202,45 @@ def _drop_unused_initializers(graph) -> None:
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def topological(nodes: list) -> list:
+    """`nodes` ordered so every input is produced before use (ONNX requires it)."""
+    produced_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    deps = [{produced_by[n] for n in node.input if n in produced_by} for node in nodes]
+    users: dict[int, list[int]] = {}
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(i)
+    remaining = [len(ds) for ds in deps]
+    ready = deque(i for i, r in enumerate(remaining) if r == 0)
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(nodes[i])
+        for u in users.get(i, []):
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise ValueError("the rewritten graph has a cycle")
+    return order
+
+
+def prune(graph) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(n for n in node.input if n)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)

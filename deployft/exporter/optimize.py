@@ -3,7 +3,7 @@
 Level 2 fuses attention, SkipLayerNormalization, BiasGelu/FastGelu for encoders and writes only ops every ONNX
 Runtime build has; level 99 would write hardware-specific layouts, so it is never used for a bundle.
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
-`decoder_fusion` (GroupQueryAttention + RotaryEmbedding) where the architecture is supported, and the report says
+`decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report says
 which happened and why.
 """
 
@@ -53,7 +53,7 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
         onnx_path: the plain export (`model.onnx`), in a folder that also holds its config.json.
         decoder: the model is a causal LM.
         attention: a decoder's `decoder_fusion.AttentionShape`: its attention is then fused into
-            GroupQueryAttention + RotaryEmbedding after ORTOptimizer.
+            GroupQueryAttention with its rotary embedding after ORTOptimizer.
         unfused_reason: why a decoder's attention is not fused (None when `attention` is given).
 
     Returns:
@@ -124,7 +124,7 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
     import onnx
 
     from .decoder_fusion import fuse_attention, mark_shared_cache
-    from .decoder_graph import add_logits_to_keep, lm_head, pack_projections
+    from .decoder_graph import add_logits_to_keep, attention_reads_packed_qkv, lm_head, pack_projections
     from .onnx_export import external_files, save_model
 
     stale = external_files(dst) if dst.exists() else []
@@ -136,6 +136,7 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
             mark_shared_cache(model)
             head = lm_head(model)
             packed = pack_projections(model, exclude={head} if head else set())
+            reading_packed = attention_reads_packed_qkv(model)
             if head:
                 add_logits_to_keep(model, head)
         except ValueError as exc:
@@ -145,6 +146,9 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
             notes.append(f"{sum(map(len, packed))} projections that read the same activation packed into "
                          f"{len(packed)} MatMuls ({', '.join(sorted({f'{len(g)} to 1' for g in packed}))}: a "
                          "layer's q/k/v, its MLP's gate/up), each followed by a Split")
+        if reading_packed:
+            notes.append(f"GroupQueryAttention reads the packed q/k/v of {reading_packed} layers (their Split "
+                         "dropped) and rotates q and k itself")
         notes.append("the LM head computes the last `logits_to_keep` positions when that optional input is fed "
                      "(the runtime feeds 1; 0, the default, computes every position)" if head else
                      "the LM head could not be found: every step computes every position's logits")
@@ -162,9 +166,10 @@ def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
     notes = []
     has_attention = any(op in after for op in ATTENTION_OPS)
     if decoder and after.get("GroupQueryAttention", 0) > before.get("GroupQueryAttention", 0):
-        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after['GroupQueryAttention']}"
-                     f" with RotaryEmbedding ×{after.get('RotaryEmbedding', 0)} (one per layer; q and k); "
-                     "ORTOptimizer fused the normalizations and activations")
+        rotary = (f"with RotaryEmbedding ×{after['RotaryEmbedding']} (q and k)" if after.get("RotaryEmbedding")
+                  else "(each rotating q and k itself)")
+        notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after['GroupQueryAttention']} "
+                     f"{rotary}; ORTOptimizer fused the normalizations and activations")
     elif decoder and has_attention:
         notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(op for op in ATTENTION_OPS if op in after)}")
     elif decoder:

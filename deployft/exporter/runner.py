@@ -1,7 +1,7 @@
 """`export(ExportConfig) -> BUNDLE`: ONNX export, fusion, quantization, validation against PyTorch, accuracy guard.
 
     RUN ─► model.onnx (Optimum) ─► model_optimized.onnx (ORTOptimizer level 2; Llama / Mistral / Qwen2 decoders:
-           attention fused into GroupQueryAttention + RotaryEmbedding by deployft; fusion report)
+           attention fused into GroupQueryAttention with its rotary embedding by deployft; fusion report)
         ─► --quantize int8: model_quantized.onnx (classifiers: the fastest, or with --select smallest the smallest,
            of the int8 candidates within the accuracy budget, timed on this machine (`select.py`); generators:
            blockwise int8 MatMulNBits of model_optimized.onnx) | int4 (generators): model_int4.onnx, 4-bit

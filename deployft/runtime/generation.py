@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import BundleError
 from .kv_cache import KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask
+from .padding import ROTARY_IN_ATTENTION, ROTARY_KEY, left_padded, right_padded, to_left_padding
 from .sampling import GenerationOptions, next_tokens
 
 logger = logging.getLogger("deployft.runtime")
@@ -58,20 +59,28 @@ class KVDecoder:
         self.keeps_last = device == "cpu" and any(
             i.name == "logits_to_keep" for i in session.get_overridable_initializers())
         self.output_names = [o.name for o in session.get_outputs()]
+        self.logits_dtype = next((_PAST_DTYPES.get(o.type, np.float32) for o in session.get_outputs()
+                                  if o.name == "logits"), np.float32)
         self.present_names = ["present" + n[len("past_key_values"):] for n in self.past_names]
         metadata = session.get_modelmeta().custom_metadata_map
         self.shares_cache = (session.get_providers()[0] == "CPUExecutionProvider"
                              and metadata.get(SHARED_CACHE_KEY) == SHARED_CACHE)
         """Generations bind one cache buffer per layer as past and present (`SharedCache`)."""
+        self.rotates_in_attention = metadata.get(ROTARY_KEY) == ROTARY_IN_ATTENTION
+        """First steps of left-padded batches run right-padded (`padding.py`)."""
 
     def full_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits at every position of a batch (batch, length, vocab): one call with an empty KV cache."""
+        lengths = None
+        if self.rotates_in_attention and left_padded(mask):
+            ids, mask, lengths = right_padded(ids, mask, self.pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.has_positions:
             feeds["position_ids"] = positions_from_mask(mask)
         empty = self._empty_past(ids.shape[0])
         feeds.update({name: empty for name in self.past_names})
-        return self.session.run(["logits"], feeds)[0].astype(np.float32)
+        logits = self.session.run(["logits"], feeds)[0].astype(np.float32)
+        return logits if lengths is None else to_left_padding(logits, lengths, axis=1)
 
     def _bind_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None,
                    shared: bool = False):
@@ -98,13 +107,10 @@ class KVDecoder:
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
         """One forward pass; returns `(last-position logits as float32, present cache values)`."""
-        if self.keeps_last:
-            return self._step_keeping_last(ids, mask, positions, past)
-        binding = self._bind_step(ids, mask, positions, past)
-        self.session.run_with_iobinding(binding)
-        outputs = dict(zip(self.output_names, binding.get_outputs()))
-        logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
-        return logits, [outputs[name] for name in self.present_names]
+        if past is None and self.rotates_in_attention and left_padded(mask):
+            return self._first_step_right_padded(ids, mask)
+        logits, presents = self._run(ids, mask, positions, past, KEEP_LAST)
+        return logits[:, -1, :].astype(np.float32), presents
 
     def step_shared(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, buffers: list) -> np.ndarray:
         """One step with each of `buffers` (an OrtValue per past input, its length axis at least the mask's width)
@@ -114,10 +120,17 @@ class KVDecoder:
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()[:, -1, :].astype(np.float32)
 
-    def _step_keeping_last(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None):
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None, keep: np.ndarray):
+        """One call: `(logits as returned, present cache values)`; a fused CPU file computes the last `keep`
+        positions' logits, any other file every position's."""
+        if not self.keeps_last:
+            binding = self._bind_step(ids, mask, positions, past)
+            self.session.run_with_iobinding(binding)
+            outputs = dict(zip(self.output_names, binding.get_outputs()))
+            return outputs["logits"].numpy(), [outputs[name] for name in self.present_names]
         from onnxruntime import OrtValue
 
-        feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": KEEP_LAST}
+        feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep}
         if self.has_positions:
             feeds["position_ids"] = positions
         feeds = {name: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
@@ -127,8 +140,20 @@ class KVDecoder:
         else:
             feeds.update(zip(self.past_names, past))
         outputs = dict(zip(self.output_names, self.session.run_with_ort_values(self.output_names, feeds)))
-        logits = outputs["logits"].numpy()[:, -1, :].astype(np.float32)
-        return logits, [outputs[name] for name in self.present_names]
+        return outputs["logits"].numpy(), [outputs[name] for name in self.present_names]
+
+    def _first_step_right_padded(self, ids: np.ndarray, mask: np.ndarray):
+        """`step` of a left-padded batch without a past, run right-padded (see `padding.py`): the same logits and
+        the same left-padded cache layout, with every key rotated by its own position."""
+        from onnxruntime import OrtValue
+
+        right_ids, right_mask, lengths = right_padded(ids, mask, self.pad_id)
+        width = mask.shape[1]
+        keep = np.array(width - int(lengths.min()) + 1, dtype=np.int64)  # every row's last token in the window
+        logits, presents = self._run(right_ids, right_mask, positions_from_mask(right_mask), None, keep)
+        last = logits[np.arange(len(lengths)), lengths - 1 - (width - logits.shape[1])].astype(np.float32)
+        return last, [OrtValue.ortvalue_from_numpy(to_left_padding(value.numpy(), lengths, axis=2), self.device, 0)
+                      for value in presents]
 
     def _empty_past(self, batch: int) -> np.ndarray:
         """The cache of a first step: length 0."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import BundleError
+from .padding import left_padded
 
 if TYPE_CHECKING:
     from .generation import KVDecoder
@@ -75,9 +76,18 @@ class SharedCache:
     def prefill(self) -> np.ndarray:
         """Run the prompt into the full-length buffers and bind them; returns the last position's logits."""
         decoder, ids = self.decoder, self.ids
-        feeds = {"input_ids": ids, "attention_mask": self.mask[:, :self.total]}
+        mask = self.mask[:, :self.total]
+        if decoder.rotates_in_attention and left_padded(mask):  # a right-padded first step (`padding.py`)
+            logits, presents = decoder.step(ids, mask, positions_from_mask(mask), None)
+            self.arrays = [np.zeros((ids.shape[0], decoder.kv_heads, self.capacity, decoder.head_dim),
+                                    dtype=decoder.past_dtype) for _ in presents]
+            for array, present in zip(self.arrays, presents):
+                array[:, :, :self.total] = present.numpy()
+            self._bind([self._ort_value(array) for array in self.arrays], logits.shape[-1])  # CPU: same memory
+            return logits
+        feeds = {"input_ids": ids, "attention_mask": mask}
         if decoder.has_positions:
-            feeds["position_ids"] = positions_from_mask(feeds["attention_mask"])
+            feeds["position_ids"] = positions_from_mask(mask)
         if decoder.keeps_last:
             feeds["logits_to_keep"] = KEEP_LAST
         feeds = {name: self._ort_value(np.ascontiguousarray(value)) for name, value in feeds.items()}
@@ -86,13 +96,20 @@ class SharedCache:
         feeds.update({name: zero for name in decoder.past_names})
         outputs = dict(zip(decoder.output_names, decoder.session.run_with_ort_values(decoder.output_names, feeds)))
         logits = outputs["logits"].numpy()
-        self.logits = np.zeros((ids.shape[0], 1, logits.shape[-1]), dtype=logits.dtype)
+        self._bind([outputs[present] for present in decoder.present_names], logits.shape[-1])
+        return logits[:, -1, :].astype(np.float32)
+
+    def _bind(self, buffers: list, vocab: int) -> None:
+        """Bind `buffers` (one per layer, the generation's full length) as past and present, and the step's
+        preallocated inputs and logits."""
+        decoder = self.decoder
+        self.logits = np.zeros((self.ids.shape[0], 1, vocab), dtype=decoder.logits_dtype)
         binding = decoder.session.io_binding()
         binding.bind_ortvalue_input("input_ids", self._ort_value(self.step_ids))
         if decoder.has_positions:
             binding.bind_ortvalue_input("position_ids", self._ort_value(self.step_positions))
         binding.bind_ortvalue_output("logits", self._ort_value(self.logits))
-        self.buffers = [outputs[present] for present in decoder.present_names]  # kept for as long as bound
+        self.buffers = buffers  # kept for as long as bound
         for past, present, buffer in zip(decoder.past_names, decoder.present_names, self.buffers):
             if buffer.shape()[2] != self.capacity:
                 raise BundleError(f"the decoder returned a cache of length {buffer.shape()[2]} for a buffer of "
@@ -100,7 +117,6 @@ class SharedCache:
             binding.bind_ortvalue_input(past, buffer)
             binding.bind_ortvalue_output(present, buffer)
         self.binding = binding
-        return logits[:, -1, :].astype(np.float32)
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         """Write one new token per row into the bound inputs and run the step in place; returns their logits."""

@@ -68,13 +68,14 @@ def test_classifier_manifest_content(bundles):
 def test_generator_manifest_has_what_a_kv_cache_loop_needs(bundles):
     manifest = read_manifest(bundles["llama"], "bundle")
     assert manifest["generation"]["num_layers"] == 2
-    assert manifest["generation"]["num_kv_heads"] == 2 and manifest["generation"]["head_dim"] == 8
+    assert manifest["generation"]["num_kv_heads"] == 2 and manifest["generation"]["head_dim"] == 16
     assert manifest["generation"]["eos_token_id"] == [2] and manifest["generation"]["pad_token_id"] == 0
     assert "position_ids" in manifest["generation"]["inputs"]
     assert manifest["prompt_format"]["style"] == "chat"
     assert (bundles["llama"] / "generation_config.json").is_file()
     fusion = manifest["fusion"]
-    assert fusion["after"]["GroupQueryAttention"] == 2 and fusion["after"]["RotaryEmbedding"] == 4
+    assert fusion["after"]["GroupQueryAttention"] == 2 and "RotaryEmbedding" not in fusion["after"]
+    assert fusion["after"]["Split"] == 2  # gate/up; attention reads the packed q/k/v
     assert "decoder attention fused by deployft" in fusion["notes"][0]
     record = manifest["validation"]["model_optimized.onnx"]["guard"]
     assert record["rows"] == manifest["guard"]["rows"] == 12 and record["passed"] is True
@@ -115,6 +116,9 @@ def test_optimum_generates_the_pytorch_tokens_from_the_generator_bundle(bundles)
     kwargs = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
     expected = torch_model.generate(**ids, **kwargs)
     assert ort_model.generate(**ids, **kwargs).tolist() == expected.tolist()
+    # the fused file rotates inside its attention: its card says Optimum takes it one prompt per call
+    assert "one prompt per call" in (bundles["llama"] / "README.md").read_text()
+    assert "one prompt per call" not in (bundles["bert"] / "README.md").read_text()
 
 
 def test_model_card_and_info_describe_the_deployable_file_itself(bundles):

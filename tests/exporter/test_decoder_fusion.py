@@ -1,4 +1,4 @@
-"""Decoder attention fusion: a Llama export rewritten into GroupQueryAttention + RotaryEmbedding, same I/O, same numbers."""
+"""Decoder attention fusion: a Llama export rewritten into GroupQueryAttention (rotary inside), same I/O, same numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 
 from conftest import build_tiny_model
 from deployft.exporter.decoder_fusion import AttentionShape, attention_shape, fuse_attention, rotary_caches, unsupported_reason
+from deployft.runtime.kv_cache import positions_from_mask
+from deployft.runtime.padding import ROTARY_IN_ATTENTION, ROTARY_KEY, right_padded, to_left_padding
 
 
 def _shape(model_dir, model=None) -> AttentionShape:
@@ -43,17 +45,25 @@ def _step(sess, ids, mask, positions, past):
     return out["logits"], {n.replace("present", "past_key_values"): v for n, v in out.items() if n.startswith("present")}
 
 
-def _decode(sess, layers, kv_heads, head_dim, steps=3):
-    """A left-padded batch of 2 (row 0 has 3 pads), a prompt step then `steps` one-token steps."""
+def _decode(sess, steps=3, protocol=True):
+    """A left-padded batch of 2 (row 0 has 3 pads), a prompt step then `steps` one-token steps. A file whose
+    metadata says it rotates inside its attention gets its prompt step right-padded, as the runtime feeds it
+    (`protocol`; False feeds it left-padded like any other file)."""
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 60, size=(2, 7)).astype(np.int64)
     mask = np.ones((2, 7), dtype=np.int64)
     mask[0, :3] = 0
     ids[0, :3] = 0
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    past = {f"past_key_values.{i}.{kind}": np.zeros((2, kv_heads, 0, head_dim), np.float32)
-            for i in range(layers) for kind in ("key", "value")}
-    logits, past = _step(sess, ids, mask, positions, past)
+    past = {i.name: np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32) for i in sess.get_inputs()
+            if i.name.startswith("past_key_values.")}
+    if protocol and sess.get_modelmeta().custom_metadata_map.get(ROTARY_KEY) == ROTARY_IN_ATTENTION:
+        right_ids, right_mask, lengths = right_padded(ids, mask, 0)
+        logits, past = _step(sess, right_ids, right_mask, positions_from_mask(right_mask), past)
+        logits = to_left_padding(logits, lengths, axis=1)
+        past = {name: to_left_padding(value, lengths, axis=2) for name, value in past.items()}
+    else:
+        logits, past = _step(sess, ids, mask, positions, past)
     outputs = [logits[0, 3:], logits[1]]
     for _ in range(steps):
         next_ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
@@ -72,15 +82,31 @@ def test_fused_llama_keeps_inputs_outputs_and_numbers(tiny_onnx, tiny_model):
     assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input]
     assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
     ops = Counter(n.op_type for n in after.graph.node)
-    assert ops["GroupQueryAttention"] == 2 and ops["RotaryEmbedding"] == 4
+    assert ops["GroupQueryAttention"] == 2 and ops["RotaryEmbedding"] == 0
+    assert all(a.i == 1 for n in after.graph.node if n.op_type == "GroupQueryAttention"
+               for a in n.attribute if a.name == "do_rotary")
+    assert {p.key: p.value for p in after.metadata_props}[ROTARY_KEY] == ROTARY_IN_ATTENTION
     assert ops["Softmax"] == 0 and len(after.graph.node) < len(before.graph.node) / 3
-    ours, ours_past = _decode(_session(fused), 2, 2, 8)
-    theirs, their_past = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    ours, ours_past = _decode(_session(fused))
+    theirs, their_past = _decode(_session(folder / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
     for name, value in their_past.items():  # real (unpadded) cache columns agree
         np.testing.assert_allclose(ours_past[name][1], value[1], atol=1e-4)
         np.testing.assert_allclose(ours_past[name][0][:, 3:], value[0][:, 3:], atol=1e-4)
+
+
+def test_a_left_padded_first_step_is_why_the_file_is_marked(tiny_onnx, tiny_model):
+    """Fed left-padded on its first step, the op rotates the padded row by its column: its cached keys (and so
+    its later steps) differ from the export's. This is what the metadata tells the runtime to avoid."""
+    folder = tiny_onnx("llama")
+    fused = _fused_copy(folder, _shape(tiny_model("llama")))
+    theirs, their_past = _decode(_session(folder / "model.onnx"))
+    ours, ours_past = _decode(_session(fused), protocol=False)
+    key = "past_key_values.0.key"
+    assert np.abs(ours_past[key][0][:, 3:] - their_past[key][0][:, 3:]).max() > 1e-2  # the padded row
+    np.testing.assert_allclose(ours_past[key][1], their_past[key][1], atol=1e-4)  # the unpadded row
+    assert max(np.abs(a - b).max() for a, b in zip(ours[2:], theirs[2:])) > 1e-3
 
 
 def test_scaled_rotary_is_taken_from_the_model(tiny_model, tmp_path):
@@ -100,8 +126,8 @@ def test_scaled_rotary_is_taken_from_the_model(tiny_model, tmp_path):
     export_onnx(read_source(source, "generate"), folder)
     shape = _shape(source, model)
     assert not np.allclose(shape.cos_cache, plain_cos)
-    ours, _ = _decode(_session(_fused_copy(folder, shape)), 2, 2, 8)
-    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    ours, _ = _decode(_session(_fused_copy(folder, shape)))
+    theirs, _ = _decode(_session(folder / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -116,8 +142,8 @@ def test_biased_projections_and_sliding_windows_fuse_exactly(arch, tmp_path):
     export_onnx(read_source(source, "generate"), tmp_path / "onnx")
     shape = _shape(source)
     assert shape.window == (4 if arch == "mistral" else None)
-    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", shape)), 2, 2, 8)
-    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", shape)))
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -145,8 +171,8 @@ def test_fusion_works_at_an_older_opset(tiny_model, tmp_path):
     source = tiny_model("llama")
     export_onnx(read_source(source, "generate"), tmp_path / "onnx", opset=14)
     assert onnx_opset(tmp_path / "onnx" / "model.onnx") == 14
-    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", _shape(source))), 2, 2, 8)
-    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"), 2, 2, 8)
+    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", _shape(source))))
+    theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -170,8 +196,8 @@ def test_external_weights_are_rewritten_not_shared_or_left_behind(tiny_onnx, tin
     _rewrite(target, target, _shape(tiny_model("llama")))
     assert not (folder / "model_optimized.onnx.data").exists()
     assert external_files(target) == [folder / "model_optimized.onnx_data"]
-    ours, _ = _decode(_session(target), 2, 2, 8)
-    theirs, _ = _decode(_session(plain), 2, 2, 8)
+    ours, _ = _decode(_session(target))
+    theirs, _ = _decode(_session(plain))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -214,10 +240,10 @@ def test_rotary_caches_are_the_models_cos_and_sin(tiny_model):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model("llama")).eval()
     cos, sin = rotary_caches(model, 128)
-    assert cos.shape == sin.shape == (128, 4) and cos.dtype == np.float32
+    assert cos.shape == sin.shape == (128, 8) and cos.dtype == np.float32
     ref_cos, ref_sin = model.model.rotary_emb(torch.zeros(1), torch.arange(128)[None])
-    np.testing.assert_allclose(cos, ref_cos[0, :, :4].numpy(), atol=1e-6)
-    np.testing.assert_allclose(sin, ref_sin[0, :, :4].numpy(), atol=1e-6)
+    np.testing.assert_allclose(cos, ref_cos[0, :, :8].numpy(), atol=1e-6)
+    np.testing.assert_allclose(sin, ref_sin[0, :, :8].numpy(), atol=1e-6)
 
 
 def test_optimize_fuses_a_decoder_and_can_write_external_weights(tiny_onnx, tiny_model, monkeypatch):
@@ -228,8 +254,8 @@ def test_optimize_fuses_a_decoder_and_can_write_external_weights(tiny_onnx, tiny
     path, report = optimize(folder / "model.onnx", decoder=True, attention=_shape(tiny_model("llama")))
     assert report["after"]["GroupQueryAttention"] == 2 and "fused by deployft" in report["notes"][0]
     assert (folder / "model_optimized.onnx_data").is_file()
-    ours, _ = _decode(_session(path), 2, 2, 8)
-    theirs, _ = _decode(_session(folder / "model.onnx"), 2, 2, 8)
+    ours, _ = _decode(_session(path))
+    theirs, _ = _decode(_session(folder / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
 

@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 from deployft.exporter.decoder_fusion import attention_shape, fuse_attention
-from deployft.exporter.decoder_graph import LOGITS_TO_KEEP, add_logits_to_keep, lm_head, pack_projections
+from deployft.exporter.decoder_graph import (LOGITS_TO_KEEP, add_logits_to_keep, attention_reads_packed_qkv, lm_head,
+                                            pack_projections)
 
-LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 8
+LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 16
 
 
 @pytest.fixture
@@ -72,6 +73,63 @@ def test_packing_groups_qkv_and_gate_up_and_keeps_every_number(fused_llama):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     for name in their_past:
         np.testing.assert_allclose(ours_past[name], their_past[name], atol=1e-5)
+
+
+def _as_k_q_v(model) -> None:
+    """Put every packed q/k/v group in k, q, v order (as a real export's node order packs them): weight columns,
+    split sizes and outputs together, so the graph computes the same."""
+    from onnx import numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for split in [n for n in model.graph.node if n.op_type == "Split" and "q_proj" in n.name]:
+        weight, sizes = weights[producers[split.input[0]].input[1]], weights[split.input[1]]
+        columns, widths = numpy_helper.to_array(weight), numpy_helper.to_array(sizes)
+        bounds = np.cumsum([0, *widths])
+        parts = [columns[:, bounds[i]:bounds[i + 1]] for i in range(3)]
+        weight.CopyFrom(numpy_helper.from_array(np.concatenate([parts[1], parts[0], parts[2]], axis=1), weight.name))
+        sizes.CopyFrom(numpy_helper.from_array(widths[[1, 0, 2]], sizes.name))
+        outputs = list(split.output)
+        del split.output[:]
+        split.output.extend([outputs[1], outputs[0], outputs[2]])
+
+
+@pytest.mark.parametrize("order", ["q, k, v", "k, q, v"])
+def test_attention_reads_the_packed_qkv_and_keeps_every_number(fused_llama, order):
+    model, _ = fused_llama
+    pack_projections(model, exclude={lm_head(model)})
+    if order == "k, q, v":
+        _as_k_q_v(model)
+    reference = _session(model)
+    assert attention_reads_packed_qkv(model) == LAYERS
+    onnx.checker.check_model(model)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Split"] == LAYERS  # gate/up only
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type == "GroupQueryAttention"):
+        assert list(node.input[1:3]) == ["", ""] and "q_proj+k_proj+v_proj" in producers[node.input[0]].name
+    assert attention_reads_packed_qkv(model) == 0  # nothing left to fold
+    rng = np.random.default_rng(2)  # one row: a first step without padding, then a decode step
+    ids = rng.integers(3, 60, size=(1, 6)).astype(np.int64)
+    mask = np.ones((1, 6), dtype=np.int64)
+    ours, ours_past = _run(_session(model), ids, mask)
+    theirs, their_past = _run(reference, ids, mask)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    step = np.array([[7]], dtype=np.int64)
+    mask = np.ones((1, 7), dtype=np.int64)
+    ours, _ = _run(_session(model), step, mask, ours_past)
+    theirs, _ = _run(reference, step, mask, their_past)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_split_with_other_readers_is_kept(fused_llama):
+    from onnx import helper
+
+    model, _ = fused_llama
+    pack_projections(model, exclude={lm_head(model)})
+    split = next(n for n in model.graph.node if n.op_type == "Split" and "q_proj" in n.name)
+    model.graph.node.append(helper.make_node("Identity", [split.output[1]], ["extra"], name="extra_reader"))
+    assert attention_reads_packed_qkv(model) == LAYERS - 1
 
 
 def test_logits_to_keep_defaults_to_every_position_and_one_gives_the_last(fused_llama):

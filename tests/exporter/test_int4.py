@@ -41,7 +41,7 @@ def _logits(path, ids=(5, 9, 14, 3)):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
             "position_ids": np.arange(len(ids))[None]}
-    feed.update({i.name: np.zeros((1, 2, 0, 8), np.float32) for i in sess.get_inputs()
+    feed.update({i.name: np.zeros((1, 2, 0, 16), np.float32) for i in sess.get_inputs()
                  if i.name.startswith("past_key_values")})
     return sess.run(["logits"], feed)[0]
 
@@ -219,5 +219,5 @@ def test_cli_block_size_reaches_the_file(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "deployable: model_int4.onnx" in result.output and "| model_int4.onnx * | int4 |" in result.output
     assert "quantization: int4 (blockwise int4 weights (MatMulNBits), int8 compute, block 128; MatMulNBits 4-bit ×8, " \
-           "8-bit ×1; token embedding 8-bit GatherBlockQuantized, block 32), remedy: none" in result.output
+           "8-bit ×1; token embedding 8-bit GatherBlockQuantized, block 64), remedy: none" in result.output
     assert {block for _, block in _nbits(bundle / "model_int4.onnx").values()} == {128}

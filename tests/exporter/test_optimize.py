@@ -62,4 +62,7 @@ def test_a_decoder_fused_by_ort_optimizer_is_not_credited_to_deployft():
     report = fusion_report({"MatMul": 8}, {"MatMul": 4, "MultiHeadAttention": 2}, decoder=True)
     assert report["notes"][0] == "decoder attention fused by ORTOptimizer: MultiHeadAttention"
     report = fusion_report({"MatMul": 8}, {"MatMul": 4, "GroupQueryAttention": 2, "RotaryEmbedding": 4}, decoder=True)
-    assert report["notes"][0].startswith("decoder attention fused by deployft: GroupQueryAttention ×2")
+    assert report["notes"][0].startswith("decoder attention fused by deployft: GroupQueryAttention ×2 with "
+                                         "RotaryEmbedding ×4")
+    report = fusion_report({"MatMul": 8}, {"MatMul": 4, "GroupQueryAttention": 2}, decoder=True)
+    assert report["notes"][0].startswith("decoder attention fused by deployft: GroupQueryAttention ×2 (each rotating")

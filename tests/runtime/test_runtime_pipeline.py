@@ -218,3 +218,55 @@ def test_threads_share_one_predictor_on_a_shared_cache_file(generate_bundle):
         together = list(pool.map(lambda job: predictor.generate(job[0], max_new_tokens=10, temperature=0.8,
                                                                 seed=job[1]), jobs))
     assert together == alone
+
+
+def _second_step_logits(decoder, ids, mask):
+    from deployft.runtime.kv_cache import CopyingCache
+
+    cache = CopyingCache(decoder, ids, mask)
+    first = cache.prefill()
+    return cache.advance(first.argmax(-1).astype(np.int64))
+
+
+def test_files_rotating_inside_attention_run_a_left_padded_first_step_right_padded(generate_bundle):
+    """Fused files rotate q and k inside GroupQueryAttention, which rotates a first step's rows by their column;
+    the runtime runs such a step right-padded, so every padded row's next step is the row's own. Fed left-padded
+    (the mark ignored), the padded rows' cached keys sit `pad` positions off and their next step differs."""
+    prompts = [r["prompt"] for r in qa_rows(4, seed=5)]
+    fused = _variants(generate_bundle, optimized=True)
+    assert fused
+    for name in fused:
+        predictor = Predictor.load(generate_bundle, model_file=name)
+        decoder = predictor.decoder
+        assert decoder.rotates_in_attention, name
+        ids = [predictor.prompt_ids(p) for p in prompts]
+        width = max(map(len, ids))
+        padded = np.array([[0] * (width - len(i)) + i for i in ids], dtype=np.int64)
+        mask = np.array([[0] * (width - len(i)) + [1] * len(i) for i in ids], dtype=np.int64)
+        alone = [_second_step_logits(decoder, np.array([i]), np.ones((1, len(i)), dtype=np.int64))[0] for i in ids]
+        batched = _second_step_logits(decoder, padded, mask)
+        logits = predictor.forward(padded, mask)
+        for row, seq in enumerate(ids):
+            np.testing.assert_allclose(batched[row], alone[row], atol=1e-3, err_msg=name)
+            single = predictor.forward(np.array([seq]), np.ones((1, len(seq)), dtype=np.int64))
+            np.testing.assert_allclose(logits[row, width - len(seq):], single[0], atol=1e-3, err_msg=name)
+        decoder.rotates_in_attention = False
+        drifted = _second_step_logits(decoder, padded, mask)
+        padded_rows = [row for row, seq in enumerate(ids) if len(seq) < width]
+        assert max(np.abs(drifted[row] - alone[row]).max() for row in padded_rows) > 1e-2, name
+
+
+def test_right_padding_moves_each_rows_tokens_and_back():
+    from deployft.runtime.padding import left_padded, right_padded, to_left_padding
+
+    ids = np.array([[0, 0, 5, 6], [7, 8, 9, 10], [0, 0, 0, 11]], dtype=np.int64)
+    mask = (ids > 0).astype(np.int64)
+    assert left_padded(mask) and not left_padded(mask[1:2]) and not left_padded(np.ones((2, 3), dtype=np.int64))
+    right_ids, right_mask, lengths = right_padded(ids, mask, pad_id=0)
+    assert right_ids.tolist() == [[5, 6, 0, 0], [7, 8, 9, 10], [11, 0, 0, 0]]
+    assert right_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]] and lengths.tolist() == [2, 4, 1]
+    values = np.arange(3 * 2 * 4).reshape(3, 2, 4)  # rows, heads, columns: each row's entries from column 0
+    back = to_left_padding(values, lengths, axis=2)
+    assert back[0].tolist() == [[0, 0, 0, 1], [0, 0, 4, 5]] and back[2].tolist() == [[0, 0, 0, 16], [0, 0, 0, 20]]
+    assert (back[1] == values[1]).all()
+    assert (to_left_padding(right_ids, lengths, axis=1) == ids).all()
