@@ -9,7 +9,8 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
     model_quantized.onnx      the bundle's int8 (blockwise MatMulNBits of the fused graph), when it has one
     unpacked-fp32.onnx, unpacked-int8.onnx
                               model_optimized.onnx with its packed projections split back into one MatMul each,
-                              and its blockwise int8: what packing buys
+                              and its blockwise int8: what packing buys (on bundles whose attention reads the
+                              packed q/k/v, only gate/up are split back)
     *, every position's logits
                               the fused fp32 and int8 files fed `logits_to_keep` 0 (logits at every position, as
                               a file without the input computes them): what the last-position LM head buys
@@ -21,10 +22,9 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
     rotary-in-attention-int8.onnx
                               model_quantized.onnx with each layer's packed q/k/v MatMul fed straight to
                               GroupQueryAttention (do_rotary, position_ids): no RotaryEmbedding or Split nodes, as
-                              onnxruntime-genai builds it. Not shipped: ONNX Runtime's CPU kernel reads a first
-                              prompt's position_ids as one offset for every row, so a left-padded batch's prefill
-                              would be rotated at other positions than its decode steps. Timed here at batch 1,
-                              where it computes the same logits, to show what that layout is worth
+                              onnxruntime-genai builds it: for bundles exported before deployft's fused graph
+                              became that layout (their files are marked `deployft.rotary`, and the runtime runs
+                              a left-padded first step right-padded); left out where there is nothing to fold
     *-acc1.onnx               the int8 / int4 block-32 files with MatMulNBits accuracy level 1 (fp32 compute)
                               instead of 4 (int8 compute): the prefill question on CPUs without VNNI
 

@@ -57,8 +57,8 @@ def provider_note(manifest: dict[str, Any]) -> str:
 def optimum_note(manifest: dict[str, Any]) -> str:
     """What Optimum cannot do with the deployable file: batches of prompts of different lengths when its attention
     rotates q and k itself (see deployft/runtime/padding.py)."""
-    after = (manifest.get("fusion") or {}).get("after") or {}
-    if manifest["model_file"] == "model.onnx" or not after.get("GroupQueryAttention") or after.get("RotaryEmbedding"):
+    ops = (manifest.get("variants") or {}).get(manifest["model_file"], {}).get("ops") or {}
+    if not ops.get("GroupQueryAttention") or ops.get("RotaryEmbedding"):  # the deployable file's own ops
         return ""
     return (" (one prompt per call: this file's attention rotates q and k itself, so the first step of a left-padded"
             " batch must run right-padded, as deployft's runtime and server do; Optimum's batched `generate` feeds it"

@@ -1,4 +1,4 @@
-"""Two decode-step passes over a fused decoder graph: packed sibling projections and a last-position LM head.
+"""Decode-step passes over a fused decoder graph: packed sibling projections and a last-position LM head.
 
 `pack_projections` turns every group of MatMuls that read the same activation with constant weights of the same
 width (a layer's q/k/v projections; its MLP's gate/up projections) into one MatMul over the weights concatenated

@@ -145,7 +145,8 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
         if packed:
             notes.append(f"{sum(map(len, packed))} projections that read the same activation packed into "
                          f"{len(packed)} MatMuls ({', '.join(sorted({f'{len(g)} to 1' for g in packed}))}: a "
-                         "layer's q/k/v, its MLP's gate/up), each followed by a Split")
+                         "layer's q/k/v, its MLP's gate/up), each followed by a Split unless the attention "
+                         "reads it (below)")
         if reading_packed:
             notes.append(f"GroupQueryAttention reads the packed q/k/v of {reading_packed} layers (their Split "
                          "dropped) and rotates q and k itself")

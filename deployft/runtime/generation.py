@@ -8,7 +8,9 @@ round-trips through numpy; a generation keeps it one of two ways:
   buffer per layer of the generation's full length, bound as both `past` and `present`, which GroupQueryAttention
   updates in place; the step's inputs and its logits are preallocated buffers bound once, so a decode step copies
   no cache and builds no feeds. The prefill feeds `logits_to_keep` 1 (only the last position's logits) through
-  `run_with_ort_values`, because IO binding cannot bind that optional input.
+  `run_with_ort_values`, because IO binding cannot bind that optional input (a left-padded first step of a file
+  that rotates inside its attention runs right-padded and keeps enough positions for every row's last token:
+  `padding.py`).
 - `CopyingCache`, for every other file: each step's `present` outputs (where ONNX Runtime put them: on the GPU
   for CUDA) are fed back as the next step's `past`, through IO binding, or `run_with_ort_values` for fused files.
 
@@ -25,12 +27,12 @@ import numpy as np
 
 from ..errors import BundleError
 from .kv_cache import KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask
-from .padding import ROTARY_IN_ATTENTION, ROTARY_KEY, left_padded, right_padded, to_left_padding
+from .padding import ROTARY_IN_ATTENTION, ROTARY_KEY, column_positions, left_padded, right_padded, to_left_padding
 from .sampling import GenerationOptions, next_tokens
 
 logger = logging.getLogger("deployft.runtime")
 
-_PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class KVDecoder:
@@ -76,7 +78,7 @@ class KVDecoder:
             ids, mask, lengths = right_padded(ids, mask, self.pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.has_positions:
-            feeds["position_ids"] = positions_from_mask(mask)
+            feeds["position_ids"] = positions_from_mask(mask) if lengths is None else column_positions(mask)
         empty = self._empty_past(ids.shape[0])
         feeds.update({name: empty for name in self.past_names})
         logits = self.session.run(["logits"], feeds)[0].astype(np.float32)
@@ -149,9 +151,10 @@ class KVDecoder:
 
         right_ids, right_mask, lengths = right_padded(ids, mask, self.pad_id)
         width = mask.shape[1]
-        keep = np.array(width - int(lengths.min()) + 1, dtype=np.int64)  # every row's last token in the window
-        logits, presents = self._run(right_ids, right_mask, positions_from_mask(right_mask), None, keep)
-        last = logits[np.arange(len(lengths)), lengths - 1 - (width - logits.shape[1])].astype(np.float32)
+        ends = np.maximum(lengths, 1) - 1  # each row's last token (an empty row: its first column)
+        keep = np.array(width - int(ends.min()), dtype=np.int64)  # the window holds every row's last token
+        logits, presents = self._run(right_ids, right_mask, column_positions(right_mask), None, keep)
+        last = logits[np.arange(len(lengths)), ends - (width - logits.shape[1])].astype(np.float32)
         return last, [OrtValue.ortvalue_from_numpy(to_left_padding(value.numpy(), lengths, axis=2), self.device, 0)
                       for value in presents]
 

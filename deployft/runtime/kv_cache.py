@@ -53,10 +53,12 @@ class SharedCache:
     """A generation's cache preallocated at its full length (prompt + budget) and updated in place.
 
     The prefill runs with a zero `past` of that length, so ONNX Runtime returns `present` buffers of that length
-    holding the prompt's keys and values. Every decode step binds each buffer as both `past_key_values.N` and
-    `present.N`: GroupQueryAttention sees the shared buffer and writes the step's keys and values at column
-    `total - 1`, attending over the first `total` columns only (the attention mask's width), so nothing is copied.
-    `input_ids`, `position_ids` and `logits` are preallocated arrays bound once and rewritten each step.
+    holding the prompt's keys and values (on a file that rotates inside its attention, a left-padded prompt runs
+    right-padded through `KVDecoder.step` and is copied into numpy buffers of that length, `padding.py`). Every
+    decode step binds each buffer as both `past_key_values.N` and `present.N`: GroupQueryAttention sees the shared
+    buffer and writes the step's keys and values at column `total - 1`, attending over the first `total` columns
+    only (the attention mask's width), so nothing is copied. `input_ids`, `position_ids` and `logits` are
+    preallocated arrays bound once and rewritten each step.
     """
 
     def __init__(self, decoder: KVDecoder, ids: np.ndarray, mask: np.ndarray, budget: int):
@@ -72,6 +74,8 @@ class SharedCache:
         self.step_positions = mask.sum(axis=1, keepdims=True).astype(np.int64)
         self._ort_value = OrtValue.ortvalue_from_numpy
         self.binding = None
+        self.arrays: list[np.ndarray] = []
+        """The buffers' memory when they were made from numpy (kept for as long as the OrtValues use it)."""
 
     def prefill(self) -> np.ndarray:
         """Run the prompt into the full-length buffers and bind them; returns the last position's logits."""

@@ -19,8 +19,14 @@ ROTARY_IN_ATTENTION = "in-attention"
 
 
 def left_padded(mask: np.ndarray) -> bool:
-    """Whether some row of a batch's mask starts with padding."""
-    return bool(mask.shape[0] > 1 and not mask[:, 0].all())
+    """Whether some row of a batch's mask has real tokens after padding at its start (a single row too: the op
+    would rotate it by its first position id plus its column)."""
+    return bool(((mask[:, 0] == 0) & (mask.sum(axis=1) > 0)).any())
+
+
+def column_positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids 0, 1, ... on every row: a right-padded first step's tokens stand at their own columns."""
+    return np.ascontiguousarray(np.broadcast_to(np.arange(mask.shape[1], dtype=np.int64), mask.shape))
 
 
 def right_padded(ids: np.ndarray, mask: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

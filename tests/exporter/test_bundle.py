@@ -118,7 +118,14 @@ def test_optimum_generates_the_pytorch_tokens_from_the_generator_bundle(bundles)
     assert ort_model.generate(**ids, **kwargs).tolist() == expected.tolist()
     # the fused file rotates inside its attention: its card says Optimum takes it one prompt per call
     assert "one prompt per call" in (bundles["llama"] / "README.md").read_text()
-    assert "one prompt per call" not in (bundles["bert"] / "README.md").read_text()
+    from deployft.exporter.card import optimum_note
+
+    def manifest(ops):
+        return {"model_file": "m.onnx", "variants": {"m.onnx": {"ops": ops}}}
+
+    assert optimum_note(manifest({"GroupQueryAttention": 2, "MatMulNBits": 9})).startswith(" (one prompt per call")
+    assert optimum_note(manifest({"GroupQueryAttention": 2, "RotaryEmbedding": 4})) == ""  # rotated before it
+    assert optimum_note(manifest({"MatMul": 9})) == ""
 
 
 def test_model_card_and_info_describe_the_deployable_file_itself(bundles):

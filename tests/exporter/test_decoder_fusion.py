@@ -142,10 +142,16 @@ def test_biased_projections_and_sliding_windows_fuse_exactly(arch, tmp_path):
     export_onnx(read_source(source, "generate"), tmp_path / "onnx")
     shape = _shape(source)
     assert shape.window == (4 if arch == "mistral" else None)
-    ours, _ = _decode(_session(_fused_copy(tmp_path / "onnx", shape)))
+    fused = _fused_copy(tmp_path / "onnx", shape)
+    ours, _ = _decode(_session(fused))
     theirs, _ = _decode(_session(tmp_path / "onnx" / "model.onnx"))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    model = onnx.load(str(fused))
+    rotary = Counter(n.op_type for n in model.graph.node)["RotaryEmbedding"]
+    marked = {p.key: p.value for p in model.metadata_props}.get(ROTARY_KEY) == ROTARY_IN_ATTENTION
+    # Qwen2's heads of 16 rotate inside the attention; Mistral's heads of 8 cannot, so they keep RotaryEmbedding
+    assert (rotary, marked) == ((4, False) if arch == "mistral" else (0, True))
 
 
 def test_a_biased_projection_without_its_add_is_refused(tmp_path):

@@ -256,12 +256,34 @@ def test_files_rotating_inside_attention_run_a_left_padded_first_step_right_padd
         assert max(np.abs(drifted[row] - alone[row]).max() for row in padded_rows) > 1e-2, name
 
 
+def test_a_single_left_padded_row_and_an_empty_first_row_keep_their_positions(generate_bundle):
+    """One row with leading padding, and a batch whose first row is all padding: the op would rotate by the first
+    row's first position id plus the column; the runtime's right-padded first step keeps each token at its own."""
+    from deployft.runtime.kv_cache import positions_from_mask
+
+    name = _variants(generate_bundle, optimized=True)[0]
+    predictor = Predictor.load(generate_bundle, model_file=name)
+    seq = predictor.prompt_ids(qa_rows(1, seed=3)[0]["prompt"])
+    alone = predictor.forward(np.array([seq]), np.ones((1, len(seq)), dtype=np.int64))[0]
+    ids, mask = np.array([[0, 0, 0] + seq]), np.array([[0, 0, 0] + [1] * len(seq)])
+    np.testing.assert_allclose(predictor.forward(ids, mask)[0, 3:], alone, atol=1e-4)
+    step, _ = predictor.decoder.step(ids, mask, positions_from_mask(mask), None)
+    np.testing.assert_allclose(step[0], alone[-1], atol=1e-4)
+    ids, mask = np.zeros((2, len(seq) + 2), dtype=np.int64), np.zeros((2, len(seq) + 2), dtype=np.int64)
+    ids[1, 2:], mask[1, 2:] = seq, 1
+    np.testing.assert_allclose(predictor.forward(ids, mask)[1, 2:], alone, atol=1e-4)
+    step, _ = predictor.decoder.step(ids, mask, positions_from_mask(mask), None)
+    np.testing.assert_allclose(step[1], alone[-1], atol=1e-4)
+
+
 def test_right_padding_moves_each_rows_tokens_and_back():
     from deployft.runtime.padding import left_padded, right_padded, to_left_padding
 
     ids = np.array([[0, 0, 5, 6], [7, 8, 9, 10], [0, 0, 0, 11]], dtype=np.int64)
     mask = (ids > 0).astype(np.int64)
-    assert left_padded(mask) and not left_padded(mask[1:2]) and not left_padded(np.ones((2, 3), dtype=np.int64))
+    assert left_padded(mask) and left_padded(mask[:1]) and not left_padded(mask[1:2])
+    assert not left_padded(np.ones((2, 3), dtype=np.int64))
+    assert not left_padded(np.array([[1, 1, 0], [0, 0, 0]]))  # right-padded, one row empty
     right_ids, right_mask, lengths = right_padded(ids, mask, pad_id=0)
     assert right_ids.tolist() == [[5, 6, 0, 0], [7, 8, 9, 10], [11, 0, 0, 0]]
     assert right_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]] and lengths.tolist() == [2, 4, 1]
