@@ -147,16 +147,23 @@ class KVDecoder:
     def _first_step_right_padded(self, ids: np.ndarray, mask: np.ndarray):
         """`step` of a left-padded batch without a past, run right-padded (see `padding.py`): the same logits and
         the same left-padded cache layout, with every key rotated by its own position."""
-        from onnxruntime import OrtValue
-
         right_ids, right_mask, lengths = right_padded(ids, mask, self.pad_id)
         width = mask.shape[1]
         ends = np.maximum(lengths, 1) - 1  # each row's last token (an empty row: its first column)
         keep = np.array(width - int(ends.min()), dtype=np.int64)  # the window holds every row's last token
         logits, presents = self._run(right_ids, right_mask, column_positions(right_mask), None, keep)
         last = logits[np.arange(len(lengths)), ends - (width - logits.shape[1])].astype(np.float32)
-        return last, [OrtValue.ortvalue_from_numpy(to_left_padding(value.numpy(), lengths, axis=2), self.device, 0)
-                      for value in presents]
+        return last, [self._owned(to_left_padding(value.numpy(), lengths, axis=2)) for value in presents]
+
+    def _owned(self, array: np.ndarray):
+        """An OrtValue on the session's device holding its own copy of `array`. One made by `ortvalue_from_numpy`
+        on the CPU borrows the array's memory and only its Python wrapper keeps the array alive, so a `.numpy()`
+        view of it (kept after the wrapper is gone, as a step's callers keep presents) would read freed memory."""
+        from onnxruntime import OrtValue
+
+        value = OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, self.device, 0)
+        value.update_inplace(np.ascontiguousarray(array))
+        return value
 
     def _empty_past(self, batch: int) -> np.ndarray:
         """The cache of a first step: length 0."""

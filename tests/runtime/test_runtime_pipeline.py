@@ -276,6 +276,28 @@ def test_a_single_left_padded_row_and_an_empty_first_row_keep_their_positions(ge
     np.testing.assert_allclose(step[1], alone[-1], atol=1e-4)
 
 
+def test_a_right_padded_first_steps_cache_outlives_the_values_it_came_in(generate_bundle):
+    """The server keeps `.numpy()` views of a prefill's presents after dropping the OrtValues: the cache of a
+    right-padded first step must be memory those views own, not an array freed with its wrapper (which a later
+    allocation overwrites)."""
+    import gc
+
+    from deployft.runtime.kv_cache import positions_from_mask
+
+    predictor = Predictor.load(generate_bundle, model_file=_variants(generate_bundle, optimized=True)[0])
+    seqs = [predictor.prompt_ids(r["prompt"]) for r in qa_rows(2, seed=4)]
+    width = max(map(len, seqs)) + 1
+    ids = np.array([[0] * (width - len(s)) + s for s in seqs], dtype=np.int64)
+    mask = (np.arange(width) >= width - np.array([[len(s)] for s in seqs])).astype(np.int64)
+    _, presents = predictor.decoder.step(ids, mask, positions_from_mask(mask), None)
+    views = [value.numpy() for value in presents]
+    kept = [view.copy() for view in views]
+    del presents
+    gc.collect()
+    litter = [np.full_like(view, 7.0) for view in kept for _ in range(8)]
+    assert litter and all(np.array_equal(view, copy) for view, copy in zip(views, kept))
+
+
 def test_right_padding_moves_each_rows_tokens_and_back():
     from deployft.runtime.padding import left_padded, right_padded, to_left_padding
 
