@@ -19,6 +19,9 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
     int4-b32.onnx, int4-b128.onnx
                               `--quantize int4` of model_optimized.onnx at block 32 and 128 (LM head at 8 bits),
                               written here with deployft's own quantizer
+    int4-b32-head4.onnx, int4-b128-head4.onnx
+                              the same with the LM head at 4 bits too, as onnxruntime-genai's int4 files have it
+                              (not something export writes): how much of the int4 gap is the head
     rotary-in-attention-int8.onnx
                               model_quantized.onnx with each layer's packed q/k/v MatMul fed straight to
                               GroupQueryAttention (do_rotary, position_ids): no RotaryEmbedding or Split nodes, as
@@ -245,6 +248,8 @@ def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     for block in (32, 128):
         files[f"int4-b{block}.onnx"] = scratch / f"int4-b{block}.onnx"
         quantize_int4(fused, files[f"int4-b{block}.onnx"], block, head_matmuls(fused))
+        files[f"int4-b{block}-head4.onnx"] = scratch / f"int4-b{block}-head4.onnx"
+        quantize_int4(fused, files[f"int4-b{block}-head4.onnx"], block, ())
     if "model_quantized.onnx" in files:
         folded = _rotary_in_attention(files["model_quantized.onnx"], scratch / "rotary-in-attention-int8.onnx")
         if folded is not None:
