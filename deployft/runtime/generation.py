@@ -135,7 +135,8 @@ class KVDecoder:
         feeds = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep}
         if self.has_positions:
             feeds["position_ids"] = positions
-        feeds = {name: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
+        feeds = {name: OrtValue.ortvalue_from_numpy(np.require(value, requirements="C"))  # a scalar stays one
+                 for name, value in feeds.items()}
         if past is None:
             empty = OrtValue.ortvalue_from_numpy(self._empty_past(ids.shape[0]))
             feeds.update({name: empty for name in self.past_names})

@@ -94,7 +94,7 @@ class SharedCache:
             feeds["position_ids"] = positions_from_mask(mask)
         if decoder.keeps_last:
             feeds["logits_to_keep"] = KEEP_LAST
-        feeds = {name: self._ort_value(np.ascontiguousarray(value)) for name, value in feeds.items()}
+        feeds = {name: self._ort_value(np.require(value, requirements="C")) for name, value in feeds.items()}
         zero = self._ort_value(np.zeros((ids.shape[0], decoder.kv_heads, self.capacity, decoder.head_dim),
                                         dtype=decoder.past_dtype))
         feeds.update({name: zero for name in decoder.past_names})

@@ -70,6 +70,8 @@ class GenerationEngine(QueueWorker):
         self.cache: list | None = None
         self.host: list[np.ndarray] | None = None
         """A shared cache's buffers as numpy arrays over the same memory as `cache` (None otherwise)."""
+        self._arrays: list[np.ndarray] = []
+        """The memory `cache`'s OrtValues borrow on the CPU: kept here too, so `_host_cache` views stay valid."""
         self.mask: np.ndarray | None = None
         self.steps = 0
         self._ort = import_ort()
@@ -175,7 +177,7 @@ class GenerationEngine(QueueWorker):
         self._remember(finished)
         live = self.active
         if live == 0:
-            self.rows, self.cache, self.host, self.mask = [], None, None, None
+            self.rows, self.cache, self.host, self.mask, self._arrays = [], None, None, None, []
         elif len(self.rows) - live >= live:
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
@@ -270,10 +272,11 @@ class GenerationEngine(QueueWorker):
         arrays = [np.ascontiguousarray(a) for a in arrays]
         # on the CPU an OrtValue made from a numpy array uses the array's memory: `host` writes reach the session
         self.host = arrays if self.decoder.shares_cache and device == "cpu" else None
+        self._arrays = arrays if device == "cpu" else []
         self.cache = [self._ort.OrtValue.ortvalue_from_numpy(a, device, 0) for a in arrays]
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
-        rows, self.rows, self.cache, self.host, self.mask = self.rows, [], None, None, None
+        rows, self.rows, self.cache, self.host, self.mask, self._arrays = self.rows, [], None, None, None, []
         for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
             ticket.sink(Chunk(finish_reason=reason, error=message))
 
