@@ -246,6 +246,44 @@ def test_the_shared_cache_engine_decodes_what_each_row_gets_alone(fused_bundle):
     assert any(t.joined_step and t.joined_step > first.joined_step for t, _ in later)
 
 
+def test_prompts_prefilled_together_keep_their_cache_while_the_heap_is_reused(fused_bundle, monkeypatch):
+    """Prompts of different lengths admitted at one step are prefilled in one left-padded call (run right-padded
+    on this file, which rotates inside its attention) and join the batch from views of that call's cache: the
+    memory must be theirs, so filling the heap with arrays of the cache's sizes before they join changes no
+    row's tokens."""
+    import gc
+
+    from deployft.serve import engine as engine_module
+
+    real_prefill, sizes = engine_module.prefill, []
+
+    def prefill_then_litter(*args, **kwargs):
+        results = real_prefill(*args, **kwargs)
+        if results:  # the freed arrays a call's rows could view: any of its row counts and lengths
+            gc.collect()
+            _, kv_heads, _, head_dim = results[0][1][0].shape
+            lengths = {cache[0].shape[2] for _, cache in results}
+            litter = [np.full((rows, kv_heads, length, head_dim), 7.0, dtype=results[0][1][0].dtype)
+                      for rows in range(1, len(results) + 1) for length in lengths for _ in range(8)]
+            sizes.append(len(litter))
+        return results
+
+    monkeypatch.setattr(engine_module, "prefill", prefill_then_litter)
+    predictor = Predictor.load(fused_bundle, model_file="model_optimized.onnx")
+    assert predictor.decoder.rotates_in_attention
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    jobs = [("where do fish live and what do they eat every day", 10), ("what is the best way to cook rice", 8),
+            ("what do fish eat", 6)]
+    tickets = [_ticket(predictor, p, max_new_tokens=n, stop=never) for p, n in jobs]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    _drain(engine, [sink for _, sink in tickets])
+    assert sizes and sizes[0] > 0
+    for (_, sink), (prompt, n) in zip(tickets, jobs):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+
+
 def test_a_request_joins_a_finished_rows_slot_of_the_shared_cache_in_place(fused_bundle):
     """A newcomer whose prompt and budget fit is written into a finished row's slot of the live buffers: no
     rebuild (the same arrays), and every request still gets the tokens it gets alone."""
