@@ -68,13 +68,17 @@ class GenerationEngine(QueueWorker):
         self.max_batch_size = max_batch_size
         self.rows: list[_Row] = []
         self.cache: list | None = None
-        self.host: list[np.ndarray] | None = None
-        """A shared cache's buffers as numpy arrays over the same memory as `cache` (None otherwise)."""
         self._arrays: list[np.ndarray] = []
-        """The memory `cache`'s OrtValues borrow on the CPU: kept here too, so `_host_cache` views stay valid."""
+        """The memory `cache`'s OrtValues borrow on the CPU after `_set_cache` (empty once a copying step's outputs
+        replace them): kept here, not only by the OrtValues' wrappers, so views of it stay valid."""
         self.mask: np.ndarray | None = None
         self.steps = 0
         self._ort = import_ort()
+
+    @property
+    def host(self) -> list[np.ndarray] | None:
+        """A shared cache's buffers as numpy arrays over the same memory as `cache` (None otherwise)."""
+        return self._arrays if self._arrays and self.decoder.shares_cache else None
 
     @property
     def active(self) -> int:
@@ -158,6 +162,7 @@ class GenerationEngine(QueueWorker):
             logits = self.decoder.step_shared(ids, mask, positions, self.cache)
         else:
             logits, self.cache = self.decoder.step(ids, mask, positions, self.cache)
+            self._arrays = []  # the cache is the step's outputs now
         self.mask = mask
         self.steps += 1
         self._record(len(self.rows), self.active)
@@ -177,7 +182,7 @@ class GenerationEngine(QueueWorker):
         self._remember(finished)
         live = self.active
         if live == 0:
-            self.rows, self.cache, self.host, self.mask, self._arrays = [], None, None, None, []
+            self.rows, self.cache, self.mask, self._arrays = [], None, None, []
         elif len(self.rows) - live >= live:
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
@@ -271,12 +276,11 @@ class GenerationEngine(QueueWorker):
                       for a in arrays]
         arrays = [np.ascontiguousarray(a) for a in arrays]
         # on the CPU an OrtValue made from a numpy array uses the array's memory: `host` writes reach the session
-        self.host = arrays if self.decoder.shares_cache and device == "cpu" else None
         self._arrays = arrays if device == "cpu" else []
         self.cache = [self._ort.OrtValue.ortvalue_from_numpy(a, device, 0) for a in arrays]
 
     def _fail_all(self, message: str, reason: str = "error") -> None:
-        rows, self.rows, self.cache, self.host, self.mask, self._arrays = self.rows, [], None, None, None, []
+        rows, self.rows, self.cache, self.mask, self._arrays = self.rows, [], None, None, []
         for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
             ticket.sink(Chunk(finish_reason=reason, error=message))
 

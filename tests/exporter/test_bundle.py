@@ -118,6 +118,9 @@ def test_optimum_generates_the_pytorch_tokens_from_the_generator_bundle(bundles)
     assert ort_model.generate(**ids, **kwargs).tolist() == expected.tolist()
     # the fused file rotates inside its attention: its card says Optimum takes it one prompt per call
     assert "one prompt per call" in (bundles["llama"] / "README.md").read_text()
+
+
+def test_the_optimum_caveat_follows_the_deployable_files_own_ops():
     from deployft.exporter.card import optimum_note
 
     def manifest(ops):
