@@ -8,9 +8,11 @@ perplexity is reported beside its speed), then runs `deployft bench` on each bun
 deployable int4 file (`model_int4.onnx`) and onnxruntime-genai's int4 of the same RUN at the same block size
 (`ort-genai-int4`, `ort-genai-int4-b128`, from the peer cache run_defaults.py leaves), interleaved round by
 round at the same threads, prompts and new tokens, in clean rounds (the bench's own /proc/stat judge). Results:
-benchmarks/results/int4_vs_genai.{json,md}.
+benchmarks/results/int4_vs_genai.{json,md}; with `--head-bits 4` (the LM head at 4 bits too, as onnxruntime-genai
+writes its own) int4_vs_genai_head4.{json,md}.
 
     python benchmarks/int4_vs_genai.py                # RUN: outputs/bench-defaults/run-generate
+    python benchmarks/int4_vs_genai.py --head-bits 4
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ BENCH = dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_
 """benchmarks/run_defaults.py's generator settings."""
 
 
-def measure(run: Path, work: Path, peer_cache: Path, block: int, threads: int) -> dict:
-    """Export RUN at int4 with `block`, bench it beside onnxruntime-genai's int4 of the same block; the rows."""
+def measure(run: Path, work: Path, peer_cache: Path, block: int, threads: int, head_bits: int) -> dict:
+    """Export RUN at int4 with `block` and `head_bits`, bench it beside onnxruntime-genai's int4 of the same block;
+    the rows."""
     from deployft.bench import BenchConfig, benchmark
     from deployft.exporter import ExportConfig, export
     from deployft.manifest import read_manifest
 
-    bundle = export(ExportConfig(run=run, output=work / f"bundle-int4-b{block}", quantize="int4", block_size=block,
-                                 max_accuracy_drop=1000, overwrite=True))
+    name = f"int4-b{block}" + ("" if head_bits == 8 else f"-head{head_bits}")
+    bundle = export(ExportConfig(run=run, output=work / f"bundle-{name}", quantize="int4", block_size=block,
+                                 head_bits=head_bits, max_accuracy_drop=1000, overwrite=True))
     manifest = read_manifest(bundle, "bundle")
     quantization, ours_name = manifest["quantization"], manifest["model_file"]
-    report = benchmark(BenchConfig(run=run, bundle=bundle, report=work / f"report-int4-b{block}", threads=threads,
+    report = benchmark(BenchConfig(run=run, bundle=bundle, report=work / f"report-{name}", threads=threads,
                                    overwrite=True, variants=[ours_name, PEER[block]],
                                    peer_cache=peer_cache, **BENCH))
     variants = report.variants
@@ -55,7 +59,7 @@ def measure(run: Path, work: Path, peer_cache: Path, block: int, threads: int) -
                      "ratio": ours["decode_tokens_per_s"] / peer["decode_tokens_per_s"],
                      "deployft_ttft_ms": ours["ttft"]["p50"] * 1e3, "genai_ttft_ms": peer["ttft"]["p50"] * 1e3})
     return {"block": block, "bundle": str(bundle), "file": ours_name, "report": str(report.path),
-            "bits": quantization.get("bits"),
+            "bits": quantization.get("bits"), "head_bits": quantization.get("head_bits"),
             "guard": (quantization.get("attempts") or [{}])[-1].get("guard"),
             "perplexity": {name: (variants[name].get("accuracy") or {}).get("perplexity")
                            for name in (ours_name, PEER[block])},
@@ -82,9 +86,12 @@ def markdown(record: dict) -> str:
                 f"{block['perplexity'][peer]:.2f} | {block['sizes_mb'][block['file']]:.1f} | "
                 f"{block['sizes_mb'][peer]:.1f} | {block['rounds']['rounds_kept']} / "
                 f"{block['rounds']['rounds_rejected']} |")
-    lines += ["", "deployft's int4 keeps the LM head and the token embedding at 8 bits (export's int4); "
-              "onnxruntime-genai's quantizes its LM head to 4 bits. Each block size is one `deployft bench` run: "
-              "the two files' rounds interleave, so their ratio is measured in one run.", ""]
+    head = ("keeps the LM head and the token embedding at 8 bits (export's default)" if record.get("head_bits", 8) == 8
+            else f"has its LM head at {record['head_bits']} bits (`--head-bits {record['head_bits']}`) and the "
+                 "token embedding at 8")
+    lines += ["", f"deployft's int4 {head}; onnxruntime-genai's quantizes its LM head to 4 bits. Each block size "
+              "is one `deployft bench` run: the two files' rounds interleave, so their ratio is measured in one "
+              "run.", ""]
     return "\n".join(lines)
 
 
@@ -100,15 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="where run_defaults.py built onnxruntime-genai's files (built there if missing)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head-bits", type=int, default=8, choices=(8, 4), help="export's --head-bits")
     args = parser.parse_args(argv)
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
-              "threads": args.threads,
+              "threads": args.threads, "head_bits": args.head_bits,
               "command": "python benchmarks/int4_vs_genai.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "blocks": [measure(args.run, args.work, args.peer_cache, block, args.threads) for block in (32, 128)]}
+              "blocks": [measure(args.run, args.work, args.peer_cache, block, args.threads, args.head_bits)
+                         for block in (32, 128)]}
+    stem = "int4_vs_genai" + ("" if args.head_bits == 8 else f"_head{args.head_bits}")
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "int4_vs_genai.json").write_text(json.dumps(record, indent=2, default=str) + "\n",
+    (args.results / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n",
                                                      encoding="utf-8")
-    (args.results / "int4_vs_genai.md").write_text(markdown(record), encoding="utf-8")
+    (args.results / f"{stem}.md").write_text(markdown(record), encoding="utf-8")
     print(markdown(record))
     return 0
 

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+sys.path.insert(0, str(Path(__file__).parent / "bench"))  # bench_pairs' fixtures, for tests/cli run on its own too
 
 GOOD = ["great", "wonderful", "brilliant", "moving", "funny", "superb", "charming", "delightful"]
 BAD = ["awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "painful"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.config import BLOCK_SIZES, DEVICES, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES, ExportConfig
+from ..exporter.config import (BLOCK_SIZES, DEVICES, HEAD_BITS, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES,
+                               ExportConfig)
 from ..tasks import TASKS
 from .options import shown
 
@@ -17,11 +18,15 @@ from .options import shown
               help="Task of a plain model folder (a RUN knows its own).")
 @click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES), show_default=shown(ExportConfig, "quantize"),
               help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
-                   "CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits), int8-static (calibrated on the RUN's "
+                   "CPU: 4-bit MatMulNBits, LM head (--head-bits) and embedding at 8 bits), int8-static (calibrated on the RUN's "
                    "training data), fp16 (CUDA).")
 @click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)),
               show_default="64 for int8, 32 for int4",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")
+@click.option("--head-bits", type=int, default=None, metavar="|".join(map(str, HEAD_BITS)),
+              show_default=shown(ExportConfig, "head_bits"),
+              help="Width of the LM head under --quantize int4 (4: fewer bytes per token, as onnxruntime-genai's "
+                   "int4; the accuracy guard judges either).")
 @click.option("--quantize-preset", default=None, metavar="|".join(PRESETS), show_default="from this CPU",
               help="Force the dynamic int8 preset.")
 @click.option("--per-channel/--no-per-channel", default=None, show_default=shown(ExportConfig, "per_channel"),
@@ -61,6 +66,7 @@ def export(run: str, config_file: str | None, **flags) -> None:
     deployft export runs/clf --output bundles/clf --quantize int8
     deployft export runs/chat --output bundles/chat --quantize int8 --max-accuracy-drop 30
     deployft export runs/chat --output bundles/chat-int4 --quantize int4 --block-size 32
+    deployft export runs/chat --output bundles/chat-int4 --quantize int4 --head-bits 4
     """
     import logging
 

@@ -10,8 +10,8 @@ from ..errors import UsageError
 from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
 
-__all__ = ["BLOCK_SIZES", "DEVICES", "ExportConfig", "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES",
-           "VARIANT_FILES"]
+__all__ = ["BLOCK_SIZES", "DEVICES", "ExportConfig", "HEAD_BITS", "PRESETS", "PROVIDERS", "QUANTIZE_MODES",
+           "SELECT_RULES", "VARIANT_FILES"]
 
 QUANTIZE_MODES = ("none", "int8", "int4", "int8-static", "fp16")
 DEVICES = ("cpu", "cuda")
@@ -19,6 +19,9 @@ PRESETS = ("avx512_vnni", "avx2", "arm64")
 """ONNX Runtime's int8 presets (`deployft.exporter.quantize.cpu_preset` picks one from the CPU)."""
 BLOCK_SIZES = (16, 32, 64, 128)
 """`--block-size` values: weights per scale of a generator's MatMulNBits (smaller: closer to fp32, larger file)."""
+HEAD_BITS = (8, 4)
+"""`--head-bits` values: the width of an int4 generator's LM head (8: more accurate; 4: fewer bytes read per token,
+as onnxruntime-genai's int4 builds it)."""
 VARIANT_FILES = {"int8": "model_quantized.onnx", "int4": "model_int4.onnx", "int8-static": "model_int8_static.onnx",
                  "fp16": "model_fp16.onnx"}
 """The file each --quantize mode writes beside model.onnx and model_optimized.onnx."""
@@ -38,11 +41,14 @@ class ExportConfig:
     """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
     quantize: str = "none"
     """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
-    RUN's training data, CPU), int4 (generators, CPU: 4-bit MatMulNBits, LM head and embedding at 8 bits) or fp16
+    RUN's training data, CPU), int4 (generators, CPU: 4-bit MatMulNBits, LM head (`head_bits`) and embedding at 8 bits) or fp16
     (CUDA)."""
     block_size: int | None = None
     """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 64 for int8, 32 for
     int4."""
+    head_bits: int = 8
+    """The LM head's MatMulNBits width under --quantize int4: 8 (the default, closer to fp32) or 4 (a smaller file
+    and a faster decode step; the accuracy guard judges it all the same)."""
     quantize_preset: str | None = None
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False
@@ -116,6 +122,10 @@ class ExportConfig:
             if self.quantize not in ("int8", "int4"):
                 raise UsageError(f"--block-size sets the blocks of a generator's --quantize int4 or int8, not of "
                                  f"--quantize {self.quantize}; drop --block-size or pass --quantize int4")
+        _one_of("--head-bits", self.head_bits, HEAD_BITS)
+        if self.head_bits != 8 and self.quantize != "int4":
+            raise UsageError(f"--head-bits sets the LM head of a generator's --quantize int4, not of --quantize "
+                             f"{self.quantize}; drop --head-bits or pass --quantize int4")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
 

@@ -51,6 +51,18 @@ def bits_of(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def width_of(path: Path, matmuls: Iterable[str]) -> int | None:
+    """The weight width of the MatMulNBits nodes that replaced `matmuls` (the quantizer names each `<name>_Q<bits>`)
+    in the file at `path`; None when they are not all MatMulNBits of one width."""
+    import onnx
+
+    names = set(matmuls)
+    widths = [next((a.i for a in node.attribute if a.name == "bits"), 4)
+              for node in onnx.load(str(path), load_external_data=False).graph.node
+              if node.op_type == "MatMulNBits" and node.name.rsplit("_Q", 1)[0] in names]
+    return widths[0] if names and len(widths) == len(names) and len(set(widths)) == 1 else None
+
+
 INT4_BLOCK_SIZE = 32
 """Weights per 4-bit scale when `--block-size` is not given."""
 

@@ -244,15 +244,18 @@ def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
 
 
 def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
-    """4-bit MatMulNBits of a decoder's optimized graph, the LM head (and with the remedy, the edge layers) at 8."""
-    from .int4 import edge_layer_matmuls, quantize_int4
+    """4-bit MatMulNBits of a decoder's optimized graph, the LM head at --head-bits (and with the remedy, the edge
+    layers at 8)."""
+    from .int4 import edge_layer_matmuls, quantize_int4, width_of
     from .quantize import head_matmuls
 
     target = job.staging / VARIANT_FILES["int4"]
-    eight_bit = head_matmuls(job.optimized)
+    head = head_matmuls(job.optimized)
+    eight_bit = head if job.config.head_bits == 8 else []
     if remedy.eight_bit_edges:
         eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
     settings = quantize_int4(job.optimized, target, _block_size(job, remedy, "int4"), eight_bit)
+    settings["head_bits"] = width_of(target, head)  # read back from the file
     return settings, _validated(job, result, target, "int4", True)
 
 

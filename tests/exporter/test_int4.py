@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployft.exporter.int4 import bits_of, edge_layer_matmuls, quantize_int4, weight_matmuls
+from deployft.exporter.int4 import bits_of, edge_layer_matmuls, quantize_int4, weight_matmuls, width_of
 from deployft.exporter.quantize import head_matmuls
 
 
@@ -58,6 +58,18 @@ def test_int4_is_four_bit_everywhere_but_the_eight_bit_head(tiny_onnx):
     assert settings["bits"] == {"4": 14, "8": 1} == bits_of(dst) and settings["eight_bit_nodes"] == head
     assert settings["mode"] == "int4" and settings["accuracy_level"] == 4 and settings["symmetric"] is True
     assert settings["embedding"] == "8-bit GatherBlockQuantized, block 32" and _ops(dst)["GatherBlockQuantized"] == 1
+    assert width_of(dst, head) == 8 and width_of(dst, ["/model/layers.0/mlp/down_proj/MatMul"]) == 4
+    assert width_of(dst, head + ["/model/layers.0/mlp/down_proj/MatMul"]) is None  # two widths
+    assert width_of(dst, ["no-such-node"]) is None and width_of(dst, []) is None
+
+
+def test_int4_with_the_head_at_four_bits_too(tiny_onnx):
+    folder = tiny_onnx("llama")
+    src, dst = folder / "model.onnx", folder / "q4.onnx"
+    settings = quantize_int4(src, dst)
+    assert set(_nbits(dst).values()) == {(4, 32)} and len(_nbits(dst)) == 15 and _remaining(dst) == []
+    assert settings["bits"] == {"4": 15} and settings["eight_bit_nodes"] == [] and width_of(dst, head_matmuls(src)) == 4
+    assert settings["embedding"] == "8-bit GatherBlockQuantized, block 32"  # the lookup stays at 8 bits
     fp32, int4 = _logits(src), _logits(dst)
     assert np.abs(fp32 - int4).max() < 0.25 * np.abs(fp32).max()
 
@@ -137,13 +149,14 @@ def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_r
     nbits = _nbits(bundle / "model_int4.onnx")
     # q/k/v and gate/up are packed in the fused graph: 4 MatMuls per layer (qkv, o, gate+up, down)
     assert nbits.pop("/lm_head/MatMul") == (8, 32) and set(nbits.values()) == {(4, 32)} and len(nbits) == 8
-    assert _remaining(bundle / "model_int4.onnx") == [] and q["bits"] == {"4": 8, "8": 1}
+    assert _remaining(bundle / "model_int4.onnx") == [] and q["bits"] == {"4": 8, "8": 1} and q["head_bits"] == 8
     assert variant["ops"]["MatMulNBits"] == 9 and variant["ops"]["GroupQueryAttention"] == 2
     assert variant["ops"]["GatherBlockQuantized"] == 1 and q["embedding"] == "8-bit GatherBlockQuantized, block 32"
     report = manifest["validation"]["model_int4.onnx"]
     assert report["guard"]["passed"] and report["drop"] <= 10.0
     assert 0.0 <= report["greedy_token_agreement"] <= 1.0
-    assert "MatMulNBits 4-bit ×8, 8-bit ×1; token embedding 8-bit GatherBlockQuantized" in (bundle / "README.md").read_text()
+    assert "MatMulNBits 4-bit ×8, 8-bit ×1; LM head 8-bit; token embedding 8-bit GatherBlockQuantized" \
+        in (bundle / "README.md").read_text()
     predictor = Predictor.load(bundle)  # the KV-cache decoder on MatMulNBits, through the runtime's own loop
     assert predictor.model_file == "model_int4.onnx"
     assert predictor.decoder.shares_cache  # the int4 file keeps the fused graph's in-place cache
@@ -199,6 +212,8 @@ def test_classifier_refuses_int4_and_block_size(tiny_run, tmp_path):
     ({"quantize": "int4", "block_size": 48}, "--block-size is 48; expected one of 16, 32, 64, 128"),
     ({"quantize": "none", "block_size": 32}, "--block-size sets the blocks .* not of --quantize none"),
     ({"quantize": "int4", "device": "cuda"}, "--device cuda --quantize int4 is refused"),
+    ({"quantize": "int4", "head_bits": 6}, "--head-bits is 6; expected one of 8, 4"),
+    ({"quantize": "int8", "head_bits": 4}, "--head-bits sets the LM head .* not of --quantize int8; drop --head-bits"),
 ])
 def test_bad_int4_flags_are_refused_before_any_work(tmp_path, flags, match):
     from deployft.errors import UsageError
@@ -219,5 +234,24 @@ def test_cli_block_size_reaches_the_file(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "deployable: model_int4.onnx" in result.output and "| model_int4.onnx * | int4 |" in result.output
     assert "quantization: int4 (blockwise int4 weights (MatMulNBits), int8 compute, block 128; MatMulNBits 4-bit ×8, " \
-           "8-bit ×1; token embedding 8-bit GatherBlockQuantized, block 64), remedy: none" in result.output
+           "8-bit ×1; LM head 8-bit; token embedding 8-bit GatherBlockQuantized, block 64), remedy: none" in result.output
     assert {block for _, block in _nbits(bundle / "model_int4.onnx").values()} == {128}
+
+
+def test_cli_head_bits_four_reaches_the_file_manifest_and_card(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from deployft import Predictor
+    from deployft.cli import main
+    from deployft.manifest import read_manifest
+
+    bundle = tmp_path / "b"
+    result = CliRunner().invoke(main, ["export", str(tiny_run("llama")), "-o", str(bundle), "--quantize", "int4",
+                                       "--head-bits", "4", "--validate-samples", "8", "--max-accuracy-drop", "1000"])
+    assert result.exit_code == 0, result.output
+    assert "MatMulNBits 4-bit ×9; LM head 4-bit; token embedding 8-bit GatherBlockQuantized" in result.output
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["bits"] == {"4": 9} and q["head_bits"] == 4 and q["eight_bit_nodes"] == []
+    assert _nbits(bundle / "model_int4.onnx")["/lm_head/MatMul"] == (4, 32)
+    assert "LM head 4-bit" in (bundle / "README.md").read_text()
+    assert len(list(Predictor.load(bundle).iter_token_ids([5, 9, 14, 3], max_new_tokens=3, ignore_eos=True))) == 3
