@@ -123,16 +123,23 @@ def rows_warnings(task: Task, rows: int, rows_source: str) -> list[str]:
     return warnings
 
 
-def first_within_budget(result: ExportResult, names: list[str], source_name: str) -> str:
-    """The first of `names` whose drop meets the budget; AccuracyBudgetError when none does."""
+HIGHER_PRECISION = "raise --max-accuracy-drop or export with a higher precision (--quantize none)"
+"""What to do when a reduced-precision file misses the budget."""
+FP32_MISMATCH = ("the fp32 files disagree with their PyTorch original, which points at the model or its export, not "
+                 "at precision: check that the model gives the same outputs on every load (no randomly initialized "
+                 "or stochastic layers in eval mode), or raise --max-accuracy-drop")
+"""What to do when even the fp32 files miss the budget."""
+
+
+def first_within_budget(result: ExportResult, names: list[str], source_name: str, fix: str = HIGHER_PRECISION) -> str:
+    """The first of `names` whose drop meets the budget; AccuracyBudgetError (ending with `fix`) when none does."""
     for name in names:
         if result.variants[name].drop <= result.budget.max_drop:
             return name
     tried = "; ".join(f"{n}: {result.variants[n].drop:.2f}" for n in names)
     raise AccuracyBudgetError(
         f"every candidate exceeded --max-accuracy-drop {result.budget.max_drop:g} ({result.budget.measure}) "
-        f"against PyTorch on {source_name} ({tried}); no bundle written; raise --max-accuracy-drop or export "
-        "with a higher precision (--quantize none)",
+        f"against PyTorch on {source_name} ({tried}); no bundle written; {fix}",
         budget=result.budget.to_manifest(), attempts=[attempt_record(n, result.variants[n]) for n in names])
 
 

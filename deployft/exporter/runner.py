@@ -21,7 +21,7 @@ from ..errors import DataError, DeviceError, UsageError
 from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
-from .guard import budget_for, check_decidable, climb, first_within_budget, guard_record, judge
+from .guard import FP32_MISMATCH, budget_for, check_decidable, climb, first_within_budget, guard_record, judge
 from .state import ExportJob, ExportResult, VariantResult
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _report(job: ExportJob, result: ExportResult, path: Path, precision: str, op
 
 
 def _fp32(job: ExportJob, result: ExportResult) -> str:
-    return first_within_budget(result, [job.optimized.name, job.plain.name], job.source.path.name)
+    return first_within_budget(result, [job.optimized.name, job.plain.name], job.source.path.name, FP32_MISMATCH)
 
 
 def _int8(job: ExportJob, result: ExportResult) -> str:

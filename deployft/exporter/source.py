@@ -129,12 +129,19 @@ def check_exportable(source: Source) -> None:
 
 
 def load_torch_model(source: Source):
-    """Load the PyTorch original in fp32, eval mode; unreadable weights become a ModelError."""
+    """Load the PyTorch original in fp32, eval mode; unreadable weights, or weights the folder lacks (transformers
+    would draw them at random on every load, so no exported file could match the original), become a ModelError."""
     cls = source.spec.model_class()
     # safetensors, torch and transformers each raise their own type for bad weights
     with reraise_as(ModelError, f"cannot load the model weights in {source.path} ({{reason}}); the files are "
                                 "corrupted or incomplete: re-run deployft finetune or re-save the model"):
-        model = cls.from_pretrained(source.path, dtype="float32")
+        model, info = cls.from_pretrained(source.path, dtype="float32", output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelError(f"{source.path} has no weights for {shown}, which a {source.task} model needs "
+                         "(transformers would initialize them at random on every load, so no export could match it): "
+                         f"fine-tune it first (deployft finetune --model {source.path}) and export the RUN")
     return model.eval()
 
 

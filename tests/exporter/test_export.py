@@ -264,6 +264,38 @@ def test_corrupted_weights(tiny_run, tmp_path):
     assert _no_bundle(tmp_path)
 
 
+def test_a_model_folder_without_its_head_weights_is_refused_before_any_export(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_model("bert")
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("classifier.")}, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"has no weights for classifier\.bias, classifier\.weight, which a classify "
+                                         r"model needs .*at random on every load.*deployft finetune --model"):
+        _export(folder, tmp_path, task="classify", max_accuracy_drop=ANY_FLIPS)
+    assert _no_bundle(tmp_path)
+
+
+def test_fp32_files_over_the_budget_point_at_the_model_not_at_precision(tiny_run, tmp_path, monkeypatch):
+    import deployft.exporter.validate as module
+
+    real = module.compare
+
+    def flipping(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
+        report["flips"] = report["samples"] // 2
+        return report
+
+    monkeypatch.setattr(module, "compare", flipping)
+    with pytest.raises(AccuracyBudgetError) as caught:
+        _export(tiny_run("bert"), tmp_path, max_accuracy_drop=TINY_BUDGET)
+    message = str(caught.value)
+    assert "every candidate exceeded --max-accuracy-drop 25" in message and "model_optimized.onnx: " in message
+    assert "the fp32 files disagree with their PyTorch original" in message and "--quantize none" not in message
+    assert _no_bundle(tmp_path)
+
+
 def test_unsupported_architecture_names_the_type(tiny_model, tmp_path):
     from transformers import XLNetConfig, XLNetForSequenceClassification
 
