@@ -21,7 +21,7 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
                               written here with deployft's own quantizer
     int4-b32-head4.onnx, int4-b128-head4.onnx
                               the same with the LM head at 4 bits too, as onnxruntime-genai's int4 files have it
-                              (not something export writes): how much of the int4 gap is the head
+                              (`--head-bits 4`): how much of the int4 gap is the head
     rotary-in-attention-int8.onnx
                               model_quantized.onnx with each layer's packed q/k/v MatMul fed straight to
                               GroupQueryAttention (do_rotary, position_ids): no RotaryEmbedding or Split nodes, as
@@ -38,7 +38,9 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
                               onnxruntime-genai runs them)
 
 with the node count of each file and the kernels that take the decode step's time (ONNX Runtime's profiler, one
-extra pass). Files are interleaved round by round at the same thread count; medians are reported. Files that take
+extra pass). The decode step is timed twice: with a copying cache (`present` returned as a new array), and, for
+files whose attention is GroupQueryAttention, in place (each layer's cache one buffer bound as past and present,
+as deployft's runtime and onnxruntime-genai decode). Files are interleaved round by round at the same thread count; medians are reported. Files that take
 `logits_to_keep` are fed 1, as the runtime feeds them. A round counts only if other programs used at most
 `--max-foreign` of a core during it (/proc/stat busy time minus this process's); rejected rounds are repeated
 and counted.
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import platform
@@ -261,20 +264,75 @@ def _files(bundle: Path, scratch: Path) -> dict[str, Path]:
     return files
 
 
-def _medians(sessions: dict, feeds: dict, rounds: int, steps: int, meter) -> dict[str, float]:
-    """ms per call (p50) of every session on its feed, files interleaved round by round; a round the meter
-    rejects (others busy) is thrown away and repeated."""
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+def _runs(sessions: dict, feeds: dict) -> dict:
+    """One call per session: `sess.run` on its feed (a copying cache: `present` comes back as a new array)."""
+    return {name: functools.partial(sess.run, None, feeds[name]) for name, sess in sessions.items()}
+
+
+class _InPlaceStep:
+    """A decode step of a GroupQueryAttention file the way deployft's runtime and onnxruntime-genai run it: each
+    layer's cache is one buffer of `capacity` positions bound as both past and present (the op writes the new
+    token's keys and values into it in place), the step's inputs and its logits bound once."""
+
+    def __init__(self, sess, feed: dict, capacity: int):
+        from onnxruntime import OrtValue
+
+        self.sess, self.binding, self._held = sess, sess.io_binding(), []
+        for name, value in feed.items():
+            if name == "logits_to_keep":  # IO binding cannot bind an overridable initializer: its default, 0
+                continue
+            if name.startswith("past_key_values."):
+                batch, heads, past, width = value.shape
+                buffer = np.zeros((batch, heads, capacity, width), dtype=value.dtype)
+                buffer[:, :, :past] = value
+                shared = OrtValue.ortvalue_from_numpy(buffer)
+                self.binding.bind_ortvalue_input(name, shared)
+                self.binding.bind_ortvalue_output("present" + name[len("past_key_values"):], shared)
+                self._held += [buffer, shared]
+            else:
+                array = np.ascontiguousarray(value)
+                self.binding.bind_cpu_input(name, array)
+                self._held.append(array)
+        self.logits = np.zeros(sess.run(["logits"], feed)[0].shape, dtype=np.float32)
+        self.binding.bind_ortvalue_output("logits", OrtValue.ortvalue_from_numpy(self.logits))
+
+    def __call__(self) -> None:
+        self.sess.run_with_iobinding(self.binding)
+
+
+def _in_place(sessions: dict, feeds: dict, files: dict, past: int) -> dict:
+    """An `_InPlaceStep` for every file whose attention is GroupQueryAttention, checked to give the logits of the
+    copying step on the same cache."""
+    import onnx
+
+    steps = {}
+    for name, sess in sessions.items():
+        ops = {n.op_type for n in onnx.load(str(files[name]), load_external_data=False).graph.node}
+        if "GroupQueryAttention" not in ops or name.endswith(ALL_LOGITS):
+            continue
+        step = _InPlaceStep(sess, feeds[name], capacity=past + 16)
+        step()
+        expected = sess.run(["logits"], feeds[name])[0]
+        if not np.allclose(step.logits[:, -1], expected[:, -1], atol=1e-3):
+            raise SystemExit(f"{name}: the in-place step's logits differ from the copying step's")
+        steps[name] = step
+    return steps
+
+
+def _medians(calls: dict, rounds: int, steps: int, meter) -> dict[str, float]:
+    """ms per call (p50) of every call, files interleaved round by round; a round the meter rejects (others busy)
+    is thrown away and repeated."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     kept = 0
     while kept < rounds:
         meter.start()
-        this_round: dict[str, list[float]] = {name: [] for name in sessions}
-        for name, sess in sessions.items():
+        this_round: dict[str, list[float]] = {name: [] for name in calls}
+        for name, call in calls.items():
             for _ in range(2):
-                sess.run(None, feeds[name])
+                call()
             for _ in range(steps):
                 start = time.perf_counter()
-                sess.run(None, feeds[name])
+                call()
                 this_round[name].append(time.perf_counter() - start)
         if meter.finish():
             kept += 1
@@ -319,12 +377,14 @@ def main() -> None:
                 files[name + ALL_LOGITS], sessions[name + ALL_LOGITS] = files[name], sessions[name]
         feeds = {name: _feed(sess, args.past, keep_last=not name.endswith(ALL_LOGITS), head_dim=head_dim)
                  for name, sess in sessions.items()}
-        decode = _medians(sessions, feeds, args.rounds, args.steps, meter)
-        prefill = {n: _medians(sessions, {name: _feed(sess, 0, n, keep_last=not name.endswith(ALL_LOGITS),
-                                                      head_dim=head_dim)
-                                          for name, sess in sessions.items()},
+        decode = _medians(_runs(sessions, feeds), args.rounds, args.steps, meter)
+        in_place = _medians(_in_place(sessions, feeds, files, args.past), args.rounds, args.steps, meter)
+        prefill = {n: _medians(_runs(sessions, {name: _feed(sess, 0, n, keep_last=not name.endswith(ALL_LOGITS),
+                                                            head_dim=head_dim)
+                                                for name, sess in sessions.items()}),
                                args.rounds, args.prefill_steps, meter) for n in args.prompts}
-        rows = {name: {"ms_p50": decode[name], **{f"prefill_{n}_ms_p50": prefill[n][name] for n in args.prompts},
+        rows = {name: {"ms_p50": decode[name], "in_place_ms_p50": in_place.get(name),
+                       **{f"prefill_{n}_ms_p50": prefill[n][name] for n in args.prompts},
                        "nodes": len(onnx.load(str(path), load_external_data=False).graph.node),
                        "mb": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6,
                        "top_kernels": _top_kernels(path, args.threads, feeds[name])}
@@ -352,20 +412,26 @@ def _markdown(args, result: dict) -> str:
              f"{result['load_before']:.2f} before, {result['load_after']:.2f} after; rounds rejected because other "
              f"programs used over {args.max_foreign:.0%} of a core: {result['rounds_judged']['rounds_rejected']}, "
              f"kept anyway after repeated rejections: {result['rounds_judged']['rounds_dirty']}", "",
-             f"| file | nodes | MB | decode ms per step (p50) | vs model.onnx | {prefill_head} | "
-             "top decode kernels (ms per step, nodes) |",
-             "| --- | --- | --- | --- | --- | " + "--- | --- | " * len(args.prompts) + "--- |"]
+             f"| file | nodes | MB | decode ms per step (p50) | vs model.onnx | decode ms in place (p50) | "
+             f"{prefill_head} | top decode kernels (ms per step, nodes) |",
+             "| --- | --- | --- | --- | --- | --- | " + "--- | --- | " * len(args.prompts) + "--- |"]
     for name, row in rows.items():
         kernels = ", ".join(f"{op} {ms:.1f} ({n})" for op, ms, n in row["top_kernels"])
         prefill = " | ".join(f"{row[f'prefill_{n}_ms_p50']:.1f} | "
                              f"{fused[f'prefill_{n}_ms_p50'] / row[f'prefill_{n}_ms_p50']:.2f}x" for n in args.prompts)
+        in_place = "-" if row.get("in_place_ms_p50") is None else f"{row['in_place_ms_p50']:.1f}"
         lines.append(f"| {name} | {row['nodes']} | {row['mb']:.0f} | {row['ms_p50']:.1f} | "
-                     f"{base / row['ms_p50']:.2f}x | {prefill} | {kernels} |")
+                     f"{base / row['ms_p50']:.2f}x | {in_place} | {prefill} | {kernels} |")
     if any(name.startswith("peer ") for name in rows):
         lines += ["", "`peer` rows are onnxruntime-genai's model-builder files of the same RUN (int8: 8-bit "
                   "MatMulNBits block 32; int4: 4-bit at the block in its name), timed through the same ONNX Runtime "
                   "calls as deployft's files: the graphs compare here, not the two runtimes' loops (bench_generate "
                   "compares those). Their prefill computes every position's logits, as onnxruntime-genai runs them."]
+    lines += ["", "`decode ms per step` feeds the cache as an array and gets `present` back as a new one (a copy of "
+              "the cache per step); `decode ms in place` binds each layer's cache as one buffer of past + 16 "
+              "positions that GroupQueryAttention updates in place, and the logits to a buffer, as deployft's "
+              "runtime and onnxruntime-genai decode (files without GroupQueryAttention: -). Each in-place step is "
+              "checked to give the copying step's logits first."]
     return "\n".join(lines) + "\n"
 
 
