@@ -125,6 +125,11 @@ class GenaiBackend(Backend):
     def size_bytes(self) -> int:
         return _folder_bytes(self.folder, (".onnx", ".onnx.data"))
 
+    def weight_bytes_per_token(self) -> int | None:
+        from .roofline import onnx_weight_bytes
+
+        return onnx_weight_bytes(self.folder / "model.onnx")
+
     def details(self) -> dict[str, Any]:
         config = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))
         return {"engine": "onnxruntime-genai", "threads": self.threads,

@@ -163,6 +163,7 @@ def _gqa_run(root):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_GENAI, reason='onnxruntime-genai not installed (pip install "deployft[peers]")')
 def test_ort_genai_peers_built_in_the_helper_venv_generate_exactly_n_tokens(tmp_path):
+    from deployft.bench.roofline import onnx_weight_bytes
     from deployft.exporter import ExportConfig, export
 
     run = _gqa_run(tmp_path)
@@ -178,6 +179,10 @@ def test_ort_genai_peers_built_in_the_helper_venv_generate_exactly_n_tokens(tmp_
         accuracy = report.variants[name]["accuracy"]
         assert accuracy["perplexity"] > 1 and 0 <= accuracy["token_agreement"] <= 1
         assert report.variants[name]["build"]["build_s"] > 0
+    weights = {name: report.variants[name]["weight_bytes_per_token"] for name in ("ort-genai-int8", "ort-genai-int4")}
+    assert weights["ort-genai-int8"] == onnx_weight_bytes(Path(report.variants["ort-genai-int8"]["build"]["path"])
+                                                          / "model.onnx")
+    assert 0 < weights["ort-genai-int4"] < weights["ort-genai-int8"]  # the roofline reads the peer's own file
 
 
 def _matmulnbits(folder: Path) -> set[tuple[int, int]]:
