@@ -41,7 +41,8 @@ with the node count of each file and the kernels that take the decode step's tim
 extra pass). The decode step is timed twice: with a copying cache (`present` returned as a new array), and, for
 files whose attention is GroupQueryAttention, in place (each layer's cache one buffer bound as past and present,
 as deployft's runtime and onnxruntime-genai decode). Files are interleaved round by round at the same thread count; medians are reported. Files that take
-`logits_to_keep` are fed 1, as the runtime feeds them. A round counts only if other programs used at most
+`logits_to_keep` are fed 1 in the copying step and the prefill (IO binding cannot bind that optional input, so the
+in-place step leaves it at its default, 0, as the runtime's in-place decode steps do). A round counts only if other programs used at most
 `--max-foreign` of a core during it (/proc/stat busy time minus this process's); rejected rounds are repeated
 and counted.
 
@@ -430,7 +431,8 @@ def _markdown(args, result: dict) -> str:
     lines += ["", "`decode ms per step` feeds the cache as an array and gets `present` back as a new one (a copy of "
               "the cache per step); `decode ms in place` binds each layer's cache as one buffer of past + 16 "
               "positions that GroupQueryAttention updates in place, and the logits to a buffer, as deployft's "
-              "runtime and onnxruntime-genai decode (files without GroupQueryAttention: -). Each in-place step is "
+              "runtime and onnxruntime-genai decode (-: a file without GroupQueryAttention, or a row that differs from "
+              "another only in `logits_to_keep`, which the in-place step does not feed). Each in-place step is "
               "checked to give the copying step's logits first."]
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ class Remedy:
     keep_head: bool = False
     """Blockwise int8: keep the LM head in fp32."""
     eight_bit_edges: bool = False
-    """int4: quantize the first and last layer at 8 bits too (the LM head always is)."""
+    """int4: quantize the first and last layer at 8 bits too (the LM head is, unless --head-bits 4)."""
 
 
 def _resolve(dotted: str) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from .options import shown
               show_default="64 for int8, 32 for int4",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")
 @click.option("--head-bits", type=int, default=None, metavar="|".join(map(str, HEAD_BITS)),
-              show_default=shown(ExportConfig, "head_bits"),
+              show_default="8",
               help="Width of the LM head under --quantize int4 (4: fewer bytes per token, as onnxruntime-genai's "
                    "int4; the accuracy guard judges either).")
 @click.option("--quantize-preset", default=None, metavar="|".join(PRESETS), show_default="from this CPU",

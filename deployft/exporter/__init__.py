@@ -10,7 +10,7 @@
     optimize.py        ORTOptimizer level 2 and the op-count report
     decoder_fusion.py  decoder attention -> GroupQueryAttention with its rotary embedding
     quantize.py        dynamic / static / blockwise int8 and fp16
-    int4.py            generator int4: 4-bit MatMulNBits, the LM head at 8 bits
+    int4.py            generator int4: 4-bit MatMulNBits, the LM head at 8 bits (or 4: --head-bits)
     samples.py         the rows validation and calibration feed, encoded as training encoded them
     validate.py        every file against PyTorch, run through the runtime's own session and decoder
     bundle.py          the manifest; card.py the model card and `deployft info`

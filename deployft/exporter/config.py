@@ -46,9 +46,9 @@ class ExportConfig:
     block_size: int | None = None
     """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 64 for int8, 32 for
     int4."""
-    head_bits: int = 8
-    """The LM head's MatMulNBits width under --quantize int4: 8 (the default, closer to fp32) or 4 (a smaller file
-    and a faster decode step; the accuracy guard judges it all the same)."""
+    head_bits: int | None = None
+    """The LM head's MatMulNBits width under --quantize int4: 8 or 4 (a smaller file, fewer bytes read per decode
+    step; the accuracy guard judges it all the same); None: 8."""
     quantize_preset: str | None = None
     """avx512_vnni, avx2 or arm64; default: picked from this CPU's instruction set."""
     per_channel: bool = False
@@ -122,8 +122,9 @@ class ExportConfig:
             if self.quantize not in ("int8", "int4"):
                 raise UsageError(f"--block-size sets the blocks of a generator's --quantize int4 or int8, not of "
                                  f"--quantize {self.quantize}; drop --block-size or pass --quantize int4")
-        _one_of("--head-bits", self.head_bits, HEAD_BITS)
-        if self.head_bits != 8 and self.quantize != "int4":
+        if self.head_bits is not None:
+            _one_of("--head-bits", self.head_bits, HEAD_BITS)
+        if self.head_bits is not None and self.quantize != "int4":
             raise UsageError(f"--head-bits sets the LM head of a generator's --quantize int4, not of --quantize "
                              f"{self.quantize}; drop --head-bits or pass --quantize int4")
         if self.quantize_preset is not None:

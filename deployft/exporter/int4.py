@@ -1,8 +1,10 @@
-"""Blockwise int4 of a decoder's fused graph: `MatMulNBits` with 4-bit weights, the LM head and embedding at 8 bits.
+"""Blockwise int4 of a decoder's fused graph: `MatMulNBits` with 4-bit weights, the LM head (by default) and the
+embedding at 8 bits.
 
 Every constant-weight MatMul becomes `MatMulNBits` (symmetric, one scale per `block_size` weights along K, int8
 activations: accuracy level 4), in two passes of ONNX Runtime's `MatMulNBitsQuantizer`: first the nodes kept at
-8 bits (the LM head; a remedy adds the first and last layer), then every other weight at 4 bits. The token
+8 bits (the LM head unless `--head-bits 4`; a remedy adds the first and last layer), then every other weight at
+4 bits. The token
 embedding lookup becomes an 8-bit `GatherBlockQuantized`, written here: the quantizer writes that op at 4 bits
 only, while the kernel of ONNX Runtime >= 1.32 reads 8-bit blocks. When no block size of 16..`block_size` divides the
 hidden size the embedding stays fp32; the manifest's `quantization.embedding` says which.
@@ -56,7 +58,7 @@ def width_of(path: Path, matmuls: Iterable[str]) -> int | None:
     in the file at `path`; None when they are not all MatMulNBits of one width."""
     import onnx
 
-    names = set(matmuls)
+    names = {name for name in matmuls if name}  # an unnamed MatMul's MatMulNBits is unnamed too: no match by name
     widths = [next((a.i for a in node.attribute if a.name == "bits"), 4)
               for node in onnx.load(str(path), load_external_data=False).graph.node
               if node.op_type == "MatMulNBits" and node.name.rsplit("_Q", 1)[0] in names]

@@ -30,9 +30,9 @@ BLOCKWISE_NOTE = ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per blo
                   "model_optimized.onnx, attention fused where the fusion note says so")
 """What the `quantization.choice` field says about a generator's int8."""
 INT4_NOTE = ("blockwise int4 (MatMulNBits: 4-bit weights, one scale per block along K, int8 compute; the LM head "
-             "at 8 bits, the token embedding as `embedding` says) of model_optimized.onnx, attention fused where the "
-             "fusion note says so")
-"""What the `quantization.choice` field says about int4."""
+             "at {head_bits} bits, the token embedding as `embedding` says) of model_optimized.onnx, attention fused "
+             "where the fusion note says so")
+"""What the `quantization.choice` field says about int4 (formatted with the head's width)."""
 
 
 def export(config: ExportConfig) -> Path:
@@ -200,7 +200,8 @@ def _int8(job: ExportJob, result: ExportResult) -> str:
 
 def _int4(job: ExportJob, result: ExportResult) -> str:
     """Blockwise int4 of a decoder's optimized graph, climbing the task's int4 ladder until the budget is met."""
-    return _ladder(job, result, "int4", job.task.int4_remedies, _blockwise_int4, INT4_NOTE)
+    return _ladder(job, result, "int4", job.task.int4_remedies, _blockwise_int4,
+                   INT4_NOTE.format(head_bits=_head_bits(job)))
 
 
 def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Remedy, ...], quantize,
@@ -251,12 +252,17 @@ def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
 
     target = job.staging / VARIANT_FILES["int4"]
     head = head_matmuls(job.optimized)
-    eight_bit = head if job.config.head_bits == 8 else []
+    eight_bit = list(head) if _head_bits(job) == 8 else []
     if remedy.eight_bit_edges:
         eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
     settings = quantize_int4(job.optimized, target, _block_size(job, remedy, "int4"), eight_bit)
     settings["head_bits"] = width_of(target, head)  # read back from the file
     return settings, _validated(job, result, target, "int4", True)
+
+
+def _head_bits(job: ExportJob) -> int:
+    """The LM head's width under int4: --head-bits, else 8."""
+    return job.config.head_bits or 8
 
 
 def _int8_static(job: ExportJob, result: ExportResult) -> str:

@@ -136,12 +136,15 @@ def load_torch_model(source: Source):
     with reraise_as(ModelError, f"cannot load the model weights in {source.path} ({{reason}}); the files are "
                                 "corrupted or incomplete: re-run deployft finetune or re-save the model"):
         model, info = cls.from_pretrained(source.path, dtype="float32", output_loading_info=True)
-    missing = sorted(info.get("missing_keys") or ())
+    buffers = {name for name, _ in model.named_buffers()}  # set the same way on every load
+    missing = sorted(set(info.get("missing_keys") or ()) - buffers)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        fix = ("the RUN is incomplete: re-run deployft finetune" if source.is_run else
+               f"fine-tune it first (deployft finetune --model {source.path}) and export the RUN")
         raise ModelError(f"{source.path} has no weights for {shown}, which a {source.task} model needs "
-                         "(transformers would initialize them at random on every load, so no export could match it): "
-                         f"fine-tune it first (deployft finetune --model {source.path}) and export the RUN")
+                         f"(transformers would initialize them at random on every load, so no export could match it): "
+                         f"{fix}")
     return model.eval()
 
 

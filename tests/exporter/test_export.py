@@ -264,16 +264,18 @@ def test_corrupted_weights(tiny_run, tmp_path):
     assert _no_bundle(tmp_path)
 
 
-def test_a_model_folder_without_its_head_weights_is_refused_before_any_export(tiny_model, tmp_path):
+@pytest.mark.parametrize(("source", "fix"), [("model", "fine-tune it first .deployft finetune --model"),
+                                             ("run", "the RUN is incomplete: re-run deployft finetune")])
+def test_a_folder_without_its_head_weights_is_refused_before_any_export(tiny_model, tiny_run, tmp_path, source, fix):
     from safetensors.torch import load_file, save_file
 
-    folder = tiny_model("bert")
+    folder = tiny_model("bert") if source == "model" else tiny_run("bert")
     weights = folder / "model.safetensors"
     tensors = load_file(weights)
     save_file({k: v for k, v in tensors.items() if not k.startswith("classifier.")}, weights, metadata={"format": "pt"})
     with pytest.raises(ModelError, match=r"has no weights for classifier\.bias, classifier\.weight, which a classify "
-                                         r"model needs .*at random on every load.*deployft finetune --model"):
-        _export(folder, tmp_path, task="classify", max_accuracy_drop=ANY_FLIPS)
+                                         r"model needs .*at random on every load.*" + fix):
+        _export(folder, tmp_path, task="classify" if source == "model" else None, max_accuracy_drop=ANY_FLIPS)
     assert _no_bundle(tmp_path)
 
 

@@ -60,7 +60,9 @@ def test_int4_is_four_bit_everywhere_but_the_eight_bit_head(tiny_onnx):
     assert settings["embedding"] == "8-bit GatherBlockQuantized, block 32" and _ops(dst)["GatherBlockQuantized"] == 1
     assert width_of(dst, head) == 8 and width_of(dst, ["/model/layers.0/mlp/down_proj/MatMul"]) == 4
     assert width_of(dst, head + ["/model/layers.0/mlp/down_proj/MatMul"]) is None  # two widths
-    assert width_of(dst, ["no-such-node"]) is None and width_of(dst, []) is None
+    assert width_of(dst, ["no-such-node"]) is None and width_of(dst, []) is None and width_of(dst, [""]) is None
+    fp32, int4 = _logits(src), _logits(dst)
+    assert np.abs(fp32 - int4).max() < 0.25 * np.abs(fp32).max()
 
 
 def test_int4_with_the_head_at_four_bits_too(tiny_onnx):
@@ -145,7 +147,7 @@ def test_int4_export_of_the_tiny_llama_within_budget_predicts_and_benches(tiny_r
     q, variant = manifest["quantization"], manifest["variants"]["model_int4.onnx"]
     assert manifest["model_file"] == "model_int4.onnx" and variant["precision"] == "int4" and variant["optimized"]
     assert q["mode"] == "int4" and q["remedy"] == "none" and q["block_size"] == 32 and q["accuracy_level"] == 4
-    assert q["quantized_from"] == "model_optimized.onnx" and "int4" in q["choice"]
+    assert q["quantized_from"] == "model_optimized.onnx" and "int4" in q["choice"] and "LM head at 8 bits" in q["choice"]
     nbits = _nbits(bundle / "model_int4.onnx")
     # q/k/v and gate/up are packed in the fused graph: 4 MatMuls per layer (qkv, o, gate+up, down)
     assert nbits.pop("/lm_head/MatMul") == (8, 32) and set(nbits.values()) == {(4, 32)} and len(nbits) == 8
@@ -214,6 +216,7 @@ def test_classifier_refuses_int4_and_block_size(tiny_run, tmp_path):
     ({"quantize": "int4", "device": "cuda"}, "--device cuda --quantize int4 is refused"),
     ({"quantize": "int4", "head_bits": 6}, "--head-bits is 6; expected one of 8, 4"),
     ({"quantize": "int8", "head_bits": 4}, "--head-bits sets the LM head .* not of --quantize int8; drop --head-bits"),
+    ({"quantize": "none", "head_bits": 8}, "--head-bits sets the LM head .* not of --quantize none; drop --head-bits"),
 ])
 def test_bad_int4_flags_are_refused_before_any_work(tmp_path, flags, match):
     from deployft.errors import UsageError
@@ -252,6 +255,7 @@ def test_cli_head_bits_four_reaches_the_file_manifest_and_card(tiny_run, tmp_pat
     assert "MatMulNBits 4-bit ×9; LM head 4-bit; token embedding 8-bit GatherBlockQuantized" in result.output
     q = read_manifest(bundle, "bundle")["quantization"]
     assert q["bits"] == {"4": 9} and q["head_bits"] == 4 and q["eight_bit_nodes"] == []
+    assert "the LM head at 4 bits" in q["choice"]
     assert _nbits(bundle / "model_int4.onnx")["/lm_head/MatMul"] == (4, 32)
     assert "LM head 4-bit" in (bundle / "README.md").read_text()
     assert len(list(Predictor.load(bundle).iter_token_ids([5, 9, 14, 3], max_new_tokens=3, ignore_eos=True))) == 3
