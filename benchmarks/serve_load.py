@@ -12,7 +12,9 @@ A generation round sends 16 requests per connection, at least 48 and at most 256
 at 8, 256 at 32 and 64): its last requests finish one by one while a batching server's batch is partly empty (an
 unbatched server's queue never is), so rounds of a few requests per connection would measure that drain more than
 the batching. Every generation request asks its own numbered question after the same short system message.
-Then 10,000 classifier requests check that the server's RSS stays flat, and the classifier is timed alone, in this
+Then 10,000 requests at concurrency 32 (classifier: --soak; generator: --generate-soak, each question new, so a
+prefix cache that kept everything would grow) check that the batching server's RSS stays flat, read after each
+fifth of them, and the classifier is timed alone, in this
 process without HTTP (`model_alone`: batch 1 against the server's max batch size, the same threads and texts): the
 most batching can multiply requests/s by on this machine.
 
@@ -309,12 +311,9 @@ def run_task(task: str, bundle: Path, args) -> dict:
                 out["modes"][mode]["rounds"].append(median_round(trials[mode], key))
                 print(f"{task} {mode} c={concurrency}: {json.dumps(out['modes'][mode]['rounds'][-1])[:240]}",
                       flush=True)
-        if task == "classify" and args.soak:
-            server = servers["batched"]
-            soak, client = {"rss_before": server.rss()}, client_cpu()
-            results, wall = asyncio.run(load(call, server.url, 32, args.soak))
-            soak.update(summarize(results, wall, client_cpu() - client), rss_after=server.rss())
-            out["modes"]["batched"]["soak"] = soak
+        requests = args.soak if task == "classify" else args.generate_soak
+        if requests:
+            out["modes"]["batched"]["soak"] = soak = run_soak(servers["batched"], call, requests, first)
             print(f"soak: {json.dumps(soak)}", flush=True)
         for mode, server in servers.items():
             out["modes"][mode]["rss_after"] = server.rss()
@@ -322,6 +321,20 @@ def run_task(task: str, bundle: Path, args) -> dict:
         for mode, server in servers.items():
             out["modes"].setdefault(mode, {})["exit_code"] = server.stop()
     return out
+
+
+def run_soak(server: Server, call, requests: int, first: int, parts: int = 5) -> dict:
+    """`requests` at concurrency 32 on one server, numbered from `first` (none asked before), in `parts` equal
+    runs with the server's RSS after each: memory that grows with the requests served shows as a rising series."""
+    soak, client, rows, wall = {"rss_before": server.rss(), "rss_after_parts": []}, client_cpu(), [], 0.0
+    size = -(-requests // parts)
+    for start in range(0, requests, size):
+        results, seconds = asyncio.run(load(call, server.url, 32, min(size, requests - start), first + start))
+        rows += results
+        wall += seconds
+        soak["rss_after_parts"].append(server.rss())
+    soak.update(summarize(rows, wall, client_cpu() - client), rss_after=server.rss())
+    return soak
 
 
 def ratios(task_result: dict, key: str) -> dict:
@@ -365,7 +378,10 @@ def write(results: dict, path: Path) -> None:
                 s = m["soak"]
                 lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, {s['status_429']} "
                              f"429, {s['status_5xx']} 5xx, {s['failed']} failed ({s['first_failure'] or 'none'}); "
-                             f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after.")
+                             f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after"
+                             + (" (after each fifth: " + ", ".join(f"{r / 2**20:.1f}" for r in s["rss_after_parts"])
+                                + " MiB)" if s.get("rss_after_parts") else "")
+                             + (f"; {s['tokens_per_s']} tokens/s" if task == "generate" else "") + ".")
         lines += ["", f"Batched / unbatched {key} by concurrency: {data['ratio']}", ""]
         if data.get("model_alone"):
             a = data["model_alone"]
@@ -408,6 +424,9 @@ def main() -> None:
     parser.add_argument("--generate-cap", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--soak", type=int, default=10_000, help="Classifier requests of the RSS check (0: none).")
+    parser.add_argument("--generate-soak", type=int, default=10_000,
+                        help="Generation requests of the RSS check, --max-tokens each (0: none; about ten minutes "
+                             "on 2 cores).")
     parser.add_argument("--model-rounds", type=int, default=5,
                         help="Clean rounds of the classifier alone, without HTTP (0: skip).")
     parser.add_argument("--rounds", type=int, default=3,

@@ -89,7 +89,9 @@ def application(config: ServeConfig, scale: RayScale | None = None):
 
     def build_asgi_app():  # runs in each replica, so each loads the bundle in its own process
         from .app import create_app
+        from .memory import bound_heap_growth
 
+        bound_heap_growth()
         return create_app(config, start=False)  # the app's lifespan starts and stops the worker
 
     @serve.ingress(build_asgi_app)

@@ -26,7 +26,9 @@ def serve(config: ServeConfig) -> None:
     """
     uvicorn = require("uvicorn", "serve")
     from .app import create_app
+    from .memory import bound_heap_growth
 
+    bound_heap_growth()  # before the model's threads start
     app = create_app(config, start=False)
     service = app.state.service
     if config.exposed and config.api_key is None:
