@@ -28,6 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from deployft.exporter.config import HEAD_BITS  # noqa: E402  (light: no torch, no onnx)
 PEER = {32: "ort-genai-int4", 128: "ort-genai-int4-b128"}
 """onnxruntime-genai's int4 variant built at each block size (deployft/bench/peers.py)."""
 BENCH = dict(prompt_lens=(16, 64), new_tokens=(32,), repeats=10, warmup=1, eval_samples=40)
@@ -41,12 +43,12 @@ def measure(run: Path, work: Path, peer_cache: Path, block: int, threads: int, h
     from deployft.exporter import ExportConfig, export
     from deployft.manifest import read_manifest
 
-    name = f"int4-b{block}" + ("" if head_bits == 8 else f"-head{head_bits}")
-    bundle = export(ExportConfig(run=run, output=work / f"bundle-{name}", quantize="int4", block_size=block,
+    label = f"int4-b{block}" + ("" if head_bits == 8 else f"-head{head_bits}")
+    bundle = export(ExportConfig(run=run, output=work / f"bundle-{label}", quantize="int4", block_size=block,
                                  head_bits=head_bits, max_accuracy_drop=1000, overwrite=True))
     manifest = read_manifest(bundle, "bundle")
     quantization, ours_name = manifest["quantization"], manifest["model_file"]
-    report = benchmark(BenchConfig(run=run, bundle=bundle, report=work / f"report-{name}", threads=threads,
+    report = benchmark(BenchConfig(run=run, bundle=bundle, report=work / f"report-{label}", threads=threads,
                                    overwrite=True, variants=[ours_name, PEER[block]],
                                    peer_cache=peer_cache, **BENCH))
     variants = report.variants
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where run_defaults.py built onnxruntime-genai's files (built there if missing)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--head-bits", type=int, default=8, choices=(8, 4), help="export's --head-bits")
+    parser.add_argument("--head-bits", type=int, default=8, choices=HEAD_BITS, help="export's --head-bits")
     args = parser.parse_args(argv)
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
               "threads": args.threads, "head_bits": args.head_bits,

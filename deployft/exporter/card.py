@@ -181,9 +181,8 @@ def quantization_line(q: dict[str, Any]) -> str:
            else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
     if q.get("bits") is not None:  # int4: the widths counted from the file, and what stayed fp32
         widths = ", ".join(f"{bits}-bit ×{count}" for bits, count in q["bits"].items()) or "none"
-        how += f"; MatMulNBits {widths}; LM head {q['head_bits']}-bit" if q.get("head_bits") else \
-            f"; MatMulNBits {widths}"
-        how += f"; token embedding {q.get('embedding', '-').split(':')[0]}"
+        head = f"; LM head {q['head_bits']}-bit" if q.get("head_bits") else ""
+        how += f"; MatMulNBits {widths}{head}; token embedding {q.get('embedding', '-').split(':')[0]}"
     recipe = f" candidate {q['recipe']}" if q.get("recipe") else ""
     return (f"{q['mode']}{recipe} ({how}), remedy: {q.get('remedy')}, "
             f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")

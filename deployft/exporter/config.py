@@ -124,9 +124,9 @@ class ExportConfig:
                                  f"--quantize {self.quantize}; drop --block-size or pass --quantize int4")
         if self.head_bits is not None:
             _one_of("--head-bits", self.head_bits, HEAD_BITS)
-        if self.head_bits is not None and self.quantize != "int4":
-            raise UsageError(f"--head-bits sets the LM head of a generator's --quantize int4, not of --quantize "
-                             f"{self.quantize}; drop --head-bits or pass --quantize int4")
+            if self.quantize != "int4":
+                raise UsageError(f"--head-bits sets the LM head of a generator's --quantize int4, not of --quantize "
+                                 f"{self.quantize}; drop --head-bits or pass --quantize int4")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
 

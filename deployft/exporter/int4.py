@@ -13,6 +13,7 @@ hidden size the embedding stays fp32; the manifest's `quantization.embedding` sa
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,27 +42,26 @@ def edge_layer_matmuls(path: Path, num_layers: int) -> list[str]:
             if (m := _LAYER.search(name.lower())) and int(m.group(1)) in edges]
 
 
-def bits_of(path: Path) -> dict[str, int]:
-    """`{"4": n, "8": m}`: how many MatMulNBits nodes of the file at `path` carry each weight width."""
+def _widths(path: Path) -> list[tuple[str, int]]:
+    """`(name of the MatMul it replaced, weight bits)` of every MatMulNBits node of the file at `path` (the quantizer
+    names each `<name>_Q<bits>`)."""
     import onnx
 
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type == "MatMulNBits":
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            counts[str(bits)] = counts.get(str(bits), 0) + 1
+    return [(node.name.rsplit("_Q", 1)[0], next((a.i for a in node.attribute if a.name == "bits"), 4))
+            for node in onnx.load(str(path), load_external_data=False).graph.node if node.op_type == "MatMulNBits"]
+
+
+def bits_of(path: Path) -> dict[str, int]:
+    """`{"4": n, "8": m}`: how many MatMulNBits nodes of the file at `path` carry each weight width."""
+    counts = Counter(str(bits) for _, bits in _widths(path))
     return dict(sorted(counts.items()))
 
 
 def width_of(path: Path, matmuls: Iterable[str]) -> int | None:
-    """The weight width of the MatMulNBits nodes that replaced `matmuls` (the quantizer names each `<name>_Q<bits>`)
-    in the file at `path`; None when they are not all MatMulNBits of one width."""
-    import onnx
-
+    """The weight width of the MatMulNBits nodes that replaced `matmuls` in the file at `path`; None when they are
+    not all MatMulNBits of one width."""
     names = {name for name in matmuls if name}  # an unnamed MatMul's MatMulNBits is unnamed too: no match by name
-    widths = [next((a.i for a in node.attribute if a.name == "bits"), 4)
-              for node in onnx.load(str(path), load_external_data=False).graph.node
-              if node.op_type == "MatMulNBits" and node.name.rsplit("_Q", 1)[0] in names]
+    widths = [bits for name, bits in _widths(path) if name in names]
     return widths[0] if names and len(widths) == len(names) and len(set(widths)) == 1 else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from deployft.serve.memory import bound_heap_growth
 
-GLIBC = sys.platform.startswith("linux") and bool(__import__("platform").libc_ver()[0] == "glibc")
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # Frees a 16 MiB block (which raises glibc's dynamic mmap threshold above 2 MiB), fills 50 blocks of 2 MiB, pins the
 # heap's top with a 200 KiB block allocated after them, frees the 50 and prints how much resident memory stayed.
