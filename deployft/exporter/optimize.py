@@ -1,7 +1,10 @@
 """Graph fusion through ORTOptimizer at the portable level 2, and the fusion report: op counts before and after.
 
-Level 2 fuses attention, SkipLayerNormalization, BiasGelu/FastGelu for encoders and writes only ops every ONNX
-Runtime build has; level 99 would write hardware-specific layouts, so it is never used for a bundle.
+Level 2 fuses attention and BiasGelu/FastGelu for encoders and writes only ops every ONNX Runtime build has; level
+99 would write hardware-specific layouts, so it is never used for a bundle. An encoder's residual Add and
+LayerNormalization stay two ops: the CPU kernel of the SkipLayerNormalization they would fuse into is a scalar
+loop, measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py), and deployft's CPU sessions keep ONNX
+Runtime from fusing them at load (`runtime.session.CPU_DISABLED_OPTIMIZERS`); a CUDA session fuses them there.
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
 `decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report says
 which happened and why.
@@ -32,6 +35,9 @@ FUSED_OPS = (
 """Ops whose appearance after optimization means a fusion happened (contrib ops plus LayerNormalization)."""
 
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+
+ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
+"""ORTOptimizer's fusions an encoder's graph is written without (see the module's docstring)."""
 
 
 def op_counts(path: str | Path) -> dict[str, int]:
@@ -66,7 +72,7 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     target = folder / OPTIMIZED_NAME
     skipped = _ort_optimizer_skip(folder)
     if not skipped:
-        _ort_optimize(onnx_path, target)
+        _ort_optimize(onnx_path, target, **({} if decoder else ENCODER_FUSIONS_LEFT_OUT))
     rewritten: list[str] = []
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)
@@ -88,13 +94,6 @@ def _ort_optimizer_skip(folder: Path) -> str | None:
         return (f"ORTOptimizer has no graph optimizations for model type {model_type!r}: the plain export is the "
                 "base of the optimized file (ONNX Runtime still fuses normalizations and activations when it loads it)")
     return None
-
-
-def optimize_without_skip_layer_norm(onnx_path: Path, target: Path) -> Path:
-    """The level-2 fused graph of `onnx_path` with the SkipLayerNormalization fusions left out, written as `target`
-    (an int8 candidate: on some CPUs the residual Add + LayerNormalization pair runs faster than the fused op)."""
-    _ort_optimize(onnx_path, target, disable_skip_layer_norm_fusion=True, disable_bias_skip_layer_norm_fusion=True)
-    return target
 
 
 def _ort_optimize(onnx_path: Path, target: Path, **disabled: bool) -> None:

@@ -6,7 +6,6 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
                ─► static-qdq               static QDQ int8, calibrated on the RUN's training rows
     model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, attention as QAttention
                          ─► fused-qattention-per-channel   the same, weights scaled per output channel
-    fused, no SkipLayerNormalization ─► fused-no-skip-layernorm   the same, that fusion left out
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
@@ -45,8 +44,7 @@ class Recipe:
     name: str
     """How the manifest, `export` and `info` name the candidate."""
     base: str
-    """The graph it quantizes: `plain` (model.onnx), `fused` (model_optimized.onnx) or `fused-no-sln` (the fused
-    graph rebuilt without the SkipLayerNormalization fusion)."""
+    """The graph it quantizes: `plain` (model.onnx) or `fused` (model_optimized.onnx)."""
     description: str
     """What the file is, in words (the manifest's `quantization.choice` when it is kept)."""
     per_channel: bool = False
@@ -65,8 +63,6 @@ RECIPES = (
     Recipe("fused-qattention-per-channel", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), "
                                                     "attention as QAttention, weights scaled per output channel",
            per_channel=True),
-    Recipe("fused-no-skip-layernorm", "fused-no-sln", "dynamic int8 (QAttention) of the fused graph rebuilt without "
-                                                      "the SkipLayerNormalization fusion"),
     Recipe("static-qdq", "plain", "static int8 (QDQ) of the plain export, activation ranges calibrated (min/max) on "
                                   "the RUN's training rows", static=True),
 )
@@ -195,7 +191,7 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     target = scratch / (f"{recipe.name}.onnx" if rung == 0 else f"{recipe.name}.remedy{rung}.onnx")
     candidate = Candidate(recipe, remedy.name, {})
     try:
-        base = _base(job, recipe.base, scratch)
+        base = job.plain if recipe.base == "plain" else job.optimized
         if recipe.static:
             if job.calibration is None:
                 candidate.skipped = job.calibration_gap or "not built: no calibration rows"
@@ -208,23 +204,8 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
         logger.warning("int8 candidate %s not built: %s", candidate.name, exc)
         candidate.skipped = f"not built: {exc}"
         return candidate
-    if recipe.base == "fused-no-sln":
-        candidate.settings["quantized_from"] = "model.onnx fused at level 2 without SkipLayerNormalization"
     candidate.variant, candidate.size = validate(target, recipe.base != "plain"), target.stat().st_size
     return candidate
-
-
-def _base(job: ExportJob, base: str, scratch: Path) -> Path:
-    from .optimize import optimize_without_skip_layer_norm
-
-    if base == "plain":
-        return job.plain
-    if base == "fused":
-        return job.optimized
-    graph = scratch / "fused_no_sln.onnx"
-    if not graph.exists():
-        optimize_without_skip_layer_norm(job.plain, graph)
-    return graph
 
 
 def calibration_batches(job: ExportJob) -> list[dict]:

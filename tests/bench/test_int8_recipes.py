@@ -19,11 +19,14 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatc
                                  validate_samples=40, calibration_samples=16, max_accuracy_drop=25.0,
                                  select_seconds=0.2))
     files = recipes.build(bundle, tmp_path)
-    assert sorted(files) == sorted(recipes.RECIPES) and all(p.stat().st_size > 0 for p in files.values())
+    assert sorted(files) == sorted(recipes.recipes()) and all(p.stat().st_size > 0 for p in files.values())
+    assert "static-qdq" not in files and "fused-qattention-per-channel" in files
     monkeypatch.setattr(recipes, "SHAPES", ((1, 8), (2, 8)))
-    medians, quiet = recipes.time_all(files | {"model_quantized.onnx": bundle / "model_quantized.onnx"}, 1, 2, float("inf"),
-                                         json.loads((bundle / "config.json").read_text())["vocab_size"])
-    assert (quiet["rounds_kept"], quiet["rounds_rejected"]) == (2, 0) and set(medians["plain"]) == {"b1x8", "b2x8"}
+    timed = files | {recipes.BASELINE: files["plain"], "model_quantized.onnx": bundle / "model_quantized.onnx"}
+    medians, quiet = recipes.time_all(timed, 1, 2, float("inf"),
+                                      json.loads((bundle / "config.json").read_text())["vocab_size"])
+    assert (quiet["rounds_kept"], quiet["rounds_rejected"]) == (2, 0) and set(medians) == set(timed)
+    assert set(medians[recipes.BASELINE]) == {"b1x8", "b2x8"}
     assert all(v > 0 for per in medians.values() for v in per.values())
     guard = recipes.guard_flips(bundle)
     candidates = json.loads((bundle / "deployft.json").read_text())["quantization"]["candidates"]
@@ -39,6 +42,7 @@ def test_the_verdict_follows_the_timings(recipes, tmp_path, monkeypatch):
     plain = {"b1x32": 4.0, "b1x128": 13.0, "b16x128": 130.0}
     for deployable, verdict in (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, "— met"),
                                 ({"b1x32": 1.0, "b1x128": 10.0, "b16x128": 101.0}, "— not met")):
-        recipes.write(base | {"medians": {"plain": plain, "model_quantized.onnx": deployable}}, tmp_path / "r")
+        recipes.write(base | {"medians": {recipes.BASELINE: plain, "model_quantized.onnx": deployable}}, tmp_path / "r")
         text = (tmp_path / "r.md").read_text()
-        assert text.rstrip().endswith(verdict) and "| plain | - | 4.00 | 13.00 | 130.00 | 1.00x" in text
+        assert text.rstrip().endswith(verdict)
+        assert f"| {recipes.BASELINE} | - | 4.00 | 13.00 | 130.00 | 1.00x" in text

@@ -94,14 +94,14 @@ def test_smallest_keeps_the_smallest_file_within_budget(tiny_run, tmp_path, monk
 def test_candidates_over_budget_are_recorded_never_timed_never_kept(tiny_run, tmp_path, monkeypatch):
     seen: list[str] = []
     _fake_timer(monkeypatch, {"plain": 1.0, "plain-per-channel": 9.0, "fused-qattention": 0.5,
-                              "fused-qattention-per-channel": 0.3, "fused-no-skip-layernorm": 0.1, "static-qdq": 5.0},
+                              "fused-qattention-per-channel": 0.3, "static-qdq": 5.0},
                 seen)
-    _flip(monkeypatch, {"fused-qattention": 5, "fused-qattention-per-channel": 7, "fused-no-skip-layernorm": 6})
+    _flip(monkeypatch, {"fused-qattention": 5, "fused-qattention-per-channel": 7})
     manifest = _export(tiny_run("bert"), tmp_path)
     q = manifest["quantization"]
     assert sorted(seen) == ["plain", "plain-per-channel", "static-qdq"] and _kept(manifest) == ["plain"]
     failed = [c for c in q["candidates"] if c["name"].startswith("fused")]
-    assert [c["guard"]["flips"] for c in failed] == [5, 7, 6]
+    assert [c["guard"]["flips"] for c in failed] == [5, 7]
     assert all(not c["passed"] and c["ms"] is None and c["drop"] > TINY_BUDGET for c in failed)
     note = "a file quantized from the plain export was kept: no fused candidate was within budget"
     assert q["selection"]["note"] == note

@@ -85,6 +85,71 @@ def test_auto_picks_what_really_runs_and_says_so(tmp_path, fake_ort, caplog, ava
     assert ("on CUDA" if expected == "cuda" else "running on CPU") in caplog.text
 
 
+def _residual_layer_norm(path):
+    """A residual Add feeding a LayerNormalization, in the 3-D shapes ONNX Runtime fuses into SkipLayerNormalization."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = ["batch", 8, 16]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("x", "skip")]
+    weights = [numpy_helper.from_array(np.full(16, v, np.float32), n) for n, v in (("gamma", 1.5), ("beta", 0.5))]
+    nodes = [helper.make_node("Add", ["x", "skip"], ["sum"]),
+             helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+                              weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _optimized_ops(monkeypatch, tmp_path, make):
+    """The op types of the graph ONNX Runtime really runs in the session `make()` builds, and the session."""
+    import onnx
+    import onnxruntime
+
+    real, written = onnxruntime.InferenceSession, tmp_path / "optimized.onnx"
+
+    def keep_optimized_graph(path, sess_options=None, **kwargs):
+        sess_options.optimized_model_filepath = str(written)
+        return real(path, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", keep_optimized_graph)
+    session = make()
+    return [n.op_type for n in onnx.load(str(written)).graph.node], session
+
+
+def test_cpu_sessions_keep_residual_add_and_layer_norm_apart(tmp_path, monkeypatch):
+    import onnxruntime
+
+    model = _residual_layer_norm(tmp_path / "m.onnx")
+    ops, (session, _) = _optimized_ops(monkeypatch, tmp_path, lambda: session_module.create_session(
+        model, SessionOptions(threads=1)))
+    assert ops == ["Add", "LayerNormalization"]
+    x, skip = (np.random.default_rng(i).standard_normal((2, 8, 16)).astype(np.float32) for i in (0, 1))
+    total = x + skip
+    expected = (total - total.mean(-1, keepdims=True)) / np.sqrt(total.var(-1, keepdims=True) + 1e-5) * 1.5 + 0.5
+    np.testing.assert_allclose(session.run(None, {"x": x, "skip": skip})[0], expected, atol=1e-5)
+    # what the setting prevents: ONNX Runtime's own session fuses the pair
+    default, _ = _optimized_ops(monkeypatch, tmp_path, lambda: onnxruntime.InferenceSession(
+        str(model), sess_options=onnxruntime.SessionOptions(), providers=[CPU]))
+    assert default == ["SkipLayerNormalization"]
+
+
+def test_cuda_sessions_leave_onnx_runtime_its_fusions(tmp_path, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    seen = []
+
+    def session(path, sess_options=None, providers=None, disabled_optimizers=None):
+        seen.append((providers, disabled_optimizers))
+        return _FakeSession(providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+    session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cpu"))
+    assert seen == [([CUDA, CPU], None), ([CPU], list(session_module.CPU_DISABLED_OPTIMIZERS))]
+
+
 def test_predictor_load_refuses_fallback(runtime_bundle, fake_ort):
     fake_ort([CPU], [CPU])
     with pytest.raises(DeviceError, match="onnxruntime-gpu"):
