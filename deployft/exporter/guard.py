@@ -173,11 +173,12 @@ def attempt_record(name: str, variant: VariantResult) -> dict[str, Any]:
 
 
 def refuse(mode: str, tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
-    """AccuracyBudgetError naming every `mode` (int8 or int4) attempt, the last one's bound first."""
+    """AccuracyBudgetError naming every `mode` (int8 or int4) attempt, the closest one's bound first."""
     attempts_text = ", ".join(f"{t['remedy']}: {t['drop']:.2f}" for t in tried)
     instead = "--quantize int8 (or none)" if mode == "int4" else "--quantize none"
+    closest = min(tried, key=lambda t: t["drop"])
     raise AccuracyBudgetError(
-        f"{mode} reached {tried[-1]['drop']:.2f} ({budget.measure}) against PyTorch, over --max-accuracy-drop "
+        f"{mode} reached {closest['drop']:.2f} at best ({budget.measure}) against PyTorch, over --max-accuracy-drop "
         f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; raise --max-accuracy-drop "
         f"or use {instead}", budget=budget.to_manifest(), attempts=tried)
 
