@@ -222,7 +222,7 @@ def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings
     """How the kept file was chosen: the rule, the shapes and threads, and what it is worth against the others."""
     return {"rule": job.config.select or "fastest", "kept": kept.name,
             "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
-            "threads": "onnxruntime default (one per physical core), the same for every file",
+            "threads": "onnxruntime default (one per physical core), no spin-waiting, the same for every file",
             "seconds_budget": job.config.select_seconds, "shapes": list(timings.medians[kept.name]),
             "rounds": timings.rounds, "seconds": round(timings.seconds, 2), "note": _note(passed, kept, plain)}
 

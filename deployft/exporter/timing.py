@@ -1,8 +1,10 @@
 """Timing ONNX files against each other at a bundle's typical shapes, through the runtime's own session.
 
 Every file gets one session from `deployft.runtime.session.create_session` (what the Predictor runs), all with the
-same thread setting. After a warm-up, rounds are interleaved: each round calls every file once per shape, in an
-order rotated round by round, so a burst of load on a shared machine lands on every file alike. Rounds stop at the
+same thread setting and none spin-waiting between calls: the threads of the file called last would otherwise spin on
+a core the next file needs, slowing the larger shapes of whichever file follows. After a warm-up, rounds are
+interleaved: each round calls every file once per shape, in an order rotated round by round, so a burst of load on
+a shared machine lands on every file alike. Rounds stop at the
 time budget (after at least `MIN_ROUNDS`) or at `MAX_ROUNDS`; each file's time per shape is the median of its
 rounds. Inputs are token ids drawn from the validation rows, every row padded to the shape's length (no padding),
 which is the model call alone: tokenization is the same for every file.
@@ -90,7 +92,7 @@ def time_files(files: dict[str, Path], plan: TimingPlan) -> Timings:
     """Time every file at every shape of `plan`, interleaved (see the module docstring)."""
     from ..runtime.session import SessionOptions, create_session
 
-    options = SessionOptions(threads=plan.threads)
+    options = SessionOptions(threads=plan.threads, spinning=False)
     sessions = {key: create_session(path, options)[0] for key, path in files.items()}
     feeds = {shape: _feeds(next(iter(sessions.values())), shape, plan.tokens) for shape in plan.shapes}
     for session in sessions.values():

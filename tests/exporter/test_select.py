@@ -133,6 +133,25 @@ def test_typical_shapes_are_median_max_and_a_batch():
     assert typical_shapes(64, []) == [Shape(1, 64), Shape(16, 64)]
 
 
+def test_files_are_timed_in_sessions_that_do_not_spin(tiny_onnx, monkeypatch):
+    # a spinning pool of the file called last would take a core from the next one in the round
+    from deployft.exporter.timing import TimingPlan, time_files
+    from deployft.runtime import session as session_module
+
+    real, seen = session_module.create_session, []
+
+    def spy(path, options):
+        seen.append(options)
+        return real(path, options)
+
+    monkeypatch.setattr(session_module, "create_session", spy)
+    folder = tiny_onnx("bert")
+    timings = time_files({"a": folder / "model.onnx", "b": folder / "model.onnx"},
+                         TimingPlan([Shape(1, 8), Shape(2, 8)], seconds=0.0, threads=1))
+    assert [(o.spinning, o.threads) for o in seen] == [(False, 1), (False, 1)]
+    assert timings.rounds == 3 and set(timings.medians["b"]) == {"b1x8", "b2x8"}
+
+
 def test_score_is_the_geometric_mean_of_the_shapes():
     timings = Timings({"a": {"b1x8": 1.0, "b16x8": 16.0}}, rounds=3, seconds=1.0)
     assert timings.score("a") == pytest.approx(4.0) and not math.isclose(timings.score("a"), 8.5)
