@@ -5,7 +5,7 @@ session this module reads `session.get_providers()` back and refuses a CUDA requ
 come true, naming the missing piece. The OpenVINO provider (`provider="openvino"`, `runtime/openvino.py`)
 gets the same treatment: a session where it places no node is refused.
 
-A session that runs on the CPU alone keeps each residual Add and LayerNormalization apart
+A session on the CPU (ONNX Runtime's own kernels or OpenVINO's) keeps each residual Add and LayerNormalization apart
 (`CPU_DISABLED_OPTIMIZERS`): the CPU kernel of the SkipLayerNormalization that ONNX Runtime would fuse them into
 is a scalar loop, measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py); a CUDA session fuses them.
 
@@ -124,8 +124,9 @@ def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, R
     settings = _session_options(ort, options.threads, options.spinning)
     cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
     precision = openvino.add_to(ort, settings, options.threads, cache)
-    try:
-        session = ort.InferenceSession(str(model_path), sess_options=settings)
+    try:  # nodes OpenVINO declines run on ONNX Runtime's CPU kernels
+        session = ort.InferenceSession(str(model_path), sess_options=settings,
+                                       disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
     except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
         raise DeviceError(f"provider openvino could not compile {model_path.name}: {first_line(exc)}; "
                           "pass --provider default or another --model-file") from exc
@@ -174,4 +175,4 @@ def _create(ort, model_path: Path, options: SessionOptions):
         raise DeviceError(f"device cuda asked for but ONNX Runtime runs {model_path.name} on CPU: "
                           f"{cuda_missing_reason(ort)}; or pass --device cpu")
     logger.info("device auto: %s; running on CPU", cuda_missing_reason(ort))
-    return session, "cpu"
+    return _build(ort, model_path, [CPU], options), "cpu"  # a CPU session proper, with the CPU's graph settings

@@ -87,12 +87,13 @@ def _inject(monkeypatch, overrides):
 
 
 RUNGS = 5, 1, 2
-"""Int8 files a classifier's rungs build: five candidates; per-channel rebuilds the static one (the others are
-already per-channel); the last remedy the plain and the fused one (static takes no excluded nodes)."""
+"""Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
+fused files with per-channel weights were built on the first rung); the last remedy the plain and the fused one
+(static takes no excluded nodes)."""
 
 
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 4, 5])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 %; the closest first
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 4, 5])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 % and 5's
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)

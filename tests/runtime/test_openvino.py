@@ -23,6 +23,7 @@ from deployft.errors import BundleError, DeviceError, MissingDependencyError, Us
 from deployft.manifest import read_manifest, write_manifest
 from deployft.runtime import Predictor, SessionOptions
 from deployft.runtime import openvino
+from deployft.runtime import session as session_module
 from deployft.runtime.session import create_session
 
 EP, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
@@ -80,6 +81,7 @@ def fake_plugin(monkeypatch):
     def session(path, sess_options=None, providers=None, **kwargs):
         if not getattr(sess_options, "openvino", False):  # a session of another stage (the optimizer): untouched
             return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+        record["disabled_optimizers"] = kwargs.get("disabled_optimizers")
         return Session(real_session(path, sess_options=sess_options, providers=[CPU]))
 
     plugin = types.SimpleNamespace(get_library_path=lambda: "/fake/libonnxruntime_providers_openvino_plugin.so")
@@ -146,6 +148,8 @@ def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime
     run = predictor.runtime
     assert (run.provider, run.device, run.threads, run.precision) == ("openvino", "cpu", 2, openvino.cpu_precision())
     assert run.nodes[EP] > 0 and "provider='openvino'" in repr(predictor)
+    # nodes OpenVINO declines run on ONNX Runtime's CPU kernels, so the CPU's graph settings hold here too
+    assert fake_plugin["disabled_optimizers"] == list(session_module.CPU_DISABLED_OPTIMIZERS)
 
 
 def test_cache_can_be_turned_off(fake_plugin, runtime_bundle, cache_home):
