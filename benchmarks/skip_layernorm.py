@@ -89,6 +89,7 @@ def measure(threads: int, rounds: int, calls: int, max_foreign: float) -> tuple[
 
 
 def write(result: dict, out: Path) -> str:
+    """Write `out`.json and `out`.md (the table) and return the table."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     quiet = result["quiet"]

@@ -2,7 +2,7 @@
 
 Every file gets one session from `deployft.runtime.session.create_session` (what the Predictor runs), all with the
 same thread setting and none spin-waiting between calls: the threads of the file called last would otherwise spin on
-a core the next file needs, slowing the larger shapes of whichever file follows. After a warm-up, rounds are
+a core the next file needs. After a warm-up, rounds are
 interleaved: each round calls every file once per shape, in an order rotated round by round, so a burst of load on
 a shared machine lands on every file alike. Rounds stop at the
 time budget (after at least `MIN_ROUNDS`) or at `MAX_ROUNDS`; each file's time per shape is the median of its

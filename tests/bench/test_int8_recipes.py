@@ -42,7 +42,11 @@ def test_the_verdict_follows_the_timings(recipes, tmp_path, monkeypatch):
     plain = {"b1x32": 4.0, "b1x128": 13.0, "b16x128": 130.0}
     for deployable, verdict in (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, "— met"),
                                 ({"b1x32": 1.0, "b1x128": 10.0, "b16x128": 101.0}, "— not met")):
-        recipes.write(base | {"medians": {recipes.BASELINE: plain, "model_quantized.onnx": deployable}}, tmp_path / "r")
+        medians = {recipes.BASELINE: plain, "plain": {k: v / 2 for k, v in plain.items()},
+                   "model_quantized.onnx": deployable}
+        recipes.write(base | {"medians": medians}, tmp_path / "r")
         text = (tmp_path / "r.md").read_text()
         assert text.rstrip().endswith(verdict)
         assert f"| {recipes.BASELINE} | - | 4.00 | 13.00 | 130.00 | 1.00x" in text
+        same = ", ".join(f"{s} {plain[s] / 2 / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))
+        assert f"against `plain` in the same deployft session (the graph's share alone): {same}" in text
