@@ -38,6 +38,9 @@ ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 
 ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 """ORTOptimizer's fusions an encoder's graph is written without (see the module's docstring)."""
+SKIP_LAYER_NORM_NOTE = ("residual Add and LayerNormalization left as two ops: ONNX Runtime's SkipLayerNormalization "
+                        "CPU kernel measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py); "
+                        "deployft's CPU sessions keep them apart, a CUDA session fuses them at load")
 
 
 def op_counts(path: str | Path) -> dict[str, int]:
@@ -79,6 +82,8 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     report = fusion_report(op_counts(onnx_path), op_counts(target), decoder, unfused_reason)
     after_attention_note = 1 if decoder else 0
     report["notes"][after_attention_note:after_attention_note] = [*([skipped] if skipped else []), *rewritten]
+    if not decoder and not skipped:
+        report["notes"].insert(0, SKIP_LAYER_NORM_NOTE)
     return target, report
 
 
