@@ -29,7 +29,8 @@ PROVIDERS = ("default", "openvino")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-"""ONNX Runtime's load-time graph transformers a CPU-only session runs without (see the module's docstring)."""
+"""ONNX Runtime's load-time graph transformers a session on the CPU (the default provider on the CPU alone, or
+OpenVINO) runs without (see the module's docstring)."""
 
 
 @dataclass
@@ -175,4 +176,5 @@ def _create(ort, model_path: Path, options: SessionOptions):
         raise DeviceError(f"device cuda asked for but ONNX Runtime runs {model_path.name} on CPU: "
                           f"{cuda_missing_reason(ort)}; or pass --device cpu")
     logger.info("device auto: %s; running on CPU", cuda_missing_reason(ort))
-    return _build(ort, model_path, [CPU], options), "cpu"  # a CPU session proper, with the CPU's graph settings
+    del session  # loaded a second time as a CPU session proper, with the CPU's graph settings
+    return _build(ort, model_path, [CPU], options), "cpu"

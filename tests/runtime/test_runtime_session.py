@@ -28,15 +28,16 @@ def fake_ort(monkeypatch):
     import onnxruntime
 
     def install(available, actual, fail=None):
-        """Returns the providers of every session built, in order."""
+        """Returns `(providers asked for, session)` of every session built, in order."""
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
         built = []
 
         def build(ort, path, providers, threads):
-            built.append(providers)
             if fail and CUDA in providers:
+                built.append((providers, None))
                 raise RuntimeError(fail)
-            return _FakeSession(actual if CUDA in providers else [CPU])
+            built.append((providers, _FakeSession(actual if CUDA in providers else [CPU])))
+            return built[-1][1]
 
         monkeypatch.setattr(session_module, "_build", build)
         return built
@@ -84,10 +85,10 @@ def test_cuda_start_failure(tmp_path, fake_ort):
 def test_auto_picks_what_really_runs_and_says_so(tmp_path, fake_ort, caplog, available, actual, fail, expected):
     built = fake_ort(available, actual, fail)
     with caplog.at_level("INFO", logger="deployft.runtime"):
-        _, runtime = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="auto"))
+        session, runtime = session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="auto"))
     assert runtime.device == expected
     # a CPU answer comes from a session built for the CPU alone (its graph settings), not a CUDA one that fell back
-    assert built[-1] == ([CUDA, CPU] if expected == "cuda" else [CPU])
+    assert built[-1] == ([CUDA, CPU] if expected == "cuda" else [CPU], session)
     assert ("on CUDA" if expected == "cuda" else "running on CPU") in caplog.text
 
 
