@@ -204,6 +204,11 @@ class LlamaCppBackend(Backend):
     def size_bytes(self) -> int:
         return (self.folder / GGUF).stat().st_size
 
+    def weight_bytes_per_token(self) -> int | None:
+        from .roofline import gguf_weight_bytes
+
+        return gguf_weight_bytes(self.folder / GGUF)
+
     def details(self) -> dict[str, Any]:
         return {"engine": "llama.cpp (llama-cpp-python)", "version": self._llama_cpp.__version__,
                 "file_type": FTYPES[self.precision][0], "threads": self.threads, "n_ctx": self.CONTEXT}

@@ -5,7 +5,9 @@ byte read and runs at the speed memory delivers weights, not at the matmul peak.
 `bandwidth / weight bytes read per token`; a variant's fraction of it is its measured decode rate over that.
 
 Weight bytes read per token count every initializer a matmul-like op reads in full (MatMul, Gemm, MatMulNBits,
-MatMulInteger, ...), and nothing for one that only a Gather reads (the token embedding: one row per token).
+MatMulInteger, ...), and nothing for one that only a Gather reads (the token embedding: one row per token). A GGUF
+file (llama.cpp) is read the same way by tensor name: every tensor but the lookup tables, and the token embedding
+too when no `output.weight` is stored (a tied LM head reads the whole of it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ READ_BYTES = 256 * 2**20
 """Size of the tensor the read bandwidth is measured on: far larger than any CPU cache."""
 LOOKUP_OPS = ("Gather", "GatherBlockQuantized")
 """Ops that read one row of their weight per token."""
+GGUF_LOOKUPS = ("token_embd.weight", "position_embd.weight", "token_types.weight")
+"""GGUF tensors read one row per token (llama.cpp's names)."""
+GGUF_HEAD = "output.weight"
 
 
 def read_bandwidth(threads: int, seconds: float = 0.5, size: int = READ_BYTES) -> float:
@@ -53,6 +58,16 @@ def onnx_weight_bytes(path: str | Path) -> int:
             continue
         full.update(name for name in node.input if name in sizes)
     return sum(sizes[name] for name in full)
+
+
+def gguf_weight_bytes(path: str | Path) -> int:
+    """Bytes of the tensors a GGUF file's model reads in full per token (see the module's docstring)."""
+    from gguf import GGUFReader
+
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(path)).tensors}
+    tied = GGUF_HEAD not in sizes
+    return sum(n for name, n in sizes.items()
+               if name not in GGUF_LOOKUPS or (tied and name == GGUF_LOOKUPS[0]))
 
 
 def _all_nodes(graph):

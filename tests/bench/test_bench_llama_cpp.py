@@ -160,6 +160,8 @@ def test_llama_cpp_peers_convert_the_run_and_match_its_logits(tmp_path):
         for width in (520, 530):  # llama.cpp rounds a context of 520 up to 768; its logits buffer stays 520
             assert backend.forward(long[:, :width], np.ones((1, width), dtype=np.int64)).shape[1] == width
         assert backend.details()["file_type"] == {"llama.cpp-q8_0": "Q8_0", "llama.cpp-q4_0": "Q4_0"}[name]
+        # the tiny RUN ties its LM head to the embedding, so every tensor is read per token
+        assert backend.weight_bytes_per_token() == sum(int(t.n_bytes) for t in reader.tensors) > 0
     q8 = make_peer_backend("llama.cpp-q8_0", built["llama.cpp-q8_0"], 1)
     q8.load()
     greedy = [int(np.argmax(expected[0][-1]))]

