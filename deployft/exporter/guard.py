@@ -179,8 +179,9 @@ def refuse(mode: str, tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
     closest = min(tried, key=lambda t: t["drop"])
     raise AccuracyBudgetError(
         f"{mode} reached {closest['drop']:.2f} at best ({budget.measure}) against PyTorch, over --max-accuracy-drop "
-        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; raise --max-accuracy-drop "
-        f"or use {instead}", budget=budget.to_manifest(), attempts=tried)
+        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; pass --max-accuracy-drop "
+        f"{_round_up(closest['drop'])} or more (the closest attempt's bound) or use {instead}",
+        budget=budget.to_manifest(), attempts=tried)
 
 
 def _round_up(value: float) -> str:

@@ -97,7 +97,8 @@ def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tm
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
-    assert "int8 reached 34.18 at best" in message and "--max-accuracy-drop 25" in message
+    assert "int8 reached 34.18 at best" in message and "over --max-accuracy-drop 25 " in message
+    assert "pass --max-accuracy-drop 34.2 or more (the closest attempt's bound)" in message
     assert "plain: 60.32" in message and "fused-qattention: 52.14" in message
     assert "static-qdq; per-channel: 52.14" in message and "fused-qattention; per-channel + head" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
