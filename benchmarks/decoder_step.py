@@ -40,10 +40,10 @@ tokens, empty cache: the time to first token's model call) through ONNX Runtime 
 with the node count of each file and the kernels that take the decode step's time (ONNX Runtime's profiler, one
 extra pass). The decode step is timed twice: with a copying cache (`present` returned as a new array), and, for
 files whose attention is GroupQueryAttention, in place (each layer's cache one buffer bound as past and present,
-as deployft's runtime and onnxruntime-genai decode). Files are interleaved round by round at the same thread count; medians are reported. Files that take
-`logits_to_keep` are fed 1 in the copying step and the prefill (IO binding cannot bind that optional input, so the
-in-place step leaves it at its default, 0, as the runtime's in-place decode steps do). A round counts only if other programs used at most
-`--max-foreign` of a core during it (/proc/stat busy time minus this process's); rejected rounds are repeated
+as deployft's runtime and onnxruntime-genai decode). Files are interleaved round by round at the same thread
+count; medians are reported. Files that take `logits_to_keep` are fed 1 in the copying step and the prefill (IO
+binding cannot bind that optional input, so the in-place step leaves it at its default, 0, as the runtime's in-place
+decode steps do). A round counts only if other programs used at most `--max-foreign` of a core during it (/proc/stat busy time minus this process's); rejected rounds are repeated
 and counted.
 
     python benchmarks/decoder_step.py outputs/bench-defaults/bundle-generate --threads 2

@@ -19,9 +19,11 @@ READ_BYTES = 256 * 2**20
 """Size of the tensor the read bandwidth is measured on: far larger than any CPU cache."""
 LOOKUP_OPS = ("Gather", "GatherBlockQuantized")
 """Ops that read one row of their weight per token."""
-GGUF_LOOKUPS = ("token_embd.weight", "position_embd.weight", "token_types.weight")
+GGUF_EMBEDDING = "token_embd.weight"
+GGUF_LOOKUPS = (GGUF_EMBEDDING, "position_embd.weight", "token_types.weight")
 """GGUF tensors read one row per token (llama.cpp's names)."""
 GGUF_HEAD = "output.weight"
+"""The LM head's own tensor; a GGUF without it ties the head to `GGUF_EMBEDDING`."""
 
 
 def read_bandwidth(threads: int, seconds: float = 0.5, size: int = READ_BYTES) -> float:
@@ -67,7 +69,7 @@ def gguf_weight_bytes(path: str | Path) -> int:
     sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(path)).tensors}
     tied = GGUF_HEAD not in sizes
     return sum(n for name, n in sizes.items()
-               if name not in GGUF_LOOKUPS or (tied and name == GGUF_LOOKUPS[0]))
+               if name not in GGUF_LOOKUPS or (tied and name == GGUF_EMBEDDING))
 
 
 def _all_nodes(graph):

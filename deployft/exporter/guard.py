@@ -123,23 +123,30 @@ def rows_warnings(task: Task, rows: int, rows_source: str) -> list[str]:
     return warnings
 
 
-HIGHER_PRECISION = "raise --max-accuracy-drop or export with a higher precision (--quantize none)"
-"""What to do when a reduced-precision file misses the budget."""
+HIGHER_PRECISION = "{looser} or export with a higher precision (--quantize none)"
+"""What to do when a reduced-precision file misses the budget (`{looser}`: `looser_budget`)."""
 FP32_MISMATCH = ("the fp32 files disagree with their PyTorch original, which points at the model or its export, not "
                  "at precision: check that the model gives the same outputs on every load (no randomly initialized "
-                 "or stochastic layers in eval mode), or raise --max-accuracy-drop")
+                 "or stochastic layers in eval mode), or {looser}")
 """What to do when even the fp32 files miss the budget."""
 
 
+def looser_budget(drops: list[float]) -> str:
+    """The --max-accuracy-drop that lets the closest of the attempts with these `drops` through."""
+    return f"pass --max-accuracy-drop {_round_up(min(drops))} or more (the closest attempt's bound)"
+
+
 def first_within_budget(result: ExportResult, names: list[str], source_name: str, fix: str = HIGHER_PRECISION) -> str:
-    """The first of `names` whose drop meets the budget; AccuracyBudgetError (ending with `fix`) when none does."""
+    """The first of `names` whose drop meets the budget; AccuracyBudgetError (ending with `fix`, its `{looser}`
+    filled in) when none does."""
     for name in names:
         if result.variants[name].drop <= result.budget.max_drop:
             return name
     tried = "; ".join(f"{n}: {result.variants[n].drop:.2f}" for n in names)
     raise AccuracyBudgetError(
         f"every candidate exceeded --max-accuracy-drop {result.budget.max_drop:g} ({result.budget.measure}) "
-        f"against PyTorch on {source_name} ({tried}); no bundle written; {fix}",
+        f"against PyTorch on {source_name} ({tried}); no bundle written; "
+        f"{fix.format(looser=looser_budget([result.variants[n].drop for n in names]))}",
         budget=result.budget.to_manifest(), attempts=[attempt_record(n, result.variants[n]) for n in names])
 
 
@@ -179,8 +186,8 @@ def refuse(mode: str, tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
     closest = min(tried, key=lambda t: t["drop"])
     raise AccuracyBudgetError(
         f"{mode} reached {closest['drop']:.2f} at best ({budget.measure}) against PyTorch, over --max-accuracy-drop "
-        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; pass --max-accuracy-drop "
-        f"{_round_up(closest['drop'])} or more (the closest attempt's bound) or use {instead}",
+        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; "
+        f"{looser_budget([t['drop'] for t in tried])} or use {instead}",
         budget=budget.to_manifest(), attempts=tried)
 
 

@@ -39,8 +39,9 @@ ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 """ORTOptimizer's fusions an encoder's graph is written without (see the module's docstring)."""
 SKIP_LAYER_NORM_NOTE = ("residual Add and LayerNormalization left as two ops: ONNX Runtime's SkipLayerNormalization "
-                        "CPU kernel measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py); "
-                        "deployft's CPU sessions keep them apart, a CUDA session fuses them at load")
+                        "CPU kernel is a scalar loop, slower than the pair; deployft's CPU sessions keep them apart, "
+                        "a CUDA session fuses them at load")
+"""The fusion note of an encoder's bundle (the figures are in benchmarks/results/skip_layernorm.md)."""
 
 
 def op_counts(path: str | Path) -> dict[str, int]:

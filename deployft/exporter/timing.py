@@ -1,12 +1,11 @@
 """Timing ONNX files against each other at a bundle's typical shapes, through the runtime's own session.
 
 Every file gets one session from `deployft.runtime.session.create_session` (what the Predictor runs), all with the
-same thread setting and none spin-waiting between calls: the threads of the file called last would otherwise spin on
-a core the next file needs. After a warm-up, rounds are
-interleaved: each round calls every file once per shape, in an order rotated round by round, so a burst of load on
-a shared machine lands on every file alike. Rounds stop at the
-time budget (after at least `MIN_ROUNDS`) or at `MAX_ROUNDS`; each file's time per shape is the median of its
-rounds. Inputs are token ids drawn from the validation rows, every row padded to the shape's length (no padding),
+same thread setting and none spin-waiting between calls: the threads of the file called last would otherwise spin
+on a core the next file needs. After a warm-up, rounds are interleaved: each round calls every file once per shape,
+in an order rotated round by round, so a burst of load on a shared machine lands on every file alike. Rounds stop
+at the time budget (after at least `MIN_ROUNDS`) or at `MAX_ROUNDS`; each file's time per shape is the median of
+its rounds. Inputs are token ids drawn from the validation rows, every row padded to the shape's length (no padding),
 which is the model call alone: tokenization is the same for every file.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -296,6 +297,7 @@ def test_fp32_files_over_the_budget_point_at_the_model_not_at_precision(tiny_run
     message = str(caught.value)
     assert "every candidate exceeded --max-accuracy-drop 25" in message and "model_optimized.onnx: " in message
     assert "the fp32 files disagree with their PyTorch original" in message and "--quantize none" not in message
+    assert re.search(r"or pass --max-accuracy-drop \d+(\.\d)? or more \(the closest attempt's bound\)$", message)
     assert _no_bundle(tmp_path)
 
 

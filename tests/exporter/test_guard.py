@@ -157,3 +157,13 @@ def test_training_rows_are_used_only_with_a_recorded_warning(tiny_run, tmp_path,
     assert "TRAINING rows" in manifest["guard"]["warnings"][0]
     assert manifest["validation_inputs"] == "train data (the RUN has no eval split)"
     assert "warning: validated on the RUN's TRAINING rows" in info_text(bundle)
+
+
+def test_a_refusal_names_the_budget_that_lets_the_closest_attempt_through():
+    from deployft.exporter.guard import HIGHER_PRECISION, looser_budget
+
+    assert looser_budget([60.32, 34.18, 52.14]) == "pass --max-accuracy-drop 34.2 or more (the closest attempt's bound)"
+    assert looser_budget([2.0]).startswith("pass --max-accuracy-drop 2 or more")  # a bound already on the grid stays
+    assert HIGHER_PRECISION.format(looser=looser_budget([1.97])) == (
+        "pass --max-accuracy-drop 2 or more (the closest attempt's bound) or export with a higher precision "
+        "(--quantize none)")
