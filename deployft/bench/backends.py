@@ -51,7 +51,8 @@ class Backend:
         """Wait for queued device work (CUDA); nothing on CPU."""
 
     def details(self) -> dict:
-        """How the variant runs, for the report (engine settings of a peer); empty for deployft's own."""
+        """How the variant runs, for the report (engine settings of a peer, the provider of an `.onnx` file run on
+        OpenVINO); empty for deployft's own files on the default provider."""
         return {}
 
 
@@ -172,6 +173,13 @@ class OnnxBackend(Backend):
         model = self.bundle / self.name
         data = [p for p in self.bundle.iterdir() if p.name in (model.name + "_data", model.name + ".data")]
         return model.stat().st_size + sum(p.stat().st_size for p in data)
+
+    def details(self) -> dict:
+        runtime = self.predictor.runtime
+        if runtime.provider == "default":
+            return {}
+        return {"provider": runtime.provider, "inference_precision": runtime.precision,
+                "static_shapes": runtime.static_shapes, "threads": runtime.threads, "nodes": runtime.nodes}
 
     def weight_bytes_per_token(self) -> int | None:
         from .roofline import onnx_weight_bytes

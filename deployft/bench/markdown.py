@@ -117,6 +117,16 @@ def peers_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def provider_lines(data: dict[str, Any]) -> list[str]:
+    """How each of deployft's files ran where its provider reported settings (OpenVINO: precision, shapes)."""
+    lines = []
+    for name, v in data["variants"].items():
+        details = v.get("details") or {}
+        if v["source"] == "onnx" and details:
+            lines.append(f"- `{name}`: " + ", ".join(f"{k} {val}" for k, val in details.items()))
+    return lines
+
+
 def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
     """The whole report.md."""
     load = data["load_average"]
@@ -139,6 +149,7 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
     if data.get("peak"):
         peak = data["peak"]
         parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
+                     + (f", bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s" if peak.get("bf16") else "")
                      + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else "")
                      + (f"; memory read {peak['read_bytes_per_s'] / 1e9:.1f} GB/s" if peak.get("read_bytes_per_s")
                         else "") + f" ({peak.get('method', 'method not recorded')})")
@@ -152,6 +163,8 @@ def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) 
         parts += ["## Fastest per shape", "", FASTEST_NOTE, "", fastest_table(data), ""]
     if peer_lines := peers_lines(data):
         parts += ["## Peers", ""] + peer_lines + [""]
+    if own := provider_lines(data):
+        parts += ["## Providers", ""] + own + [""]
     failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}
     if failed:
         parts += ["## Failed variants", ""] + [f"- `{n}`: {e}" for n, e in failed.items()] + [""]

@@ -1,7 +1,9 @@
 """The hardware limit beside the result: the machine's peak matmul rate and each variant's FLOPs.
 
-Peak fp32 is the best square matmul through torch; peak int8 is the same through ONNX Runtime's
-MatMulInteger (uint8 x int8 -> int32), the kernel dynamically quantized models run on. Both are the best of
+Peak fp32 is the best square matmul through torch; peak bf16 the same on bfloat16 tensors, measured only where the
+CPU has bf16 matmul instructions (AMX or AVX512-BF16), which a variant run with a bf16 precision hint (OpenVINO)
+is judged against; peak int8 is the same through ONNX Runtime's MatMulInteger (uint8 x int8 -> int32), the kernel
+dynamically quantized models run on. Both are the best of
 several sizes and repeated sweeps (a single 1024 matmul swung 3x between runs on one machine). A classifier's
 achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak; decode, which
 reads every weight once per token, is judged against memory bandwidth instead (`roofline.py`).
@@ -46,8 +48,9 @@ def _sweep(make_run: Callable[[int], Callable[[], Any]], sizes: tuple[int, ...],
 
 
 def peak_fp32(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5, device: str = "cpu",
-              sweeps: int = SWEEPS) -> tuple[float, dict[str, float]]:
-    """Peak fp32 matmul FLOP/s through torch with `threads` intra-op threads, and the best rate per size."""
+              sweeps: int = SWEEPS, dtype: str = "float32") -> tuple[float, dict[str, float]]:
+    """Peak matmul FLOP/s through torch with `threads` intra-op threads (fp32, or `dtype="bfloat16"` for the bf16
+    peak), and the best rate per size."""
     import torch
 
     previous = torch.get_num_threads()
@@ -55,7 +58,8 @@ def peak_fp32(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def make_run(size: int):
-        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        kind = getattr(torch, dtype)
+        a, b = (torch.randn(size, size, device=device).to(kind) for _ in range(2))
 
         def run():
             torch.mm(a, b)
@@ -104,12 +108,15 @@ def peak_int8(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5
 
 def measure_peaks(threads: int, device: str = "cpu", seconds: float = 0.5, sizes: tuple[int, ...] = SIZES,
                   sweeps: int = SWEEPS) -> dict[str, Any]:
-    """This machine's ceilings: `{"fp32": FLOP/s, "int8": op/s or None, "read_bytes_per_s", per-size rates,
-    "threads", "method"}`."""
+    """This machine's ceilings: `{"fp32": FLOP/s, "bf16": FLOP/s or None, "int8": op/s or None,
+    "read_bytes_per_s", per-size rates, "threads", "method"}`."""
+    from ..runtime.openvino import cpu_precision
     from .roofline import read_bandwidth
 
     fp32, fp32_by_size = peak_fp32(threads, sizes, seconds, device, sweeps)
-    peaks: dict[str, Any] = {"threads": threads, "fp32": fp32, "fp32_by_size": fp32_by_size}
+    peaks: dict[str, Any] = {"threads": threads, "fp32": fp32, "fp32_by_size": fp32_by_size, "bf16": None}
+    if device == "cpu" and cpu_precision() == "bf16":
+        peaks["bf16"], peaks["bf16_by_size"] = peak_fp32(threads, sizes, seconds, device, sweeps, "bfloat16")
     if device == "cpu":
         peaks["int8"], peaks["int8_by_size"] = peak_int8(threads, sizes, seconds, sweeps)
         peaks["read_bytes_per_s"] = read_bandwidth(threads, seconds=seconds)
@@ -117,7 +124,8 @@ def measure_peaks(threads: int, device: str = "cpu", seconds: float = 0.5, sizes
         peaks["int8"], peaks["read_bytes_per_s"] = None, None
     sized = "x".join(str(s) for s in sizes)
     peaks["method"] = (f"best of {sweeps} interleaved sweeps over square matmuls of sizes {sized}, each repeated for "
-                       f"{seconds:g} s: fp32 torch.mm, int8 ONNX Runtime MatMulInteger (uint8 x int8); memory: "
+                       f"{seconds:g} s: fp32 torch.mm, bf16 torch.mm on bfloat16 tensors (CPUs with bf16 matmul only), "
+                       "int8 ONNX Runtime MatMulInteger (uint8 x int8); memory: "
                        "best read of a 256 MiB tensor (bytes read per second, a sum)")
     return peaks
 

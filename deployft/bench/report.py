@@ -118,11 +118,16 @@ def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, A
     return entry
 
 
-def _peak_for(peak: dict | None, precision: str) -> float | None:
+def _peak_for(peak: dict | None, variant: dict[str, Any]) -> float | None:
+    """The peak a variant is judged against: int8 for int8 / int4 files (MatMulNBits accuracy level 4 computes in
+    int8), bf16 for float files run with a bf16 precision hint (none measured: no fraction), else fp32."""
     if not peak:
         return None
-    # int4 files compute in int8 (MatMulNBits accuracy level 4)
-    return peak.get("int8") if precision.startswith(("int8", "int4")) else peak.get("fp32")
+    if variant["precision"].startswith(("int8", "int4")):
+        return peak.get("int8")
+    if (variant.get("details") or {}).get("inference_precision") == "bf16":
+        return peak.get("bf16")
+    return peak.get("fp32")
 
 
 def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
@@ -141,7 +146,7 @@ def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
                          "times_s": times, "settled_times_s": settled, "settled": summarize(settled), **stats,
                          "throughput": batch / stats["p50"], "flops": cell_flops,
                          "fraction_of_peak": fraction_of_peak(cell_flops, stats["p50"],
-                                                              _peak_for(peak, variants[name]["precision"]))})
+                                                              _peak_for(peak, variants[name]))})
     base = {(r["batch"], r["seq"]): r for r in rows if r["variant"] == BASELINE}
     for row in rows:
         ref = base.get((row["batch"], row["seq"]))
@@ -174,7 +179,7 @@ def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
                 "per_token": summarize(gaps) if gaps else None, "decode_tokens_per_s": rate,
                 "tokens_generated": [r["tokens"] for r in runs], "flops": cell_flops or None,
                 "fraction_of_peak": fraction_of_peak(cell_flops.get("decode_token", 0) * (rate or 0), 1.0,
-                                                     _peak_for(peak, variants[name]["precision"])),
+                                                     _peak_for(peak, variants[name])),
                 "fraction_of_bandwidth": fraction_of_bandwidth(rate, variants[name].get("weight_bytes_per_token"),
                                                                (peak or {}).get("read_bytes_per_s")),
             })

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
 from .openvino import pick_model_file
 from .session import Runtime, SessionOptions, create_session
+from .shapes import ShapeSessions
 from .text import TextCodec
 
 logger = logging.getLogger("deployft.runtime")
@@ -54,6 +55,17 @@ def checked_bundle(folder: Path, model_file: str | None = None,
     return manifest, name, check_for_load(folder, manifest, name)
 
 
+def _with_shapes(options: SessionOptions, manifest: dict, static_shapes: bool | None) -> SessionOptions:
+    """`options` with the bundle's shape settings: static shapes where asked for, or by default for a classifier
+    on OpenVINO."""
+    generates = get_task(manifest["task"]).generates
+    if static_shapes and generates:
+        raise UsageError("static_shapes fixes (batch, length) inputs and a generator's KV cache grows every step; "
+                         "leave static_shapes unset for a generate bundle")
+    static = options.provider == "openvino" and not generates if static_shapes is None else static_shapes
+    return replace(options, static_shapes=static, max_length=manifest.get("max_length"))
+
+
 class Predictor:
     """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across threads."""
 
@@ -75,13 +87,16 @@ class Predictor:
         self.input_names = [i.name for i in session.get_inputs()]
         generates = get_task(self.task).generates
         self.head = None if generates else ClassifierHead(session)
+        if isinstance(session, ShapeSessions):
+            session.pad_id = self.codec.pad_id
         self.decoder = self._decoder() if generates else None
         self.chat_template = self.codec.chat_template
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
              model_file: str | None = None, public_key: str | Path | None = None,
-             spinning: bool = True, provider: str = "default", cache_dir: str | Path | None = None) -> Predictor:
+             spinning: bool = True, provider: str = "default", cache_dir: str | Path | None = None,
+             static_shapes: bool | None = None) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -95,6 +110,8 @@ class Predictor:
                 int8 deployable file is swapped for the bundle's fused fp32 file unless `model_file` is given,
                 logged and kept in `file_choice`).
             cache_dir: openvino's compiled-model cache (default ~/.cache/deployft/openvino).
+            static_shapes: openvino: one session compiled per (batch, length) bucket, calls padded to theirs
+                (`runtime/shapes.py`); None: on for classifiers, off for generators (whose cache grows each step).
 
         Every file it reads is checked against the manifest first (`deployft.runtime.integrity`).
 
@@ -111,6 +128,7 @@ class Predictor:
         if provider == "openvino":
             model_file, choice = pick_model_file(read_manifest(folder, "bundle"), model_file)
         manifest, name, path = checked_bundle(folder, model_file, public_key)
+        options = _with_shapes(options, manifest, static_shapes)
         if choice:
             logger.warning("provider openvino: %s", choice)
         why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"

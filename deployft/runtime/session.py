@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import DeviceError, MissingDependencyError, UsageError, first_line
 from . import openvino
+from .shapes import ShapeSessions, bucket_length, reshape_input
 
 logger = logging.getLogger("deployft.runtime")
 
@@ -50,6 +51,11 @@ class SessionOptions:
     """openvino: where compiled models are cached (None: ~/.cache/deployft/openvino)."""
     cache: bool = True
     """openvino: use the compiled-model cache (a second load of the same file skips compilation)."""
+    static_shapes: bool = False
+    """openvino: compile the graph for fixed input shapes, one session per (batch, length) bucket, inputs padded
+    to their bucket (`runtime/shapes.py`; for (batch, length) inputs only: classifiers)."""
+    max_length: int | None = None
+    """static_shapes: the longest input the model takes, so no bucket pads beyond it."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -59,6 +65,9 @@ class SessionOptions:
                              "pass --provider default")
         if self.provider == "openvino" and self.device == "cuda":
             raise UsageError("--provider openvino runs on the CPU, not CUDA; pass --device cpu")
+        if self.static_shapes and self.provider != "openvino":
+            raise UsageError("static_shapes compiles the graph per input shape on OpenVINO; pass provider "
+                             "openvino or leave static_shapes off")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UsageError(f"threads must be a positive integer, got {self.threads!r}; pass --threads 1 or more")
@@ -80,6 +89,8 @@ class Runtime:
     """openvino: the compiled-model cache folder; None: no cache."""
     nodes: dict[str, int] = field(default_factory=dict)
     """openvino: nodes per execution provider, as ONNX Runtime recorded them."""
+    static_shapes: bool = False
+    """openvino: one session compiled per input-shape bucket (`runtime/shapes.py`) instead of dynamic shapes."""
 
 
 def import_ort():
@@ -122,19 +133,43 @@ def _build(ort, model_path: Path, providers: list[str], options: SessionOptions)
 
 
 def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, Runtime]:
-    settings = _session_options(ort, options.threads, options.spinning)
     cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
-    precision = openvino.add_to(ort, settings, options.threads, cache)
-    try:  # nodes OpenVINO declines run on ONNX Runtime's CPU kernels
-        session = ort.InferenceSession(str(model_path), sess_options=settings,
-                                       disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
-    except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
-        raise DeviceError(f"provider openvino could not compile {model_path.name}: {first_line(exc)}; "
-                          "pass --provider default or another --model-file") from exc
+    precision = openvino.cpu_precision()
+    if options.static_shapes:
+        names = _input_names(ort, model_path)
+        first = (1, bucket_length(1, options.max_length))
+        session = ShapeSessions(lambda shape: _openvino_session(ort, model_path, options, cache, names, shape),
+                                first, options.max_length)
+    else:
+        session = _openvino_session(ort, model_path, options, cache)
     nodes = openvino.check_placement(session, model_path.name)
-    logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s)", model_path.name, precision,
-                options.threads or "default", cache or "off")
-    return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes)
+    logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s, %s shapes)", model_path.name, precision,
+                options.threads or "default", cache or "off", "static" if options.static_shapes else "dynamic")
+    return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes,
+                            options.static_shapes)
+
+
+def _openvino_session(ort, model_path: Path, options: SessionOptions, cache: Path | None,
+                      names: list[str] | None = None, shape: tuple[int, int] | None = None):
+    """One session on the OpenVINO provider: dynamic shapes, or every input in `names` fixed to `shape`."""
+    settings = _session_options(ort, options.threads, options.spinning)
+    fixed = {"reshape_input": reshape_input(names, shape)} if shape else {}
+    openvino.add_to(ort, settings, options.threads, cache, fixed)
+    try:  # nodes OpenVINO declines run on ONNX Runtime's CPU kernels
+        return ort.InferenceSession(str(model_path), sess_options=settings,
+                                    disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+    except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
+        raise DeviceError(f"provider openvino could not compile {model_path.name}"
+                          f"{f' for input shape {shape}' if shape else ''}: {first_line(exc)}; "
+                          "pass --provider default or another --model-file") from exc
+
+
+def _input_names(ort, model_path: Path) -> list[str]:
+    """The graph's input names, read by a CPU session that loads the file without optimizing it."""
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    settings.log_severity_level = 3
+    return [i.name for i in ort.InferenceSession(str(model_path), settings, providers=[CPU]).get_inputs()]
 
 
 def create_session(model_path: str | Path, options: SessionOptions) -> tuple[object, Runtime]:
