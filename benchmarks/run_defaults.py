@@ -11,6 +11,9 @@ quotes and the machine they were measured on.
     python benchmarks/run_defaults.py --task classify   # one task
     python benchmarks/run_defaults.py --reuse           # keep RUN and BUNDLE folders from an earlier run
     python benchmarks/run_defaults.py --no-peers        # without the peer engines (OpenVINO, onnxruntime-genai)
+    python benchmarks/run_defaults.py --task classify --reuse --provider openvino
+        # the classifier through ONNX Runtime's OpenVINO provider (the file it picks, static shapes) beside
+        # PyTorch and optimum-intel's OpenVINO: results/bench_classify_openvino.*
 """
 
 from __future__ import annotations
@@ -71,17 +74,24 @@ def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
     return run, bundle
 
 
-def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None, peers: bool):
+def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None, peers: bool,
+          provider: str = "default"):
     from deployft.bench import BenchConfig, benchmark
     from deployft.bench.inputs import available_variants
     from deployft.manifest import read_manifest
+    from deployft.runtime.openvino import pick_model_file
 
-    if variants is None and peers:
-        variants = [*available_variants(bundle, read_manifest(bundle, "bundle")), *PEERS[task]]
+    manifest = read_manifest(bundle, "bundle")
+    if variants is None and provider == "openvino":  # the file the provider runs by default, beside the peers
+        variants = ["pytorch", pick_model_file(manifest, None)[0] or manifest["model_file"],
+                    *(PEERS[task] if peers else ())]
+    elif variants is None and peers:
+        variants = [*available_variants(bundle, manifest), *PEERS[task]]
 
-    log(f"benchmarking {task} at {threads} threads")
-    config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}", threads=threads, overwrite=True,
-                         variants=variants, peer_cache=work / "peer-cache", **BENCH[task])
+    log(f"benchmarking {task} at {threads} threads, provider {provider}")
+    config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}-{provider}", threads=threads,
+                         overwrite=True, variants=variants, peer_cache=work / "peer-cache", provider=provider,
+                         **BENCH[task])
     return benchmark(config)
 
 
@@ -138,12 +148,12 @@ def fastest_lines(report) -> list[str]:
     return lines
 
 
-def publish(task: str, report, results: Path) -> None:
+def publish(name: str, report, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report.path / "report.json", results / f"bench_{task}.json")
+    shutil.copyfile(report.path / "report.json", results / f"bench_{name}.json")
     text = (report.path / "report.md").read_text(encoding="utf-8")
     body = text.split("## Plots")[0].rstrip() + "\n"  # the PNGs stay in the work folder
-    (results / f"bench_{task}.md").write_text(body, encoding="utf-8")
+    (results / f"bench_{name}.md").write_text(body, encoding="utf-8")
 
 
 def summarize(results: Path) -> None:
@@ -154,13 +164,13 @@ def summarize(results: Path) -> None:
     parts = ["# Benchmarks on the default models", "",
              "Written by `python benchmarks/run_defaults.py`; full tables in bench_classify.md / bench_generate.md, "
              "every raw timing in the JSON files.", ""]
-    for task in ("classify", "generate"):
-        path = results / f"bench_{task}.json"
+    for name in ("classify", "classify_openvino", "generate"):
+        path = results / f"bench_{name}.json"
         if path.is_file():
             report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
             parts += [f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
             parts += [f"- **warning:** {w}" for w in report.data["warnings"]] + [""]
-            parts += headline(task, report)
+            parts += headline(report.data["task"], report)
     (results / "bench_defaults.md").write_text("\n".join(parts), encoding="utf-8")
 
 
@@ -177,12 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--reuse", action="store_true", help="keep RUN and BUNDLE folders already in --work")
     parser.add_argument("--no-peers", action="store_true", help="time deployft's own variants only")
+    parser.add_argument("--provider", choices=["default", "openvino"], default="default",
+                        help="ONNX Runtime provider of deployft's files (openvino: classify only)")
     args = parser.parse_args(argv)
+    if args.provider == "openvino" and args.task != "classify":
+        parser.error("--provider openvino is measured on the classifier: pass --task classify")
     tasks = ["classify", "generate"] if args.task == "both" else [args.task]
     for task in tasks:
         run, bundle = prepare(task, args.work, args.reuse)
-        report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers)
-        publish(task, report, args.results)
+        report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers, args.provider)
+        publish(task if args.provider == "default" else f"{task}_{args.provider}", report, args.results)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)
     print((args.results / "bench_defaults.md").read_text(encoding="utf-8"))

@@ -1,6 +1,7 @@
 import pytest
 
 from deployft.bench.peak import classify_flops, decode_flops, fraction_of_peak, measure_peaks
+from deployft.runtime.openvino import cpu_precision
 
 
 def test_peaks_are_the_best_size_and_recorded_with_their_threads():
@@ -9,6 +10,22 @@ def test_peaks_are_the_best_size_and_recorded_with_their_threads():
     assert peaks["int8"] == max(peaks["int8_by_size"].values()) > 1e8
     assert set(peaks["int8_by_size"]) == {"128", "256"} and peaks["read_bytes_per_s"] > 1e8
     assert peaks["threads"] == 1 and "MatMulInteger" in peaks["method"] and "128x256" in peaks["method"]
+    if cpu_precision() == "bf16":  # measured only where the CPU has bf16 matmul (AMX or AVX512-BF16)
+        assert peaks["bf16"] == max(peaks["bf16_by_size"].values()) > 1e8
+    else:
+        assert peaks["bf16"] is None and "bf16_by_size" not in peaks
+
+
+def test_a_variant_is_judged_against_the_peak_of_what_it_computes_in():
+    from deployft.bench.report import _peak_for
+
+    peak = {"fp32": 1.0, "bf16": 2.0, "int8": 3.0}
+    assert _peak_for(peak, {"precision": "fp32"}) == 1.0
+    assert _peak_for(peak, {"precision": "fp32", "details": {"inference_precision": "bf16"}}) == 2.0
+    assert _peak_for(peak, {"precision": "int8", "details": {"inference_precision": "bf16"}}) == 3.0
+    assert _peak_for(peak, {"precision": "int4"}) == 3.0
+    # a bf16 run on a machine where no bf16 peak was measured gets no fraction, never the fp32 one
+    assert _peak_for({**peak, "bf16": None}, {"precision": "fp32", "details": {"inference_precision": "bf16"}}) is None
 
 
 def test_classify_flops_grow_with_batch_and_length(tiny_model):
