@@ -1,7 +1,8 @@
 """The bundle's ONNX files under ONNX Runtime's default CPU provider and under the OpenVINO provider (plugin).
 
 For each file (model.onnx, model_optimized.onnx, model_quantized.onnx, and model_int8_static.onnx when the bundle
-has it) and each provider, a `Predictor` is loaded with `model_file=` (so the OpenVINO row of the dynamic-int8 file
+has it) and each provider (OpenVINO twice: with the classifier's static shape buckets, the Predictor's default, and
+with dynamic shapes), a `Predictor` is loaded with `model_file=` (so the OpenVINO row of the dynamic-int8 file
 really runs that file) and the same threads; then, round by round, every (file, provider) pair times `--calls`
 back-to-back model calls (`Predictor.forward`, inputs padded to the shape) at each shape, in an order shuffled per
 round. A round counts only if the rest of the machine stayed quiet (`deployft.bench.quiet.RoundMeter`); the figure
@@ -30,7 +31,11 @@ import time
 from pathlib import Path
 
 FILES = ("model.onnx", "model_optimized.onnx", "model_quantized.onnx", "model_int8_static.onnx")
-PROVIDERS = ("default", "openvino")
+PROVIDERS = {"default": dict(provider="default"), "openvino": dict(provider="openvino"),
+             "openvino-dynamic": dict(provider="openvino", static_shapes=False)}
+"""Row label -> `Predictor.load` settings: `openvino` is what the Predictor does by default (a classifier on
+sessions compiled per shape bucket, `deployft/runtime/shapes.py`), `openvino-dynamic` one session with dynamic
+shapes."""
 COLD = """
 import json, sys, time
 start = time.perf_counter()
@@ -61,9 +66,9 @@ def load_all(bundle: Path, files: list[str], threads: int) -> tuple[dict, dict]:
 
     loaded, failed = {}, {}
     for name in files:
-        for provider in PROVIDERS:
+        for provider, settings in PROVIDERS.items():
             try:
-                loaded[(name, provider)] = Predictor.load(bundle, model_file=name, provider=provider, threads=threads)
+                loaded[(name, provider)] = Predictor.load(bundle, model_file=name, threads=threads, **settings)
             except DeployftError as exc:
                 failed[(name, provider)] = str(exc)
     return loaded, failed
@@ -130,7 +135,8 @@ def measure(args) -> dict:
             values = kept[((name, provider), (batch, length))]
             cells.append({"file": name, "provider": provider, "batch": batch, "length": length,
                           "median_ms": statistics.median(values), "rounds": len(values),
-                          "precision": predictor.runtime.precision, "nodes": predictor.runtime.nodes})
+                          "precision": predictor.runtime.precision, "nodes": predictor.runtime.nodes,
+                          "static_shapes": predictor.runtime.static_shapes})
     cold_file = "model_optimized.onnx" if "model_optimized.onnx" in files else files[0]
     return {
         "bundle": str(bundle), "deployable": manifest.get("model_file"), "threads": args.threads,

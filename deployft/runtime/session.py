@@ -135,18 +135,33 @@ def _build(ort, model_path: Path, providers: list[str], options: SessionOptions)
 def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, Runtime]:
     cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
     precision = openvino.cpu_precision()
-    if options.static_shapes:
-        names = _input_names(ort, model_path)
-        first = (1, bucket_length(1, options.max_length))
-        session = ShapeSessions(lambda shape: _openvino_session(ort, model_path, options, cache, names, shape),
-                                first, options.max_length)
-    else:
+    static = options.static_shapes
+    if static:
+        try:
+            session = _shape_sessions(ort, model_path, options, cache)
+        except DeviceError as exc:  # OpenVINO runs only part of the graph: its inputs are not the model's
+            logger.warning("provider openvino: %s cannot be compiled for fixed input shapes (%s); running it with "
+                           "dynamic shapes", model_path.name, exc.__cause__ and _ort_reason(exc.__cause__))
+            static = False
+    if not static:
         session = _openvino_session(ort, model_path, options, cache)
     nodes = openvino.check_placement(session, model_path.name)
     logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s, %s shapes)", model_path.name, precision,
-                options.threads or "default", cache or "off", "static" if options.static_shapes else "dynamic")
+                options.threads or "default", cache or "off", "static" if static else "dynamic")
     return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes,
-                            options.static_shapes)
+                            static)
+
+
+def _shape_sessions(ort, model_path: Path, options: SessionOptions, cache: Path | None) -> ShapeSessions:
+    names = _input_names(ort, model_path)
+    first = (1, bucket_length(1, options.max_length))
+    return ShapeSessions(lambda shape: _openvino_session(ort, model_path, options, cache, names, shape),
+                         first, options.max_length)
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's message on one line (OpenVINO puts the reason on the lines after the first)."""
+    return " ".join(str(exc).split())[:300]
 
 
 def _openvino_session(ort, model_path: Path, options: SessionOptions, cache: Path | None,

@@ -100,6 +100,9 @@ def fake_plugin(monkeypatch):
         if not getattr(sess_options, "openvino", False):  # a session of another stage (the optimizer): untouched
             return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
         record["disabled_optimizers"] = kwargs.get("disabled_optimizers")
+        if sess_options.fixed and record.get("refuse_fixed"):  # as OpenVINO does when it runs part of the graph
+            raise RuntimeError("[ONNXRuntimeError] : 11 : EP_FAIL : Exception from src/core/src/model.cpp:758:\n"
+                               "Input for tensor name 'input_ids_quantized' is not found.")
         return Session(real_session(path, sess_options=sess_options, providers=[CPU]), sess_options.fixed)
 
     plugin = types.SimpleNamespace(get_library_path=lambda: "/fake/libonnxruntime_providers_openvino_plugin.so")
@@ -196,6 +199,16 @@ def test_static_shapes_can_be_turned_off(fake_plugin, runtime_bundle, cache_home
     assert "reshape_input" not in options and not predictor.runtime.static_shapes
     predictor.predict(TEXTS)
     assert len(fake_plugin["added"]) == 1
+
+
+def test_a_file_that_cannot_take_fixed_shapes_runs_dynamic_and_says_why(fake_plugin, runtime_bundle, cache_home,
+                                                                        caplog):
+    fake_plugin["refuse_fixed"] = True
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        predictor = Predictor.load(runtime_bundle("bert"), provider="openvino")
+    assert not predictor.runtime.static_shapes and predictor.predict(TEXTS)
+    assert "cannot be compiled for fixed input shapes" in caplog.text
+    assert "Input for tensor name 'input_ids_quantized' is not found" in caplog.text
 
 
 def test_a_generator_keeps_dynamic_shapes(fake_plugin, runtime_bundle, cache_home):
