@@ -124,7 +124,7 @@ def measure(args) -> dict:
 
     bundle = Path(args.bundle)
     manifest = read_manifest(bundle, "bundle")
-    files = [f for f in FILES if f in manifest.get("variants", {})]
+    files = [f for f in (args.files.split(",") if args.files else FILES) if f in manifest.get("variants", {})]
     shapes = _shapes(args.shapes)
     vocab = read_json(bundle / "config.json")["vocab_size"]
     loaded, failed = load_all(bundle, files, args.threads)
@@ -160,18 +160,19 @@ def markdown(data: dict) -> str:
     shapes = data["shapes"]
     base = {(c["batch"], c["length"]): c["median_ms"] for c in data["cells"]
             if c["file"] == data["deployable"] and c["provider"] == "default"}
-    lines += ["| file | provider | " + " | ".join(shapes) + " | vs default-provider deployable |",
-              "|---|---|" + "---|" * (len(shapes) + 1)]
+    lines += ["| file | provider | shapes | " + " | ".join(shapes) + " | vs default-provider deployable |",
+              "|---|---|---|" + "---|" * (len(shapes) + 1)]
     pairs = dict.fromkeys((c["file"], c["provider"]) for c in data["cells"])
     for name, provider in pairs:
         row = {f"{c['batch']}x{c['length']}": c for c in data["cells"] if (c["file"], c["provider"]) == (name, provider)}
         ratios = [base[(c["batch"], c["length"])] / c["median_ms"] for c in row.values()
                   if (c["batch"], c["length"]) in base]
         ratio = f"{min(ratios):.2f}x–{max(ratios):.2f}x" if ratios else "n/a"
-        lines.append(f"| {name} | {provider} | " + " | ".join(f"{row[s]['median_ms']:.2f}" for s in shapes)
+        mode = "—" if provider == "default" else "static" if next(iter(row.values()))["static_shapes"] else "dynamic"
+        lines.append(f"| {name} | {provider} | {mode} | " + " | ".join(f"{row[s]['median_ms']:.2f}" for s in shapes)
                      + f" | {ratio} |")
     for item in data["unavailable"]:
-        lines.append(f"| {item['file']} | {item['provider']} | " + " | ".join("—" for _ in shapes)
+        lines.append(f"| {item['file']} | {item['provider']} | — | " + " | ".join("—" for _ in shapes)
                      + f" | unavailable: {item['error']} |")
     cold = data["cold_start"]
     lines += ["", f"Cold start of {cold['file']} (fresh process, load + first result, s; files in the OpenVINO "
@@ -186,7 +187,9 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="/work/bundles/bundle-classify")
-    parser.add_argument("--shapes", default="1x32,1x128,16x128", help="BATCHxLENGTH, comma-separated")
+    parser.add_argument("--shapes", default="1x32,1x128,16x128,1x40,3x100,9x128",
+                        help="BATCHxLENGTH, comma-separated (the last three fall between static-shape buckets)")
+    parser.add_argument("--files", default=None, help="comma-separated subset of the bundle's .onnx files")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per round")

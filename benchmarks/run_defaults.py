@@ -11,9 +11,10 @@ quotes and the machine they were measured on.
     python benchmarks/run_defaults.py --task classify   # one task
     python benchmarks/run_defaults.py --reuse           # keep RUN and BUNDLE folders from an earlier run
     python benchmarks/run_defaults.py --no-peers        # without the peer engines (OpenVINO, onnxruntime-genai)
-    python benchmarks/run_defaults.py --task classify --reuse --provider openvino
-        # the classifier through ONNX Runtime's OpenVINO provider (the file it picks, static shapes) beside
-        # PyTorch and optimum-intel's OpenVINO: results/bench_classify_openvino.*
+    python benchmarks/run_defaults.py --task classify --reuse --provider openvino [--static-shapes]
+        # the classifier through ONNX Runtime's OpenVINO provider (the file it picks; dynamic shapes, or a
+        # session compiled per shape) beside PyTorch and optimum-intel's OpenVINO:
+        # results/bench_classify_openvino[_static].*
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
 
 
 def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants: str | None, peers: bool,
-          provider: str = "default"):
+          provider: str = "default", static_shapes: bool = False):
     from deployft.bench import BenchConfig, benchmark
     from deployft.bench.inputs import available_variants
     from deployft.manifest import read_manifest
@@ -91,7 +92,7 @@ def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants
     log(f"benchmarking {task} at {threads} threads, provider {provider}")
     config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}-{provider}", threads=threads,
                          overwrite=True, variants=variants, peer_cache=work / "peer-cache", provider=provider,
-                         **BENCH[task])
+                         static_shapes=static_shapes, **BENCH[task])
     return benchmark(config)
 
 
@@ -162,13 +163,14 @@ def summarize(results: Path) -> None:
     from deployft.bench.markdown import machine_line
 
     parts = ["# Benchmarks on the default models", "",
-             "Written by `python benchmarks/run_defaults.py`; full tables in bench_classify.md / bench_generate.md, "
+             "Written by `python benchmarks/run_defaults.py`; full tables in the bench_*.md files beside this one, "
              "every raw timing in the JSON files.", ""]
-    for name in ("classify", "classify_openvino", "generate"):
+    for name in ("classify", "classify_openvino", "classify_openvino_static", "generate"):
         path = results / f"bench_{name}.json"
         if path.is_file():
             report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
-            parts += [f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
+            parts += [f"## `bench_{name}`", "",
+                      f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
             parts += [f"- **warning:** {w}" for w in report.data["warnings"]] + [""]
             parts += headline(report.data["task"], report)
     (results / "bench_defaults.md").write_text("\n".join(parts), encoding="utf-8")
@@ -189,14 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="time deployft's own variants only")
     parser.add_argument("--provider", choices=["default", "openvino"], default="default",
                         help="ONNX Runtime provider of deployft's files (openvino: classify only)")
+    parser.add_argument("--static-shapes", action="store_true",
+                        help="with --provider openvino: a session compiled per input shape")
     args = parser.parse_args(argv)
     if args.provider == "openvino" and args.task != "classify":
         parser.error("--provider openvino is measured on the classifier: pass --task classify")
     tasks = ["classify", "generate"] if args.task == "both" else [args.task]
     for task in tasks:
         run, bundle = prepare(task, args.work, args.reuse)
-        report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers, args.provider)
-        publish(task if args.provider == "default" else f"{task}_{args.provider}", report, args.results)
+        report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers, args.provider,
+                       args.static_shapes)
+        name = task if args.provider == "default" else f"{task}_{args.provider}"
+        publish(name + ("_static" if args.static_shapes else ""), report, args.results)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)
     print((args.results / "bench_defaults.md").read_text(encoding="utf-8"))

@@ -146,15 +146,16 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """One `.onnx` file of the BUNDLE, run through `deployft.runtime.Predictor` (the product's own code path)."""
 
-    def __init__(self, name: str, bundle: Path, precision: str, device: str, threads: int, provider: str = "default"):
+    def __init__(self, name: str, bundle: Path, precision: str, device: str, threads: int, provider: str = "default",
+                 static_shapes: bool = False):
         self.name, self.bundle, self.precision = name, Path(bundle), precision
-        self.device, self.threads, self.provider = device, threads, provider
+        self.device, self.threads, self.provider, self.static_shapes = device, threads, provider, static_shapes
 
     def load(self) -> None:
         from ..runtime import Predictor
 
         self.predictor = Predictor.load(self.bundle, device=self.device, threads=self.threads, model_file=self.name,
-                                        provider=self.provider)
+                                        provider=self.provider, static_shapes=self.static_shapes)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return np.asarray(self.predictor.forward(input_ids, attention_mask)).astype(np.float32)
@@ -188,7 +189,8 @@ class OnnxBackend(Backend):
 
 
 def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict], device: str,
-                 threads: int, provider: str = "default", peer: dict | None = None) -> Backend:
+                 threads: int, provider: str = "default", peer: dict | None = None,
+                 static_shapes: bool = False) -> Backend:
     """The backend for variant `name` (validated against the bundle's variants beforehand; `peer`: where a peer
     variant was built, see `peers.build_peers`)."""
     if peer is not None:
@@ -198,4 +200,5 @@ def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict],
     if name in TORCH_VARIANTS:
         return TorchBackend(name, run, manifests["run"]["task"], device, threads)
     info = manifests["bundle"].get("variants", {}).get(name, {})
-    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads, provider)
+    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads, provider,
+                       static_shapes and manifests["run"]["task"] == "classify")

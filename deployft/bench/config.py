@@ -86,6 +86,9 @@ class BenchConfig:
     """cpu or cuda (CUDA timings synchronise the device around each call)."""
     provider: str = "default"
     """ONNX Runtime provider of the `.onnx` variants: default or openvino (the OpenVINO plugin, CPU)."""
+    static_shapes: bool = False
+    """openvino, classifiers: run the `.onnx` variants as `Predictor.load(static_shapes=True)` does (a session
+    compiled per input shape, lengths padded to a bucket; the grid's shapes are compiled in the warm-up)."""
     peak: bool = True
     """Measure the machine's ceilings (peak matmul rate: fp32 torch, int8 ONNX Runtime; memory copy bandwidth) and
     each variant's fraction of them (classifiers: of the matmul peak; decode: of the memory roofline)."""
@@ -119,3 +122,6 @@ class BenchConfig:
             raise UsageError(f"--provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
         if self.provider == "openvino" and self.device != "cpu":
             raise UsageError("--provider openvino runs on the CPU, not CUDA; pass --device cpu")
+        if self.static_shapes and self.provider != "openvino":
+            raise UsageError("--static-shapes compiles the graph per input shape on OpenVINO; pass --provider "
+                             "openvino or leave --static-shapes out")

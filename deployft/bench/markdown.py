@@ -34,7 +34,8 @@ def machine_line(data: dict[str, Any]) -> str:
 
 def _provider(config: dict[str, Any]) -> str:
     provider = config.get("provider", "default")
-    return "" if provider == "default" else f", ONNX Runtime provider {provider}"
+    shapes = " (static shapes)" if config.get("static_shapes") else ""
+    return "" if provider == "default" else f", ONNX Runtime provider {provider}{shapes}"
 
 
 def variants_table(data: dict[str, Any]) -> str:

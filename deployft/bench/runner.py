@@ -119,7 +119,7 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
             spec = {"variant": name, "run": str(Path(config.run).resolve()), "task": task,
                     "bundle": str(Path(config.bundle).resolve()), "manifests": manifests, "peer": peer,
                     "device": config.device, "provider": config.provider, "threads": config.threads,
-                    "inputs": str(scratch / "inputs.npz")}
+                    "static_shapes": config.static_shapes, "inputs": str(scratch / "inputs.npz")}
             safe = name.replace("/", "_")
             workers[name] = WorkerHandle(spec, scratch / f"{safe}.json", scratch / f"{safe}.log")
             status[name] = {**_start(workers[name]), **({"build": peer} if peer else {})}

@@ -47,7 +47,8 @@ class Worker:
         start = time.perf_counter()
         spec = self.spec
         self.backend = make_backend(spec["variant"], Path(spec["run"]), Path(spec["bundle"]), spec["manifests"],
-                                    spec["device"], spec["threads"], spec.get("provider", "default"), spec.get("peer"))
+                                    spec["device"], spec["threads"], spec.get("provider", "default"), spec.get("peer"),
+                                    spec.get("static_shapes", False))
         self.backend.load()
         loaded = time.perf_counter()
         self._first_result()

@@ -46,8 +46,6 @@ class Reference:
     """PyTorch's own task metrics."""
     nll: np.ndarray | None = None
     """generate: PyTorch's summed negative log-likelihood of each sequence's target tokens."""
-    max_length: int | None = None
-    """The longest input the model takes (OpenVINO's static-shape buckets stop there)."""
 
 
 def _batches(sequences: list[list[int]], pad_id: int, size: int = BATCH):
@@ -75,7 +73,7 @@ def reference(source, model, tokenizer, samples: Samples) -> Reference:
                 feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
                 out = model(**{k: torch.from_numpy(v) for k, v in feeds.items() if k in accepted})
                 logits.append(out.logits.float().numpy())
-            ref = Reference(source.spec, samples, special, logits, max_length=source.max_length)
+            ref = Reference(source.spec, samples, special, logits)
             ref.metrics = _classify_metrics(np.concatenate(logits), samples.labels)
             return ref
         logits = [model(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in samples.sequences]
@@ -90,11 +88,7 @@ def compare(ref: Reference, onnx_path: Path, device: str = "cpu", provider: str 
     variant, with what ran it (`provider`, and for openvino its precision and threads)."""
     from ..runtime.session import SessionOptions, create_session
 
-    static = provider == "openvino" and not ref.task.generates  # as the Predictor runs a classifier there
-    session, runtime = create_session(onnx_path, SessionOptions(device=device, provider=provider, static_shapes=static,
-                                                                max_length=ref.max_length))
-    if static:
-        session.pad_id = ref.special.pad
+    session, runtime = create_session(onnx_path, SessionOptions(device=device, provider=provider))
     if ref.task.generates:
         report = _compare_generate(ref, session, runtime.device)
     else:
@@ -105,8 +99,7 @@ def compare(ref: Reference, onnx_path: Path, device: str = "cpu", provider: str 
 def _ran_on(runtime) -> dict[str, Any]:
     if runtime.provider == "default":
         return {"provider": "default"}
-    return {"provider": runtime.provider, "precision": runtime.precision, "threads": runtime.threads,
-            "static_shapes": runtime.static_shapes}
+    return {"provider": runtime.provider, "precision": runtime.precision, "threads": runtime.threads}
 
 
 def _compare_classify(ref: Reference, session) -> dict[str, Any]:

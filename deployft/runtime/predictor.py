@@ -21,7 +21,6 @@ from .inputs import check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
 from .openvino import pick_model_file
 from .session import Runtime, SessionOptions, create_session
-from .shapes import ShapeSessions
 from .text import TextCodec
 
 logger = logging.getLogger("deployft.runtime")
@@ -55,22 +54,19 @@ def checked_bundle(folder: Path, model_file: str | None = None,
     return manifest, name, check_for_load(folder, manifest, name)
 
 
-def _with_shapes(options: SessionOptions, manifest: dict, static_shapes: bool | None) -> SessionOptions:
-    """`options` with the bundle's shape settings: static shapes where asked for, or by default for a classifier
-    on OpenVINO."""
-    generates = get_task(manifest["task"]).generates
-    if static_shapes and generates:
+def _with_shapes(options: SessionOptions, manifest: dict, static_shapes: bool, pad_id: int) -> SessionOptions:
+    """`options` with the bundle's shape settings (static shapes only where asked for, on a classifier)."""
+    if static_shapes and get_task(manifest["task"]).generates:
         raise UsageError("static_shapes fixes (batch, length) inputs and a generator's KV cache grows every step; "
-                         "leave static_shapes unset for a generate bundle")
-    static = options.provider == "openvino" and not generates if static_shapes is None else static_shapes
-    return replace(options, static_shapes=static, max_length=manifest.get("max_length"))
+                         "leave static_shapes off for a generate bundle")
+    return replace(options, static_shapes=static_shapes, max_length=manifest.get("max_length"), pad_id=pad_id)
 
 
 class Predictor:
     """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across threads."""
 
     def __init__(self, folder: Path, manifest: dict, session, device: str, model_file: str,
-                 runtime: Runtime | None = None, file_choice: str | None = None):
+                 runtime: Runtime | None = None, file_choice: str | None = None, codec: TextCodec | None = None):
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -83,12 +79,10 @@ class Predictor:
         self.labels = list(manifest.get("labels") or [])
         self.max_length = manifest.get("max_length")
         self.prompt_format = PromptFormat.from_manifest(manifest.get("prompt_format"))
-        self.codec = TextCodec(folder, self.max_length)
+        self.codec = codec or TextCodec(folder, self.max_length)
         self.input_names = [i.name for i in session.get_inputs()]
         generates = get_task(self.task).generates
         self.head = None if generates else ClassifierHead(session)
-        if isinstance(session, ShapeSessions):
-            session.pad_id = self.codec.pad_id
         self.decoder = self._decoder() if generates else None
         self.chat_template = self.codec.chat_template
 
@@ -96,7 +90,7 @@ class Predictor:
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
              model_file: str | None = None, public_key: str | Path | None = None,
              spinning: bool = True, provider: str = "default", cache_dir: str | Path | None = None,
-             static_shapes: bool | None = None) -> Predictor:
+             static_shapes: bool = False) -> Predictor:
         """Load a BUNDLE folder.
 
         Args:
@@ -110,8 +104,9 @@ class Predictor:
                 int8 deployable file is swapped for the bundle's fused fp32 file unless `model_file` is given,
                 logged and kept in `file_choice`).
             cache_dir: openvino's compiled-model cache (default ~/.cache/deployft/openvino).
-            static_shapes: openvino: one session compiled per (batch, length) bucket, calls padded to theirs
-                (`runtime/shapes.py`); None: on for classifiers, off for generators (whose cache grows each step).
+            static_shapes: openvino, classifiers: compile the graph for each call's shape, its length padded up
+                to a bucket (`runtime/shapes.py`). Faster where calls repeat the same batch sizes (one text at a
+                time, full batches); off by default, since a server's batches of every size each compile anew.
 
         Every file it reads is checked against the manifest first (`deployft.runtime.integrity`).
 
@@ -119,6 +114,7 @@ class Predictor:
             BundleError: missing folder, newer or older format, unknown task, a missing, added, modified or
                 unreadable file, a name outside the folder, a signature that does not match.
             DeviceError: CUDA asked for but ONNX Runtime runs on CPU; OpenVINO asked for but not running.
+            UsageError: static_shapes asked for on a generator, or without provider openvino.
             MissingDependencyError: OpenVINO asked for and its plugin is not installed.
         """
         options = SessionOptions(device=device, threads=threads, spinning=spinning, provider=provider,
@@ -128,7 +124,8 @@ class Predictor:
         if provider == "openvino":
             model_file, choice = pick_model_file(read_manifest(folder, "bundle"), model_file)
         manifest, name, path = checked_bundle(folder, model_file, public_key)
-        options = _with_shapes(options, manifest, static_shapes)
+        codec = TextCodec(folder, manifest.get("max_length"))
+        options = _with_shapes(options, manifest, static_shapes, codec.pad_id)
         if choice:
             logger.warning("provider openvino: %s", choice)
         why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"
@@ -139,7 +136,7 @@ class Predictor:
         if manifest.get("device") not in (None, actual):
             logger.warning("%s was exported and validated for %s but runs on %s; its speed and accuracy there "
                            "are unmeasured (re-export with --device %s)", folder, manifest["device"], actual, actual)
-        return cls(folder, manifest, session, actual, name, runtime, choice)
+        return cls(folder, manifest, session, actual, name, runtime, choice, codec)
 
     def __repr__(self) -> str:
         return (f"Predictor(task={self.task!r}, model_file={self.model_file!r}, device={self.device!r}, "

@@ -56,6 +56,8 @@ class SessionOptions:
     to their bucket (`runtime/shapes.py`; for (batch, length) inputs only: classifiers)."""
     max_length: int | None = None
     """static_shapes: the longest input the model takes, so no bucket pads beyond it."""
+    pad_id: int = 0
+    """static_shapes: the token id padded positions of `input_ids` get (the tokenizer's pad id)."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -134,34 +136,35 @@ def _build(ort, model_path: Path, providers: list[str], options: SessionOptions)
 
 def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, Runtime]:
     cache = Path(options.cache_dir or openvino.default_cache_dir()) if options.cache else None
-    precision = openvino.cpu_precision()
+    openvino.register(ort)
+    openvino.cpu_device(ort)  # no device here is an error, never a reason to try dynamic shapes
     static = options.static_shapes
     if static:
         try:
             session = _shape_sessions(ort, model_path, options, cache)
-        except DeviceError as exc:  # OpenVINO runs only part of the graph: its inputs are not the model's
+        except _FixedShapeError as exc:  # OpenVINO runs only part of the graph: its inputs are not the model's
             logger.warning("provider openvino: %s cannot be compiled for fixed input shapes (%s); running it with "
-                           "dynamic shapes", model_path.name, exc.__cause__ and _ort_reason(exc.__cause__))
+                           "dynamic shapes", model_path.name, exc)
             static = False
     if not static:
         session = _openvino_session(ort, model_path, options, cache)
     nodes = openvino.check_placement(session, model_path.name)
+    precision = openvino.cpu_precision()  # what add_to asked the plugin for
     logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s, %s shapes)", model_path.name, precision,
                 options.threads or "default", cache or "off", "static" if static else "dynamic")
     return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes,
                             static)
 
 
+class _FixedShapeError(DeviceError):
+    """OpenVINO could not compile the graph with its inputs fixed to one shape."""
+
+
 def _shape_sessions(ort, model_path: Path, options: SessionOptions, cache: Path | None) -> ShapeSessions:
     names = _input_names(ort, model_path)
     first = (1, bucket_length(1, options.max_length))
     return ShapeSessions(lambda shape: _openvino_session(ort, model_path, options, cache, names, shape),
-                         first, options.max_length)
-
-
-def _ort_reason(exc: BaseException) -> str:
-    """ONNX Runtime's message on one line (OpenVINO puts the reason on the lines after the first)."""
-    return " ".join(str(exc).split())[:300]
+                         first, options.pad_id, options.max_length)
 
 
 def _openvino_session(ort, model_path: Path, options: SessionOptions, cache: Path | None,
@@ -174,17 +177,31 @@ def _openvino_session(ort, model_path: Path, options: SessionOptions, cache: Pat
         return ort.InferenceSession(str(model_path), sess_options=settings,
                                     disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
     except Exception as exc:  # ORT's own types; a file ONNX Runtime reads but OpenVINO cannot compile lands here
-        raise DeviceError(f"provider openvino could not compile {model_path.name}"
-                          f"{f' for input shape {shape}' if shape else ''}: {first_line(exc)}; "
+        if shape:
+            raise _FixedShapeError(f"provider openvino could not compile {model_path.name} for input shape {shape}: "
+                                   f"{_ort_reason(exc)}; load it with static_shapes=False or pass --provider "
+                                   "default") from exc
+        raise DeviceError(f"provider openvino could not compile {model_path.name}: {first_line(exc)}; "
                           "pass --provider default or another --model-file") from exc
 
 
 def _input_names(ort, model_path: Path) -> list[str]:
-    """The graph's input names, read by a CPU session that loads the file without optimizing it."""
+    """The graph's input names, read by a one-thread CPU session that loads the file without optimizing it."""
     settings = ort.SessionOptions()
     settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    settings.intra_op_num_threads = 1
     settings.log_severity_level = 3
-    return [i.name for i in ort.InferenceSession(str(model_path), settings, providers=[CPU]).get_inputs()]
+    try:
+        session = ort.InferenceSession(str(model_path), settings, providers=[CPU])
+    except Exception as exc:  # ORT's own types
+        raise DeviceError(f"provider openvino could not read {model_path.name}: {first_line(exc)}; "
+                          "pass --provider default or another --model-file") from exc
+    return [i.name for i in session.get_inputs()]
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's message on one line (OpenVINO puts the reason on the lines after the first)."""
+    return " ".join(str(exc).split())[:300]
 
 
 def create_session(model_path: str | Path, options: SessionOptions) -> tuple[object, Runtime]:

@@ -25,101 +25,9 @@ from deployft.runtime import Predictor, SessionOptions
 from deployft.runtime import openvino
 from deployft.runtime import session as session_module
 from deployft.runtime.session import create_session
+from openvino_fakes import CPU, EP, EpDevice, Subgraph, cache_home, fake_plugin  # noqa: F401 (fixtures)
 
-EP, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 TEXTS = ["the film was great", "the plot was dull and the cast was clumsy", "fine"]
-
-
-class _Device:
-    def __init__(self, vendor: str, vendor_id: int):
-        self.type, self.vendor, self.vendor_id = "OrtHardwareDeviceType.CPU", vendor, vendor_id
-
-
-class _EpDevice:
-    def __init__(self, ep_name: str, vendor: str = "Intel", vendor_id: int = 0x8086):
-        self.ep_name, self.device = ep_name, _Device(vendor, vendor_id)
-        self.ep_metadata = {"ov_device": "CPU"} if ep_name == EP else {}
-
-
-class _Subgraph:
-    def __init__(self, ep_name: str, nodes: list):
-        self.ep_name, self._nodes = ep_name, nodes
-
-    def get_nodes(self):
-        return self._nodes
-
-
-def _fixed_shapes(option: str | None) -> dict[str, list[int]] | None:
-    """`"a[1,32],b[1,32]"` -> `{"a": [1, 32], "b": [1, 32]}` (the plugin's reshape_input option)."""
-    if not option:
-        return None
-    return {part.split("[")[0]: [int(v) for v in part.split("[")[1].rstrip("]").split(",")]
-            for part in option.replace("],", "]|").split("|")}
-
-
-@pytest.fixture
-def fake_plugin(monkeypatch):
-    """Install a stand-in plugin; returns the record of what deployft handed it (`added`: devices and options)."""
-    import onnxruntime
-
-    record = {"registered": [], "added": [], "runs": [], "places_nodes": True,
-              "devices": [_EpDevice(EP), _EpDevice(CPU)]}
-    real_options, real_session = onnxruntime.SessionOptions, onnxruntime.InferenceSession
-
-    class Options(real_options):
-        openvino = False
-        fixed = None
-
-        def add_provider_for_devices(self, devices, options):
-            record["added"].append((devices, options))
-            self.openvino = True
-            self.fixed = _fixed_shapes(options.get("reshape_input"))
-
-    class Session:
-        def __init__(self, real, fixed):
-            self._real, self._fixed = real, fixed
-
-        def __getattr__(self, name):
-            return getattr(self._real, name)
-
-        def run(self, names, feeds):  # a session compiled for fixed shapes takes nothing else, as OpenVINO's
-            for name, value in feeds.items():
-                if self._fixed and list(value.shape) != self._fixed[name]:
-                    raise RuntimeError(f"{name} has shape {list(value.shape)}, compiled for {self._fixed[name]}")
-            record["runs"].append({name: value.shape for name, value in feeds.items()})
-            return self._real.run(names, feeds)
-
-        def get_providers(self):
-            return [EP, CPU] if record["places_nodes"] else [CPU]
-
-        def get_provider_graph_assignment_info(self):
-            nodes = [n for sub in self._real.get_provider_graph_assignment_info() for n in sub.get_nodes()]
-            return [_Subgraph(EP if record["places_nodes"] else CPU, nodes)]
-
-    def session(path, sess_options=None, providers=None, **kwargs):
-        if not getattr(sess_options, "openvino", False):  # a session of another stage (the optimizer): untouched
-            return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
-        record["disabled_optimizers"] = kwargs.get("disabled_optimizers")
-        if sess_options.fixed and record.get("refuse_fixed"):  # as OpenVINO does when it runs part of the graph
-            raise RuntimeError("[ONNXRuntimeError] : 11 : EP_FAIL : Exception from src/core/src/model.cpp:758:\n"
-                               "Input for tensor name 'input_ids_quantized' is not found.")
-        return Session(real_session(path, sess_options=sess_options, providers=[CPU]), sess_options.fixed)
-
-    plugin = types.SimpleNamespace(get_library_path=lambda: "/fake/libonnxruntime_providers_openvino_plugin.so")
-    monkeypatch.setattr(openvino, "import_plugin", lambda: plugin)
-    monkeypatch.setattr(openvino, "_registered", False)
-    monkeypatch.setattr(onnxruntime, "register_execution_provider_library",
-                        lambda name, path: record["registered"].append((name, path)))
-    monkeypatch.setattr(onnxruntime, "get_ep_devices", lambda: record["devices"])
-    monkeypatch.setattr(onnxruntime, "SessionOptions", Options)
-    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
-    return record
-
-
-@pytest.fixture
-def cache_home(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "deployft" / "openvino"
 
 
 def test_missing_plugin_names_the_extra(monkeypatch, runtime_bundle):
@@ -138,7 +46,7 @@ def test_missing_plugin_is_one_error_line_in_the_cli(monkeypatch, runtime_bundle
 
 
 def test_no_intel_device_is_refused_with_the_vendor(fake_plugin, runtime_bundle, cache_home):
-    fake_plugin["devices"] = [_EpDevice(CPU, "AMD", 0x1022)]
+    fake_plugin["devices"] = [EpDevice(CPU, "AMD", 0x1022)]
     with pytest.raises(DeviceError, match=r"Intel hardware only.*AMD \(0x1022\).*--provider default"):
         Predictor.load(runtime_bundle("bert"), provider="openvino")
 
@@ -159,11 +67,9 @@ def test_a_file_openvino_cannot_compile_is_a_provider_error(fake_plugin, tmp_pat
 def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime_bundle, cache_home):
     predictor = Predictor.load(runtime_bundle("bert"), provider="openvino", threads=2)
     assert fake_plugin["registered"] == [(openvino.REGISTRATION, "/fake/libonnxruntime_providers_openvino_plugin.so")]
-    (devices, options), = fake_plugin["added"]  # one shape compiled at load: batch 1, the shortest bucket
+    (devices, options), = fake_plugin["added"]
     assert [d.ep_name for d in devices] == [EP]
-    # the plugin ignores num_of_threads, precision and cache_dir options
-    assert list(options) == ["load_config", "reshape_input"]
-    assert options["reshape_input"] == "input_ids[1,32],attention_mask[1,32],token_type_ids[1,32]"
+    assert list(options) == ["load_config"]  # the plugin ignores num_of_threads, precision and cache_dir options
     config = json.loads(options["load_config"])["CPU"]
     assert config == {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": openvino.cpu_precision(),
                       "CACHE_DIR": str(cache_home)}
@@ -173,55 +79,6 @@ def test_threads_precision_and_cache_go_through_load_config(fake_plugin, runtime
     assert run.nodes[EP] > 0 and "provider='openvino'" in repr(predictor)
     # nodes OpenVINO declines run on ONNX Runtime's CPU kernels, so the CPU's graph settings hold here too
     assert fake_plugin["disabled_optimizers"] == list(session_module.CPU_DISABLED_OPTIMIZERS)
-
-
-def test_a_classifier_runs_each_call_on_the_session_compiled_for_its_bucket(fake_plugin, runtime_bundle,
-                                                                             cache_home):
-    bundle = runtime_bundle("bert")
-    predictor = Predictor.load(bundle, provider="openvino", threads=2)
-    reference = Predictor.load(bundle, threads=2)
-    assert predictor.runtime.static_shapes and predictor.session.pad_id == predictor.codec.pad_id
-    ids, mask = reference.codec.pad(reference.codec.encode(TEXTS), side="right")  # batch 3, under 32 tokens
-    assert np.allclose(predictor.forward(ids, mask), reference.forward(ids, mask), atol=1e-5)
-    assert fake_plugin["runs"][-1]["input_ids"] == (4, 32)  # padded up to its bucket, the padding rows cut
-    assert predictor.forward(ids, mask).shape == (3, 2)
-    five = np.tile(ids, (2, 1))[:5]
-    assert np.allclose(predictor.forward(five, np.ones_like(five)), reference.forward(five, np.ones_like(five)),
-                       atol=1e-5)
-    assert predictor.session.shapes == [(1, 32), (4, 32), (8, 32)]
-    assert [json.loads(o["load_config"]) == json.loads(fake_plugin["added"][0][1]["load_config"])
-            for _, o in fake_plugin["added"]] == [True] * 3
-
-
-def test_static_shapes_can_be_turned_off(fake_plugin, runtime_bundle, cache_home):
-    predictor = Predictor.load(runtime_bundle("bert"), provider="openvino", static_shapes=False)
-    (_, options), = fake_plugin["added"]
-    assert "reshape_input" not in options and not predictor.runtime.static_shapes
-    predictor.predict(TEXTS)
-    assert len(fake_plugin["added"]) == 1
-
-
-def test_a_file_that_cannot_take_fixed_shapes_runs_dynamic_and_says_why(fake_plugin, runtime_bundle, cache_home,
-                                                                        caplog):
-    fake_plugin["refuse_fixed"] = True
-    with caplog.at_level("WARNING", logger="deployft.runtime"):
-        predictor = Predictor.load(runtime_bundle("bert"), provider="openvino")
-    assert not predictor.runtime.static_shapes and predictor.predict(TEXTS)
-    assert "cannot be compiled for fixed input shapes" in caplog.text
-    assert "Input for tensor name 'input_ids_quantized' is not found" in caplog.text
-
-
-def test_a_generator_keeps_dynamic_shapes(fake_plugin, runtime_bundle, cache_home):
-    predictor = Predictor.load(runtime_bundle("gpt2"), provider="openvino")
-    assert not predictor.runtime.static_shapes
-    assert all("reshape_input" not in options for _, options in fake_plugin["added"])
-    with pytest.raises(UsageError, match="KV cache grows every step"):
-        Predictor.load(runtime_bundle("gpt2"), provider="openvino", static_shapes=True)
-
-
-def test_static_shapes_need_openvino():
-    with pytest.raises(UsageError, match="static_shapes compiles the graph per input shape on OpenVINO"):
-        SessionOptions(static_shapes=True)
 
 
 def test_cache_can_be_turned_off(fake_plugin, runtime_bundle, cache_home):
@@ -243,7 +100,7 @@ def test_nodes_left_to_other_providers_are_logged(caplog):
             return [EP, CPU]
 
         def get_provider_graph_assignment_info(self):
-            return [_Subgraph(EP, ["a", "b", "c"]), _Subgraph(CPU, ["d"])]
+            return [Subgraph(EP, ["a", "b", "c"]), Subgraph(CPU, ["d"])]
 
     with caplog.at_level("WARNING", logger="deployft.runtime"):
         assert openvino.check_placement(Session(), "m.onnx") == {EP: 3, CPU: 1}
@@ -317,8 +174,7 @@ def test_export_validates_every_file_through_openvino_and_records_it(fake_plugin
     assert set(validation) == {"model.onnx", "model_optimized.onnx"}
     for report in validation.values():
         assert (report["provider"], report["precision"]) == ("openvino", openvino.cpu_precision())
-        assert report["static_shapes"]  # as the Predictor runs a classifier on OpenVINO
-    assert fake_plugin["added"] and all("reshape_input" in options for _, options in fake_plugin["added"])
+    assert len(fake_plugin["added"]) == len(validation)
     assert f"Validated through ONNX Runtime's openvino provider ({openvino.cpu_precision()})." in \
         (bundle / "README.md").read_text()
 
@@ -427,16 +283,3 @@ def test_real_plugin_matches_the_cpu_provider(runtime_bundle, cache_home):
     assert np.allclose(cpu.forward(ids, mask), ov.forward(ids, mask), atol=tolerance)
     for a, b in zip(cpu.predict(TEXTS), ov.predict(TEXTS)):
         assert a.label == b.label and a.score == pytest.approx(b.score, abs=tolerance)
-
-
-def test_real_plugin_static_shapes_match_dynamic(runtime_bundle, cache_home):
-    """The classifier's buckets (padding plus one compiled session per shape) give what the dynamic session gives."""
-    _real_openvino_or_skip()
-    bundle = runtime_bundle("bert")
-    static = Predictor.load(bundle, provider="openvino", threads=2)
-    dynamic = Predictor.load(bundle, provider="openvino", threads=2, static_shapes=False)
-    assert static.runtime.static_shapes and not dynamic.runtime.static_shapes
-    tolerance = 1e-4 if static.runtime.precision == "f32" else 3e-2
-    ids, mask = static.codec.pad(static.codec.encode(TEXTS), side="right")
-    assert np.allclose(static.forward(ids, mask), dynamic.forward(ids, mask), atol=tolerance)
-    assert static.session.shapes == [(1, 32), (4, 32)]
