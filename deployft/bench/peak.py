@@ -47,7 +47,7 @@ def _sweep(make_run: Callable[[int], Callable[[], Any]], sizes: tuple[int, ...],
     return max(by_size.values()), by_size
 
 
-def peak_fp32(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5, device: str = "cpu",
+def peak_matmul(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5, device: str = "cpu",
               sweeps: int = SWEEPS, dtype: str = "float32") -> tuple[float, dict[str, float]]:
     """Peak matmul FLOP/s through torch with `threads` intra-op threads (fp32, or `dtype="bfloat16"` for the bf16
     peak), and the best rate per size."""
@@ -113,10 +113,10 @@ def measure_peaks(threads: int, device: str = "cpu", seconds: float = 0.5, sizes
     from ..runtime.openvino import cpu_precision
     from .roofline import read_bandwidth
 
-    fp32, fp32_by_size = peak_fp32(threads, sizes, seconds, device, sweeps)
+    fp32, fp32_by_size = peak_matmul(threads, sizes, seconds, device, sweeps)
     peaks: dict[str, Any] = {"threads": threads, "fp32": fp32, "fp32_by_size": fp32_by_size, "bf16": None}
     if device == "cpu" and cpu_precision() == "bf16":
-        peaks["bf16"], peaks["bf16_by_size"] = peak_fp32(threads, sizes, seconds, device, sweeps, "bfloat16")
+        peaks["bf16"], peaks["bf16_by_size"] = peak_matmul(threads, sizes, seconds, device, sweeps, "bfloat16")
     if device == "cpu":
         peaks["int8"], peaks["int8_by_size"] = peak_int8(threads, sizes, seconds, sweeps)
         peaks["read_bytes_per_s"] = read_bandwidth(threads, seconds=seconds)
