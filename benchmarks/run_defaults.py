@@ -15,6 +15,9 @@ quotes and the machine they were measured on.
         # the classifier through ONNX Runtime's OpenVINO provider (the file it picks; dynamic shapes, or a
         # session compiled per shape) beside PyTorch and optimum-intel's OpenVINO:
         # results/bench_classify_openvino[_static].*
+    python benchmarks/run_defaults.py --task classify --reuse --quantize int8-static --provider openvino \
+        --static-shapes   # a bundle of its own, int8 by NNCF and validated through OpenVINO:
+        # results/bench_classify_openvino_static_int8_static.*
 """
 
 from __future__ import annotations
@@ -60,18 +63,22 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prepare(task: str, work: Path, reuse: bool) -> tuple[Path, Path]:
-    """The RUN and BUNDLE of `task`: fine-tuned and exported now, or kept from an earlier `--reuse` run."""
+def prepare(task: str, work: Path, reuse: bool, quantize: str = "int8",
+            provider: str = "default") -> tuple[Path, Path]:
+    """The RUN and BUNDLE of `task`: fine-tuned and exported now, or kept from an earlier `--reuse` run.
+    `--quantize int8-static` exports its own bundle, validated through `provider` (openvino: quantized by NNCF)."""
     from deployft import FinetuneConfig, finetune
     from deployft.exporter import ExportConfig, export
 
-    run, bundle = work / f"run-{task}", work / f"bundle-{task}"
+    run = work / f"run-{task}"
+    bundle = work / (f"bundle-{task}" if quantize == "int8" else f"bundle-{task}-{quantize}-{provider}")
     if not (reuse and (run / "deployft.json").is_file()):
         log(f"fine-tuning the default {task} model")
         finetune(FinetuneConfig(output=str(run), overwrite=True, **FINETUNE[task]))
     if not (reuse and (bundle / "deployft.json").is_file()):
-        log(f"exporting {run} (fp32, fused, int8)")
-        export(ExportConfig(run=run, output=bundle, quantize="int8", overwrite=True, **EXPORT[task]))
+        log(f"exporting {run} (fp32, fused, {quantize})")
+        export(ExportConfig(run=run, output=bundle, quantize=quantize, overwrite=True, **EXPORT[task],
+                            **({"provider": provider} if quantize != "int8" else {})))
     return run, bundle
 
 
@@ -165,7 +172,8 @@ def summarize(results: Path) -> None:
     parts = ["# Benchmarks on the default models", "",
              "Written by `python benchmarks/run_defaults.py`; full tables in the bench_*.md files beside this one, "
              "every raw timing in the JSON files.", ""]
-    for name in ("classify", "classify_openvino", "classify_openvino_static", "generate"):
+    for name in ("classify", "classify_openvino", "classify_openvino_static", "classify_openvino_int8_static",
+                 "classify_openvino_static_int8_static", "generate"):
         path = results / f"bench_{name}.json"
         if path.is_file():
             report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
@@ -191,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="time deployft's own variants only")
     parser.add_argument("--provider", choices=["default", "openvino"], default="default",
                         help="ONNX Runtime provider of deployft's files (openvino: classify only)")
+    parser.add_argument("--quantize", choices=["int8", "int8-static"], default="int8",
+                        help="int8-static: a bundle of its own, validated through --provider (openvino: by NNCF)")
     parser.add_argument("--static-shapes", action="store_true",
                         help="with --provider openvino: a session compiled per input shape")
     args = parser.parse_args(argv)
@@ -198,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--provider openvino is measured on the classifier: pass --task classify")
     tasks = ["classify", "generate"] if args.task == "both" else [args.task]
     for task in tasks:
-        run, bundle = prepare(task, args.work, args.reuse)
+        run, bundle = prepare(task, args.work, args.reuse, args.quantize, args.provider)
         report = bench(task, run, bundle, args.work, args.threads, args.variants, not args.no_peers, args.provider,
                        args.static_shapes)
         name = task if args.provider == "default" else f"{task}_{args.provider}"
-        publish(name + ("_static" if args.static_shapes else ""), report, args.results)
+        name += "_static" if args.static_shapes else ""
+        publish(name + ("" if args.quantize == "int8" else f"_{args.quantize.replace('-', '_')}"), report,
+                args.results)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)
     print((args.results / "bench_defaults.md").read_text(encoding="utf-8"))

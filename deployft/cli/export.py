@@ -19,7 +19,7 @@ from .options import shown
 @click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES), show_default=shown(ExportConfig, "quantize"),
               help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
                    "CPU: 4-bit MatMulNBits, LM head (--head-bits) and embedding at 8 bits), int8-static (calibrated on the RUN's "
-                   "training data), fp16 (CUDA).")
+                   "training data; with --provider openvino by NNCF, OpenVINO's quantizer), fp16 (CUDA).")
 @click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)),
               show_default="64 for int8, 32 for int4",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")

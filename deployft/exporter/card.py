@@ -177,8 +177,8 @@ def _decision(g: dict[str, Any]) -> str:
 
 def quantization_line(q: dict[str, Any]) -> str:
     """One line on how a bundle was quantized: `int8 (blockwise int8 ..., block 64), remedy: none, 0 nodes in fp32`."""
-    how = (f"{q['method']}, block {q.get('block_size')}" if q.get("method")
-           else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
+    block = f", block {q['block_size']}" if q.get("block_size") else ""
+    how = f"{q['method']}{block}" if q.get("method") else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}"
     if q.get("bits") is not None:  # int4: the widths counted from the file, and what stayed fp32
         widths = ", ".join(f"{bits}-bit ×{count}" for bits, count in q["bits"].items()) or "none"
         head = f"; LM head {q['head_bits']}-bit" if q.get("head_bits") else ""

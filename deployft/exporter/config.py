@@ -41,7 +41,7 @@ class ExportConfig:
     """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
     quantize: str = "none"
     """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
-    RUN's training data, CPU), int4 (generators, CPU: 4-bit MatMulNBits, LM head (`head_bits`) and embedding at 8 bits) or fp16
+    RUN's training data, CPU; with provider openvino quantized by NNCF, OpenVINO's quantizer), int4 (generators, CPU: 4-bit MatMulNBits, LM head (`head_bits`) and embedding at 8 bits) or fp16
     (CUDA)."""
     block_size: int | None = None
     """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 64 for int8, 32 for

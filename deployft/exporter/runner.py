@@ -266,12 +266,15 @@ def _head_bits(job: ExportJob) -> int:
 
 
 def _int8_static(job: ExportJob, result: ExportResult) -> str:
-    from .quantize import cpu_preset, quantize_static_int8
+    from .quantize import cpu_preset, quantize_nncf_int8, quantize_static_int8
     from .select import calibration_batches
 
     target = job.staging / VARIANT_FILES["int8-static"]
-    settings = quantize_static_int8(job.plain, target, job.config.quantize_preset or cpu_preset(),
-                                    job.config.per_channel, calibration_batches(job))
+    if job.config.provider == "openvino":  # the file OpenVINO runs as int8: quantized the way OpenVINO's users do
+        settings = quantize_nncf_int8(job.plain, target, calibration_batches(job))
+    else:
+        settings = quantize_static_int8(job.plain, target, job.config.quantize_preset or cpu_preset(),
+                                        job.config.per_channel, calibration_batches(job))
     variant = _validated(job, result, target, "int8-static", False)
     result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
     return first_within_budget(result, [target.name], job.source.path.name)

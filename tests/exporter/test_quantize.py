@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from deployft.errors import UsageError
+from deployft.errors import MissingDependencyError, UsageError
 from deployft.exporter.optimize import optimize
 from deployft.exporter.quantize import (
     convert_fp16, cpu_preset, head_matmuls, preset_config, quantize_blockwise_int8, quantize_dynamic_int8,
-    quantize_static_int8, sensitive_nodes, untie_transposed_weights,
+    quantize_nncf_int8, quantize_static_int8, sensitive_nodes, untie_transposed_weights,
 )
 
 
@@ -180,3 +180,37 @@ def test_large_models_are_written_with_external_weights(tiny_onnx, monkeypatch):
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     sess = ort.InferenceSession(str(folder / "q.onnx"), providers=["CPUExecutionProvider"])
     assert sess.get_outputs()[0].name == "logits"
+
+
+def _batches(count: int = 4) -> list[dict]:
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(count):
+        ids = rng.integers(5, 200, size=(1, 12))
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    return batches
+
+
+def test_nncf_int8_writes_a_qdq_file_and_says_how(tiny_onnx):
+    pytest.importorskip("nncf", reason='NNCF is not installed (pip install "deployft[openvino-export]")')
+    import onnxruntime as ort
+
+    folder = tiny_onnx("bert")
+    settings = quantize_nncf_int8(folder / "model.onnx", folder / "n.onnx", _batches())
+    ops = _ops(folder / "n.onnx")
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0 and "DynamicQuantizeLinear" not in ops
+    assert settings["quantizer"] == "nncf" and settings["calibration_samples"] == 4
+    assert settings["mode"] == "int8-static" and "NNCF" in settings["method"] and "NNCF" in settings["choice"]
+    feeds = _batches(1)[0]
+    plain = ort.InferenceSession(str(folder / "model.onnx")).run(None, feeds)[0]
+    quantized = ort.InferenceSession(str(folder / "n.onnx")).run(None, feeds)[0]
+    assert quantized.shape == plain.shape and np.abs(quantized - plain).max() < 0.5 * np.abs(plain).max() + 1e-3
+
+
+def test_nncf_missing_names_the_extra(tiny_onnx, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    folder = tiny_onnx("bert")
+    with pytest.raises(MissingDependencyError, match=r'pip install "deployft\[openvino-export\]"'):
+        quantize_nncf_int8(folder / "model.onnx", folder / "n.onnx", _batches())

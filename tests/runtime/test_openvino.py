@@ -283,3 +283,19 @@ def test_real_plugin_matches_the_cpu_provider(runtime_bundle, cache_home):
     assert np.allclose(cpu.forward(ids, mask), ov.forward(ids, mask), atol=tolerance)
     for a, b in zip(cpu.predict(TEXTS), ov.predict(TEXTS)):
         assert a.label == b.label and a.score == pytest.approx(b.score, abs=tolerance)
+
+
+def test_export_int8_static_for_openvino_quantizes_with_nncf_and_runs_that_file(fake_plugin, tiny_run, tmp_path,
+                                                                               cache_home):
+    pytest.importorskip("nncf", reason='NNCF is not installed (pip install "deployft[openvino-export]")')
+    from deployft.exporter import ExportConfig, export
+
+    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8-static",
+                                 provider="openvino", validate_samples=16, calibration_samples=8,
+                                 max_accuracy_drop=100.0))
+    manifest = read_manifest(bundle, "bundle")
+    assert manifest["model_file"] == "model_int8_static.onnx" and manifest["quantization"]["quantizer"] == "nncf"
+    assert manifest["variants"]["model_int8_static.onnx"]["validation"]["provider"] == "openvino"
+    assert "by NNCF (OpenVINO's quantizer" in (bundle / "README.md").read_text()
+    predictor = Predictor.load(bundle, provider="openvino")
+    assert predictor.model_file == "model_int8_static.onnx" and predictor.file_choice is None
