@@ -97,7 +97,7 @@ def bench(task: str, run: Path, bundle: Path, work: Path, threads: int, variants
         variants = [*available_variants(bundle, manifest), *PEERS[task]]
 
     log(f"benchmarking {task} at {threads} threads, provider {provider}")
-    config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{task}-{provider}", threads=threads,
+    config = BenchConfig(run=run, bundle=bundle, report=work / f"report-{bundle.name}-{provider}{'-static' if static_shapes else ''}", threads=threads,
                          overwrite=True, variants=variants, peer_cache=work / "peer-cache", provider=provider,
                          static_shapes=static_shapes, **BENCH[task])
     return benchmark(config)
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.provider == "openvino" and args.task != "classify":
         parser.error("--provider openvino is measured on the classifier: pass --task classify")
+    if args.static_shapes and args.provider != "openvino":
+        parser.error("--static-shapes compiles per shape on OpenVINO: pass --provider openvino")
     tasks = ["classify", "generate"] if args.task == "both" else [args.task]
     for task in tasks:
         run, bundle = prepare(task, args.work, args.reuse, args.quantize, args.provider)

@@ -200,5 +200,4 @@ def make_backend(name: str, run: Path, bundle: Path, manifests: dict[str, dict],
     if name in TORCH_VARIANTS:
         return TorchBackend(name, run, manifests["run"]["task"], device, threads)
     info = manifests["bundle"].get("variants", {}).get(name, {})
-    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads, provider,
-                       static_shapes and manifests["run"]["task"] == "classify")
+    return OnnxBackend(name, bundle, info.get("precision", "fp32"), device, threads, provider, static_shapes)

@@ -88,7 +88,8 @@ class BenchConfig:
     """ONNX Runtime provider of the `.onnx` variants: default or openvino (the OpenVINO plugin, CPU)."""
     static_shapes: bool = False
     """openvino, classifiers: run the `.onnx` variants as `Predictor.load(static_shapes=True)` does (a session
-    compiled per input shape, lengths padded to a bucket; the grid's shapes are compiled in the warm-up)."""
+    compiled per input shape, lengths padded to a bucket; each shape compiles in its first call, a warm-up one
+    unless --warmup is 0)."""
     peak: bool = True
     """Measure the machine's ceilings (peak matmul rate: fp32 torch, int8 ONNX Runtime; memory copy bandwidth) and
     each variant's fraction of them (classifiers: of the matmul peak; decode: of the memory roofline)."""

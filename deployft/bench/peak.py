@@ -48,7 +48,7 @@ def _sweep(make_run: Callable[[int], Callable[[], Any]], sizes: tuple[int, ...],
 
 
 def peak_matmul(threads: int, sizes: tuple[int, ...] = SIZES, seconds: float = 0.5, device: str = "cpu",
-              sweeps: int = SWEEPS, dtype: str = "float32") -> tuple[float, dict[str, float]]:
+                sweeps: int = SWEEPS, dtype: str = "float32") -> tuple[float, dict[str, float]]:
     """Peak matmul FLOP/s through torch with `threads` intra-op threads (fp32, or `dtype="bfloat16"` for the bf16
     peak), and the best rate per size."""
     import torch

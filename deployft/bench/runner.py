@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..staging import atomic_folder, check_output_free
 from ..tasks import get_task
 from .config import BenchConfig
@@ -37,6 +38,9 @@ def benchmark(config: BenchConfig) -> BenchReport:
     """
     manifests = read_pair(config)
     task = manifests["run"]["task"]
+    if config.static_shapes and get_task(task).generates:
+        raise UsageError("--static-shapes fixes a classifier's (batch, length) inputs; a generator's KV cache grows "
+                         "every step: drop --static-shapes")
     variants = select_variants(config, manifests["bundle"])
     check_grid(config, task)
     check_output_free(config.report, config.overwrite)

@@ -46,8 +46,8 @@ from .options import shown
               help="Device.")
 @click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None, show_default=shown(BenchConfig, "provider"),
               help="ONNX Runtime provider of the .onnx variants (openvino: pip install \"deployft[openvino]\").")
-@click.option("--static-shapes", is_flag=True, default=None,
-              help="With --provider openvino: a session compiled per input shape (classifiers; see Predictor.load).")
+@click.option("--static-shapes", is_flag=True, default=False,
+              help="With --provider openvino: a session compiled per input shape (classifiers; Predictor.load).")
 @click.option("--no-peak", is_flag=True, default=False, help="Skip the peak matmul rate and FLOP counting.")
 @click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
@@ -56,8 +56,8 @@ from .options import shown
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
-          min_time, warmup, settle, hot_calls, eval_samples, device, provider, static_shapes, no_peak, no_plots, overwrite,
-          peer_cache, config_file) -> None:
+          min_time, warmup, settle, hot_calls, eval_samples, device, provider, static_shapes, no_peak, no_plots,
+          overwrite, peer_cache, config_file) -> None:
     """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
 
     \b
@@ -73,7 +73,8 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
         BenchConfig, config_file, run=run, bundle=bundle, report=report, variants=variants,
         batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
         threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, hot_calls=hot_calls,
-        eval_samples=eval_samples, device=device, provider=provider, static_shapes=static_shapes,
+        eval_samples=eval_samples, device=device, provider=provider,
+        static_shapes=True if static_shapes else None,
         peak=False if no_peak else None,
         plots=False if no_plots else None, overwrite=True if overwrite else None, peer_cache=peer_cache,
     )

@@ -41,8 +41,8 @@ class ExportConfig:
     """classify or generate; needed only for a plain model folder (a RUN knows its task)."""
     quantize: str = "none"
     """none, int8 (CPU: dynamic for classify, blockwise MatMulNBits for generate), int8-static (calibrated on the
-    RUN's training data, CPU; with provider openvino quantized by NNCF, OpenVINO's quantizer), int4 (generators, CPU: 4-bit MatMulNBits, LM head (`head_bits`) and embedding at 8 bits) or fp16
-    (CUDA)."""
+    RUN's training data, CPU; with provider openvino quantized by NNCF, OpenVINO's quantizer), int4 (generators,
+    CPU: 4-bit MatMulNBits, LM head (`head_bits`) and embedding at 8 bits) or fp16 (CUDA)."""
     block_size: int | None = None
     """Weights per scale of a generator's blockwise int8 / int4 (16, 32, 64 or 128); None: 64 for int8, 32 for
     int4."""
@@ -129,6 +129,10 @@ class ExportConfig:
                                  f"{self.quantize}; drop --head-bits or pass --quantize int4")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
+        nncf = self.quantize == "int8-static" and self.provider == "openvino"
+        if nncf and (self.quantize_preset or self.per_channel):
+            raise UsageError("--quantize int8-static --provider openvino quantizes with NNCF's transformer preset, "
+                             "which takes neither --quantize-preset nor --per-channel: drop them")
 
 
 def _one_of(flag: str, value: Any, allowed: tuple) -> None:

@@ -199,22 +199,35 @@ NNCF_INSTALL = 'pip install "deployft[openvino-export]"'
 def quantize_nncf_int8(src: Path, dst: Path, batches: list[dict]) -> dict[str, Any]:
     """Static int8 (QDQ) of `src` into `dst` by NNCF, OpenVINO's own post-training quantizer, with its transformer
     preset (SmoothQuant and fast bias correction on NNCF 3.4), activation ranges calibrated on `batches`. The file
-    is made for the OpenVINO provider, which runs its QDQ pairs as int8 kernels."""
+    is made for the OpenVINO provider, which runs its QDQ pairs as int8 kernels.
+
+    Raises:
+        MissingDependencyError: NNCF cannot be imported.
+        StageError: NNCF failed on the graph.
+    """
     try:
         import nncf
         import onnx
     except ImportError as exc:
-        raise MissingDependencyError(f"--quantize int8-static --provider openvino quantizes with NNCF, which is not "
-                                     f"installed ({exc.name}); install it with: {NNCF_INSTALL}") from None
+        raise MissingDependencyError(f"--quantize int8-static --provider openvino quantizes with NNCF, which could not "
+                                     f"be imported (missing module {exc.name}); install it with: {NNCF_INSTALL}, "
+                                     "or pass --provider default") from exc
     with reraise_as(StageError, f"NNCF int8 quantization of {src.name} failed: {{reason}}"):
         quantized = nncf.quantize(onnx.load(str(src)), nncf.Dataset(batches), subset_size=len(batches),
                                   model_type=nncf.ModelType.TRANSFORMER)
         onnx.save(quantized, str(dst))
+    float_nodes = _float_matmuls(quantized.graph)
     return {"mode": "int8-static", "method": f"NNCF {nncf.__version__} post-training quantization, transformer "
             "preset (QDQ)", "quantizer": "nncf", "calibration_samples": len(batches),
-            "nodes_excluded": [], "quantized_from": src.name,
+            "nodes_excluded": float_nodes, "quantized_from": src.name,
             "choice": f"static int8 (QDQ) of {src.name} by NNCF (OpenVINO's quantizer, transformer preset), "
                       f"activation ranges calibrated on {len(batches)} training rows, for the OpenVINO provider"}
+
+
+def _float_matmuls(graph) -> list[str]:
+    """MatMul / Gemm nodes no input of which comes from a DequantizeLinear: the ones a QDQ file runs in float."""
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not dequantized & set(n.input)]
 
 
 def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:

@@ -29,7 +29,9 @@ import numpy as np
 from ..errors import UsageError
 
 MAX_SESSIONS = 24
-"""Compiled shapes kept besides the first (each holds its own compiled copy of the weights)."""
+"""Compiled shapes kept besides the first: every batch size from 1 to 6 at the four length buckets up to 128, say.
+Each holds its own compiled copy of the weights: the default classifier's bench worker peaked at 925 MB with
+static shapes against 451 MB with dynamic ones (fp32 file, 8 shapes; results/xeon-amx)."""
 LENGTH_STEPS = ((128, 32), (256, 64))
 """`(up to, step)`: a length up to 128 is padded to a multiple of 32, up to 256 to a multiple of 64."""
 LONG_STEP = 128
@@ -87,11 +89,15 @@ class ShapeSessions:
         with building:  # one thread compiles a shape; others asking for it wait, the rest run on
             with self._lock:
                 if shape in self._sessions:
+                    self._sessions.move_to_end(shape)
                     return self._sessions[shape]
-            session = self._build(shape)
+            try:
+                session = self._build(shape)
+            finally:
+                with self._lock:
+                    self._building.pop(shape, None)
             with self._lock:
                 self._sessions[shape] = session
-                self._building.pop(shape, None)
                 while len(self._sessions) > self.max_sessions:
                     self._sessions.popitem(last=False)
             return session

@@ -201,10 +201,25 @@ def test_nncf_int8_writes_a_qdq_file_and_says_how(tiny_onnx):
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0 and "DynamicQuantizeLinear" not in ops
     assert settings["quantizer"] == "nncf" and settings["calibration_samples"] == 4
     assert settings["mode"] == "int8-static" and "NNCF" in settings["method"] and "NNCF" in settings["choice"]
+    import onnx
+
+    graph = onnx.load(str(folder / "n.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    in_float = [n.name for n in matmuls if all(producers.get(i) != "DequantizeLinear" for i in n.input)]
+    assert settings["nodes_excluded"] == in_float and len(in_float) < len(matmuls)  # what the card counts as fp32
     feeds = _batches(1)[0]
     plain = ort.InferenceSession(str(folder / "model.onnx")).run(None, feeds)[0]
     quantized = ort.InferenceSession(str(folder / "n.onnx")).run(None, feeds)[0]
     assert quantized.shape == plain.shape and np.abs(quantized - plain).max() < 0.5 * np.abs(plain).max() + 1e-3
+
+
+def test_nncf_takes_no_preset_or_per_channel(tmp_path):
+    from deployft.exporter import ExportConfig
+
+    for flags in ({"per_channel": True}, {"quantize_preset": "avx2"}):
+        with pytest.raises(UsageError, match="NNCF's transformer preset, which takes neither"):
+            ExportConfig(run=tmp_path, output=tmp_path / "b", quantize="int8-static", provider="openvino", **flags)
 
 
 def test_nncf_missing_names_the_extra(tiny_onnx, monkeypatch):

@@ -12,7 +12,6 @@ import json
 import shutil
 import sys
 import time
-import types
 
 import numpy as np
 import pytest
@@ -286,7 +285,7 @@ def test_real_plugin_matches_the_cpu_provider(runtime_bundle, cache_home):
 
 
 def test_export_int8_static_for_openvino_quantizes_with_nncf_and_runs_that_file(fake_plugin, tiny_run, tmp_path,
-                                                                               cache_home):
+                                                                               cache_home, caplog):
     pytest.importorskip("nncf", reason='NNCF is not installed (pip install "deployft[openvino-export]")')
     from deployft.exporter import ExportConfig, export
 
@@ -299,3 +298,6 @@ def test_export_int8_static_for_openvino_quantizes_with_nncf_and_runs_that_file(
     assert "by NNCF (OpenVINO's quantizer" in (bundle / "README.md").read_text()
     predictor = Predictor.load(bundle, provider="openvino")
     assert predictor.model_file == "model_int8_static.onnx" and predictor.file_choice is None
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        Predictor.load(bundle)  # the default provider runs it too, and says it was made for OpenVINO
+    assert "quantized by NNCF for the OpenVINO provider" in caplog.text and "--provider openvino" in caplog.text

@@ -1,5 +1,5 @@
 """Static shapes on the OpenVINO provider: the buckets calls are padded to, the padding itself, the cap on compiled
-shapes, and how the Predictor and export use them (through the stand-in plugin of `openvino_fakes.py` on every
+shapes, and how the Predictor and the bench use them (through the stand-in plugin of `openvino_fakes.py` on every
 machine, and through the installed plugin where it offers a device)."""
 
 from __future__ import annotations
@@ -71,18 +71,60 @@ def test_a_call_already_at_its_bucket_is_not_copied():
     assert built[-1].shape == (2, 32) and built[-1].seen[-1]["input_ids"] is ids
 
 
+def _call(sessions, batch: int) -> None:
+    ids = np.ones((batch, 10), dtype=np.int64)
+    sessions.run(["logits"], {"input_ids": ids, "attention_mask": ids})
+
+
 def test_the_least_recently_used_shape_is_dropped_past_the_cap_and_the_first_kept():
     sessions, built = _sessions(max_sessions=2)
-    for batch in (2, 3, 1, 5):  # (1, 32) was compiled at load and is never dropped
-        ids = np.ones((batch, 10), dtype=np.int64)
-        sessions.run(["logits"], {"input_ids": ids, "attention_mask": ids})
-    assert sessions.shapes == [(1, 32), (3, 32), (5, 32)]
+    for batch in (2, 3, 2, 1, 5):  # (2, 32) used again after (3, 32); (1, 32), compiled at load, is never dropped
+        _call(sessions, batch)
+    assert sessions.shapes == [(1, 32), (2, 32), (5, 32)]  # (3, 32) was the least recently used
     assert [s.shape for s in built] == [(1, 32), (2, 32), (3, 32), (5, 32)]
-    ids = np.ones((2, 10), dtype=np.int64)
-    sessions.run(["logits"], {"input_ids": ids, "attention_mask": ids})
-    assert len(built) == 5 and sessions.shapes == [(1, 32), (5, 32), (2, 32)]  # dropped, so compiled again
+    _call(sessions, 3)
+    assert len(built) == 5 and sessions.shapes == [(1, 32), (5, 32), (3, 32)]  # dropped, so compiled again
     with pytest.raises(UsageError, match="max_sessions must be at least 1"):
         ShapeSessions(lambda shape: None, (1, 32), pad_id=0, max_sessions=0)
+
+
+def test_a_shape_being_compiled_holds_up_only_its_own_callers():
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+
+    def build(shape):
+        if shape == (4, 32):
+            started.set()
+            assert release.wait(10)
+        return _Fixed(shape)
+
+    sessions = ShapeSessions(build, (1, 32), pad_id=0, max_length=128)
+    slow = threading.Thread(target=_call, args=(sessions, 4))
+    slow.start()
+    assert started.wait(10)
+    _call(sessions, 1)  # the compiled shape answers while (4, 32) compiles
+    _call(sessions, 2)  # and another shape compiles beside it
+    assert (4, 32) not in sessions.shapes and (2, 32) in sessions.shapes
+    release.set()
+    slow.join(10)
+    assert (4, 32) in sessions.shapes
+
+
+def test_a_failed_compile_can_be_tried_again():
+    calls = []
+
+    def build(shape):
+        calls.append(shape)
+        if shape == (2, 32) and len(calls) == 2:
+            raise RuntimeError("compile failed")
+        return _Fixed(shape)
+
+    sessions = ShapeSessions(build, (1, 32), pad_id=0)
+    with pytest.raises(RuntimeError, match="compile failed"):
+        _call(sessions, 2)
+    _call(sessions, 2)
+    assert calls == [(1, 32), (2, 32), (2, 32)] and sessions.shapes == [(1, 32), (2, 32)]
 
 
 # ---- through the provider (the stand-in plugin) ------------------------------------------------------------------
@@ -163,6 +205,32 @@ def test_bench_runs_the_files_with_static_shapes_when_asked(fake_plugin, runtime
     assert backend.details()["static_shapes"] is True
     with pytest.raises(UsageError, match="--static-shapes compiles the graph per input shape on OpenVINO"):
         BenchConfig(run=bundle, bundle=bundle, report=bundle / "r", static_shapes=True)
+
+
+def test_bench_refuses_static_shapes_for_a_generator(tmp_path, monkeypatch):
+    from deployft.bench import BenchConfig, benchmark, runner
+
+    monkeypatch.setattr(runner, "read_pair", lambda config: {"run": {"task": "generate"}, "bundle": {}})
+    with pytest.raises(UsageError, match="a generator's KV cache grows every step: drop --static-shapes"):
+        benchmark(BenchConfig(run=tmp_path, bundle=tmp_path, report=tmp_path / "r", provider="openvino",
+                              static_shapes=True))
+
+
+def test_bench_flag_and_config_file_both_set_static_shapes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import deployft.bench as bench_package
+    from deployft.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench_package, "benchmark", lambda config: seen.append(config.static_shapes) or 1 / 0)
+    args = ["bench", "--run", str(tmp_path), "--bundle", str(tmp_path), "--report", str(tmp_path / "r"),
+            "--provider", "openvino"]
+    config = tmp_path / "bench.json"
+    config.write_text(json.dumps({"static_shapes": True}))
+    for extra in (["--static-shapes"], ["--config", str(config)], []):
+        CliRunner().invoke(main, [*args, *extra])
+    assert seen == [True, True, False]
 
 
 # ---- the installed plugin ----------------------------------------------------------------------------------------
