@@ -111,11 +111,15 @@ def peers_lines(data: dict[str, Any]) -> list[str]:
         build, details = v.get("build") or {}, v.get("details") or {}
         made = "reused from the peer cache" if build.get("cached") else \
             f"built in {build['build_s']:.1f} s" if build.get("build_s") is not None else "not built"
-        settings = ", ".join(f"{k} {val}" for k, val in details.items())
+        settings = _settings(details)
         lines.append(f"- `{name}` ({v.get('engine')}, {v['precision']}): {made}"
                      + (f"; {settings}" if settings else "") + (f"; **{v['status']}**: {v['error']}"
                                                                   if v["status"] != "ok" else ""))
     return lines
+
+
+def _settings(details: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {val}" for k, val in details.items())
 
 
 def provider_lines(data: dict[str, Any]) -> list[str]:
@@ -124,7 +128,7 @@ def provider_lines(data: dict[str, Any]) -> list[str]:
     for name, v in data["variants"].items():
         details = v.get("details") or {}
         if v["source"] == "onnx" and details:
-            lines.append(f"- `{name}`: " + ", ".join(f"{k} {val}" for k, val in details.items()))
+            lines.append(f"- `{name}`: {_settings(details)}")
     return lines
 
 

@@ -103,9 +103,9 @@ def provider_options(threads: int | None, precision: str, cache_dir: Path | None
     return {"load_config": json.dumps({"CPU": config})}
 
 
-def add_to(ort, settings, threads: int | None, cache_dir: Path | None, extra: dict[str, str] | None = None) -> str:
-    """Put the OpenVINO CPU device on `settings` (an `ort.SessionOptions`), with the plugin's `extra` options
-    (e.g. `reshape_input`); returns the precision asked for."""
+def add_to(ort, settings, threads: int | None, cache_dir: Path | None, extra: dict[str, str] | None = None) -> None:
+    """Put the OpenVINO CPU device on `settings` (an `ort.SessionOptions`), asking for `cpu_precision()`, with the
+    plugin's `extra` options (e.g. `reshape_input`)."""
     register(ort)
     device = cpu_device(ort)
     precision = cpu_precision()
@@ -113,7 +113,6 @@ def add_to(ort, settings, threads: int | None, cache_dir: Path | None, extra: di
         cache_dir.mkdir(parents=True, exist_ok=True)
     settings.add_session_config_entry(RECORD_PLACEMENT, "1")
     settings.add_provider_for_devices([device], {**provider_options(threads, precision, cache_dir), **(extra or {})})
-    return precision
 
 
 def placement(session) -> dict[str, int]:

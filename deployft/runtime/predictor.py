@@ -130,8 +130,9 @@ class Predictor:
             logger.warning("provider openvino: %s", choice)
         if provider == "default" and (manifest.get("quantization") or {}).get("quantizer") == "nncf" \
                 and name == manifest.get("model_file"):
-            logger.warning("%s was quantized by NNCF for the OpenVINO provider and validated through it; ONNX "
-                           "Runtime's own kernels run its QDQ graph slower: pass --provider openvino", name)
+            logger.warning("%s was quantized by NNCF for the OpenVINO provider and validated through it only; its "
+                           "speed and accuracy on ONNX Runtime's own kernels are unmeasured: pass --provider "
+                           "openvino", name)
         why = f"ONNX Runtime cannot load model file {name} in {folder} ({{reason}}); {REEXPORT}"
         with reraise_as(BundleError, why):
             session, runtime = create_session(path, options)

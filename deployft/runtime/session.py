@@ -149,7 +149,7 @@ def _openvino(ort, model_path: Path, options: SessionOptions) -> tuple[object, R
     if not static:
         session = _openvino_session(ort, model_path, options, cache)
     nodes = openvino.check_placement(session, model_path.name)
-    precision = openvino.cpu_precision()  # what add_to asked the plugin for
+    precision = openvino.cpu_precision()  # what add_to asks the plugin for
     logger.info("running %s on OpenVINO (CPU, %s, threads %s, cache %s, %s shapes)", model_path.name, precision,
                 options.threads or "default", cache or "off", "static" if static else "dynamic")
     return session, Runtime("cpu", "openvino", options.threads, precision, str(cache) if cache else None, nodes,

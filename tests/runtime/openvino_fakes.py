@@ -16,6 +16,20 @@ from deployft.runtime import openvino
 EP, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 
 
+def real_openvino_or_skip() -> None:
+    """Skip, with the reason, unless the installed plugin offers a device here (it serves Intel hardware only)."""
+    import onnxruntime
+
+    from deployft.errors import DeviceError
+
+    pytest.importorskip("onnxruntime_ep_openvino", reason="the openvino extra is not installed")
+    openvino.register(onnxruntime)
+    try:
+        openvino.cpu_device(onnxruntime)
+    except DeviceError as exc:
+        pytest.skip(f"the installed plugin offers no device here: {exc}")
+
+
 class Device:
     def __init__(self, vendor: str, vendor_id: int):
         self.type, self.vendor, self.vendor_id = "OrtHardwareDeviceType.CPU", vendor, vendor_id

@@ -24,7 +24,7 @@ from deployft.runtime import Predictor, SessionOptions
 from deployft.runtime import openvino
 from deployft.runtime import session as session_module
 from deployft.runtime.session import create_session
-from openvino_fakes import CPU, EP, EpDevice, Subgraph, cache_home, fake_plugin  # noqa: F401 (fixtures)
+from openvino_fakes import CPU, EP, EpDevice, Subgraph, cache_home, fake_plugin, real_openvino_or_skip  # noqa: F401 (fixtures)
 
 TEXTS = ["the film was great", "the plot was dull and the cast was clumsy", "fine"]
 
@@ -243,17 +243,6 @@ def test_configs_refuse_openvino_on_cuda(tmp_path):
 
 # ---- the installed plugin ---------------------------------------------------------------------------------------
 
-def _real_openvino_or_skip():
-    import onnxruntime
-
-    pytest.importorskip("onnxruntime_ep_openvino", reason='the openvino extra is not installed')
-    openvino.register(onnxruntime)
-    try:
-        openvino.cpu_device(onnxruntime)
-    except DeviceError as exc:
-        pytest.skip(f"the installed plugin offers no device here: {exc}")
-
-
 def test_real_plugin_refuses_or_runs_honestly(runtime_bundle, cache_home):
     """Where the plugin has no device (an AMD CPU) the load is refused; elsewhere OpenVINO really places the nodes."""
     import onnxruntime
@@ -273,7 +262,7 @@ def test_real_plugin_refuses_or_runs_honestly(runtime_bundle, cache_home):
 def test_real_plugin_matches_the_cpu_provider(runtime_bundle, cache_home):
     """OpenVINO's kernels sum in another order than ONNX Runtime's: in f32 the probabilities of the tiny classifier
     agree to 1e-4; with bf16 (8 mantissa bits, on CPUs with AMX or AVX512-BF16) to 3e-2, and the labels agree."""
-    _real_openvino_or_skip()
+    real_openvino_or_skip()
     bundle = runtime_bundle("bert")
     cpu = Predictor.load(bundle, threads=2)
     ov = Predictor.load(bundle, provider="openvino", threads=2)

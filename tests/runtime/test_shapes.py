@@ -11,9 +11,9 @@ import pytest
 
 from deployft.errors import DeviceError, UsageError
 from deployft.manifest import read_manifest
-from deployft.runtime import Predictor, SessionOptions, openvino
+from deployft.runtime import Predictor, SessionOptions
 from deployft.runtime.shapes import ShapeSessions, bucket_length, reshape_input
-from openvino_fakes import EpDevice, cache_home, fake_plugin  # noqa: F401 (fixtures)
+from openvino_fakes import EpDevice, cache_home, fake_plugin, real_openvino_or_skip  # noqa: F401 (fixtures)
 
 TEXTS = ["the film was great", "the plot was dull and the cast was clumsy", "fine"]
 
@@ -237,14 +237,7 @@ def test_bench_flag_and_config_file_both_set_static_shapes(tmp_path, monkeypatch
 
 def test_real_plugin_static_shapes_match_dynamic(runtime_bundle, cache_home):
     """The classifier's buckets (padding plus one compiled session per shape) give what the dynamic session gives."""
-    import onnxruntime
-
-    pytest.importorskip("onnxruntime_ep_openvino", reason="the openvino extra is not installed")
-    openvino.register(onnxruntime)
-    try:
-        openvino.cpu_device(onnxruntime)
-    except DeviceError as exc:
-        pytest.skip(f"the installed plugin offers no device here: {exc}")
+    real_openvino_or_skip()
     bundle = runtime_bundle("bert")
     static = Predictor.load(bundle, provider="openvino", threads=2, static_shapes=True)
     dynamic = Predictor.load(bundle, provider="openvino", threads=2)
