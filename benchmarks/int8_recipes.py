@@ -1,4 +1,5 @@
-"""Every classifier int8 recipe against dynamic int8 of the plain export, timed whatever the guard said.
+"""Every classifier int8 recipe against dynamic int8 of the plain export, timed whatever the guard said, with its
+agreement measured beside its speed.
 
 Export times only the candidates within the accuracy guard, so when `plain` (dynamic int8 of model.onnx, the
 deployable file before measured selection) fails the guard, its bundle cannot say how much faster the kept file
@@ -13,6 +14,14 @@ selection and before they kept that pair apart. Every row, the baseline too, run
 spin-waiting. A round is kept only when other programs used at most
 --max-foreign of a core during it (`deployft.bench.quiet.RoundMeter`: busy time from /proc/stat minus this
 process's CPU time); rejected rounds are repeated and counted, and after 5 in a row one is kept and counted dirty. The guard's flips for each recipe come from the bundle's manifest where export built it.
+
+Two more kinds of row show what export's graph choices are worth: `...; BiasGelu fused` is the fused recipe on the
+bundle's fused graph with the feed-forward bias Add and Gelu fused back into BiasGelu (how export wrote the graph
+before it kept them apart), and `...; activations smoothed` is the per-channel recipe after activation smoothing
+(`deployft.exporter.smooth`, export's third remedy rung) calibrated on the RUN's first 100 training rows in padded
+batches of 16, as export does. Every row's agreement is measured here too: top-1 predictions against the bundle's
+fp32 `model.onnx` (which matches PyTorch; see the bundle's validation) on the RUN's eval rows in padded batches of
+32, as export validates, with the mean |Δ logit|.
 
     python benchmarks/int8_recipes.py --bundle outputs/demo/bundle      # the recorded result (after `make demo`)
 """
@@ -32,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHAPES = ((1, 32), (1, 128), (16, 128))
+SHAPES = ((1, 32), (1, 128), (16, 32), (16, 128))
 """The shapes the issue's classifier targets name."""
 BASELINE = "plain (ORT default fusions)"
 """The row every ratio is against (see the module's docstring)."""
@@ -46,9 +55,18 @@ def recipes() -> dict[str, tuple[str, bool]]:
             for r in RECIPES if not r.static}
 
 
-def build(bundle: Path, work: Path) -> dict[str, Path]:
-    """Every recipe's file, with the preset export used for the bundle (this CPU's when it recorded none)."""
+FUSED = "fused-qattention-per-channel"
+SMOOTHED = ("plain-per-channel", FUSED)
+CALIBRATION_ROWS = 100
+"""export's --calibration-samples default."""
+
+
+def build(bundle: Path, work: Path, run: Path) -> dict[str, Path]:
+    """Every recipe's file, with the preset export used for the bundle (this CPU's when it recorded none), the fused
+    recipe on a BiasGelu graph, and the per-channel recipes smoothed."""
     from deployft.exporter.quantize import cpu_preset, quantize_dynamic_int8
+    from deployft.exporter.select import SMOOTHING_BATCH
+    from deployft.exporter.smooth import smooth_activations
 
     preset = (json.loads((bundle / "deployft.json").read_text()).get("quantization") or {}).get("preset") \
         or cpu_preset()
@@ -56,7 +74,100 @@ def build(bundle: Path, work: Path) -> dict[str, Path]:
     for name, (source, per_channel) in recipes().items():
         files[name] = work / f"{name}.onnx"
         quantize_dynamic_int8(bundle / source, files[name], preset, per_channel)
+    bias_gelu = work / "bias-gelu-fp32.onnx"
+    if fuse_bias_gelu(bundle / "model_optimized.onnx", bias_gelu):
+        files[f"{FUSED}; BiasGelu fused"] = work / "bias-gelu.onnx"
+        quantize_dynamic_int8(bias_gelu, files[f"{FUSED}; BiasGelu fused"], preset, True)
+    rows = calibration(run, bundle)
+    for name in SMOOTHED:
+        source = bundle / recipes()[name][0]
+        smoothed = work / f"{name}-smoothed-fp32.onnx"
+        smooth_activations(source, smoothed, padded(rows, bundle, source, SMOOTHING_BATCH))
+        files[f"{name}; activations smoothed"] = work / f"{name}-smoothed.onnx"
+        quantize_dynamic_int8(smoothed, files[f"{name}; activations smoothed"], preset, True)
     return files
+
+
+def fuse_bias_gelu(src: Path, dst: Path) -> int:
+    """Write `src` with every Gelu that reads `x + bias` (a 1-D initializer) as one BiasGelu; returns how many."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    fused, drop = 0, set()
+    for i, node in enumerate(graph.node):
+        add = producer.get(node.input[0]) if node.op_type == "Gelu" else None
+        if add is None or add.op_type != "Add" or readers[add.output[0]] != 1:
+            continue
+        bias = next((n for n in add.input if n in initializers and len(initializers[n].dims) == 1), None)
+        if bias is None:
+            continue
+        x = next(n for n in add.input if n != bias)
+        graph.node[i].CopyFrom(helper.make_node("BiasGelu", [x, bias], list(node.output), name=f"{node.name}/BiasGelu",
+                                                domain="com.microsoft"))
+        drop.add(add.name)
+        fused += 1
+    kept = [n for n in graph.node if n.name not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    onnx.save(model, str(dst))
+    return fused
+
+
+def calibration(run: Path, bundle: Path):
+    """The RUN's first CALIBRATION_ROWS training rows, encoded as export encodes them."""
+    from transformers import AutoTokenizer
+
+    from deployft.exporter.samples import calibration_samples
+    from deployft.exporter.source import read_source
+
+    return calibration_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), CALIBRATION_ROWS)
+
+
+def padded(samples, bundle: Path, model: Path, size: int) -> list[dict]:
+    """`samples` in right-padded batches of `size`, as feeds of `model` (export's `padded_feeds`)."""
+    from transformers import AutoTokenizer
+
+    from deployft.exporter.samples import padded_feeds
+    from deployft.runtime.session import SessionOptions, create_session
+
+    session, _ = create_session(model, SessionOptions())
+    pad_id = AutoTokenizer.from_pretrained(bundle).pad_token_id or 0
+    return padded_feeds(samples, pad_id, {i.name: i for i in session.get_inputs()}, size)
+
+
+def agreement(files: dict[str, Path], run: Path, bundle: Path) -> dict[str, dict]:
+    """Top-1 agreement and mean |Δ logit| of every file against the bundle's fp32 model.onnx on the RUN's eval
+    rows, in padded batches of 32 (as export validates)."""
+    from transformers import AutoTokenizer
+
+    from deployft.exporter.samples import validation_samples
+    from deployft.exporter.source import read_source
+    from deployft.runtime.session import SessionOptions, create_session
+
+    samples = validation_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), 2000)
+
+    feeds = padded(samples, bundle, bundle / "model.onnx", 32)
+
+    def logits(path: Path) -> np.ndarray:
+        session, _ = create_session(path, SessionOptions())
+        return np.concatenate([session.run(None, feed)[0] for feed in feeds])
+
+    reference = logits(bundle / "model.onnx")
+    out = {}
+    for name, path in files.items():
+        ours = logits(path)
+        flips = int((ours.argmax(1) != reference.argmax(1)).sum())
+        out[name] = {"rows": len(reference), "flips": flips, "agreement": round(1 - flips / len(reference), 4),
+                     "mean_abs_logit_diff": round(float(np.abs(ours - reference).mean()), 4)}
+    return out
 
 
 def _ort_default_session(path: Path, threads: int):
@@ -140,29 +251,43 @@ def write(result: dict, out: Path) -> None:
              f"Ratios are against `{BASELINE}`: the plain recipe's file with ONNX Runtime's default load-time "
              "fusions, which fuse residual Add + LayerNormalization into SkipLayerNormalization. Every other row "
              "runs in deployft's CPU session, which keeps them apart.", "",
-             "| file | guard (export's) | " + " | ".join(f"{s} ms" for s in labels) + " | "
-             + " | ".join(f"vs baseline {s}" for s in labels) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in labels * 2) + " |"]
+             f"Agreement: top-1 predictions of each file against the bundle's fp32 model.onnx on the RUN's "
+             f"{result['agreement_rows']} eval rows (padded batches of 32, as export validates), measured here; "
+             "guard: export's own record for that candidate, where it built it.", "",
+             "| file | guard (export's) | agreement (flips) | mean abs Δlogit | "
+             + " | ".join(f"{s} ms" for s in labels) + " | " + " | ".join(f"vs baseline {s}" for s in labels) + " |",
+             "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in labels * 2) + " |"]
     plain = result["medians"][BASELINE]
     for name, ms in result["medians"].items():
         guard = result["guard"].get(name.split(" (")[0], "-")
-        lines.append(f"| {name} | {guard} | " + " | ".join(f"{ms[s]:.2f}" for s in labels)
+        agree = result["agreement"][name]
+        lines.append(f"| {name} | {guard} | {agree['agreement']:.4f} ({agree['flips']}) | "
+                     f"{agree['mean_abs_logit_diff']:.4f} | " + " | ".join(f"{ms[s]:.2f}" for s in labels)
                      + " | " + " | ".join(f"{plain[s] / ms[s]:.2f}x" for s in labels) + " |")
     deployable = result["medians"]["model_quantized.onnx"]
     if "plain" in result["medians"]:
         same = result["medians"]["plain"]
         lines += ["", "The deployable file against `plain` in the same deployft session (the graph's share alone): "
                   + ", ".join(f"{s} {same[s] / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))]
+    for name in [n for n in result["medians"] if n.endswith("; BiasGelu fused") or n.endswith("; activations smoothed")]:
+        base, change = name.split("; ")
+        other, ms = result["medians"][name], result["medians"][base]
+        lines.append(f"- `{name}` takes " + ", ".join(f"{s} {other[s] / ms[s]:.2f}x" for s in labels)
+                     + f" the time of `{base}`; flips {result['agreement'][name]['flips']} against "
+                     f"{result['agreement'][base]['flips']}")
+    agree = result["agreement"]["model_quantized.onnx"]["agreement"]
     lines += ["", f"Target (issue 11): the deployable file >= 1.3x faster than `{BASELINE}` at b1x128 and b16x128: "
               + ", ".join(f"{s} {plain[s] / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))
-              + (" — met" if all(plain[s] / deployable[s] >= 1.3 for s in ("b1x128", "b16x128")) else " — not met"),
-              ""]
+              + (" — met" if all(plain[s] / deployable[s] >= 1.3 for s in ("b1x128", "b16x128")) else " — not met")
+              + f"; top-1 agreement >= 0.99: {agree:.4f}" + (" — met" if agree >= 0.99 else " — not met"), ""]
     out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("outputs/demo/bundle"))
+    parser.add_argument("--run", type=Path, default=None,
+                        help="the RUN the bundle was exported from (default: the one its manifest names)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--max-foreign", type=float, default=0.05)
@@ -175,20 +300,26 @@ def main() -> None:
     if not manifest_path.is_file() or json.loads(manifest_path.read_text()).get("task") != "classify":
         raise SystemExit(f"Error: --bundle {args.bundle} is not a classifier bundle (its deployft.json is missing or "
                          "names another task); pass a folder `deployft export` wrote for a classifier")
+    manifest = json.loads(manifest_path.read_text())
+    run = args.run or Path(manifest["source_run"]["path"])
+    if not (run / "deployft.json").is_file():
+        raise SystemExit(f"Error: --run {run} is not a RUN folder (no deployft.json); pass the folder `deployft "
+                         "finetune` wrote for this bundle")
     with tempfile.TemporaryDirectory() as work:
-        files = build(args.bundle, Path(work))
+        files = build(args.bundle, Path(work), run)
         files |= {BASELINE: files["plain"], "model_quantized.onnx": args.bundle / "model_quantized.onnx",
                   "model_optimized.onnx (fp32)": args.bundle / "model_optimized.onnx"}
+        agreements = agreement(files, run, args.bundle)
         vocab = json.loads((args.bundle / "config.json").read_text())["vocab_size"]
         medians, quiet = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
-    manifest = json.loads((args.bundle / "deployft.json").read_text())
     info = cpu_info()
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": str(args.bundle),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
               "threads": args.threads, "rounds": args.rounds, "quiet": quiet,
               "max_foreign": args.max_foreign,
               "kept": (manifest.get("quantization") or {}).get("recipe"), "guard": guard_flips(args.bundle),
-              "medians": medians}
+              "medians": medians, "agreement": agreements,
+              "agreement_rows": next(iter(agreements.values()))["rows"]}
     write(result, args.output)
     print(args.output.with_suffix(".md").read_text())
 

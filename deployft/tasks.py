@@ -27,6 +27,8 @@ class Remedy:
     """Dynamic int8: quantize weights per output channel (None: as --per-channel says)."""
     keep_sensitive: bool = False
     """Dynamic int8: keep the head, the embeddings and the first and last layer in fp32."""
+    smooth: bool = False
+    """Dynamic int8: smooth the outlier activations into the weights first (`deployft.exporter.smooth`)."""
     block_size: int | None = None
     """Blockwise int8: weights per scale (None: the default block size)."""
     keep_head: bool = False
@@ -120,8 +122,9 @@ TASKS: dict[str, Task] = {
         validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
         default_budget=3.0, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
-                       Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
-                              keep_sensitive=True)),
+                       Remedy("per-channel + activations smoothed", per_channel=True, smooth=True),
+                       Remedy("per-channel + activations smoothed + head, embeddings, first and last layer in fp32",
+                              per_channel=True, smooth=True, keep_sensitive=True)),
         int4_remedies=(),
         encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
         trainer_metrics="deployft.metrics:classification_metrics",

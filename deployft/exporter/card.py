@@ -184,6 +184,11 @@ def quantization_line(q: dict[str, Any]) -> str:
         head = f"; LM head {q['head_bits']}-bit" if q.get("head_bits") else ""
         how += f"; MatMulNBits {widths}{head}; token embedding {q.get('embedding', '-').split(':')[0]}"
     recipe = f" candidate {q['recipe']}" if q.get("recipe") else ""
+    smoothing = q.get("smoothing")
+    if smoothing:
+        how += (f"; {smoothing['activations_smoothed']} of {smoothing['activations_considered']} activations "
+                f"smoothed into the weights (alpha {smoothing['alpha']:g}, {smoothing['calibration_rows']} "
+                "calibration rows)")
     return (f"{q['mode']}{recipe} ({how}), remedy: {q.get('remedy')}, "
             f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")
 

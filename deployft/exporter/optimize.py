@@ -1,10 +1,14 @@
 """Graph fusion through ORTOptimizer at the portable level 2, and the fusion report: op counts before and after.
 
-Level 2 fuses attention and BiasGelu/FastGelu for encoders and writes only ops every ONNX Runtime build has; level
+Level 2 fuses attention and Gelu/FastGelu for encoders and writes only ops every ONNX Runtime build has; level
 99 would write hardware-specific layouts, so it is never used for a bundle. An encoder's residual Add and
 LayerNormalization stay two ops: the CPU kernel of the SkipLayerNormalization they would fuse into is a scalar
 loop, measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py), and deployft's CPU sessions keep ONNX
 Runtime from fusing them at load (`runtime.session.CPU_DISABLED_OPTIMIZERS`); a CUDA session fuses them there.
+An encoder's feed-forward bias Add and Gelu stay two ops too: in a dynamic int8 file ONNX Runtime folds that Add
+into the quantized MatMul before it (DynamicQuantizeMatMul's bias), which measured faster than the BiasGelu kernel
+(benchmarks/int8_recipes.py); it fuses the pair into BiasGelu itself when it loads the fp32 file, so that file runs
+as it did.
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
 `decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report says
 which happened and why.
@@ -36,12 +40,17 @@ FUSED_OPS = (
 
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 
-ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
+ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True,
+                           "disable_bias_gelu_fusion": True}
 """ORTOptimizer's fusions an encoder's graph is written without (see the module's docstring)."""
 SKIP_LAYER_NORM_NOTE = ("residual Add and LayerNormalization left as two ops: ONNX Runtime's SkipLayerNormalization "
                         "CPU kernel is a scalar loop, slower than the pair; deployft's CPU sessions keep them apart, "
                         "a CUDA session fuses them at load")
 """The fusion note of an encoder's bundle (the figures are in benchmarks/results/skip_layernorm.md)."""
+BIAS_GELU_NOTE = ("feed-forward bias Add and Gelu left as two ops: a dynamic int8 file then folds the bias into its "
+                  "quantized MatMul, faster than the BiasGelu kernel; ONNX Runtime fuses them into BiasGelu when it "
+                  "loads the fp32 file")
+"""The second fusion note of an encoder's bundle (figures: benchmarks/results/xeon-amx/int8_recipes.md)."""
 
 
 def op_counts(path: str | Path) -> dict[str, int]:
@@ -77,6 +86,8 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     skipped = _ort_optimizer_skip(folder)
     if not skipped:
         _ort_optimize(onnx_path, target, **({} if decoder else ENCODER_FUSIONS_LEFT_OUT))
+        if not decoder:
+            split_bias_gelu(target)
     rewritten: list[str] = []
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)
@@ -84,7 +95,7 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     after_attention_note = 1 if decoder else 0
     report["notes"][after_attention_note:after_attention_note] = [*([skipped] if skipped else []), *rewritten]
     if not decoder and not skipped:
-        report["notes"].insert(0, SKIP_LAYER_NORM_NOTE)
+        report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, BIAS_GELU_NOTE]
     return target, report
 
 
@@ -118,6 +129,35 @@ def _ort_optimize(onnx_path: Path, target: Path, **disabled: bool) -> None:
             raise StageError(f"ORTOptimizer did not write {written.name} for {onnx_path.name}")
         for path in Path(scratch).glob(f"{written.name}*"):  # the graph and, past 2 GB, its external weights
             shutil.move(str(path), target if path == written else target.parent / path.name)
+
+
+def split_bias_gelu(path: Path) -> int:
+    """Rewrite every BiasGelu of `path` as the Add and Gelu it fused, in place; returns how many.
+
+    ONNX Runtime's own load-time fusions (which ORTOptimizer runs first at level 2) fuse the pair whatever the
+    optimizer's `disable_bias_gelu_fusion` says, so the encoder's file is split after the optimizer.
+    """
+    import onnx
+    from onnx import helper
+
+    from .onnx_export import external_files, save_model
+
+    model = onnx.load(str(path))
+    nodes, split = [], 0
+    for node in model.graph.node:
+        if node.op_type != "BiasGelu":
+            nodes.append(node)
+            continue
+        split += 1
+        biased = f"{node.output[0]}/bias_added"
+        nodes += [helper.make_node("Add", list(node.input[:2]), [biased], name=f"{node.name}/Add"),
+                  helper.make_node("Gelu", [biased], list(node.output), name=f"{node.name}/Gelu",
+                                   domain="com.microsoft")]
+    if split:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        save_model(model, path, external_files(path))
+    return split
 
 
 def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..prompts import PromptFormat, TokenizerAdapter, example_ids, prompt_ids
+from ..tokens import pad
 from .source import Source
 
 logger = logging.getLogger(__name__)
@@ -125,5 +126,17 @@ def feeds(samples: Samples, session_inputs: dict[str, Any]) -> list[dict[str, np
         for name, meta in session_inputs.items():
             if name.startswith("past_key_values."):
                 feed[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), dtype=np.float32)
+        out.append({k: v for k, v in feed.items() if k in session_inputs})
+    return out
+
+
+def padded_feeds(samples: Samples, pad_id: int, session_inputs: dict[str, Any], size: int) -> list[dict[str, np.ndarray]]:
+    """The examples in their order, `size` to a batch right-padded with `pad_id`, as model input dicts: the batches
+    a deployed classifier runs (activation smoothing measures its ranges on them, padded positions included)."""
+    out = []
+    for start in range(0, len(samples.sequences), size):
+        ids, mask = pad(samples.sequences[start:start + size], pad_id)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+                "position_ids": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()}
         out.append({k: v for k, v in feed.items() if k in session_inputs})
     return out

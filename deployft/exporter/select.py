@@ -9,9 +9,10 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
-When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel, then the head,
-embeddings, first and last layer in fp32) are applied to every recipe at once, rung by rung, and the files of the
-first rung with one within budget are timed; when every rung misses, the export is refused with every attempt named.
+When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel, then activations
+smoothed into the weights on the RUN's calibration rows (`smooth.py`), then also the head, embeddings, first and
+last layer in fp32) are applied to every dynamic recipe at once, rung by rung, and the files of the first rung with
+one within budget are timed; when every rung misses, the export is refused with every attempt named.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .timing import Timer, TimingPlan, Timings, typical_shapes
 
 logger = logging.getLogger(__name__)
 
+SMOOTHING_BATCH = 16
+"""Calibration rows per padded batch when smoothing measures activation ranges (`smooth.py` says why padded)."""
 SCRATCH = "candidates.tmp"
 """The staged bundle's scratch folder for candidate files (deleted before the manifest is written)."""
 
@@ -180,11 +183,11 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
            seen: set[tuple]) -> Candidate | None:
     """Quantize and validate one recipe at one rung of the remedy ladder; None when that file was already built
     (or the rung does not apply to the recipe); a recipe that cannot be built is recorded with the reason."""
-    from .quantize import cpu_preset, quantize_dynamic_int8, quantize_static_int8, sensitive_nodes
+    from .quantize import cpu_preset, quantize_static_int8
 
     per_channel = recipe.per_channel or job.config.per_channel if remedy.per_channel is None else remedy.per_channel
-    key = (recipe.base, recipe.static, per_channel, remedy.keep_sensitive)
-    if key in seen or (recipe.static and remedy.keep_sensitive):
+    key = (recipe.base, recipe.static, per_channel, remedy.keep_sensitive, remedy.smooth)
+    if key in seen or (recipe.static and (remedy.keep_sensitive or remedy.smooth)):
         return None
     seen.add(key)
     preset = job.config.quantize_preset or cpu_preset()
@@ -192,14 +195,13 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     candidate = Candidate(recipe, remedy.name, {})
     try:
         base = job.plain if recipe.base == "plain" else job.optimized
+        if (recipe.static or remedy.smooth) and job.calibration is None:
+            candidate.skipped = job.calibration_gap or "not built: no calibration rows"
+            return candidate
         if recipe.static:
-            if job.calibration is None:
-                candidate.skipped = job.calibration_gap or "not built: no calibration rows"
-                return candidate
             candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
         else:
-            nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
-            candidate.settings = quantize_dynamic_int8(base, target, preset, per_channel, nodes)
+            candidate.settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel)
     except StageError as exc:
         logger.warning("int8 candidate %s not built: %s", candidate.name, exc)
         candidate.skipped = f"not built: {exc}"
@@ -208,13 +210,33 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     return candidate
 
 
-def calibration_batches(job: ExportJob) -> list[dict]:
-    """The calibration rows as model feeds of the plain export (its input names and types)."""
-    from ..runtime.session import SessionOptions, create_session
-    from .samples import feeds
+def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, preset: str,
+                      per_channel: bool) -> dict[str, Any]:
+    """Dynamic int8 of `base` into `target` with the remedy's fp32 nodes, its activations smoothed first when the
+    remedy says so (the smoothed fp32 graph is written beside `target`, in the scratch folder)."""
+    from .quantize import quantize_dynamic_int8, sensitive_nodes
+    from .smooth import smooth_activations
 
-    session, _ = create_session(job.plain, SessionOptions())
-    return feeds(job.calibration, {i.name: i for i in session.get_inputs()})
+    nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
+    if not remedy.smooth:
+        return quantize_dynamic_int8(base, target, preset, per_channel, nodes)
+    smoothed = target.with_name(f"{target.stem}.smoothed-fp32.onnx")
+    smoothing = smooth_activations(base, smoothed, calibration_batches(job, base, padded=SMOOTHING_BATCH))
+    return {**quantize_dynamic_int8(smoothed, target, preset, per_channel, nodes), **smoothing,
+            "quantized_from": base.name}
+
+
+def calibration_batches(job: ExportJob, model: Path | None = None, padded: int = 0) -> list[dict]:
+    """The calibration rows as model feeds of `model` (the plain export by default): its input names and types;
+    one row per feed, or `padded` rows to a batch, right-padded with the pad id."""
+    from ..runtime.session import SessionOptions, create_session
+    from .samples import feeds, padded_feeds
+
+    session, _ = create_session(model or job.plain, SessionOptions())
+    inputs = {i.name: i for i in session.get_inputs()}
+    if padded:
+        return padded_feeds(job.calibration, job.reference.special.pad, inputs, padded)
+    return feeds(job.calibration, inputs)
 
 
 def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings,

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import onnx
 import pytest
 
 from deployft.errors import AccuracyBudgetError, DataError, DeviceError, ModelError, OutputExistsError, UsageError
@@ -87,21 +88,22 @@ def _inject(monkeypatch, overrides):
     monkeypatch.setattr(module, "compare", fake)
 
 
-RUNGS = 5, 1, 2
+RUNGS = 5, 1, 2, 2
 """Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
-fused files with per-channel weights were built on the first rung); the last remedy the plain and the fused one
-(static takes no excluded nodes)."""
+fused files with per-channel weights were built on the first rung); smoothing, and then smoothing with the last
+remedy's fp32 nodes, the plain and the fused one (static takes neither)."""
 
 
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 4, 5])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 % and 5's
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 % and 5's
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
     assert "int8 reached 34.18 at best" in message and "over --max-accuracy-drop 25 " in message
     assert "pass --max-accuracy-drop 34.2 or more (the closest attempt's bound)" in message
     assert "plain: 60.32" in message and "fused-qattention: 52.14" in message
-    assert "static-qdq; per-channel: 52.14" in message and "fused-qattention; per-channel + head" in message
+    assert "static-qdq; per-channel: 52.14" in message and "plain; per-channel + activations smoothed:" in message
+    assert "fused-qattention; per-channel + activations smoothed + head" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
     assert "\n" not in message
     assert _no_bundle(tmp_path)
@@ -121,12 +123,29 @@ def test_guard_records_the_remedy_that_met_the_budget(tiny_run, tmp_path, monkey
     assert all(c["ms"] is None for c in q["candidates"][:RUNGS[0]])
 
 
-def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
+def test_guard_smooths_the_activations_before_it_keeps_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
     _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    manifest = read_manifest(bundle, "bundle")
+    q = manifest["quantization"]
+    assert q["remedy"] == "per-channel + activations smoothed" and q["per_channel"] is True
+    assert not q["nodes_excluded"] and q["smoothing"]["calibration_rows"] == 16
+    assert q["smoothing"]["activations_considered"] > 0 and q["quantized_from"] in ("model.onnx", "model_optimized.onnx")
+    assert [a["remedy"] for a in q["attempts"]][-2:] == [f"{name}; per-channel + activations smoothed"
+                                                        for name in ("plain", "fused-qattention")]
+    smooth_muls = sum(1 for n in onnx.load(str(bundle / "model_quantized.onnx")).graph.node
+                      if n.op_type == "Mul" and n.name.endswith("/Smooth"))
+    assert smooth_muls == q["smoothing"]["activations_smoothed"] == len(q["smoothing"]["smoothed"])
+    assert "activations smoothed into the weights" in (bundle / "README.md").read_text()
+    assert sorted(p.name for p in bundle.iterdir() if "smoothed" in p.name) == []
+
+
+def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
+    _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1] + RUNGS[2]))
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
-    assert q["remedy"].startswith("per-channel + head") and q["nodes_excluded"]
+    assert q["remedy"].startswith("per-channel + activations smoothed + head") and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"])
     assert len(q["candidates"]) == sum(RUNGS) and sum(c["kept"] for c in q["candidates"]) == 1
 

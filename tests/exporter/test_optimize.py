@@ -20,7 +20,9 @@ def test_encoders_get_one_fused_attention_per_layer(tiny_onnx, arch):
     # residual Add and LayerNormalization stay apart: SkipLayerNormalization's CPU kernel is the slower one
     assert after.get("SkipLayerNormalization", 0) == 0 and after["LayerNormalization"] >= 2 * layers
     assert report["notes"][0].startswith("residual Add and LayerNormalization left as two ops")
-    assert after.get("BiasGelu", 0) + after.get("FastGelu", 0) + after.get("Gelu", 0) == layers
+    # the feed-forward bias Add stays apart from Gelu, so a dynamic int8 file folds it into its quantized MatMul
+    assert after.get("BiasGelu", 0) == 0 and after.get("FastGelu", 0) + after.get("Gelu", 0) == layers
+    assert report["notes"][1].startswith("feed-forward bias Add and Gelu left as two ops")
     assert report["before"].get("Attention", 0) == 0 and report["before"]["Softmax"] == layers
     assert f"Attention ×{layers}" in report["summary"]
     assert attention_fused(report)
@@ -38,6 +40,39 @@ def test_decoders_report_unfused_attention_plainly(tiny_onnx, arch):
     fused_norm = "SkipLayerNormalization" if arch == "gpt2" else "SkipSimplifiedLayerNormalization"
     assert report["after"].get(fused_norm, 0) > 0
     assert fused_norm in report["summary"]
+
+
+def _loaded_ops(path, tmp_path):
+    """Op type -> the op types feeding it, in the graph a deployft CPU session runs after its load-time fusions."""
+    import onnx
+
+    from deployft.runtime.session import CPU_DISABLED_OPTIMIZERS, import_ort
+
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"loaded-{path.stem}.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+    graph = onnx.load(options.optimized_model_filepath).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    feeds: dict[str, list[str]] = {}
+    for node in graph.node:
+        feeds.setdefault(node.op_type, []).extend(producer.get(name, "input") for name in node.input[:1])
+    return feeds
+
+
+def test_fp32_file_runs_bias_gelu_and_int8_folds_the_bias_into_its_matmul(tiny_onnx, tmp_path):
+    from deployft.exporter.quantize import quantize_dynamic_int8
+
+    folder = tiny_onnx("bert")
+    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or 2
+    fused, _ = optimize(folder / "model.onnx", decoder=False)
+    assert len(_loaded_ops(fused, tmp_path).get("BiasGelu", [])) == layers  # ONNX Runtime re-fuses fp32 at load
+    int8 = tmp_path / "int8.onnx"
+    quantize_dynamic_int8(fused, int8, "avx512_vnni", per_channel=True)
+    loaded = _loaded_ops(int8, tmp_path)
+    assert "BiasGelu" not in loaded and loaded["Gelu"] == ["DynamicQuantizeMatMul"] * layers
 
 
 def test_optimizer_leaves_only_the_onnx_file(tiny_onnx):
