@@ -13,15 +13,16 @@ Runtime on, SkipLayerNormalization included: how deployft's sessions ran the dep
 selection and before they kept that pair apart. Every row, the baseline too, runs with the same threads and no
 spin-waiting. A round is kept only when other programs used at most
 --max-foreign of a core during it (`deployft.bench.quiet.RoundMeter`: busy time from /proc/stat minus this
-process's CPU time); rejected rounds are repeated and counted, and after 5 in a row one is kept and counted dirty. The guard's flips for each recipe come from the bundle's manifest where export built it.
+process's CPU time); rejected rounds are repeated and counted, and after 5 in a row one is kept and counted dirty.
+The guard's flips for each recipe come from the bundle's manifest where export built it.
 
 Two more kinds of row show what export's graph choices are worth: `...; BiasGelu fused` is the fused recipe on the
 bundle's fused graph with the feed-forward bias Add and Gelu fused back into BiasGelu (how export wrote the graph
 before it kept them apart), and `...; activations smoothed` is the per-channel recipe after activation smoothing
 (`deployft.exporter.smooth`, export's third remedy rung) calibrated on the RUN's first 100 training rows in padded
 batches of 16, as export does. Every row's agreement is measured here too: top-1 predictions against the bundle's
-fp32 `model.onnx` (which matches PyTorch; see the bundle's validation) on the RUN's eval rows in padded batches of
-32, as export validates, with the mean |Δ logit|.
+fp32 `model.onnx` (which matches PyTorch; see the bundle's validation) on the RUN's eval rows in export's validation
+batches, with the mean |Δ logit|.
 
     python benchmarks/int8_recipes.py --bundle outputs/demo/bundle      # the recorded result (after `make demo`)
 """
@@ -57,8 +58,8 @@ def recipes() -> dict[str, tuple[str, bool]]:
 
 FUSED = "fused-qattention-per-channel"
 SMOOTHED = ("plain-per-channel", FUSED)
-CALIBRATION_ROWS = 100
-"""export's --calibration-samples default."""
+VALIDATION_ROWS = 2000
+"""A classifier's validation rows (the task's default)."""
 
 
 def build(bundle: Path, work: Path, run: Path) -> dict[str, Path]:
@@ -110,11 +111,11 @@ def fuse_bias_gelu(src: Path, dst: Path) -> int:
         if bias is None:
             continue
         x = next(n for n in add.input if n != bias)
-        graph.node[i].CopyFrom(helper.make_node("BiasGelu", [x, bias], list(node.output), name=f"{node.name}/BiasGelu",
-                                                domain="com.microsoft"))
-        drop.add(add.name)
+        graph.node[i].CopyFrom(helper.make_node("BiasGelu", [x, bias], list(node.output),
+                                                name=f"{node.output[0]}/BiasGelu", domain="com.microsoft"))
+        drop.add(add.output[0])
         fused += 1
-    kept = [n for n in graph.node if n.name not in drop]
+    kept = [n for n in graph.node if not (n.op_type == "Add" and n.output[0] in drop)]
     del graph.node[:]
     graph.node.extend(kept)
     onnx.save(model, str(dst))
@@ -122,13 +123,16 @@ def fuse_bias_gelu(src: Path, dst: Path) -> int:
 
 
 def calibration(run: Path, bundle: Path):
-    """The RUN's first CALIBRATION_ROWS training rows, encoded as export encodes them."""
+    """The RUN's first training rows, as many as export calibrates on by default, encoded as export encodes them."""
     from transformers import AutoTokenizer
 
     from deployft.exporter.samples import calibration_samples
     from deployft.exporter.source import read_source
 
-    return calibration_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), CALIBRATION_ROWS)
+    from deployft.exporter.config import ExportConfig
+
+    rows = ExportConfig.calibration_samples  # export's --calibration-samples default
+    return calibration_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), rows)
 
 
 def padded(samples, bundle: Path, model: Path, size: int) -> list[dict]:
@@ -145,16 +149,17 @@ def padded(samples, bundle: Path, model: Path, size: int) -> list[dict]:
 
 def agreement(files: dict[str, Path], run: Path, bundle: Path) -> dict[str, dict]:
     """Top-1 agreement and mean |Δ logit| of every file against the bundle's fp32 model.onnx on the RUN's eval
-    rows, in padded batches of 32 (as export validates)."""
+    rows, in export's validation batches (`validate.BATCH` rows, right-padded, in order)."""
+    from deployft.exporter.validate import BATCH
     from transformers import AutoTokenizer
 
     from deployft.exporter.samples import validation_samples
     from deployft.exporter.source import read_source
     from deployft.runtime.session import SessionOptions, create_session
 
-    samples = validation_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), 2000)
+    samples = validation_samples(read_source(run), AutoTokenizer.from_pretrained(bundle), VALIDATION_ROWS)
 
-    feeds = padded(samples, bundle, bundle / "model.onnx", 32)
+    feeds = padded(samples, bundle, bundle / "model.onnx", BATCH)
 
     def logits(path: Path) -> np.ndarray:
         session, _ = create_session(path, SessionOptions())
@@ -242,7 +247,7 @@ def write(result: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     labels = [f"b{b}x{n}" for b, n in SHAPES]
     lines = ["# Classifier int8 recipes against dynamic int8 of the plain export", "",
-             f"Command: `python benchmarks/int8_recipes.py --bundle {result['bundle']}`  ",
+             f"Command: `{result['command']}`  ",
              f"Date: {result['created']}  ", f"Machine: {result['machine']}; {result['threads']} threads, "
              f"no spinning; {result['quiet']['rounds_kept']} interleaved rounds kept ({result['quiet']['rounds_dirty']} of "
              f"them dirty), {result['quiet']['rounds_rejected']} rejected (others used more than "
@@ -252,8 +257,8 @@ def write(result: dict, out: Path) -> None:
              "fusions, which fuse residual Add + LayerNormalization into SkipLayerNormalization. Every other row "
              "runs in deployft's CPU session, which keeps them apart.", "",
              f"Agreement: top-1 predictions of each file against the bundle's fp32 model.onnx on the RUN's "
-             f"{result['agreement_rows']} eval rows (padded batches of 32, as export validates), measured here; "
-             "guard: export's own record for that candidate, where it built it.", "",
+             f"{result['agreement_rows']} eval rows (export's validation batches), measured here; "
+             "guard: export's own record for that candidate (against PyTorch), where it built it.", "",
              "| file | guard (export's) | agreement (flips) | mean abs Δlogit | "
              + " | ".join(f"{s} ms" for s in labels) + " | " + " | ".join(f"vs baseline {s}" for s in labels) + " |",
              "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in labels * 2) + " |"]
@@ -269,7 +274,7 @@ def write(result: dict, out: Path) -> None:
         same = result["medians"]["plain"]
         lines += ["", "The deployable file against `plain` in the same deployft session (the graph's share alone): "
                   + ", ".join(f"{s} {same[s] / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))]
-    for name in [n for n in result["medians"] if n.endswith("; BiasGelu fused") or n.endswith("; activations smoothed")]:
+    for name in [n for n in result["medians"] if n.endswith(("; BiasGelu fused", "; activations smoothed"))]:
         base, change = name.split("; ")
         other, ms = result["medians"][name], result["medians"][base]
         lines.append(f"- `{name}` takes " + ", ".join(f"{s} {other[s] / ms[s]:.2f}x" for s in labels)
@@ -314,6 +319,7 @@ def main() -> None:
         medians, quiet = time_all(files, args.threads, args.rounds, args.max_foreign, vocab)
     info = cpu_info()
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "bundle": str(args.bundle),
+              "command": " ".join(["python", "benchmarks/int8_recipes.py", *sys.argv[1:]]),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
               "threads": args.threads, "rounds": args.rounds, "quiet": quiet,
               "max_foreign": args.max_foreign,

@@ -37,7 +37,8 @@ from .options import shown
 @click.option("--select-seconds", type=float, default=None, show_default=shown(ExportConfig, "select_seconds"),
               help="Classifier int8: time budget for timing the candidates.")
 @click.option("--calibration-samples", type=int, default=None, show_default=shown(ExportConfig, "calibration_samples"),
-              help="Training examples for int8-static (and a classifier's static int8 candidate).")
+              help="Training examples for int8-static, a classifier's static int8 candidate and its "
+                   "activation-smoothing remedy.")
 @click.option("--validate-samples", type=int, default=None,
               show_default=", ".join(f"{t.name} {t.validation_rows}" for t in TASKS.values()),
               help="Most eval rows to validate every file on against PyTorch (all of them up to this many).")

@@ -6,9 +6,10 @@ LayerNormalization stay two ops: the CPU kernel of the SkipLayerNormalization th
 loop, measured 2.7x-4.8x slower than the pair (benchmarks/skip_layernorm.py), and deployft's CPU sessions keep ONNX
 Runtime from fusing them at load (`runtime.session.CPU_DISABLED_OPTIMIZERS`); a CUDA session fuses them there.
 An encoder's feed-forward bias Add and Gelu stay two ops too: in a dynamic int8 file ONNX Runtime folds that Add
-into the quantized MatMul before it (DynamicQuantizeMatMul's bias), which measured faster than the BiasGelu kernel
-(benchmarks/int8_recipes.py); it fuses the pair into BiasGelu itself when it loads the fp32 file, so that file runs
-as it did.
+into the quantized MatMul before it (DynamicQuantizeMatMul's bias) instead of running its BiasGelu kernel, which
+took the default classifier's int8 file 1.01x-1.09x the time, most at b16x128
+(benchmarks/results/xeon-amx/int8_recipes.md); its CPU and CUDA providers fuse the pair into BiasGelu when they
+load the fp32 file, so that file runs as it did.
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
 `decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report says
 which happened and why.
@@ -48,8 +49,8 @@ SKIP_LAYER_NORM_NOTE = ("residual Add and LayerNormalization left as two ops: ON
                         "a CUDA session fuses them at load")
 """The fusion note of an encoder's bundle (the figures are in benchmarks/results/skip_layernorm.md)."""
 BIAS_GELU_NOTE = ("feed-forward bias Add and Gelu left as two ops: a dynamic int8 file then folds the bias into its "
-                  "quantized MatMul, faster than the BiasGelu kernel; ONNX Runtime fuses them into BiasGelu when it "
-                  "loads the fp32 file")
+                  "quantized MatMul instead of running ONNX Runtime's BiasGelu kernel; ONNX Runtime's CPU and CUDA "
+                  "providers fuse the pair into BiasGelu when they load the fp32 file")
 """The second fusion note of an encoder's bundle (figures: benchmarks/results/xeon-amx/int8_recipes.md)."""
 
 
@@ -84,10 +85,10 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     folder = onnx_path.parent
     target = folder / OPTIMIZED_NAME
     skipped = _ort_optimizer_skip(folder)
+    split = 0
     if not skipped:
         _ort_optimize(onnx_path, target, **({} if decoder else ENCODER_FUSIONS_LEFT_OUT))
-        if not decoder:
-            split_bias_gelu(target)
+        split = 0 if decoder else split_bias_gelu(target)
     rewritten: list[str] = []
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)
@@ -95,7 +96,7 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     after_attention_note = 1 if decoder else 0
     report["notes"][after_attention_note:after_attention_note] = [*([skipped] if skipped else []), *rewritten]
     if not decoder and not skipped:
-        report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, BIAS_GELU_NOTE]
+        report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, *([BIAS_GELU_NOTE] if split else [])]
     return target, report
 
 
@@ -132,31 +133,40 @@ def _ort_optimize(onnx_path: Path, target: Path, **disabled: bool) -> None:
 
 
 def split_bias_gelu(path: Path) -> int:
-    """Rewrite every BiasGelu of `path` as the Add and Gelu it fused, in place; returns how many.
+    """Rewrite every BiasGelu of `path`, and every FastGelu given a bias, as the Add and the activation it fused, in
+    place; returns how many.
 
     ONNX Runtime's own load-time fusions (which ORTOptimizer runs first at level 2) fuse the pair whatever the
-    optimizer's `disable_bias_gelu_fusion` says, so the encoder's file is split after the optimizer.
+    optimizer's `disable_bias_gelu_fusion` says (kept in ENCODER_FUSIONS_LEFT_OUT for its own Python fusions), so the
+    encoder's file is split after the optimizer.
+
+    Raises:
+        StageError: the file could not be read or written.
     """
     import onnx
     from onnx import helper
 
     from .onnx_export import external_files, save_model
 
-    model = onnx.load(str(path))
-    nodes, split = [], 0
-    for node in model.graph.node:
-        if node.op_type != "BiasGelu":
-            nodes.append(node)
-            continue
-        split += 1
-        biased = f"{node.output[0]}/bias_added"
-        nodes += [helper.make_node("Add", list(node.input[:2]), [biased], name=f"{node.name}/Add"),
-                  helper.make_node("Gelu", [biased], list(node.output), name=f"{node.name}/Gelu",
-                                   domain="com.microsoft")]
-    if split:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        save_model(model, path, external_files(path))
+    with reraise_as(StageError, f"splitting the bias Add from the Gelu of {path.name} failed: {{reason}}"):
+        model = onnx.load(str(path))
+        nodes, split = [], 0
+        for node in model.graph.node:
+            biased = node.op_type == "BiasGelu" or (node.op_type == "FastGelu" and len(node.input) > 1
+                                                      and node.input[1])
+            if not biased:
+                nodes.append(node)
+                continue
+            split += 1
+            name, added = node.name or node.output[0], f"{node.output[0]}/bias_added"
+            activation = "Gelu" if node.op_type == "BiasGelu" else "FastGelu"
+            nodes += [helper.make_node("Add", list(node.input[:2]), [added], name=f"{name}/Add"),
+                      helper.make_node(activation, [added], list(node.output), name=f"{name}/{activation}",
+                                       domain="com.microsoft")]
+        if split:
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
+            save_model(model, path, external_files(path))
     return split
 
 

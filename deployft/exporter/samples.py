@@ -130,7 +130,8 @@ def feeds(samples: Samples, session_inputs: dict[str, Any]) -> list[dict[str, np
     return out
 
 
-def padded_feeds(samples: Samples, pad_id: int, session_inputs: dict[str, Any], size: int) -> list[dict[str, np.ndarray]]:
+def padded_feeds(samples: Samples, pad_id: int, session_inputs: dict[str, Any],
+                 size: int) -> list[dict[str, np.ndarray]]:
     """The examples in their order, `size` to a batch right-padded with `pad_id`, as model input dicts: the batches
     a deployed classifier runs (activation smoothing measures its ranges on them, padded positions included)."""
     out = []

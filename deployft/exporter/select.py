@@ -9,10 +9,12 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
-When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel, then activations
-smoothed into the weights on the RUN's calibration rows (`smooth.py`), then also the head, embeddings, first and
-last layer in fp32) are applied to every dynamic recipe at once, rung by rung, and the files of the first rung with
-one within budget are timed; when every rung misses, the export is refused with every attempt named.
+When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel; then per-channel with the
+activations smoothed into the weights on the RUN's calibration rows, `smooth.py`; then per-channel with the head,
+embeddings, first and last layer in fp32) rebuild the recipes they change, rung by rung (a rung that changes nothing
+for a recipe skips it: per-channel rebuilds only static-qdq, the later two only the dynamic recipes), and the files
+of the first rung with one within budget are timed; when every rung misses, the export is refused with every
+attempt named. Smoothing needs calibration rows and is skipped with the reason without them; the last rung does not.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
+from . import smooth
 from .guard import attempt_record, refuse
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import Timer, TimingPlan, Timings, typical_shapes
@@ -201,7 +204,13 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
         if recipe.static:
             candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
         else:
-            candidate.settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel)
+            settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel)
+            if settings is None:
+                candidate.skipped = (f"not built: no activation of {base.name} has a channel "
+                                     f"{smooth.MIN_OUTLIER_RATIO:g}x its median one, so smoothing would rebuild "
+                                     "the per-channel file unchanged")
+                return candidate
+            candidate.settings = settings
     except StageError as exc:
         logger.warning("int8 candidate %s not built: %s", candidate.name, exc)
         candidate.skipped = f"not built: {exc}"
@@ -211,9 +220,11 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
 
 
 def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, preset: str,
-                      per_channel: bool) -> dict[str, Any]:
+                      per_channel: bool) -> dict[str, Any] | None:
     """Dynamic int8 of `base` into `target` with the remedy's fp32 nodes, its activations smoothed first when the
-    remedy says so (the smoothed fp32 graph is written beside `target`, in the scratch folder)."""
+    remedy says so (through a smoothed fp32 graph beside `target`, deleted after); returns the file's settings, or
+    None when the remedy smooths and no activation has outliers to smooth."""
+    from .onnx_export import external_files
     from .quantize import quantize_dynamic_int8, sensitive_nodes
     from .smooth import smooth_activations
 
@@ -221,21 +232,27 @@ def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, 
     if not remedy.smooth:
         return quantize_dynamic_int8(base, target, preset, per_channel, nodes)
     smoothed = target.with_name(f"{target.stem}.smoothed-fp32.onnx")
-    smoothing = smooth_activations(base, smoothed, calibration_batches(job, base, padded=SMOOTHING_BATCH))
-    return {**quantize_dynamic_int8(smoothed, target, preset, per_channel, nodes), **smoothing,
-            "quantized_from": base.name}
+    smoothing = smooth_activations(base, smoothed, calibration_batches(job, base, batch_size=SMOOTHING_BATCH))
+    try:
+        if not smoothing["smoothing"]["smoothed"]:
+            return None
+        return {**quantize_dynamic_int8(smoothed, target, preset, per_channel, nodes), **smoothing,
+                "quantized_from": base.name}
+    finally:
+        for path in (*external_files(smoothed), smoothed):
+            path.unlink()
 
 
-def calibration_batches(job: ExportJob, model: Path | None = None, padded: int = 0) -> list[dict]:
+def calibration_batches(job: ExportJob, model: Path | None = None, batch_size: int = 0) -> list[dict]:
     """The calibration rows as model feeds of `model` (the plain export by default): its input names and types;
-    one row per feed, or `padded` rows to a batch, right-padded with the pad id."""
+    one row per feed, or `batch_size` rows to a batch, right-padded with the pad id."""
     from ..runtime.session import SessionOptions, create_session
     from .samples import feeds, padded_feeds
 
     session, _ = create_session(model or job.plain, SessionOptions())
     inputs = {i.name: i for i in session.get_inputs()}
-    if padded:
-        return padded_feeds(job.calibration, job.reference.special.pad, inputs, padded)
+    if batch_size:
+        return padded_feeds(job.calibration, job.reference.special.pad, inputs, batch_size)
     return feeds(job.calibration, inputs)
 
 

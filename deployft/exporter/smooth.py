@@ -1,18 +1,19 @@
 """Activation smoothing (SmoothQuant) for a classifier's dynamic int8: move activation outliers into the weights.
 
 Dynamic int8 quantizes each MatMul's input with one scale for the whole tensor, so a few channels far larger than
-the rest (an encoder's LayerNorm and Gelu outputs carry them: one channel 8-15x the median on the default
-classifier) leave the others a handful of levels. For every such activation X feeding MatMuls with constant
-weights W, smoothing inserts `X * (1/s)` and scales W's rows by s, per input channel:
+the rest (an encoder's LayerNorm and Gelu outputs carry them) leave the others a handful of levels. For every such
+activation X feeding MatMuls with constant weights W, smoothing inserts `X * (1/s)` and scales W's rows by s, per
+input channel:
 
     s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha)        (X_j over the calibration rows, W_j over every reader)
 
 which leaves the fp32 graph's outputs unchanged (to float rounding) and evens out the channels the quantizer
 sees. The ranges are measured on padded batches, padded positions included: a deployed file runs padded batches
 and dynamic int8 ranges the whole tensor, pads too, so scales measured on the text positions alone would let
-the pads' own large channels set the range. The Mul costs one pass over the activation, so only activations whose largest channel is at least
-`MIN_OUTLIER_RATIO` times their median channel are smoothed. A fused Attention's packed q/k/v weight is smoothed
-like a MatMul's. An activation whose reader shares its weight with another node is left alone.
+the pads' own large channels set the range. The Mul costs one pass over the activation, so only activations whose
+largest channel is at least `MIN_OUTLIER_RATIO` times their median channel are smoothed. A fused Attention's packed
+q/k/v weight is smoothed like a MatMul's. An activation whose reader shares its weight with another node is left
+alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from ..errors import StageError, reraise_as
 
 ALPHA = 0.8
-"""How much of each outlier moves into the weights (0: none, 1: all); SmoothQuant's range for encoders."""
+"""How much of each outlier moves into the weights (0: none, 1: all)."""
 MIN_OUTLIER_RATIO = 3.0
 """An activation is smoothed when its largest channel's max |x| is at least this many times the median channel's."""
 READERS = ("MatMul", "Attention")
@@ -33,12 +34,13 @@ READERS = ("MatMul", "Attention")
 
 
 def smooth_activations(src: Path, dst: Path, batches: list[dict[str, np.ndarray]], alpha: float = ALPHA,
-                       min_ratio: float = MIN_OUTLIER_RATIO) -> dict[str, Any]:
+                       min_ratio: float | None = None) -> dict[str, Any]:
     """Write `src` with its outlier activations smoothed as `dst` (fp32, same outputs); returns the settings the
     manifest records: which activations were smoothed, alpha, the threshold and the calibration rows.
 
     Args:
         batches: model feeds (calibration rows) the activation ranges are measured on.
+        min_ratio: `MIN_OUTLIER_RATIO` when None.
 
     Raises:
         StageError: the graph could not be read, run or written.
@@ -49,10 +51,11 @@ def smooth_activations(src: Path, dst: Path, batches: list[dict[str, np.ndarray]
 
     if not batches:
         raise StageError(f"smoothing the activations of {src.name} needs calibration rows and got none")
+    min_ratio = MIN_OUTLIER_RATIO if min_ratio is None else min_ratio
     with reraise_as(StageError, f"smoothing the activations of {src.name} failed: {{reason}}"):
         model = onnx.load(str(src))
         readers = _readers(model)
-        ranges = _activation_ranges(model, sorted(readers), batches)
+        ranges = _activation_ranges(src, sorted(readers), batches)
         smoothed = []
         for name, nodes in readers.items():
             x_max = ranges[name]
@@ -90,20 +93,29 @@ def _readers(model) -> dict[str, list]:
     return {name: nodes for name, nodes in readers.items() if name not in shared and name not in initializers}
 
 
-def _activation_ranges(model, names: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of every activation in `names` over `batches`, from one fp32 CPU session."""
+def _activation_ranges(src: Path, names: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every activation in `names` over `batches`, from one fp32 CPU session of `src` with
+    those activations as extra outputs. The probe graph is read without external weights: a file that has them
+    (over 2 GB) is probed through a graph-only copy beside it that reads the same weight file, deleted after."""
     import onnx
     import onnxruntime as ort
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
+    probe = onnx.load(str(src), load_external_data=False)
+    known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in outputs)
+                              for n in names if n not in known)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in probe.graph.initializer)
+    path = src.with_name(f"{src.stem}.probe.onnx")
+    try:
+        if external:
+            onnx.save(probe, str(path))
+        session = ort.InferenceSession(str(path) if external else probe.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+    finally:
+        path.unlink(missing_ok=True)
     inputs = {i.name for i in session.get_inputs()}
     ranges: dict[str, np.ndarray] = {}
     for feed in batches:

@@ -90,12 +90,14 @@ def _inject(monkeypatch, overrides):
 
 RUNGS = 5, 1, 2, 2
 """Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
-fused files with per-channel weights were built on the first rung); smoothing, and then smoothing with the last
-remedy's fp32 nodes, the plain and the fused one (static takes neither)."""
+fused files with per-channel weights were built on the first rung); smoothing, and then the last remedy's fp32
+nodes, the plain and the fused one (static takes neither)."""
 
 
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5])  # of 24 rows: upper bounds 60.32, 52.14, 34.18 % and 5's
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    # of 24 rows: upper bounds 60.32 (10), 52.14 (8), 43.7 (6), 34.18 (4) % and 5's
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5])
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
@@ -103,7 +105,7 @@ def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tm
     assert "pass --max-accuracy-drop 34.2 or more (the closest attempt's bound)" in message
     assert "plain: 60.32" in message and "fused-qattention: 52.14" in message
     assert "static-qdq; per-channel: 52.14" in message and "plain; per-channel + activations smoothed:" in message
-    assert "fused-qattention; per-channel + activations smoothed + head" in message
+    assert "fused-qattention; per-channel + head" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
     assert "\n" not in message
     assert _no_bundle(tmp_path)
@@ -124,28 +126,54 @@ def test_guard_records_the_remedy_that_met_the_budget(tiny_run, tmp_path, monkey
 
 
 def test_guard_smooths_the_activations_before_it_keeps_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
     bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     manifest = read_manifest(bundle, "bundle")
     q = manifest["quantization"]
     assert q["remedy"] == "per-channel + activations smoothed" and q["per_channel"] is True
     assert not q["nodes_excluded"] and q["smoothing"]["calibration_rows"] == 16
-    assert q["smoothing"]["activations_considered"] > 0 and q["quantized_from"] in ("model.onnx", "model_optimized.onnx")
+    assert q["smoothing"]["activations_smoothed"] == q["smoothing"]["activations_considered"] > 0
+    assert q["quantized_from"] in ("model.onnx", "model_optimized.onnx")
     assert [a["remedy"] for a in q["attempts"]][-2:] == [f"{name}; per-channel + activations smoothed"
                                                         for name in ("plain", "fused-qattention")]
     smooth_muls = sum(1 for n in onnx.load(str(bundle / "model_quantized.onnx")).graph.node
                       if n.op_type == "Mul" and n.name.endswith("/Smooth"))
     assert smooth_muls == q["smoothing"]["activations_smoothed"] == len(q["smoothing"]["smoothed"])
     assert "activations smoothed into the weights" in (bundle / "README.md").read_text()
-    assert sorted(p.name for p in bundle.iterdir() if "smoothed" in p.name) == []
+    assert sorted(p.name for p in bundle.iterdir() if "smoothed" in p.name or "probe" in p.name) == []
+
+
+def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_last_remedy_still_runs(tiny_run, tiny_model,
+                                                                                           tmp_path, monkeypatch):
+    # tame activations: nothing to smooth, so the rung would rebuild the per-channel files; it is skipped instead
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1e9)
+    _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
+    q = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
+                      "bundle")["quantization"]
+    smoothing = [c for c in q["candidates"] if c["remedy"] == "per-channel + activations smoothed"]
+    assert len(smoothing) == RUNGS[2] and all(c["skipped"].startswith("not built: no activation of ")
+                                              and c["guard"] == {} for c in smoothing)
+    assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and "smoothing" not in q
+    # a plain model folder has no training rows: smoothing is skipped with that reason, the fp32 nodes rung runs
+    _inject(monkeypatch, [10] * 4)  # 10 of the 40 random rows: over the budget
+    folder = tiny_model("bert")
+    bundle = export(ExportConfig(run=folder, task="classify", output=tmp_path / "plain", quantize="int8",
+                                 validate_samples=40, max_accuracy_drop=TINY_BUDGET))
+    q = read_manifest(bundle, "bundle")["quantization"]
+    skipped = {c["name"]: c["skipped"] for c in q["candidates"] if c["skipped"]}
+    assert skipped["plain; per-channel + activations smoothed"] == (
+        "not built: a plain model folder has no training rows to calibrate on")
+    assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32"
 
 
 def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1] + RUNGS[2]))
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
-    assert q["remedy"].startswith("per-channel + activations smoothed + head") and q["nodes_excluded"]
+    assert q["remedy"].startswith("per-channel + head") and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"])
     assert len(q["candidates"]) == sum(RUNGS) and sum(c["kept"] for c in q["candidates"]) == 1
 

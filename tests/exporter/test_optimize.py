@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from deployft.exporter.optimize import OPTIMIZED_NAME, attention_fused, fusion_report, op_counts, optimize
@@ -51,7 +52,7 @@ def _loaded_ops(path, tmp_path):
     ort = import_ort()
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / f"loaded-{path.stem}.onnx")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                          disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
     graph = onnx.load(options.optimized_model_filepath).graph
@@ -73,6 +74,38 @@ def test_fp32_file_runs_bias_gelu_and_int8_folds_the_bias_into_its_matmul(tiny_o
     quantize_dynamic_int8(fused, int8, "avx512_vnni", per_channel=True)
     loaded = _loaded_ops(int8, tmp_path)
     assert "BiasGelu" not in loaded and loaded["Gelu"] == ["DynamicQuantizeMatMul"] * layers
+
+
+def test_split_bias_gelu_splits_biased_activations_only(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deployft.exporter.optimize import split_bias_gelu
+
+    bias = numpy_helper.from_array(np.linspace(-1, 1, 8).astype(np.float32), "bias")
+    nodes = [helper.make_node("BiasGelu", ["x", "bias"], ["a"], domain="com.microsoft"),
+             helper.make_node("FastGelu", ["a", "bias"], ["b"], name="fast", domain="com.microsoft"),
+             helper.make_node("FastGelu", ["b"], ["y"], name="plain", domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [bias])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]), str(path))
+    x = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    before = _run_one(path, x)
+    assert split_bias_gelu(path) == 2
+    ops = [(n.op_type, len(n.input)) for n in onnx.load(str(path)).graph.node]
+    assert ops == [("Add", 2), ("Gelu", 1), ("Add", 2), ("FastGelu", 1), ("FastGelu", 1)]
+    assert len({n.name for n in onnx.load(str(path)).graph.node}) == 5
+    np.testing.assert_allclose(_run_one(path, x), before, rtol=1e-5, atol=1e-6)
+    assert split_bias_gelu(path) == 0
+
+
+def _run_one(path, x):
+    from deployft.runtime.session import import_ort
+
+    ort = import_ort()
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def test_optimizer_leaves_only_the_onnx_file(tiny_onnx):

@@ -36,8 +36,9 @@ def _outlier_model(path, shared_weight=False):
     nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
              helper.make_node("MatMul", ["h", "w1"], ["y1"]),
              helper.make_node("MatMul", ["h", "w1" if shared_weight else "w2"], ["y2"])]
-    graph = helper.make_graph(nodes, "outliers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, CHANNELS])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")], inits)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, CHANNELS])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")]
+    graph = helper.make_graph(nodes, "outliers", inputs, outputs, inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
