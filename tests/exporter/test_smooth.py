@@ -98,3 +98,32 @@ def test_no_calibration_rows_is_a_stage_error(tmp_path):
 
     with pytest.raises(StageError, match="smoothing the activations of model.onnx needs calibration rows and got none"):
         smooth_activations(_outlier_model(tmp_path / "model.onnx"), tmp_path / "out.onnx", [])
+
+
+@pytest.mark.slow
+def test_smoothing_the_real_classifier_brings_its_int8_logits_closer_to_fp32(real_classify_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from deployft.exporter import ExportConfig, export
+    from deployft.exporter.samples import calibration_samples, padded_feeds, validation_samples
+    from deployft.exporter.source import read_source
+
+    bundle = export(ExportConfig(run=real_classify_run, output=tmp_path / "fp32", max_accuracy_drop=20))
+    fused, source = bundle / "model_optimized.onnx", read_source(real_classify_run)
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+    inputs = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
+    calibration = padded_feeds(calibration_samples(source, tokenizer, 100), tokenizer.pad_token_id, inputs, 16)
+    settings = smooth_activations(fused, tmp_path / "smoothed.onnx", calibration)["smoothing"]
+    assert 0 < settings["activations_smoothed"] <= settings["activations_considered"]
+    rows = padded_feeds(validation_samples(source, tokenizer, 2000), tokenizer.pad_token_id, inputs, 16)
+
+    def logits(path):
+        return np.concatenate([_run(path, feed)[0] for feed in rows])
+
+    reference = logits(fused)
+    np.testing.assert_allclose(logits(tmp_path / "smoothed.onnx"), reference, rtol=1e-3, atol=1e-4)
+    errors = {}
+    for name, fp32 in (("plain", fused), ("smoothed", tmp_path / "smoothed.onnx")):
+        quantize_dynamic_int8(fp32, tmp_path / f"{name}-int8.onnx", "avx512_vnni", per_channel=True)
+        errors[name] = float(np.abs(logits(tmp_path / f"{name}-int8.onnx") - reference).mean())
+    assert errors["smoothed"] < 0.8 * errors["plain"], errors
