@@ -1,13 +1,21 @@
-"""benchmarks/int8_recipes.py on a tiny classifier bundle: every recipe built and timed, the table and the verdict
-computed from the timings."""
+"""benchmarks/int8_recipes.py on a tiny classifier bundle: every recipe built, measured against the fp32 export and
+timed, the table and the verdicts computed from the measurements."""
 
 from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 
 from deployft.exporter import ExportConfig, export
+
+def bundle_run(bundle):
+    """The RUN a bundle was exported from, as its manifest names it."""
+    from pathlib import Path
+
+    return Path(json.loads((bundle / "deployft.json").read_text())["source_run"]["path"])
+
 
 @pytest.fixture(scope="module")
 def recipes(benchmark_script):
@@ -18,9 +26,17 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatc
     bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8",
                                  validate_samples=40, calibration_samples=16, max_accuracy_drop=25.0,
                                  select_seconds=0.2))
-    files = recipes.build(bundle, tmp_path)
-    assert sorted(files) == sorted(recipes.recipes()) and all(p.stat().st_size > 0 for p in files.values())
+    run = bundle_run(bundle)
+    files = recipes.build(bundle, tmp_path, run)
+    extra = [f"{recipes.FUSED}; BiasGelu fused", "plain-per-channel; activations smoothed",
+             f"{recipes.FUSED}; activations smoothed"]
+    assert sorted(files) == sorted([*recipes.recipes(), *extra]) and all(p.stat().st_size > 0 for p in files.values())
     assert "static-qdq" not in files and "fused-qattention-per-channel" in files
+    assert [n.op_type for n in onnx.load(str(files[extra[0]])).graph.node].count("BiasGelu") == 2  # one per layer
+    agreement = recipes.agreement({"model.onnx": bundle / "model.onnx", **files}, run, bundle)
+    assert agreement["model.onnx"] == {"rows": 24, "flips": 0, "agreement": 1.0, "mean_abs_logit_diff": 0.0}
+    assert all(a["rows"] == 24 and 0 <= a["flips"] <= 24 for a in agreement.values())
+    assert agreement["plain"]["mean_abs_logit_diff"] > 0
     monkeypatch.setattr(recipes, "SHAPES", ((1, 8), (2, 8)))
     timed = files | {recipes.BASELINE: files["plain"], "model_quantized.onnx": bundle / "model_quantized.onnx"}
     medians, quiet = recipes.time_all(timed, 1, 2, float("inf"),
@@ -36,17 +52,25 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatc
 
 def test_the_verdict_follows_the_timings(recipes, tmp_path, monkeypatch):
     monkeypatch.setattr(recipes, "SHAPES", ((1, 32), (1, 128), (16, 128)))
-    base = {"created": "now", "bundle": "b", "machine": "m", "threads": 2, "rounds": 3,
+    base = {"created": "now", "bundle": "b", "machine": "m", "threads": 2, "rounds": 3, "command": "python x",
             "quiet": {"rounds_kept": 3, "rounds_dirty": 0, "rounds_rejected": 1},
-            "max_foreign": 0.05, "kept": "plain", "guard": {}}
+            "max_foreign": 0.05, "kept": "plain", "guard": {}, "agreement_rows": 2000}
     plain = {"b1x32": 4.0, "b1x128": 13.0, "b16x128": 130.0}
-    for deployable, verdict in (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, "— met"),
-                                ({"b1x32": 1.0, "b1x128": 10.0, "b16x128": 101.0}, "— not met")):
+    cases = (({"b1x32": 4.0, "b1x128": 10.0, "b16x128": 100.0}, 19, "b16x128 1.30x — met; top-1 agreement >= 0.99: "
+              "0.9905 — met"),
+             ({"b1x32": 1.0, "b1x128": 10.0, "b16x128": 101.0}, 21, "b16x128 1.29x — not met; top-1 agreement >= "
+              "0.99: 0.9895 — not met"))
+    for deployable, flips, verdict in cases:
         medians = {recipes.BASELINE: plain, "plain": {k: v / 2 for k, v in plain.items()},
-                   "model_quantized.onnx": deployable}
-        recipes.write(base | {"medians": medians}, tmp_path / "r")
+                   "model_quantized.onnx": deployable, "plain; activations smoothed": plain}
+        agreement = {name: {"rows": 2000, "flips": flips, "agreement": 1 - flips / 2000, "mean_abs_logit_diff": 0.01}
+                     for name in medians}
+        recipes.write(base | {"medians": medians, "agreement": agreement}, tmp_path / "r")
         text = (tmp_path / "r.md").read_text()
         assert text.rstrip().endswith(verdict)
-        assert f"| {recipes.BASELINE} | - | 4.00 | 13.00 | 130.00 | 1.00x" in text
+        assert f"| {recipes.BASELINE} | - | {1 - flips / 2000:.4f} ({flips}) | 0.0100 | 4.00 | 13.00 | 130.00 | 1.00x" \
+            in text
         same = ", ".join(f"{s} {plain[s] / 2 / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))
         assert f"against `plain` in the same deployft session (the graph's share alone): {same}" in text
+        assert ("- `plain; activations smoothed` takes b1x32 2.00x, b1x128 2.00x, b16x128 2.00x the time of `plain`; "
+                f"flips {flips} against {flips}") in text
