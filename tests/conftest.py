@@ -284,6 +284,16 @@ def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = 
     return output
 
 
+@pytest.fixture
+def tiny_int8_classifier(tiny_run, tmp_path) -> Path:
+    """A tiny bert classifier RUN exported with --quantize int8 (every candidate built, a short timing), as the
+    benchmark scripts read a bundle."""
+    from deployft.exporter import ExportConfig, export
+
+    return export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8", validate_samples=40,
+                               calibration_samples=16, max_accuracy_drop=25.0, select_seconds=0.2))
+
+
 @pytest.fixture(scope="session")
 def benchmark_script():
     """`benchmark_script("serve_load")` -> benchmarks/serve_load.py imported as a module (the scripts are no package)."""

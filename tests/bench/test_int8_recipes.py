@@ -8,7 +8,6 @@ import json
 import onnx
 import pytest
 
-from deployft.exporter import ExportConfig, export
 
 def bundle_run(bundle):
     """The RUN a bundle was exported from, as its manifest names it."""
@@ -22,10 +21,8 @@ def recipes(benchmark_script):
     return benchmark_script("int8_recipes")
 
 
-def test_every_recipe_is_built_and_timed(recipes, tiny_run, tmp_path, monkeypatch):
-    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8",
-                                 validate_samples=40, calibration_samples=16, max_accuracy_drop=25.0,
-                                 select_seconds=0.2))
+def test_every_recipe_is_built_and_timed(recipes, tiny_int8_classifier, tmp_path, monkeypatch):
+    bundle = tiny_int8_classifier
     run = bundle_run(bundle)
     files = recipes.build(bundle, tmp_path, run)
     extra = [f"{recipes.FUSED}; BiasGelu fused", "plain-per-channel; activations smoothed",

@@ -7,18 +7,14 @@ import json
 
 import pytest
 
-from deployft.exporter import ExportConfig, export
-
 
 @pytest.fixture(scope="module")
 def script(benchmark_script):
     return benchmark_script("op_profile")
 
 
-def test_profile_sums_kernel_time_by_op_type_and_the_table_ranks_it(script, tiny_run, tmp_path, monkeypatch):
-    bundle = export(ExportConfig(run=tiny_run("bert"), output=tmp_path / "bundle", quantize="int8",
-                                 validate_samples=40, calibration_samples=16, max_accuracy_drop=25.0,
-                                 select_seconds=0.2))
+def test_profile_sums_kernel_time_by_op_type_and_the_table_ranks_it(script, tiny_int8_classifier, tmp_path, monkeypatch):
+    bundle = tiny_int8_classifier
     vocab = json.loads((bundle / "config.json").read_text())["vocab_size"]
     fp32 = script.profile(bundle / "model_optimized.onnx", (2, 8), threads=1, calls=2, vocab=vocab)
     # deployft's session keeps residual Add and LayerNormalization apart; the fused graph's attention is one op
