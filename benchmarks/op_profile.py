@@ -1,9 +1,10 @@
 """Where a bundle's files spend their time, by op type: ONNX Runtime's own profiler over repeated calls.
 
 Each file runs in a CPU session set up as deployft's (`runtime.session.CPU_DISABLED_OPTIMIZERS`, the same threads,
-no spin-waiting), with ONNX Runtime's profiling on, `--calls` times per shape after 3 warm-up calls; the kernel
-time of every node is summed by op type. Profiling adds its own cost to every node, so the shares are the result and
-the milliseconds only sum what the profiler saw (the wall time per call, without profiling, is in the bench).
+no spin-waiting), with ONNX Runtime's profiling on, `--calls` times per shape after 3 warm-up calls; the
+kernel time of every node of those calls (not of the warm-up ones) is summed by op type. Profiling adds its own
+cost to every node, so the shares are the result and the milliseconds only sum what the profiler saw (the wall
+time per call, without profiling, is in the bench).
 
     python benchmarks/op_profile.py --bundle outputs/bench-defaults/bundle-classify \\
         --output benchmarks/results/xeon-amx/op_profile_classify
@@ -25,6 +26,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHAPES = ((1, 128), (16, 128))
 FILES = ("model_quantized.onnx", "model_optimized.onnx")
+WARMUP = 3
+"""Calls before the profiled ones; their nodes are left out of the sums."""
 TOP = 8
 """Op types listed per file and shape; the rest are summed as `other`."""
 
@@ -47,25 +50,26 @@ def profile(path: Path, shape: tuple[int, int], threads: int, calls: int, vocab:
         ids = np.random.default_rng(0).integers(1, vocab, size=shape, dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
-        for _ in range(3 + calls):
+        for _ in range(WARMUP + calls):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(runs) != WARMUP + calls:
+        raise SystemExit(f"Error: ONNX Runtime's profile of {path.name} holds {len(runs)} runs, not {WARMUP + calls}")
+    timed_from = runs[WARMUP - 1][1]  # the end of the last warm-up call
     totals: Counter = Counter()
-    runs = 0
     for event in events:
-        if event.get("cat") == "Session" and event.get("name") == "model_run":
-            runs += 1
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
             totals[event["args"]["op_name"]] += event["dur"]
-    runs = runs or 3 + calls
-    return {op: round(us / runs / 1000, 3) for op, us in totals.most_common()}
+    return {op: round(us / calls / 1000, 3) for op, us in totals.most_common()}
 
 
 def write(result: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     lines = [f"# Time by op type: {result['bundle']}", "", f"Command: `{result['command']}`  ",
              f"Date: {result['created']}  ", f"Machine: {result['machine']}; {result['threads']} threads, no spinning, "
-             f"{result['calls']} profiled calls per shape after 3 warm-up calls (averaged over all)", "",
+             f"{result['calls']} profiled calls per shape after {WARMUP} warm-up calls (left out)", "",
              "Kernel time per call summed by op type, from ONNX Runtime's profiler in a session set up as deployft's; "
              "profiling adds its own cost to every node, so read the shares.", ""]
     for name, shapes in result["profiles"].items():

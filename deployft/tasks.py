@@ -80,7 +80,7 @@ class Task:
     """How `--quantize int8` quantizes: `dynamic` (per-tensor activations) or `blockwise` (MatMulNBits)."""
     int8_remedies: tuple[Remedy, ...]
     """The int8 attempts in order: the first is the plain recipe, each next one trades size or speed for accuracy
-    (a classifier rebuilds every one of its int8 candidates with the remedy, `deployft.exporter.select`)."""
+    (a classifier rebuilds the int8 candidates the remedy changes, `deployft.exporter.select`)."""
     int4_remedies: tuple[Remedy, ...]
     """The `--quantize int4` attempts in order; empty for a task int4 is refused for."""
     encoder: str

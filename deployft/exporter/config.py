@@ -59,7 +59,8 @@ class ExportConfig:
     select_seconds: float = 30.0
     """Classifier int8: the time budget for timing the candidates (warm-up not counted; at least 3 rounds)."""
     calibration_samples: int = 100
-    """Training examples that calibrate int8-static activation ranges."""
+    """Training examples that calibrate int8-static activation ranges (and a classifier's static-qdq candidate and
+    activation smoothing)."""
     validate_samples: int | None = None
     """Most held-out eval rows every ONNX file is validated on against PyTorch; None: the task's default
     (`Task.validation_rows`: classify 2000, generate 200)."""

@@ -51,7 +51,8 @@ SKIP_LAYER_NORM_NOTE = ("residual Add and LayerNormalization left as two ops: ON
 BIAS_GELU_NOTE = ("feed-forward bias Add and Gelu left as two ops: a dynamic int8 file then folds the bias into its "
                   "quantized MatMul instead of running ONNX Runtime's BiasGelu kernel; ONNX Runtime's CPU and CUDA "
                   "providers fuse the pair into BiasGelu when they load the fp32 file")
-"""The second fusion note of an encoder's bundle (figures: benchmarks/results/xeon-amx/int8_recipes.md)."""
+"""The fusion note after SKIP_LAYER_NORM_NOTE when a BiasGelu (or biased FastGelu) was split (figures:
+benchmarks/results/xeon-amx/int8_recipes.md)."""
 
 
 def op_counts(path: str | Path) -> dict[str, int]:

@@ -30,7 +30,6 @@ from typing import Any
 from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
-from . import smooth
 from .guard import attempt_record, refuse
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import Timer, TimingPlan, Timings, typical_shapes
@@ -205,10 +204,13 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
             candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
         else:
             settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel)
-            if settings is None:
-                candidate.skipped = (f"not built: no activation of {base.name} has a channel "
-                                     f"{smooth.MIN_OUTLIER_RATIO:g}x its median one, so smoothing would rebuild "
-                                     "the per-channel file unchanged")
+            record = settings.get("smoothing") or {}
+            if remedy.smooth and not record.get("smoothed"):
+                candidate.skipped = (f"not built: none of the {record.get('activations_considered', 0)} activations "
+                                     f"of {base.name} read by a weight has a channel at least "
+                                     f"{record.get('min_outlier_ratio', 0):g}x its median one, so smoothing would "
+                                     "rebuild the per-channel file unchanged")
+                logger.info("int8 candidate %s %s", candidate.name, candidate.skipped)
                 return candidate
             candidate.settings = settings
     except StageError as exc:
@@ -220,10 +222,10 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
 
 
 def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, preset: str,
-                      per_channel: bool) -> dict[str, Any] | None:
+                      per_channel: bool) -> dict[str, Any]:
     """Dynamic int8 of `base` into `target` with the remedy's fp32 nodes, its activations smoothed first when the
     remedy says so (through a smoothed fp32 graph beside `target`, deleted after); returns the file's settings, or
-    None when the remedy smooths and no activation has outliers to smooth."""
+    only `{"smoothing": record}`, writing no file, when the remedy smooths and no activation has outliers."""
     from .onnx_export import external_files
     from .quantize import quantize_dynamic_int8, sensitive_nodes
     from .smooth import smooth_activations
@@ -235,7 +237,7 @@ def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, 
     smoothing = smooth_activations(base, smoothed, calibration_batches(job, base, batch_size=SMOOTHING_BATCH))
     try:
         if not smoothing["smoothing"]["smoothed"]:
-            return None
+            return smoothing
         return {**quantize_dynamic_int8(smoothed, target, preset, per_channel, nodes), **smoothing,
                 "quantized_from": base.name}
     finally:

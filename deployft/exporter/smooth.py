@@ -18,6 +18,8 @@ alone.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,8 @@ def _readers(model) -> dict[str, list]:
 def _activation_ranges(src: Path, names: list[str], batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-channel max |x| of every activation in `names` over `batches`, from one fp32 CPU session of `src` with
     those activations as extra outputs. The probe graph is read without external weights: a file that has them
-    (over 2 GB) is probed through a graph-only copy beside it that reads the same weight file, deleted after."""
+    (over 2 GB) is probed through a graph-only copy beside it, under a temporary name, that reads the same weight
+    file and is deleted once the session has loaded."""
     import onnx
     import onnxruntime as ort
 
@@ -107,15 +110,16 @@ def _activation_ranges(src: Path, names: list[str], batches: list[dict[str, np.n
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in probe.graph.initializer)
-    path = src.with_name(f"{src.stem}.probe.onnx")
-    try:
-        if external:
-            onnx.save(probe, str(path))
-        session = ort.InferenceSession(str(path) if external else probe.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-    finally:
-        path.unlink(missing_ok=True)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in probe.graph.initializer):
+        handle, name = tempfile.mkstemp(prefix=f".{src.stem}.", suffix=".probe.onnx", dir=src.parent)
+        os.close(handle)
+        try:
+            onnx.save(probe, name)
+            session = ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
+        finally:
+            os.unlink(name)
+    else:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
     ranges: dict[str, np.ndarray] = {}
     for feed in batches:

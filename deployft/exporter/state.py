@@ -71,7 +71,8 @@ class ExportJob:
     """int8-static, and a classifier's int8 candidates: the encoded calibration rows
     (`deployft.exporter.samples.Samples`)."""
     calibration_gap: str | None = None
-    """Why a classifier's int8 has no calibration rows (its static-qdq candidate is then skipped with this reason)."""
+    """Why a classifier's int8 has no calibration rows (its static-qdq candidate and its smoothing rung are then
+    skipped with this reason)."""
     plain: Path | None = None
     """model.onnx, once exported."""
     optimized: Path | None = None

@@ -30,7 +30,12 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_int8_classifier, tmp_path
     assert sorted(files) == sorted([*recipes.recipes(), *extra]) and all(p.stat().st_size > 0 for p in files.values())
     assert "static-qdq" not in files and "fused-qattention-per-channel" in files
     assert [n.op_type for n in onnx.load(str(files[extra[0]])).graph.node].count("BiasGelu") == 2  # one per layer
+    sizes, real = [], recipes.padded
+    monkeypatch.setattr(recipes, "padded", lambda *args: sizes.append(args[-1]) or real(*args))
     agreement = recipes.agreement({"model.onnx": bundle / "model.onnx", **files}, run, bundle)
+    from deployft.exporter.validate import BATCH
+
+    assert sizes == [BATCH]  # export's own validation batches: dynamic int8 depends on which rows share one
     assert agreement["model.onnx"] == {"rows": 24, "flips": 0, "agreement": 1.0, "mean_abs_logit_diff": 0.0}
     assert all(a["rows"] == 24 and 0 <= a["flips"] <= 24 for a in agreement.values())
     assert agreement["plain"]["mean_abs_logit_diff"] > 0

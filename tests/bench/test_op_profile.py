@@ -13,7 +13,7 @@ def script(benchmark_script):
     return benchmark_script("op_profile")
 
 
-def test_profile_sums_kernel_time_by_op_type_and_the_table_ranks_it(script, tiny_int8_classifier, tmp_path, monkeypatch):
+def test_profile_sums_kernel_time_by_op_type_and_ranks_it(script, tiny_int8_classifier, tmp_path, monkeypatch):
     bundle = tiny_int8_classifier
     vocab = json.loads((bundle / "config.json").read_text())["vocab_size"]
     fp32 = script.profile(bundle / "model_optimized.onnx", (2, 8), threads=1, calls=2, vocab=vocab)

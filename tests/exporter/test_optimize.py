@@ -43,6 +43,13 @@ def test_decoders_report_unfused_attention_plainly(tiny_onnx, arch):
     assert fused_norm in report["summary"]
 
 
+def test_an_encoder_without_bias_gelu_gets_no_bias_gelu_note(tiny_onnx, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.optimize.split_bias_gelu", lambda path: 0)
+    _, report = optimize(tiny_onnx("bert") / "model.onnx", decoder=False)
+    assert report["notes"][0].startswith("residual Add and LayerNormalization left as two ops")
+    assert not any(note.startswith("feed-forward bias Add and Gelu") for note in report["notes"])
+
+
 def _loaded_ops(path, tmp_path):
     """Op type -> the op types feeding it, in the graph a deployft CPU session runs after its load-time fusions."""
     import onnx

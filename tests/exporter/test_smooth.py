@@ -68,6 +68,25 @@ def test_smoothing_keeps_fp32_outputs_and_brings_int8_closer(tmp_path):
     assert errors[1] < errors[0] / 2
 
 
+def test_a_model_with_external_weights_is_probed_in_place_and_leaves_nothing_beside_it(tmp_path):
+    from deployft.exporter.onnx_export import save_model
+
+    (tmp_path / "inline").mkdir()
+    inline = _outlier_model(tmp_path / "inline" / "model.onnx")
+    folder = tmp_path / "external"
+    folder.mkdir()
+    save_model(onnx.load(str(inline)), folder / "model.onnx", external=True)
+    assert (folder / "model.onnx_data").is_file()
+    before = sorted(p.name for p in folder.iterdir())
+    feeds = [_feeds(seed=s) for s in range(2)]
+    outside = smooth_activations(folder / "model.onnx", tmp_path / "a.onnx", feeds)["smoothing"]
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert outside == smooth_activations(inline, tmp_path / "b.onnx", feeds)["smoothing"]
+    test = _feeds(seed=9)
+    for a, b in zip(_run(tmp_path / "a.onnx", test), _run(tmp_path / "b.onnx", test)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_activation_without_outliers_or_with_a_shared_weight_is_left_alone(tmp_path):
     src = _outlier_model(tmp_path / "model.onnx")
     calm = smooth_activations(src, tmp_path / "calm.onnx", [_feeds()], min_ratio=1000)["smoothing"]
