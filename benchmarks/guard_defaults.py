@@ -8,6 +8,8 @@ benchmarks/results/guard_defaults.{json,md}.
 
     python benchmarks/guard_defaults.py                 # work files under outputs/guard-defaults
     python benchmarks/guard_defaults.py --reuse         # keep the RUN from an earlier run
+    python benchmarks/guard_defaults.py --run outputs/bench-defaults/run-classify --max-accuracy-drop 1.5 \
+        --output benchmarks/results/xeon-amx/guard_tight   # an existing RUN, a tighter budget: the ladder it climbs
 """
 
 from __future__ import annotations
@@ -63,16 +65,17 @@ def decision_table(rows_list=(300, 600, 2000), budgets=(2.0, 3.0, 5.0)) -> list[
             for rows in rows_list for budget in budgets]
 
 
-def exported(run: Path, work: Path) -> dict:
-    """Export `run` with --quantize int8 at export's defaults; the manifest, or the refusal and its attempts."""
+def exported(run: Path, work: Path, budget: float | None = None) -> dict:
+    """Export `run` with --quantize int8 at export's default rows and `budget` (export's default when None); the
+    manifest, or the refusal and its attempts."""
     from deployft.errors import AccuracyBudgetError
     from deployft.exporter import ExportConfig, export
     from deployft.manifest import read_manifest
 
-    log("exporting with --quantize int8 at the default budget and rows")
+    log(f"exporting with --quantize int8 at the default rows, budget {budget if budget is not None else 'default'}")
     try:
         return {"manifest": read_manifest(export(ExportConfig(run=run, output=work / "bundle", quantize="int8",
-                                                              overwrite=True)), "bundle")}
+                                                              max_accuracy_drop=budget, overwrite=True)), "bundle")}
     except AccuracyBudgetError as exc:
         return {"refused": str(exc), "attempts": exc.attempts, "budget": exc.budget}
 
@@ -90,13 +93,15 @@ def summary(outcome: dict) -> dict:
              for name, v in m["variants"].items()}
     return {"model_file": m["model_file"], "accuracy_budget": m["accuracy_budget"], "guard": m["guard"],
             "validation_inputs": m["validation_inputs"], "files": files,
-            "attempts": (m["quantization"] or {}).get("attempts"), "remedy": (m["quantization"] or {}).get("remedy")}
+            "attempts": (m["quantization"] or {}).get("attempts"), "remedy": (m["quantization"] or {}).get("remedy"),
+            "candidates": (m["quantization"] or {}).get("candidates")}
 
 
 def markdown(record: dict) -> str:
     lines = ["# The accuracy guard on the default classifier", "",
              f"Command: `{record['command']}`  ", f"Date: {record['date']}  ", f"Machine: {record['machine']}", "",
-             f"RUN: default classifier fine-tuned with {record['finetune']}.", ""]
+             (f"RUN: `{record['run']}` (given with --run)." if record.get("run") else
+              f"RUN: default classifier fine-tuned with {record['finetune']}."), ""]
     result = record["export"]
     if "refused" in result:
         lines += [f"Export refused int8: {result['refused']}", ""]
@@ -118,6 +123,12 @@ def markdown(record: dict) -> str:
         g = attempt["guard"]
         lines.append(f"- {attempt['remedy']}: {g['flips']} of {g['rows']} flipped, upper bound {attempt['drop']:.2f} % "
                      f"-> {'pass' if g['passed'] else 'FAIL'}")
+    kept = [c for c in result.get("candidates") or [] if c.get("ms")]
+    if kept:
+        lines += ["", "Timed by export (the candidates within budget; median ms per shape, `*` kept):", ""]
+        for c in kept:
+            shapes = ", ".join(f"{shape} {ms:.2f}" for shape, ms in c["ms"].items())
+            lines.append(f"- {c['name']}{' *' if c['kept'] else ''}: {shapes}")
     lines += ["", "What the rule allows (computed, no model): the most flipped predictions that pass, and the fewest "
               "rows on which a file that flips nothing can pass.", "",
               "| rows | budget (% flipped, 95 % upper bound) | most flips that pass | share | rows needed |",
@@ -133,22 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("outputs/guard-defaults"))
     parser.add_argument("--reuse", action="store_true", help="keep the RUN of an earlier run")
     parser.add_argument("--finetune-only", action="store_true", help="stop after the RUN is written")
+    parser.add_argument("--run", type=Path, help="export this RUN instead of fine-tuning one")
+    parser.add_argument("--max-accuracy-drop", type=float, default=None, help="export's budget (default: its own)")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "guard_defaults")
     args = parser.parse_args(argv)
-    run = finetuned(args.work, args.reuse)
+    if args.run and not (args.run / "deployft.json").is_file():
+        raise SystemExit(f"Error: --run {args.run} is not a RUN folder (no deployft.json); pass a folder "
+                         "`deployft finetune` wrote")
+    run = args.run or finetuned(args.work, args.reuse)
     if args.finetune_only:
         return 0
     import torch
 
-    record = {"command": "python benchmarks/guard_defaults.py" + (" --reuse" if args.reuse else ""),
+    given = argv if argv is not None else sys.argv[1:]
+    record = {"command": " ".join(["python", "benchmarks/guard_defaults.py", *given]),
+              "run": str(args.run) if args.run else None,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"load average {os.getloadavg()[0]:.2f}",
-              "finetune": FINETUNE, "export": summary(exported(run, args.work)), "decision_table": decision_table()}
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "guard_defaults.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    (results / "guard_defaults.md").write_text(markdown(record), encoding="utf-8")
-    log(f"wrote {results / 'guard_defaults.md'}")
+              "finetune": None if args.run else FINETUNE,
+              "export": summary(exported(run, args.work, args.max_accuracy_drop)), "decision_table": decision_table()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    args.output.with_suffix(".md").write_text(markdown(record), encoding="utf-8")
+    log(f"wrote {args.output.with_suffix('.md')}")
     return 0
 
 
