@@ -89,7 +89,8 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     split = 0
     if not skipped:
         _ort_optimize(onnx_path, target, **({} if decoder else ENCODER_FUSIONS_LEFT_OUT))
-        split = 0 if decoder else split_bias_gelu(target)
+        if not decoder:
+            split = split_bias_gelu(target)
     rewritten: list[str] = []
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)

@@ -106,6 +106,7 @@ def test_encoder_graph_outputs_are_unchanged_by_smoothing_every_activation(tiny_
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     settings = smooth_activations(fused, tmp_path / "smoothed.onnx", [feeds], min_ratio=0)["smoothing"]
     model = onnx.load(str(tmp_path / "smoothed.onnx"))
+    onnx.checker.check_model(model)  # every Mul sits between its activation's producer and its first reader
     readers = [n for n in model.graph.node if n.op_type in ("MatMul", "Attention") and n.input[0].endswith("/smoothed")]
     assert settings["activations_smoothed"] == settings["activations_considered"] >= 2 and readers
     assert any(n.op_type == "Attention" for n in readers)
