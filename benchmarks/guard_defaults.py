@@ -9,7 +9,9 @@ benchmarks/results/guard_defaults.{json,md}.
     python benchmarks/guard_defaults.py                 # work files under outputs/guard-defaults
     python benchmarks/guard_defaults.py --reuse         # keep the RUN from an earlier run
     python benchmarks/guard_defaults.py --run outputs/bench-defaults/run-classify --max-accuracy-drop 1.5 \
-        --output benchmarks/results/xeon-amx/guard_tight   # an existing RUN, a tighter budget: the ladder it climbs
+        --output benchmarks/results/xeon-amx/guard_tight   # an existing RUN, a given budget: the ladder it climbs
+    python benchmarks/guard_defaults.py --run outputs/bench-defaults/run-classify \
+        --output benchmarks/results/guard_default_2000     # an existing RUN (2000 eval rows) at export's default
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def max_flips(rows: int, budget: float) -> int:
     return flips
 
 
-def decision_table(rows_list=(300, 600, 2000), budgets=(2.0, 3.0, 5.0)) -> list[dict]:
+def decision_table(rows_list=(300, 600, 2000), budgets=(1.5, 2.0, 3.0, 5.0)) -> list[dict]:
     """For each rows x budget: the most flips that pass, as a count and a share, and the fewest rows any file needs."""
     from deployft.exporter.agreement import rows_needed
 
@@ -108,6 +110,8 @@ def markdown(record: dict) -> str:
     else:
         lines += [f"Deployable file: `{result['model_file']}` (remedy: {result['remedy']}); rows: "
                   f"{result['guard']['rows']} ({result['guard']['rows_source']}).", "",
+                  f"Budget: {result['accuracy_budget']['max_drop']:g} "
+                  f"({result['accuracy_budget'].get('origin', '--max-accuracy-drop')}).", "",
                   f"Rule: {result['guard']['rule']}", "",
                   "| file | precision | nodes | attention ops | rows | flips | agreement | 95 % lower bound | "
                   "threshold | decision | accuracy | PyTorch accuracy |", "|" + " --- |" * 12]

@@ -74,6 +74,9 @@ class Task:
     """What the accuracy budget (--max-accuracy-drop) counts, judged on its one-sided 95 % upper bound."""
     default_budget: float
     """The accuracy budget when --max-accuracy-drop is not given."""
+    few_rows_budget: float | None
+    """The default instead when the validation rows are too few to decide `default_budget` (None: no such
+    fallback); the manifest's `accuracy_budget.origin` says which default was used and why."""
     validation_rows: int
     """Rows export validates on when --validate-samples is not given (all eval rows up to this many)."""
     int8_method: str
@@ -120,11 +123,13 @@ TASKS: dict[str, Task] = {
         metric_names=("accuracy", "macro_f1", "eval_loss"), best_metric="accuracy", greater_is_better=True,
         default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
         validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
-        default_budget=3.0, validation_rows=2000, int8_method="dynamic",
+        default_budget=1.5, few_rows_budget=3.0, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + activations smoothed", per_channel=True, smooth=True),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
-                              keep_sensitive=True)),
+                              keep_sensitive=True),
+                       Remedy("per-channel + activations smoothed + head, embeddings, first and last layer in fp32",
+                              per_channel=True, smooth=True, keep_sensitive=True)),
         int4_remedies=(),
         encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
         trainer_metrics="deployft.metrics:classification_metrics",
@@ -135,7 +140,7 @@ TASKS: dict[str, Task] = {
         metric_names=("eval_loss", "perplexity"), best_metric="eval_loss", greater_is_better=False,
         default_max_length=256, column_roles=(("prompt", "response"), ("text",)), input_columns=("prompt", "text"),
         validation_metric="perplexity", budget_unit="% perplexity increase vs PyTorch, 95 % upper bound",
-        default_budget=10.0, validation_rows=200,
+        default_budget=10.0, few_rows_budget=None, validation_rows=200,
         int8_method="blockwise",
         int8_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
                        Remedy("blocks of 16 + LM head in fp32", block_size=16, keep_head=True)),

@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir, bundle_dir, report_dir = (args.output / name for name in ("run", "bundle", "report"))
     try:
         # 2000 held-out rows (40 % of 5000): the accuracy guard judges int8 by the 95 % upper bound of the share of
-        # predictions that flip against PyTorch, and 600 rows pass only 10 flips (1.67 %), which this one-epoch model's
-        # near-tie rows reach on some CPUs; 2000 rows pass 47 (2.35 %) under the same 3 % budget
-        # (benchmarks/results/guard_defaults.md)
+        # predictions that flip against PyTorch, at most 1.5 % by default, which 2000 rows let a file with up to 20
+        # flipped predictions meet (99 % agreement); 600 rows would pass only 3 (benchmarks/results/guard_defaults.md)
         print(f"== 1/3 fine-tune the default classifier on {args.samples} Rotten Tomatoes snippets -> {run_dir}")
         deployft.finetune(deployft.FinetuneConfig(
             task="classify", max_samples=args.samples, eval_fraction=0.4, epochs=1, max_length=128, output=run_dir,

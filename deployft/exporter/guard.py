@@ -34,10 +34,22 @@ FEW_SEQUENCES = 20
 """Below this many generator sequences the bootstrap bound is recorded with a warning that it is approximate."""
 
 
-def budget_for(config: ExportConfig, task: Task) -> Budget:
-    """`--max-accuracy-drop`, or the task's default, in the task's unit."""
-    limit = config.max_accuracy_drop if config.max_accuracy_drop is not None else task.default_budget
-    return Budget(float(limit), task.budget_unit)
+def budget_for(config: ExportConfig, task: Task, rows: int | None = None) -> Budget:
+    """`--max-accuracy-drop`, or the task's default, in the task's unit.
+
+    A classifier's default is `Task.default_budget` where the `rows` validation rows can decide it, and
+    `Task.few_rows_budget` where they cannot (a file that flips nothing would still miss it); `Budget.origin` says
+    which, so the manifest and the model card name the rule a bundle was judged by.
+    """
+    if config.max_accuracy_drop is not None:
+        return Budget(float(config.max_accuracy_drop), task.budget_unit)
+    default = float(task.default_budget)
+    needed = rows_needed(default / 100) if task.few_rows_budget is not None and not task.generates else None
+    if needed is None or rows is None or rows >= needed:
+        return Budget(default, task.budget_unit, f"the {task.name} default")
+    return Budget(float(task.few_rows_budget), task.budget_unit,
+                  f"the {task.name} default for fewer than {needed} validation rows, which cannot decide "
+                  f"{default:g}")
 
 
 def rule_text(task: Task, budget: Budget) -> str:
@@ -45,10 +57,16 @@ def rule_text(task: Task, budget: Budget) -> str:
     if task.generates:
         return (f"pass when the one-sided {CONFIDENCE:.0%} upper bound of the perplexity ratio ONNX / PyTorch "
                 f"(paired bootstrap over sequences) is <= {1 + budget.max_drop / 100:.4f} "
-                f"(--max-accuracy-drop {budget.max_drop:g}: {budget.measure})")
+                f"({_flag(budget)}: {budget.measure})")
     return (f"pass when the one-sided {CONFIDENCE:.0%} lower bound of top-1 agreement with PyTorch (exact binomial, "
             f"Clopper-Pearson) is >= {1 - budget.max_drop / 100:.4f}, i.e. at most {budget.max_drop:g} % of "
-            f"predictions may flip (--max-accuracy-drop {budget.max_drop:g}: {budget.measure})")
+            f"predictions may flip ({_flag(budget)}: {budget.measure})")
+
+
+def _flag(budget: Budget) -> str:
+    """`--max-accuracy-drop B`, and which default it is when the flag was not given."""
+    flag = f"--max-accuracy-drop {budget.max_drop:g}"
+    return flag if budget.origin == "--max-accuracy-drop" else f"{flag}, {budget.origin}"
 
 
 def check_decidable(task: Task, budget: Budget, rows: int, validate_samples: int) -> None:
@@ -103,7 +121,7 @@ def judge(task: Task, report: dict[str, Any], budget: Budget) -> tuple[float, di
 def guard_record(task: Task, budget: Budget, rows: int, rows_source: str) -> dict[str, Any]:
     """The manifest's `guard`: the rule with its numbers, the rows judged, where they came from, and warnings."""
     return {"rule": rule_text(task, budget), "confidence": CONFIDENCE, "max_drop": budget.max_drop,
-            "measure": budget.measure, "rows": rows, "rows_source": rows_source,
+            "measure": budget.measure, "origin": budget.origin, "rows": rows, "rows_source": rows_source,
             "warnings": rows_warnings(task, rows, rows_source)}
 
 

@@ -66,13 +66,14 @@ def export(config: ExportConfig) -> Path:
     calibration, gap = _calibration(config, source, tokenizer)
     limit = config.validate_samples or task.validation_rows
     held_out = validation_samples(source, tokenizer, limit)
-    budget, rows = budget_for(config, task), len(held_out.sequences)
+    rows = len(held_out.sequences)
+    budget = budget_for(config, task, rows)
     check_decidable(task, budget, rows, limit)
     model = load_torch_model(source)
     ref = reference(source, model, tokenizer, held_out)
     attention = _decoder_attention(config, source, model)
     with atomic_folder(config.output, config.overwrite) as staging:
-        job = ExportJob(config, source, task, staging, ref, calibration, gap)
+        job = ExportJob(config, source, task, staging, ref, calibration, gap, budget)
         result = _build(job, attention)
         result.validation_inputs = held_out.origin
         result.guard = guard_record(task, budget, rows, held_out.source)
@@ -158,7 +159,7 @@ def _build(job: ExportJob, attention) -> ExportResult:
     shape, unfused_reason = attention
     job.optimized, fusion = optimize(job.plain, decoder=job.task.generates, attention=shape,
                                      unfused_reason=unfused_reason)
-    result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, budget_for(job.config, job.task))
+    result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, job.budget)
     for path, optimized in ((job.plain, False), (job.optimized, True)):
         _validated(job, result, path, "fp32", optimized)
     build = {"none": _fp32, "int8": _int8, "int4": _int4, "int8-static": _int8_static,

@@ -11,10 +11,11 @@ Candidates are written into a scratch folder of the staged bundle; the kept one 
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
 When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel; then per-channel with the
 activations smoothed into the weights on the RUN's calibration rows, `smooth.py`; then per-channel with the head,
-embeddings, first and last layer in fp32) rebuild the recipes they change, rung by rung (a rung that changes nothing
-for a recipe skips it: per-channel rebuilds only static-qdq, the later two only the dynamic recipes), and the files
-of the first rung with one within budget are timed; when every rung misses, the export is refused with every
-attempt named. Smoothing needs calibration rows and is skipped with the reason without them; the last rung does not.
+embeddings, first and last layer in fp32; then both) rebuild the recipes they change, rung by rung (a rung that
+changes nothing for a recipe skips it: per-channel rebuilds only static-qdq, the later ones only the dynamic
+recipes), and the files of the first rung with one within budget are timed; when every rung misses, the export is
+refused with every attempt named. The rungs that smooth need calibration rows and are skipped with the reason
+without them; the fp32-layers rung does not.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ class Budget:
     """The limit, in `measure`."""
     measure: str
     """The unit (`accuracy points`, `perplexity increase %`)."""
+    origin: str = "--max-accuracy-drop"
+    """Where the limit came from: the flag, or which of the task's defaults and why."""
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"max_drop": self.max_drop, "measure": self.measure}
+        return {"max_drop": self.max_drop, "measure": self.measure, "origin": self.origin}
 
 
 @dataclass
@@ -73,6 +75,8 @@ class ExportJob:
     calibration_gap: str | None = None
     """Why a classifier's int8 has no calibration rows (its static-qdq candidate and its smoothing rung are then
     skipped with this reason)."""
+    budget: Budget | None = None
+    """The accuracy budget every file is judged against (`guard.budget_for`)."""
     plain: Path | None = None
     """model.onnx, once exported."""
     optimized: Path | None = None

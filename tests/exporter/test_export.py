@@ -62,7 +62,8 @@ def test_int8_keeps_top1_on_a_trained_classifier(tiny_run, tmp_path):
     assert report["samples"] == 24 and report["flips"] <= 1 and report["top1_agreement"] >= 0.95
     assert report["accuracy_pytorch"] >= 0.9  # the RUN learnt its task, so agreement means something
     assert report["drop"] <= TINY_BUDGET and manifest["accuracy_budget"] == {
-        "max_drop": TINY_BUDGET, "measure": "% of predictions flipped vs PyTorch, 95 % upper bound"}
+        "max_drop": TINY_BUDGET, "measure": "% of predictions flipped vs PyTorch, 95 % upper bound",
+        "origin": "--max-accuracy-drop"}
     q = manifest["quantization"]
     kept = next(c for c in q["candidates"] if c["kept"])
     assert q["recipe"] == kept["name"] and q["quantized_from"] == kept["quantized_from"]
@@ -88,16 +89,16 @@ def _inject(monkeypatch, overrides):
     monkeypatch.setattr(module, "compare", fake)
 
 
-RUNGS = 5, 1, 2, 2
+RUNGS = 5, 1, 2, 2, 2
 """Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
-fused files with per-channel weights were built on the first rung); smoothing, and then the last remedy's fp32
-nodes, the plain and the fused one (static takes neither)."""
+fused files with per-channel weights were built on the first rung); smoothing, then the fp32 nodes, then both, the
+plain and the fused one (static takes none of them)."""
 
 
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     # of 24 rows: upper bounds 60.32 (10), 52.14 (8), 43.7 (6), 34.18 (4) % and 5's
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5])
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5, 6, 6])
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
@@ -106,6 +107,7 @@ def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tm
     assert "plain: 60.32" in message and "fused-qattention: 52.14" in message
     assert "static-qdq; per-channel: 52.14" in message and "plain; per-channel + activations smoothed:" in message
     assert "fused-qattention; per-channel + head" in message
+    assert "fused-qattention; per-channel + activations smoothed + head" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
     assert "\n" not in message
     assert _no_bundle(tmp_path)
@@ -168,14 +170,31 @@ def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_last_remedy_
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32"
 
 
-def test_guard_keeps_sensitive_nodes_in_fp32_as_last_remedy(tiny_run, tmp_path, monkeypatch):
+def test_guard_keeps_sensitive_nodes_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1] + RUNGS[2]))
+    _inject(monkeypatch, [5] * sum(RUNGS[:3]))
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
-    assert q["remedy"].startswith("per-channel + head") and q["nodes_excluded"]
-    assert any("classifier" in name for name in q["nodes_excluded"])
+    assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and q["nodes_excluded"]
+    assert any("classifier" in name for name in q["nodes_excluded"]) and "smoothing" not in q
+    assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+
+
+def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    _inject(monkeypatch, [5] * sum(RUNGS[:4]))
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["remedy"] == "per-channel + activations smoothed + head, embeddings, first and last layer in fp32"
+    assert q["per_channel"] is True and any("classifier" in name for name in q["nodes_excluded"])
+    assert q["smoothing"]["activations_smoothed"] > 0
+    graph = onnx.load(str(bundle / "model_quantized.onnx")).graph
+    assert sum(1 for n in graph.node if n.op_type == "Mul" and n.name.endswith("/Smooth")) == (
+        q["smoothing"]["activations_smoothed"])
+    float_matmuls = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Attention")}
+    assert float_matmuls and float_matmuls <= set(q["nodes_excluded"]) | {n.replace("_MatMul", "") for n in
+                                                                           q["nodes_excluded"]}
     assert len(q["candidates"]) == sum(RUNGS) and sum(c["kept"] for c in q["candidates"]) == 1
 
 

@@ -10,16 +10,17 @@ import pytest
 from deployft.errors import AccuracyBudgetError, UsageError
 from deployft.exporter import ExportConfig, export
 from deployft.exporter.card import guard_lines, info_text
-from deployft.exporter.guard import check_decidable, judge, rows_warnings, rule_text
+from deployft.exporter.guard import budget_for, check_decidable, judge, rows_warnings, rule_text
 from deployft.exporter.state import Budget
 from deployft.manifest import read_manifest
 from deployft.tasks import TASKS
 
 CLASSIFY, GENERATE = TASKS["classify"], TASKS["generate"]
-DEFAULT = Budget(CLASSIFY.default_budget, CLASSIFY.budget_unit)
+DEFAULT = Budget(CLASSIFY.default_budget, CLASSIFY.budget_unit, "the classify default")
+FEW_ROWS = Budget(CLASSIFY.few_rows_budget, CLASSIFY.budget_unit, "the classify default for fewer rows")
 TINY_BUDGET = 25.0
 """The tiny RUNs hold out 24 eval rows: up to 2 flipped predictions pass 25 % (upper bound 23.98 %), 3 do not
-(29.23 %); the default budget needs 99 rows."""
+(29.23 %); the default budget needs 199 rows, its few-rows fallback 99."""
 
 
 def _report(rows, flips, accuracy, accuracy_pytorch):
@@ -29,22 +30,41 @@ def _report(rows, flips, accuracy, accuracy_pytorch):
 
 def test_a_file_that_gains_accuracy_but_flips_predictions_is_refused():
     # 10 of 300 predictions flipped (3.3 %), and by chance the flips fixed more rows than they broke
-    drop, record = judge(CLASSIFY, _report(300, 10, 0.772, 0.750), DEFAULT)
+    drop, record = judge(CLASSIFY, _report(300, 10, 0.772, 0.750), FEW_ROWS)
     assert record["passed"] is False and drop == pytest.approx(5.588, abs=1e-3)
     assert record == {"rows": 300, "flips": 10, "agreement": pytest.approx(290 / 300),
                       "agreement_lower_95": pytest.approx(1 - 0.05588474, abs=1e-7), "min_agreement": 0.97,
                       "passed": False}
 
 
-@pytest.mark.parametrize(("rows", "flips", "passed"), [
-    (208, 15, False),   # the issue's second classifier: 92.8 % agreement
-    (120, 6, False),    # what export's old 120-row check saw as 95 % and passed
-    (2000, 66, False),  # 3.3 % flipped, the int8 file that "gained" 2 points: refused at any row count
-    (2000, 34, True),   # 1.7 % flipped (per-channel int8 of the default classifier): upper bound 2.26 %
-    (300, 3, True), (300, 4, False),
+@pytest.mark.parametrize(("rows", "flips", "budget", "passed"), [
+    (208, 15, FEW_ROWS, False),   # the issue's second classifier: 92.8 % agreement
+    (120, 6, FEW_ROWS, False),    # what export's old 120-row check saw as 95 % and passed
+    (2000, 66, FEW_ROWS, False),  # 3.3 % flipped, the int8 file that "gained" 2 points: refused at any row count
+    (2000, 34, FEW_ROWS, True),   # 1.7 % flipped (per-channel int8 of the default classifier): upper bound 2.26 %
+    (300, 3, FEW_ROWS, True), (300, 4, FEW_ROWS, False),
+    (2000, 34, DEFAULT, False),   # the same file under the default: 99 % agreement is not shown
+    (2000, 20, DEFAULT, True), (2000, 21, DEFAULT, False),  # upper bounds 1.45 % and 1.51 %
+    (300, 0, DEFAULT, True), (300, 1, DEFAULT, False),  # upper bounds 0.99 % and 1.57 %
 ])
-def test_the_default_rule_on_counts(rows, flips, passed):
-    assert judge(CLASSIFY, _report(rows, flips, None, None), DEFAULT)[1]["passed"] is passed
+def test_the_default_rules_on_counts(rows, flips, budget, passed):
+    assert judge(CLASSIFY, _report(rows, flips, None, None), budget)[1]["passed"] is passed
+
+
+@pytest.mark.parametrize(("rows", "expected", "origin"), [
+    (2000, 1.5, "the classify default"), (199, 1.5, "the classify default"),
+    (198, 3.0, "the classify default for fewer than 199 validation rows, which cannot decide 1.5"),
+    (24, 3.0, "the classify default for fewer than 199 validation rows, which cannot decide 1.5"),
+])
+def test_the_classifier_default_is_the_tightest_its_rows_decide(rows, expected, origin):
+    budget = budget_for(ExportConfig(run="r", output="o"), CLASSIFY, rows)
+    assert (budget.max_drop, budget.origin) == (expected, origin)
+    assert budget.to_manifest()["origin"] == origin and origin in rule_text(CLASSIFY, budget)
+    given = budget_for(ExportConfig(run="r", output="o", max_accuracy_drop=3.0), CLASSIFY, 2000)
+    assert (given.max_drop, given.origin) == (3.0, "--max-accuracy-drop")
+    assert "(--max-accuracy-drop 3: " in rule_text(CLASSIFY, given)
+    generator = budget_for(ExportConfig(run="r", output="o"), GENERATE, 3)
+    assert (generator.max_drop, generator.origin) == (10.0, "the generate default")
 
 
 def test_generator_is_judged_on_the_bootstrap_upper_bound_of_the_perplexity_ratio():
@@ -59,12 +79,15 @@ def test_generator_is_judged_on_the_bootstrap_upper_bound_of_the_perplexity_rati
 
 def test_a_budget_the_rows_cannot_decide_is_refused_with_the_numbers_and_the_fix():
     with pytest.raises(UsageError) as info:
-        check_decidable(CLASSIFY, DEFAULT, 24, 2000)
+        check_decidable(CLASSIFY, FEW_ROWS, 24, 2000)
     message = str(info.value)
     for fragment in ("cannot decide --max-accuracy-drop 3", "24 validation rows", "11.73 %", "at least 99 rows",
                      "--eval-fraction", "--max-accuracy-drop 11.8 or more"):
         assert fragment in message
-    check_decidable(CLASSIFY, DEFAULT, 99, 2000)
+    check_decidable(CLASSIFY, FEW_ROWS, 99, 2000)
+    check_decidable(CLASSIFY, DEFAULT, 199, 2000)
+    with pytest.raises(UsageError, match="at least 199 rows"):
+        check_decidable(CLASSIFY, DEFAULT, 198, 2000)
     with pytest.raises(UsageError, match="no finite number of rows"):
         check_decidable(CLASSIFY, Budget(0.0, CLASSIFY.budget_unit), 2000, 2000)
     check_decidable(GENERATE, Budget(0.0, GENERATE.budget_unit), 3, 3)  # a bootstrap bound can always be compared
@@ -74,7 +97,8 @@ def test_a_budget_the_rows_cannot_decide_is_refused_with_the_numbers_and_the_fix
 
 def test_rule_text_and_warnings():
     rule = rule_text(CLASSIFY, DEFAULT)
-    assert "lower bound of top-1 agreement" in rule and ">= 0.9700" in rule
+    assert "lower bound of top-1 agreement" in rule and ">= 0.9850" in rule and "1.5 % of predictions" in rule
+    assert "(--max-accuracy-drop 1.5, the classify default: " in rule
     assert "<= 1.1000" in rule_text(GENERATE, Budget(10.0, GENERATE.budget_unit))
     assert "TRAINING rows" in rows_warnings(CLASSIFY, 300, "train")[0]
     assert rows_warnings(CLASSIFY, 300, "eval") == [] and "random token" in rows_warnings(CLASSIFY, 30, "random")[0]
@@ -104,7 +128,7 @@ def _inject_flips(monkeypatch, flips):
 
 def test_export_refuses_int8_that_flips_predictions_though_its_accuracy_gains(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    flips = [6, 5, 5, 5, 5, 5, 4, 4, 4, 4]  # five int8 candidates, then one, two and two per remedy
+    flips = [6, 5, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3]  # five int8 candidates, then one, two, two and two per remedy
     _inject_flips(monkeypatch, flips)
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
