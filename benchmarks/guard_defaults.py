@@ -4,7 +4,9 @@ Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes; 300 held
 `--quantize int8` at export's default budget, and records, per file, the rows the guard
 judged, the predictions that flipped against PyTorch, the one-sided 95 % lower bound of top-1 agreement, the
 accuracies and the guard's decision, plus every int8 attempt of the remedy ladder, into
-benchmarks/results/guard_defaults.{json,md}.
+benchmarks/results/guard_defaults.{json,md} (recorded when export's default was 3 % and its ladder had no smoothing
+rungs; 300 rows now get the 1.5 % default, which they decide). `--run` exports an existing RUN instead
+(guard_default_2000.md: the 2000 eval rows of `make demo`'s settings, at today's default).
 
     python benchmarks/guard_defaults.py                 # work files under outputs/guard-defaults
     python benchmarks/guard_defaults.py --reuse         # keep the RUN from an earlier run

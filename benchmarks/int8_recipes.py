@@ -243,6 +243,12 @@ def guard_flips(bundle: Path) -> dict[str, str]:
     return out
 
 
+def kept_name(manifest: dict) -> str | None:
+    """The candidate export kept, as its table names it (the recipe, and the remedy past the first rung)."""
+    q = manifest.get("quantization") or {}
+    return (q.get("selection") or {}).get("kept") or q.get("recipe")
+
+
 def write(result: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     labels = [f"b{b}x{n}" for b, n in SHAPES]
@@ -323,7 +329,7 @@ def main() -> None:
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
               "threads": args.threads, "rounds": args.rounds, "quiet": quiet,
               "max_foreign": args.max_foreign,
-              "kept": (manifest.get("quantization") or {}).get("recipe"), "guard": guard_flips(args.bundle),
+              "kept": kept_name(manifest), "guard": guard_flips(args.bundle),
               "medians": medians, "agreement": agreements,
               "agreement_rows": next(iter(agreements.values()))["rows"]}
     write(result, args.output)

@@ -70,7 +70,8 @@ class DeviceError(DeployftError, RuntimeError):
 class AccuracyBudgetError(DeployftError):
     """A quantized model lost more accuracy than the budget allows.
 
-    `budget` is the allowed drop and its unit (`{"max_drop", "measure"}`); `attempts` the drop of every try
+    `budget` is the allowed drop, its unit and where it came from (`{"max_drop", "measure", "origin"}`);
+    `attempts` the drop of every try
     (`[{"remedy", "drop"}]`), so a caller can report them without parsing the message.
     """
 

@@ -87,7 +87,7 @@ def check_decidable(task: Task, budget: Budget, rows: int, validate_samples: int
     smallest = 100 * binomial_upper_bound(0, rows)
     need = "no finite number of rows" if needed is None else f"at least {needed} rows"
     raise UsageError(
-        f"the accuracy guard cannot decide --max-accuracy-drop {budget.max_drop:g} ({budget.measure}) on "
+        f"the accuracy guard cannot decide {_flag(budget)} ({budget.measure}) on "
         f"{rows} validation rows: even a file that flips no prediction has an upper bound of {smallest:.2f} %, and "
         f"{need} are needed; give the RUN more eval rows (deployft finetune --eval-fraction or --eval-data), "
         f"raise --validate-samples (now {validate_samples}) if the RUN has more, or pass --max-accuracy-drop "
@@ -162,7 +162,7 @@ def first_within_budget(result: ExportResult, names: list[str], source_name: str
             return name
     tried = "; ".join(f"{n}: {result.variants[n].drop:.2f}" for n in names)
     raise AccuracyBudgetError(
-        f"every candidate exceeded --max-accuracy-drop {result.budget.max_drop:g} ({result.budget.measure}) "
+        f"every candidate exceeded {_flag(result.budget)} ({result.budget.measure}) "
         f"against PyTorch on {source_name} ({tried}); no bundle written; "
         f"{fix.format(looser=looser_budget([result.variants[n].drop for n in names]))}",
         budget=result.budget.to_manifest(), attempts=[attempt_record(n, result.variants[n]) for n in names])
@@ -203,8 +203,8 @@ def refuse(mode: str, tried: list[dict[str, Any]], budget: Budget) -> NoReturn:
     instead = "--quantize int8 (or none)" if mode == "int4" else "--quantize none"
     closest = min(tried, key=lambda t: t["drop"])
     raise AccuracyBudgetError(
-        f"{mode} reached {closest['drop']:.2f} at best ({budget.measure}) against PyTorch, over --max-accuracy-drop "
-        f"{budget.max_drop:g} after every remedy ({attempts_text}); no bundle written; "
+        f"{mode} reached {closest['drop']:.2f} at best ({budget.measure}) against PyTorch, over {_flag(budget)} "
+        f"after every remedy ({attempts_text}); no bundle written; "
         f"{looser_budget([t['drop'] for t in tried])} or use {instead}",
         budget=budget.to_manifest(), attempts=tried)
 

@@ -73,7 +73,7 @@ def export(config: ExportConfig) -> Path:
     ref = reference(source, model, tokenizer, held_out)
     attention = _decoder_attention(config, source, model)
     with atomic_folder(config.output, config.overwrite) as staging:
-        job = ExportJob(config, source, task, staging, ref, calibration, gap, budget)
+        job = ExportJob(config, source, task, staging, ref, budget, calibration, gap)
         result = _build(job, attention)
         result.validation_inputs = held_out.origin
         result.guard = guard_record(task, budget, rows, held_out.source)

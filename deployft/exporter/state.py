@@ -69,14 +69,14 @@ class ExportJob:
     """The temporary BUNDLE folder (renamed into place when complete)."""
     reference: Any
     """The PyTorch original's outputs on the validation rows (`deployft.exporter.validate.Reference`)."""
+    budget: Budget
+    """The accuracy budget every file is judged against (`guard.budget_for`)."""
     calibration: Any = None
     """int8-static, and a classifier's int8 candidates: the encoded calibration rows
     (`deployft.exporter.samples.Samples`)."""
     calibration_gap: str | None = None
-    """Why a classifier's int8 has no calibration rows (its static-qdq candidate and its smoothing rung are then
+    """Why a classifier's int8 has no calibration rows (its static-qdq candidate and its smoothing rungs are then
     skipped with this reason)."""
-    budget: Budget | None = None
-    """The accuracy budget every file is judged against (`guard.budget_for`)."""
     plain: Path | None = None
     """model.onnx, once exported."""
     optimized: Path | None = None

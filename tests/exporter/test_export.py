@@ -146,8 +146,8 @@ def test_guard_smooths_the_activations_before_it_keeps_nodes_in_fp32(tiny_run, t
     assert sorted(p.name for p in bundle.iterdir() if "smoothed" in p.name or "probe" in p.name) == []
 
 
-def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_last_remedy_still_runs(tiny_run, tiny_model,
-                                                                                           tmp_path, monkeypatch):
+def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_fp32_layers_remedy_still_runs(
+        tiny_run, tiny_model, tmp_path, monkeypatch):
     # tame activations: nothing to smooth, so the rung would rebuild the per-channel files; it is skipped instead
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1e9)
     _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
@@ -168,6 +168,19 @@ def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_last_remedy_
     assert skipped["plain; per-channel + activations smoothed"] == (
         "not built: a plain model folder has no training rows to calibrate on")
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32"
+
+
+def test_without_outliers_the_last_remedy_is_skipped_and_export_refuses(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1e9)  # both smoothing rungs have nothing to do
+    built = RUNGS[0] + RUNGS[1] + RUNGS[3]
+    _inject(monkeypatch, [5] * built)
+    with pytest.raises(AccuracyBudgetError) as info:
+        _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    names = [a["remedy"] for a in info.value.attempts]
+    assert len(names) == built and not any("smoothed" in name for name in names)
+    assert names[-2:] == [f"{name}; per-channel + head, embeddings, first and last layer in fp32"
+                          for name in ("plain", "fused-qattention")]
+    assert "after every remedy" in str(info.value) and _no_bundle(tmp_path)
 
 
 def test_guard_keeps_sensitive_nodes_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):

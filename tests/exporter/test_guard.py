@@ -16,8 +16,10 @@ from deployft.manifest import read_manifest
 from deployft.tasks import TASKS
 
 CLASSIFY, GENERATE = TASKS["classify"], TASKS["generate"]
-DEFAULT = Budget(CLASSIFY.default_budget, CLASSIFY.budget_unit, "the classify default")
-FEW_ROWS = Budget(CLASSIFY.few_rows_budget, CLASSIFY.budget_unit, "the classify default for fewer rows")
+DEFAULT = budget_for(ExportConfig(run="r", output="o"), CLASSIFY, 2000)
+FEW_ROWS = budget_for(ExportConfig(run="r", output="o"), CLASSIFY, 24)
+THREE = Budget(3.0, CLASSIFY.budget_unit)
+"""--max-accuracy-drop 3, given: the few-rows default's limit on rows that would get the 1.5 % default."""
 TINY_BUDGET = 25.0
 """The tiny RUNs hold out 24 eval rows: up to 2 flipped predictions pass 25 % (upper bound 23.98 %), 3 do not
 (29.23 %); the default budget needs 199 rows, its few-rows fallback 99."""
@@ -30,7 +32,7 @@ def _report(rows, flips, accuracy, accuracy_pytorch):
 
 def test_a_file_that_gains_accuracy_but_flips_predictions_is_refused():
     # 10 of 300 predictions flipped (3.3 %), and by chance the flips fixed more rows than they broke
-    drop, record = judge(CLASSIFY, _report(300, 10, 0.772, 0.750), FEW_ROWS)
+    drop, record = judge(CLASSIFY, _report(300, 10, 0.772, 0.750), THREE)
     assert record["passed"] is False and drop == pytest.approx(5.588, abs=1e-3)
     assert record == {"rows": 300, "flips": 10, "agreement": pytest.approx(290 / 300),
                       "agreement_lower_95": pytest.approx(1 - 0.05588474, abs=1e-7), "min_agreement": 0.97,
@@ -38,11 +40,12 @@ def test_a_file_that_gains_accuracy_but_flips_predictions_is_refused():
 
 
 @pytest.mark.parametrize(("rows", "flips", "budget", "passed"), [
-    (208, 15, FEW_ROWS, False),   # the issue's second classifier: 92.8 % agreement
+    (208, 15, DEFAULT, False),    # the issue's second classifier: 92.8 % agreement
     (120, 6, FEW_ROWS, False),    # what export's old 120-row check saw as 95 % and passed
-    (2000, 66, FEW_ROWS, False),  # 3.3 % flipped, the int8 file that "gained" 2 points: refused at any row count
-    (2000, 34, FEW_ROWS, True),   # 1.7 % flipped (per-channel int8 of the default classifier): upper bound 2.26 %
-    (300, 3, FEW_ROWS, True), (300, 4, FEW_ROWS, False),
+    (150, 0, FEW_ROWS, True), (150, 1, FEW_ROWS, False),  # upper bounds 1.98 % and 3.12 %
+    (2000, 66, THREE, False),     # 3.3 % flipped, the int8 file that "gained" 2 points: refused at any row count
+    (2000, 34, THREE, True),      # 1.7 % flipped (per-channel int8 of the default classifier): upper bound 2.26 %
+    (300, 3, THREE, True), (300, 4, THREE, False),
     (2000, 34, DEFAULT, False),   # the same file under the default: 99 % agreement is not shown
     (2000, 20, DEFAULT, True), (2000, 21, DEFAULT, False),  # upper bounds 1.45 % and 1.51 %
     (300, 0, DEFAULT, True), (300, 1, DEFAULT, False),  # upper bounds 0.99 % and 1.57 %
@@ -163,7 +166,8 @@ def test_manifest_records_rows_interval_and_decision_per_file(tiny_run, tmp_path
 
 
 def test_undecidable_default_budget_is_refused_before_any_file(tiny_run, tmp_path):
-    with pytest.raises(UsageError, match=r"cannot decide --max-accuracy-drop 3 .* on 24 validation rows"):
+    with pytest.raises(UsageError, match=r"cannot decide --max-accuracy-drop 3, the classify default for fewer than "
+                                         r"199 validation rows, which cannot decide 1.5 .* on 24 validation rows"):
         _export(tiny_run("bert"), tmp_path, quantize="int8")
     assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.tmp-*"))
 
