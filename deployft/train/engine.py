@@ -35,10 +35,11 @@ def prepare(config, task) -> Job:
     from ..prompts import PromptFormat
     from .models import apply_lora, check_max_length, load_model, load_tokenizer, resolve_model
 
-    base_model = resolve_model(config.model, task.name)
+    # the data first: its errors come before the default generator's one-time conversion (tens of seconds)
     examples = load_examples(task.name, config.data, config.eval_data, columns=config.column_flags(),
                              eval_fraction=config.eval_fraction, seed=config.seed,
                              max_samples=config.max_samples, encoding=config.encoding)
+    base_model = resolve_model(config.model, task.name)
     tokenizer = load_tokenizer(base_model, task)
     set_seed(config.seed)
     model = load_model(base_model, task, examples.labels, tokenizer)
