@@ -17,6 +17,11 @@ from .errors import UsageError
 __all__ = ["TASKS", "Remedy", "Task", "get_task"]
 
 
+FP32_PARTS = ("head", "first", "last")
+"""What a dynamic int8 remedy can keep in fp32: the head with the embeddings, the first layer, the last layer
+(`deployft.exporter.quantize.sensitive_nodes` finds their nodes)."""
+
+
 @dataclass(frozen=True)
 class Remedy:
     """One rung of an int8 / int4 remedy ladder: what the next quantization attempt changes."""
@@ -25,8 +30,8 @@ class Remedy:
     """How the manifest and the error message name it (`per-channel`, `blocks of 16`, ...)."""
     per_channel: bool | None = None
     """Dynamic int8: quantize weights per output channel (None: as --per-channel says)."""
-    keep_sensitive: bool = False
-    """Dynamic int8: keep the head, the embeddings and the first and last layer in fp32."""
+    keep_fp32: tuple[str, ...] = ()
+    """Dynamic int8: the parts kept in fp32, of `FP32_PARTS`."""
     smooth: bool = False
     """Dynamic int8: smooth the outlier activations into the weights first (`deployft.exporter.smooth`)."""
     block_size: int | None = None
@@ -126,10 +131,12 @@ TASKS: dict[str, Task] = {
         default_budget=1.5, few_rows_budget=3.0, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + activations smoothed", per_channel=True, smooth=True),
+                       Remedy("per-channel + activations smoothed + first layer in fp32", per_channel=True,
+                              smooth=True, keep_fp32=("first",)),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,
-                              keep_sensitive=True),
+                              keep_fp32=FP32_PARTS),
                        Remedy("per-channel + activations smoothed + head, embeddings, first and last layer in fp32",
-                              per_channel=True, smooth=True, keep_sensitive=True)),
+                              per_channel=True, smooth=True, keep_fp32=FP32_PARTS)),
         int4_remedies=(),
         encoder="deployft.train.collate:encode_classify", collator="deployft.train.collate:classify_collator",
         trainer_metrics="deployft.metrics:classification_metrics",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, StageError, UsageError, reraise_as
+from ..tasks import FP32_PARTS
 from .config import PRESETS
 
 STATIC_OP_TYPES = ("MatMul", "Gemm")
@@ -241,23 +242,26 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     return {"mode": "fp16", "preset": None, "per_channel": False, "nodes_excluded": [], "quantized_from": src.name}
 
 
-def sensitive_nodes(path: Path, num_layers: int) -> list[str]:
-    """Quantizable nodes that most often carry the int8 error: the head, the embeddings, the first and last layer."""
+def sensitive_nodes(path: Path, num_layers: int, parts: tuple[str, ...] = FP32_PARTS) -> list[str]:
+    """Quantizable nodes that most often carry the int8 error, of the `parts` asked for: the head and the
+    embeddings (`head`), the first layer (`first`), the last layer (`last`)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     nodes = [n for n in graph.node if n.op_type in QUANTIZABLE]
-    edge = {0, max(num_layers - 1, 0)}
+    edge = ({0} if "first" in parts else set()) | ({max(num_layers - 1, 0)} if "last" in parts else set())
     layer_re = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
     picked = []
     for node in nodes:
         name = node.name.lower()
         match = layer_re.search(name)
-        if any(k in name for k in HEAD_KEYWORDS) or (match and int(match.group(1)) in edge):
+        if ("head" in parts and any(k in name for k in HEAD_KEYWORDS)) or (match and int(match.group(1)) in edge):
             picked.append(node.name)
     fused = [n.name for n in nodes if n.op_type == "Attention"]
-    picked += [name for name in (fused[:1] + fused[-1:]) if name not in picked]
-    picked += [n.name for n in nodes[-1:] if n.name not in picked]  # the op that produces the logits
+    edges = (fused[:1] if "first" in parts else []) + (fused[-1:] if "last" in parts else [])
+    picked += [name for name in edges if name not in picked]
+    if "head" in parts:
+        picked += [n.name for n in nodes[-1:] if n.name not in picked]  # the op that produces the logits
     # the quantizer rewrites Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"; exclude it under that name
     gemms = {n.name for n in nodes if n.op_type == "Gemm"}
     return [f"{name}_MatMul" if name in gemms else name for name in picked]

@@ -10,10 +10,10 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
 When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel; then per-channel with the
-activations smoothed into the weights on the RUN's calibration rows, `smooth.py`; then per-channel with the head,
-embeddings, first and last layer in fp32; then both) rebuild the recipes they change, rung by rung (a rung that
-changes nothing for a recipe skips it: per-channel rebuilds only static-qdq, the later ones only the dynamic
-recipes), and the files of the first rung with one within budget are timed; when every rung misses, the export is
+activations smoothed into the weights on the RUN's calibration rows, `smooth.py`; then that with the first layer
+in fp32; then per-channel with the head, embeddings, first and last layer in fp32; then that smoothed too) rebuild
+the recipes they change, rung by rung (a rung that changes nothing for a recipe skips it: per-channel rebuilds only
+static-qdq, the later ones only the dynamic recipes), and the files of the first rung with one within budget are timed; when every rung misses, the export is
 refused with every attempt named. The rungs that smooth need calibration rows and are skipped with the reason
 without them; the fp32-layers rung does not.
 """
@@ -189,8 +189,8 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     from .quantize import cpu_preset, quantize_static_int8
 
     per_channel = recipe.per_channel or job.config.per_channel if remedy.per_channel is None else remedy.per_channel
-    key = (recipe.base, recipe.static, per_channel, remedy.keep_sensitive, remedy.smooth)
-    if key in seen or (recipe.static and (remedy.keep_sensitive or remedy.smooth)):
+    key = (recipe.base, recipe.static, per_channel, remedy.keep_fp32, remedy.smooth)
+    if key in seen or (recipe.static and (remedy.keep_fp32 or remedy.smooth)):
         return None
     seen.add(key)
     preset = job.config.quantize_preset or cpu_preset()
@@ -231,7 +231,7 @@ def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, 
     from .quantize import quantize_dynamic_int8, sensitive_nodes
     from .smooth import smooth_activations
 
-    nodes = sensitive_nodes(base, job.source.num_layers) if remedy.keep_sensitive else []
+    nodes = sensitive_nodes(base, job.source.num_layers, remedy.keep_fp32) if remedy.keep_fp32 else []
     if not remedy.smooth:
         return quantize_dynamic_int8(base, target, preset, per_channel, nodes)
     smoothed = target.with_name(f"{target.stem}.smoothed-fp32.onnx")

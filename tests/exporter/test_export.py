@@ -89,16 +89,17 @@ def _inject(monkeypatch, overrides):
     monkeypatch.setattr(module, "compare", fake)
 
 
-RUNGS = 5, 1, 2, 2, 2
+RUNGS = 5, 1, 2, 2, 2, 2
 """Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
-fused files with per-channel weights were built on the first rung); smoothing, then the fp32 nodes, then both, the
-plain and the fused one (static takes none of them)."""
+fused files with per-channel weights were built on the first rung); smoothing, smoothing with the first layer in
+fp32, the head, embeddings, first and last layer in fp32, then smoothing with those: the plain and the fused one
+(static takes none of them)."""
 
 
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     # of 24 rows: upper bounds 60.32 (10), 52.14 (8), 43.7 (6), 34.18 (4) % and 5's
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 4, 5, 6, 6])
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 6, 6, 4, 5, 6, 6])
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
@@ -108,6 +109,7 @@ def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tm
     assert "static-qdq; per-channel: 52.14" in message and "plain; per-channel + activations smoothed:" in message
     assert "fused-qattention; per-channel + head" in message
     assert "fused-qattention; per-channel + activations smoothed + head" in message
+    assert "plain; per-channel + activations smoothed + first layer in fp32: 43.47" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
     assert "\n" not in message
     assert _no_bundle(tmp_path)
@@ -172,7 +174,7 @@ def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_fp32_layers_
 
 def test_without_outliers_the_last_remedy_is_skipped_and_export_refuses(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1e9)  # both smoothing rungs have nothing to do
-    built = RUNGS[0] + RUNGS[1] + RUNGS[3]
+    built = RUNGS[0] + RUNGS[1] + RUNGS[4]
     _inject(monkeypatch, [5] * built)
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
@@ -183,20 +185,35 @@ def test_without_outliers_the_last_remedy_is_skipped_and_export_refuses(tiny_run
     assert "after every remedy" in str(info.value) and _no_bundle(tmp_path)
 
 
-def test_guard_keeps_sensitive_nodes_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
+def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     _inject(monkeypatch, [5] * sum(RUNGS[:3]))
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["remedy"] == "per-channel + activations smoothed + first layer in fp32"
+    assert q["smoothing"]["activations_smoothed"] > 0 and q["nodes_excluded"]
+    assert all("layer.0/" in name or name == "Attention_0" for name in q["nodes_excluded"]), q["nodes_excluded"]
+    graph = onnx.load(str(bundle / "model_quantized.onnx")).graph
+    float_nodes = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention")}
+    assert set(q["nodes_excluded"]) <= float_nodes
+    assert not any("layer.1/" in n or n == "Attention_1" or "classifier" in n for n in float_nodes)
+    assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+
+
+def test_guard_keeps_sensitive_nodes_in_fp32_without_smoothing(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    _inject(monkeypatch, [5] * sum(RUNGS[:4]))
     manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
                              "bundle")
     q = manifest["quantization"]
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"]) and "smoothing" not in q
-    assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+    assert len(q["candidates"]) == sum(RUNGS[:5]) and sum(c["kept"] for c in q["candidates"]) == 1
 
 
 def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * sum(RUNGS[:4]))
+    _inject(monkeypatch, [5] * sum(RUNGS[:5]))
     bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     q = read_manifest(bundle, "bundle")["quantization"]
     assert q["remedy"] == "per-channel + activations smoothed + head, embeddings, first and last layer in fp32"
