@@ -79,9 +79,9 @@ class Task:
     """What the accuracy budget (--max-accuracy-drop) counts, judged on its one-sided 95 % upper bound."""
     default_budget: float
     """The accuracy budget when --max-accuracy-drop is not given."""
-    few_rows_budget: float | None
-    """The default instead when the validation rows are too few to decide `default_budget` (None: no such
-    fallback); the manifest's `accuracy_budget.origin` says which default was used and why."""
+    min_agreement: float | None
+    """Classifier int8: the top-1 agreement with PyTorch export climbs the remedy ladder for when
+    --min-agreement is not given (a goal, not a refusal: `deployft.exporter.select`); None: no such goal."""
     validation_rows: int
     """Rows export validates on when --validate-samples is not given (all eval rows up to this many)."""
     int8_method: str
@@ -128,7 +128,7 @@ TASKS: dict[str, Task] = {
         metric_names=("accuracy", "macro_f1", "eval_loss"), best_metric="accuracy", greater_is_better=True,
         default_max_length=128, column_roles=(("text", "label"),), input_columns=("text",),
         validation_metric="accuracy", budget_unit="% of predictions flipped vs PyTorch, 95 % upper bound",
-        default_budget=1.5, few_rows_budget=3.0, validation_rows=2000, int8_method="dynamic",
+        default_budget=3.0, min_agreement=0.99, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + activations smoothed", per_channel=True, smooth=True),
                        Remedy("per-channel + activations smoothed + first layer in fp32", per_channel=True,
@@ -147,7 +147,7 @@ TASKS: dict[str, Task] = {
         metric_names=("eval_loss", "perplexity"), best_metric="eval_loss", greater_is_better=False,
         default_max_length=256, column_roles=(("prompt", "response"), ("text",)), input_columns=("prompt", "text"),
         validation_metric="perplexity", budget_unit="% perplexity increase vs PyTorch, 95 % upper bound",
-        default_budget=10.0, few_rows_budget=None, validation_rows=200,
+        default_budget=10.0, min_agreement=None, validation_rows=200,
         int8_method="blockwise",
         int8_remedies=(Remedy("none"), Remedy("blocks of 16", block_size=16),
                        Remedy("blocks of 16 + LM head in fp32", block_size=16, keep_head=True)),

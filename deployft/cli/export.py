@@ -5,19 +5,10 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.agreement import rows_needed
 from ..exporter.config import (BLOCK_SIZES, DEVICES, HEAD_BITS, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES,
                                ExportConfig)
-from ..tasks import TASKS, Task
+from ..tasks import TASKS
 from .options import shown
-
-
-def _default_budget(task: Task) -> str:
-    """The task's default --max-accuracy-drop as `--help` shows it, with its few-rows fallback."""
-    if task.few_rows_budget is None:
-        return f"{task.name} {task.default_budget:g}"
-    return (f"{task.name} {task.default_budget:g} ({task.few_rows_budget:g} with fewer than "
-            f"{rows_needed(task.default_budget / 100)} validation rows)")
 
 
 @click.command("export")
@@ -52,10 +43,17 @@ def _default_budget(task: Task) -> str:
               show_default=", ".join(f"{t.name} {t.validation_rows}" for t in TASKS.values()),
               help="Most eval rows to validate every file on against PyTorch (all of them up to this many).")
 @click.option("--max-accuracy-drop", type=float, default=None,
-              show_default=", ".join(_default_budget(t) for t in TASKS.values()),
+              show_default=", ".join(f"{t.name} {t.default_budget:g}" for t in TASKS.values()),
               help="Budget vs PyTorch, judged on a one-sided 95 % bound over the validation rows. classify: % of "
                    "predictions allowed to flip (a flip is the only way to lose accuracy on a row, so this bounds "
                    "the accuracy drop); generate: % perplexity increase.")
+@click.option("--min-agreement", type=float, default=None,
+              show_default=", ".join(f"{t.name} {t.min_agreement:g}" for t in TASKS.values()
+                                     if t.min_agreement is not None),
+              help="Classifier int8: climb the remedy ladder (smoothing, layers in fp32) until a file within the "
+                   "budget agrees with PyTorch on this share of the validation rows, then keep the fastest such "
+                   "file; when no rung reaches it, the first rung within the budget is kept and the manifest says "
+                   "so. 0: the fastest file within the budget.")
 @click.option("--device", default=None, metavar="|".join(DEVICES), show_default=shown(ExportConfig, "device"),
               help="Target device.")
 @click.option("--provider", default=None, metavar="|".join(PROVIDERS), show_default=shown(ExportConfig, "provider"),

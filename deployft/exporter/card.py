@@ -133,13 +133,24 @@ def _why(manifest: dict[str, Any]) -> str:
     if q and q.get("selection"):
         chosen = q["selection"]
         return (f"{q['choice']}; the {chosen['rule']} of {len(q['candidates'])} int8 candidates within the accuracy "
-                f"guard (remedy: {q.get('remedy')}); {chosen['note']}")
+                f"guard (remedy: {q.get('remedy')}){_goal(chosen)}; {chosen['note']}")
     if q:
         how = q.get("choice") or f"{q['mode']} of {q.get('quantized_from')}"
         return f"{how}; it passed the accuracy guard (remedy: {q.get('remedy')})"
     if name == "model_optimized.onnx":
         return "the fused fp32 graph, the first fp32 file that passed the accuracy guard"
     return "the plain fp32 export: the fused graph did not pass the accuracy guard"
+
+
+def _goal(selection: dict[str, Any]) -> str:
+    """The agreement goal the remedies climbed for, and whether the kept file reached it (none before it existed)."""
+    goal = selection.get("min_agreement")
+    if not goal:
+        return ""
+    if selection.get("min_agreement_reached"):
+        return f", agreeing with PyTorch on at least {goal:.2%} of the rows (--min-agreement {goal:g})"
+    return (f"; no rung reached the goal of {goal:.2%} agreement with PyTorch (--min-agreement {goal:g}), so the "
+            f"first rung within the guard was kept")
 
 
 def fusion_heading(manifest: dict[str, Any]) -> str:

@@ -67,6 +67,10 @@ class ExportConfig:
     max_accuracy_drop: float | None = None
     """Budget against PyTorch in the task's unit, judged on its one-sided 95 % upper bound (`guard.py`); None: the
     task's default (classify 3: at most 3 % of predictions may flip; generate 10: perplexity at most +10 %)."""
+    min_agreement: float | None = None
+    """Classifier int8: the top-1 agreement with PyTorch on the validation rows that export climbs the remedy ladder
+    for, among files within the budget (0 keeps the fastest file within the budget); None: the task's default
+    (classify 0.99). Never a reason to refuse: when no rung reaches it, the first rung within budget is kept."""
     device: str = "cpu"
     """Target device: cpu or cuda (fp16 needs cuda; int8 has no CUDA kernels)."""
     provider: str = "default"
@@ -110,6 +114,14 @@ class ExportConfig:
                 raise UsageError(f"{flag} must be a positive integer, got {value!r}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.min_agreement is not None:
+            if isinstance(self.min_agreement, bool) or not isinstance(self.min_agreement, (int, float)) \
+                    or not 0 <= self.min_agreement <= 1:
+                raise UsageError(f"--min-agreement is a share of rows in [0, 1] (0.99: 99 % agree with PyTorch), "
+                                 f"got {self.min_agreement!r}")
+            if self.quantize != "int8":
+                raise UsageError(f"--min-agreement steers a classifier's int8 remedies; it needs --quantize int8, got "
+                                 f"--quantize {self.quantize}: drop --min-agreement or pass --quantize int8")
         if self.select is not None:
             _one_of("--select", self.select, SELECT_RULES)
             if self.quantize != "int8":

@@ -34,22 +34,17 @@ FEW_SEQUENCES = 20
 """Below this many generator sequences the bootstrap bound is recorded with a warning that it is approximate."""
 
 
-def budget_for(config: ExportConfig, task: Task, rows: int | None = None) -> Budget:
-    """`--max-accuracy-drop`, or the task's default, in the task's unit.
-
-    A classifier's default is `Task.default_budget` where the `rows` validation rows can decide it, and
-    `Task.few_rows_budget` where they cannot (a file that flips nothing would still miss it); `Budget.origin` says
-    which, so the manifest and the model card name the rule a bundle was judged by.
-    """
+def budget_for(config: ExportConfig, task: Task) -> Budget:
+    """`--max-accuracy-drop`, or the task's default, in the task's unit; `Budget.origin` says which."""
     if config.max_accuracy_drop is not None:
         return Budget(float(config.max_accuracy_drop), task.budget_unit)
-    default = float(task.default_budget)
-    needed = rows_needed(default / 100) if task.few_rows_budget is not None and not task.generates else None
-    if needed is None or rows is None or rows >= needed:
-        return Budget(default, task.budget_unit, f"the {task.name} default")
-    return Budget(float(task.few_rows_budget), task.budget_unit,
-                  f"the {task.name} default for fewer than {needed} validation rows, which cannot decide "
-                  f"{default:g}")
+    return Budget(float(task.default_budget), task.budget_unit, f"the {task.name} default")
+
+
+def agreement_goal(config: ExportConfig, task: Task) -> float:
+    """The top-1 agreement a classifier's int8 remedies climb for: --min-agreement, else the task's (0: none)."""
+    goal = config.min_agreement if config.min_agreement is not None else task.min_agreement
+    return float(goal or 0.0)
 
 
 def rule_text(task: Task, budget: Budget) -> str:

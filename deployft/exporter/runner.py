@@ -66,8 +66,7 @@ def export(config: ExportConfig) -> Path:
     calibration, gap = _calibration(config, source, tokenizer)
     limit = config.validate_samples or task.validation_rows
     held_out = validation_samples(source, tokenizer, limit)
-    rows = len(held_out.sequences)
-    budget = budget_for(config, task, rows)
+    budget, rows = budget_for(config, task), len(held_out.sequences)
     check_decidable(task, budget, rows, limit)
     model = load_torch_model(source)
     ref = reference(source, model, tokenizer, held_out)
@@ -109,8 +108,9 @@ def _check_task_flags(config: ExportConfig, task) -> None:
         raise UsageError(f"--quantize int4 is for generators (4-bit MatMulNBits); a {task.name} model is quantized "
                          "with --quantize int8")
     if config.quantize in ("int8", "int4") and blockwise and (config.per_channel or config.quantize_preset
-                                                               or config.select):
-        raise UsageError(f"--per-channel, --quantize-preset and --select set up a classifier's int8; a {task.name} "
+                                                               or config.select or config.min_agreement is not None):
+        raise UsageError(f"--per-channel, --quantize-preset, --select and --min-agreement set up a classifier's "
+                         f"int8; a {task.name} "
                          f"model's {config.quantize} is blockwise (MatMulNBits, one scale per block of weights) and "
                          "takes none of them: drop the flag")
     if config.block_size is not None and not blockwise:

@@ -9,13 +9,14 @@ accuracy guard, time the ones within budget on this machine, keep the fastest (o
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
-When no candidate is within budget, the task's remedies (`Task.int8_remedies`: per-channel; then per-channel with the
-activations smoothed into the weights on the RUN's calibration rows, `smooth.py`; then that with the first layer
-in fp32; then per-channel with the head, embeddings, first and last layer in fp32; then that smoothed too) rebuild
-the recipes they change, rung by rung (a rung that changes nothing for a recipe skips it: per-channel rebuilds only
-static-qdq, the later ones only the dynamic recipes), and the files of the first rung with one within budget are timed; when every rung misses, the export is
-refused with every attempt named. The rungs that smooth need calibration rows and are skipped with the reason
-without them; the fp32-layers rung does not.
+The task's remedies (`Task.int8_remedies`: per-channel; per-channel with the activations smoothed into the weights,
+`smooth.py`; that with the first layer in fp32; per-channel with the head, embeddings, first and last layer in fp32;
+that smoothed too) rebuild the recipes they change, rung by rung (per-channel rebuilds only static-qdq, the later
+ones only the dynamic recipes), until a rung has a file within the budget that also agrees with PyTorch on at least
+--min-agreement of the rows (classify default 0.99); that rung's files meeting both are timed. The goal never
+refuses: when no rung reaches it, the first rung with a file within budget is timed and kept, and the manifest says
+so; when no rung is within budget, the export is refused with every attempt named. The rungs that smooth need
+calibration rows and are skipped with the reason without them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
-from .guard import attempt_record, refuse
+from .guard import agreement_goal, attempt_record, refuse
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import Timer, TimingPlan, Timings, typical_shapes
 
@@ -104,8 +105,9 @@ class Candidate:
         return self.variant is not None and bool(self.variant.validation["guard"]["passed"])
 
     @property
-    def bytes(self) -> int | None:
-        return self.size
+    def agreement(self) -> float:
+        """Top-1 agreement with PyTorch on the validation rows (0 when the file was not built)."""
+        return float(self.variant.validation["top1_agreement"]) if self.variant is not None else 0.0
 
     def to_manifest(self, plain_score: float | None) -> dict[str, Any]:
         validation = self.variant.validation if self.variant else {}
@@ -113,7 +115,7 @@ class Candidate:
         return {"name": self.name, "recipe": self.recipe.name, "remedy": self.remedy,
                 "description": self.recipe.description,
                 "quantized_from": self.settings.get("quantized_from"), "per_channel": self.settings.get("per_channel"),
-                "static": self.recipe.static, "bytes": self.bytes, "drop": validation.get("drop"),
+                "static": self.recipe.static, "bytes": self.size, "drop": validation.get("drop"),
                 "guard": dict(validation.get("guard") or {}), "passed": self.passed, "skipped": self.skipped,
                 "ms": self.ms, "score_ms": self.score, "vs_plain": vs_plain, "kept": self.kept}
 
@@ -126,7 +128,7 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
     """Build, judge and time every candidate; keep one as `model_quantized.onnx` and record them all.
 
     The task's remedies are climbed with all candidates at once: the first rung is every recipe as it is, each
-    next rung rebuilds the recipes with the remedy applied, until one file is within budget.
+    next rung rebuilds the recipes with the remedy applied, until one file is within budget and the agreement goal.
 
     Raises:
         AccuracyBudgetError: no candidate met the budget at any rung.
@@ -137,18 +139,26 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
     scratch.mkdir()
     candidates: list[Candidate] = []
     seen: set[tuple] = set()
+    goal = agreement_goal(job.config, job.task)
+    first: list[Candidate] = []
     for rung, remedy in enumerate(job.task.int8_remedies):
         built = [_build(job, recipe, remedy, rung, scratch, validate, seen) for recipe in RECIPES]
         candidates += [c for c in built if c is not None]
         passed = [c for c in built if c is not None and c.passed]
-        if passed:
+        first, reached = first or passed, [c for c in passed if c.agreement >= goal]
+        if reached:
+            passed = reached
             break
     else:
         tried = [attempt_record(c.name, c.variant) for c in candidates if c.variant]
         if not tried:
             raise StageError("no int8 candidate could be built (" + "; ".join(
                 f"{c.name}: {c.skipped}" for c in candidates) + "); export with --quantize none")
-        refuse("int8", tried, result.budget)
+        if not first:
+            refuse("int8", tried, result.budget)
+        passed = first
+        logger.warning("no int8 file within budget reached --min-agreement %g; kept the first rung within budget "
+                       "(best agreement %.4f)", goal, max(c.agreement for c in candidates if c.passed))
     timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
     for c in passed:
         c.ms, c.score = timings.medians[c.name], timings.score(c.name)
@@ -164,7 +174,8 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": kept.remedy,
         "attempts": [attempt_record(c.name, c.variant) for c in candidates if c.variant],
         "choice": kept.recipe.description, "candidates": [c.to_manifest(plain) for c in candidates],
-        "selection": _selection(job, passed, kept, timings, plain)}
+        "selection": {**_selection(job, passed, kept, timings, plain), "min_agreement": goal,
+                      "min_agreement_reached": kept.agreement >= goal}}
     logger.info("int8 candidate kept: %s (%s)", kept.name, variant.name)
     return variant.name
 
@@ -178,7 +189,7 @@ def _plan(job: ExportJob) -> TimingPlan:
 
 def _pick(passed: list[Candidate], rule: str) -> Candidate:
     if rule == "smallest":
-        return min(passed, key=lambda c: (c.bytes, c.score))
+        return min(passed, key=lambda c: (c.size, c.score))
     return min(passed, key=lambda c: c.score)
 
 

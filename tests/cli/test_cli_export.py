@@ -16,7 +16,7 @@ def test_help(command):
     if command == "export":
         for flag in ("--quantize", "--quantize-preset", "--per-channel", "--calibration-samples",
                      "--validate-samples", "--max-accuracy-drop", "--device", "--overwrite", "--task",
-                     "--no-fuse-attention", "--select", "--select-seconds", "--block-size"):
+                     "--no-fuse-attention", "--select", "--select-seconds", "--block-size", "--min-agreement"):
             assert flag in result.output
 
 
@@ -86,6 +86,9 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     _fails(["export", str(tmp_path / "missing"), "-o", out], "is not a folder")
     _fails(["export", str(tmp_path), "-o", out], "has no config.json")
     _fails(["export", run, "-o", out, "--quantize", "int3"], "--quantize is 'int3'")
+    _fails(["export", run, "-o", out, "--quantize", "int8", "--min-agreement", "99"], "--min-agreement is a share",
+           "[0, 1]")
+    _fails(["export", run, "-o", out, "--min-agreement", "0.9"], "--min-agreement steers", "--quantize int8")
     _fails(["export", run, "-o", out, "--quantize", "int4"], "--quantize int4 is for generators", "--quantize int8")
     _fails(["export", run, "-o", out, "--quantize", "int4", "--block-size", "48"], "--block-size is 48")
     _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")

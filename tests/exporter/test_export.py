@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 
@@ -11,6 +12,7 @@ import pytest
 
 from deployft.errors import AccuracyBudgetError, DataError, DeviceError, ModelError, OutputExistsError, UsageError
 from deployft.exporter import ExportConfig, export
+from deployft.exporter.card import info_text
 from deployft.manifest import read_manifest
 
 FAST = {"validate_samples": 40, "calibration_samples": 16}
@@ -84,6 +86,8 @@ def _inject(monkeypatch, overrides):
         if quantized and queue:
             key = "perplexity_ratio_upper_95" if ref.task.generates else "flips"
             report[key] = queue.pop(0)
+            if not ref.task.generates:
+                report["top1_agreement"] = 1 - report["flips"] / report["samples"]
         return report
 
     monkeypatch.setattr(module, "compare", fake)
@@ -185,6 +189,37 @@ def test_without_outliers_the_last_remedy_is_skipped_and_export_refuses(tiny_run
     assert "after every remedy" in str(info.value) and _no_bundle(tmp_path)
 
 
+def test_remedies_climb_past_files_within_budget_for_the_agreement_goal(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    _inject(monkeypatch, [1] * sum(RUNGS[:2]))  # 1 of 24 flipped: within the 25 % budget, 95.8 % agreement
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["remedy"] == "per-channel + activations smoothed"  # its files flip nothing (not injected)
+    assert q["selection"]["min_agreement"] == 0.99 and q["selection"]["min_agreement_reached"] is True
+    assert all(c["passed"] and c["ms"] is None for c in q["candidates"][:sum(RUNGS[:2])] if not c["skipped"])
+    assert [c["name"] for c in q["candidates"] if c["ms"]] == [
+        f"{name}; per-channel + activations smoothed" for name in ("plain", "fused-qattention")]
+    assert "agreeing with PyTorch on at least 99.00% of the rows (--min-agreement 0.99)" in info_text(bundle)
+
+
+def test_without_a_rung_reaching_the_goal_the_first_rung_within_budget_is_kept(tiny_run, tmp_path, monkeypatch,
+                                                                              caplog):
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    _inject(monkeypatch, [1] * sum(RUNGS))
+    run = tiny_run("bert")
+    with caplog.at_level(logging.WARNING):
+        bundle = _export(run, tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["remedy"] == "none" and len(q["candidates"]) == sum(RUNGS)
+    assert q["selection"]["min_agreement_reached"] is False and "reached --min-agreement 0.99" in caplog.text
+    assert "no rung reached the goal of 99.00% agreement with PyTorch" in info_text(bundle)
+    # --min-agreement 0: the fastest file within the budget, on the first rung, nothing more built
+    _inject(monkeypatch, [1] * RUNGS[0])
+    q = read_manifest(_export(run, tmp_path / "fast", quantize="int8", max_accuracy_drop=TINY_BUDGET,
+                              min_agreement=0), "bundle")["quantization"]
+    assert q["remedy"] == "none" and len(q["candidates"]) == RUNGS[0] and q["selection"]["min_agreement"] == 0
+
+
 def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     _inject(monkeypatch, [5] * sum(RUNGS[:3]))
@@ -270,7 +305,8 @@ def test_qwen2_and_mistral_export_fused_and_blockwise(arch, tmp_path):
     assert manifest["quantization"]["block_size"] == 64
 
 
-@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}, {"select": "fastest"}])
+@pytest.mark.parametrize("flags", [{"per_channel": True}, {"quantize_preset": "avx2"}, {"select": "fastest"},
+                                   {"min_agreement": 0.9}])
 def test_classifier_int8_flags_are_refused_for_a_generator(tiny_run, tmp_path, flags):
     with pytest.raises(UsageError, match="generate model's int8 is blockwise .* takes none of them"):
         _export(tiny_run("llama"), tmp_path, quantize="int8", **flags)
