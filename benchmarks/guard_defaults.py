@@ -4,9 +4,9 @@ Fine-tunes the default classifier (all-MiniLM-L6-v2 on Rotten Tomatoes; 300 held
 `--quantize int8` at export's default budget, and records, per file, the rows the guard
 judged, the predictions that flipped against PyTorch, the one-sided 95 % lower bound of top-1 agreement, the
 accuracies and the guard's decision, plus every int8 attempt of the remedy ladder, into
-benchmarks/results/guard_defaults.{json,md} (recorded when export's default was 3 % and its ladder had no smoothing
-rungs; 300 rows now get the 1.5 % default, which they decide). `--run` exports an existing RUN instead
-(guard_default_2000.md: the 2000 eval rows of `make demo`'s settings, at today's default).
+benchmarks/results/guard_defaults.{json,md} (recorded before the smoothing rungs and the agreement goal). `--run`
+exports an existing RUN instead (guard_default_2000.md: run_defaults.py's classifier, guard_default_demo.md: `make
+demo`'s, 2000 eval rows each).
 
     python benchmarks/guard_defaults.py                 # work files under outputs/guard-defaults
     python benchmarks/guard_defaults.py --reuse         # keep the RUN from an earlier run
@@ -98,7 +98,8 @@ def summary(outcome: dict) -> dict:
     return {"model_file": m["model_file"], "accuracy_budget": m["accuracy_budget"], "guard": m["guard"],
             "validation_inputs": m["validation_inputs"], "files": files,
             "attempts": (m["quantization"] or {}).get("attempts"), "remedy": (m["quantization"] or {}).get("remedy"),
-            "candidates": (m["quantization"] or {}).get("candidates")}
+            "candidates": (m["quantization"] or {}).get("candidates"),
+            "selection": (m["quantization"] or {}).get("selection")}
 
 
 def markdown(record: dict) -> str:
@@ -124,11 +125,17 @@ def markdown(record: dict) -> str:
                          f"{g['min_agreement']:.4f} | {'pass' if g['passed'] else 'FAIL'} | {f['accuracy']:.4f} | "
                          f"{f['accuracy_pytorch']:.4f} |")
         lines.append("")
-    lines += ["Int8 attempts (the int8 candidates, then the remedy ladder when none passed):", ""]
+    selection = result.get("selection") or {}
+    if selection.get("min_agreement"):
+        outcome = ("reached" if selection["min_agreement_reached"]
+                   else "not reached; the first rung within budget kept")
+        lines += [f"Agreement goal (--min-agreement): {selection['min_agreement']:g}, {outcome}.", ""]
+    lines += ["Int8 attempts (the int8 candidates, then the remedy ladder until a file within budget reached the "
+              "agreement goal):", ""]
     for attempt in result.get("attempts") or []:
         g = attempt["guard"]
-        lines.append(f"- {attempt['remedy']}: {g['flips']} of {g['rows']} flipped, upper bound {attempt['drop']:.2f} % "
-                     f"-> {'pass' if g['passed'] else 'FAIL'}")
+        lines.append(f"- {attempt['remedy']}: {g['flips']} of {g['rows']} flipped ({g['agreement']:.2%} agree), upper "
+                     f"bound {attempt['drop']:.2f} % -> {'pass' if g['passed'] else 'FAIL'}")
     kept = [c for c in result.get("candidates") or [] if c.get("ms")]
     if kept:
         lines += ["", "Timed by export (the candidates within budget; median ms per shape, `*` kept):", ""]
