@@ -126,10 +126,10 @@ def markdown(record: dict) -> str:
                          f"{f['accuracy_pytorch']:.4f} |")
         lines.append("")
     selection = result.get("selection") or {}
-    if selection.get("min_agreement"):
-        outcome = ("reached" if selection["min_agreement_reached"]
+    if selection.get("agreement_goal"):
+        outcome = ("reached" if selection["agreement_goal_reached"]
                    else "not reached; the first rung within budget kept")
-        lines += [f"Agreement goal (--min-agreement): {selection['min_agreement']:g}, {outcome}.", ""]
+        lines += [f"Agreement goal (--min-agreement): {selection['agreement_goal']:g}, {outcome}.", ""]
     lines += ["Int8 attempts (the int8 candidates, then the remedy ladder until a file within budget reached the "
               "agreement goal):", ""]
     for attempt in result.get("attempts") or []:

@@ -41,6 +41,11 @@ class Remedy:
     eight_bit_edges: bool = False
     """int4: quantize the first and last layer at 8 bits too (the LM head is, unless --head-bits 4)."""
 
+    def __post_init__(self) -> None:
+        unknown = set(self.keep_fp32) - set(FP32_PARTS)
+        if unknown:
+            raise ValueError(f"remedy {self.name!r} keeps unknown parts {sorted(unknown)} in fp32; known: {FP32_PARTS}")
+
 
 def _resolve(dotted: str) -> Callable[..., Any]:
     module, name = dotted.split(":")

@@ -294,6 +294,17 @@ def tiny_int8_classifier(tiny_run, tmp_path) -> Path:
                                calibration_samples=16, max_accuracy_drop=25.0, select_seconds=0.2))
 
 
+@pytest.fixture
+def no_agreement_goal(monkeypatch):
+    """The classifier task without its int8 agreement goal (`Task.min_agreement`), for tests about the budget and
+    the remedies themselves: a tiny RUN's 24 rows would otherwise make the ladder climb on a single flip."""
+    import dataclasses
+
+    from deployft.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, "classify", dataclasses.replace(TASKS["classify"], min_agreement=None))
+
+
 @pytest.fixture(scope="session")
 def benchmark_script():
     """`benchmark_script("serve_load")` -> benchmarks/serve_load.py imported as a module (the scripts are no package)."""

@@ -51,9 +51,9 @@ from .options import shown
               show_default=", ".join(f"{t.name} {t.min_agreement:g}" for t in TASKS.values()
                                      if t.min_agreement is not None),
               help="Classifier int8: climb the remedy ladder (smoothing, layers in fp32) until a file within the "
-                   "budget agrees with PyTorch on this share of the validation rows, then keep the fastest such "
-                   "file; when no rung reaches it, the first rung within the budget is kept and the manifest says "
-                   "so. 0: the fastest file within the budget.")
+                   "budget agrees with PyTorch on this share of the validation rows, then keep the --select one of "
+                   "those files; when no rung reaches it, the first rung within the budget is kept and the manifest "
+                   "says so. 0: the first rung within the budget.")
 @click.option("--device", default=None, metavar="|".join(DEVICES), show_default=shown(ExportConfig, "device"),
               help="Target device.")
 @click.option("--provider", default=None, metavar="|".join(PROVIDERS), show_default=shown(ExportConfig, "provider"),

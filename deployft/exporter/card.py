@@ -132,8 +132,9 @@ def _why(manifest: dict[str, Any]) -> str:
     q, name = manifest["quantization"], manifest["model_file"]
     if q and q.get("selection"):
         chosen = q["selection"]
-        return (f"{q['choice']}; the {chosen['rule']} of {len(q['candidates'])} int8 candidates within the accuracy "
-                f"guard (remedy: {q.get('remedy')}){_goal(chosen)}; {chosen['note']}")
+        timed = sum(1 for c in q["candidates"] if c.get("ms"))
+        return (f"{q['choice']}; the {chosen['rule']} of the {timed} int8 candidates timed, of "
+                f"{len(q['candidates'])} built (remedy: {q.get('remedy')}){_goal(chosen)}; {chosen['note']}")
     if q:
         how = q.get("choice") or f"{q['mode']} of {q.get('quantized_from')}"
         return f"{how}; it passed the accuracy guard (remedy: {q.get('remedy')})"
@@ -144,10 +145,10 @@ def _why(manifest: dict[str, Any]) -> str:
 
 def _goal(selection: dict[str, Any]) -> str:
     """The agreement goal the remedies climbed for, and whether the kept file reached it (none before it existed)."""
-    goal = selection.get("min_agreement")
+    goal = selection.get("agreement_goal")
     if not goal:
         return ""
-    if selection.get("min_agreement_reached"):
+    if selection.get("agreement_goal_reached"):
         return f", agreeing with PyTorch on at least {goal:.2%} of the rows (--min-agreement {goal:g})"
     return (f"; no rung reached the goal of {goal:.2%} agreement with PyTorch (--min-agreement {goal:g}), so the "
             f"first rung within the guard was kept")

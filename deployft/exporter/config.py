@@ -69,7 +69,7 @@ class ExportConfig:
     task's default (classify 3: at most 3 % of predictions may flip; generate 10: perplexity at most +10 %)."""
     min_agreement: float | None = None
     """Classifier int8: the top-1 agreement with PyTorch on the validation rows that export climbs the remedy ladder
-    for, among files within the budget (0 keeps the fastest file within the budget); None: the task's default
+    for, among files within the budget (0: the first rung's files within the budget); None: the task's default
     (classify 0.99). Never a reason to refuse: when no rung reaches it, the first rung within budget is kept."""
     device: str = "cpu"
     """Target device: cpu or cuda (fp16 needs cuda; int8 has no CUDA kernels)."""

@@ -15,7 +15,8 @@ Decision rule (`--max-accuracy-drop B`, in `Task.budget_unit`), one-sided 95 % c
 A classifier budget that the validation rows cannot decide (too few rows for even a file with no flipped
 prediction to pass) is refused before any file is written. When int8 misses the budget, the task's remedies
 (`Task.int8_remedies`, `Task.int4_remedies` for int4) are tried in order; the first that passes is kept and every
-attempt is recorded (a classifier climbs them with all its int8 candidates at once, `select.py`). When none does:
+attempt is recorded (a classifier climbs them with all its int8 candidates at once, and on past files within budget
+until one also reaches its agreement goal, `--min-agreement`; `select.py`). When none is within budget:
 AccuracyBudgetError, and no bundle.
 """
 

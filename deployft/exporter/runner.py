@@ -110,9 +110,8 @@ def _check_task_flags(config: ExportConfig, task) -> None:
     if config.quantize in ("int8", "int4") and blockwise and (config.per_channel or config.quantize_preset
                                                                or config.select or config.min_agreement is not None):
         raise UsageError(f"--per-channel, --quantize-preset, --select and --min-agreement set up a classifier's "
-                         f"int8; a {task.name} "
-                         f"model's {config.quantize} is blockwise (MatMulNBits, one scale per block of weights) and "
-                         "takes none of them: drop the flag")
+                         f"int8; a {task.name} model's {config.quantize} is blockwise (MatMulNBits, one scale per "
+                         "block of weights) and takes none of them: drop the flag")
     if config.block_size is not None and not blockwise:
         raise UsageError(f"--block-size sets the MatMulNBits blocks of a generator; a {task.name} model's int8 is "
                          f"{task.int8_method} and has no blocks: drop --block-size")

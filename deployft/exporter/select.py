@@ -1,5 +1,5 @@
 """Measured selection of a classifier's int8 file: build every int8 recipe ONNX Runtime offers, judge each with the
-accuracy guard, time the ones within budget on this machine, keep the fastest (or the smallest).
+accuracy guard and the agreement goal, time the ones that meet both on this machine, keep the fastest (or smallest).
 
     model.onnx ─► plain                    dynamic int8 (DynamicQuantizeMatMul once loaded)
                ─► plain-per-channel        the same, weights scaled per output channel
@@ -157,13 +157,15 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         if not first:
             refuse("int8", tried, result.budget)
         passed = first
-        logger.warning("no int8 file within budget reached --min-agreement %g; kept the first rung within budget "
-                       "(best agreement %.4f)", goal, max(c.agreement for c in candidates if c.passed))
     timings = (timer or time_files)({c.name: c.variant.path for c in passed}, _plan(job))
     for c in passed:
         c.ms, c.score = timings.medians[c.name], timings.score(c.name)
     kept = _pick(passed, job.config.select or "fastest")
-    kept.kept = True
+    kept.kept, reached = True, kept.agreement >= goal
+    if not reached:
+        logger.warning("no int8 file within budget reached --min-agreement %g (the closest: %.4f); kept %s of the "
+                       "first rung within budget (%.4f)", goal, max(c.agreement for c in candidates if c.passed),
+                       kept.name, kept.agreement)
     target = job.staging / VARIANT_FILES["int8"]
     os.replace(kept.variant.path, target)
     variant = result.add(VariantResult(target, "int8", kept.recipe.base != "plain", kept.variant.validation,
@@ -174,8 +176,10 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": kept.remedy,
         "attempts": [attempt_record(c.name, c.variant) for c in candidates if c.variant],
         "choice": kept.recipe.description, "candidates": [c.to_manifest(plain) for c in candidates],
-        "selection": {**_selection(job, passed, kept, timings, plain), "min_agreement": goal,
-                      "min_agreement_reached": kept.agreement >= goal}}
+        "selection": {**_selection(job, passed, kept, timings, plain,
+                                   "within budget and the agreement goal" if goal and reached else "within budget"),
+                      "agreement_goal": goal,
+                      "agreement_goal_reached": reached}}
     logger.info("int8 candidate kept: %s (%s)", kept.name, variant.name)
     return variant.name
 
@@ -270,25 +274,27 @@ def calibration_batches(job: ExportJob, model: Path | None = None, batch_size: i
     return feeds(job.calibration, inputs)
 
 
-def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings,
-               plain: float | None) -> dict[str, Any]:
+def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings, plain: float | None,
+               among: str) -> dict[str, Any]:
     """How the kept file was chosen: the rule, the shapes and threads, and what it is worth against the others."""
     return {"rule": job.config.select or "fastest", "kept": kept.name,
             "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
             "threads": "onnxruntime default (one per physical core), no spin-waiting, the same for every file",
             "seconds_budget": job.config.select_seconds, "shapes": list(timings.medians[kept.name]),
-            "rounds": timings.rounds, "seconds": round(timings.seconds, 2), "note": _note(passed, kept, plain)}
+            "rounds": timings.rounds, "seconds": round(timings.seconds, 2),
+            "note": _note(passed, kept, plain, among)}
 
 
-def _note(passed: list[Candidate], kept: Candidate, plain: float | None) -> str:
-    """What the kept file is worth against the other kind of graph (plain vs fused), in measured time."""
+def _note(passed: list[Candidate], kept: Candidate, plain: float | None, among: str) -> str:
+    """What the kept file is worth against the other kind of graph (plain vs fused) of the timed files (`among`
+    says which those were), in measured time."""
     fused = [c for c in passed if c.recipe.base != "plain"]
     if kept.recipe.base == "plain":
         if not fused:
-            return "a file quantized from the plain export was kept: no fused candidate was within budget"
+            return f"a file quantized from the plain export was kept: no fused candidate was {among}"
         best = min(fused, key=lambda c: c.score)
-        return (f"a file quantized from the plain export was kept: the fastest fused candidate within budget "
+        return (f"a file quantized from the plain export was kept: the fastest fused candidate {among} "
                 f"({best.name}) measured {best.score / kept.score:.2f}x its time")
     if plain is None:
-        return "a fused file was kept; dynamic int8 of the plain export was not within budget"
+        return f"a fused file was kept; dynamic int8 of the plain export was not {among}"
     return f"a fused file was kept: {plain / kept.score:.2f}x faster than dynamic int8 of the plain export"

@@ -31,7 +31,7 @@ def _record(reached: bool) -> dict:
                        "attempts": [{"remedy": "fused-qattention; per-channel + activations smoothed", "drop": 1.27,
                                      "guard": check}],
                        "candidates": [],
-                       "selection": {"min_agreement": 0.99, "min_agreement_reached": reached}}}
+                       "selection": {"agreement_goal": 0.99, "agreement_goal_reached": reached}}}
 
 
 def guard_table() -> list[dict]:

@@ -16,6 +16,7 @@ from deployft.manifest import read_manifest
 from deployft.tasks import TASKS
 
 CLASSIFY, GENERATE = TASKS["classify"], TASKS["generate"]
+pytestmark = pytest.mark.usefixtures("no_agreement_goal")  # these export tests are about the budget alone
 DEFAULT = budget_for(ExportConfig(run="r", output="o"), CLASSIFY)
 TIGHT = Budget(1.5, CLASSIFY.budget_unit)
 """--max-accuracy-drop 1.5: about 99 % agreement shown on 2000 rows."""
