@@ -139,15 +139,16 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
     scratch.mkdir()
     candidates: list[Candidate] = []
     seen: set[tuple] = set()
+    smoothed: dict[str, dict[str, Any]] = {}
     goal = agreement_goal(job.config, job.task)
     first: list[Candidate] = []
     for rung, remedy in enumerate(job.task.int8_remedies):
-        built = [_build(job, recipe, remedy, rung, scratch, validate, seen) for recipe in RECIPES]
+        built = [_build(job, recipe, remedy, rung, scratch, validate, seen, smoothed) for recipe in RECIPES]
         candidates += [c for c in built if c is not None]
         passed = [c for c in built if c is not None and c.passed]
-        first, reached = first or passed, [c for c in passed if c.agreement >= goal]
-        if reached:
-            passed = reached
+        first, meeting = first or passed, [c for c in passed if c.agreement >= goal]
+        if meeting:
+            passed = meeting
             break
     else:
         tried = [attempt_record(c.name, c.variant) for c in candidates if c.variant]
@@ -198,7 +199,7 @@ def _pick(passed: list[Candidate], rule: str) -> Candidate:
 
 
 def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: Path, validate: Validate,
-           seen: set[tuple]) -> Candidate | None:
+           seen: set[tuple], smoothed: dict[str, dict[str, Any]]) -> Candidate | None:
     """Quantize and validate one recipe at one rung of the remedy ladder; None when that file was already built
     (or the rung does not apply to the recipe); a recipe that cannot be built is recorded with the reason."""
     from .quantize import cpu_preset, quantize_static_int8
@@ -219,7 +220,7 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
         if recipe.static:
             candidate.settings = quantize_static_int8(base, target, preset, per_channel, calibration_batches(job))
         else:
-            settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel)
+            settings = _quantize_dynamic(job, remedy, base, target, preset, per_channel, smoothed)
             record = settings.get("smoothing") or {}
             if remedy.smooth and not record.get("smoothed"):
                 candidate.skipped = (f"not built: none of the {record.get('activations_considered', 0)} activations "
@@ -237,28 +238,26 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     return candidate
 
 
-def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, preset: str,
-                      per_channel: bool) -> dict[str, Any]:
+def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, preset: str, per_channel: bool,
+                      smoothed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Dynamic int8 of `base` into `target` with the remedy's fp32 nodes, its activations smoothed first when the
-    remedy says so (through a smoothed fp32 graph beside `target`, deleted after); returns the file's settings, or
-    only `{"smoothing": record}`, writing no file, when the remedy smooths and no activation has outliers."""
-    from .onnx_export import external_files
+    remedy says so; returns the file's settings, or only `{"smoothing": record}`, writing no file, when the remedy
+    smooths and no activation has outliers. A base is smoothed once per export: its smoothed fp32 graph stays in the
+    scratch folder beside `target`, and `smoothed` keeps its record, for the later rungs that smooth it again."""
     from .quantize import quantize_dynamic_int8, sensitive_nodes
     from .smooth import smooth_activations
 
     nodes = sensitive_nodes(base, job.source.num_layers, remedy.keep_fp32) if remedy.keep_fp32 else []
     if not remedy.smooth:
         return quantize_dynamic_int8(base, target, preset, per_channel, nodes)
-    smoothed = target.with_name(f"{target.stem}.smoothed-fp32.onnx")
-    smoothing = smooth_activations(base, smoothed, calibration_batches(job, base, batch_size=SMOOTHING_BATCH))
-    try:
-        if not smoothing["smoothing"]["smoothed"]:
-            return smoothing
-        return {**quantize_dynamic_int8(smoothed, target, preset, per_channel, nodes), **smoothing,
-                "quantized_from": base.name}
-    finally:
-        for path in (*external_files(smoothed), smoothed):
-            path.unlink()
+    graph = target.parent / f"{base.stem}.smoothed-fp32.onnx"
+    if base.name not in smoothed:
+        smoothed[base.name] = smooth_activations(base, graph, calibration_batches(job, base, SMOOTHING_BATCH))
+    smoothing = smoothed[base.name]
+    if not smoothing["smoothing"]["smoothed"]:
+        return smoothing
+    return {**quantize_dynamic_int8(graph, target, preset, per_channel, nodes), **smoothing,
+            "quantized_from": base.name}
 
 
 def calibration_batches(job: ExportJob, model: Path | None = None, batch_size: int = 0) -> list[dict]:

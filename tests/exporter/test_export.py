@@ -101,6 +101,15 @@ fp32, the head, embeddings, first and last layer in fp32, then smoothing with th
 (static takes none of them)."""
 
 
+def _kept_at_rung(rung, tiny_run, tmp_path, monkeypatch):
+    """Export the tiny classifier with every candidate of the rungs before `rung` over the budget (5 of 24 flipped)
+    and activations smoothed wherever a rung smooths; the bundle and its `quantization` record."""
+    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
+    _inject(monkeypatch, [5] * sum(RUNGS[:rung]))
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
+    return bundle, read_manifest(bundle, "bundle")["quantization"]
+
+
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     # of 24 rows: upper bounds 60.32 (10), 52.14 (8), 43.47 (6), 34.18 (4) % and 5's
@@ -135,11 +144,7 @@ def test_guard_records_the_remedy_that_met_the_budget(tiny_run, tmp_path, monkey
 
 
 def test_guard_smooths_the_activations_before_it_keeps_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * (RUNGS[0] + RUNGS[1]))
-    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
-    manifest = read_manifest(bundle, "bundle")
-    q = manifest["quantization"]
+    bundle, q = _kept_at_rung(2, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + activations smoothed" and q["per_channel"] is True
     assert not q["nodes_excluded"] and q["smoothing"]["calibration_rows"] == 16
     assert q["smoothing"]["activations_smoothed"] == q["smoothing"]["activations_considered"] > 0
@@ -228,10 +233,7 @@ def test_without_a_rung_reaching_the_goal_the_first_rung_within_budget_is_kept(t
 
 
 def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * sum(RUNGS[:3]))
-    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
-    q = read_manifest(bundle, "bundle")["quantization"]
+    bundle, q = _kept_at_rung(3, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + activations smoothed + first layer in fp32"
     assert q["smoothing"]["activations_smoothed"] > 0 and q["nodes_excluded"]
     assert all("layer.0/" in name or name == "Attention_0" for name in q["nodes_excluded"]), q["nodes_excluded"]
@@ -243,21 +245,20 @@ def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path,
 
 
 def test_guard_keeps_sensitive_nodes_in_fp32_without_smoothing(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * sum(RUNGS[:4]))
-    manifest = read_manifest(_export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET),
-                             "bundle")
-    q = manifest["quantization"]
+    _, q = _kept_at_rung(4, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"]) and "smoothing" not in q
     assert len(q["candidates"]) == sum(RUNGS[:5]) and sum(c["kept"] for c in q["candidates"]) == 1
 
 
 def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    _inject(monkeypatch, [5] * sum(RUNGS[:5]))
-    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
-    q = read_manifest(bundle, "bundle")["quantization"]
+    import deployft.exporter.smooth as smooth
+
+    real, smoothed = smooth.smooth_activations, []
+    monkeypatch.setattr(smooth, "smooth_activations",
+                        lambda src, *args, **kwargs: smoothed.append(src.name) or real(src, *args, **kwargs))
+    bundle, q = _kept_at_rung(5, tiny_run, tmp_path, monkeypatch)
+    assert sorted(smoothed) == ["model.onnx", "model_optimized.onnx"]  # once per graph for the three smoothing rungs
     assert q["remedy"] == "per-channel + activations smoothed + head, embeddings, first and last layer in fp32"
     assert q["per_channel"] is True and any("classifier" in name for name in q["nodes_excluded"])
     assert q["smoothing"]["activations_smoothed"] > 0
