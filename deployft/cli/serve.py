@@ -18,7 +18,8 @@ from .options import shown
 @click.option("--port", type=int, default=None, show_default=shown(ServeConfig, "port"), help="TCP port.")
 @click.option("--threads", type=int, default=None, show_default="ONNX Runtime's", help="Intra-op CPU threads.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(ServeConfig, "device"))
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None, show_default=shown(ServeConfig, "provider"),
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
+              show_default=shown(ServeConfig, "provider"),
               help="openvino: the OpenVINO plugin on the CPU (pip install \"deployft[openvino]\").")
 @click.option("--model-file", default=None, help="Another .onnx file of the bundle (default: its model_file).")
 @click.option("--public-key", type=click.Path(dir_okay=False), default=None,
@@ -38,7 +39,8 @@ from .options import shown
 @click.option("--max-texts", type=int, default=None, show_default=shown(ServeConfig, "max_texts"),
               help="Texts per classification request.")
 @click.option("--max-tokens-limit", type=int, default=None, show_default=shown(ServeConfig, "max_tokens_limit"),
-              help="Largest max_tokens a completion request may ask for.")
+              help="Largest max_tokens a completion request may ask for (it also caps the default of a request "
+                   "that leaves max_tokens out).")
 @click.option("--max-body-bytes", type=int, default=None, show_default=shown(ServeConfig, "max_body_bytes"),
               help="Largest request body.")
 @click.option("--request-timeout", "request_timeout_s", type=float, default=None,
@@ -56,9 +58,9 @@ from .options import shown
 @click.option("--max-replicas", type=int, default=None, help="With --ray: autoscale up to this many replicas.")
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
               help="With --ray: the cluster to join (auto, ray://HOST:10001).")
-def serve(bundle, host, port, threads, device, provider, model_file, public_key, model_name, max_batch_size, max_wait_ms,
-          prefix_cache_mb, max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s, grace_s, api_key,
-          config_file, on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
+def serve(bundle, host, port, threads, device, provider, model_file, public_key, model_name, max_batch_size,
+          max_wait_ms, prefix_cache_mb, max_queue, max_texts, max_tokens_limit, max_body_bytes, request_timeout_s,
+          grace_s, api_key, config_file, on_ray, replicas, min_replicas, max_replicas, ray_address) -> None:
     """Serve BUNDLE over HTTP: the OpenAI API (generators) or /predict (classifiers), /metrics, a playground at /.
 
     \b

@@ -1,6 +1,6 @@
 """`create_app`: the FastAPI app of one BUNDLE, embeddable in a larger ASGI app.
 
-    GET  /health  alive            GET /ready    model loaded and warmed up (503 before)
+    GET  /health  alive            GET /ready    model loaded and warmed up (503 before, or if the warm-up failed)
     GET  /metrics Prometheus       GET /         the playground page       GET /docs  OpenAPI docs
     generators: POST /v1/chat/completions, /v1/completions, GET /v1/models (the OpenAI API)
     classifiers: POST /predict (text-embeddings-inference shape), /v1/classify, GET /v1/models
@@ -35,7 +35,8 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from .classify_routes import classify_router
-    from .http import Guard, install_error_handlers, key_dependency
+    from .guard import Guard
+    from .http import install_error_handlers, key_dependency
     from .openai_routes import openai_router
     from .service import Service
 
@@ -69,9 +70,11 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
 
     @app.get("/ready", tags=["Status"])
     async def ready():
-        """The model is loaded and warmed up: 200, else 503."""
+        """The model is loaded and its warm-up succeeded: 200, else 503 (with the `error` when the warm-up failed)."""
         body = {"ready": service.ready, "task": service.task, "model": service.name,
                 "device": service.predictor.device, "provider": service.predictor.runtime.provider}
+        if service.warmup_error:
+            body["error"] = service.warmup_error
         return JSONResponse(body, status_code=200 if service.ready else 503)
 
     @app.get("/metrics", tags=["Status"], response_class=Response)
@@ -80,9 +83,11 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
         content, media_type = service.metrics.render()
         return Response(content, media_type=media_type)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground():
-        return HTMLResponse(_playground(service))
+    async def playground(request) -> HTMLResponse:
+        # a plain Starlette route, handed the request: its root_path is the prefix the app is mounted at
+        return HTMLResponse(_playground(service, request.scope.get("root_path", "")))
+
+    app.add_route("/", playground, methods=["GET"], include_in_schema=False)
 
     app.add_middleware(Guard, max_body=config.max_body_bytes, metrics=service.metrics, state=service)
     if start:
@@ -90,12 +95,14 @@ def create_app(bundle: str | Path | ServeConfig, predictor=None, start: bool = T
     return app
 
 
-def _playground(service) -> str:
-    page = resources.files("deployft.serve").joinpath("playground.html").read_text(encoding="utf-8")
-    settings = {"task": service.task, "model": service.name, "labels": service.predictor.labels,
-                "needsKey": service.config.api_key is not None}
+def _playground(service, root: str) -> str:
+    """The playground page; its requests go to the routes under `root` (the prefix the app is mounted at)."""
     import json
 
+    page = resources.files("deployft.serve").joinpath("playground.html").read_text(encoding="utf-8")
+    route = "/v1/chat/completions" if service.generates else "/v1/classify"
+    settings = {"task": service.task, "model": service.name, "labels": service.predictor.labels,
+                "needsKey": service.config.api_key is not None, "route": root.rstrip("/") + route}
     return page.replace("/*SETTINGS*/{}", json.dumps(settings).replace("</", "<\\/"))
 
 

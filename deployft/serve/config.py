@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,10 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 def _number(name: str, value, fix: str, number=int, zero: bool = False) -> None:
-    """Refuse `value` unless it is a positive int (or number, `number=float`), or 0 too with `zero`."""
-    kind = "number" if number is float else "integer"
+    """Refuse `value` unless it is a positive int (or finite number, `number=float`), or 0 too with `zero`."""
+    kind = "finite number" if number is float else "integer"
     if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int) \
-            or value < 0 or (value == 0 and not zero):
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         wanted = f"{'a' if number is float else 'an'} {kind} >= 0" if zero else f"a positive {kind}"
         raise UsageError(f"{name} must be {wanted}, got {value!r}; pass {fix}")
 
@@ -59,11 +60,12 @@ class ServeConfig:
     max_texts: int = 64
     """Texts allowed in one classification request."""
     max_tokens_limit: int = 512
-    """The largest `max_tokens` a completion request may ask for."""
+    """The largest `max_tokens` a completion request may ask for; one that leaves it out gets the route's default
+    (256 for chat, 16 for completions) or this limit, whichever is lower."""
     max_body_bytes: int = 1_000_000
     """The largest request body; a bigger one is answered 413."""
     request_timeout_s: float = 120.0
-    """Seconds a request may wait and run before it is answered 504 (its batch slot is freed)."""
+    """Seconds a request may wait and run before it is answered 504 (its queue place or batch slot is freed)."""
     grace_s: float = 30.0
     """Seconds in-flight requests get to finish after SIGTERM before the server exits."""
     api_key: str | None = None

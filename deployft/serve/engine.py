@@ -21,7 +21,6 @@ live row), so the batch never spends more than half of a step on finished rows.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,28 +29,13 @@ from ..runtime.sampling import next_tokens
 from ..runtime.session import import_ort
 from .prefill import PrefixCache, left_pad, prefill
 from .queueing import QueueWorker
-from .tickets import Chunk, Ticket
+from .tickets import Chunk, Row, Ticket
 
 logger = logging.getLogger("deployft.serve")
 
 JOIN_HEADROOM = 64
 """Spare columns of a shared cache beyond its live rows' remaining tokens when it is rebuilt; each step uses one.
 A request joins in place while the columns left cover its own budget."""
-
-
-@dataclass
-class _Row:
-    ticket: Ticket
-    tracker: TextTracker
-    rng: np.random.Generator
-    budget: int
-    position: int
-    last: int = 0
-    generated: int = 0
-    finish: str | None = None
-    cache: list | None = None
-    dead: bool = False
-    """Finished and answered; its cache row waits for the next compaction."""
 
 
 class GenerationEngine(QueueWorker):
@@ -66,7 +50,7 @@ class GenerationEngine(QueueWorker):
         self.decoder = predictor.decoder
         self.eos = set(int(e) for e in self.decoder.eos_ids)
         self.max_batch_size = max_batch_size
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         self.cache: list | None = None
         self._arrays: list[np.ndarray] = []
         """The memory `cache`'s OrtValues borrow on the CPU after `_set_cache` (empty once a copying step's outputs
@@ -107,39 +91,48 @@ class GenerationEngine(QueueWorker):
         self._gauge()
 
     def _admit(self) -> None:
-        tickets = []
-        while self.active + len(tickets) < self.max_batch_size:
+        rows = self._take()
+        try:
+            rest = self._fill_free_slots(self._prefill(rows))
+            if rest:
+                self._join(rest)
+        except Exception as exc:  # taken from the queue but not in the batch: `_fail_all` would not answer them
+            for row in rows:
+                if row.ticket.left_step is None and all(r.ticket is not row.ticket for r in self.rows):
+                    self._end(row.ticket, Chunk(finish_reason="error", error=f"generation failed: {exc}"))
+            raise
+
+    def _take(self) -> list[Row]:
+        """Rows of the waiting requests the batch has room for; a request that cannot start fails alone."""
+        rows: list[Row] = []
+        while self.active + len(rows) < self.max_batch_size:
             with self._wake:
                 if not self.pending:
                     break
                 ticket = self.pending.popleft()
             if ticket.cancelled:
-                ticket.sink(Chunk(finish_reason="cancelled"))
+                self._end(ticket, Chunk(finish_reason="cancelled"))
                 continue
-            tickets.append(ticket)
-        try:
-            rows = [row for row in map(self._new_row, tickets) if row is not None]
-            joined = self._prefill(rows)
-            rest = self._fill_free_slots(joined)
-            if rest:
-                self._join(rest)
-        except Exception as exc:  # taken from the queue but not in the batch: `_fail_all` would not answer them
-            for ticket in tickets:
-                if ticket.left_step is None and all(r.ticket is not ticket for r in self.rows):
-                    ticket.sink(Chunk(finish_reason="error", error=f"generation failed: {exc}"))
-            raise
+            try:
+                row = self._new_row(ticket)
+            except Exception as exc:  # this request's options, not the session: the running batch goes on
+                logger.exception("a generation request could not start")
+                self._end(ticket, Chunk(finish_reason="error", error=f"generation failed: {exc}"))
+                continue
+            rows += [row] if row is not None else []
+        return rows
 
-    def _new_row(self, ticket: Ticket) -> _Row | None:
+    def _new_row(self, ticket: Ticket) -> Row | None:
         ids = ticket.prompt_ids
-        row = _Row(ticket, TextTracker(self.predictor.codec.decode, ticket.options.stop, self.eos),
-                   np.random.default_rng(ticket.options.seed),
-                   self.decoder.budget(len(ids), ticket.options.max_new_tokens), len(ids))
+        row = Row(ticket, TextTracker(self.predictor.codec.decode, ticket.options.stop, self.eos),
+                  np.random.default_rng(ticket.options.seed),
+                  self.decoder.budget(len(ids), ticket.options.max_new_tokens), len(ids))
         if row.budget < 1:
             self._finish(row, "length")
             return None
         return row
 
-    def _prefill(self, rows: list[_Row]) -> list[_Row]:
+    def _prefill(self, rows: list[Row]) -> list[Row]:
         """Prefill the prompts of `rows`; returns the rows that go on decoding."""
         reused = self.metrics.prefix_reused if self.metrics is not None else (lambda tokens: None)
         results = prefill(self.decoder, self.predictor.codec, [row.ticket.prompt_ids for row in rows],
@@ -187,7 +180,7 @@ class GenerationEngine(QueueWorker):
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
 
-    def _advance(self, row: _Row, logits: np.ndarray) -> None:
+    def _advance(self, row: Row, logits: np.ndarray) -> None:
         """Pick the row's next token (its own sampler), report the text that is safe to show."""
         token = int(next_tokens(logits, row.ticket.options, row.rng)[0])
         row.generated += 1
@@ -200,12 +193,23 @@ class GenerationEngine(QueueWorker):
         elif row.generated >= row.budget:
             row.finish = "length"
 
-    def _finish(self, row: _Row, reason: str) -> None:
+    def _finish(self, row: Row, reason: str) -> None:
         tail = row.tracker.flush() if reason != "cancelled" else ""
         row.ticket.left_step = self.steps
-        row.ticket.sink(Chunk(tail, reason, row.generated))
+        self._end(row.ticket, Chunk(tail, reason, row.generated))
+
+    def _end(self, ticket: Ticket, last: Chunk) -> None:
+        """Answer a request's last chunk and count its finish reason."""
+        ticket.sink(last)
         if self.metrics is not None:
-            self.metrics.generation_end(reason)
+            self.metrics.generation_end(last.finish_reason)
+
+    def withdraw(self, ticket: Ticket) -> bool:
+        """Take a cancelled request out of the queue (counted as a cancelled generation)."""
+        withdrawn = super().withdraw(ticket)
+        if withdrawn and self.metrics is not None:
+            self.metrics.generation_end("cancelled")
+        return withdrawn
 
     # ---- the batch's KV cache ---------------------------------------------------------------------------
 
@@ -221,7 +225,7 @@ class GenerationEngine(QueueWorker):
             if len(ids) == columns.sum():
                 self.prefix_cache.store(ids, [a[index:index + 1][:, :, columns, :] for a in arrays])
 
-    def _fill_free_slots(self, joined: list[_Row]) -> list[_Row]:
+    def _fill_free_slots(self, joined: list[Row]) -> list[Row]:
         """Write joined rows into finished rows' slots of a shared cache in place (right-aligned, masked before);
         return those that do not fit (no free slot, a prompt wider than the batch, too little room left)."""
         if self.host is None or not self.rows:
@@ -240,7 +244,7 @@ class GenerationEngine(QueueWorker):
             self.rows[slot], row.cache, row.ticket.joined_step = row, None, self.steps
         return rest
 
-    def _join(self, joined: list[_Row]) -> None:
+    def _join(self, joined: list[Row]) -> None:
         live = self._live_cache() if self.rows else None  # (arrays, mask) of the rows already running
         parts, masks = ([live[0]], [live[1]]) if live else ([], [])
         for row in joined:
@@ -282,7 +286,7 @@ class GenerationEngine(QueueWorker):
     def _fail_all(self, message: str, reason: str = "error") -> None:
         rows, self.rows, self.cache, self.mask, self._arrays = self.rows, [], None, None, []
         for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
-            ticket.sink(Chunk(finish_reason=reason, error=message))
+            self._end(ticket, Chunk(finish_reason=reason, error=message))
 
     def _record(self, batch: int, live: int) -> None:
         if self.metrics is not None:

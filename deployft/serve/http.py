@@ -1,4 +1,4 @@
-"""HTTP plumbing: errors in the OpenAI error shape, the API key, the body size limit, request metrics.
+"""HTTP plumbing: errors in the OpenAI error shape and the API key (`guard.py` limits bodies and records metrics).
 
 Every refusal is a JSON body `{"error": {"message", "type", "param", "code"}}`, as OpenAI's API answers, so
 clients show the message; bad input is a 4xx, never a 500.
@@ -7,19 +7,18 @@ clients show the message; bad input is a 4xx, never a 500.
 from __future__ import annotations
 
 import hmac
-import json
-import time
 
 from fastapi import Request
 
 from ..errors import DeployftError
+from .schemas import LONE_SURROGATE
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/classify", "/predict", "/health", "/ready",
           "/metrics", "/", "/docs", "/openapi.json")
 """Paths counted by name in /metrics; any other path is counted as `other`."""
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-         503: "service_unavailable", 504: "timeout"}
+         499: "client_closed_request", 500: "server_error", 503: "service_unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):
@@ -37,7 +36,7 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
 
 def install_error_handlers(app, routes: str) -> None:
     """Answer validation errors, HTTP errors and deployft errors in the OpenAI error shape; an unknown
-    path's 404 says what `routes` the server has."""
+    path's 404 says what `routes` the server has. (Any other exception is `Guard`'s: a JSON 500.)"""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
@@ -56,6 +55,8 @@ def install_error_handlers(app, routes: str) -> None:
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message, where = "the request body is not valid JSON; send a JSON object", None
+        elif first.get("type") == LONE_SURROGATE:  # found in the raw body: the model's loc is not the text's
+            where = first["ctx"]["field"]
         return answer(400, f"{where}: {message}" if where else message, where or None)
 
     @app.exception_handler(HTTPException)
@@ -89,51 +90,3 @@ def key_dependency(expected: str | None):
         check_key(expected, request.headers)
 
     return auth
-
-
-class Guard:
-    """ASGI middleware: refuse bodies over `max_body` bytes (413) and record every request's route, status
-    and time to its last byte."""
-
-    def __init__(self, app, max_body: int, metrics, state) -> None:
-        self.app, self.max_body, self.metrics, self.state = app, max_body, metrics, state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), [500]
-        path, root = scope["path"], scope.get("root_path", "")
-        path = path[len(root):] if root and path.startswith(root) else path  # mounted under a prefix
-        route = path if path in ROUTES else "other"
-        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body:
-            await self._refuse(send, 413, f"the request body is over {self.max_body} bytes (--max-body-bytes)")
-            return self.metrics.request(route, 413, time.perf_counter() - started)
-        seen = [0]
-
-        async def limited_receive():
-            message = await receive()
-            seen[0] += len(message.get("body", b""))
-            if seen[0] > self.max_body:
-                raise ApiError(413, f"the request body is over {self.max_body} bytes (--max-body-bytes)")
-            return message
-
-        async def recording_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                self.metrics.request(route, status[0], time.perf_counter() - started)
-
-        self.state.inflight += 1
-        try:
-            await self.app(scope, limited_receive, recording_send)
-        finally:
-            self.state.inflight -= 1
-
-    @staticmethod
-    async def _refuse(send, status: int, message: str) -> None:
-        body = json.dumps(error_body(status, message)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})

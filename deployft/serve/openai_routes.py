@@ -10,44 +10,45 @@ import json
 import time
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from .http import ApiError, error_body
 from .schemas import ChatRequest, CompletionRequest
 from .service import Service
 
 CHAT_DEFAULT_TOKENS = 256
-"""max_tokens when a chat request leaves it out (OpenAI's is the context size; deployft caps it here)."""
+"""max_tokens when a chat request leaves it out (OpenAI's is the context size; deployft caps it here), or
+--max-tokens-limit when that is lower."""
 COMPLETION_DEFAULT_TOKENS = 16
-"""max_tokens when a completion request leaves it out (OpenAI's default)."""
+"""max_tokens when a completion request leaves it out (OpenAI's default), or --max-tokens-limit when lower."""
 
 
 def openai_router(service: Service, auth) -> APIRouter:
     router = APIRouter(dependencies=[Depends(auth)], tags=["OpenAI"])
 
     @router.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         """Complete a chat with the bundle's chat template (as `Predictor.generate` formats messages)."""
         service.check_model(body.model)
         ids = service.prompt_ids(body.chat(), "messages")
         options = service.options(body, CHAT_DEFAULT_TOKENS)
-        return await _answer(service, body, ids, options, chat=True)
+        return await _answer(service, request, body, ids, options, chat=True)
 
     @router.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         """Complete a prompt in the bundle's prompt format (as `Predictor.generate` formats a string)."""
         service.check_model(body.model)
         ids = service.prompt_ids(body.text(), "prompt")
         options = service.options(body, COMPLETION_DEFAULT_TOKENS)
-        return await _answer(service, body, ids, options, chat=False)
+        return await _answer(service, request, body, ids, options, chat=False)
 
     return router
 
 
-async def _answer(service: Service, body, ids: list[int], options, chat: bool):
+async def _answer(service: Service, request: Request, body, ids: list[int], options, chat: bool):
     from fastapi.responses import StreamingResponse
 
-    chunks = await service.generate(ids, options)
+    chunks = await service.generate(ids, options, request, stream=body.stream)
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     head = {"id": ident, "created": int(time.time()), "model": service.name}
     if body.stream:

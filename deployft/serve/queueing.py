@@ -1,9 +1,10 @@
 """What both serving engines share: a bounded queue of waiting requests and the worker thread that owns the session.
 
-The event loop calls `submit` (never blocks: a full queue raises `QueueFull`, answered 429); the worker thread
-runs the subclass's `_loop`, woken through `_wake` when `stop` is called or when a request arrives that it may be
-waiting for (`_needs_wake`: by default the first one in an empty queue). Waking the worker for every request
-would make the two threads trade the GIL on each one while the worker has nothing to do yet.
+The event loop calls `submit` (never blocks: a full queue raises `QueueFull`, answered 429) and `withdraw` (a
+request that timed out or whose client left gives its place back at once); the worker thread runs the subclass's
+`_loop`, woken through `_wake` when `stop` is called or when a request arrives that it may be waiting for
+(`_needs_wake`: by default the first one in an empty queue). Waking the worker for every request would make the
+two threads trade the GIL on each one while the worker has nothing to do yet.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class QueueWorker:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def withdraw(self, request: Any) -> bool:
+        """Take `request` out of the queue (its client timed out or left): True when it was still waiting."""
+        with self._wake:
+            index = next((i for i, waiting in enumerate(self.pending) if waiting is request), None)
+            if index is not None:
+                del self.pending[index]
+        if index is not None:
+            self._gauge()
+        return index is not None
 
     def take_waiting(self) -> list[Any]:
         """Empty the queue and return what waited in it (to answer it as failed or cancelled)."""

@@ -1,18 +1,56 @@
 """Request bodies (pydantic): the OpenAI completions API, and the classification routes.
 
-Fields clients commonly send but deployft does not implement are accepted only at their neutral value
-(`n` 1, no `logprobs`), so a request is never answered with something other than what it asked for.
+Every text of a body must be valid Unicode: a lone UTF-16 surrogate (JSON's `"\\ud800"` not followed by its
+pair) is refused with a 400 that names the field. The OpenAI fields deployft does not implement are refused with a
+400 naming the field unless they are left out, null or at their neutral value: `n` (1), `logprobs` (false or 0),
+`top_logprobs`, `frequency_penalty` and `presence_penalty` (0), `logit_bias`, `tools` and `functions` (empty),
+`response_format` (`{"type": "text"}`), `best_of` (1), and for completions `echo` (false) and `suffix` (empty);
+`/predict`'s `raw_scores` likewise (false). So a request is never answered with something other than what it
+asked for. Any other field a body holds is ignored (`user`, `metadata`, `store`, ...).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+LONE_SURROGATE = "lone_surrogate"
+"""The pydantic error type of a text holding a lone UTF-16 surrogate (`install_error_handlers` names its field)."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Request(_Body):
+    """A whole request body: its texts are checked for lone surrogates before any field is validated (the
+    tokenizer cannot encode them, and they cannot be written back as UTF-8)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_text(data, ())
+        return data
+
+
+def _check_text(value: Any, path: tuple) -> None:
+    if isinstance(value, str):
+        if found := _SURROGATE.search(value):
+            where = {"field": ".".join(map(str, path)) or "body", "code": f"{ord(found.group()):04X}",
+                     "index": found.start()}
+            raise PydanticCustomError(LONE_SURROGATE, "a lone UTF-16 surrogate (U+{code}) at character {index} is "
+                                      "not valid text; send Unicode text (a surrogate only as half of a pair)", where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path)
+            _check_text(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, (*path, index))
 
 
 class TextPart(_Body):
@@ -34,7 +72,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Generation(_Body):
+class _Generation(_Request):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -43,11 +81,19 @@ class _Generation(_Body):
     top_k: int | None = Field(None, ge=0)
     """Not in OpenAI's API (vLLM and TGI take it too): sample among the k most likely tokens."""
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list | None = None
+    functions: list | None = None
+    response_format: dict | None = None
+    best_of: int | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -58,11 +104,26 @@ class _Generation(_Body):
             raise ValueError("at most 4 stop strings are allowed")
         return stops
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "top_logprobs", "frequency_penalty", "presence_penalty", "logit_bias", "tools",
+                     "functions")
     @classmethod
-    def _no_logprobs(cls, value):
+    def _neutral(cls, value, info):
         if value:
-            raise ValueError("logprobs are not supported by this server; leave logprobs out")
+            raise ValueError(f"{info.field_name} is not supported by this server; leave {info.field_name} out")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value):
+        if value and value.get("type", "text") != "text":
+            raise ValueError("only text answers are supported by this server; leave response_format out")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_best(cls, value):
+        if value not in (None, 1):
+            raise ValueError("best_of is not supported by this server (one completion per request); leave it out")
         return value
 
     @property
@@ -77,8 +138,9 @@ class ChatRequest(_Generation):
     def chat(self) -> list[dict]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
-    def requested_tokens(self, default: int) -> int:
-        return self.max_completion_tokens or self.max_tokens or default
+    def requested_tokens(self) -> int | None:
+        """The max_tokens the client asked for (None: left out)."""
+        return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(_Generation):
@@ -103,11 +165,12 @@ class CompletionRequest(_Generation):
     def text(self) -> str:
         return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
 
-    def requested_tokens(self, default: int) -> int:
-        return self.max_tokens or default
+    def requested_tokens(self) -> int | None:
+        """The max_tokens the client asked for (None: left out)."""
+        return self.max_tokens
 
 
-class PredictRequest(_Body):
+class PredictRequest(_Request):
     """text-embeddings-inference's `/predict`: one text or a list of texts."""
 
     inputs: str | list[str]
@@ -123,7 +186,7 @@ class PredictRequest(_Body):
         return value
 
 
-class ClassifyRequest(_Body):
+class ClassifyRequest(_Request):
     """`/v1/classify`: one text or a list of texts."""
 
     model: str | None = None

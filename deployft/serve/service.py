@@ -20,6 +20,7 @@ from .tickets import Chunk, Ticket
 from .queueing import QueueFull
 from .http import ApiError
 from .metrics import ServeMetrics
+from .waiting import Waiting
 from .workers import ClassifierBatcher, Job
 
 logger = logging.getLogger("deployft.serve")
@@ -42,6 +43,9 @@ class Service:
         self.generates = self.predictor.decoder is not None
         self.started = int(time.time())
         self.ready = False
+        """True once the warm-up succeeded (False again from SIGTERM on, while the server drains)."""
+        self.warmup_error: str | None = None
+        """Why the warm-up failed (the server then never turns ready)."""
         self.inflight = 0
         if self.generates:
             self.worker = GenerationEngine(self.predictor, config.max_batch_size, config.max_queue, self.metrics,
@@ -56,19 +60,26 @@ class Service:
         return "generate" if self.generates else "classify"
 
     def start(self) -> None:
-        """Start the worker thread and warm the model up through it; `ready` turns true when that is done."""
+        """Start the worker thread and warm the model up through it; `ready` turns true when that succeeded."""
         if self._running:
             return
         self._running = True
         self.worker.start()
         if self.generates:
             options = GenerationOptions(max_new_tokens=2)
-            self.worker.submit(Ticket(self.predictor.prompt_ids("hello"), options, self._warmed))
+            self.worker.submit(Ticket(self.predictor.prompt_ids("hello"), options, self._warm_chunk))
         else:
-            self.worker.submit(Job(self.predictor.codec.encode(["hello"]), lambda *_: self._warmed()))
+            self.worker.submit(Job(self.predictor.codec.encode(["hello"]), lambda _, error: self._warmed(error)))
 
-    def _warmed(self, chunk: Chunk | None = None) -> None:
-        if chunk is None or chunk.finish_reason:
+    def _warm_chunk(self, chunk: Chunk) -> None:
+        if chunk.finish_reason:
+            self._warmed(chunk.error)
+
+    def _warmed(self, error: str | None) -> None:
+        if error:
+            self.warmup_error = f"the warm-up request failed: {error}"
+            logger.error("%s: %s; /ready stays 503", self.config.bundle, self.warmup_error)
+        else:
             self.ready = True
             logger.info("%s warmed up and ready", self.config.bundle)
 
@@ -101,10 +112,13 @@ class Service:
         return ids or self.predictor.prompt_ids(prompt)
 
     def options(self, body, default_tokens: int) -> GenerationOptions:
-        tokens = body.requested_tokens(default_tokens)
-        if tokens > self.config.max_tokens_limit:
-            raise ApiError(400, f"max_tokens is {tokens}; this server allows at most {self.config.max_tokens_limit} "
-                                "(--max-tokens-limit)", param="max_tokens")
+        """The request's generation options; left out, max_tokens is `default_tokens` within --max-tokens-limit."""
+        tokens, limit = body.requested_tokens(), self.config.max_tokens_limit
+        if tokens is None:
+            tokens = min(default_tokens, limit)
+        elif tokens > limit:
+            raise ApiError(400, f"max_tokens is {tokens}; this server allows at most {limit} (--max-tokens-limit)",
+                           param="max_tokens")
         top_p = body.top_p if body.top_p < 1.0 else None
         return GenerationOptions(tokens, body.temperature, body.top_k, top_p, body.seed, tuple(stop_strings(body.stop)))
 
@@ -135,53 +149,64 @@ class Service:
             raise ApiError(429, f"the server is busy: {exc}; retry later",
                            headers={"Retry-After": RETRY_AFTER_S}) from None
 
-    async def classify(self, ids: list[list[int]]) -> list:
+    async def classify(self, ids: list[list[int]], request=None) -> list:
+        """Queue texts' ids (429 when the queue is full) and await their predictions; a request that times out
+        (504) or whose client leaves (`request`'s channel) is withdrawn from the queue."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
         def settle(predictions, error):
-            if future.done():  # timed out already
+            if future.done():  # timed out or abandoned already
                 return
             if error:
                 future.set_exception(ApiError(503, error))
             else:
                 future.set_result(predictions)
 
-        self._submit(Job(ids, lambda p, e: loop.call_soon_threadsafe(settle, p, e)))
+        job = Job(ids, lambda p, e: loop.call_soon_threadsafe(settle, p, e))
+        self._submit(job)
+        waiting = Waiting(request, self.config.request_timeout_s)
         try:
-            return await asyncio.wait_for(future, self.config.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request took over {self.config.request_timeout_s} s "
-                                "(--request-timeout)") from None
+            return await waiting.wait(future)
+        except BaseException:
+            job.cancelled = True
+            self.worker.withdraw(job)
+            raise
+        finally:
+            waiting.stop_watching()
 
-    async def generate(self, ids: list[int], options: GenerationOptions) -> AsyncIterator[Chunk]:
+    async def generate(self, ids: list[int], options: GenerationOptions, request=None,
+                       stream: bool = False) -> AsyncIterator[Chunk]:
         """Queue a generation (429 when the queue is full) and return its chunks as they are decoded.
 
-        Leaving the iteration early (a client gone) cancels the row: it leaves the batch at the next step.
+        A timeout (504) or the client leaving (`request`'s channel; for a `stream`, until its first chunk, after
+        which the streamed response watches), or leaving the iteration early, cancels the generation: it leaves
+        the queue at once, or the batch at the next step.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         ticket = Ticket(ids, options, lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, chunk))
         self._submit(ticket)
-        return self._chunks(ticket, queue, time.perf_counter())
+        waiting = Waiting(request, self.config.request_timeout_s)
+        return self._chunks(ticket, queue, waiting, stream, time.perf_counter())
 
-    async def _chunks(self, ticket: Ticket, queue: asyncio.Queue, started: float) -> AsyncIterator[Chunk]:
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
-        first = True
+    async def _chunks(self, ticket: Ticket, queue: asyncio.Queue, waiting: Waiting, stream: bool,
+                      started: float) -> AsyncIterator[Chunk]:
+        first, done = True, False
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(queue.get(), deadline - asyncio.get_running_loop().time())
-                except asyncio.TimeoutError:
-                    raise ApiError(504, f"the request took over {self.config.request_timeout_s} s "
-                                        "(--request-timeout)") from None
+            while not done:
+                chunk = queue.get_nowait() if not queue.empty() else await waiting.wait(queue.get())
                 if first:
                     self.metrics.first_token(started)
                     first = False
+                    if stream:
+                        waiting.stop_watching()
+                done = chunk.finish_reason is not None
                 if chunk.error:
                     raise ApiError(503 if chunk.finish_reason == "cancelled" else 500, chunk.error)
                 yield chunk
-                if chunk.finish_reason:
-                    return
         finally:
-            ticket.cancel()
+            waiting.stop_watching()
+            if not done:
+                ticket.cancel()
+                self.worker.withdraw(ticket)

@@ -1,10 +1,14 @@
-"""What a generation request is to the engine (`Ticket`) and what it gets back (`Chunk`)."""
+"""What a generation request is to the engine (`Ticket`), what it gets back (`Chunk`), and its state while it
+decodes in the running batch (`Row`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..runtime.generation import TextTracker
 from ..runtime.sampling import GenerationOptions
 
 
@@ -36,3 +40,20 @@ class Ticket:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+@dataclass
+class Row:
+    """A request in the engine's running batch: its text so far, its sampler, its token budget and position."""
+
+    ticket: Ticket
+    tracker: TextTracker
+    rng: np.random.Generator
+    budget: int
+    position: int
+    last: int = 0
+    generated: int = 0
+    finish: str | None = None
+    cache: list | None = None
+    dead: bool = False
+    """Finished and answered; its cache row waits for the next compaction."""

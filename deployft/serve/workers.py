@@ -28,6 +28,8 @@ class Job:
     answer: Callable[[list | None, str | None], None]
     """Called from the worker thread with `(predictions, None)` or `(None, error message)`."""
     arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    """Set by the caller (timeout, client gone): the worker drops the job instead of running it."""
 
 
 class ClassifierBatcher(QueueWorker):
@@ -46,12 +48,17 @@ class ClassifierBatcher(QueueWorker):
 
     def _loop(self) -> None:
         while True:
-            jobs = self._gather()
-            if jobs is None:
-                break
-            self.run(jobs)
-        for job in self.take_waiting():
-            job.answer(None, "the server is shutting down")
+            jobs: list[Job] | None = []
+            try:
+                jobs = self._gather()
+                if jobs is None:
+                    break
+                if jobs:  # empty when every job it took had been cancelled
+                    self.run(jobs)
+            except Exception as exc:  # a bug: fail the jobs it touched (else every waiting one), keep serving
+                logger.exception("the classification worker failed")
+                _answer_all(jobs or self.take_waiting(), f"classification failed: {exc}")
+        _answer_all(self.take_waiting(), "the server is shutting down")
 
     def _gather(self) -> list[Job] | None:
         """Wait for a first request, then for more until the batch is full or the first one waited max_wait."""
@@ -68,8 +75,9 @@ class ClassifierBatcher(QueueWorker):
             jobs, texts = [], 0
             while self.pending and (not jobs or texts + len(self.pending[0].ids) <= self.max_batch_size):
                 job = self.pending.popleft()
-                jobs.append(job)
-                texts += len(job.ids)
+                if not job.cancelled:
+                    jobs.append(job)
+                    texts += len(job.ids)
         self._gauge()
         return jobs
 
@@ -90,17 +98,29 @@ class ClassifierBatcher(QueueWorker):
             predictions = self.predictor.predict_ids(rows, batch_size=self.max_batch_size)
         except Exception as exc:  # an ONNX Runtime failure: answer the requests, keep serving
             logger.exception("classification batch failed")
-            for job in jobs:
-                job.answer(None, f"classification failed: {exc}")
+            _answer_all(jobs, f"classification failed: {exc}")
             return
         if self.metrics is not None:
             for start in range(0, len(rows), self.max_batch_size):
                 self.metrics.classify_batch(min(self.max_batch_size, len(rows) - start))
         start = 0
         for job in jobs:
-            job.answer(predictions[start:start + len(job.ids)], None)
+            _answer(job, predictions[start:start + len(job.ids)], None)
             start += len(job.ids)
 
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue(len(self.pending), 0)
+
+
+def _answer(job: Job, predictions: list | None, error: str | None) -> None:
+    """Answer one job; an answer that fails (its event loop is closed) is logged, and the others still go out."""
+    try:
+        job.answer(predictions, error)
+    except Exception:
+        logger.exception("a classification request could not be answered")
+
+
+def _answer_all(jobs: list[Job], error: str) -> None:
+    for job in jobs:
+        _answer(job, None, error)

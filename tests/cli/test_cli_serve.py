@@ -45,6 +45,9 @@ def test_api_key_from_the_environment(tmp_path, captured, monkeypatch):
     (["--max-wait-ms", "-5"], "--max-wait-ms"),
     (["--prefix-cache-mb", "-1"], "--prefix-cache-mb 128 (0 turns it off)"),
     (["--request-timeout", "0"], "--request-timeout"),
+    (["--max-wait-ms", "inf"], "max_wait_ms must be a finite number >= 0, got inf; pass --max-wait-ms 5"),
+    (["--request-timeout", "nan"], "--request-timeout"),
+    (["--grace", "inf"], "--grace"),
     (["--api-key", "short"], "at least 8 characters"),
 ])
 def test_bad_flags_are_one_error_line(tmp_path, captured, flags, words):

@@ -149,3 +149,51 @@ def test_requests_on_their_way_are_waited_for(predictor):
     finally:
         batcher.stop()
     assert sizes.sizes == [2]
+
+
+def test_a_cancelled_job_is_dropped_not_run(predictor):
+    sizes, answers = Sizes(), Answers(2)
+    batcher = ClassifierBatcher(predictor, max_batch_size=32, max_wait_ms=0, max_queue=64, metrics=sizes)
+    gone = Job(predictor.codec.encode(TEXTS[:3]), lambda *_: pytest.fail("a cancelled job was answered"))
+    gone.cancelled = True  # its request timed out, or its client left
+    batcher.submit(answers.job(0, predictor.codec.encode(["dull"])))
+    batcher.submit(gone)
+    batcher.submit(answers.job(1, predictor.codec.encode(["charming"])))
+    batcher.start()
+    try:
+        assert answers.event.wait(30)
+    finally:
+        batcher.stop()
+    assert sizes.sizes == [2]
+
+
+def test_the_worker_survives_a_failure_and_answers_the_jobs_it_touched(predictor):
+    failed, answered = [], threading.Event()
+    batcher = ClassifierBatcher(predictor, max_batch_size=32, max_wait_ms=float("inf"), max_queue=64,
+                                in_flight=lambda: 2)  # waits "forever" for a second request: the wait itself fails
+    batcher.start()
+    try:
+        batcher.submit(Job(predictor.codec.encode(["dull"]), lambda p, e: (failed.append(e), answered.set())))
+        assert answered.wait(30) and "classification failed" in failed[0]
+        assert batcher._thread.is_alive()
+        batcher.max_wait, answered = 0.0, threading.Event()  # the next request is served
+        batcher.submit(Job(predictor.codec.encode(["dull"]), lambda p, e: answered.set() if p else None))
+        assert answered.wait(30)
+    finally:
+        batcher.stop()
+
+
+def test_an_answer_that_fails_does_not_stop_the_worker(predictor):
+    answered = threading.Event()
+
+    def closed_loop(predictions, error):
+        raise RuntimeError("Event loop is closed")
+
+    batcher = ClassifierBatcher(predictor, max_batch_size=32, max_wait_ms=0, max_queue=64)
+    batcher.start()
+    try:
+        batcher.submit(Job(predictor.codec.encode(["dull"]), closed_loop))
+        batcher.submit(Job(predictor.codec.encode(["charming"]), lambda p, e: answered.set()))
+        assert answered.wait(30) and batcher._thread.is_alive()
+    finally:
+        batcher.stop()

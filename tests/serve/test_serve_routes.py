@@ -11,6 +11,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from asgi_call import metric  # noqa: E402
 from deployft.runtime import Predictor  # noqa: E402
 from deployft.serve import create_app  # noqa: E402
 
@@ -125,12 +126,18 @@ def test_seeded_sampling_is_reproducible(gen):
 
 def test_metrics_count_requests_tokens_and_batches(gen):
     client, _ = gen
-    client.post("/v1/completions", json={"prompt": "bees", "max_tokens": 2})
-    text = client.get("/metrics").text
-    assert 'deployft_requests_total{route="/v1/completions",status="200"}' in text
-    for name in ("deployft_request_seconds_bucket", "deployft_queue_depth", "deployft_batch_size_bucket",
-                 "deployft_generated_tokens_total", "deployft_time_to_first_token_seconds_bucket"):
-        assert name in text
+    service = client.app.state.service
+    samples = (("deployft_generated_tokens_total", {}), ("deployft_time_to_first_token_seconds_count", {}),
+               ("deployft_batch_size_count", {"kind": "generate"}),
+               ("deployft_request_seconds_count", {"route": "/v1/completions"}),
+               ("deployft_requests_total", {"route": "/v1/completions", "status": "200"}))
+    before = [metric(service, name, **labels) for name, labels in samples]
+    body = client.post("/v1/completions", json={"prompt": "bees", "max_tokens": 2, "temperature": 0}).json()
+    tokens, first, batches, timed, answered = (metric(service, name, **labels) - b
+                                               for (name, labels), b in zip(samples, before))
+    assert tokens == body["usage"]["completion_tokens"] >= 1
+    assert (first, timed, answered) == (1, 1, 1) and batches >= 1
+    assert "deployft_queue_depth" in client.get("/metrics").text
 
 
 def test_classifier_routes_match_the_predictor(clf):
@@ -168,20 +175,54 @@ BAD_GENERATE = [
     ("/v1/completions", {"prompt": 5}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x", "echo": True}, 400, "echo"),
     ("/v1/completions", [1, 2], 400, ""),
+    ("/v1/completions", {"prompt": "bees", "seed": -1}, 400, "seed"),
+    ("/v1/chat/completions", {"messages": CHAT, "frequency_penalty": 2}, 400, "frequency_penalty"),
+    ("/v1/chat/completions", {"messages": CHAT, "presence_penalty": -1}, 400, "presence_penalty"),
+    ("/v1/chat/completions", {"messages": CHAT, "logit_bias": {"5": -100}}, 400, "logit_bias"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ("/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 5}, 400, "top_logprobs"),
+    ("/v1/completions", {"prompt": "x", "best_of": 3}, 400, "best_of"),
+    ("/v1/completions", b'{"prompt": "bees \\ud800"}', 400, "prompt: a lone UTF-16 surrogate (U+D800)"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', 400, "messages.0.content:"),
     ("/predict", {"inputs": "x"}, 404, "generate bundle: use POST /v1/chat/completions"),
     ("/nowhere", {}, 404, "no route POST /nowhere"),
 ]
 
 
+def _post(client, route, body):
+    if isinstance(body, bytes):
+        return client.post(route, content=body, headers={"content-type": "application/json"})
+    return client.post(route, json=body)
+
+
 @pytest.mark.parametrize("route,body,status,words", BAD_GENERATE)
 def test_bad_generation_requests_are_4xx_in_the_openai_error_shape(gen, route, body, status, words):
     client, _ = gen
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
-        else {"json": body}
-    response = client.post(route, **kwargs)
+    response = _post(client, route, body)
     assert response.status_code == status
     error = response.json()["error"]
     assert words in error["message"] and error["type"] and error["code"] == status
+
+
+def test_unsupported_fields_at_their_neutral_value_are_accepted(gen):
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "tools": [], "top_logprobs": 0,
+               "response_format": {"type": "text"}, "best_of": 1, "logprobs": False, "metadata": {"any": "thing"}}
+    response = gen[0].post("/v1/completions", json={"prompt": "bees", "max_tokens": 2, **neutral})
+    assert response.status_code == 200, response.json()
+
+
+def test_without_max_tokens_a_low_limit_caps_the_default(runtime_bundle):
+    client = _client(runtime_bundle("llama"), max_tokens_limit=3)
+    try:
+        for route, body in (("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": "bees"})):
+            response = client.post(route, json={**body, "stop": ["\x00never"]})
+            assert response.status_code == 200, response.json()
+            assert response.json()["usage"]["completion_tokens"] <= 3
+        refused = client.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4})
+        assert refused.status_code == 400 and "--max-tokens-limit" in refused.json()["error"]["message"]
+    finally:
+        client.__exit__(None, None, None)
 
 
 BAD_CLASSIFY = [
@@ -199,6 +240,16 @@ def test_bad_classification_requests(clf, body, status, words):
     assert response.status_code == status and words in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("route,body,field", [("/predict", b'{"inputs": "great \\ud800"}', "inputs"),
+                                              ("/v1/classify", b'{"input": ["ok", "\\udfff"]}', "input.1"),
+                                              ("/v1/classify", b'{"input": "x", "model": "\\ud800"}', "model")])
+def test_a_lone_surrogate_is_refused_naming_its_field(clf, route, body, field):
+    response = _post(clf[0], route, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"{field}: a lone UTF-16 surrogate")
+
+
 def test_over_long_text_is_classified_when_truncate_is_asked(clf):
     response = clf[0].post("/predict", json={"inputs": "great " * 100, "truncate": True})
     assert response.status_code == 200 and len(response.json()) == 2
@@ -206,12 +257,54 @@ def test_over_long_text_is_classified_when_truncate_is_asked(clf):
 
 def test_body_over_the_limit_is_413(runtime_bundle):
     client = _client(runtime_bundle("bert"), max_body_bytes=100)
+
+    def chunked(text: str):  # no content-length: the limit is met while the body is read
+        body = json.dumps({"inputs": text}).encode()
+        yield from (body[i:i + 30] for i in range(0, len(body), 30))
+
     try:
         response = client.post("/predict", json={"inputs": "great " * 50})
         assert response.status_code == 413 and "--max-body-bytes" in response.json()["error"]["message"]
         assert client.post("/predict", json={"inputs": "great"}).status_code == 200
+        response = client.post("/predict", content=chunked("great " * 50), headers={"content-type": "application/json"})
+        assert response.status_code == 413 and response.json()["error"]["code"] == 413
+        assert "--max-body-bytes" in response.json()["error"]["message"]
+        fits = client.post("/predict", content=chunked("the film was great"),
+                           headers={"content-type": "application/json"})
+        assert fits.status_code == 200 and len(fits.json()) == 2
     finally:
         client.__exit__(None, None, None)
+
+
+def test_an_unexpected_exception_is_a_json_500_and_counted(runtime_bundle, monkeypatch):
+    app = create_app(runtime_bundle("bert"), start=False)
+    service = app.state.service
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "classify", broken)
+    response = TestClient(app, raise_server_exceptions=False).post("/predict", json={"inputs": "x"})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "server_error" and "RuntimeError" in response.json()["error"]["message"]
+    assert metric(service, "deployft_requests_total", route="/predict", status="500") == 1
+
+
+def test_a_failed_warm_up_keeps_ready_503_and_says_why(runtime_bundle):
+    predictor = Predictor.load(runtime_bundle("bert"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated ONNX Runtime failure")
+
+    predictor.predict_ids = broken
+    with TestClient(create_app(runtime_bundle("bert"), predictor=predictor)) as client:
+        deadline = time.time() + 30
+        while not ((body := client.get("/ready").json()).get("error") or body["ready"]):
+            assert time.time() < deadline, "the warm-up never answered"
+            time.sleep(0.02)
+        response = client.get("/ready")
+    assert response.status_code == 503 and response.json()["ready"] is False
+    assert "simulated ONNX Runtime failure" in response.json()["error"]
 
 
 def test_api_key(runtime_bundle):
@@ -266,6 +359,8 @@ def test_create_app_mounts_inside_a_larger_app(runtime_bundle):
         time.sleep(0.05)
     assert client.post("/clf/predict", json={"inputs": "great"}).status_code == 200
     assert 'route="/predict",status="200"' in client.get("/clf/metrics").text
+    page = client.get("/clf/").text  # the playground calls the mounted routes
+    assert '"route": "/clf/v1/classify"' in page and 'fetch("/v1' not in page
 
 
 def test_a_lone_classification_request_does_not_wait_for_the_batch_window(runtime_bundle):
