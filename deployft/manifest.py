@@ -72,8 +72,13 @@ def read_json(path: str | Path, error: type[DeployftError] | None = None, missin
         if missing_ok:
             return {}
         raise error(f"{path} not found; re-create the folder with the deployft stage that writes it")
+    return _json_object(path, path.read_bytes(), error)
+
+
+def _json_object(path: Path, raw: bytes, error: type[DeployftError]) -> dict[str, Any]:
+    """The JSON object in `raw`, the bytes read from `path` (named in the errors)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path} is not valid JSON ({exc}); re-create the folder") from exc
     if not isinstance(data, dict):
@@ -89,7 +94,9 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     """
     body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (valid in JSON, "\udc80") gets a digest instead of a crash; any other text
+    # encodes exactly as in plain UTF-8, so every existing digest stays the same
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
@@ -102,12 +109,11 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
-    """Read and check the manifest of a RUN (`kind="run"`) or BUNDLE (`kind="bundle"`) folder.
+def manifest_bytes(folder: str | Path, kind: str) -> bytes:
+    """The exact bytes of the manifest of a RUN (`kind="run"`) or BUNDLE (`kind="bundle"`) folder.
 
     Raises:
-        ModelError / BundleError: the folder or its manifest is missing, unreadable, of the other
-            kind, or written by a newer deployft.
+        ModelError / BundleError: the folder or its manifest is missing.
     """
     error = BundleError if kind == "bundle" else ModelError
     folder = Path(folder)
@@ -118,7 +124,23 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise error(f"{folder} has no {MANIFEST_NAME}, so it is not a deployft {kind.upper()} folder; "
                     f"create one with deployft {'export' if kind == 'bundle' else 'finetune'}")
-    manifest = read_json(path, error)
+    return path.read_bytes()
+
+
+def read_manifest(folder: str | Path, kind: str, raw: bytes | None = None) -> dict[str, Any]:
+    """Read and check the manifest of a RUN (`kind="run"`) or BUNDLE (`kind="bundle"`) folder.
+
+    `raw`: the manifest's bytes as `manifest_bytes` read them, parsed instead of reading the file again (so a
+    signature checked on those bytes vouches for exactly what is parsed).
+
+    Raises:
+        ModelError / BundleError: the folder or its manifest is missing, unreadable, of the other
+            kind, or written by a newer deployft.
+    """
+    error = BundleError if kind == "bundle" else ModelError
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    manifest = _json_object(path, manifest_bytes(folder, kind) if raw is None else raw, error)
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise error(f"{path} has format version {version}, newer than this deployft reads ({FORMAT_VERSION}); "

@@ -45,8 +45,9 @@ def load_private_key(path: str | Path, flag: str = "--sign-key"):
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    pem = _pem(path, flag)  # outside the try: its own UsageError is a ValueError, not to be wrapped again
     try:
-        key = serialization.load_pem_private_key(_pem(path, flag), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{flag} {path} is not an unencrypted PEM private key ({exc}); "
                          "create a key pair with deployft keygen") from exc
@@ -65,8 +66,9 @@ def load_public_key(path: str | Path, flag: str = "--public-key"):
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    pem = _pem(path, flag)  # outside the try: its own UsageError is a ValueError, not to be wrapped again
     try:
-        key = serialization.load_pem_public_key(_pem(path, flag))
+        key = serialization.load_pem_public_key(pem)
     except ValueError as exc:
         raise UsageError(f"{flag} {path} is not a PEM public key ({exc}); pass the .pub.pem file written by "
                          "deployft keygen") from exc
@@ -111,8 +113,11 @@ def sign_bundle(folder: str | Path, private_key) -> Path:
     return path
 
 
-def verify_signature(folder: str | Path, public_key_path: str | Path) -> None:
+def verify_signature(folder: str | Path, public_key_path: str | Path, manifest: bytes | None = None) -> None:
     """Check `deployft.json.sig` against the manifest's bytes and the public key in `public_key_path`.
+
+    `manifest`: the manifest's bytes as the caller read them (`deployft.manifest.manifest_bytes`), to parse the
+    very bytes whose signature was checked; None reads `deployft.json`.
 
     Raises:
         UsageError: the key file is unusable.
@@ -128,7 +133,7 @@ def verify_signature(folder: str | Path, public_key_path: str | Path) -> None:
                           f"bundle exported with deployft export --sign-key, or drop --public-key")
     try:
         signature = base64.b64decode(path.read_bytes().strip(), validate=True)
-        key.verify(signature, (folder / MANIFEST_NAME).read_bytes())
+        key.verify(signature, (folder / MANIFEST_NAME).read_bytes() if manifest is None else manifest)
     except (InvalidSignature, binascii.Error, ValueError) as exc:
         raise BundleError(f"{path} does not match {MANIFEST_NAME} and the public key {public_key_path}: the manifest "
                           f"was changed after signing or signed with another key; do not use this bundle, "

@@ -8,6 +8,7 @@ from deployft.manifest import (
     MANIFEST_NAME,
     file_table,
     library_versions,
+    manifest_digest,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -59,3 +60,18 @@ def test_file_table_hashes_every_file_but_the_manifest(tmp_path):
 def test_library_versions_names_installed_packages():
     versions = library_versions()
     assert "numpy" in versions and "deployft" in versions
+
+
+def test_a_lone_surrogate_gets_a_digest_and_a_manifest(tmp_path):
+    """JSON may hold a lone surrogate ("\\udc80"); digesting or writing such a manifest must not crash."""
+    write_manifest(tmp_path, {"kind": "bundle", "note": "bad byte \udc80 in a file name"})
+    manifest = read_manifest(tmp_path, "bundle")
+    assert manifest["note"] == "bad byte \udc80 in a file name"
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+
+
+def test_digests_of_ordinary_manifests_are_unchanged():
+    """Pinned before the surrogate fix: any other text digests exactly as plain UTF-8 did."""
+    manifest = {"kind": "bundle", "labels": ["négatif", "東京", "🚀"], "n": 1.5, "x": None}
+    assert manifest_digest(manifest) == "8751c2055f41c2d91d68a62ae70738f657e9946f199ba25df93e48a1a708b2de"
+

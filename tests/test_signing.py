@@ -95,3 +95,22 @@ def test_export_refuses_a_missing_or_bad_key_before_any_work(tiny_model, tmp_pat
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith(f"Error: --sign-key {bad} is not an unencrypted PEM private key (")
     assert len(result.output.strip().splitlines()) == 1 and not output.exists()
+
+
+@pytest.mark.parametrize("load, flag", [(load_private_key, "--sign-key"), (load_public_key, "--public-key")])
+def test_a_missing_key_file_is_said_once(tmp_path, load, flag):
+    with pytest.raises(UsageError) as raised:
+        load(tmp_path / "nope.pem")
+    assert str(raised.value) == (f"{flag} {tmp_path / 'nope.pem'} not found; pass a PEM key file (create a pair "
+                                 "with deployft keygen)")
+
+
+def test_verify_signature_checks_the_bytes_it_is_given(pair, folder):
+    """The caller parses the bytes it read once; the signature is checked on those, not on a second read."""
+    private, public = pair
+    sign_bundle(folder, load_private_key(private))
+    signed = (folder / MANIFEST_NAME).read_bytes()
+    verify_signature(folder, public, signed)
+    with pytest.raises(BundleError, match="does not match"):
+        verify_signature(folder, public, signed.replace(b'"negative"', b'"positive"', 1))
+

@@ -11,6 +11,11 @@ from ..runtime.ray_predict import FORMATS, RayPredictConfig
 from ..tasks import get_task
 from .options import shown
 
+GENERATION_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+"""Parameters only a generator uses."""
+FILE_FLAGS = ("output_path", "column", "progress")
+"""Parameters only --input uses."""
+
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -65,17 +70,22 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, pro
         raise UsageError("pass either TEXT arguments or --input FILE (with --output FILE), not both or neither")
     if input_path and not output_path:
         raise UsageError("--input needs --output FILE.jsonl to write the predictions to")
-    options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
     ray_flags = {"--workers": workers, "--ray-address": ray_address, "--output-format": output_format}
     if not on_ray and any(v is not None for v in ray_flags.values()):
         raise UsageError(f"{', '.join(k for k, v in ray_flags.items() if v is not None)}: only used with --ray; "
                          "add --ray or leave them out")
+    if on_ray and not input_path:
+        raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
+    _refuse_unused_flags(click.get_current_context(), bool(input_path), _bundle_task(bundle, public_key))
+    options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
     if on_ray:
-        if not input_path:
-            raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
         _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
                         device, provider, model_file, public_key, ray_address, options, progress)
         return
+    if input_path:
+        from ..runtime.files import check_file_job
+
+        check_file_job(input_path, output_path, batch_size)  # before the bundle is loaded: nothing is wasted
     predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file, public_key=public_key,
                                provider=provider)
     if device == "auto":
@@ -127,3 +137,41 @@ def _print_completions(predictor, texts, options, as_json: bool) -> None:
         for piece in predictor.stream(text, **settings):
             click.echo(piece, nl=False)
         click.echo()
+
+
+def _bundle_task(bundle, public_key) -> str | None:
+    """The task the bundle's manifest names, read before any loading to refuse flags it would not use; its
+    signature (with a public key) and digest are checked first, as loading checks them."""
+    from pathlib import Path
+
+    from ..runtime.integrity import check_manifest, signed_manifest
+
+    manifest = signed_manifest(Path(bundle), public_key)
+    check_manifest(Path(bundle), manifest)
+    return manifest.get("task")
+
+
+def _refuse_unused_flags(ctx: click.Context, from_file: bool, task: str | None) -> None:
+    """Refuse a flag given on the command line that this run would ignore, naming it."""
+    from click.core import ParameterSource
+
+    from ..errors import UsageError
+    from ..tasks import TASKS
+
+    flags = {p.name: "/".join(p.opts + p.secondary_opts) for p in ctx.command.params}
+    given = [name for name in flags if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    unused = [] if from_file else [n for n in given if n in FILE_FLAGS]
+    if unused:
+        raise UsageError(f"{', '.join(flags[n] for n in unused)}: only used with --input FILE; pass --input or "
+                         "leave them out")
+    if from_file and "as_json" in given:
+        raise UsageError("--json prints the results of TEXT arguments; --input always writes JSON lines to "
+                         "--output: leave --json out")
+    generates = get_task(task).generates if task in TASKS else None
+    unused = [n for n in given if n in GENERATION_FLAGS] if generates is False else []
+    if unused:
+        raise UsageError(f"{', '.join(flags[n] for n in unused)}: generation settings, and the bundle is a {task} "
+                         "bundle that only classifies; leave them out")
+    if generates and not from_file and "batch_size" in given:
+        raise UsageError("--batch-size: TEXT prompts are completed one at a time; leave it out, or pass the "
+                         "prompts in an --input file to generate them in batches")

@@ -1,6 +1,9 @@
 """Predict over a JSONL or CSV file in bounded memory: read a chunk, predict it, append it to a JSONL file.
 
-The output is written under a temporary name of this run's own and renamed when complete
+The input is UTF-8 (a leading byte-order mark is skipped), decoded one line at a time so a byte that is not UTF-8
+is reported with its line; each row's text is a string (or null, read as ""), never another JSON value turned into
+text. The output path is checked before any work (`outputs.check_output_file`: not the input, not a folder).
+It is written under a temporary name of this run's own and renamed when complete
 (`deployft.staging.atomic_file`), so an interrupted run never leaves a file that looks finished, two runs into
 one output do not write the same file, and a temporary file left by a kill is removed by the next run.
 """
@@ -16,37 +19,76 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..staging import atomic_file
+from ..tasks import get_task
+from .inputs import check_batch_size
+from .outputs import check_output_file
 from .predictor import Predictor
 from .sampling import GenerationOptions
-from ..tasks import get_task
+
+_JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
 
 
-
-def read_texts(path: Path, column: str | None, task: str) -> Iterator[str]:
-    """Check the file, then return an iterator over the text of each row, read one at a time."""
+def check_input(path: Path) -> Path:
+    """Refuse an input file that is missing or neither .jsonl nor .csv."""
     if not path.is_file():
         raise DataError(f"input file {path} not found; pass an existing .jsonl or .csv file to --input")
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise DataError(f"input file {path} has extension '{suffix}'; pass a .jsonl or .csv file to --input")
-    rows = _jsonl_rows(path) if suffix == ".jsonl" else _csv_rows(path)
+    return path
+
+
+def check_file_job(input_path: str | Path, output_path: str | Path, batch_size: int) -> None:
+    """Refuse, before the bundle is loaded, a file job that cannot succeed: the batch size, the input file, and
+    an output that is the input, a folder, or under a file."""
+    check_batch_size(batch_size)
+    check_input(Path(input_path))
+    check_output_file(output_path, input_path)
+
+
+def read_texts(path: Path, column: str | None, task: str) -> Iterator[str]:
+    """Check the file, then return an iterator over the text of each row, read one at a time."""
+    check_input(path)
+    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
     return (_text_of(row, column, task, path, number) for number, row in rows)
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, each decoded on its own as UTF-8 (the first without a byte-order mark)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path} line {number} is not UTF-8 (byte {raw[exc.start]:#04x}); re-save the file "
+                                "as UTF-8 (a spreadsheet's 'CSV UTF-8', or iconv -f latin1 -t utf-8) and pass it "
+                                "to --input") from exc
+            yield line
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path} line {number} is not valid JSON ({exc.msg}); fix the line") from exc
+    for number, line in enumerate(_lines(path), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number} is not valid JSON ({exc.msg}); fix the line") from exc
+            yield number, row
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            yield number, row
+    reader = csv.DictReader(_lines(path))
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            raise DataError(f"{path} line {reader.line_num} is not valid CSV ({exc}); fix the line") from exc
+        if row is None:
+            return
+        if None in row:  # more fields than the header: an unquoted comma would cut the text silently
+            raise DataError(f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} fields "
+                            f"but the header has {len(reader.fieldnames)}; quote the field that holds a comma")
+        yield reader.line_num, row
 
 
 def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str:
@@ -57,10 +99,22 @@ def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str
     names = (column,) if column else get_task(task).input_columns
     for name in names:
         if name in row:
-            value = row[name]
-            return "" if value is None else str(value)
+            return _text_value(row[name], name, get_task(task).generates, path, number)
     raise DataError(f"{path} line {number} has no column {' or '.join(repr(n) for n in names)} "
-                    f"(columns: {', '.join(row)}); pass --column NAME")
+                    f"(columns: {', '.join(str(k) for k in row)}); pass --column NAME")
+
+
+def _text_value(value, name: str, generates: bool, path: Path, number: int) -> str:
+    """A row's text: a string as it is, null as ""; any other JSON value is refused, never turned into text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    chat = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
+    fix = ("a chat is not read from a file: pass its messages to Predictor.generate or to the server's "
+           "/v1/chat/completions" if chat and generates else "write the text as a JSON string")
+    raise DataError(f"{path} line {number}: column {name!r} is {_JSON_TYPES.get(type(value), 'not text')}, "
+                    f"not a string; {fix}")
 
 
 def count_rows(path: Path) -> int:
@@ -73,12 +127,21 @@ def count_rows(path: Path) -> int:
 def predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path,
                  column: str | None = None, batch_size: int = 32, options: GenerationOptions | None = None,
                  progress: bool = True) -> int:
-    """Predict every row of `input_path` into JSONL `output_path`; returns the number of rows written."""
+    """Predict every row of `input_path` into JSONL `output_path`; returns the number of rows written.
+
+    Raises:
+        UsageError: batch_size below 1; `output_path` is the input file, a folder, or under a file.
+        DataError: the input is missing, not .jsonl or .csv, not UTF-8, malformed, lacks the column, has a value
+            that is not a string, or has no rows. Nothing is written then, and an existing output is kept.
+    """
     from tqdm import tqdm
 
     input_path, output_path = Path(input_path), Path(output_path)
+    check_file_job(input_path, output_path, batch_size)
     texts = read_texts(input_path, column, predictor.task)
     chunk = list(itertools.islice(texts, batch_size))  # a wrong column fails here, before any progress bar
+    if not chunk:
+        raise DataError(f"{input_path} has no rows; pass a file with at least one row")
     written = 0
     with atomic_file(output_path) as staging, open(staging, "w", encoding="utf-8") as out, \
             tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:

@@ -183,19 +183,20 @@ class KVDecoder:
                    done: np.ndarray, ignore_eos: bool = False) -> Iterator[np.ndarray]:
         """Yield the next token of every row, step by step, for a left-padded batch.
 
-        `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end
-        token, the caller may mark rows that hit a stop string, and the loop ends when all rows are done.
-        Finished rows keep receiving the pad token, as in transformers, so they do not disturb the others.
-        `ignore_eos` runs every row to max_new_tokens, end tokens included (what a benchmark times).
+        `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end token, the
+        caller may mark rows that hit a stop string, and the loop ends when all rows are done. Finished rows keep
+        receiving the pad token, as in transformers. `ignore_eos` runs every row to max_new_tokens, end tokens
+        included (what a benchmark times). Each row samples from its own generator seeded with `options.seed`
+        (fresh entropy when None), so a row gets the text its prompt gets alone, whatever else shares the batch.
         """
-        rng = np.random.default_rng(options.seed)
+        rngs = [np.random.default_rng(options.seed) for _ in range(ids.shape[0])]
         budget = self.budget(ids.shape[1], options.max_new_tokens)
         if budget <= 0:
             return
         cache = SharedCache(self, ids, mask, budget) if self.shares_cache else CopyingCache(self, ids, mask)
         logits = cache.prefill()
         for generated in range(1, budget + 1):
-            tokens = np.where(done, self.pad_id, next_tokens(logits, options, rng)).astype(np.int64)
+            tokens = np.where(done, self.pad_id, next_tokens(logits, options, rngs)).astype(np.int64)
             yield tokens
             if not ignore_eos:
                 done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))

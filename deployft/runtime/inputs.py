@@ -1,4 +1,4 @@
-"""Checks of what callers pass to a Predictor: texts to classify, prompts and chats, stop strings."""
+"""Checks of what callers pass to a Predictor: texts to classify, prompts and chats, stop strings, batch sizes."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def stop_strings(stop) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+def check_batch_size(batch_size) -> int:
+    """Validate a batch size: an integer >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
+    return batch_size

@@ -159,6 +159,24 @@ def check_bundle(folder: Path, manifest: dict[str, Any]) -> BundleCheck:
     return report
 
 
+def signed_manifest(folder: Path, public_key: str | Path | None = None) -> dict[str, Any]:
+    """A BUNDLE's manifest, its bytes read once: with `public_key` the signature is checked on those very bytes,
+    then they are parsed, so a manifest swapped between two reads is never the one used.
+
+    Raises:
+        BundleError: no manifest, unreadable, newer format, or (with `public_key`) unsigned or not matching.
+        UsageError: an unusable public key file.
+    """
+    from ..manifest import manifest_bytes, read_manifest
+
+    raw = manifest_bytes(folder, "bundle")
+    if public_key is not None:
+        from ..signing import verify_signature
+
+        verify_signature(folder, public_key, raw)
+    return read_manifest(folder, "bundle", raw)
+
+
 def verify_bundle(bundle: str | Path, public_key: str | Path | None = None) -> BundleCheck:
     """Check a BUNDLE folder without loading its model: signature (with `public_key`), manifest, every file.
 
@@ -166,12 +184,5 @@ def verify_bundle(bundle: str | Path, public_key: str | Path | None = None) -> B
         BundleError: the first mismatch, naming the file and the fix.
         UsageError: an unusable public key file.
     """
-    from ..manifest import read_manifest
-
     folder = Path(bundle)
-    manifest = read_manifest(folder, "bundle")
-    if public_key is not None:
-        from ..signing import verify_signature
-
-        verify_signature(folder, public_key)
-    return check_bundle(folder, manifest)
+    return check_bundle(folder, signed_manifest(folder, public_key))

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, UsageError, reraise_as
-from ..manifest import read_json, read_manifest
+from ..manifest import read_json
 from ..prompts import PromptFormat, prompt_ids
 from ..tasks import TASKS, get_task
 from ..tokens import special_ids
 from .classifier import ClassifierHead
 from .generation import KVDecoder, TextTracker
-from .integrity import REEXPORT, check_for_load
-from .inputs import check_prompt, check_texts, stop_strings
+from .integrity import REEXPORT, check_for_load, signed_manifest
+from .inputs import check_batch_size, check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions
 from .openvino import pick_model_file
 from .session import Runtime, SessionOptions, create_session
@@ -38,20 +38,20 @@ class Prediction:
     """The probability of every label, in the bundle's label order."""
 
 
-def checked_bundle(folder: Path, model_file: str | None = None,
-                   public_key: str | Path | None = None) -> tuple[dict, str, Path]:
-    """`(manifest, model file name, its path)` of a bundle after every check `Predictor.load` makes before it
-    reads a file: known task, signature (with a public key), the manifest's digest, and the files it will read."""
-    manifest = read_manifest(folder, "bundle")
+def checked_bundle(folder: Path, model_file: str | None = None, public_key: str | Path | None = None,
+                   provider: str = "default") -> tuple[dict, str, Path, str | None]:
+    """`(manifest, model file name, its path, why the provider chose that file or None)` of a bundle after every
+    check `Predictor.load` makes before it reads a file: signature (with a public key) of the manifest's bytes,
+    read once, known task, the manifest's digest, and the files it will read."""
+    manifest = signed_manifest(folder, public_key)
     if manifest.get("task") not in TASKS:
         raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
                           f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
-    if public_key is not None:
-        from ..signing import verify_signature
-
-        verify_signature(folder, public_key)
+    choice = None
+    if provider == "openvino":
+        model_file, choice = pick_model_file(manifest, model_file)
     name = model_file or manifest.get("model_file") or "model.onnx"
-    return manifest, name, check_for_load(folder, manifest, name)
+    return manifest, name, check_for_load(folder, manifest, name), choice
 
 
 def _with_shapes(options: SessionOptions, manifest: dict, static_shapes: bool, pad_id: int) -> SessionOptions:
@@ -63,7 +63,8 @@ def _with_shapes(options: SessionOptions, manifest: dict, static_shapes: bool, p
 
 
 class Predictor:
-    """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across threads."""
+    """A loaded BUNDLE: `predict` for classifiers, `generate` / `stream` for generators. Safe to share across
+    threads."""
 
     def __init__(self, folder: Path, manifest: dict, session, device: str, model_file: str,
                  runtime: Runtime | None = None, file_choice: str | None = None, codec: TextCodec | None = None):
@@ -120,10 +121,7 @@ class Predictor:
         options = SessionOptions(device=device, threads=threads, spinning=spinning, provider=provider,
                                  cache_dir=cache_dir)
         folder = Path(bundle)
-        choice = None
-        if provider == "openvino":
-            model_file, choice = pick_model_file(read_manifest(folder, "bundle"), model_file)
-        manifest, name, path = checked_bundle(folder, model_file, public_key)
+        manifest, name, path, choice = checked_bundle(folder, model_file, public_key, provider)
         codec = TextCodec(folder, manifest.get("max_length"))
         options = _with_shapes(options, manifest, static_shapes, codec.pad_id)
         if choice:
@@ -173,9 +171,7 @@ class Predictor:
         self._require(False, "predict()")
         single = isinstance(texts, str)
         rows = check_texts([texts] if single else texts, "predict()")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass --batch-size 32")
-        results = self.predict_ids(self.codec.encode(rows), batch_size)
+        results = self.predict_ids(self.codec.encode(rows), check_batch_size(batch_size))
         return results[0] if single else results
 
     def predict_ids(self, ids: list[list[int]], batch_size: int = 32) -> list[Prediction]:
@@ -245,11 +241,18 @@ class Predictor:
     def stream(self, prompt: str | list[dict], max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: str | list[str] | tuple[str, ...] = ()) -> Iterator[str]:
-        """Yield text pieces as they are decoded; they concatenate to what `generate` returns."""
+        """Yield text pieces as they are decoded.
+
+        They concatenate to what `generate` returns unless the tokenizer's decoder rewrites text it has already
+        decoded once later tokens follow (a clean-up of the space before punctuation: " ." becomes "."). A piece
+        already yielded is never taken back, so the stream then goes on from the first character where the whole
+        decode differs from the text shown: "x", " ", "." streamed, "x." generated.
+        """
         self._require(True, "stream()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
         if check_prompt(prompt):
-            raise UsageError("stream() takes one prompt or one chat, not a list of prompts; call generate() for a batch")
+            raise UsageError("stream() takes one prompt or one chat, not a list of prompts; call generate() for "
+                             "a batch")
         ids, mask = self.codec.pad([self.prompt_ids(prompt)], side="left")
         tracker = TextTracker(self.codec.decode, options.stop, set(int(e) for e in self.decoder.eos_ids))
         done = np.zeros(1, dtype=bool)

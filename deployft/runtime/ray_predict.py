@@ -22,6 +22,7 @@ from ..manifest import read_manifest
 from ..staging import atomic_file
 from ..tasks import TASKS, get_task
 from .openvino import import_plugin
+from .outputs import check_output_file
 from .sampling import GenerationOptions
 from .session import PROVIDERS
 
@@ -61,7 +62,8 @@ class RayPredictConfig:
     model_file: str | None = None
     """Another `.onnx` variant of the bundle."""
     public_key: str | Path | None = None
-    """An Ed25519 public key PEM file: the bundle's manifest signature is checked on the driver before any worker."""
+    """An Ed25519 public key PEM file: the bundle's manifest signature is checked on the driver before any worker
+    starts, and again by every worker when it loads the bundle."""
     address: str | None = None
     """Ray cluster to join (`auto`, `ray://host:10001`); default: the one ray.init() finds, else a local instance."""
     options: GenerationOptions = field(default_factory=GenerationOptions)
@@ -87,6 +89,7 @@ class RayPredictConfig:
         if self.output.is_file():
             raise UsageError(f"--output {self.output} is a file; with --ray pass a folder to write "
                              f"predictions.{self.output_format} into")
+        check_output_file(self.output_file, self.input, fix="folder")
         suffix = self.input.suffix.lower()
         if not self.input.is_file():
             raise DataError(f"input file {self.input} not found; pass an existing .parquet, .jsonl or .csv file")
@@ -104,11 +107,13 @@ class BundleWorker:
     """One Ray Data actor: loads the bundle once, predicts each window of rows it is given."""
 
     def __init__(self, bundle: str, column: str, batch_size: int, options: dict, device: str = "cpu",
-                 threads: int | None = None, model_file: str | None = None, provider: str = "default"):
+                 threads: int | None = None, model_file: str | None = None, provider: str = "default",
+                 public_key: str | None = None):
         from .predictor import Predictor
 
+        # the worker checks the signature of what it reads itself: the bundle may change after the driver's check
         self.predictor = Predictor.load(bundle, device=device, threads=threads, model_file=model_file,
-                                        provider=provider)
+                                        provider=provider, public_key=public_key)
         self.column, self.batch_size = column, batch_size
         self.options = GenerationOptions(**options)
 
@@ -139,7 +144,8 @@ def predict_records(predictor: Predictor, texts: list[str], batch_size: int,
     return [{"prompt": t, "completion": c} for t, c in zip(texts, completions)]
 
 
-def check_bundle(bundle: Path, model_file: str | None, public_key: str | Path | None = None) -> dict:
+def check_bundle(bundle: Path, model_file: str | None, public_key: str | Path | None = None,
+                 provider: str = "default") -> dict:
     """The manifest of `bundle`, checked as `Predictor.load` checks it, without loading the model.
 
     Ray workers load the bundle; checking it first on the driver turns a bad bundle into one line rather than
@@ -147,7 +153,7 @@ def check_bundle(bundle: Path, model_file: str | None, public_key: str | Path | 
     """
     from .predictor import checked_bundle
 
-    return checked_bundle(Path(bundle), model_file, public_key)[0]
+    return checked_bundle(Path(bundle), model_file, public_key, provider)[0]
 
 
 def predict_on_ray(config: RayPredictConfig) -> int:
@@ -159,7 +165,7 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     """
     ray = require("ray", "ray")
     require("ray.data", "ray")
-    task = check_bundle(config.bundle, config.model_file, config.public_key)["task"]
+    task = check_bundle(config.bundle, config.model_file, config.public_key, config.provider)["task"]
     started = not ray.is_initialized()
     if started:
         with reraise_as(UsageError, f"cannot start or join Ray at {config.address or 'a local instance'} "
@@ -206,7 +212,8 @@ def _dataset(data, config: RayPredictConfig, task: str | None):
     column = _text_column(columns, config.column, task, config.input)
     worker = {"bundle": str(config.bundle.resolve()), "column": column, "batch_size": config.batch_size,
               "options": asdict(config.options), "device": config.device, "threads": config.threads,
-              "model_file": config.model_file, "provider": config.provider}
+              "model_file": config.model_file, "provider": config.provider,
+              "public_key": str(Path(config.public_key).resolve()) if config.public_key is not None else None}
     return dataset.select_columns([column]).map_batches(
         BundleWorker, fn_constructor_kwargs=worker, batch_size=config.batch_size * WINDOW_BATCHES,
         # a pool that starts at one actor leaves CPUs to the read tasks; a full pool from the start can take

@@ -1,11 +1,14 @@
 """Generation options and the choice of the next token: greedy, or sampling with temperature / top-k / top-p.
 
 The filters follow transformers' logits warpers in the same order (temperature, top-k, top-p), and each
-call owns its own seeded `numpy.random.Generator`, so a seed reproduces a text and threads never share state.
+row of a generation owns its own seeded `numpy.random.Generator`, so a seed reproduces a prompt's text whatever
+else shares its batch, and threads never share state.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,13 +41,19 @@ class GenerationOptions:
                 or self.max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}; "
                              "pass --max-new-tokens 1 or more")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise UsageError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}; "
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UsageError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}; "
                              "pass --temperature 0 or a positive number")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and (isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float))
+                                       or not 0 < self.top_p <= 1):
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p!r}; pass --top-p 0.9 for example")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 0):
             raise UsageError(f"top_k must be an integer >= 0, got {self.top_k!r}; pass --top-k 50 for example")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or self.seed < 0):
+            raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}; pass --seed 0 or a larger integer")
 
     @property
     def greedy(self) -> bool:
@@ -78,8 +87,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def next_tokens(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> np.ndarray:
-    """Pick one token per row of `logits` (batch, vocab)."""
+def next_tokens(logits: np.ndarray, options: GenerationOptions,
+                rng: np.random.Generator | Sequence[np.random.Generator]) -> np.ndarray:
+    """Pick one token per row of `logits` (batch, vocab).
+
+    `rng`: one generator per row, each row sampled from its own (so a row's tokens do not depend on the rows
+    beside it), or one generator that draws for every row in order (one row: the same draw as a list of one).
+    """
     if options.greedy:
         return logits.argmax(axis=-1)
     scores = logits.astype(np.float64) / options.temperature
@@ -89,5 +103,9 @@ def next_tokens(logits: np.ndarray, options: GenerationOptions, rng: np.random.G
         scores = _top_p(scores, options.top_p)
     probs = _softmax(scores)
     cumulative = np.cumsum(probs, axis=-1)
-    draws = rng.random((probs.shape[0], 1)) * cumulative[:, -1:]
+    if isinstance(rng, np.random.Generator):
+        draws = rng.random((probs.shape[0], 1))
+    else:
+        draws = np.array([[generator.random()] for generator in rng])
+    draws = draws * cumulative[:, -1:]
     return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1)

@@ -230,12 +230,16 @@ def _create(ort, model_path: Path, options: SessionOptions):
         return _build(ort, model_path, [CPU], options), "cpu"
     try:
         session = _build(ort, model_path, [CUDA, CPU], options)
-    except Exception as exc:  # ORT raises its own Fail/RuntimeException types when a provider cannot start
+    except Exception as exc:  # ORT raises its own Fail/RuntimeException types, for CUDA and for the model alike
+        # a file the CPU cannot load either is the model's fault, not CUDA's: its own error goes up (a BundleError
+        # from Predictor.load); only a file that loads on the CPU makes this a CUDA failure
+        cpu = _build(ort, model_path, [CPU], options)
         if options.device == "cuda":
+            del cpu
             raise DeviceError(f"device cuda asked for but ONNX Runtime could not start CUDA: "
                               f"{first_line(exc)}; pass --device cpu") from exc
         logger.info("device auto: CUDA failed to start (%s); running on CPU", first_line(exc))
-        return _build(ort, model_path, [CPU], options), "cpu"
+        return cpu, "cpu"
     if CUDA in session.get_providers():
         logger.info("running %s on CUDA", model_path.name)
         return session, "cuda"

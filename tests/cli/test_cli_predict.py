@@ -154,3 +154,78 @@ def test_device_auto_says_which_device_runs(runtime_bundle):
     device = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
     assert f"device auto: running on {device}" in result.stderr
     assert json.loads(result.stdout)["text"] == "the film was great"
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if the bundle is loaded: the error must come before any loading work."""
+
+    def load(*args, **kwargs):
+        raise AssertionError("the bundle was loaded before the flags were checked")
+
+    monkeypatch.setattr(Predictor, "load", load)
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(runtime_bundle, tmp_path, monkeypatch,
+                                                                   no_loading):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ok.csv").write_text("text\ngood\nbad\n")
+    (tmp_path / "sub").mkdir()
+    for output in ("ok.csv", tmp_path / "ok.csv", "sub/../ok.csv"):
+        _error(_run("predict", runtime_bundle("bert"), "--input", "ok.csv", "--output", output),
+               f"--output {output} is the --input file ok.csv", "pass another --output path")
+    assert (tmp_path / "ok.csv").read_text() == "text\ngood\nbad\n"
+
+
+def test_an_output_that_cannot_take_the_file_is_refused_before_loading(runtime_bundle, tmp_path, no_loading):
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    (tmp_path / "outdir").mkdir()
+    _error(_run("predict", runtime_bundle("bert"), "--input", source, "--output", tmp_path / "outdir"),
+           f"--output {tmp_path / 'outdir'} is a folder; pass a file path")
+    _error(_run("predict", runtime_bundle("bert"), "--input", source, "--output", source / "x.jsonl"),
+           f"--output {source / 'x.jsonl'} cannot be created: {source} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "outdir"]
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_a_batch_size_below_one_is_refused_before_loading(runtime_bundle, tmp_path, no_loading, size):
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    _error(_run("predict", runtime_bundle("bert"), "--input", source, "--output", tmp_path / "o.jsonl",
+                "--batch-size", size), f"batch_size must be an integer >= 1, got {size}; pass --batch-size")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("content", ["", "text\n"])
+def test_an_input_without_rows_is_refused(runtime_bundle, tmp_path, content):
+    (tmp_path / "in.csv").write_text(content)
+    _error(_run("predict", runtime_bundle("bert"), "--input", tmp_path / "in.csv", "--output", tmp_path / "o.jsonl"),
+           f"{tmp_path / 'in.csv'} has no rows; pass a file with at least one row")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_non_utf8_input_names_the_file_and_line(runtime_bundle, tmp_path):
+    (tmp_path / "in.csv").write_bytes("text\ngood\ncafé\n".encode("latin-1"))
+    _error(_run("predict", runtime_bundle("bert"), "--input", tmp_path / "in.csv", "--output", tmp_path / "o.jsonl"),
+           f"{tmp_path / 'in.csv'} line 3 is not UTF-8", "re-save the file as UTF-8")
+
+
+@pytest.mark.parametrize("arch, args, message", [
+    ("bert", ("x", "--output", "o.jsonl"), "--output: only used with --input FILE"),
+    ("bert", ("x", "--column", "review", "--no-progress"), "--column, --progress/--no-progress: only used with"),
+    ("bert", ("--input", "in.csv", "--output", "o.jsonl", "--json"), "--json prints the results of TEXT arguments"),
+    ("bert", ("x", "--temperature", "0.7", "--stop", "."), "--temperature, --stop: generation settings, and the "
+                                                            "bundle is a classify bundle"),
+    ("bert", ("--input", "in.csv", "--output", "o.jsonl", "--seed", "1"), "--seed: generation settings"),
+    ("bert", ("--input", "in.csv", "--output", "out", "--ray", "--max-new-tokens", "8"), "--max-new-tokens: gener"),
+    ("gpt2", ("hi", "--batch-size", "8"), "--batch-size: TEXT prompts are completed one at a time"),
+])
+def test_flags_this_run_would_ignore_are_refused(runtime_bundle, tmp_path, monkeypatch, no_loading, arch, args,
+                                                 message):
+    monkeypatch.chdir(tmp_path)
+    write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    _error(_run("predict", runtime_bundle(arch), *args), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_flags_at_their_defaults_given_explicitly_are_still_refused_on_a_classifier(runtime_bundle, no_loading):
+    _error(_run("predict", runtime_bundle("bert"), "x", "--temperature", "0"), "--temperature: generation settings")

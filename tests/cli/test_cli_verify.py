@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from click.testing import CliRunner
 
 from deployft.cli import main
@@ -70,3 +72,53 @@ def test_keygen_sign_and_verify_with_the_public_key(runtime_bundle, tmp_path):
     assert result.exit_code == 0 and result.output.rstrip().endswith(f"match, signature matches {public}")
     _error(_run("verify", bundle, "--public-key", private), f"--public-key {private} is not a PEM public key")
     _error(_run("predict", bundle, "x", "--public-key", tmp_path / "none.pem"), "--public-key")
+
+
+def _swap_manifest_on_first_read(monkeypatch, bundle, tampered: bytes) -> list[str]:
+    """The first read of `bundle`'s deployft.json, by any method, returns `tampered`; later reads the file on disk
+    (a manifest swapped between two reads). Returns the reads made."""
+    from pathlib import Path
+
+    manifest, reads = (bundle / "deployft.json").resolve(), []
+    read_bytes, read_text = Path.read_bytes, Path.read_text
+
+    def first_read(path, how: str):
+        if path.resolve() != manifest:
+            return None
+        reads.append(how)
+        return tampered if len(reads) == 1 else None
+
+    def fake_bytes(path):
+        swapped = first_read(path, "bytes")
+        return read_bytes(path) if swapped is None else swapped
+
+    def fake_text(path, *args, **kwargs):
+        swapped = first_read(path, "text")
+        return read_text(path, *args, **kwargs) if swapped is None else swapped.decode("utf-8")
+
+    monkeypatch.setattr(Path, "read_bytes", fake_bytes)
+    monkeypatch.setattr(Path, "read_text", fake_text)
+    return reads
+
+
+def test_the_signature_is_checked_on_the_manifest_bytes_that_are_used(runtime_bundle, tmp_path, monkeypatch):
+    from deployft.errors import BundleError
+    from deployft.manifest import write_manifest
+    from deployft.runtime import Predictor, verify_bundle
+    from deployft.signing import generate_keys
+
+    bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "b")
+    private, public = generate_keys(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    sign_bundle(bundle, load_private_key(private))
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    manifest = read_manifest(bundle, "bundle")
+    write_manifest(forged, {**manifest, "labels": manifest["labels"][::-1]})  # restamped: only the signature tells
+    tampered = (forged / "deployft.json").read_bytes()
+    for load in (lambda: Predictor.load(bundle, public_key=public), lambda: verify_bundle(bundle, public)):
+        reads = _swap_manifest_on_first_read(monkeypatch, bundle, tampered)
+        with pytest.raises(BundleError, match="does not match deployft.json and the public key"):
+            load()
+        assert len(reads) == 1  # read once: the bytes whose signature is checked are the bytes parsed
+        monkeypatch.undo()
+    assert Predictor.load(bundle, public_key=public).labels == manifest["labels"]

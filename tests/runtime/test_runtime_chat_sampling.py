@@ -71,6 +71,14 @@ def test_sampling_follows_the_distribution():
     assert {int(next_tokens(logits, top, rng)[0]) for _ in range(200)} == {2}
 
 
+def test_each_row_draws_from_its_own_generator():
+    logits = np.log(np.full((3, 50), 1 / 50))
+    options = GenerationOptions(temperature=1.0)
+    rows = next_tokens(logits, options, [np.random.default_rng(seed) for seed in (1, 2, 1)])
+    alone = [next_tokens(logits[:1], options, np.random.default_rng(seed))[0] for seed in (1, 2, 1)]
+    assert rows.tolist() == alone and rows[0] == rows[2]  # a row's draw ignores the rows beside it
+
+
 def test_greedy_is_argmax():
     logits = np.array([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
     assert next_tokens(logits, GenerationOptions(), np.random.default_rng(0)).tolist() == [1, 0]
@@ -79,7 +87,10 @@ def test_greedy_is_argmax():
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
     ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"),
-    ({"top_k": -3}, "top_k"),
+    ({"top_k": -3}, "top_k"), ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": True}, "temperature"),
+    ({"temperature": "0.7"}, "temperature"), ({"top_k": True}, "top_k"), ({"top_k": 2.0}, "top_k"),
+    ({"top_p": True}, "top_p"), ({"top_p": float("nan")}, "top_p"), ({"top_p": "0.9"}, "top_p"),
 ])
 def test_options_validate(kwargs, match):
     with pytest.raises(ValueError, match=match):

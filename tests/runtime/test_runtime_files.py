@@ -56,3 +56,127 @@ def test_an_error_mid_file_keeps_the_previous_output(runtime_bundle, tmp_path):
     with pytest.raises(ValueError, match="line 41 is not valid JSON"):
         predict_file(predictor, source, output, batch_size=8, progress=False)
     assert output.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["in.jsonl", "preds.jsonl"]
+
+
+class _NeverCalled:
+    """A predictor that fails the test if a row is ever predicted (the file must be refused first)."""
+
+    task = "classify"
+
+    def predict(self, texts, batch_size=32):
+        raise AssertionError("predicted before the input or output was checked")
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
+    from deployft.errors import UsageError
+
+    source = tmp_path / "ok.csv"
+    source.write_text("text\ngood\nbad\n")
+    (tmp_path / "sub").mkdir()
+    for output in (source, tmp_path / "sub" / ".." / "ok.csv"):
+        with pytest.raises(UsageError, match=r"^--output .*ok.csv is the --input file .*pass another --output path$"):
+            predict_file(_NeverCalled(), source, output, progress=False)
+    assert source.read_text() == "text\ngood\nbad\n" and _names(tmp_path) == ["ok.csv", "sub"]
+
+
+def test_an_output_that_cannot_take_the_file_is_refused_before_any_work(tmp_path):
+    from deployft.errors import UsageError
+
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UsageError, match=r"^--output .*folder is a folder; pass a file path"):
+        predict_file(_NeverCalled(), source, tmp_path / "folder", progress=False)
+    with pytest.raises(UsageError, match=r"^--output .*in.csv/sub/x.jsonl cannot be created: .*in.csv is a file"):
+        predict_file(_NeverCalled(), source, tmp_path / "in.csv" / "sub" / "x.jsonl", progress=False)
+    assert _names(tmp_path) == ["folder", "in.csv"] and _names(tmp_path / "folder") == []
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
+    from deployft.errors import UsageError
+
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    with pytest.raises(UsageError, match="batch_size must be an integer >= 1.*--batch-size"):
+        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", batch_size=batch_size, progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("name, content", [("empty.csv", ""), ("header.csv", "text\n"), ("blank.jsonl", "\n\n")])
+def test_a_file_without_rows_is_refused(tmp_path, name, content):
+    from deployft.errors import DataError
+
+    source = tmp_path / name
+    source.write_text(content)
+    with pytest.raises(DataError, match=f"^{source} has no rows; pass a file with at least one row$"):
+        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+    assert _names(tmp_path) == [name]
+
+
+def test_utf8_with_a_byte_order_mark_is_read_and_other_encodings_name_the_line(runtime_bundle, tmp_path):
+    from deployft.errors import DataError
+
+    predictor = Predictor.load(runtime_bundle("bert"))
+    for name, data in (("bom.csv", "\ufefftext\ngood\n".encode("utf-8")),
+                       ("bom.jsonl", '\ufeff{"text": "good"}\n'.encode("utf-8"))):
+        (tmp_path / name).write_bytes(data)
+        assert predict_file(predictor, tmp_path / name, tmp_path / "out.jsonl", progress=False) == 1
+        assert json.loads((tmp_path / "out.jsonl").read_text())["text"] == "good"
+    for name, data in (("latin1.csv", "text\ngood\ncafé\n".encode("latin-1")),
+                       ("bad.jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "\xff"}\n')):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=f"^{tmp_path / name} line 3 is not UTF-8 .*re-save the file as UTF-8"):
+            predict_file(predictor, tmp_path / name, tmp_path / "bad-out.jsonl", progress=False)
+    assert not (tmp_path / "bad-out.jsonl").exists()
+
+
+def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
+    from deployft.errors import DataError
+
+    for header in ("text", "review"):  # the column found, or not (the missing-column message used to crash)
+        source = tmp_path / f"{header}.csv"
+        source.write_text(f"{header}\na,b,c\n")
+        with pytest.raises(DataError, match=f"^{source} line 2 has 3 fields but the header has 1; quote the field"):
+            predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+
+
+@pytest.mark.parametrize("value, found", [(["a", "b"], "an array"), ({"k": 1}, "an object"), (5, "a number"),
+                                          (True, "a boolean")])
+def test_a_jsonl_value_that_is_not_a_string_is_refused(tmp_path, value, found):
+    from deployft.errors import DataError
+    from deployft.runtime.files import read_texts
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": None}) + "\n"
+                      + json.dumps({"text": value}) + "\n")
+    texts = read_texts(source, None, "classify")
+    assert [next(texts), next(texts)] == ["fine", ""]
+    with pytest.raises(DataError, match=f"^{source} line 3: column 'text' is {found}, not a string; write the text"):
+        next(texts)
+
+
+def test_a_chat_in_a_generator_file_says_where_chats_go(tmp_path):
+    from deployft.errors import DataError
+    from deployft.runtime.files import read_texts
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match="line 1: column 'prompt' is an array, not a string; a chat is not read from "
+                                       "a file: pass its messages to Predictor.generate"):
+        next(read_texts(source, None, "generate"))
+
+
+def test_sampled_completions_do_not_depend_on_the_batch_size(runtime_bundle, tmp_path):
+    from deployft.runtime import GenerationOptions
+
+    predictor = Predictor.load(runtime_bundle("llama"))
+    source = write_rows(tmp_path / "qa.jsonl", [{"prompt": p} for p in ("what color", "bees", "what do fish eat")])
+    options = GenerationOptions(max_new_tokens=10, temperature=1.0, seed=3)
+    outputs = []
+    for batch_size in (1, 3):
+        outputs.append(tmp_path / f"out{batch_size}.jsonl")
+        predict_file(predictor, source, outputs[-1], batch_size=batch_size, options=options, progress=False)
+    assert outputs[0].read_text() == outputs[1].read_text()

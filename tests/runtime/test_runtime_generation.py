@@ -63,6 +63,37 @@ def test_sampling_is_reproducible_with_a_seed(runtime_bundle):
     assert others - {first}, "different seeds should give some different texts"
 
 
+SAMPLED = {"max_new_tokens": 16, "temperature": 1.0, "seed": 11}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_seeded_row_samples_the_same_text_alone_or_in_any_batch(runtime_bundle, arch):
+    predictor = Predictor.load(runtime_bundle(arch))
+    alone = [predictor.generate(p, **SAMPLED) for p in PROMPTS]
+    assert predictor.generate(PROMPTS, **SAMPLED) == alone
+    assert predictor.generate(PROMPTS[::-1], **SAMPLED) == alone[::-1]
+    assert predictor.generate([PROMPTS[1]] * 3, **SAMPLED) == [alone[1]] * 3  # same prompt, same seed: same text
+    assert len(set(alone)) == 3 and alone != predictor.generate(PROMPTS, **{**SAMPLED, "temperature": 0.0})
+
+
+def test_the_server_samples_what_the_predictor_samples(runtime_bundle):
+    """The serve engine gives each request its own generator: its text equals `generate` alone and in a batch."""
+    from deployft.runtime import GenerationOptions
+    from deployft.serve.engine import GenerationEngine, Ticket
+
+    predictor = Predictor.load(runtime_bundle("llama"))
+    engine = GenerationEngine(predictor, max_batch_size=8, max_queue=8)
+    sinks = [[] for _ in PROMPTS]
+    for prompt, sink in zip(PROMPTS, sinks):
+        engine.submit(Ticket(predictor.prompt_ids(prompt), GenerationOptions(**SAMPLED), sink.append))
+    for _ in range(200):
+        if all(sink and sink[-1].finish_reason for sink in sinks):
+            break
+        engine.run_once()
+    served = ["".join(chunk.text for chunk in sink) for sink in sinks]
+    assert served == [predictor.generate(p, **SAMPLED) for p in PROMPTS] == predictor.generate(PROMPTS, **SAMPLED)
+
+
 def test_top_k_one_is_greedy(runtime_bundle):
     predictor = Predictor.load(runtime_bundle("gpt2"))
     greedy = predictor.generate(PROMPTS[1], max_new_tokens=10)

@@ -12,7 +12,7 @@ import pytest
 
 from deployft.errors import BundleError, UsageError
 from deployft.runtime import Prediction, Predictor
-from conftest import sentiment_rows
+from conftest import build_runtime_bundle, sentiment_rows
 
 TEXTS = [r["text"] for r in sentiment_rows(40, seed=3)]
 
@@ -21,7 +21,7 @@ def _copy(bundle, tmp_path):
     return shutil.copytree(bundle, tmp_path / "bundle-copy")
 
 
-def _torch_probs(bundle, texts):
+def _torch_log_probs(bundle, texts):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -30,18 +30,55 @@ def _torch_probs(bundle, texts):
     batch = AutoTokenizer.from_pretrained(source)(texts, padding=True, truncation=True, max_length=32,
                                                   return_tensors="pt")
     with torch.no_grad():
-        return torch.softmax(model(**batch).logits, dim=-1).numpy()
+        return torch.log_softmax(model(**batch).logits.double(), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def sharp_classifier(_tiny_model_cache, tmp_path_factory):
+    """`sharp_classifier("bert")` -> a classifier BUNDLE with large random weights (std 0.25), so its scores depend
+    on every input, the attention mask included (the untrained tiny model scores every text about 0.5055, and a
+    runtime that ignored the mask moved its scores by less than 1e-5), and a head bias that splits TEXTS between
+    the labels at their median (the tiny tokenizer, trained on the spot, differs from one session to the next)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            tiny, sharp = _tiny_model_cache(arch), tmp_path_factory.mktemp(f"sharp-{arch}")
+            model = AutoModelForSequenceClassification.from_pretrained(tiny).eval()
+            generator = torch.Generator().manual_seed(0)
+            batch = AutoTokenizer.from_pretrained(tiny)(TEXTS, padding=True, truncation=True, max_length=32,
+                                                        return_tensors="pt")
+            with torch.no_grad():
+                for param in model.parameters():
+                    if param.dim() >= 2:
+                        param.copy_(torch.randn(param.shape, generator=generator) * 0.25)
+                logits = model(**batch).logits
+                head_bias = [p for name, p in model.named_parameters() if name.endswith("bias") and p.shape == (2,)]
+                head_bias[-1][1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-3  # no text sits on the boundary
+            model.save_pretrained(sharp)
+            AutoTokenizer.from_pretrained(tiny).save_pretrained(sharp)
+            bundle = tmp_path_factory.mktemp(f"sharp-bundle-{arch}") / "bundle"
+            cache[arch] = build_runtime_bundle(sharp, bundle, "classify", int8=False)
+        return cache[arch]
+
+    return get
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
-def test_predict_matches_pytorch(runtime_bundle, arch):
-    bundle = runtime_bundle(arch)
+def test_predict_matches_pytorch(sharp_classifier, arch):
+    """Batches of 7 sorted by length (each padded its own way) against PyTorch's one padded batch: the logits, up to
+    the constant softmax removes, agree to a relative 1e-3, far below what ignoring the padding mask changes."""
+    bundle = sharp_classifier(arch)
     predictor = Predictor.load(bundle)
     predictions = predictor.predict(TEXTS, batch_size=7)
-    expected = _torch_probs(bundle, TEXTS)
-    ours = np.array([[p.scores[lab] for lab in predictor.labels] for p in predictions])
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    expected = _torch_log_probs(bundle, TEXTS)
+    ours = np.log([[p.scores[lab] for lab in predictor.labels] for p in predictions])
+    np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-5)
     assert [p.label for p in predictions] == [predictor.labels[i] for i in expected.argmax(axis=1)]
+    assert {p.label for p in predictions} == set(predictor.labels)  # the scores really spread
 
 
 def test_prediction_fields(runtime_bundle):

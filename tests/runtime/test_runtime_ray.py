@@ -153,3 +153,54 @@ def test_help_lists_the_ray_flags(command, flags):
     result = _run(command, "--help")
     assert result.exit_code == 0
     assert all(flag in result.output for flag in flags)
+
+
+def test_workers_check_the_signature_of_the_bundle_they_load(runtime_bundle, tmp_path):
+    """The driver checks the signature before any worker starts; each worker checks what it loads itself."""
+    import shutil
+    from types import SimpleNamespace
+
+    from deployft.errors import BundleError
+    from deployft.runtime import ray_predict
+    from deployft.signing import generate_keys, load_private_key, sign_bundle
+
+    bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "b")
+    private, public = generate_keys(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    other, _ = generate_keys(tmp_path / "o.pem", tmp_path / "o.pub.pem")
+    sign_bundle(bundle, load_private_key(private))
+    config = ray_predict.RayPredictConfig(bundle=bundle, input=write_rows(tmp_path / "in.jsonl", sentiment_rows(4)),
+                                          output=tmp_path / "out", public_key=public)
+    workers = {}
+
+    class Dataset:
+        def schema(self):
+            return SimpleNamespace(names=["text"])
+
+        def select_columns(self, columns):
+            return self
+
+        def map_batches(self, fn, fn_constructor_kwargs, **settings):
+            workers.update(fn_constructor_kwargs)
+            return self
+
+    data = SimpleNamespace(
+        DataContext=SimpleNamespace(get_current=lambda: SimpleNamespace(execution_options=SimpleNamespace())),
+        read_json=lambda path, lines: Dataset(), ActorPoolStrategy=lambda **sizes: None)
+    ray_predict._dataset(data, config, "classify")
+    assert ray_predict.BundleWorker(**workers)({"text": ["fine"]})["record"]
+    sign_bundle(bundle, load_private_key(other))  # the bundle changes after the driver's check
+    with pytest.raises(BundleError, match="does not match deployft.json and the public key"):
+        ray_predict.BundleWorker(**workers)
+
+
+def test_an_output_folder_whose_file_is_the_input_is_refused(runtime_bundle, tmp_path):
+    from deployft.errors import UsageError
+    from deployft.runtime.ray_predict import RayPredictConfig
+
+    source = write_rows(tmp_path / "out" / "predictions.jsonl", sentiment_rows(4))
+    with pytest.raises(UsageError, match=r"^--output .*predictions.jsonl is the --input file .*pass another --output "
+                                         "folder$"):
+        RayPredictConfig(bundle=runtime_bundle("bert"), input=source, output=tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="^--output .* cannot be created: .*file is a file, not a folder"):
+        RayPredictConfig(bundle=runtime_bundle("bert"), input=source, output=tmp_path / "file" / "out")

@@ -71,9 +71,45 @@ def test_cuda_silent_fallback_names_the_libraries(tmp_path, fake_ort):
 
 
 def test_cuda_start_failure(tmp_path, fake_ort):
-    fake_ort([CUDA, CPU], [CUDA, CPU], fail="CUDA failure 100: no CUDA-capable device is detected")
+    built = fake_ort([CUDA, CPU], [CUDA, CPU], fail="CUDA failure 100: no CUDA-capable device is detected")
     with pytest.raises(DeviceError, match="could not start CUDA: CUDA failure 100"):
         session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+    assert [providers for providers, _ in built] == [[CUDA, CPU], [CPU]]  # the file itself loads on the CPU
+
+
+def test_a_model_no_provider_can_load_is_not_blamed_on_cuda(tmp_path, monkeypatch):
+    """A CUDA session that fails because of the file fails on the CPU too: the file's own error goes up."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    built = []
+
+    def build(ort, path, providers, options):
+        built.append(providers)
+        raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from m.onnx failed")
+
+    monkeypatch.setattr(session_module, "_build", build)
+    with pytest.raises(RuntimeError, match="INVALID_PROTOBUF") as raised:
+        session_module.create_session(tmp_path / "m.onnx", SessionOptions(device="cuda"))
+    assert not isinstance(raised.value, DeviceError) and built == [[CUDA, CPU], [CPU]]
+
+
+def test_predictor_load_of_a_broken_model_on_cuda_is_a_bundle_error(runtime_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import onnxruntime
+
+    from deployft.errors import BundleError
+    from deployft.manifest import file_table, read_manifest, write_manifest
+
+    bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "b")
+    (bundle / "model.onnx").write_bytes(b"not an onnx file")
+    write_manifest(bundle, {**read_manifest(bundle, "bundle"), "files": file_table(bundle)})
+    real = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, *real])  # a GPU build, as it says
+    for device in ("cpu", "cuda"):
+        with pytest.raises(BundleError, match="ONNX Runtime cannot load model file model.onnx"):
+            Predictor.load(bundle, device=device)
 
 
 @pytest.mark.parametrize("available, actual, fail, expected", [
