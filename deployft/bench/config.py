@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,34 +18,58 @@ DEVICES = ("cpu", "cuda")
 
 
 def _int_tuple(value, flag: str) -> tuple[int, ...]:
-    """Accept `"1,8,32"`, `[1, 8, 32]` or `8`; refuse empty, non-integer and non-positive values."""
+    """Accept `"1,8,32"`, `[1, 8, 32]` or `8`; refuse empty, non-integer (1.5, None, True) and non-positive values."""
+    example = f"pass e.g. {flag} 1,8,32"
     if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-    elif isinstance(value, int):
-        parts = [value]
-    else:
+        parts: list = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)):
         parts = list(value)
-    try:
-        numbers = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} expects comma-separated positive integers, got {value!r}; "
-                         f"pass e.g. {flag} 1,8,32") from None
-    if not numbers:
+    else:
+        parts = [value]
+    found: list[int] = []
+    for part in parts:
+        if isinstance(part, str) and part.isdigit():
+            part = int(part)
+        if not isinstance(part, numbers.Integral) or isinstance(part, bool):
+            raise UsageError(f"{flag} expects comma-separated positive integers, got {value!r}; {example}")
+        found.append(int(part))
+    if not found:
         raise UsageError(f"{flag} is empty, so the benchmark grid has no cells; pass at least one value, e.g. {flag} 8")
-    if min(numbers) < 1:
-        raise UsageError(f"{flag} values must be positive, got {value!r}; pass e.g. {flag} 1,8,32")
-    return tuple(dict.fromkeys(numbers))
+    if min(found) < 1:
+        raise UsageError(f"{flag} values must be positive, got {value!r}; {example}")
+    return tuple(dict.fromkeys(found))
 
 
 def _name_tuple(value) -> tuple[str, ...] | None:
     if value is None:
         return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    names = tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise UsageError(f"--variants expects comma-separated variant names, got {value!r}; "
+                         "pass e.g. --variants pytorch,model.onnx")
+    names = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
     if not names:
         raise UsageError("--variants is empty; pass variant names, e.g. --variants pytorch,model.onnx, "
                          "or leave it out to bench them all")
     return names
+
+
+def _path(value, flag: str, optional: bool = False) -> Path | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise UsageError(f"{flag} expects a folder path, got {value!r}")
+    return Path(value)
+
+
+def _seconds(value, flag: str) -> float:
+    """A finite number of seconds >= 0 (nan would make every call fail, inf would time until the round cap)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{flag} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -101,8 +127,14 @@ class BenchConfig:
     """Folder where peer models are built once and reused across runs; None = this run's scratch folder."""
 
     def __post_init__(self) -> None:
-        self.run, self.bundle, self.report = Path(self.run), Path(self.bundle), Path(self.report)
-        self.peer_cache = None if self.peer_cache is None else Path(self.peer_cache)
+        self.run, self.bundle = _path(self.run, "--run"), _path(self.bundle, "--bundle")
+        self.report = _path(self.report, "--report")
+        self.peer_cache = _path(self.peer_cache, "--peer-cache", optional=True)
+        if self.peer_cache is not None:
+            existing = next(p for p in (self.peer_cache, *self.peer_cache.parents) if p.exists() or p == p.parent)
+            if existing.exists() and not existing.is_dir():
+                raise UsageError(f"--peer-cache {self.peer_cache}: {existing} is a file, not a folder; pass a folder "
+                                 "(it is created if missing) or leave --peer-cache out")
         self.variants = _name_tuple(self.variants)
         self.batch_sizes = _int_tuple(self.batch_sizes, "--batch-sizes")
         self.seq_lens = _int_tuple(self.seq_lens, "--seq-lens")
@@ -113,10 +145,10 @@ class BenchConfig:
                                  ("--hot-calls", self.hot_calls, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{flag} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.settle, (int, float)) or self.settle < 0:
-            raise UsageError(f"--settle must be a number of seconds >= 0, got {self.settle!r}")
-        if not isinstance(self.min_time, (int, float)) or self.min_time < 0:
-            raise UsageError(f"--min-time must be a number of seconds >= 0, got {self.min_time!r}")
+        self.settle, self.min_time = _seconds(self.settle, "--settle"), _seconds(self.min_time, "--min-time")
+        for name in ("static_shapes", "peak", "plots", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"--{name.replace('_', '-')} must be true or false, got {getattr(self, name)!r}")
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.provider not in PROVIDERS:

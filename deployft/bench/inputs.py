@@ -33,12 +33,26 @@ def read_pair(config: BenchConfig) -> dict[str, dict[str, Any]]:
     if source.get("base_model") not in (None, run.get("base_model")):
         raise BundleError(f"BUNDLE {config.bundle} comes from base model {source['base_model']} but RUN {config.run} "
                           f"from {run.get('base_model')}; pass the BUNDLE exported from this RUN with --bundle")
-    weights = Path(config.run) / "model.safetensors"
-    if source.get("weights_sha256") and weights.is_file() and sha256_file(weights) != source["weights_sha256"]:
-        raise BundleError(f"BUNDLE {config.bundle} was exported from other weights than RUN {config.run} "
-                          f"(model.safetensors sha256 differs; exported from {source.get('path')}); "
-                          "pass the matching RUN with --run or re-export with deployft export")
+    if source.get("weights_sha256"):
+        _check_weights(config, source)
     return {"run": run, "bundle": bundle}
+
+
+def _check_weights(config: BenchConfig, source: dict[str, Any]) -> None:
+    """The RUN's weights file (the one export hashed: model.safetensors, else pytorch_model.bin) against the hash
+    the BUNDLE recorded; a RUN with neither (sharded weights) cannot be the RUN it was exported from."""
+    from ..exporter.source import WEIGHT_FILES
+
+    weights = next((Path(config.run) / n for n in WEIGHT_FILES if (Path(config.run) / n).is_file()), None)
+    if weights is None:
+        raise BundleError(f"BUNDLE {config.bundle} was exported from a RUN with one weights file (sha256 "
+                          f"{source['weights_sha256'][:12]}...) but RUN {config.run} has no "
+                          f"{' or '.join(WEIGHT_FILES)}; pass the matching RUN with --run or re-export with deployft "
+                          "export")
+    if sha256_file(weights) != source["weights_sha256"]:
+        raise BundleError(f"BUNDLE {config.bundle} was exported from other weights than RUN {config.run} "
+                          f"({weights.name} sha256 differs; exported from {source.get('path')}); "
+                          "pass the matching RUN with --run or re-export with deployft export")
 
 
 def available_variants(bundle_dir: Path, bundle: dict[str, Any]) -> list[str]:
@@ -111,7 +125,7 @@ def classify_cells(token_rows: list[list[int]], batch_sizes, seq_lens) -> dict[s
 
 
 def generate_prompts(token_rows: list[list[int]], prompt_lens) -> dict[str, np.ndarray]:
-    """`prompt_{length}` → one prompt of `length` ids: eval prompts and responses run together, then cut or repeated."""
+    """`prompt_{length}` → one prompt of `length` ids: eval prompts and responses run together, cut or repeated."""
     stream = [t for row in token_rows for t in row]
     return {f"prompt_{length}": np.array(fit(stream, length), dtype=np.int64) for length in prompt_lens}
 

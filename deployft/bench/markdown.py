@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tasks import get_task
+from .report import quality_errors, row_label
 
 
 def _num(value, spec: str = ".2f", suffix: str = "") -> str:
@@ -58,22 +59,30 @@ def variants_table(data: dict[str, Any]) -> str:
 
 
 def classify_table(data: dict[str, Any]) -> str:
-    """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it."""
-    rows = [[r["variant"], str(r["batch"]), str(r["seq"]), _num(r["p50"] * 1e3), _num(r["p90"] * 1e3),
-             _num(r["p99"] * 1e3), _num(r["throughput"], ".1f"), _num(r["speedup_p50"], ".2f", "x"),
-             _num(r["settled"]["p50"] * 1e3), _num(r["speedup_settled_p50"], ".2f", "x"),
-             _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"), str(r["n"])]
-            for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"]))]
+    """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it.
+    p90 / p99 are over every timed call; a report written before `calls` was recorded has them over the rounds'
+    medians only, and its header says so."""
+    per_call = all("calls" in r for r in data["results"])
+    rows = []
+    for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"])):
+        spread = r["calls"] if per_call else r
+        rows.append([row_label(r), str(r["batch"]), str(r["seq"]), _num(r["p50"] * 1e3), _num(spread["p90"] * 1e3),
+                     _num(spread["p99"] * 1e3), _num(r["throughput"], ".1f"), _num(r["speedup_p50"], ".2f", "x"),
+                     _num(r["settled"]["p50"] * 1e3), _num(r["speedup_settled_p50"], ".2f", "x"),
+                     _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"),
+                     str(r["n"]), str(r["calls"]["n"]) if per_call else "–"])
     latency = data["results"][0]["latency"] if data["results"] else "hot"
-    return _table(["variant", "batch", "seq", f"{latency} p50 ms", "p90 ms", "p99 ms", "samples/s", "speed-up p50",
-                   "settled p50 ms", "speed-up settled", "of peak", "runs"], rows)
+    spread = ["p90 ms (all calls)", "p99 ms (all calls)"] if per_call else \
+        ["p90 ms (of round medians)", "p99 ms (of round medians)"]
+    return _table(["variant", "batch", "seq", f"{latency} p50 ms", *spread, "samples/s", "speed-up p50",
+                   "settled p50 ms", "speed-up settled", "of peak", "rounds", "calls"], rows)
 
 
 def generate_table(data: dict[str, Any]) -> str:
     rows = []
     for r in sorted(data["results"], key=lambda r: (r["prompt_len"], r["new_tokens"])):
         tok = r["per_token"] or {}
-        rows.append([r["variant"], str(r["prompt_len"]), str(r["new_tokens"]), _num(r["ttft"]["p50"] * 1e3),
+        rows.append([row_label(r), str(r["prompt_len"]), str(r["new_tokens"]), _num(r["ttft"]["p50"] * 1e3),
                      _num(r["decode_tokens_per_s"], ".1f"), _num(tok.get("p50") and tok["p50"] * 1e3),
                      _num(tok.get("p99") and tok["p99"] * 1e3), _num(r["speedup_decode"], ".2f", "x"),
                      _num(r["speedup_ttft"], ".2f", "x"),
@@ -81,7 +90,7 @@ def generate_table(data: dict[str, Any]) -> str:
                           "%"),
                      str(len(r["runs"]))])
     return _table(["variant", "prompt", "new tokens", "TTFT p50 ms", "decode tok/s", "per-token p50 ms",
-                   "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of memory roofline", "runs"], rows)
+                   "per-token p99 ms", "speed-up decode", "speed-up TTFT", "of memory roofline", "rounds"], rows)
 
 
 def fastest_table(data: dict[str, Any]) -> str:
@@ -103,7 +112,7 @@ FASTEST_NOTE = "Each deployft file's time (classifiers: p50; generators: per dec
 
 
 def peers_lines(data: dict[str, Any]) -> list[str]:
-    """How each peer was built and run (engine settings, build time, cache)."""
+    """How each peer was built and run (engine settings, build time, cache), one list item each."""
     lines = []
     for name, v in data["variants"].items():
         if v["source"] != "peer":
@@ -112,7 +121,7 @@ def peers_lines(data: dict[str, Any]) -> list[str]:
         made = "reused from the peer cache" if build.get("cached") else \
             f"built in {build['build_s']:.1f} s" if build.get("build_s") is not None else "not built"
         settings = _settings(details)
-        lines.append(f"- `{name}` ({v.get('engine')}, {v['precision']}): {made}"
+        lines.append(f"`{name}` ({v.get('engine')}, {v['precision']}): {made}"
                      + (f"; {settings}" if settings else "") + (f"; **{v['status']}**: {v['error']}"
                                                                   if v["status"] != "ok" else ""))
     return lines
@@ -128,51 +137,69 @@ def provider_lines(data: dict[str, Any]) -> list[str]:
     for name, v in data["variants"].items():
         details = v.get("details") or {}
         if v["source"] == "onnx" and details:
-            lines.append(f"- `{name}`: {_settings(details)}")
+            lines.append(f"`{name}`: {_settings(details)}")
     return lines
 
 
-def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
-    """The whole report.md."""
-    load = data["load_average"]
-    parts = [f"# deployft bench: {data['task']} — {data.get('base_model')}", "",
-             f"- machine: {machine_line(data)}",
-             f"- load average (1/5/15 min): before {load['before']}, after {load['after']}",
-             f"- baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    """The facts above the tables, one list item each (Markdown inline: `code`, **bold**); report.md and
+    report.html both list them, so the two say the same."""
+    load, generates = data["load_average"], get_task(data["task"]).generates
+    lines = [f"machine: {machine_line(data)}",
+             f"load average (1/5/15 min): before {load['before']}, after {load['after']}",
+             f"baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
              f"hot latency is the median of {data['config'].get('hot_calls', 0)} back-to-back calls made right after "
-             "each settled call (one per round, after an idle pause), as a busy server sees it"
-             if not get_task(data["task"]).generates else
-             f"- baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
-             "over the baseline's",
-             f"- created {data['created']}, {data['config']['repeats']} repeats per cell after "
-             f"{data['config']['warmup']} warm-up runs, variants interleaved round by round"]
-    if (rounds := data.get("rounds")) and rounds.get("judged"):
-        parts.append(f"- clean rounds: {rounds['rounds_kept']} kept, {rounds['rounds_rejected']} rejected and repeated "
+             "each settled call (one per round, after an idle pause), as a busy server sees it; p90 / p99 are over "
+             "every timed call" if not generates else
+             f"baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
+             "over the baseline's"]
+    rounds = data.get("rounds") or {}
+    kept = f"{rounds['rounds_kept']} rounds kept per cell (at least {data['config']['repeats']} asked for)" \
+        if "rounds_kept" in rounds else f"{data['config']['repeats']} rounds asked for per cell"
+    lines.append(f"created {data['created']}, {kept} after {data['config']['warmup']} warm-up runs, variants "
+                 "interleaved round by round")
+    if rounds.get("judged"):
+        worst = rounds.get("worst_kept_other_share")
+        lines.append(f"clean rounds: {rounds['rounds_kept']} kept, {rounds['rounds_rejected']} rejected and repeated "
                      f"because other programs used more than {rounds['max_other_share']:.0%} of a core during them"
                      + (f", {rounds['rounds_dirty']} kept under load after repeated rejections"
-                        if rounds["rounds_dirty"] else ""))
-    if data.get("peak"):
-        peak = data["peak"]
-        parts.append(f"- peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
+                        if rounds["rounds_dirty"] else "")
+                     + (f"; others used at most {worst:.1%} of a core during a kept round" if worst is not None
+                        else ""))
+    if peak := data.get("peak"):
+        lines.append(f"peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
                      + (f", bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s" if peak.get("bf16") else "")
                      + (f", int8 {peak['int8'] / 1e9:.1f} GOP/s" if peak.get("int8") else "")
                      + (f"; memory read {peak['read_bytes_per_s'] / 1e9:.1f} GB/s" if peak.get("read_bytes_per_s")
                         else "") + f" ({peak.get('method', 'method not recorded')})")
-        if get_task(data["task"]).generates:
-            parts.append("- decode is judged against the memory roofline: weight bytes read per token x decode "
-                         "tokens/s over the measured read bandwidth (100 % = every weight streamed from memory at that rate)")
+        if generates:
+            lines.append("decode is judged against the memory roofline: weight bytes read per token x decode "
+                         "tokens/s over the measured read bandwidth (100 % = every weight streamed from memory at "
+                         "that rate)")
+    return lines
+
+
+def list_sections(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The sections after the tables that are lists (title, items): peers, providers, failed variants and
+    variants whose accuracy could not be measured; only those with something to say."""
+    failed = [f"`{n}`: {v['error']}" for n, v in data["variants"].items() if v["status"] != "ok"]
+    quality = [f"`{n}`: {reason}" for n, reason in quality_errors(data).items()]
+    sections = [("Peers", peers_lines(data)), ("Providers", provider_lines(data)), ("Failed variants", failed),
+                ("Accuracy not measured", quality)]
+    return [(title, items) for title, items in sections if items]
+
+
+def render_markdown(data: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """The whole report.md."""
+    parts = [f"# deployft bench: {data['task']} — {data.get('base_model')}", ""]
+    parts += [f"- {line}" for line in summary_lines(data)]
     parts += [f"- **warning:** {w}" for w in data["warnings"]]
     parts += ["", "## Variants", "", variants_table(data), "", "## Speed", "",
               classify_table(data) if not get_task(data["task"]).generates else generate_table(data), ""]
     if data.get("fastest"):
         parts += ["## Fastest per shape", "", FASTEST_NOTE, "", fastest_table(data), ""]
-    if peer_lines := peers_lines(data):
-        parts += ["## Peers", ""] + peer_lines + [""]
-    if own := provider_lines(data):
-        parts += ["## Providers", ""] + own + [""]
-    failed = {n: v["error"] for n, v in data["variants"].items() if v["status"] != "ok"}
-    if failed:
-        parts += ["## Failed variants", ""] + [f"- `{n}`: {e}" for n, e in failed.items()] + [""]
+    for title, items in list_sections(data):
+        parts += [f"## {title}", ""] + [f"- {item}" for item in items] + [""]
     if images:
         parts += ["## Plots", ""] + [f"![{title}]({name})" for name, title in images.items()] + [""]
     return "\n".join(parts)

@@ -4,7 +4,7 @@ Peak fp32 is the best square matmul through torch; peak bf16 the same on bfloat1
 CPU has bf16 matmul instructions (AMX or AVX512-BF16), which a variant run with a bf16 precision hint (OpenVINO)
 is judged against; peak int8 is the same through ONNX Runtime's MatMulInteger (uint8 x int8 -> int32), the kernel
 dynamically quantized models run on. Both are the best of
-several sizes and repeated sweeps (a single 1024 matmul swung 3x between runs on one machine). A classifier's
+several sizes and repeated sweeps (one size timed once varies from run to run on a shared machine). A classifier's
 achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak; decode, which
 reads every weight once per token, is judged against memory bandwidth instead (`roofline.py`).
 """

@@ -9,12 +9,13 @@
                                        llama-cpp-python where it is installed (see `llama_cpp.py`)
 
 `openvino`, `ort-genai` and `llama.cpp` in `--variants` stand for all of their variants. Peers are built once,
-before any timing, into a cache folder keyed by the RUN's weights (`--peer-cache`, else the bench's scratch
+before any timing, into a cache folder keyed by the RUN's weights and config (`--peer-cache`, else the bench's scratch
 folder); a peer that cannot be installed, built or loaded stays in the report as failed, with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import sys
@@ -80,6 +81,18 @@ def bf16_hint() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_info()["flags"]))
 
 
+def run_fingerprint(run: Path) -> str:
+    """sha256 over the RUN's config.json and every weight file (`*.safetensors`, `*.bin`: single, sharded or
+    PyTorch pickles), each by name and content: the key of a peer built from it."""
+    files = sorted({p for pattern in ("*.safetensors", "*.bin") for p in Path(run).glob(pattern)}
+                   | {Path(run) / "config.json"})
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def build_peers(names: list[str], run: Path, cache: Path, threads: int) -> dict[str, dict[str, Any]]:
     """Build every peer in `names` from the RUN into `cache` (reused when already built).
 
@@ -87,7 +100,7 @@ def build_peers(names: list[str], run: Path, cache: Path, threads: int) -> dict[
         Per peer: `{"path", "build_s", "cached"}` when built, `{"error"}` when it could not be; never raises
         for a peer's own failure, so the report can say why.
     """
-    key = sha256_file(run / "model.safetensors")[:12] if (run / "model.safetensors").is_file() else "run"
+    key = run_fingerprint(run)[:12]
     built: dict[str, dict[str, Any]] = {}
     for name in names:
         target = Path(cache) / f"{name}-{key}"

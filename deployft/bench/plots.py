@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import get_task
+from .report import row_label
 
 
 def _pyplot():
@@ -18,7 +19,9 @@ def _pyplot():
 
 
 def _shape(row: dict[str, Any], task: str) -> str:
-    return f"b{row['batch']}×s{row['seq']}" if not get_task(task).generates else f"p{row['prompt_len']}+{row['new_tokens']}"
+    if get_task(task).generates:
+        return f"p{row['prompt_len']}+{row['new_tokens']}"
+    return f"b{row['batch']}×s{row['seq']}"
 
 
 def _grouped_bars(ax, shapes: list[str], variants: list[str], value) -> None:
@@ -44,18 +47,22 @@ def latency_plot(data: dict[str, Any], folder: Path) -> str:
     plt, task = _pyplot(), data["task"]
     rows = data["results"]
     shapes = list(dict.fromkeys(_shape(r, task) for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    stats = {(r["variant"], _shape(r, task)): (r if not get_task(task).generates else r["per_token"]) for r in rows}
+    variants = list(dict.fromkeys(row_label(r) for r in rows))
+    # classifiers: bar at the median of the rounds' medians, ticks over every call (`calls`; older reports: rounds)
+    stats = {(row_label(r), _shape(r, task)): (r if not get_task(task).generates else r["per_token"]) for r in rows}
+    spread = {key: s.get("calls", s) if s else s for key, s in stats.items()}
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shapes) * max(1, len(variants) / 3)), 4))
     _grouped_bars(ax, shapes, variants, lambda v, s: stats[(v, s)]["p50"] * 1e3 if stats.get((v, s)) else None)
     width = 0.8 / max(len(variants), 1)
     for i, variant in enumerate(variants):
         for j, shape in enumerate(shapes):
-            s = stats.get((variant, shape))
+            s = spread.get((variant, shape))
             if s:
                 ax.plot([j + i * width] * 2, [s["p90"] * 1e3, s["p99"] * 1e3], "k_", markersize=6)
     ax.set_yscale("log")
-    ax.set_ylabel("ms (bar p50, ticks p90 / p99)" if not get_task(task).generates else "ms per token (p50; ticks p90/p99)")
+    over = "every call" if all("calls" in r for r in rows) else "the rounds' medians"
+    ax.set_ylabel(f"ms (bar p50, ticks p90 / p99 of {over})" if not get_task(task).generates
+                  else "ms per token (p50; ticks p90/p99)")
     ax.set_title("Latency percentiles per variant and shape")
     return _save(fig, folder, "latency.png")
 
@@ -66,8 +73,8 @@ def speedup_plot(data: dict[str, Any], folder: Path) -> str:
     key = "speedup_p50" if not get_task(task).generates else "speedup_decode"
     rows = data["results"]
     shapes = list(dict.fromkeys(_shape(r, task) for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    values = {(r["variant"], _shape(r, task)): r.get(key) for r in rows}
+    variants = list(dict.fromkeys(row_label(r) for r in rows))
+    values = {(row_label(r), _shape(r, task)): r.get(key) for r in rows}
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shapes)), 4))
     _grouped_bars(ax, shapes, variants, lambda v, s: values.get((v, s)))
     if max((v for v in values.values() if v), default=1.0) > 10:
@@ -83,8 +90,8 @@ def tokens_plot(data: dict[str, Any], folder: Path) -> str:
     plt = _pyplot()
     rows = data["results"]
     shapes = list(dict.fromkeys(_shape(r, "generate") for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    values = {(r["variant"], _shape(r, "generate")): r["decode_tokens_per_s"] for r in rows}
+    variants = list(dict.fromkeys(row_label(r) for r in rows))
+    values = {(row_label(r), _shape(r, "generate")): r["decode_tokens_per_s"] for r in rows}
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shapes)), 4))
     _grouped_bars(ax, shapes, variants, lambda v, s: values.get((v, s)))
     ax.set_ylabel("decode tokens/s (median)")

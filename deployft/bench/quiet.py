@@ -1,9 +1,9 @@
 """Clean rounds: a timed round counts only if the rest of the machine stayed (almost) idle during it.
 
 A round is bracketed by two readings of the machine's busy CPU time (`/proc/stat`: every core's time not
-idle or waiting on I/O) and of the CPU time of our own processes (the benchmark and its workers). What the
-machine spent beyond our own processes, divided by the round's wall time, is the share of a core that other
-programs took. A round where that share exceeds `max_share` is rejected and repeated, up to `max_rejected`
+idle or waiting on I/O) and of the CPU time of our own processes (the benchmark, its workers, and the children it
+has reaped, so a worker that exits mid-round still counts as ours). What the machine spent beyond our own
+processes, divided by the round's wall time, is the share of a core that other programs took. A round where that share exceeds `max_share` is rejected and repeated, up to `max_rejected`
 times in a row; after that the round is kept and counted as dirty, so a machine that never goes quiet still
 finishes, and the report says how many of its rounds were measured under load.
 """
@@ -35,13 +35,21 @@ def machine_busy_s(stat: str = "/proc/stat") -> float | None:
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (all its threads); 0 for a process that has gone."""
+    times = _cpu_times(pid)
+    return 0.0 if times is None else times[0]
+
+
+def _cpu_times(pid: int) -> tuple[float, float, int] | None:
+    """(own CPU s, CPU s of its children it has reaped, parent pid) from /proc/PID/stat; None once it has gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             text = f.read()
     except OSError:
-        return 0.0
+        return None
     after_name = text.rsplit(")", 1)[1].split()  # the name may hold spaces; fields resume after its ")"
-    return (int(after_name[11]) + int(after_name[12])) / _TICKS
+    own = (int(after_name[11]) + int(after_name[12])) / _TICKS  # utime stime
+    reaped = (int(after_name[13]) + int(after_name[14])) / _TICKS  # cutime cstime
+    return own, reaped, int(after_name[1])
 
 
 @dataclass
@@ -62,15 +70,32 @@ class RoundMeter:
     """Rounds kept."""
     shares: list[float] = field(default_factory=list)
     """Others' share of a core in every round measured, kept or not."""
+    kept_shares: list[float] = field(default_factory=list)
+    """Others' share of a core in every kept round (dirty ones included)."""
     _streak: int = 0
     _start: tuple[float, float | None, float] | None = None
+    _last: dict[int, float] = field(default_factory=dict)
+    """The last CPU seconds read of each own pid that is not our child (see `_reading`)."""
 
     @property
     def available(self) -> bool:
         return machine_busy_s() is not None
 
     def _reading(self) -> tuple[float, float | None, float]:
-        own = process_cpu_s(os.getpid()) + sum(process_cpu_s(p) for p in self.own_pids())
+        """(wall, machine busy, our own CPU). A worker that exits mid-round must not hand its CPU time to "others":
+        our own children's time moves, once reaped, into this process's children's time, which is counted; a pid
+        that is not our child and has gone keeps its last reading."""
+        me = os.getpid()
+        own_cpu, reaped, _ = _cpu_times(me) or (0.0, 0.0, 0)
+        own = own_cpu + reaped
+        for pid in self.own_pids():
+            times = _cpu_times(pid)
+            if times is None:
+                own += self._last.get(pid, 0.0)
+                continue
+            own += times[0]
+            if times[2] != me:
+                self._last[pid] = times[0]
         return time.perf_counter(), machine_busy_s(), own
 
     def start(self) -> None:
@@ -88,21 +113,20 @@ class RoundMeter:
             return True
         share = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
         self.shares.append(share)
-        if share <= self.max_share:
-            self._streak = 0
-            self.kept += 1
-            return True
-        if self._streak < self.max_rejected:
+        if share > self.max_share and self._streak < self.max_rejected:
             self._streak += 1
             self.rejected += 1
             return False
+        if share > self.max_share:
+            self.dirty += 1
         self._streak = 0
         self.kept += 1
-        self.dirty += 1
+        self.kept_shares.append(share)
         return True
 
     def summary(self) -> dict[str, float | int | None]:
-        """What a report records: rounds kept, rejected and dirty, the threshold, and the worst share kept."""
+        """What a report records: rounds kept, rejected and dirty, the threshold, and the largest share of a core
+        others used during a kept round (None where no round was judged)."""
         return {"rounds_kept": self.kept, "rounds_rejected": self.rejected, "rounds_dirty": self.dirty,
                 "max_other_share": self.max_share, "judged": bool(self.shares),
-                "median_other_share": sorted(self.shares)[len(self.shares) // 2] if self.shares else None}
+                "worst_kept_other_share": max(self.kept_shares, default=None)}

@@ -35,13 +35,20 @@ class BenchReport:
 
     @property
     def results(self) -> list[dict[str, Any]]:
-        """One row per variant and grid cell, with raw samples and their summary."""
+        """One row per variant and grid cell, with raw samples and their summary. Classifiers: p50 / p90 / p99 are
+        over the rounds' medians, `calls` over every timed call; `complete` is False for the rounds a variant
+        measured before it failed (such a row is never the fastest)."""
         return self.data["results"]
 
     @property
     def failed(self) -> dict[str, str]:
         """`{variant: error}` for the variants that could not be measured."""
         return {n: v["error"] for n, v in self.variants.items() if v["status"] != "ok"}
+
+    @property
+    def quality_errors(self) -> dict[str, str]:
+        """`{variant: reason}` for variants timed in full whose accuracy or perplexity could not be measured."""
+        return quality_errors(self.data)
 
     @classmethod
     def read(cls, folder: str | Path) -> BenchReport:
@@ -78,14 +85,29 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
     }
 
 
+def quality_errors(data: dict[str, Any]) -> dict[str, str]:
+    """`{variant: reason}` for variants timed in full whose accuracy (or a generator's perplexity) could not be
+    measured: the worker failed in the accuracy pass, or a variant without full-sequence logits."""
+    errors = {}
+    for name, v in data["variants"].items():
+        perplexity = (v.get("accuracy") or {}).get("perplexity_error")
+        if v["status"] == "ok" and v.get("accuracy_error"):
+            errors[name] = f"accuracy not measured: {v['accuracy_error']}"
+        elif v["status"] == "ok" and perplexity:
+            errors[name] = f"perplexity not measured: {perplexity}"
+    return errors
+
+
 def fastest_per_shape(results: list[dict[str, Any]], variants: dict[str, dict], generates: bool
                       ) -> list[dict[str, Any]]:
     """Per grid shape, the fastest variant (lowest p50; generators: most decode tokens/s) and how many times
-    slower than it each variant is; each row also gets `vs_fastest`."""
+    slower than it each variant is; each row also gets `vs_fastest`. Only variants measured to the end (status
+    ok) take part: a variant that failed mid-way keeps its earlier rounds in `results`, too few to rank."""
     shape_keys = ("prompt_len", "new_tokens") if generates else ("batch", "seq")
     shapes: dict[tuple, list[dict]] = {}
     for row in results:
-        shapes.setdefault(tuple(row[k] for k in shape_keys), []).append(row)
+        if variants[row["variant"]]["status"] == "ok":
+            shapes.setdefault(tuple(row[k] for k in shape_keys), []).append(row)
     table = []
     for shape, rows in shapes.items():
         if generates:
@@ -102,6 +124,11 @@ def fastest_per_shape(results: list[dict[str, Any]], variants: dict[str, dict], 
                       "fastest_source": variants[best]["source"],
                       "slower_than_fastest": {n: c / cost[best] for n, c in cost.items()}})
     return table
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A result row's variant name, marked when the variant failed after these rounds (tables and plots alike)."""
+    return row["variant"] if row.get("complete", True) else f"{row['variant']} (failed; rounds before)"
 
 
 def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, Any]:
@@ -140,14 +167,16 @@ def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
             settled = [m["seconds"] for m in cell["samples"]]
             hot = [percentile(m["hot"], 50) for m in cell["samples"] if m["hot"]]
             times = hot if len(hot) == len(settled) else settled
+            calls = [t for m in cell["samples"] for t in m["hot"]] if times is hot else settled
             stats = summarize(times)
             cell_flops = flops.get(f"{batch}x{seq}")
             rows.append({"variant": name, "batch": batch, "seq": seq, "latency": "hot" if times is hot else "settled",
+                         "complete": variants[name]["status"] == "ok", "calls": summarize(calls),
                          "times_s": times, "settled_times_s": settled, "settled": summarize(settled), **stats,
                          "throughput": batch / stats["p50"], "flops": cell_flops,
                          "fraction_of_peak": fraction_of_peak(cell_flops, stats["p50"],
                                                               _peak_for(peak, variants[name]))})
-    base = {(r["batch"], r["seq"]): r for r in rows if r["variant"] == BASELINE}
+    base = {(r["batch"], r["seq"]): r for r in rows if r["variant"] == BASELINE and r["complete"]}
     for row in rows:
         ref = base.get((row["batch"], row["seq"]))
         row["speedup_p50"] = ref["p50"] / row["p50"] if ref else None
@@ -175,6 +204,7 @@ def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
             rate = summarize(rates)["p50"] if rates else None
             rows.append({
                 "variant": name, "prompt_len": prompt_len, "new_tokens": new_tokens, "runs": runs,
+                "complete": variants[name]["status"] == "ok",
                 "ttft": summarize([r["times"][0] for r in runs]),
                 "per_token": summarize(gaps) if gaps else None, "decode_tokens_per_s": rate,
                 "tokens_generated": [r["tokens"] for r in runs], "flops": cell_flops or None,
@@ -183,7 +213,7 @@ def _generate_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
                 "fraction_of_bandwidth": fraction_of_bandwidth(rate, variants[name].get("weight_bytes_per_token"),
                                                                (peak or {}).get("read_bytes_per_s")),
             })
-    base = {(r["prompt_len"], r["new_tokens"]): r for r in rows if r["variant"] == BASELINE}
+    base = {(r["prompt_len"], r["new_tokens"]): r for r in rows if r["variant"] == BASELINE and r["complete"]}
     for row in rows:
         ref = base.get((row["prompt_len"], row["new_tokens"]))
         ok = ref is not None and ref["decode_tokens_per_s"] and row["decode_tokens_per_s"]

@@ -28,8 +28,8 @@ GGUF_HEAD = "output.weight"
 
 def read_bandwidth(threads: int, seconds: float = 0.5, size: int = READ_BYTES) -> float:
     """Best bytes read per second streaming a `size`-byte tensor (a sum: one read per byte, nothing written) with
-    `threads` torch threads: the rate a decode step can read weights at. (A copy's read + write rate understates
-    it: a fused fp32 decoder measured 110 % of that.)"""
+    `threads` torch threads: the rate a decode step can read weights at. (A copy's read + write rate would
+    understate it: a copy also writes every byte it reads.)"""
     import torch
 
     previous = torch.get_num_threads()

@@ -195,6 +195,7 @@ def _finish(config: BenchConfig, handle: WorkerHandle, status: dict[str, Any]) -
         status.update(handle.call("stats"))
         status["accuracy"] = handle.call("accuracy") if config.eval_samples else None
     except WorkerFailed as exc:
+        logger.info("accuracy not measured: %s", exc)
         status["accuracy_error"] = str(exc)
 
 

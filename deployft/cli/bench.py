@@ -46,17 +46,20 @@ from .options import shown
               help="Device.")
 @click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None, show_default=shown(BenchConfig, "provider"),
               help="ONNX Runtime provider of the .onnx variants (openvino: pip install \"deployft[openvino]\").")
-@click.option("--static-shapes", is_flag=True, default=False,
+@click.option("--static-shapes/--no-static-shapes", default=None, show_default=shown(BenchConfig, "static_shapes"),
               help="With --provider openvino: a session compiled per input shape (classifiers; Predictor.load).")
-@click.option("--no-peak", is_flag=True, default=False, help="Skip the peak matmul rate and FLOP counting.")
-@click.option("--no-plots", is_flag=True, default=False, help="Write no PNG plots.")
-@click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report folder.")
+@click.option("--peak/--no-peak", default=None, show_default=shown(BenchConfig, "peak"),
+              help="Measure the peak matmul rate and count FLOPs (--no-peak skips them).")
+@click.option("--plots/--no-plots", default=None, show_default=shown(BenchConfig, "plots"),
+              help="Write PNG plots (--no-plots writes none).")
+@click.option("--overwrite/--no-overwrite", default=None, show_default=shown(BenchConfig, "overwrite"),
+              help="Replace an existing report folder.")
 @click.option("--peer-cache", type=click.Path(path_type=Path), default=None, show_default="the run's scratch folder",
               help="Folder where peer models (openvino, ort-genai, llama.cpp) are built once and reused.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="YAML, TOML or JSON file of options (flags given here win).")
 def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new_tokens, threads, repeats,
-          min_time, warmup, settle, hot_calls, eval_samples, device, provider, static_shapes, no_peak, no_plots,
+          min_time, warmup, settle, hot_calls, eval_samples, device, provider, static_shapes, peak, plots,
           overwrite, peer_cache, config_file) -> None:
     """Time a BUNDLE's ONNX variants against the RUN's PyTorch model; accuracy beside speed.
 
@@ -74,9 +77,7 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
         batch_sizes=batch_sizes, seq_lens=seq_lens, prompt_lens=prompt_lens, new_tokens=new_tokens,
         threads=threads, repeats=repeats, min_time=min_time, warmup=warmup, settle=settle, hot_calls=hot_calls,
         eval_samples=eval_samples, device=device, provider=provider,
-        static_shapes=True if static_shapes else None,
-        peak=False if no_peak else None,
-        plots=False if no_plots else None, overwrite=True if overwrite else None, peer_cache=peer_cache,
+        static_shapes=static_shapes, peak=peak, plots=plots, overwrite=overwrite, peer_cache=peer_cache,
     )
     progress, handler = logging.getLogger("deployft.bench"), logging.StreamHandler()
     handler.setFormatter(logging.Formatter("bench: %(message)s"))
@@ -88,6 +89,8 @@ def bench(run, bundle, report, variants, batch_sizes, seq_lens, prompt_lens, new
         progress.removeHandler(handler)
     for name, error in result.failed.items():
         click.echo(f"variant {name} failed: {error}", err=True)
+    for name, reason in result.quality_errors.items():
+        click.echo(f"variant {name}: {reason}", err=True)
     for warning in result.data["warnings"]:
         click.echo(f"Warning: {warning}", err=True)
     click.echo((result.path / "report.md").read_text(encoding="utf-8"))

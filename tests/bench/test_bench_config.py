@@ -30,9 +30,37 @@ def test_comma_separated_strings_are_parsed_and_deduplicated():
     ("repeats", 0, "--repeats"),
     ("min_time", -1, "--min-time"),
     ("device", "tpu", "--device must be one of cpu, cuda"),
+    # values a config file can hold that are not what the option takes: refused, never crashed on or rounded
+    ("variants", 5, "--variants expects comma-separated variant names, got 5"),
+    ("batch_sizes", 1.5, "--batch-sizes expects comma-separated positive integers, got 1.5"),
+    ("batch_sizes", [1.7, 8], "--batch-sizes expects comma-separated positive integers, got [1.7, 8]"),
+    ("batch_sizes", [True, 8], "--batch-sizes expects"),
+    ("seq_lens", None, "--seq-lens expects comma-separated positive integers, got None"),
+    ("peer_cache", 5, "--peer-cache expects a folder path, got 5"),
+    ("settle", float("nan"), "--settle must be a finite number of seconds >= 0, got nan"),
+    ("settle", True, "--settle must be"),
+    ("min_time", float("nan"), "--min-time must be a finite number"),
+    ("min_time", float("inf"), "--min-time must be a finite number of seconds >= 0, got inf"),
+    ("peak", "yes", "--peak must be true or false, got 'yes'"),
 ])
 def test_bad_values_name_their_flag(flag, value, words):
     with pytest.raises(UsageError) as info:
         make(**{flag: value})
     assert words in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_file_given_as_peer_cache_is_refused_naming_the_flag(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    for given in (tmp_path / "cache", tmp_path / "cache" / "inside"):
+        with pytest.raises(UsageError, match="--peer-cache .*cache is a file, not a folder"):
+            make(peer_cache=given)
+    assert make(peer_cache=tmp_path / "new" / "cache").peer_cache == tmp_path / "new" / "cache"
+
+
+def test_integer_strings_and_numpy_integers_still_count():
+    import numpy as np
+
+    config = make(batch_sizes=["2", np.int64(4)], seq_lens=(8,), settle=0, min_time=1)
+    assert config.batch_sizes == (2, 4) and config.seq_lens == (8,)
+    assert config.settle == 0.0 and config.min_time == 1.0

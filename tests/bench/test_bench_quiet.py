@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -28,6 +30,7 @@ def test_a_round_where_others_used_the_cpu_is_rejected(monkeypatch):
     assert meter.finish() is True  # others took 2 %
     assert (meter.kept, meter.rejected, meter.dirty) == (1, 1, 0)
     assert meter.shares == pytest.approx([0.30, 0.02])
+    assert meter.summary()["worst_kept_other_share"] == pytest.approx(0.02)  # the rejected 30 % is not kept
 
 
 def test_after_too_many_rejections_in_a_row_the_round_is_kept_as_dirty(monkeypatch):
@@ -40,6 +43,7 @@ def test_after_too_many_rejections_in_a_row_the_round_is_kept_as_dirty(monkeypat
         verdicts.append(meter.finish())
     assert verdicts == [False, False, True]
     assert meter.summary()["rounds_dirty"] == 1 and meter.summary()["rounds_rejected"] == 2
+    assert meter.summary()["worst_kept_other_share"] == pytest.approx(2.0)  # the dirty round is a kept one
 
 
 def test_without_proc_stat_every_round_is_kept_unjudged(monkeypatch):
@@ -76,4 +80,41 @@ def test_real_readings_count_our_own_work():
     assert process_cpu_s(os.getpid()) - start_own >= 0.2
     assert machine_busy_s() - start_busy >= 0.2
     assert process_cpu_s(2**22 + 12345) == 0.0  # a pid that does not exist
-    assert quiet._TICKS > 0
+    ours = os.times()  # the same clock read by the kernel's own call: /proc's ticks must be converted right
+    assert process_cpu_s(os.getpid()) == pytest.approx(ours.user + ours.system, abs=0.05)
+
+
+_BUSY_CHILD = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
+
+
+def _exited(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie: exited, not yet reaped
+
+
+@pytest.mark.skipif(machine_busy_s() is None, reason="no /proc/stat on this system")
+@pytest.mark.parametrize("reaped", [True, False])
+def test_a_busy_worker_that_exits_mid_round_stays_our_own_cpu(reaped):
+    """A worker that burns CPU and exits during a round (reaped or still a zombie when the round ends): its time
+    is ours, not "others'" (it used to read 0 once gone, taking the machine's busy time with it)."""
+    child = subprocess.Popen([sys.executable, "-c", _BUSY_CHILD])
+    meter = RoundMeter(own_pids=lambda: [child.pid])
+    before = process_cpu_s(child.pid)  # its start-up, before the round
+    meter.start()
+    if reaped:
+        child.wait()
+    while not reaped and not _exited(child.pid):
+        time.sleep(0.01)
+    own = meter._reading()[2] - meter._start[2]
+    child.wait()
+    assert own >= 0.5 - before - 0.05  # the child's CPU during the round, whether or not it was reaped
+
+
+def test_a_gone_pid_that_is_not_our_child_keeps_its_last_reading(monkeypatch):
+    """Its time never reaches our children's time, so it must not drop to 0 (others would get it)."""
+    me = os.getpid()
+    readings = {me: [(1.0, 0.0, 1), (1.0, 0.0, 1)], 4242: [(7.0, 0.0, 1), None]}
+    monkeypatch.setattr(quiet, "_cpu_times", lambda pid: readings[pid].pop(0))
+    monkeypatch.setattr(quiet, "machine_busy_s", lambda: 100.0)
+    meter = RoundMeter(own_pids=lambda: [4242])
+    assert meter._reading()[2] == meter._reading()[2] == 8.0

@@ -1,12 +1,14 @@
 """Report assembly, Markdown, HTML and plots from hand-made measurements (no model involved)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from deployft.bench import BenchConfig, BenchReport
-from deployft.bench.html import markdown_table_to_html
+from deployft.bench.html import inline_to_html, markdown_table_to_html, render_html
 from deployft.bench.machine import describe_machine
+from deployft.bench.markdown import list_sections, render_markdown, summary_lines
 from deployft.bench.report import assemble, write_report
 from deployft.bench.timing import percentile
 
@@ -16,7 +18,7 @@ def _raw(task, timings, variants, flops):
             "inputs": {"eval_rows": 4}, "machine": describe_machine(), "peak": {"fp32": 1e11, "int8": 4e11, "read_bytes_per_s": 1e10},
             "variants": variants, "timings": timings, "wall_s": 1.0, "flops": flops, "warnings": ["the machine was busy"],
             "rounds": {"rounds_kept": 3, "rounds_rejected": 2, "rounds_dirty": 0, "max_other_share": 0.05,
-                       "judged": True, "median_other_share": 0.01}}
+                       "judged": True, "worst_kept_other_share": 0.01}}
 
 
 def _manifests(task):
@@ -128,3 +130,115 @@ def test_without_hot_calls_the_settled_call_is_the_headline(tmp_path):
     rows = {r["variant"]: r for r in assemble(config(tmp_path), _manifests("classify"), raw)["results"]}
     assert rows["pytorch"]["latency"] == "settled" and rows["pytorch"]["p50"] == pytest.approx(0.0155)
     assert rows["model_int8.onnx"]["speedup_p50"] == rows["model_int8.onnx"]["speedup_settled_p50"]
+
+
+def _fail_mid_way(raw, name, rounds_kept=1):
+    """What interleave and the runner leave when `name` crashes after `rounds_kept` rounds: those rounds' samples
+    and a failed status."""
+    for cell in raw["timings"][name]:
+        cell["samples"] = cell["samples"][:rounds_kept]
+    raw["variants"][name] = {"status": "failed", "error": "RuntimeError: segfault in kernel"}
+    return raw
+
+
+def test_a_variant_that_failed_mid_way_is_never_the_fastest(tmp_path):
+    # model_int8.onnx's one round (4 ms hot) is faster than every pytorch round, but it crashed after it
+    data = assemble(config(tmp_path), _manifests("classify"), _fail_mid_way(classify_raw(), "model_int8.onnx"))
+    assert [(s["fastest"], s["slower_than_fastest"]) for s in data["fastest"]] == [("pytorch", {"pytorch": 1.0})]
+    rows = {r["variant"]: r for r in data["results"]}
+    assert rows["model_int8.onnx"]["complete"] is False and "vs_fastest" not in rows["model_int8.onnx"]
+    assert rows["pytorch"]["complete"] is True and rows["pytorch"]["vs_fastest"] == 1.0
+    markdown, html = render_markdown(data), render_html(data, tmp_path, {})
+    for text in (markdown, html):
+        assert "model_int8.onnx (failed; rounds before)" in text and "segfault in kernel" in text
+    generated = assemble(config(tmp_path), _manifests("generate"), _fail_mid_way(generate_raw(), "model.onnx"))
+    assert [s["fastest"] for s in generated["fastest"]] == ["pytorch"]
+    assert "model.onnx (failed; rounds before)" in render_markdown(generated)
+
+
+def test_speedups_need_a_baseline_measured_to_the_end(tmp_path):
+    data = assemble(config(tmp_path), _manifests("classify"), _fail_mid_way(classify_raw(), "pytorch"))
+    int8 = next(r for r in data["results"] if r["variant"] == "model_int8.onnx")
+    assert int8["speedup_p50"] is None and int8["speedup_settled_p50"] is None
+    assert [s["fastest"] for s in data["fastest"]] == ["model_int8.onnx"]
+
+
+def test_accuracy_that_could_not_be_measured_is_reported(tmp_path):
+    raw = classify_raw()
+    raw["variants"]["model_int8.onnx"] = _ok(accuracy=None, accuracy_error="worker died: killed by signal 9")
+    data = assemble(config(tmp_path), _manifests("classify"), raw)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    write_report(data, folder, plots=False)
+    report = BenchReport.read(folder)
+    assert report.quality_errors == {"model_int8.onnx": "accuracy not measured: worker died: killed by signal 9"}
+    assert report.failed == {"pytorch-compile": "InductorError: no compiler"}  # still timed in full: not failed
+    assert "## Accuracy not measured\n\n- `model_int8.onnx`: accuracy not measured: worker died: killed by signal 9" \
+        in (folder / "report.md").read_text()
+    assert "<h2>Accuracy not measured</h2>" in (folder / "report.html").read_text()
+    raw = generate_raw()
+    raw["variants"]["model.onnx"]["accuracy"].update(perplexity=None, perplexity_error="KeyError: logits")
+    data = assemble(config(tmp_path), _manifests("generate"), raw)
+    assert BenchReport(tmp_path, data).quality_errors == {"model.onnx": "perplexity not measured: KeyError: logits"}
+    assert "- `model.onnx`: perplexity not measured: KeyError: logits" in render_markdown(data)
+
+
+def _with_peer_and_provider(raw):
+    raw["variants"]["model_int8.onnx"]["details"] = {"inference_precision": "f32", "static_shapes": True}
+    raw["variants"]["openvino-int8"] = _ok(build={"build_s": 12.5, "cached": False}, details={"num_streams": 1})
+    raw["timings"]["openvino-int8"] = [{"cell": [1, 16], "samples": raw["timings"]["pytorch"][0]["samples"]}]
+    return raw
+
+
+def test_the_html_report_says_what_the_markdown_says(tmp_path):
+    data = assemble(config(tmp_path), _manifests("classify"), _with_peer_and_provider(classify_raw()))
+    markdown, html = render_markdown(data), render_html(data, tmp_path, {})
+    lines = summary_lines(data)
+    assert any(line.startswith("clean rounds: 3 kept, 2 rejected") for line in lines)
+    assert any(line.startswith("peak matmul: fp32 100.0 GFLOP/s") for line in lines)
+    sections = dict(list_sections(data))
+    assert sections["Peers"] == ["`openvino-int8` (openvino, int8): built in 12.5 s; num_streams 1"]
+    assert sections["Providers"] == ["`model_int8.onnx`: inference_precision f32, static_shapes True"]
+    for line in lines:
+        assert f"- {line}" in markdown and f"<li>{inline_to_html(line)}</li>" in html
+    for title, items in sections.items():
+        assert f"## {title}" in markdown and f"<h2>{title}</h2>" in html
+        for item in items:
+            assert f"- {item}" in markdown and f"<li>{inline_to_html(item)}</li>" in html
+    assert "<code>openvino-int8</code> (openvino, int8): built in 12.5 s" in html
+
+
+def test_classifier_spread_is_over_every_call_and_the_kept_rounds_are_counted(tmp_path):
+    data = assemble(config(tmp_path), _manifests("classify"), classify_raw())
+    base = next(r for r in data["results"] if r["variant"] == "pytorch")
+    calls = [0.010, 0.009, 0.011] + [0.012] * 3 + [0.011] * 3 + [0.030] * 3  # every hot call of the 4 rounds
+    assert base["calls"]["n"] == 12 and base["n"] == 4
+    assert base["calls"]["p90"] == pytest.approx(percentile(calls, 90))
+    assert base["calls"]["p99"] == pytest.approx(percentile(calls, 99)) != pytest.approx(base["p99"])
+    markdown = render_markdown(data)
+    assert "| p90 ms (all calls) | p99 ms (all calls) |" in markdown and "| rounds | calls |" in markdown
+    assert f"| {percentile(calls, 90) * 1e3:.2f} | {percentile(calls, 99) * 1e3:.2f} |" in markdown
+    assert "3 rounds kept per cell (at least 20 asked for)" in markdown and "20 repeats" not in markdown
+    assert "others used at most 1.0% of a core during a kept round" in markdown
+    settled = classify_raw()
+    for cells in settled["timings"].values():
+        for cell in cells:
+            cell["samples"] = [{"seconds": m["seconds"], "hot": []} for m in cell["samples"]]
+    base = next(r for r in assemble(config(tmp_path), _manifests("classify"), settled)["results"]
+                if r["variant"] == "pytorch")
+    assert base["calls"] == base["settled"]  # without hot calls, every call is a settled one
+
+
+RECORDED = sorted((Path(__file__).parents[2] / "benchmarks" / "results").glob("**/bench_*.json"))
+
+
+@pytest.mark.skipif(not RECORDED, reason="no recorded bench results in benchmarks/results")
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_recorded_reports_still_render(path, tmp_path):
+    """Reports recorded before `calls`, `complete` and `worst_kept_other_share` existed still read and render,
+    and say what their spread columns hold."""
+    report = BenchReport(path.parent, json.loads(path.read_text(encoding="utf-8")))
+    markdown, html = render_markdown(report.data), render_html(report.data, tmp_path, {})
+    assert "## Speed" in markdown and "<h2>Speed</h2>" in html
+    if report.data["task"] == "classify" and not all("calls" in r for r in report.results):
+        assert "p90 ms (of round medians)" in markdown

@@ -83,3 +83,39 @@ def test_provider_openvino_runs_the_files_through_it_or_reports_why_not(bench_pa
     assert "pytorch" in ran and (failed != ("model.onnx" in ran)), result.output
     if failed:
         assert "Intel hardware only" in result.output or "deployft[openvino]" in result.output
+
+
+def test_bad_option_values_exit_1_with_one_line_naming_the_option(tmp_path):
+    """Refused while the options are read, before any folder is: a config file's wrong types, nan / inf seconds,
+    a file where the peer cache folder goes."""
+    base = ["--run", str(tmp_path / "run"), "--bundle", str(tmp_path / "bundle"), "--report", str(tmp_path / "r")]
+    cases = {"variants: 5": "--variants expects", "batch_sizes: 1.5": "--batch-sizes expects",
+             "batch_sizes: [1.7, 8]": "--batch-sizes expects", "seq_lens: null": "--seq-lens expects"}
+    for text, words in cases.items():
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        assert words in _error([*base, "--config", str(tmp_path / "bad.yaml")])
+    assert "--settle must be a finite number" in _error([*base, "--settle", "nan"])
+    assert "--min-time must be a finite number" in _error([*base, "--min-time", "inf"])
+    (tmp_path / "cache").write_text("")
+    assert "--peer-cache" in _error([*base, "--peer-cache", str(tmp_path / "cache")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_summary_names_variants_whose_accuracy_was_not_measured(tmp_path, monkeypatch):
+    from test_bench_report import _manifests, _ok, classify_raw, config
+
+    import deployft.bench
+    from deployft.bench import BenchReport
+    from deployft.bench.report import assemble, write_report
+
+    raw = classify_raw()
+    raw["variants"]["model_int8.onnx"] = _ok(accuracy=None, accuracy_error="worker died: killed by signal 9")
+    folder = tmp_path / "report"
+    folder.mkdir()
+    data = assemble(config(tmp_path), _manifests("classify"), raw)
+    write_report(data, folder, plots=False)
+    monkeypatch.setattr(deployft.bench, "benchmark", lambda config: BenchReport(folder, data))
+    result = CliRunner().invoke(main, ["bench", "--run", "r", "--bundle", "b", "--report", str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    assert "variant model_int8.onnx: accuracy not measured: worker died: killed by signal 9" in result.output
+    assert "## Accuracy not measured" in result.output
