@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +23,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} not found; pass an existing file to --config")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if suffix in (".yaml", ".yml"):
             import yaml
 
@@ -37,6 +39,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise UsageError(f"config file {path} has extension '{suffix}'; use .yaml, .yml, .toml or .json")
     except UsageError:
         raise
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.end]!r}); "
+                         "save it as UTF-8") from exc
     except Exception as exc:  # the parsers' own error types differ; all mean the same thing here
         raise UsageError(f"config file {path} could not be parsed: {first_line(exc)}") from exc
     if not isinstance(data, dict):
@@ -45,14 +50,78 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[T], config_file: str | Path | None = None, **explicit: Any) -> T:
-    """Build `cls` from its defaults, then `config_file`, then the `explicit` values that are not None."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    """Build `cls` from its defaults, then `config_file`, then the `explicit` values that are not None.
+
+    A file's values are converted to their fields' types (`lr: "5e-5"` -> 5e-05, `batch_size: "16"` -> 16).
+
+    Raises:
+        UsageError: an unreadable file, an unknown option, or a value of the wrong type (naming key and file).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(read_config_file(config_file))
-        unknown = sorted(set(values) - names)
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise UsageError(f"config file {config_file} has unknown option(s) {', '.join(unknown)}; "
-                             f"known options: {', '.join(sorted(names))}")
+                             f"known options: {', '.join(sorted(fields))}")
+        hints = _type_hints(cls)
+        values = {key: _convert(value, hints.get(key), fields[key], config_file) for key, value in values.items()}
     values.update({k: v for k, v in explicit.items() if v is not None})
     return cls(**values)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not evaluate: leave the values to the dataclass's own checks
+        return {}
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", Path: "a path"}
+
+
+def _convert(value: Any, hint: Any, field: dataclasses.Field, source: str | Path) -> Any:
+    """`value` as the field's type: bool, int, float or str (a path), or None where the field allows it; other
+    field types (tuples, ...) are left to the dataclass."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    simple = [kind for kind in kinds if kind is not type(None)]
+    if not simple or any(kind not in _KINDS for kind in simple):
+        return value
+    if value is None and type(None) in kinds:
+        return None
+    for kind in simple:
+        converted = _as(kind, value)
+        if converted is not None:
+            return converted
+    default = field.default
+    example = "" if default in (None, dataclasses.MISSING) else f"; e.g. {field.name}: {json.dumps(default)}"
+    expected = " or ".join(_KINDS[kind] for kind in simple) + (" or null" if type(None) in kinds else "")
+    raise UsageError(f"config file {source}: option {field.name} must be {expected}, got {value!r} "
+                     f"({type(value).__name__}){example}")
+
+
+def _as(kind: type, value: Any) -> Any:
+    """`value` as `kind`, or None when it is not one."""
+    if kind is bool:
+        words = {"true": True, "false": False}
+        return value if isinstance(value, bool) else words.get(value.lower()) if isinstance(value, str) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        return value if isinstance(value, int) else None
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+    if isinstance(value, (str, Path)):
+        return value
+    return str(value) if isinstance(value, (int, float)) else None

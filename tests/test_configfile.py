@@ -48,3 +48,58 @@ def test_bad_config_files(tmp_path, name, body, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="not found; pass an existing file to --config"):
         build_config(_Cfg, tmp_path / "missing.yaml")
+
+
+@dataclass
+class _Typed:
+    lr: float = 5e-5
+    batch_size: int = 16
+    max_samples: int | None = None
+    lora: bool = False
+    data: str | None = None
+    sizes: tuple[int, ...] = (1, 8)
+
+
+def _yaml(tmp_path, body: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_file_values_take_their_fields_types(tmp_path):
+    # YAML reads 5e-5 (no dot) as a string; a quoted "16" is one too
+    cfg = build_config(_Typed, _yaml(tmp_path, 'lr: 5e-5\nbatch_size: "16"\nmax_samples: 100.0\nlora: "true"\n'
+                                               "data: 2024\nsizes: [2, 4]\n"))
+    assert (cfg.lr, cfg.batch_size, cfg.max_samples, cfg.lora, cfg.data) == (5e-5, 16, 100, True, "2024")
+    assert type(cfg.batch_size) is int and cfg.sizes == [2, 4]  # a tuple field is left to the dataclass
+    assert build_config(_Typed, _yaml(tmp_path, "max_samples: null\n")).max_samples is None
+
+
+@pytest.mark.parametrize("body, message", [
+    ("max_samples: 2.5\n", r"c.yaml: option max_samples must be a whole number or null, got 2.5 \(float\)"),
+    ("batch_size: sixteen\n", r"option batch_size must be a whole number, got 'sixteen' \(str\); e.g. batch_size: 16"),
+    ("lr: fast\n", r"option lr must be a number, got 'fast'"),
+    ("lora: maybe\n", r"option lora must be true or false, got 'maybe'"),
+    ("lora: 1\n", r"option lora must be true or false, got 1"),
+    ("data: [a.csv]\n", r"option data must be text or null, got \['a.csv'\] \(list\)"),
+    ("batch_size: true\n", r"option batch_size must be a whole number, got True"),
+])
+def test_file_values_of_the_wrong_type_name_key_and_file(tmp_path, body, message):
+    with pytest.raises(UsageError, match=message):
+        build_config(_Typed, _yaml(tmp_path, body))
+
+
+def test_a_utf16_config_file_is_a_usage_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("epochs: 3\n".encode("utf-16"))
+    with pytest.raises(UsageError, match=r"config file .*c.yaml is not UTF-8 text .*save it as UTF-8"):
+        build_config(_Cfg, path)
+
+
+def test_finetune_config_file_values_are_converted_and_checked(tmp_path):
+    from deployft.train import FinetuneConfig
+
+    cfg = build_config(FinetuneConfig, _yaml(tmp_path, 'lr: 5e-5\nbatch_size: "16"\nepochs: 2\n'))
+    assert (cfg.lr, cfg.batch_size, cfg.epochs) == (5e-5, 16, 2.0)
+    with pytest.raises(UsageError, match="max_samples must be a whole number or null, got 2.5"):
+        build_config(FinetuneConfig, _yaml(tmp_path, "max_samples: 2.5\n"))

@@ -28,7 +28,8 @@ from .options import shown
               help="Encoding of CSV/TSV/JSONL files.")
 @click.option("--max-length", type=int, default=None, show_default=", ".join(f"{t.name} {t.default_max_length}"
               for t in TASKS.values()), help="Tokens per example (capped at the model's limit).")
-@click.option("--epochs", type=float, default=None, show_default=shown(FinetuneConfig, "epochs"), help="Training epochs.")
+@click.option("--epochs", type=float, default=None, show_default=shown(FinetuneConfig, "epochs"),
+              help="Training epochs.")
 @click.option("--batch-size", type=int, default=None, show_default=shown(FinetuneConfig, "batch_size"),
               help="Examples per batch and process.")
 @click.option("--lr", type=float, default=None, show_default=shown(FinetuneConfig, "lr"), help="Peak learning rate.")
@@ -38,16 +39,17 @@ from .options import shown
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--checkpoint-steps", type=int, default=None, show_default=shown(FinetuneConfig, "checkpoint_steps"),
               help="Checkpoint every this many steps (and each epoch's end); --resume loses at most this many.")
-@click.option("--lora", is_flag=True, default=None, help="Train LoRA adapters (generate), merged before saving.")
+@click.option("--lora/--no-lora", default=None, show_default=shown(FinetuneConfig, "lora"),
+              help="Train LoRA adapters (generate), merged before saving.")
 @click.option("--lora-r", type=int, default=None, show_default=shown(FinetuneConfig, "lora_r"), help="LoRA rank.")
 @click.option("--lora-alpha", type=int, default=None, show_default=shown(FinetuneConfig, "lora_alpha"),
               help="LoRA scaling numerator.")
 @click.option("--lora-dropout", type=float, default=None, show_default=shown(FinetuneConfig, "lora_dropout"),
               help="Dropout on the LoRA branch.")
 @click.option("--output", "-o", default=None, show_default="runs/<task>", help="RUN folder to write.")
-@click.option("--overwrite", is_flag=True, default=None,
+@click.option("--overwrite/--no-overwrite", default=None, show_default=shown(FinetuneConfig, "overwrite"),
               help="Replace an existing non-empty output folder and delete an interrupted run's checkpoints.")
-@click.option("--resume", is_flag=True, default=None,
+@click.option("--resume/--no-resume", default=None, show_default=shown(FinetuneConfig, "resume"),
               help="Continue an interrupted run from its last complete checkpoint (same flags and data).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/TOML/JSON file with these options (flags override it).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 
 from ..errors import DataError, UsageError
 from ..tasks import Task, get_task
+from .delimited import separator_hint
+from .labels import class_labels, normalize_label
 from .readers import DEFAULT_SOURCES, detect_format, fingerprint, read_rows
+from .split import SPLIT, input_key, split_rows
 
 __all__ = ["Examples", "load_examples", "load_run_examples", "resolve_source"]
 
@@ -80,7 +84,8 @@ def load_run_examples(run_dir: str | Path, split: str = "eval", limit: int | Non
     for source in sources:
         _check_unchanged(source, run_dir)
     examples = _build(manifest["task"], record["train"], record.get("eval"), manifest["columns"],
-                      record["eval_fraction"], record["seed"], record["max_samples"])
+                      record["eval_fraction"], record["seed"], record["max_samples"],
+                      legacy=record.get("split") != SPLIT)
     rows = examples.train if split == "train" else examples.eval
     return rows[:limit] if limit is not None else rows
 
@@ -95,44 +100,63 @@ def _check_unchanged(source: dict[str, Any], run_dir: str | Path) -> None:
 
 
 def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_fraction: float,
-           seed: int, max_samples: int | None) -> Examples:
+           seed: int, max_samples: int | None, legacy: bool = False) -> Examples:
+    """`legacy`: split as RUNs recorded before the distinct-row split were (see `split.py`)."""
     train_path = Path(train_src["path"])
-    raw = read_rows(train_path, train_src["format"], train_src["encoding"])
+    if eval_src is not None and _same_file(train_path, Path(eval_src["path"])):
+        raise DataError(f"--eval-data {eval_src['path']} is the same file as --data, so eval would score the "
+                        "training rows; pass a file of held-out rows, or leave --eval-data out to hold out "
+                        "--eval-fraction of --data")
+    raw = read_rows(train_path, train_src["format"], train_src["encoding"], legacy=legacy)
     columns = _resolve_columns(get_task(task), flags, raw, train_path)
     pool = _clean(raw, columns, train_path)
     rng = random.Random(seed)
     if eval_src is None:
-        train, evals = _split(_sample(pool, rng, max_samples), eval_fraction, train_path)
+        train, evals = split_rows(_sample(pool, rng, max_samples), eval_fraction, train_path, legacy)
     else:
         eval_path = Path(eval_src["path"])
         eval_raw = read_rows(eval_path, eval_src["format"], eval_src["encoding"])
         _check_columns(columns, eval_raw, eval_path)
         train = _sample(pool, rng, max_samples)
         evals = _sample(_clean(eval_raw, columns, eval_path), rng, max_samples)
-    labels = None if get_task(task).generates else _labels(train, evals, columns, train_path, eval_src)
+        _warn_overlap(train, evals, eval_path)
+    labels = None if get_task(task).generates else class_labels(
+        train, evals, columns["label"], train_path, eval_src and eval_src["path"], legacy)
     record = _record(train_src, eval_src, columns, len(train), len(evals), eval_fraction, seed, max_samples)
     return Examples(train=train, eval=evals, columns=columns, labels=labels, record=record)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a == b or a.samefile(b)
+    except OSError:
+        return False
 
 
 def _resolve_columns(task: Task, flags: dict, rows: list[dict], path: Path) -> dict[str, str]:
     """The column of each role: the mapping a column flag names, else the first the file's columns fit."""
     flagged = [roles for roles in task.column_roles if any(flags.get(role) for role in roles)]
-    roles = flagged[0] if flagged else task.default_columns(list(rows[0]))
+    roles = flagged[0] if flagged else task.default_columns(_column_names(rows))
     columns = {role: flags.get(role) or role for role in roles}
     _check_columns(columns, rows, path)
     return columns
 
 
+def _column_names(rows: list[dict]) -> list[str]:
+    """Every key of every row, in order of first appearance (JSON rows need not all have the same keys)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def _check_columns(columns: dict[str, str], rows: list[dict], path: Path) -> None:
-    found = list(rows[0])
+    found = _column_names(rows)
     for role, name in columns.items():
         if name not in found:
-            raise DataError(f"column '{name}' not found in {path} (columns: {', '.join(map(str, found))}); "
-                            f"pass --{role}-column with one of them")
+            raise DataError(separator_hint(path, found) or f"column '{name}' not found in {path} (columns: "
+                            f"{', '.join(map(str, found))}); pass --{role}-column with one of them")
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -141,10 +165,21 @@ def _as_text(value: Any) -> str | None:
 
 
 def _clean(rows: list[dict], columns: dict[str, str], path: Path) -> list[dict[str, str]]:
-    """Rows renamed to their roles, as strings; rows with an empty or missing value are dropped."""
+    """Rows renamed to their roles, as strings; rows with an empty or missing value are dropped.
+
+    Raises:
+        DataError: a value is a JSON object or list (or a nested Parquet value), not text.
+    """
     kept = []
-    for row in rows:
-        values = {role: _as_text(row.get(name)) for role, name in columns.items()}
+    for number, row in enumerate(rows, start=1):
+        values = {}
+        for role, name in columns.items():
+            value = row.get(name)
+            if isinstance(value, (dict, list, tuple)):
+                raise DataError(f"column '{name}' of {path} row {number} holds a {type(value).__name__}, not text "
+                                f"({str(value)[:40]}); write that value as plain text, or pass --{role}-column "
+                                "with a column of text")
+            values[role] = normalize_label(value) if role == "label" else _as_text(value)
         if all(v is not None for v in values.values()):
             kept.append(values)
     dropped = len(rows) - len(kept)
@@ -163,34 +198,12 @@ def _sample(rows: list[dict], rng: random.Random, max_samples: int | None) -> li
     return rows[:max_samples] if max_samples is not None else rows
 
 
-def _split(rows: list[dict], eval_fraction: float, path: Path) -> tuple[list[dict], list[dict]]:
-    n_eval = max(1, round(len(rows) * eval_fraction))
-    if len(rows) - n_eval < 1:
-        raise DataError(f"{path} has {len(rows)} usable example(s), too few to hold out an eval split; "
-                        "add rows, lower --eval-fraction or pass --eval-data")
-    return rows[n_eval:], rows[:n_eval]
-
-
-def _label_key(label: str) -> tuple:
-    try:
-        return (0, int(label), label)
-    except ValueError:
-        return (1, 0, label)
-
-
-def _labels(train: list[dict], evals: list[dict], columns: dict, path: Path, eval_src: dict | None) -> list[str]:
-    seen = {row["label"] for row in train}
-    if eval_src is None:
-        seen |= {row["label"] for row in evals}
-    labels = sorted(seen, key=_label_key)
-    if len(labels) < 2:
-        raise DataError(f"label column '{columns['label']}' of {path} has one class ({labels[0]!r}); "
-                        "classification needs at least two: add examples of other classes or check --label-column")
-    unknown = sorted({row["label"] for row in evals} - seen, key=_label_key)
-    if unknown:
-        raise DataError(f"eval data {eval_src['path']} has label(s) {', '.join(unknown)} that never occur in "
-                        f"{path}; add them to the training data or remove them from --eval-data")
-    return labels
+def _warn_overlap(train: list[dict], evals: list[dict], eval_path: Path) -> None:
+    inputs = {input_key(row) for row in train}
+    copies = sum(input_key(row) in inputs for row in evals)
+    if copies:
+        logger.warning("%d of %d eval rows of %s also occur in the training data: the eval metrics score them "
+                       "on rows the model trained on", copies, len(evals), eval_path)
 
 
 def _record(train_src: dict, eval_src: dict | None, columns: dict[str, str], n_train: int, n_eval: int,
@@ -200,11 +213,12 @@ def _record(train_src: dict, eval_src: dict | None, columns: dict[str, str], n_t
     a file saved again with the same rows counts as other data."""
     def describe(src: dict, rows: int) -> dict[str, Any]:
         path = Path(src["path"])
-        return {"path": str(path), "format": src["format"], "sha256": src.get("sha256") or fingerprint(path, src["format"]),
-                "rows": rows, "encoding": src["encoding"]}
+        sha256 = src.get("sha256") or fingerprint(path, src["format"])
+        return {"path": str(path), "format": src["format"], "sha256": sha256, "rows": rows, "encoding": src["encoding"]}
 
     train = describe(train_src, n_train)
     evals = describe(eval_src, n_eval) if eval_src is not None else None
-    settings = {"eval_fraction": None if eval_src else eval_fraction, "seed": seed, "max_samples": max_samples}
+    settings = {"eval_fraction": None if eval_src else eval_fraction, "seed": seed, "max_samples": max_samples,
+                "split": SPLIT}
     blob = json.dumps([train["sha256"], evals and evals["sha256"], columns, settings], sort_keys=True)
     return {"train": train, "eval": evals, **settings, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}

@@ -1,20 +1,27 @@
 """Read a data source into plain rows (`list[dict]`), with one-line errors instead of parser tracebacks.
 
-Formats: CSV, TSV, JSONL (or .json holding a list), Parquet, a saved `datasets` folder, and the two
-embedded defaults (`default:rotten_tomatoes`, `default:chatterbot`, see `deployft.data.defaults`).
+Formats: CSV and TSV (`delimited.py`), JSONL or .json holding a list (`jsonrows.py`), Parquet, a saved
+`datasets` folder, and the two embedded defaults (`default:rotten_tomatoes`, `default:chatterbot`, see
+`deployft.data.defaults`). A text file that does not decode is refused with its line, and an encoding is
+suggested only when the file is mostly not UTF-8 (one bad byte in a UTF-8 file is a byte to fix).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 from ..manifest import sha256_file
+from .delimited import read_delimited
+from .jsonrows import read_json_rows
+
+logger = logging.getLogger(__name__)
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 DEFAULT_SOURCES = ("default:rotten_tomatoes", "default:chatterbot")
@@ -49,11 +56,15 @@ def fingerprint(path: Path, fmt: str) -> str:
     return digest.hexdigest()
 
 
-def read_rows(path: Path, fmt: str, encoding: str = "utf-8") -> list[dict[str, Any]]:
-    """All rows of `path` as dicts; raises DataError for unreadable or empty data."""
+def read_rows(path: Path, fmt: str, encoding: str = "utf-8", *, legacy: bool = False) -> list[dict[str, Any]]:
+    """All rows of `path` as dicts; raises DataError for unreadable or empty data.
+
+    `legacy`: read the embedded chatterbot corpus with its repeated pairs, as RUNs recorded before the
+    distinct-row split were trained on (`load_run_examples` replays those).
+    """
     if fmt in ("csv", "tsv", "jsonl"):
         text = _decode(path, encoding)
-        rows = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)
+        rows = read_json_rows(path, text) if fmt == "jsonl" else read_delimited(path, text, fmt)
     elif fmt == "parquet":
         rows = _read_parquet(path)
     elif fmt == "datasets":
@@ -61,7 +72,7 @@ def read_rows(path: Path, fmt: str, encoding: str = "utf-8") -> list[dict[str, A
     elif fmt == "default:rotten_tomatoes":
         rows = _read_rotten_tomatoes(path)
     elif fmt == "default:chatterbot":
-        rows = _read_chatterbot(path)
+        rows = _read_chatterbot(path, keep_repeats=legacy)
     else:
         raise DataError(f"unknown data format '{fmt}' for {path}")
     if not rows:
@@ -70,46 +81,32 @@ def read_rows(path: Path, fmt: str, encoding: str = "utf-8") -> list[dict[str, A
 
 
 def _decode(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
     try:
-        return path.read_bytes().decode(encoding).removeprefix("\ufeff")
+        return data.decode(encoding).removeprefix("\ufeff")
     except LookupError as exc:
         raise DataError(f"unknown encoding '{encoding}' given to --encoding; use e.g. utf-8 or latin-1") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"data file {path} is not valid {encoding} (byte {exc.start}); "
-                        "pass its encoding with --encoding, e.g. --encoding latin-1") from exc
+        raise DataError(_decode_error(path, data, encoding, exc)) from exc
 
 
-def _read_delimited(path: Path, text: str, fmt: str) -> list[dict[str, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-    try:
-        rows = [dict(row) for row in reader]
-    except csv.Error as exc:
-        raise DataError(f"data file {path} is not valid {fmt.upper()} ({exc}); fix the file") from exc
-    if not reader.fieldnames:
-        raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
-    return rows
+def _decode_error(path: Path, data: bytes, encoding: str, exc: UnicodeDecodeError) -> str:
+    """Where the first undecodable byte is, and the fix: an encoding only when the file is mostly not UTF-8."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    found = f"data file {path} is not valid {encoding} (line {line}, byte {exc.start}: {data[exc.start:exc.end]!r})"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4096]:
+        return f"{found}; it looks like UTF-16: pass --encoding utf-16, or save it as UTF-8"
+    if codecs.lookup(encoding).name == "utf-8" and _mostly_utf8(data):
+        return (f"{found}, though the rest of the file is UTF-8; fix or delete that byte (an --encoding such as "
+                "latin-1 would read every other accented character of the file wrongly)")
+    return f"{found}; pass its encoding with --encoding, e.g. --encoding cp1252 (Windows) or latin-1"
 
 
-def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"data file {path} is not valid JSON ({exc.msg}, line {exc.lineno}); fix the file") from exc
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"data file {path} line {number} is not valid JSON ({exc.msg}); "
-                                "JSONL needs one JSON object per line") from exc
-    if not all(isinstance(row, dict) for row in rows):
-        raise DataError(f"data file {path} must hold JSON objects (one per line), not other values")
-    return rows
+def _mostly_utf8(data: bytes) -> bool:
+    """More characters beyond ASCII decode as UTF-8 than bytes fail to: a UTF-8 file with a few damaged bytes."""
+    valid = sum(1 for char in data.decode("utf-8", "ignore") if ord(char) > 127)
+    invalid = data.decode("utf-8", "replace").count("\ufffd") - data.decode("utf-8", "ignore").count("\ufffd")
+    return valid > invalid
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -147,8 +144,11 @@ def _read_rotten_tomatoes(path: Path) -> list[dict[str, Any]]:
     return [{"text": r["text"], "label": r["category"]} for r in rows if r["category"] in ("fresh", "rotten")]
 
 
-def _read_chatterbot(folder: Path) -> list[dict[str, Any]]:
-    """chatterbot-corpus conversations: the first utterance is the prompt, the second the response."""
+def _read_chatterbot(folder: Path, keep_repeats: bool = False) -> list[dict[str, Any]]:
+    """chatterbot-corpus conversations: the first utterance is the prompt, the second the response.
+
+    A pair the corpus repeats (over half of its 2025: greetings, jokes asked twice) is kept once, so that no
+    eval pair is a copy of a training pair; `keep_repeats` keeps them (RUNs recorded before this)."""
     import yaml
 
     rows = []
@@ -157,4 +157,10 @@ def _read_chatterbot(folder: Path) -> list[dict[str, Any]]:
         for talk in doc.get("conversations") or []:
             if isinstance(talk, list) and len(talk) >= 2:
                 rows.append({"prompt": str(talk[0]), "response": str(talk[1])})
-    return rows
+    if keep_repeats:
+        return rows
+    pairs = dict.fromkeys((r["prompt"], r["response"]) for r in rows)  # first occurrences, in order
+    distinct = [{"prompt": prompt, "response": response} for prompt, response in pairs]
+    logger.info("chatterbot corpus: dropped %d repeated prompt/response pairs of %d", len(rows) - len(distinct),
+                len(rows))
+    return distinct

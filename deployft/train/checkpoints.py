@@ -89,10 +89,13 @@ def start(work: Path, settings: dict[str, Any], fingerprint: str) -> None:
 
 
 def checkpoint_callback(every: int):
-    """A Trainer callback: a checkpoint every `every` optimizer steps, and the marker once one is complete."""
+    """A Trainer callback: a checkpoint every `every` optimizer steps and at each epoch's end, and the marker once
+    one is complete."""
     from transformers import TrainerCallback
 
     class Checkpoints(TrainerCallback):
+        saved_at: int | None = None
+
         def on_step_end(self, args, state, control, **kwargs):
             # an epoch's last step is saved by the epoch-end checkpoint: saving it twice would rewrite a complete one
             epoch_end = args.save_strategy == "epoch" and float(state.epoch or 0).is_integer()
@@ -100,7 +103,14 @@ def checkpoint_callback(every: int):
                 control.should_save = True
             return control
 
+        def on_epoch_end(self, args, state, control, **kwargs):
+            # with max_steps Trainer saves by steps only: the epoch's end is saved here, unless that step just was
+            if args.save_strategy != "epoch" and state.global_step != self.saved_at:
+                control.should_save = True
+            return control
+
         def on_save(self, args, state, control, **kwargs):
+            self.saved_at = state.global_step
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"{_PREFIX}{state.global_step}"
                 _write_json(folder / MARKER, {"global_step": state.global_step})

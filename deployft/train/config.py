@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -74,18 +75,40 @@ class FinetuneConfig:
         for name in ("model", "data", "eval_data", "output"):  # accept Path objects from Python callers
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
-        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--lr": self.lr,
-                    "--max-samples": self.max_samples, "--max-steps": self.max_steps, "--lora-r": self.lora_r,
-                    "--checkpoint-steps": self.checkpoint_steps}
-        for flag, value in positive.items():
-            if value is not None and not value > 0:
-                raise UsageError(f"{flag} must be positive, got {value}")
+        self._check_types()
+        self._check_ranges()
         if not 0 < self.eval_fraction < 1:
             raise UsageError(f"--eval-fraction must be between 0 and 1, got {self.eval_fraction}")
         if self.max_length is not None and self.max_length < 8:
             raise UsageError(f"--max-length must be at least 8 tokens, got {self.max_length}")
         if not get_task(self.task).generates and (self.prompt_column or self.response_column or self.lora):
             raise UsageError("--prompt-column, --response-column and --lora apply to --task generate only")
+
+    def _check_types(self) -> None:
+        """Whole numbers and numbers, not strings or floats (a Python caller's `max_samples=2.5`)."""
+        whole = {"--batch-size": self.batch_size, "--seed": self.seed, "--max-samples": self.max_samples,
+                 "--max-steps": self.max_steps, "--max-length": self.max_length, "--lora-r": self.lora_r,
+                 "--lora-alpha": self.lora_alpha, "--checkpoint-steps": self.checkpoint_steps}
+        for flag, value in whole.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise UsageError(f"{flag} must be a whole number, got {value!r}")
+        real = {"--epochs": self.epochs, "--lr": self.lr, "--eval-fraction": self.eval_fraction,
+                "--lora-dropout": self.lora_dropout}
+        for flag, value in real.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise UsageError(f"{flag} must be a number, got {value!r}")
+
+    def _check_ranges(self) -> None:
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--lr": self.lr,
+                    "--max-samples": self.max_samples, "--max-steps": self.max_steps, "--lora-r": self.lora_r,
+                    "--lora-alpha": self.lora_alpha, "--checkpoint-steps": self.checkpoint_steps}
+        for flag, value in positive.items():
+            if value is not None and not value > 0:
+                raise UsageError(f"{flag} must be positive, got {value}")
+        if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept
+            raise UsageError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora-dropout must be at least 0 and below 1 (a probability), got {self.lora_dropout}")
 
     def column_flags(self) -> dict[str, str | None]:
         """The column flags by role (`text`, `label`, `prompt`, `response`)."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import ModelError, UsageError, first_line
 
-__all__ = ["apply_lora", "load_model", "load_tokenizer", "merge_lora", "position_limit", "resolve_model"]
+__all__ = ["apply_lora", "is_local_model", "load_model", "load_tokenizer", "merge_lora", "position_limit",
+           "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def resolve_model(model: str | None, task: str) -> str:
 
         return str(default_model(task))
     path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if is_local_model(model):
         if not path.is_dir():
             raise ModelError(f"model folder {path} not found; pass an existing folder or a hub id to --model")
         if not (path / "config.json").is_file():
@@ -32,6 +33,11 @@ def resolve_model(model: str | None, task: str) -> str:
                              "to --model")
         return str(path.resolve())
     return model
+
+
+def is_local_model(model: str) -> bool:
+    """Whether `--model` names a folder (it exists, or is spelled as a path) rather than a hub id."""
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
 @contextlib.contextmanager
@@ -53,7 +59,11 @@ def _hub_error(model: str, exc: Exception) -> ModelError:
 
 
 def load_tokenizer(model: str, task):
-    """The model's tokenizer; generators without a pad token pad with EOS."""
+    """The model's tokenizer; one without a pad token (GPT-2, Llama) pads with its end-of-sequence token.
+
+    Raises:
+        ModelError: the tokenizer has neither a pad nor an end-of-sequence token (batches cannot be padded).
+    """
     from transformers import AutoTokenizer
 
     try:
@@ -61,7 +71,11 @@ def load_tokenizer(model: str, task):
             tokenizer = AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise _hub_error(model, exc) from exc
-    if task.generates and tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer of {model} has no pad token and no end-of-sequence token to pad "
+                             f"{task.name} batches with; set tokenizer.pad_token and save it with "
+                             "save_pretrained, or pass another --model")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -67,12 +67,25 @@ def finetune(config: FinetuneConfig) -> Path:
 
 def _settings(config: FinetuneConfig) -> dict[str, Any]:
     """The settings a resume must repeat: every field but `resume`, `overwrite` and `checkpoint_steps` (which
-    changes when checkpoints are written, not what is trained), the output made absolute."""
+    changes when checkpoints are written, not what is trained), with the output, the data files and a local model
+    folder made absolute, so a resume from another directory or spelled `./data.csv` is the same run."""
+    from ..data.readers import DEFAULT_SOURCES
+    from .models import is_local_model
+
     record = dataclasses.asdict(config)
     for transient in ("resume", "overwrite", "checkpoint_steps"):
         record.pop(transient)
-    record["output"] = str(Path(config.output).expanduser().resolve())
+    record["output"] = _absolute(config.output)
+    for name in ("data", "eval_data"):
+        if record[name] is not None and record[name] not in DEFAULT_SOURCES:
+            record[name] = _absolute(record[name])
+    if config.model is not None and is_local_model(config.model):
+        record["model"] = _absolute(config.model)
     return record
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _write_run(output: Path, config: FinetuneConfig, job, trainer, metrics: dict[str, float]) -> None:

@@ -85,6 +85,9 @@ def _data(tmp_path, name, content):
     ("one.csv", "text,label\na,x\nb,x\nc,x\n", ["has one class ('x')", "--label-column"]),
     ("blank.csv", "text,label\n,a\n  ,b\n", ["all 2 rows", "empty or missing 'text'"]),
     ("latin.csv", "text,label\ncaf\u00e9,a\nthé,b\n".encode("latin-1"), ["not valid utf-8", "--encoding"]),
+    ("comma.csv", "text,label\na,x\nhello, world,y\n", ["comma.csv line 3 has 3 fields", "double quotes"]),
+    ("quote.csv", 'text,label\n"Awful, just awful,x\nb,y\n', ["quote.csv line 2: a quote", "never closed"]),
+    ("semi.csv", "text;label\na;x\nb;y\n", ["semi.csv is separated by semicolons", "comma-separated"]),
 ])
 def test_bad_data_is_one_error_line(tmp_path, tiny_model, name, content, fragments):
     out = tmp_path / "run"
@@ -151,6 +154,11 @@ def test_missing_default_package(tmp_path, monkeypatch, task, module, package):
     (["--epochs", "-1"], "--epochs must be positive"),
     (["--checkpoint-steps", "0"], "--checkpoint-steps must be positive"),
     (["--resume"], "--resume found no checkpoint"),
+    (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+    (["--seed", str(2**32)], "--seed must be between 0 and 4294967295"),
+    (["--lora-dropout", "1.5"], "--lora-dropout must be at least 0 and below 1"),
+    (["--lora-dropout", "-0.1"], "--lora-dropout must be at least 0 and below 1"),
+    (["--lora-alpha", "0"], "--lora-alpha must be positive"),
 ])
 def test_bad_flags(tmp_path, tiny_model, classify_csv, args, fragment):
     result = _invoke("--model", str(tiny_model("bert")), "--data", str(classify_csv),
@@ -184,3 +192,57 @@ def test_a_fresh_run_over_an_interrupted_one_names_resume_and_overwrite(tmp_path
     _one_error_line(_invoke(*args), "checkpoints of an interrupted run", "checkpoint-2", "--resume", "--overwrite")
     result = _invoke(*args, "--resume")
     assert result.exit_code == 0 and "RUN written to" in result.output, result.output
+
+
+def _captured(monkeypatch, module: str, name: str) -> dict:
+    """Replace the library function a command delegates to; the dict gets the config it was called with."""
+    import importlib
+
+    seen: dict = {}
+
+    def capture(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module(module), name, capture)
+    return seen
+
+
+def test_config_file_booleans_can_be_turned_off_by_a_flag(tmp_path, monkeypatch):
+    seen = _captured(monkeypatch, "deployft.train", "finetune")
+    config = tmp_path / "ft.yaml"
+    config.write_text("task: generate\nlora: true\noverwrite: true\nresume: true\n", encoding="utf-8")
+    assert _invoke("--config", str(config)).exit_code == 0
+    assert (seen["config"].lora, seen["config"].overwrite, seen["config"].resume) == (True, True, True)
+    assert _invoke("--config", str(config), "--no-lora", "--no-overwrite", "--no-resume").exit_code == 0
+    assert (seen["config"].lora, seen["config"].overwrite, seen["config"].resume) == (False, False, False)
+
+
+def test_export_and_bench_booleans_can_be_turned_off_by_a_flag(tmp_path, monkeypatch):
+    """The same layering in the other commands whose config files set booleans."""
+    exported, benched = _captured(monkeypatch, "deployft.exporter", "export"), \
+        _captured(monkeypatch, "deployft.bench", "benchmark")
+    config = tmp_path / "c.yaml"
+    config.write_text("overwrite: true\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["export", str(tmp_path), "-o", str(tmp_path / "b"), "--config", str(config),
+                                       "--no-overwrite"])
+    assert result.exit_code == 0 and exported["config"].overwrite is False
+    config.write_text("overwrite: true\npeak: false\nplots: false\n", encoding="utf-8")
+    where = ["bench", "--run", str(tmp_path), "--bundle", str(tmp_path), "--report", str(tmp_path / "r")]
+    assert CliRunner().invoke(main, [*where, "--config", str(config)]).exit_code == 0
+    assert (benched["config"].overwrite, benched["config"].peak, benched["config"].plots) == (True, False, False)
+    assert CliRunner().invoke(main, [*where, "--config", str(config), "--no-overwrite", "--peak",
+                                     "--plots"]).exit_code == 0
+    assert (benched["config"].overwrite, benched["config"].peak, benched["config"].plots) == (False, True, True)
+
+
+def test_config_file_values_are_typed(tmp_path, monkeypatch):
+    seen = _captured(monkeypatch, "deployft.train", "finetune")
+    config = tmp_path / "ft.yaml"
+    config.write_text('lr: 5e-5\nbatch_size: "16"\n', encoding="utf-8")  # YAML reads both as strings
+    assert _invoke("--config", str(config)).exit_code == 0
+    assert (seen["config"].lr, seen["config"].batch_size) == (5e-5, 16)
+    config.write_text("max_samples: 2.5\n", encoding="utf-8")
+    _one_error_line(_invoke("--config", str(config)), "ft.yaml: option max_samples must be a whole number")
+    config.write_bytes("epochs: 3\n".encode("utf-16"))
+    _one_error_line(_invoke("--config", str(config)), "ft.yaml is not UTF-8 text")

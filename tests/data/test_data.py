@@ -172,7 +172,26 @@ def test_load_run_examples_refuses_changed_or_missing_data(tmp_path, classify_cs
 
 def test_load_run_examples_for_generate_and_renamed_columns(tmp_path):
     rows = [{"q": p["prompt"], "a": p["response"]} for p in qa_rows(30)]
-    examples = load_examples("generate", write_rows(tmp_path / "qa.tsv", rows), columns={"prompt": "q", "response": "a"})
+    examples = load_examples("generate", write_rows(tmp_path / "qa.tsv", rows),
+                             columns={"prompt": "q", "response": "a"})
     run = _fake_run(tmp_path, examples, task="generate")
     assert load_run_examples(run, "train") == examples.train
     assert set(load_run_examples(run, "eval")[0]) == {"prompt", "response"}
+
+
+def test_one_bad_byte_in_a_utf8_file_names_its_line_and_does_not_suggest_latin1(tmp_path):
+    path = tmp_path / "mostly.csv"
+    rows = "".join(f"caf\u00e9 cr\u00e8me {i},{'ab'[i % 2]}\n" for i in range(20)).encode("utf-8")
+    path.write_bytes(b"text,label\n" + rows + b"bad \xff byte,a\n" + rows)
+    with pytest.raises(DataError, match=r"mostly.csv is not valid utf-8 \(line 22, byte \d+: b'\\xff'\), though the "
+                                        r"rest of the file is UTF-8; fix or delete that byte") as info:
+        load_examples("classify", path)
+    assert "--encoding latin-1" not in str(info.value) and "pass its encoding" not in str(info.value)
+
+
+def test_utf16_is_named(tmp_path):
+    path = tmp_path / "u16.csv"
+    path.write_bytes(("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20))).encode("utf-16"))
+    with pytest.raises(DataError, match=r"it looks like UTF-16: pass --encoding utf-16"):
+        load_examples("classify", path)
+    assert len(load_examples("classify", path, encoding="utf-16").train) == 18

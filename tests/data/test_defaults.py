@@ -19,11 +19,31 @@ def test_default_classify_data_is_rotten_tomatoes_without_plots():
     assert len(examples.train) == 450 and all(r["label"] in ("fresh", "rotten") for r in examples.train)
 
 
-def test_default_generate_data_is_chatterbot_pairs():
-    examples = load_examples("generate")
+def test_default_generate_data_is_chatterbot_pairs(caplog):
+    with caplog.at_level("INFO", logger="deployft.data.readers"):
+        examples = load_examples("generate")
     assert examples.columns == {"prompt": "prompt", "response": "response"}
-    assert len(examples.train) + len(examples.eval) > 1000
     assert examples.record["train"]["format"] == "default:chatterbot"
+    pairs = [(r["prompt"], r["response"]) for r in examples.train + examples.eval]
+    assert len(pairs) == len(set(pairs)) > 800  # the corpus repeats 1128 of its 2025 pairs; each is kept once
+    assert "dropped 1128 repeated prompt/response pairs of 2025" in caplog.text
+    assert not set(pairs[:len(examples.train)]) & {(r["prompt"], r["response"]) for r in examples.eval}
+
+
+def test_a_run_recorded_before_the_distinct_split_replays_its_own_rows(tmp_path):
+    from deployft.data.readers import read_rows
+    from deployft.data.defaults import default_data
+    from deployft.manifest import write_manifest
+
+    examples = load_examples("generate", seed=4)
+    record = {k: v for k, v in examples.record.items() if k != "split"}  # as RUNs were written before
+    run = tmp_path / "run"
+    run.mkdir()
+    write_manifest(run, {"kind": "run", "task": "generate", "columns": examples.columns, "data": record})
+    replayed = load_run_examples(run, "eval")
+    path, fmt = default_data("generate")
+    assert len(read_rows(path, fmt, legacy=True)) == 2025
+    assert len(replayed) == 202 and replayed != examples.eval  # the old split of all 2025 pairs
 
 
 def test_default_data_replays_from_a_run(tmp_path):

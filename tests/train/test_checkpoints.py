@@ -56,14 +56,16 @@ def _saved_steps(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("schedule, expected", [
-    ({"max_steps": 5}, [2, 4, 5]),  # was: only at the end
-    ({"epochs": 1}, [2, 4, 6, 7]),  # 216 rows / 32 = 7 steps: the epoch's end is saved once, not twice
+    ({"max_steps": 5, "checkpoint_steps": 2}, [2, 4, 5]),  # was: only at the end
+    ({"epochs": 1, "checkpoint_steps": 2}, [2, 4, 6, 7]),  # 216 rows / 32 = 7 steps: the epoch's end saved once
+    ({"max_steps": 9, "checkpoint_steps": 4}, [4, 7, 8, 9]),  # was: no save at the epoch's end under max_steps
+    ({"max_steps": 14, "checkpoint_steps": 7}, [7, 14]),  # an epoch's end on the interval and at max_steps: once
 ])
 def test_a_checkpoint_every_interval_in_every_mode(tmp_path, tiny_model, classify_csv, monkeypatch, schedule,
                                                    expected):
     steps = _saved_steps(monkeypatch)
     finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv), output=str(tmp_path / "run"),
-                            batch_size=32, max_length=32, checkpoint_steps=2, **schedule))
+                            batch_size=32, max_length=32, **schedule))
     assert steps == expected
 
 
@@ -83,7 +85,8 @@ def test_kill_during_a_checkpoint_write_resumes_to_the_same_weights(request, tmp
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr[-2000:]
     checkpoints = tmp_path / ".run.work" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-6", "checkpoint-9"]
+    # saved at 3, 6, 7 (the first epoch's end), 9; two kept; 12 half-written
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-12", "checkpoint-7", "checkpoint-9"]
     assert not (checkpoints / "checkpoint-12" / MARKER).exists() and (checkpoints / "checkpoint-9" / MARKER).exists()
     at_kill = _weights(checkpoints / "checkpoint-9")
     assert not (tmp_path / "run").exists()
@@ -138,4 +141,11 @@ def test_resume_on_other_data_is_refused(interrupted, tmp_path, classify_csv):
     assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
     write_rows(classify_csv, sentiment_rows(240))  # the original data back: the resume goes through
     run = finetune(FinetuneConfig(**{**interrupted, "checkpoint_steps": 1}, resume=True))  # the interval may change
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
+
+
+def test_resume_from_another_directory_with_other_spellings_of_the_same_paths(interrupted, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "data")  # the interrupted run was given absolute paths
+    relative = {**interrupted, "data": "./reviews.csv", "model": "../model-bert", "output": "../run"}
+    run = finetune(FinetuneConfig(**relative, resume=True))
     assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4

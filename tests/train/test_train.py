@@ -97,11 +97,14 @@ def test_generate_runs_load_back_and_generate(request, fixture, style):
 
 
 def test_generation_lowers_the_eval_loss(tmp_path, tiny_model, qa_jsonl):
-    model = tiny_model("llama")
-    before = finetune(FinetuneConfig(task="generate", model=str(model), data=str(qa_jsonl), lr=1e-9,
-                                     output=str(tmp_path / "before"), max_steps=1, batch_size=16, max_length=64))
-    after = finetune(FinetuneConfig(task="generate", model=str(model), data=str(qa_jsonl), lr=5e-3, epochs=2,
-                                    output=str(tmp_path / "after"), batch_size=16, max_length=64))
+    # qa_jsonl repeats six pairs, and the split holds copies of a pair out together: an unseen pair is not
+    # learnable from five others, so the eval file here holds training pairs on purpose (memorisation is the point)
+    model, evals = tiny_model("llama"), str(write_rows(tmp_path / "eval.jsonl", qa_rows(12, seed=1)))
+    before = finetune(FinetuneConfig(task="generate", model=str(model), data=str(qa_jsonl), eval_data=evals,
+                                     lr=1e-9, output=str(tmp_path / "before"), max_steps=1, batch_size=16,
+                                     max_length=64))
+    after = finetune(FinetuneConfig(task="generate", model=str(model), data=str(qa_jsonl), eval_data=evals, lr=5e-3,
+                                    epochs=2, output=str(tmp_path / "after"), batch_size=16, max_length=64))
     assert _manifest(after)["metrics"]["eval_loss"] < _manifest(before)["metrics"]["eval_loss"] - 0.5
 
 
@@ -178,6 +181,13 @@ def test_bad_input_writes_nothing(tmp_path, tiny_model, classify_csv, settings, 
     ({"eval_fraction": 1.5}, "--eval-fraction must be between 0 and 1"),
     ({"lora": True}, "apply to --task generate only"),
     ({"max_length": 2}, "--max-length must be at least 8"),
+    ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
+    ({"seed": 2**32}, "--seed must be between 0 and 4294967295"),
+    ({"task": "generate", "lora_dropout": 1.5}, "--lora-dropout must be at least 0 and below 1"),
+    ({"lora_alpha": 0}, "--lora-alpha must be positive"),
+    ({"max_samples": 2.5}, "--max-samples must be a whole number, got 2.5"),
+    ({"batch_size": "16"}, "--batch-size must be a whole number, got '16'"),
+    ({"lr": "5e-5"}, "--lr must be a number, got '5e-5'"),
 ])
 def test_config_validation(settings, message):
     with pytest.raises(UsageError, match=message):
@@ -259,3 +269,39 @@ def test_finetune_on_cuda(tmp_path, tiny_model, classify_csv):
     run = finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv),
                                   output=str(tmp_path / "run"), **FAST))
     assert _manifest(run)["training"]["device"] == "cuda"
+
+
+def _without_pad_token(folder: Path, eos: bool = True) -> Path:
+    """A decoder saved as GPT-2 and Llama checkpoints are: no pad token (and, with `eos=False`, no EOS either)."""
+    drop = ("pad_token",) if eos else ("pad_token", "eos_token")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            values = json.loads(path.read_text())
+            path.write_text(json.dumps({k: v for k, v in values.items() if k not in drop}))
+    config = json.loads((folder / "config.json").read_text())
+    config.update({"pad_token_id": None, **({} if eos else {"eos_token_id": None})})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_classifier_from_a_decoder_without_a_pad_token_pads_with_eos(tmp_path, tiny_model, classify_csv, arch):
+    from transformers import AutoTokenizer
+
+    model = _without_pad_token(tiny_model(arch))
+    assert AutoTokenizer.from_pretrained(model).pad_token is None
+    run = finetune(FinetuneConfig(model=str(model), data=str(classify_csv), output=str(tmp_path / "run"), **FAST))
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert json.loads((run / "config.json").read_text())["pad_token_id"] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("task, data", [("classify", "classify_csv"), ("generate", "qa_jsonl")])
+def test_a_tokenizer_without_pad_and_eos_is_refused_before_training(request, tmp_path, tiny_model, task, data):
+    model = _without_pad_token(tiny_model("gpt2"), eos=False)
+    out = tmp_path / "out" / "run"
+    with pytest.raises(ModelError, match=r"has no pad token and no end-of-sequence token .*set tokenizer.pad_token"):
+        finetune(FinetuneConfig(task=task, model=str(model), data=str(request.getfixturevalue(data)),
+                                output=str(out), **FAST))
+    assert not (tmp_path / "out").exists() or _siblings(out) == []

@@ -1,0 +1,67 @@
+"""Class labels: one spelling per class whatever the format, and the classes a classifier learns.
+
+A label is stripped of surrounding spaces, and a number is written the same way whether it came as a JSON
+number or as text: 1, "1", 1.0 and "1.0" are all "1"; 2.5 and "2.50" are "2.5". Text with leading zeros
+("007") stays as written: it is more likely a code than a number. NaN and null are missing labels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["class_labels", "label_key", "normalize_label"]
+
+_NUMBER = re.compile(r"[+-]?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+
+
+def normalize_label(value: Any) -> str | None:
+    """The label's one spelling, or None for a missing one (None, NaN, blank)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return _number(value)
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text):
+        return _number(int(text) if text.lstrip("+-").isdigit() else float(text))
+    return text or None
+
+
+def _number(value: int | float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def label_key(label: str) -> tuple:
+    """Numbers first, in numeric order, then text in alphabetical order."""
+    if _NUMBER.fullmatch(label):
+        return (0, float(label), label)
+    return (1, 0.0, label)
+
+
+def class_labels(train: list[dict[str, str]], evals: list[dict[str, str]], column: str, path: Path,
+                 eval_path: str | None, legacy: bool = False) -> list[str]:
+    """The classes of the training rows, in `label_key` order.
+
+    Raises:
+        DataError: one class only, or eval labels that never occur in training.
+    """
+    seen = {row["label"] for row in train}
+    if legacy and eval_path is None:
+        seen |= {row["label"] for row in evals}
+    labels = sorted(seen, key=label_key)
+    if len(labels) < 2:
+        raise DataError(f"label column '{column}' of {path} has one class ({labels[0]!r}) in its training rows; "
+                        "classification needs at least two: add examples of other classes or check --label-column")
+    unknown = sorted({row["label"] for row in evals} - seen, key=label_key)
+    if unknown:
+        raise DataError(f"eval data {eval_path} has label(s) {', '.join(unknown)} that never occur in "
+                        f"{path}; add them to the training data or remove them from --eval-data")
+    return labels
