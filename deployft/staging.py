@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, UsageError, reraise_as
 
 __all__ = ["atomic_file", "atomic_folder", "check_output_free", "clean_leftovers", "temporary_path"]
 
@@ -79,35 +79,53 @@ def _running(pid: int) -> bool:
     return True
 
 
-def check_output_free(output: str | Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without `overwrite`.
+def check_output_free(output: str | Path, overwrite: bool, flag: str = "--output") -> None:
+    """Refuse an output path that is a file, a non-empty folder without `overwrite`, or one that cannot be created
+    (its nearest existing ancestor is a file, or a folder this process cannot write).
 
     Every stage calls it first, so it also removes what killed runs left beside `output` (`clean_leftovers`):
-    a folder put back by that is refused like any other existing output.
+    a folder put back by that is refused like any other existing output. The messages name `flag`, the option
+    that chose `output`.
     """
     output = Path(output)
+    _check_creatable(output, flag)
     if output.parent.is_dir():
         clean_leftovers(output)
     if output.is_file():
-        raise OutputExistsError(f"output {output} is a file; pass a folder path with --output")
+        raise OutputExistsError(f"output {output} is a file; pass a folder path with {flag}")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {output} exists and is not empty; "
-                                "pass --overwrite to replace it or choose another --output")
+                                f"pass --overwrite to replace it or choose another {flag}")
+
+
+def _check_creatable(output: Path, flag: str) -> None:
+    """Refuse `output` when its nearest existing ancestor is not a folder this process can write in."""
+    ancestor = next((p for p in output.absolute().parents if p.exists()), None)
+    if ancestor is None:
+        return
+    if not ancestor.is_dir():
+        raise UsageError(f"output {output} cannot be created: {ancestor} is a file; pass a folder path with {flag}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"output {output} cannot be created: {ancestor} is not writable; pass a folder you can "
+                         f"write to with {flag}")
 
 
 @contextlib.contextmanager
-def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(output: str | Path, overwrite: bool = False, flag: str = "--output") -> Iterator[Path]:
     """Yield a temporary sibling folder; move it to `output` only when the block finishes.
 
     An error inside the block removes the temporary folder, and a kill leaves it under a temporary name that
     the next run removes, so no half-written folder ever sits under the final name. An existing non-empty
-    `output` is refused unless `overwrite`, and is replaced only once the new folder is complete.
+    `output` is refused unless `overwrite`, and is replaced only once the new folder is complete. Errors about
+    `output` name `flag`, the option that chose it.
     """
     output = Path(output).resolve()
-    check_output_free(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_free(output, overwrite, flag)
     staging = temporary_path(output)
-    staging.mkdir()
+    with reraise_as(UsageError, f"output {output} cannot be created ({{reason}}); pass a folder you can write to "
+                                f"with {flag}", catch=OSError):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
     try:
         yield staging
     except BaseException:
@@ -146,7 +164,7 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_file(output: str | Path) -> Iterator[Path]:
+def atomic_file(output: str | Path, flag: str = "--output") -> Iterator[Path]:
     """Yield a temporary sibling path to write; rename it to `output` (replacing any file) when the block ends.
 
     The name is this run's own, so two runs into one output never write the same file; the last to finish wins
@@ -154,7 +172,9 @@ def atomic_file(output: str | Path) -> Iterator[Path]:
     next run to remove.
     """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    with reraise_as(UsageError, f"output {output} cannot be created ({{reason}}); pass a file path in a folder you "
+                                f"can write to with {flag}", catch=OSError):
+        output.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(output)
     staging = temporary_path(output)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..configfile import build_config
-from ..exporter.config import (BLOCK_SIZES, DEVICES, HEAD_BITS, PRESETS, PROVIDERS, QUANTIZE_MODES, SELECT_RULES,
-                               ExportConfig)
+from ..exporter.config import (BLOCK_SIZES, DEVICES, HEAD_BITS, OPSETS, PRESETS, PROVIDERS, QUANTIZE_MODES,
+                               SELECT_RULES, ExportConfig)
 from ..tasks import TASKS
 from .options import shown
 
@@ -59,10 +59,12 @@ from .options import shown
 @click.option("--provider", default=None, metavar="|".join(PROVIDERS), show_default=shown(ExportConfig, "provider"),
               help="ONNX Runtime provider every file is validated through (openvino: pip install "
                    "\"deployft[openvino]\"); recorded in the manifest's validation.")
-@click.option("--opset", type=int, default=None, show_default="Optimum's choice", help="ONNX opset.")
-@click.option("--fuse-attention/--no-fuse-attention", default=None, show_default=shown(ExportConfig, "fuse_attention"),
-              help="Fuse a decoder's attention into GroupQueryAttention with its rotary embedding (CPU targets).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output folder.")
+@click.option("--opset", type=int, default=None, show_default="Optimum's choice",
+              help=f"ONNX opset, {OPSETS[0]} to {OPSETS[-1]}.")
+@click.option("--fuse-attention/--no-fuse-attention", default=None, show_default="fused where supported",
+              help="Generators: fuse the attention into GroupQueryAttention with its rotary embedding (CPU targets).")
+@click.option("--overwrite/--no-overwrite", default=None, show_default=shown(ExportConfig, "overwrite"),
+              help="Replace an existing output folder.")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Ed25519 private key (PEM, from deployft keygen): sign the manifest into deployft.json.sig.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..manifest import read_manifest
 from ..tasks import get_task
-from .optimize import ATTENTION_OPS, FUSED_OPS
+from .card_int8 import candidates_table, fmt as _fmt, selection_text, timing_note, why_selected
+from .optimize import ATTENTION_OPS, FUSED_OPS, OPTIMIZED_NAME, anything_fused
 
 FUSED_ATTENTION = (*ATTENTION_OPS, "QAttention")
 """Ops that carry a whole attention block: a file holding one has fused attention."""
@@ -16,14 +17,6 @@ KEY_OPS = (*FUSED_OPS, "QAttention", "MatMulNBits", "MatMulInteger", "DynamicQua
 """Ops that tell how a file computes (fused, quantized or plain matrix products): listed first when it is described."""
 TOP_OPS = 8
 """Op types listed when a file is described by its own op counts."""
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
-    return str(value)
 
 
 def validation_table(manifest: dict[str, Any]) -> str:
@@ -90,7 +83,7 @@ or `deployft predict BUNDLE "some text"`; Optimum loads it too:
 `{get_task(manifest['task']).ort_model_class}.from_pretrained(BUNDLE, file_name="{manifest['model_file']}")`{optimum_note(manifest)}.
 `deployft verify BUNDLE` checks every file against `deployft.json` (add `--public-key KEY` for a signed bundle).
 
-## The fused graph, model_optimized.onnx (ORTOptimizer level {manifest['fusion']['level']})
+## {optimized_title(manifest['fusion'])}
 
 {fusion_heading(manifest)}{manifest['fusion']['summary']}. {' '.join(manifest['fusion']['notes'])}
 
@@ -100,7 +93,7 @@ Op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}.
 
 {quant}
 
-{candidates_table(manifest['quantization'])}
+{selection_text(manifest)}
 
 ## Validation against the PyTorch original
 
@@ -131,27 +124,23 @@ def deployable_lines(manifest: dict[str, Any]) -> list[str]:
 def _why(manifest: dict[str, Any]) -> str:
     q, name = manifest["quantization"], manifest["model_file"]
     if q and q.get("selection"):
-        chosen = q["selection"]
-        timed = sum(1 for c in q["candidates"] if c.get("ms"))
-        return (f"{q['choice']}; the {chosen['rule']} of the {timed} int8 candidates timed, of "
-                f"{len(q['candidates'])} built (remedy: {q.get('remedy')}){_goal(chosen)}; {chosen['note']}")
+        return why_selected(q)
     if q:
         how = q.get("choice") or f"{q['mode']} of {q.get('quantized_from')}"
         return f"{how}; it passed the accuracy guard (remedy: {q.get('remedy')})"
-    if name == "model_optimized.onnx":
-        return "the fused fp32 graph, the first fp32 file that passed the accuracy guard"
-    return "the plain fp32 export: the fused graph did not pass the accuracy guard"
+    fused = anything_fused(manifest["fusion"])
+    if name == OPTIMIZED_NAME:
+        graph = "the fused fp32 graph" if fused else "the plain fp32 graph (nothing was fused)"
+        return f"{graph}, the first fp32 file that passed the accuracy guard"
+    optimized = "the fused graph" if fused else f"{OPTIMIZED_NAME} (the same graph, nothing fused)"
+    return f"the plain fp32 export: {optimized} did not pass the accuracy guard"
 
 
-def _goal(selection: dict[str, Any]) -> str:
-    """The agreement goal the remedies climbed for, and whether the kept file reached it (none before it existed)."""
-    goal = selection.get("agreement_goal")
-    if not goal:
-        return ""
-    if selection.get("agreement_goal_reached"):
-        return f", agreeing with PyTorch on at least {goal:.2%} of the rows (--min-agreement {goal:g})"
-    return (f"; no rung reached the goal of {goal:.2%} agreement with PyTorch (--min-agreement {goal:g}), so the "
-            f"first rung within the guard was kept")
+def optimized_title(fusion: dict[str, Any]) -> str:
+    """What model_optimized.onnx is, as the card's heading says it: the fused graph, or the plain one."""
+    if anything_fused(fusion):
+        return f"The fused graph, {OPTIMIZED_NAME} (ORTOptimizer level {fusion['level']})"
+    return f"{OPTIMIZED_NAME}: the plain export's graph, nothing fused"
 
 
 def fusion_heading(manifest: dict[str, Any]) -> str:
@@ -190,7 +179,8 @@ def _decision(g: dict[str, Any]) -> str:
 def quantization_line(q: dict[str, Any]) -> str:
     """One line on how a bundle was quantized: `int8 (blockwise int8 ..., block 64), remedy: none, 0 nodes in fp32`."""
     block = f", block {q['block_size']}" if q.get("block_size") else ""
-    how = f"{q['method']}{block}" if q.get("method") else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}"
+    how = (f"{q['method']}{block}" if q.get("method")
+           else f"preset {q.get('preset')}, per-channel {q.get('per_channel')}")
     if q.get("bits") is not None:  # int4: the widths counted from the file, and what stayed fp32
         widths = ", ".join(f"{bits}-bit ×{count}" for bits, count in q["bits"].items()) or "none"
         head = f"; LM head {q['head_bits']}-bit" if q.get("head_bits") else ""
@@ -203,31 +193,6 @@ def quantization_line(q: dict[str, Any]) -> str:
                 "calibration rows)")
     return (f"{q['mode']}{recipe} ({how}), remedy: {q.get('remedy')}, "
             f"{len(q.get('nodes_excluded') or [])} nodes kept in fp32")
-
-
-def candidates_table(q: dict[str, Any] | None) -> str:
-    """A classifier's int8 candidates as a Markdown table: guard, size, median ms per shape, and the kept one (*);
-    empty when the bundle was not quantized by measured selection."""
-    if not q or not q.get("candidates"):
-        return ""
-    selection = q["selection"]
-    shapes = selection.get("shapes") or []
-    head = "| candidate | from | flips | bound | guard | MB | " + " | ".join(f"{s} ms" for s in shapes) + \
-        " | geo-mean ms | vs plain |"
-    lines = [head, "|" + " --- |" * (len(shapes) + 8)]
-    for c in q["candidates"]:
-        guard = c["guard"]
-        verdict = "skipped" if c["skipped"] else ("pass" if c["passed"] else "FAIL")
-        ms = [_fmt(None if c["ms"] is None else c["ms"].get(s)) for s in shapes]
-        size = "-" if c["bytes"] is None else f"{c['bytes'] / 1e6:.2f}"
-        vs = "-" if c["vs_plain"] is None else f"{c['vs_plain']:.2f}x"
-        lines.append(f"| {c['name']}{' *' if c['kept'] else ''} | {c['quantized_from'] or '-'} | "
-                     f"{_fmt(guard.get('flips'))} | {_fmt(c['drop'])} | {verdict} | {size} | " + " | ".join(ms)
-                     + f" | {_fmt(c['score_ms'])} | {vs} |")
-    timed = f"timed {selection['rounds']} interleaved rounds in {selection['seconds']} s, {selection['threads']}"
-    skipped = [f"{c['name']}: {c['skipped']}" for c in q["candidates"] if c["skipped"]]
-    return "\n".join([f"kept by --select {selection['rule']} ({selection['score']}); {timed}; * = kept", *lines,
-                      *[f"skipped {line}" for line in skipped]])
 
 
 def op_changes(fusion: dict[str, Any]) -> str:
@@ -248,13 +213,14 @@ def info_text(bundle: str | Path) -> str:
              f"labels: {', '.join(manifest['labels'] or []) or '-'}",
              f"deployable: {manifest['model_file']}   opset {manifest['opset']}   device {manifest.get('device')}"]
     lines += [f"  {line}" for line in deployable_lines(manifest)]
-    lines.append(f"fused graph model_optimized.onnx: {manifest['fusion']['summary']}"
-                 + ("" if manifest["model_file"] == "model_optimized.onnx" else " (not the deployable file)"))
+    graph = (f"fused graph {OPTIMIZED_NAME}: {manifest['fusion']['summary']}" if anything_fused(manifest["fusion"])
+             else f"{OPTIMIZED_NAME}: the plain export's graph, nothing fused")
+    lines.append(graph + ("" if manifest["model_file"] == OPTIMIZED_NAME else " (not the deployable file)"))
     lines.append(f"  op counts model.onnx -> model_optimized.onnx: {op_changes(manifest['fusion'])}")
     lines += [f"  note: {note}" for note in manifest["fusion"]["notes"]]
     lines.append(f"quantization: {quantization_line(q) if q else 'none'}")
     table = candidates_table(q)
-    lines += [f"  {line}" for line in table.splitlines()]
+    lines += [f"  {line}" for line in [*table.splitlines(), timing_note(manifest)] if line]
     lines.append("files:")
     lines += [f"  {name:<32} {entry['bytes'] / 1e6:9.2f} MB" for name, entry in manifest["files"].items()]
     lines += ["accuracy guard:", *[f"  {line}" for line in guard_lines(manifest)]]

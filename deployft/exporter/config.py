@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ from ..errors import UsageError
 from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
 
-__all__ = ["BLOCK_SIZES", "DEVICES", "ExportConfig", "HEAD_BITS", "PRESETS", "PROVIDERS", "QUANTIZE_MODES",
-           "SELECT_RULES", "VARIANT_FILES"]
+__all__ = ["BLOCK_SIZES", "CALIBRATED_MODES", "CALIBRATION_SAMPLES", "DEVICES", "ExportConfig", "HEAD_BITS", "OPSETS",
+           "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES", "SELECT_SECONDS", "VARIANT_FILES"]
 
 QUANTIZE_MODES = ("none", "int8", "int4", "int8-static", "fp16")
 DEVICES = ("cpu", "cuda")
@@ -27,6 +28,16 @@ VARIANT_FILES = {"int8": "model_quantized.onnx", "int4": "model_int4.onnx", "int
 """The file each --quantize mode writes beside model.onnx and model_optimized.onnx."""
 SELECT_RULES = ("fastest", "smallest")
 """How a classifier's int8 file is chosen among the candidates within the accuracy budget (`select.py`)."""
+CALIBRATION_SAMPLES = 100
+"""Training rows that calibrate when --calibration-samples is not given."""
+SELECT_SECONDS = 30.0
+"""The time budget for timing a classifier's int8 candidates when --select-seconds is not given."""
+CALIBRATED_MODES = ("int8", "int8-static")
+"""The --quantize modes --per-channel, --quantize-preset and --calibration-samples set up (int8: a classifier's)."""
+OPSETS = range(14, 24)
+"""`--opset` values: 23 is the newest the pinned torch (2.13) exports (`torch.onnx._constants.ONNX_MAX_OPSET`; 24
+is "Unsupported onnx_opset_version"), 14 the oldest that holds `aten::scaled_dot_product_attention`, which every
+attention of transformers 4.57 exports to (bert, distilbert, roberta, gpt2, llama fail below it)."""
 
 
 @dataclass
@@ -56,11 +67,11 @@ class ExportConfig:
     select: str | None = None
     """Classifier int8: keep the `fastest` candidate within the accuracy budget, timed on this machine, or the
     `smallest` file; None: fastest."""
-    select_seconds: float = 30.0
+    select_seconds: float = SELECT_SECONDS
     """Classifier int8: the time budget for timing the candidates (warm-up not counted; at least 3 rounds)."""
-    calibration_samples: int = 100
+    calibration_samples: int = CALIBRATION_SAMPLES
     """Training examples that calibrate int8-static activation ranges (and a classifier's static-qdq candidate and
-    activation smoothing)."""
+    activation smoothing); another value is refused where nothing is calibrated."""
     validate_samples: int | None = None
     """Most held-out eval rows every ONNX file is validated on against PyTorch; None: the task's default
     (`Task.validation_rows`: classify 2000, generate 200)."""
@@ -77,9 +88,10 @@ class ExportConfig:
     """ONNX Runtime provider every file is validated through: default or openvino (the OpenVINO plugin, CPU);
     recorded in each file's validation report."""
     opset: int | None = None
-    """ONNX opset; default: Optimum's choice for the architecture."""
-    fuse_attention: bool = True
-    """Fuse a decoder's attention into GroupQueryAttention with its rotary embedding (CPU targets, supported models)."""
+    """ONNX opset (`OPSETS`: 14 to 23); default: Optimum's choice for the architecture."""
+    fuse_attention: bool | None = None
+    """Generators on CPU: fuse the attention into GroupQueryAttention with its rotary embedding (True), or keep the
+    exported attention (False); None: fuse where the model type is supported."""
     overwrite: bool = False
     """Replace an existing output folder."""
     sign_key: str | Path | None = None
@@ -87,6 +99,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         self.run, self.output = Path(self.run), Path(self.output)
+        _check_paths(self.run, self.output)
         if self.sign_key is not None:
             self.sign_key = Path(self.sign_key)
             if not self.sign_key.is_file():
@@ -110,10 +123,13 @@ class ExportConfig:
                              "for int8-quantized MatMuls; use --quantize fp16 on CUDA or --device cpu")
         for flag, value in (("--validate-samples", 1 if self.validate_samples is None else self.validate_samples),
                             ("--calibration-samples", self.calibration_samples)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{flag} must be a positive integer, got {value!r}")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise UsageError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        drop = self.max_accuracy_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop)
+                                 or drop < 0):
+            raise UsageError(f"--max-accuracy-drop must be a finite number >= 0 in the task's unit (classify: % of "
+                             f"predictions that may flip, 0-100; generate: % perplexity increase), got {drop!r}")
         if self.min_agreement is not None:
             if isinstance(self.min_agreement, bool) or not isinstance(self.min_agreement, (int, float)) \
                     or not 0 <= self.min_agreement <= 1:
@@ -130,6 +146,9 @@ class ExportConfig:
         if isinstance(self.select_seconds, bool) or not isinstance(self.select_seconds, (int, float)) \
                 or not 0 < self.select_seconds <= 3600:
             raise UsageError(f"--select-seconds must be a number of seconds in (0, 3600], got {self.select_seconds!r}")
+        if self.select_seconds != SELECT_SECONDS and self.quantize != "int8":
+            raise UsageError(f"--select-seconds times a classifier's int8 files; it needs --quantize int8, got "
+                             f"--quantize {self.quantize}: drop --select-seconds or pass --quantize int8")
         if self.block_size is not None:
             _one_of("--block-size", self.block_size, BLOCK_SIZES)
             if self.quantize not in ("int8", "int4"):
@@ -142,10 +161,38 @@ class ExportConfig:
                                  f"{self.quantize}; drop --head-bits or pass --quantize int4")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
+        self._check_calibrated_flags()
+        if self.opset is not None and (type(self.opset) is not int or self.opset not in OPSETS):
+            low, high = OPSETS[0], OPSETS[-1]
+            raise UsageError(f"--opset is {self.opset!r}; expected {low} to {high} ({high}: the newest torch 2.13 "
+                             f"exports; {low}: the oldest that holds the models' attention, "
+                             "scaled_dot_product_attention): pass one of those or leave --opset out")
+        if self.fuse_attention and self.device == "cuda":
+            raise UsageError("--fuse-attention fuses a decoder's attention for --device cpu only (GroupQueryAttention "
+                             "has no fp32 CUDA kernel): drop --fuse-attention or pass --device cpu")
+
+    def _check_calibrated_flags(self) -> None:
+        """Refuse --per-channel, --quantize-preset and --calibration-samples where the --quantize mode uses none."""
+        given = [flag for flag, on in (("--per-channel", self.per_channel),
+                                       ("--quantize-preset", self.quantize_preset is not None),
+                                       ("--calibration-samples", self.calibration_samples != CALIBRATION_SAMPLES))
+                 if on]
+        if given and self.quantize not in CALIBRATED_MODES:
+            raise UsageError(f"{given[0]} sets up --quantize int8 or int8-static; --quantize {self.quantize} "
+                             f"uses none of it: drop {given[0]} or pass --quantize int8")
         nncf = self.quantize == "int8-static" and self.provider == "openvino"
         if nncf and (self.quantize_preset or self.per_channel):
             raise UsageError("--quantize int8-static --provider openvino quantizes with NNCF's transformer preset, "
                              "which takes neither --quantize-preset nor --per-channel: drop them")
+
+
+def _check_paths(run: Path, output: Path) -> None:
+    """Refuse an --output that is the RUN or a folder holding it: replacing it (--overwrite) would delete the RUN."""
+    source, target = run.resolve(), output.resolve()
+    if target == source or target in source.parents:
+        relation = "is the RUN folder" if target == source else f"holds the RUN folder {run}"
+        raise UsageError(f"--output {output} {relation}: writing the BUNDLE there would replace the RUN; pass an "
+                         "--output outside the RUN folder")
 
 
 def _one_of(flag: str, value: Any, allowed: tuple) -> None:

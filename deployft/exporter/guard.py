@@ -23,6 +23,7 @@ AccuracyBudgetError, and no bundle.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any, NoReturn
 
 from ..errors import AccuracyBudgetError, UsageError
@@ -46,6 +47,16 @@ def agreement_goal(config: ExportConfig, task: Task) -> float:
     """The top-1 agreement a classifier's int8 remedies climb for: --min-agreement, else the task's (0: none)."""
     goal = config.min_agreement if config.min_agreement is not None else task.min_agreement
     return float(goal or 0.0)
+
+
+def meets_goal(variant: VariantResult | None, goal: float) -> bool:
+    """Whether a classifier file agrees with PyTorch on at least `goal` of its rows, counted exactly: its flipped
+    rows against the share the goal allows, as fractions (in floats, 7 of 100 rows flipped agree on 0.9299999...,
+    which would miss --min-agreement 0.93)."""
+    if variant is None:
+        return False
+    rows, flips = variant.validation["samples"], variant.validation["flips"]
+    return goal <= 0 or Fraction(rows - flips, rows) >= Fraction(repr(float(goal)))
 
 
 def rule_text(task: Task, budget: Budget) -> str:

@@ -11,8 +11,9 @@ took the default classifier's int8 file 1.01x-1.09x the time, most at b16x128
 (benchmarks/results/xeon-amx/int8_recipes.md); its CPU and CUDA providers fuse the pair into BiasGelu when they
 load the fp32 file, so that file runs as it did.
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
-`decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report says
-which happened and why.
+`decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report
+says which happened and why. Where nothing is fused (a model type ORTOptimizer has no fusions for, its attention left
+unfused), model_optimized.onnx holds the plain graph: `anything_fused` tells, and the bundle says so.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ FUSED_OPS = (
 """Ops whose appearance after optimization means a fusion happened (contrib ops plus LayerNormalization)."""
 
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+NOTHING_FUSED = "nothing fused"
+"""The fusion summary when the optimizer fused nothing."""
 
 ENCODER_FUSIONS_LEFT_OUT = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True,
                            "disable_bias_gelu_fusion": True}
@@ -122,7 +125,8 @@ def _ort_optimize(onnx_path: Path, target: Path, **disabled: bool) -> None:
     from optimum.onnxruntime.configuration import OptimizationConfig
 
     folder = onnx_path.parent
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+    # inside the (staged) folder, never beside it: a kill leaves the scratch where the staging cleanup removes it
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ort-optimizer-") as scratch:
         with reraise_as(StageError, f"ORTOptimizer (level {OPTIMIZATION_LEVEL}) failed on {onnx_path.name}: "
                                     "{reason}"):
             optimizer = ORTOptimizer.from_pretrained(folder, file_names=[onnx_path.name])
@@ -219,8 +223,8 @@ def _rewrite(src: Path, dst: Path, attention: AttentionShape | None) -> list[str
 def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
                   unfused_reason: str | None = None) -> dict[str, Any]:
     """What the optimizer fused, as counts and as one readable line, with plain notes on what it did not."""
-    fused = {op: n for op, n in after.items() if op in FUSED_OPS and n > before.get(op, 0)}
-    summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or "nothing fused"
+    fused = _fused(before, after)
+    summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or NOTHING_FUSED
     notes = []
     has_attention = any(op in after for op in ATTENTION_OPS)
     if decoder and after.get("GroupQueryAttention", 0) > before.get("GroupQueryAttention", 0):
@@ -232,12 +236,23 @@ def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
         notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(op for op in ATTENTION_OPS if op in after)}")
     elif decoder:
         notes.append(f"attention is not fused: {unfused_reason or 'no attention fusion for this decoder'}; "
-                     f"ORTOptimizer fused only {', '.join(fused) or 'nothing'}")
+                     + (f"ORTOptimizer fused only {', '.join(fused)}" if fused else "nothing else was fused either"))
     elif not decoder and not has_attention:
         notes.append("attention was not fused for this encoder; the deployable model runs unfused attention")
     removed = sum(before.values()) - sum(after.values())
     notes.append(f"{sum(before.values())} nodes before, {sum(after.values())} after ({removed} removed)")
     return {"level": OPTIMIZATION_LEVEL, "before": before, "after": after, "summary": summary, "notes": notes}
+
+
+def _fused(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The fused op types the optimizer added, with their counts after it."""
+    return {op: n for op, n in after.items() if op in FUSED_OPS and n > before.get(op, 0)}
+
+
+def anything_fused(report: dict[str, Any]) -> bool:
+    """Whether the optimized file holds any fusion; False when it is the plain export's graph (a model type
+    ORTOptimizer has no fusions for, its attention left unfused), which the bundle then says it is."""
+    return bool(_fused(report["before"], report["after"]))
 
 
 def attention_fused(report: dict[str, Any]) -> bool:

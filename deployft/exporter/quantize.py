@@ -22,9 +22,10 @@ from ..tasks import FP32_PARTS
 from .config import PRESETS
 
 STATIC_OP_TYPES = ("MatMul", "Gemm")
-"""Static int8 quantizes the ops that carry weights; the preset's long list (Reshape, Where, ...) breaks KV-cache graphs."""
-HEAD_KEYWORDS = ("classifier", "score", "lm_head", "pooler", "pre_classifier", "embed_tokens", "wte", "word_embeddings")
-QUANTIZABLE = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+"""Static int8 quantizes the ops that carry weights; the preset's long list (Reshape, Where, ...) breaks KV-cache
+graphs."""
+HEAD_KEYWORDS = ("classifier", "score", "lm_head", "pooler", "pre_classifier")
+"""Names of the head's nodes; the embedding tables are found by what their lookups read (`sensitive_nodes`)."""
 
 
 def cpu_preset(cpuinfo: str | None = None, machine: str | None = None) -> str:
@@ -243,19 +244,23 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def sensitive_nodes(path: Path, num_layers: int, parts: tuple[str, ...] = FP32_PARTS) -> list[str]:
-    """Quantizable nodes that most often carry the int8 error, of the `parts` asked for: the head and the
-    embeddings (`head`), the first layer (`first`), the last layer (`last`)."""
+    """The nodes dynamic int8 would quantize that most often carry its error, of the `parts` asked for: the head
+    and every embedding table (`head`: the word, position and token-type lookups alike), the first layer (`first`),
+    the last layer (`last`). A node the quantizer leaves in fp32 anyway (a Gather of a shape, a MatMul of two
+    activations) is never listed, so the list's length is the number of nodes kept in fp32 by the exclusion."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    nodes = [n for n in graph.node if n.op_type in QUANTIZABLE]
+    weights = {t.name for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    nodes = [n for n in graph.node if _quantizable(n, weights)]
     edge = ({0} if "first" in parts else set()) | ({max(num_layers - 1, 0)} if "last" in parts else set())
     layer_re = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
     picked = []
     for node in nodes:
         name = node.name.lower()
         match = layer_re.search(name)
-        if ("head" in parts and any(k in name for k in HEAD_KEYWORDS)) or (match and int(match.group(1)) in edge):
+        head = any(k in name for k in HEAD_KEYWORDS) or node.op_type in ("Gather", "EmbedLayerNormalization")
+        if ("head" in parts and head) or (match and int(match.group(1)) in edge):
             picked.append(node.name)
     fused = [n.name for n in nodes if n.op_type == "Attention"]
     edges = (fused[:1] if "first" in parts else []) + (fused[-1:] if "last" in parts else [])
@@ -265,3 +270,20 @@ def sensitive_nodes(path: Path, num_layers: int, parts: tuple[str, ...] = FP32_P
     # the quantizer rewrites Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"; exclude it under that name
     gemms = {n.name for n in nodes if n.op_type == "Gemm"}
     return [f"{name}_MatMul" if name in gemms else name for name in picked]
+
+
+def _quantizable(node, weights: set[str]) -> bool:
+    """Whether `quantize_dynamic_int8` would quantize `node` (ONNX Runtime's IntegerOps rules): a MatMul, Gemm or
+    Attention whose weight is a float initializer, a Gather that looks up an initializer (an embedding table, not
+    a shape), an EmbedLayerNormalization."""
+    if node.op_type == "Gemm":  # rewritten as MatMul + Add first, and only in this form
+        from onnx import helper
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (attrs.get("alpha", 1.0), attrs.get("beta", 1.0), attrs.get("transA", 0)) != (1.0, 1.0, 0):
+            return False
+    if node.op_type in ("MatMul", "Gemm", "Attention"):
+        return len(node.input) > 1 and node.input[1] in weights
+    if node.op_type == "Gather":
+        return node.input[0] in weights
+    return node.op_type == "EmbedLayerNormalization" and len(node.output) <= 2

@@ -17,11 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, DeviceError, UsageError
+from ..errors import DataError
 from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
-from .guard import FP32_MISMATCH, budget_for, check_decidable, climb, first_within_budget, guard_record, judge
+from .guard import (FP32_MISMATCH, attempt_record, budget_for, check_decidable, climb, first_within_budget,
+                    guard_record, judge)
+from .preflight import check_device, check_task_flags, signer
 from .state import ExportJob, ExportResult, VariantResult
 
 logger = logging.getLogger(__name__)
@@ -45,9 +47,11 @@ def export(config: ExportConfig) -> Path:
         ModelError: not a RUN/model folder, unreadable weights, an architecture Optimum cannot export.
         DataError: int8-static calibration on a RUN whose data is gone.
         OutputExistsError: the output folder exists (pass overwrite).
-        UsageError: bad flags, or a classifier budget the validation rows cannot decide (`guard.check_decidable`).
+        UsageError: bad flags, an --output that holds the RUN, or a classifier budget the validation rows cannot
+            decide (`guard.check_decidable`); an unusable --sign-key (all checked before any work).
+        DeviceError, MissingDependencyError: --device cuda or --provider openvino that this machine cannot run
+            (checked before any work, `preflight.check_device`).
         AccuracyBudgetError: no variant met --max-accuracy-drop (no bundle is written).
-        UsageError: an unusable --sign-key (checked before any work).
     """
     from .bundle import write_bundle
     from .samples import validation_samples
@@ -57,11 +61,10 @@ def export(config: ExportConfig) -> Path:
     source = read_source(config.run, config.task)
     task = source.spec
     check_exportable(source)
-    _check_task_flags(config, task)
+    check_task_flags(config, task)
     check_output_free(config.output, config.overwrite)
-    signer = _signer(config)
-    if config.device == "cuda":
-        _check_cuda()
+    key = signer(config)
+    check_device(config)
     tokenizer = load_tokenizer(source)
     calibration, gap = _calibration(config, source, tokenizer)
     limit = config.validate_samples or task.validation_rows
@@ -77,10 +80,10 @@ def export(config: ExportConfig) -> Path:
         result.validation_inputs = held_out.origin
         result.guard = guard_record(task, budget, rows, held_out.source)
         write_bundle(staging, source, result)
-        if signer is not None:
+        if key is not None:
             from ..signing import sign_bundle
 
-            sign_bundle(staging, signer)
+            sign_bundle(staging, key)
     return config.output.resolve()
 
 
@@ -101,39 +104,6 @@ def _calibration(config: ExportConfig, source, tokenizer):
         return None, f"not built: the RUN's training rows are unreadable ({exc})"
 
 
-def _check_task_flags(config: ExportConfig, task) -> None:
-    """Refuse flags that do not fit the source's task, before any work."""
-    blockwise = task.int8_method == "blockwise"
-    if config.quantize == "int4" and not task.int4_remedies:
-        raise UsageError(f"--quantize int4 is for generators (4-bit MatMulNBits); a {task.name} model is quantized "
-                         "with --quantize int8")
-    if config.quantize in ("int8", "int4") and blockwise and (config.per_channel or config.quantize_preset
-                                                               or config.select or config.min_agreement is not None):
-        raise UsageError(f"--per-channel, --quantize-preset, --select and --min-agreement set up a classifier's "
-                         f"int8; a {task.name} model's {config.quantize} is blockwise (MatMulNBits, one scale per "
-                         "block of weights) and takes none of them: drop the flag")
-    if config.block_size is not None and not blockwise:
-        raise UsageError(f"--block-size sets the MatMulNBits blocks of a generator; a {task.name} model's int8 is "
-                         f"{task.int8_method} and has no blocks: drop --block-size")
-
-
-def _signer(config: ExportConfig):
-    """The --sign-key private key, loaded before any work so a bad key fails in a second, not after the export."""
-    if config.sign_key is None:
-        return None
-    from ..signing import load_private_key
-
-    return load_private_key(config.sign_key)
-
-
-def _check_cuda() -> None:
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise DeviceError("--device cuda, but this ONNX Runtime has no CUDAExecutionProvider; "
-                          "pip install \"deployft[gpu]\" (onnxruntime-gpu, CUDA 13 / cuDNN 9) or pass --device cpu")
-
-
 def _decoder_attention(config: ExportConfig, source, model) -> tuple[Any, str | None]:
     """`(AttentionShape, None)` when a decoder's attention will be fused, else `(None, why not)`."""
     from ..manifest import read_json
@@ -141,7 +111,7 @@ def _decoder_attention(config: ExportConfig, source, model) -> tuple[Any, str | 
 
     if not source.spec.generates:
         return None, None
-    if not config.fuse_attention:
+    if config.fuse_attention is False:
         return None, "--no-fuse-attention was given"
     if config.device == "cuda":
         return None, ("deployft fuses decoder attention for --device cpu only (GroupQueryAttention has no fp32 CUDA "
@@ -152,14 +122,15 @@ def _decoder_attention(config: ExportConfig, source, model) -> tuple[Any, str | 
 def _build(job: ExportJob, attention) -> ExportResult:
     """Write every .onnx variant into the staging folder, validate each, and pick the deployable one."""
     from .onnx_export import export_onnx, onnx_opset
-    from .optimize import optimize
+    from .optimize import anything_fused, optimize
 
     job.plain = export_onnx(job.source, job.staging, job.config.opset)
     shape, unfused_reason = attention
     job.optimized, fusion = optimize(job.plain, decoder=job.task.generates, attention=shape,
                                      unfused_reason=unfused_reason)
+    job.fused = anything_fused(fusion)  # False: model_optimized.onnx holds the plain graph, and says so
     result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, job.budget)
-    for path, optimized in ((job.plain, False), (job.optimized, True)):
+    for path, optimized in ((job.plain, False), (job.optimized, job.fused)):
         _validated(job, result, path, "fp32", optimized)
     build = {"none": _fp32, "int8": _int8, "int4": _int4, "int8-static": _int8_static,
              "fp16": _fp16}[job.config.quantize]
@@ -241,7 +212,7 @@ def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
     target = job.staging / VARIANT_FILES["int8"]
     excluded = head_matmuls(job.optimized) if remedy.keep_head else []
     settings = quantize_blockwise_int8(job.optimized, target, _block_size(job, remedy, "int8"), excluded)
-    return settings, _validated(job, result, target, "int8", True)
+    return settings, _validated(job, result, target, "int8", job.fused)
 
 
 def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
@@ -257,7 +228,7 @@ def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tup
         eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
     settings = quantize_int4(job.optimized, target, _block_size(job, remedy, "int4"), eight_bit)
     settings["head_bits"] = width_of(target, head)  # read back from the file
-    return settings, _validated(job, result, target, "int4", True)
+    return settings, _validated(job, result, target, "int4", job.fused)
 
 
 def _head_bits(job: ExportJob) -> int:
@@ -267,7 +238,7 @@ def _head_bits(job: ExportJob) -> int:
 
 def _int8_static(job: ExportJob, result: ExportResult) -> str:
     from .quantize import cpu_preset, quantize_nncf_int8, quantize_static_int8
-    from .select import calibration_batches
+    from .samples import calibration_batches
 
     target = job.staging / VARIANT_FILES["int8-static"]
     if job.config.provider == "openvino":  # the file OpenVINO runs as int8: quantized the way OpenVINO's users do
@@ -276,7 +247,7 @@ def _int8_static(job: ExportJob, result: ExportResult) -> str:
         settings = quantize_static_int8(job.plain, target, job.config.quantize_preset or cpu_preset(),
                                         job.config.per_channel, calibration_batches(job))
     variant = _validated(job, result, target, "int8-static", False)
-    result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
+    result.quantization = {**settings, "remedy": "none", "attempts": [attempt_record("none", variant)]}
     return first_within_budget(result, [target.name], job.source.path.name)
 
 
@@ -285,6 +256,6 @@ def _fp16(job: ExportJob, result: ExportResult) -> str:
 
     target = job.staging / VARIANT_FILES["fp16"]
     settings = convert_fp16(job.optimized, target)
-    variant = _validated(job, result, target, "fp16", True)
-    result.quantization = {**settings, "remedy": "none", "attempts": [{"remedy": "none", "drop": variant.drop}]}
+    variant = _validated(job, result, target, "fp16", job.fused)
+    result.quantization = {**settings, "remedy": "none", "attempts": [attempt_record("none", variant)]}
     return first_within_budget(result, [target.name], job.source.path.name)

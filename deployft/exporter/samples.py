@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from ..errors import DataError, UsageError
 from ..prompts import PromptFormat, TokenizerAdapter, example_ids, prompt_ids
 from ..tokens import pad
 from .source import Source
+
+if TYPE_CHECKING:
+    from .state import ExportJob
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +145,15 @@ def padded_feeds(samples: Samples, pad_id: int, session_inputs: dict[str, Any],
                 "position_ids": np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()}
         out.append({k: v for k, v in feed.items() if k in session_inputs})
     return out
+
+
+def calibration_batches(job: ExportJob, model: Path | None = None, batch_size: int = 0) -> list[dict]:
+    """The calibration rows as model feeds of `model` (the plain export by default): its input names and types;
+    one row per feed, or `batch_size` rows to a batch, right-padded with the pad id."""
+    from ..runtime.session import SessionOptions, create_session
+
+    session, _ = create_session(model or job.plain, SessionOptions())
+    inputs = {i.name: i for i in session.get_inputs()}
+    if batch_size:
+        return padded_feeds(job.calibration, job.reference.special.pad, inputs, batch_size)
+    return feeds(job.calibration, inputs)

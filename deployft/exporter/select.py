@@ -16,7 +16,9 @@ ones only the dynamic recipes), until a rung has a file within the budget that a
 --min-agreement of the rows (classify default 0.99); that rung's files meeting both are timed. The goal never
 refuses: when no rung reaches it, the first rung with a file within budget is timed and kept, and the manifest says
 so; when no rung is within budget, the export is refused with every attempt named. The rungs that smooth need
-calibration rows and are skipped with the reason without them.
+calibration rows and are skipped with the reason without them; the fused recipes are skipped when nothing was fused
+(model_optimized.onnx then holds the plain graph). Candidates are timed on ONNX Runtime's default provider whatever
+--provider says (`timing.PROVIDER` says why), and the manifest records it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from typing import Any
 from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
-from .guard import agreement_goal, attempt_record, refuse
+from .guard import agreement_goal, attempt_record, meets_goal, refuse
 from .state import ExportJob, ExportResult, VariantResult
-from .timing import Timer, TimingPlan, Timings, typical_shapes
+from .timing import PROVIDER, Timer, TimingPlan, Timings, typical_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
         built = [_build(job, recipe, remedy, rung, scratch, validate, seen, smoothed) for recipe in RECIPES]
         candidates += [c for c in built if c is not None]
         passed = [c for c in built if c is not None and c.passed]
-        first, meeting = first or passed, [c for c in passed if c.agreement >= goal]
+        first, meeting = first or passed, [c for c in passed if meets_goal(c.variant, goal)]
         if meeting:
             passed = meeting
             break
@@ -162,7 +164,7 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
     for c in passed:
         c.ms, c.score = timings.medians[c.name], timings.score(c.name)
     kept = _pick(passed, job.config.select or "fastest")
-    kept.kept, reached = True, kept.agreement >= goal
+    kept.kept, reached = True, meets_goal(kept.variant, goal)
     if not reached:
         logger.warning("no int8 file within budget reached --min-agreement %g (the closest: %.4f); kept %s of the "
                        "first rung within budget (%.4f)", goal, max(c.agreement for c in candidates if c.passed),
@@ -203,6 +205,7 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     """Quantize and validate one recipe at one rung of the remedy ladder; None when that file was already built
     (or the rung does not apply to the recipe); a recipe that cannot be built is recorded with the reason."""
     from .quantize import cpu_preset, quantize_static_int8
+    from .samples import calibration_batches
 
     per_channel = recipe.per_channel or job.config.per_channel if remedy.per_channel is None else remedy.per_channel
     key = (recipe.base, recipe.static, per_channel, remedy.keep_fp32, remedy.smooth)
@@ -214,6 +217,9 @@ def _build(job: ExportJob, recipe: Recipe, remedy: Remedy, rung: int, scratch: P
     candidate = Candidate(recipe, remedy.name, {})
     try:
         base = job.plain if recipe.base == "plain" else job.optimized
+        if recipe.base == "fused" and not job.fused:
+            candidate.skipped = f"not built: nothing was fused, so {base.name} holds the plain graph"
+            return candidate
         if (recipe.static or remedy.smooth) and job.calibration is None:
             candidate.skipped = job.calibration_gap or "not built: no calibration rows"
             return candidate
@@ -245,6 +251,7 @@ def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, 
     smooths and no activation has outliers. A base is smoothed once per export: its smoothed fp32 graph stays in the
     scratch folder beside `target`, and `smoothed` keeps its record, for the later rungs that smooth it again."""
     from .quantize import quantize_dynamic_int8, sensitive_nodes
+    from .samples import calibration_batches
     from .smooth import smooth_activations
 
     nodes = sensitive_nodes(base, job.source.num_layers, remedy.keep_fp32) if remedy.keep_fp32 else []
@@ -260,25 +267,13 @@ def _quantize_dynamic(job: ExportJob, remedy: Remedy, base: Path, target: Path, 
             "quantized_from": base.name}
 
 
-def calibration_batches(job: ExportJob, model: Path | None = None, batch_size: int = 0) -> list[dict]:
-    """The calibration rows as model feeds of `model` (the plain export by default): its input names and types;
-    one row per feed, or `batch_size` rows to a batch, right-padded with the pad id."""
-    from ..runtime.session import SessionOptions, create_session
-    from .samples import feeds, padded_feeds
-
-    session, _ = create_session(model or job.plain, SessionOptions())
-    inputs = {i.name: i for i in session.get_inputs()}
-    if batch_size:
-        return padded_feeds(job.calibration, job.reference.special.pad, inputs, batch_size)
-    return feeds(job.calibration, inputs)
-
-
 def _selection(job: ExportJob, passed: list[Candidate], kept: Candidate, timings: Timings, plain: float | None,
                among: str) -> dict[str, Any]:
     """How the kept file was chosen: the rule, the shapes and threads, and what it is worth against the others."""
     return {"rule": job.config.select or "fastest", "kept": kept.name,
             "score": "geometric mean over the shapes of each file's median ms (lower is faster)",
             "threads": "onnxruntime default (one per physical core), no spin-waiting, the same for every file",
+            "timed_on": PROVIDER,
             "seconds_budget": job.config.select_seconds, "shapes": list(timings.medians[kept.name]),
             "rounds": timings.rounds, "seconds": round(timings.seconds, 2),
             "note": _note(passed, kept, plain, among)}

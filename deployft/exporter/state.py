@@ -81,6 +81,9 @@ class ExportJob:
     """model.onnx, once exported."""
     optimized: Path | None = None
     """model_optimized.onnx, once written."""
+    fused: bool = True
+    """Whether model_optimized.onnx holds any fusion (`optimize.anything_fused`); False: it is the plain graph, and
+    neither it nor a file made from it is recorded as optimized."""
 
 
 @dataclass

@@ -31,6 +31,11 @@ LARGE_BATCH = 16
 """The batch of the many-rows shape (a request batch, or the serve batcher's group)."""
 LARGE_LENGTH = 128
 """The length of the many-rows shape, capped at the bundle's max length."""
+PROVIDER = "default"
+"""The ONNX Runtime provider every file is timed on, whatever --provider the files were validated through: the
+candidates are dynamic int8 files, which the default provider runs as they are, while a Predictor given provider
+openvino runs the fused fp32 file instead (`deployft.runtime.openvino.pick_model_file`), so OpenVINO timings of
+them would describe a path nothing runs. The manifest records it (`quantization.selection.timed_on`)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def time_files(files: dict[str, Path], plan: TimingPlan) -> Timings:
     """Time every file at every shape of `plan`, interleaved (see the module docstring)."""
     from ..runtime.session import SessionOptions, create_session
 
-    options = SessionOptions(threads=plan.threads, spinning=False)
+    options = SessionOptions(threads=plan.threads, spinning=False, provider=PROVIDER)
     sessions = {key: create_session(path, options)[0] for key, path in files.items()}
     feeds = {shape: _feeds(next(iter(sessions.values())), shape, plan.tokens) for shape in plan.shapes}
     for session in sessions.values():

@@ -78,11 +78,11 @@ def test_generator_manifest_has_what_a_kv_cache_loop_needs(bundles):
     assert fusion["after"]["Split"] == 2  # gate/up; attention reads the packed q/k/v
     assert "decoder attention fused by deployft" in fusion["notes"][0]
     record = manifest["validation"]["model_optimized.onnx"]["guard"]
-    assert record["rows"] == manifest["guard"]["rows"] == 12 and record["passed"] is True
+    assert record["rows"] == manifest["guard"]["rows"] == 16 and record["passed"] is True
     assert record["perplexity_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert record["perplexity_ratio"] <= record["perplexity_ratio_upper_95"] + 1e-9
     assert record["greedy_token_agreement"] == 1.0 and record["max_perplexity_ratio"] == pytest.approx(1.1)
-    assert "only 12 sequences" in manifest["guard"]["warnings"][0]
+    assert "only 16 sequences" in manifest["guard"]["warnings"][0]
 
 
 def test_optimum_loads_the_classifier_bundle_with_pytorch_logits(bundles):
@@ -154,7 +154,7 @@ def test_model_card_and_info_describe_the_deployable_file_itself(bundles):
     assert "perplexity" in llama and "quantization: none" in llama
     assert "model_optimized.onnx: fp32, attention fused (GroupQueryAttention ×2)" in llama
     assert "why this file: the fused fp32 graph" in llama and "(not the deployable file)" not in llama
-    assert "perplexity ratio 1.0000 over 12 sequences" in llama
+    assert "perplexity ratio 1.0000 over 16 sequences" in llama
 
 
 def test_op_changes_lists_what_the_optimizer_changed():

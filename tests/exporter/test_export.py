@@ -15,7 +15,9 @@ from deployft.exporter import ExportConfig, export
 from deployft.exporter.card import info_text
 from deployft.manifest import read_manifest
 
-FAST = {"validate_samples": 40, "calibration_samples": 16}
+FAST = {"validate_samples": 40}
+CALIBRATION = {"calibration_samples": 16}
+"""For the modes that calibrate (a classifier's int8, int8-static); the others refuse the flag."""
 pytestmark = pytest.mark.usefixtures("no_agreement_goal")  # the goal's own tests pass --min-agreement
 ANY_FLIPS = 100.0
 """A classifier budget every file meets: for tests about what export writes, not about the guard (a tiny RUN holds
@@ -26,7 +28,15 @@ MODEL_FILES = {"none": "model_optimized.onnx", "int8": "model_quantized.onnx", "
 
 
 def _export(run, tmp_path, **flags):
-    return export(ExportConfig(run=run, output=tmp_path / "bundle", **{**FAST, **flags}))
+    mode = flags.get("quantize")
+    calibrated = mode == "int8-static" or (mode == "int8" and _task(run, flags) == "classify")
+    return export(ExportConfig(run=run, output=tmp_path / "bundle", **{**FAST, **(CALIBRATION if calibrated else {}),
+                                                                       **flags}))
+
+
+def _task(run, flags):
+    manifest = run / "deployft.json"
+    return flags.get("task") or (json.loads(manifest.read_text())["task"] if manifest.is_file() else None)
 
 
 def _no_bundle(tmp_path):
@@ -56,6 +66,9 @@ def test_every_mode_writes_a_validated_bundle(tiny_run, tmp_path, arch, mode):
     else:
         assert manifest["quantization"]["mode"] == mode and manifest["quantization"]["remedy"] == "none"
         assert manifest["variants"][MODEL_FILES[mode]]["precision"] == mode
+        attempt = manifest["quantization"]["attempts"][-1]  # every mode records its attempts alike (docs/folders.md)
+        assert set(attempt) == {"remedy", "drop", "guard"} and attempt["guard"]["passed"] is True
+        assert attempt["guard"] == manifest["validation"][MODEL_FILES[mode]]["guard"]
 
 
 def test_int8_keeps_top1_on_a_trained_classifier(tiny_run, tmp_path):
@@ -232,6 +245,25 @@ def test_without_a_rung_reaching_the_goal_the_first_rung_within_budget_is_kept(t
     assert q["selection"]["agreement_goal_reached"] is True
 
 
+def test_a_file_at_the_agreement_goal_exactly_meets_it(tiny_run, tmp_path, monkeypatch):
+    # 93 of 100 rows agree: exactly --min-agreement 0.93, though 1 - 7/100 is 0.9299999999999999 in floats
+    import deployft.exporter.validate as module
+
+    real, queue = module.compare, [7] * RUNGS[0]
+
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
+        if path.parent.name == "candidates.tmp" and queue:
+            report.update(samples=100, flips=queue.pop(0), top1_agreement=1 - 7 / 100)
+        return report
+
+    monkeypatch.setattr(module, "compare", fake)
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET, min_agreement=0.93)
+    q = read_manifest(bundle, "bundle")["quantization"]
+    assert q["remedy"] == "none" and len(q["candidates"]) == RUNGS[0]  # no rung climbed past the goal
+    assert q["selection"]["agreement_goal_reached"] is True
+
+
 def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
     bundle, q = _kept_at_rung(3, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + activations smoothed + first layer in fp32"
@@ -244,11 +276,24 @@ def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path,
     assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
 
 
+def _weight_nodes(path) -> tuple[set[str], list[str]]:
+    """`(fp32 nodes that read a weight, Gathers that read an int8 table)` of an int8 file."""
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer if not t.name.endswith("_quantized")}
+    fp32 = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention", "Gather")
+            and n.input[0 if n.op_type == "Gather" else 1] in weights}
+    return fp32, [n.name for n in graph.node if n.op_type == "Gather" and n.input[0].endswith("_quantized")]
+
+
 def test_guard_keeps_sensitive_nodes_in_fp32_without_smoothing(tiny_run, tmp_path, monkeypatch):
-    _, q = _kept_at_rung(4, tiny_run, tmp_path, monkeypatch)
+    bundle, q = _kept_at_rung(4, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"]) and "smoothing" not in q
     assert len(q["candidates"]) == sum(RUNGS[:5]) and sum(c["kept"] for c in q["candidates"]) == 1
+    # every embedding table (word, position, token type) stays fp32, and the count is of nodes really kept in fp32
+    fp32, int8_tables = _weight_nodes(bundle / "model_quantized.onnx")
+    assert int8_tables == [] and len(fp32) == len(q["nodes_excluded"])
+    assert f"{len(q['nodes_excluded'])} nodes kept in fp32" in (bundle / "README.md").read_text()
 
 
 def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
@@ -265,9 +310,8 @@ def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_pat
     graph = onnx.load(str(bundle / "model_quantized.onnx")).graph
     assert sum(1 for n in graph.node if n.op_type == "Mul" and n.name.endswith("/Smooth")) == (
         q["smoothing"]["activations_smoothed"])
-    float_matmuls = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm", "Attention")}
-    assert float_matmuls and float_matmuls <= set(q["nodes_excluded"]) | {n.replace("_MatMul", "") for n in
-                                                                           q["nodes_excluded"]}
+    fp32, int8_tables = _weight_nodes(bundle / "model_quantized.onnx")
+    assert fp32 and fp32 == set(q["nodes_excluded"]) and int8_tables == []
     assert len(q["candidates"]) == sum(RUNGS) and sum(c["kept"] for c in q["candidates"]) == 1
 
 
@@ -321,6 +365,33 @@ def test_classifier_int8_flags_are_refused_for_a_generator(tiny_run, tmp_path, f
     assert _no_bundle(tmp_path)
 
 
+def test_a_graph_with_nothing_fused_is_described_as_the_plain_graph(tmp_path):
+    from conftest import build_tiny_model
+
+    # qwen2: ORTOptimizer has no fusions for it, and with --no-fuse-attention deployft fuses nothing either
+    model = build_tiny_model("qwen2", tmp_path / "model")
+    bundle = _export(model, tmp_path, task="generate", fuse_attention=False, max_accuracy_drop=1000)
+    manifest = read_manifest(bundle, "bundle")
+    assert manifest["fusion"]["summary"] == "nothing fused" and manifest["model_file"] == "model_optimized.onnx"
+    assert manifest["variants"]["model_optimized.onnx"]["optimized"] is False
+    card, text = (bundle / "README.md").read_text(), info_text(bundle)
+    assert "the plain fp32 graph (nothing was fused), the first fp32 file that passed" in card
+    assert "## model_optimized.onnx: the plain export's graph, nothing fused" in card
+    assert "fused graph" not in card.lower() and "fused graph" not in text
+    assert "model_optimized.onnx: the plain export's graph, nothing fused" in text
+    assert "| model_optimized.onnx * | fp32 | no |" in text
+
+
+def test_a_classifier_with_nothing_fused_builds_no_fused_candidate(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("deployft.exporter.optimize._ort_optimizer_skip", lambda folder: "no fusions (test)")
+    bundle = _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET, select_seconds=0.2)
+    manifest = read_manifest(bundle, "bundle")
+    fused = [c for c in manifest["quantization"]["candidates"] if c["recipe"].startswith("fused")]
+    assert fused and all(c["skipped"] == "not built: nothing was fused, so model_optimized.onnx holds the plain "
+                                        "graph" for c in fused)
+    assert not any(v["optimized"] for v in manifest["variants"].values())
+
+
 def test_attention_fusion_can_be_turned_off(tiny_run, tmp_path):
     manifest = read_manifest(_export(tiny_run("llama"), tmp_path, fuse_attention=False), "bundle")
     assert "GroupQueryAttention" not in manifest["fusion"]["after"]
@@ -348,6 +419,9 @@ def test_plain_model_folder_with_task(tiny_model, tmp_path):
     assert manifest["source_run"]["is_run"] is False
     static = next(c for c in manifest["quantization"]["candidates"] if c["name"] == "static-qdq")
     assert static["skipped"] == "not built: a plain model folder has no training rows to calibrate on"
+    timed = sum(1 for c in manifest["quantization"]["candidates"] if c["ms"])
+    assert f"int8 candidates timed on ONNX Runtime's default provider, of 4 built (1 skipped) " in info_text(bundle)
+    assert timed == 4
 
 
 def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(tiny_run, tmp_path):
@@ -372,12 +446,13 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
     ({"quantize": "int8-static", "device": "cuda"}, UsageError, "no CUDA kernels"),
     ({"device": "tpu"}, UsageError, "--device is 'tpu'"),
     ({"task": "translate"}, UsageError, "--task is 'translate'"),
-    ({"max_accuracy_drop": -1.0}, UsageError, "--max-accuracy-drop must be >= 0"),
+    ({"max_accuracy_drop": -1.0}, UsageError, "--max-accuracy-drop must be a finite number >= 0"),
     ({"validate_samples": 0}, UsageError, "--validate-samples must be a positive integer"),
     ({"quantize_preset": "sse4"}, UsageError, "--quantize-preset is 'sse4'"),
     ({"quantize": "int8", "select": "biggest"}, UsageError, "--select is 'biggest'; expected one of fastest, smallest"),
     ({"select": "smallest"}, UsageError, "--select .* needs --quantize int8, got --quantize none"),
     ({"quantize": "int8", "select_seconds": 0}, UsageError, r"--select-seconds must be a number of seconds in \(0, "),
+    ({"select_seconds": 5}, UsageError, "--select-seconds times a classifier's int8 files; it needs --quantize int8"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, flags, error, match):
     with pytest.raises(error, match=match):
@@ -493,3 +568,5 @@ def test_fp16_on_cuda(tiny_run, tmp_path):
                                      max_accuracy_drop=ANY_FLIPS), "bundle")
     assert manifest["model_file"] == "model_fp16.onnx"
     assert manifest["validation"]["model_fp16.onnx"]["top1_agreement"] >= 0.95
+    assert manifest["quantization"]["attempts"] == [{"remedy": "none", "drop": manifest["validation"][
+        "model_fp16.onnx"]["drop"], "guard": manifest["validation"]["model_fp16.onnx"]["guard"]}]

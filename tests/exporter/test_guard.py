@@ -171,7 +171,7 @@ def test_undecidable_default_budget_is_refused_before_any_file(tiny_run, tmp_pat
     with pytest.raises(UsageError, match=r"cannot decide --max-accuracy-drop 3, the classify default .* on 24 "
                                          r"validation rows"):
         _export(tiny_run("bert"), tmp_path, quantize="int8")
-    assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.tmp-*"))
+    assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.deployft-*"))
 
 
 def test_training_rows_are_used_only_with_a_recorded_warning(tiny_run, tmp_path, monkeypatch, caplog):

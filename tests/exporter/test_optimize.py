@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,39 @@ def test_optimizer_leaves_only_the_onnx_file(tiny_onnx):
     before = {p.name for p in folder.iterdir()}
     optimize(folder / "model.onnx", decoder=False)
     assert {p.name for p in folder.iterdir()} - before == {OPTIMIZED_NAME}
+
+
+def test_the_optimizers_scratch_folder_lies_inside_the_staged_folder(tiny_onnx, monkeypatch):
+    # beside it, a kill would leave a tmpXXXX folder next to the output that no later run removes; inside the
+    # staging folder, the next run's cleanup of that folder removes it too
+    import tempfile
+    import types
+
+    import deployft.exporter.optimize as module
+
+    made = []
+
+    class Spy(tempfile.TemporaryDirectory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(Path(self.name))
+
+    monkeypatch.setattr(module, "tempfile", types.SimpleNamespace(TemporaryDirectory=Spy))  # this module's only
+    folder = tiny_onnx("bert")
+    siblings = {p.name for p in folder.parent.iterdir()}
+    optimize(folder / "model.onnx", decoder=False)
+    assert [path.parent for path in made] == [folder] and not made[0].exists()
+    assert {p.name for p in folder.parent.iterdir()} == siblings
+
+
+def test_a_graph_with_nothing_fused_says_so():
+    from deployft.exporter.optimize import anything_fused
+
+    report = fusion_report({"MatMul": 8, "Softmax": 2}, {"MatMul": 8, "Softmax": 2}, decoder=True,
+                           unfused_reason="--no-fuse-attention was given")
+    assert report["summary"] == "nothing fused" and not anything_fused(report)
+    assert report["notes"][0] == "attention is not fused: --no-fuse-attention was given; nothing else was fused either"
+    assert anything_fused(fusion_report({"MatMul": 8}, {"MatMul": 8, "SkipLayerNormalization": 2}, decoder=True))
 
 
 def test_fusion_report_counts_only_new_fused_ops():

@@ -127,6 +127,41 @@ def test_real_timing_records_every_candidate_and_info_prints_the_table(tiny_run,
         f"| {_kept(manifest)[0]} * |" in (tmp_path / "bundle" / "README.md").read_text()
 
 
+def test_the_provider_the_candidates_were_timed_on_is_recorded_and_said(tiny_run, tmp_path, monkeypatch):
+    # files validated through OpenVINO (faked here: the plugin serves Intel CPUs only) are still timed on the default
+    # provider, which runs a dynamic int8 file as it is; the card says so, and what a Predictor on OpenVINO runs
+    import deployft.exporter.validate as module
+
+    real = module.compare
+
+    def through_openvino(ref, path, device="cpu", provider="default"):
+        assert provider == "openvino"
+        return {**real(ref, path, device, "default"), "provider": "openvino"}
+
+    monkeypatch.setattr(module, "compare", through_openvino)
+    monkeypatch.setattr("deployft.exporter.runner.check_device", lambda config: None)
+    _fake_timer(monkeypatch, {name: 10.0 + i for i, name in enumerate(NAMES)})
+    manifest = _export(tiny_run("bert"), tmp_path, provider="openvino")
+    assert manifest["quantization"]["selection"]["timed_on"] == "default" and _kept(manifest) == ["plain"]
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert "int8 candidates timed on ONNX Runtime's default provider, of 5 built" in card
+    assert ("The int8 candidates were validated through ONNX Runtime's openvino provider but timed on its default "
+            "provider, which runs model_quantized.onnx as it is; a Predictor given provider openvino runs the "
+            "bundle's fp32 file instead of model_quantized.onnx") in card
+    assert "but timed on its default provider" in info_text(tmp_path / "bundle")
+
+
+def test_files_are_timed_on_the_default_provider(tiny_onnx, monkeypatch):
+    from deployft.exporter.timing import TimingPlan, time_files
+    from deployft.runtime import session as session_module
+
+    real, seen = session_module.create_session, []
+    monkeypatch.setattr(session_module, "create_session", lambda path, options: seen.append(options.provider)
+                        or real(path, options))
+    time_files({"a": tiny_onnx("bert") / "model.onnx"}, TimingPlan([Shape(1, 8)], seconds=0.0, threads=1))
+    assert seen == ["default"]
+
+
 def test_typical_shapes_are_median_max_and_a_batch():
     assert typical_shapes(128, [10, 20, 30, 200]) == [Shape(1, 25), Shape(1, 128), Shape(16, 128)]
     assert typical_shapes(512, [40]) == [Shape(1, 40), Shape(1, 512), Shape(16, 128)]

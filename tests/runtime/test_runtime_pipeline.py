@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import qa_rows, sentiment_rows
+from deployft.manifest import read_manifest
 from deployft.runtime import Predictor
 
 
@@ -16,8 +17,10 @@ def _export(run, root, quantize="int8"):
 
     # these tests compare the runtime with PyTorch on every file export writes, including int8 files of
     # barely trained tiny models that the guard would refuse: the guard is tested in tests/exporter/test_guard.py
+    # (the widest budget each task takes: every prediction of a classifier, any perplexity rise of a generator)
+    budget = 100 if read_manifest(run, "run")["task"] == "classify" else 1000
     return export(ExportConfig(run=run, output=root / "bundle", quantize=quantize, validate_samples=16,
-                               max_accuracy_drop=1000))
+                               max_accuracy_drop=budget))
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +256,8 @@ def test_files_rotating_inside_attention_run_a_left_padded_first_step_right_padd
         decoder.rotates_in_attention = False
         drifted = _second_step_logits(decoder, padded, mask)
         padded_rows = [row for row, seq in enumerate(ids) if len(seq) < width]
-        assert max(np.abs(drifted[row] - alone[row]).max() for row in padded_rows) > 1e-2, name
+        # the comparison above (atol 1e-3) tells the right step from the drifted one
+        assert max(np.abs(drifted[row] - alone[row]).max() for row in padded_rows) > 1e-3, name
 
 
 def test_a_single_left_padded_row_and_an_empty_first_row_keep_their_positions(generate_bundle):
