@@ -72,7 +72,7 @@ class AccuracyBudgetError(DeployftError):
 
     `budget` is the allowed drop, its unit and where it came from (`{"max_drop", "measure", "origin"}`);
     `attempts` the drop of every try
-    (`[{"remedy", "drop"}]`), so a caller can report them without parsing the message.
+    (`[{"remedy", "drop", "guard"}]`), so a caller can report them without parsing the message.
     """
 
     def __init__(self, message: str, budget: dict | None = None, attempts: list[dict] | None = None):
