@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from the Ray tests
 os.environ.setdefault("WANDB_DISABLED", "true")
 sys.path.insert(0, str(Path(__file__).parent / "bench"))  # bench_pairs' fixtures, for tests/cli run on its own too
 

@@ -170,7 +170,8 @@ def test_the_helper_venv_is_made_once_torch_first(tmp_path, monkeypatch):
     python = genai_venv.helper_python(tmp_path / "venv")
     assert python == tmp_path / "venv" / "bin" / "python"
     installs = [c[c.index("install") + 2:] for c in commands if "install" in c]
-    assert installs == [["torch==2.13.0"], ["onnxruntime-genai==0.18.0", "transformers>=5", "onnx", "onnx_ir"]]
+    assert installs == [["torch==2.13.0"], ["onnxruntime-genai==0.18.0", "transformers==5.25.0", "onnx==1.23.2",
+                                                   "onnx_ir==1.1.0"]]
     count = len(commands)
     genai_venv.helper_python(tmp_path / "venv")
     assert len(commands) == count
