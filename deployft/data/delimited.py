@@ -1,18 +1,21 @@
 """CSV and TSV text -> rows, refusing what the csv module would otherwise misread without a word.
 
-    CSV   quoted as RFC 4180 says, strictly: a stray quote is an error naming its line, not a field that
-          swallows the lines after it
-    TSV   no quoting at all (the IANA text/tab-separated-values rule): a quote is a character like any other
+Both are quoted as RFC 4180 says (what pandas' `to_csv` writes, with `sep="\\t"` too), strictly: a stray quote
+is an error naming its line, not a field that swallows the lines after it. A row with more fields than the
+header (an unquoted comma or tab in a text) and a header naming a column twice are refused with the line and the
+fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose lines look like
+records of this file is read as written, with a warning naming its lines: a quote opened in one record and
+closed, by chance, in a later one would read that way too.
 
-Also refused, with the line and the fix: a row with more fields than the header (an unquoted comma in a text),
-a header naming a column twice, and a quoted field whose lines are records of their own (a quote opened in one
-record and closed, by chance, in a later one).
+RUNs recorded before this reading (`legacy=True`) are replayed with the reader they were trained with:
+`csv.DictReader`'s defaults, lenient about quotes and extra fields.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,30 +25,38 @@ from ..errors import DataError
 
 __all__ = ["read_delimited", "separator_hint"]
 
+logger = logging.getLogger(__name__)
+
 FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 """The longest field read: the csv module's default (131,072 characters) refuses long documents."""
 _QUOTE_FIX = 'double a quote inside a field ("") and wrap that field in quotes, or remove the stray quote'
 _SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
 
 
-def read_delimited(path: Path, text: str, fmt: str) -> list[dict[str, Any]]:
-    """The rows of a CSV (`fmt="csv"`) or TSV (`fmt="tsv"`) text; raises DataError for a misread-prone file."""
+def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> list[dict[str, Any]]:
+    """The rows of a CSV (`fmt="csv"`) or TSV (`fmt="tsv"`) text; raises DataError for a misread-prone file.
+
+    `legacy`: read as RUNs recorded before the distinct-row split were read (`load_run_examples` replays those).
+    """
     csv.field_size_limit(FIELD_LIMIT)
     delimiter = "\t" if fmt == "tsv" else ","
-    options: dict[str, Any] = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"strict": True}
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, **options)
+    if legacy:
+        return _read_lenient(path, text, fmt, delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int]] = []  # (first line, last line, row) of the records spanning lines
+    trailing = 0  # rows whose extra fields are all empty
     start = 1
     try:
         for record in reader:
             if record and header is None:
                 header = _check_header(record, path)
             elif record:
-                if len(record) != len(header):
-                    record = _fit(record, header, path, start, fmt)
-                rows.append(dict(zip(header, record)))
+                if len(record) > len(header):
+                    record = _drop_empty_extras(record, header, path, start, fmt)
+                    trailing += 1
+                rows.append(dict(zip(header, record + [None] * (len(header) - len(record)))))
                 if reader.line_num != start:
                     spans.append((start, reader.line_num, len(rows) - 1))
             start = reader.line_num + 1
@@ -53,15 +64,30 @@ def read_delimited(path: Path, text: str, fmt: str) -> list[dict[str, Any]]:
         raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
     if header is None:
         raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
-    if fmt == "csv" and spans:
-        _check_swallowed(rows, spans, header, path)
+    if trailing:
+        logger.warning("%s: %d row(s) end in empty fields past the header's %d columns (a trailing separator); "
+                    "those empty fields are ignored", path, trailing, len(header))
+    if spans:
+        _warn_swallowed(rows, spans, header, path, delimiter)
     return rows
 
 
-def _fit(record: list[str], header: list[str], path: Path, line: int, fmt: str) -> list[Any]:
-    """A short record padded with None (missing values); a long one refused."""
-    if len(record) < len(header):
-        return record + [None] * (len(header) - len(record))
+def _read_lenient(path: Path, text: str, fmt: str, delimiter: str) -> list[dict[str, Any]]:
+    """The reader of RUNs recorded before the distinct-row split: extra fields and stray quotes pass unnoticed."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [dict(row) for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"data file {path} is not valid {fmt.upper()} ({exc}); fix the file") from exc
+    if not reader.fieldnames:
+        raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
+    return rows
+
+
+def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: int, fmt: str) -> list[str]:
+    """A record with more fields than the header, cut to the header when the extra fields are empty; else refused."""
+    if not any(field.strip() for field in record[len(header):]):
+        return record[:len(header)]
     raise DataError(f"data file {path} line {line} has {len(record)} fields but the header has {len(header)} "
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
 
@@ -85,15 +111,15 @@ def _check_header(header: list[str], path: Path) -> list[str]:
 
 def _extra_field_fix(fmt: str) -> str:
     if fmt == "tsv":
-        return "a TSV field cannot hold a tab: replace the tabs inside the text with spaces"
+        return "wrap a text that holds a tab in double quotes, or replace its tabs with spaces"
     return 'wrap a text that holds a comma in double quotes ("hello, world",pos)'
 
 
-def _check_swallowed(rows: list[dict[str, Any]], spans: list[tuple[int, int, int]], header: list[str],
-                     path: Path) -> None:
-    """Refuse a quoted field that holds lines which are records of this file: as many fields as the header, one of
-    them a value that its column repeats in single-line records (a label), right where that column sits. A
-    multi-line text of prose does not look like that."""
+def _warn_swallowed(rows: list[dict[str, Any]], spans: list[tuple[int, int, int]], header: list[str], path: Path,
+                    delimiter: str) -> None:
+    """Warn of quoted fields holding lines that look like records of this file: as many fields as the header, one
+    of them a value that its column repeats in single-line records (a label), right where that column sits. The
+    quotes balance (the strict parser checked), so this is a suspicion, not an error: a list in a text can look so."""
     if len(header) < 2:
         return
     spanning = {index for _, _, index in spans}
@@ -102,14 +128,27 @@ def _check_swallowed(rows: list[dict[str, Any]], spans: list[tuple[int, int, int
     for name in header:
         counts = Counter((row[name] or "").strip() for row in single)
         repeated.append({value for value, n in counts.items() if n > 1 and value})
+    suspects = []
     for start, end, index in spans:
-        for column, name in enumerate(header):
-            for line in (rows[index][name] or "").split("\n")[:-1]:
-                parts = [part.strip() for part in line.rstrip("\r").split(",")]
-                if len(parts) == len(header) and any(parts[j] in repeated[j] for j in range(len(parts)) if j != column):
-                    raise DataError(f"data file {path} lines {start}-{end} are read as one record: the quoted "
-                                    f"'{name}' field holds the line {line.strip()!r}, which looks like a record of "
-                                    f"its own, so a quote in it is unbalanced; {_QUOTE_FIX}")
+        name, line = _record_like(rows[index], header, repeated, delimiter)
+        if line is not None:
+            suspects.append(f"lines {start}-{end} (the '{name}' field holds the line {line!r})")
+    if suspects:
+        logger.warning("data file %s: %d quoted field(s) hold a line that looks like a record of its own: %s; "
+                       "each was read as one field, as its quotes balance, but those lines may be records swallowed "
+                       "by a misplaced quote: if so, %s", path, len(suspects),
+                       "; ".join(suspects[:5]) + (" ..." if len(suspects) > 5 else ""), _QUOTE_FIX)
+
+
+def _record_like(row: dict[str, Any], header: list[str], repeated: list[set[str]],
+                 delimiter: str) -> tuple[str | None, str | None]:
+    """`(column, line)` of the first line inside a field of `row` that looks like a record, else `(None, None)`."""
+    for column, name in enumerate(header):
+        for line in (row[name] or "").split("\n")[:-1]:
+            parts = [part.strip() for part in line.rstrip("\r").split(delimiter)]
+            if len(parts) == len(header) and any(parts[j] in repeated[j] for j in range(len(parts)) if j != column):
+                return name, line.strip()
+    return None, None
 
 
 def separator_hint(path: Path, columns: list[str]) -> str | None:

@@ -101,24 +101,26 @@ def _check_unchanged(source: dict[str, Any], run_dir: str | Path) -> None:
 
 def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_fraction: float,
            seed: int, max_samples: int | None, legacy: bool = False) -> Examples:
-    """`legacy`: split as RUNs recorded before the distinct-row split were (see `split.py`)."""
+    """`legacy`: read, clean, split and label as RUNs recorded before the distinct-row split were, so such a RUN
+    replays the very rows it trained on (the lenient CSV reader, values and labels spelled as read, the row split
+    of `split.py`, an --eval-data that is --data let through)."""
     train_path = Path(train_src["path"])
-    if eval_src is not None and _same_file(train_path, Path(eval_src["path"])):
+    if not legacy and eval_src is not None and _same_file(train_path, Path(eval_src["path"])):
         raise DataError(f"--eval-data {eval_src['path']} is the same file as --data, so eval would score the "
                         "training rows; pass a file of held-out rows, or leave --eval-data out to hold out "
                         "--eval-fraction of --data")
     raw = read_rows(train_path, train_src["format"], train_src["encoding"], legacy=legacy)
     columns = _resolve_columns(get_task(task), flags, raw, train_path)
-    pool = _clean(raw, columns, train_path)
+    pool = _clean(raw, columns, train_path, legacy)
     rng = random.Random(seed)
     if eval_src is None:
         train, evals = split_rows(_sample(pool, rng, max_samples), eval_fraction, train_path, legacy)
     else:
         eval_path = Path(eval_src["path"])
-        eval_raw = read_rows(eval_path, eval_src["format"], eval_src["encoding"])
+        eval_raw = read_rows(eval_path, eval_src["format"], eval_src["encoding"], legacy=legacy)
         _check_columns(columns, eval_raw, eval_path)
         train = _sample(pool, rng, max_samples)
-        evals = _sample(_clean(eval_raw, columns, eval_path), rng, max_samples)
+        evals = _sample(_clean(eval_raw, columns, eval_path, legacy), rng, max_samples)
         _warn_overlap(train, evals, eval_path)
     labels = None if get_task(task).generates else class_labels(
         train, evals, columns["label"], train_path, eval_src and eval_src["path"], legacy)
@@ -156,7 +158,14 @@ def _check_columns(columns: dict[str, str], rows: list[dict], path: Path) -> Non
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return _legacy_text(value)
+
+
+def _legacy_text(value: Any) -> str | None:
+    """A value as RUNs recorded before the distinct-row split spelled it: labels not normalised, NaN kept."""
+    if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -164,22 +173,18 @@ def _as_text(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def _clean(rows: list[dict], columns: dict[str, str], path: Path) -> list[dict[str, str]]:
+def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool = False) -> list[dict[str, str]]:
     """Rows renamed to their roles, as strings; rows with an empty or missing value are dropped.
+
+    `legacy`: every value spelled by `_legacy_text`, nested ones too, as RUNs before the distinct-row split were.
 
     Raises:
         DataError: a value is a JSON object or list (or a nested Parquet value), not text.
     """
     kept = []
     for number, row in enumerate(rows, start=1):
-        values = {}
-        for role, name in columns.items():
-            value = row.get(name)
-            if isinstance(value, (dict, list, tuple)):
-                raise DataError(f"column '{name}' of {path} row {number} holds a {type(value).__name__}, not text "
-                                f"({str(value)[:40]}); write that value as plain text, or pass --{role}-column "
-                                "with a column of text")
-            values[role] = normalize_label(value) if role == "label" else _as_text(value)
+        values = {role: _legacy_text(row.get(name)) if legacy else _value(row.get(name), role, name, path, number)
+                  for role, name in columns.items()}
         if all(v is not None for v in values.values()):
             kept.append(values)
     dropped = len(rows) - len(kept)
@@ -190,6 +195,14 @@ def _clean(rows: list[dict], columns: dict[str, str], path: Path) -> list[dict[s
     if dropped:
         logger.warning("dropped %d of %d rows of %s with an empty or missing %s", dropped, len(rows), path, names)
     return kept
+
+
+def _value(value: Any, role: str, name: str, path: Path, number: int) -> str | None:
+    if isinstance(value, (dict, list, tuple)):
+        raise DataError(f"column '{name}' of {path} row {number} holds a {type(value).__name__}, not text "
+                        f"({str(value)[:40]}); write that value as plain text, or pass --{role}-column "
+                        "with a column of text")
+    return normalize_label(value) if role == "label" else _as_text(value)
 
 
 def _sample(rows: list[dict], rng: random.Random, max_samples: int | None) -> list[dict]:

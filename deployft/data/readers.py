@@ -59,12 +59,13 @@ def fingerprint(path: Path, fmt: str) -> str:
 def read_rows(path: Path, fmt: str, encoding: str = "utf-8", *, legacy: bool = False) -> list[dict[str, Any]]:
     """All rows of `path` as dicts; raises DataError for unreadable or empty data.
 
-    `legacy`: read the embedded chatterbot corpus with its repeated pairs, as RUNs recorded before the
-    distinct-row split were trained on (`load_run_examples` replays those).
+    `legacy`: read as RUNs recorded before the distinct-row split were trained on (`load_run_examples` replays
+    those): CSV and TSV leniently (`csv.DictReader`'s defaults), the embedded chatterbot corpus with its repeated
+    pairs.
     """
     if fmt in ("csv", "tsv", "jsonl"):
         text = _decode(path, encoding)
-        rows = read_json_rows(path, text) if fmt == "jsonl" else read_delimited(path, text, fmt)
+        rows = read_json_rows(path, text) if fmt == "jsonl" else read_delimited(path, text, fmt, legacy=legacy)
     elif fmt == "parquet":
         rows = _read_parquet(path)
     elif fmt == "datasets":

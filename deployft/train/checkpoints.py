@@ -1,8 +1,8 @@
 """The work folder of a fine-tune: its checkpoints, which of them are complete, and what a resume must match.
 
     .<output name>.work/
-        state.json                   the settings (FinetuneConfig less resume, overwrite, checkpoint_steps) and
-                                     the data fingerprint
+        state.json                   the settings (FinetuneConfig less resume, overwrite, checkpoint_steps),
+                                     the data fingerprint and the eval split's name (`data_split`)
         checkpoints/checkpoint-N/    Trainer checkpoints, every `checkpoint_steps` steps and at each epoch's end;
                                      complete once deployft's marker `deployft-checkpoint.json` is in it
 
@@ -49,13 +49,15 @@ def resume_point(work: Path, settings: dict[str, Any]) -> str:
     """The newest complete checkpoint of an interrupted run with the same `settings`; incomplete ones are deleted.
 
     Raises:
-        UsageError: no complete checkpoint, or other settings than the interrupted run's.
+        UsageError: no complete checkpoint, other settings than the interrupted run's, or a run started by a
+            version before the distinct-row split.
     """
     done = complete_checkpoints(work)
     state = read_json(work / "state.json", UsageError)
     if not done or "settings" not in state:
         raise UsageError(f"--resume found no checkpoint in {work}; run again without --resume")
     if state["settings"] != settings:
+        _refuse_older(state, work)
         changed = sorted(k for k in settings.keys() | state["settings"].keys()
                          if settings.get(k) != state["settings"].get(k))
         raise UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); "
@@ -71,21 +73,35 @@ def check_same_data(work: Path, fingerprint: str, record: dict[str, Any]) -> Non
 
     Raises:
         DataError: the data fingerprint differs from the one recorded when the run started.
+        UsageError: it differs because a version before the distinct-row split started the run.
     """
-    recorded = read_json(work / "state.json", UsageError).get("data_fingerprint")
+    state = read_json(work / "state.json", UsageError)
+    recorded = state.get("data_fingerprint")
     if recorded != fingerprint:
+        _refuse_older(state, work)
         files = " and ".join(str(source["path"]) for source in (record.get("train"), record.get("eval")) if source)
         raise DataError(f"--resume: the data in {files} is not what the interrupted run trained on (data "
                         f"fingerprint {str(recorded)[:12]} in {work / 'state.json'}, now {fingerprint[:12]}); "
                         "restore that data, or run without --resume and with --overwrite to start again on this data")
 
 
-def start(work: Path, settings: dict[str, Any], fingerprint: str) -> None:
-    """A fresh work folder (an earlier one is deleted) recording what a resume must match."""
+def _refuse_older(state: dict[str, Any], work: Path) -> None:
+    """Name the version, not the data or the flags, when a run started before the distinct-row split differs: its
+    settings spelled paths as given and its fingerprint hashed no split, so it never matches this version's."""
+    if "data_split" not in state:
+        raise UsageError(f"--resume: the interrupted run in {work} predates deployft's distinct-row eval split (its "
+                         "state.json records no split), so this version cannot resume it; run again without --resume "
+                         "and with --overwrite to start afresh, or finish it with the deployft version that started it")
+
+
+def start(work: Path, settings: dict[str, Any], record: dict[str, Any]) -> None:
+    """A fresh work folder (an earlier one is deleted) recording what a resume must match; `record` is the RUN's
+    data record (`Examples.record`)."""
     if _is_main_process():
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        _write_json(work / "state.json", {"settings": settings, "data_fingerprint": fingerprint})
+        _write_json(work / "state.json", {"settings": settings, "data_fingerprint": record["fingerprint"],
+                                          "data_split": record["split"]})
 
 
 def checkpoint_callback(every: int):

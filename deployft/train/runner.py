@@ -51,11 +51,10 @@ def finetune(config: FinetuneConfig) -> Path:
     from . import engine
 
     job = engine.prepare(config, task)
-    fingerprint = job.examples.record["fingerprint"]
     if checkpoint is None:
-        checkpoints.start(work, settings, fingerprint)
+        checkpoints.start(work, settings, job.examples.record)
     else:
-        checkpoints.check_same_data(work, fingerprint, job.examples.record)
+        checkpoints.check_same_data(work, job.examples.record["fingerprint"], job.examples.record)
     trainer = engine.build_trainer(config, task, job, work / "checkpoints")
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = engine.final_metrics(trainer, task)

@@ -1,7 +1,10 @@
 """CSV and TSV: a stray quote, an unquoted comma, a repeated column or another separator is an error naming the
-line and the fix, never rows silently swallowed or shifted; long fields and prose spanning lines still read."""
+line and the fix, never rows silently swallowed or shifted; long fields, prose spanning lines, quoted TSV and
+trailing empty fields still read; a quoted field holding lines that look like records is read with a warning."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
@@ -36,10 +39,28 @@ def test_a_quote_in_the_middle_of_a_field_names_its_line(tmp_path):
     assert "q.csv line 14 is not valid CSV" in message and "remove the stray quote" in message
 
 
-def test_a_quote_closed_by_chance_in_a_later_record_is_refused(tmp_path):
+def test_a_quote_closed_by_chance_in_a_later_record_is_read_with_a_warning_naming_the_lines(tmp_path, caplog):
     body = "text,label\n" + ROWS + "\"Awful just awful,neg\nfine film,pos\nbad film,neg\nclosing\",pos\n" + ROWS
-    message = _error(_write(tmp_path, "q.csv", body))
-    assert "q.csv lines 14-17 are read as one record" in message and "'Awful just awful,neg'" in message
+    with caplog.at_level(logging.WARNING, logger="deployft.data"):
+        examples = load_examples("classify", _write(tmp_path, "q.csv", body))
+    assert len(examples.train) + len(examples.eval) == 25  # the quotes balance: the four lines are one text
+    warning = caplog.text
+    assert "q.csv: 1 quoted field(s) hold a line that looks like a record of its own: lines 14-17" in warning
+    assert "'Awful just awful,neg'" in warning and "may be records swallowed by a misplaced quote" in warning
+
+
+@pytest.mark.parametrize("body", [
+    'id,text,label\n1,great,5\n2,bad,1\n3,ok,3\n4,meh,3\n5,fine,5\n6,"Count with me:\n1, 2, 3\nthen go",5\n',
+    'text,label\nnice,pos\ngood,pos\nbad,neg\nawful,neg\n"Pros and cons:\nprice, pos\nscreen, neg",pos\n',
+])
+def test_a_quoted_text_holding_record_like_lines_is_read_as_written(tmp_path, caplog, body):
+    from deployft.data.delimited import read_delimited
+
+    with caplog.at_level(logging.WARNING, logger="deployft.data"):
+        rows = read_delimited(tmp_path / "list.csv", body, "csv")
+    texts = [row["text"] for row in rows]
+    assert texts[-1] in ("Count with me:\n1, 2, 3\nthen go", "Pros and cons:\nprice, pos\nscreen, neg")
+    assert "may be records swallowed by a misplaced quote" in caplog.text
 
 
 def test_prose_spanning_lines_in_a_quoted_field_still_reads(tmp_path):
@@ -49,11 +70,18 @@ def test_prose_spanning_lines_in_a_quoted_field_still_reads(tmp_path):
     assert len(texts) == 13 and "I loved it, really.\n\nThe cast, the music: all good." in texts
 
 
-def test_tsv_quotes_are_plain_characters(tmp_path):
-    body = "text\tlabel\n\"Best\" movie ever\tpos\n\"Awful, just awful\tneg\n" + ROWS.replace(",", "\t")
+def test_tsv_is_read_with_the_quoting_pandas_writes(tmp_path):
+    # pandas' df.to_csv(path, sep="\t") quotes a text holding a quote, a tab or a line break, and doubles its quotes
+    body = ("text\tlabel\n\"He said \"\"wow\"\" loudly\"\tpos\n\"line one\nline two\"\tneg\n\"a\ttab\"\tpos\n"
+            'a 5" screen\tneg\n' + ROWS.replace(",", "\t"))
     examples = load_examples("classify", _write(tmp_path, "q.tsv", body))
     texts = {row["text"] for row in examples.train + examples.eval}
-    assert len(texts) == 14 and {'"Best" movie ever', '"Awful, just awful'} <= texts
+    assert len(texts) == 16 and {'He said "wow" loudly', "line one\nline two", "a\ttab", 'a 5" screen'} <= texts
+
+
+def test_a_stray_quote_in_a_tsv_names_its_line(tmp_path):
+    message = _error(_write(tmp_path, "q.tsv", "text\tlabel\n" + ROWS.replace(",", "\t") + '"Best" movie\tpos\n'))
+    assert "q.tsv line 14 is not valid TSV" in message and "remove the stray quote" in message
 
 
 def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
@@ -61,7 +89,19 @@ def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
     assert "comma.csv line 14 has 3 fields but the header has 2 (text, label)" in message
     assert 'wrap a text that holds a comma in double quotes ("hello, world",pos)' in message
     tsv = _write(tmp_path, "tab.tsv", "text\tlabel\n" + ROWS.replace(",", "\t") + "hello\tworld\tpos\n")
-    assert "tab.tsv line 14 has 3 fields" in _error(tsv) and "cannot hold a tab" in _error(tsv)
+    assert "tab.tsv line 14 has 3 fields" in _error(tsv) and "a text that holds a tab in double quotes" in _error(tsv)
+    tail = _write(tmp_path, "tail.csv", "text,label\n" + ROWS + "hello world,pos,,oops\n")
+    assert "tail.csv line 14 has 4 fields" in _error(tail)  # an extra field with content, after an empty one
+
+
+def test_trailing_empty_fields_are_dropped_with_one_warning(tmp_path, caplog):
+    body = "text,label\n" + ROWS.replace("pos\n", "pos,\n") + "review 5 was fine,pos, ,\n"
+    with caplog.at_level(logging.WARNING, logger="deployft.data"):
+        examples = load_examples("classify", _write(tmp_path, "tail.csv", body))
+    rows = examples.train + examples.eval
+    assert len(rows) == 13 and {row["label"] for row in rows} == {"pos", "neg"}
+    assert {"text": "review 5 was fine", "label": "pos"} in rows
+    assert caplog.text.count("row(s) end in empty fields") == 1 and "7 row(s)" in caplog.text
 
 
 def test_a_header_that_repeats_a_column_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import sentiment_rows, write_rows
 
-from deployft.errors import DataError, OutputExistsError
+from deployft.errors import DataError, OutputExistsError, UsageError
 from deployft.train import FinetuneConfig, engine, finetune
 from deployft.train.checkpoints import MARKER
 
@@ -149,3 +149,19 @@ def test_resume_from_another_directory_with_other_spellings_of_the_same_paths(in
     relative = {**interrupted, "data": "./reviews.csv", "model": "../model-bert", "output": "../run"}
     run = finetune(FinetuneConfig(**relative, resume=True))
     assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
+
+
+@pytest.mark.parametrize("spelled", ["as given", "absolute"])
+def test_a_run_interrupted_before_the_distinct_row_split_is_named_as_such(interrupted, tmp_path, spelled):
+    """A state.json from before: no `data_split`, a fingerprint hashed without the split, and (before --resume
+    compared resolved paths) the data spelled as given; either way the message names the version, not the data."""
+    state_file = tmp_path / ".run.work" / "state.json"
+    state = json.loads(state_file.read_text())
+    state.pop("data_split", None)  # absent from the state of a run started before
+    state["data_fingerprint"] = "0" * 64
+    if spelled == "as given":
+        state["settings"]["data"] = "data/reviews.csv"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"interrupted run in .*\.run\.work predates deployft's distinct-row eval "
+                                         r"split .* without --resume and with --overwrite .* the deployft version"):
+        finetune(FinetuneConfig(**interrupted, resume=True))
