@@ -4,6 +4,9 @@
     deployft export RUN --output BUNDLE --sign-key sign.pem      BUNDLE/deployft.json.sig, written atomically
     deployft verify BUNDLE --public-key sign.pub.pem             or Predictor.load(BUNDLE, public_key=...)
 
+A public key is a PEM file's path or the PEM bytes themselves (what a Ray driver hands its workers, which may not
+have the driver's files).
+
 The signature covers the exact bytes of `deployft.json`; the manifest holds the sha256 of every other file, so a
 valid signature plus matching file hashes (`deployft.runtime.integrity`) vouch for the whole bundle. Keys are PEM
 files (PKCS#8 private key, unencrypted; SubjectPublicKeyInfo public key). Needs `pip install "deployft[sign]"`
@@ -19,7 +22,8 @@ from pathlib import Path
 from .errors import BundleError, OutputExistsError, UsageError, require
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME
 
-__all__ = ["generate_keys", "load_private_key", "load_public_key", "sign_bundle", "verify_signature"]
+__all__ = ["generate_keys", "load_private_key", "load_public_key", "public_key_pem", "sign_bundle",
+           "verify_signature"]
 
 
 def _serialization():
@@ -57,8 +61,22 @@ def load_private_key(path: str | Path, flag: str = "--sign-key"):
     return key
 
 
-def load_public_key(path: str | Path, flag: str = "--public-key"):
-    """The Ed25519 public key in the PEM file `path`.
+def public_key_pem(key: str | Path | bytes, flag: str = "--public-key") -> bytes:
+    """The PEM bytes of `key`: a PEM file's path, or the bytes themselves.
+
+    Raises:
+        UsageError: the file is missing.
+    """
+    return key if isinstance(key, bytes) else _pem(key, flag)
+
+
+def _named(key: str | Path | bytes, flag: str) -> str:
+    """How an error names `key`: the flag and the file, or the PEM bytes given in its place."""
+    return "the public key (PEM bytes)" if isinstance(key, bytes) else f"{flag} {key}"
+
+
+def load_public_key(key: str | Path | bytes, flag: str = "--public-key"):
+    """The Ed25519 public key in the PEM file `key`, or in the PEM bytes `key`.
 
     Raises:
         UsageError: the file is missing, not a PEM public key, or not Ed25519.
@@ -66,16 +84,16 @@ def load_public_key(path: str | Path, flag: str = "--public-key"):
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    pem = _pem(path, flag)  # outside the try: its own UsageError is a ValueError, not to be wrapped again
+    pem = public_key_pem(key, flag)  # outside the try: its own UsageError is a ValueError, not to be wrapped again
     try:
-        key = serialization.load_pem_public_key(pem)
+        loaded = serialization.load_pem_public_key(pem)
     except ValueError as exc:
-        raise UsageError(f"{flag} {path} is not a PEM public key ({exc}); pass the .pub.pem file written by "
+        raise UsageError(f"{_named(key, flag)} is not a PEM public key ({exc}); pass the .pub.pem file written by "
                          "deployft keygen") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{flag} {path} is not an Ed25519 key ({type(key).__name__}); pass the .pub.pem file "
-                         "written by deployft keygen")
-    return key
+    if not isinstance(loaded, Ed25519PublicKey):
+        raise UsageError(f"{_named(key, flag)} is not an Ed25519 key ({type(loaded).__name__}); pass the .pub.pem "
+                         "file written by deployft keygen")
+    return loaded
 
 
 def generate_keys(private_path: str | Path, public_path: str | Path) -> tuple[Path, Path]:
@@ -113,8 +131,8 @@ def sign_bundle(folder: str | Path, private_key) -> Path:
     return path
 
 
-def verify_signature(folder: str | Path, public_key_path: str | Path, manifest: bytes | None = None) -> None:
-    """Check `deployft.json.sig` against the manifest's bytes and the public key in `public_key_path`.
+def verify_signature(folder: str | Path, public_key: str | Path | bytes, manifest: bytes | None = None) -> None:
+    """Check `deployft.json.sig` against the manifest's bytes and `public_key` (a PEM file's path or PEM bytes).
 
     `manifest`: the manifest's bytes as the caller read them (`deployft.manifest.manifest_bytes`), to parse the
     very bytes whose signature was checked; None reads `deployft.json`.
@@ -123,7 +141,7 @@ def verify_signature(folder: str | Path, public_key_path: str | Path, manifest: 
         UsageError: the key file is unusable.
         BundleError: the bundle is unsigned, or its signature does not match (edited manifest, other key).
     """
-    key = load_public_key(public_key_path)
+    key = load_public_key(public_key)
     from cryptography.exceptions import InvalidSignature
 
     folder = Path(folder)
@@ -135,6 +153,6 @@ def verify_signature(folder: str | Path, public_key_path: str | Path, manifest: 
         signature = base64.b64decode(path.read_bytes().strip(), validate=True)
         key.verify(signature, (folder / MANIFEST_NAME).read_bytes() if manifest is None else manifest)
     except (InvalidSignature, binascii.Error, ValueError) as exc:
-        raise BundleError(f"{path} does not match {MANIFEST_NAME} and the public key {public_key_path}: the manifest "
-                          f"was changed after signing or signed with another key; do not use this bundle, "
+        raise BundleError(f"{path} does not match {MANIFEST_NAME} and {_named(public_key, 'the public key')}: the "
+                          f"manifest was changed after signing or signed with another key; do not use this bundle, "
                           f"re-export and sign it (deployft export --sign-key)") from exc

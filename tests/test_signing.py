@@ -114,3 +114,26 @@ def test_verify_signature_checks_the_bytes_it_is_given(pair, folder):
     with pytest.raises(BundleError, match="does not match"):
         verify_signature(folder, public, signed.replace(b'"negative"', b'"positive"', 1))
 
+
+
+def test_a_public_key_may_be_given_as_its_pem_bytes(pair, folder, runtime_bundle, tmp_path):
+    """What a Ray driver hands its workers: the key itself, not a path only the driver's machine has."""
+    import shutil
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from deployft.runtime import Predictor
+
+    private, public = pair
+    sign_bundle(folder, load_private_key(private))
+    verify_signature(folder, public.read_bytes())
+    with pytest.raises(UsageError, match=r"^the public key \(PEM bytes\) is not a PEM public key \("):
+        load_public_key(b"not a key")
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(UsageError, match=r"^the public key \(PEM bytes\) is not an Ed25519 key \("):
+        load_public_key(ec_public)
+    bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "signed")
+    sign_bundle(bundle, load_private_key(private))
+    assert Predictor.load(bundle, public_key=public.read_bytes()).predict(["fine"])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .child import run_child
 
-VENV_STEPS = (("torch==2.13.0",), ("onnxruntime-genai==0.18.0", "transformers==5.25.0", "onnx==1.23.2", "onnx_ir==1.1.0"))
+VENV_STEPS = (("torch==2.13.0",),
+              ("onnxruntime-genai==0.18.0", "transformers==5.25.0", "onnx==1.23.2", "onnx_ir==1.1.0"))
 """pip installs, in order: torch first (CPU wheel), then the builder and what it imports, every version pinned (a
 change of pins changes the marker, so an existing helper venv is made again)."""
 

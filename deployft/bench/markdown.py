@@ -58,11 +58,17 @@ def variants_table(data: dict[str, Any]) -> str:
     return _table(["variant", "status", "precision", "size MB", "peak RSS MB", "cold start s", *quality_head], rows)
 
 
+def spread_per_call(data: dict[str, Any]) -> bool:
+    """Whether a classifier report's p90 / p99 are over every timed call: every row has `calls` (a report written
+    before they were recorded has them over the rounds' medians)."""
+    return all("calls" in r for r in data["results"])
+
+
 def classify_table(data: dict[str, Any]) -> str:
     """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it.
     p90 / p99 are over every timed call; a report written before `calls` was recorded has them over the rounds'
     medians only, and its header says so."""
-    per_call = all("calls" in r for r in data["results"])
+    per_call = spread_per_call(data)
     rows = []
     for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"])):
         spread = r["calls"] if per_call else r
@@ -145,12 +151,14 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     """The facts above the tables, one list item each (Markdown inline: `code`, **bold**); report.md and
     report.html both list them, so the two say the same."""
     load, generates = data["load_average"], get_task(data["task"]).generates
+    # a report recorded before `calls` has p90 / p99 over the rounds' medians, as its table's header says
+    spread = "; p90 / p99 are over every timed call" if spread_per_call(data) else ""
     lines = [f"machine: {machine_line(data)}",
              f"load average (1/5/15 min): before {load['before']}, after {load['after']}",
              f"baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
              f"hot latency is the median of {data['config'].get('hot_calls', 0)} back-to-back calls made right after "
-             "each settled call (one per round, after an idle pause), as a busy server sees it; p90 / p99 are over "
-             "every timed call" if not generates else
+             f"each settled call (one per round, after an idle pause), as a busy server sees it{spread}"
+             if not generates else
              f"baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
              "over the baseline's"]
     rounds = data.get("rounds") or {}

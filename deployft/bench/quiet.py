@@ -3,9 +3,10 @@
 A round is bracketed by two readings of the machine's busy CPU time (`/proc/stat`: every core's time not
 idle or waiting on I/O) and of the CPU time of our own processes (the benchmark, its workers, and the children it
 has reaped, so a worker that exits mid-round still counts as ours). What the machine spent beyond our own
-processes, divided by the round's wall time, is the share of a core that other programs took. A round where that share exceeds `max_share` is rejected and repeated, up to `max_rejected`
-times in a row; after that the round is kept and counted as dirty, so a machine that never goes quiet still
-finishes, and the report says how many of its rounds were measured under load.
+processes, divided by the round's wall time, is the share of a core that other programs took. A round where that
+share exceeds `max_share` is rejected and repeated, up to `max_rejected` times in a row; after that the round is
+kept and counted as dirty, so a machine that never goes quiet still finishes, and the report says how many of its
+rounds were measured under load.
 """
 
 from __future__ import annotations

@@ -43,12 +43,12 @@ def benchmark(config: BenchConfig) -> BenchReport:
                          "every step: drop --static-shapes")
     variants = select_variants(config, manifests["bundle"])
     check_grid(config, task)
-    check_output_free(config.report, config.overwrite)
+    check_output_free(config.report, config.overwrite, "--report")
     _check_device(config.device)
     with tempfile.TemporaryDirectory(prefix="deployft-bench-") as scratch:
         raw = _measure(config, manifests, variants, Path(scratch))
     data = assemble(config, manifests, raw)
-    with atomic_folder(config.report, overwrite=config.overwrite) as staging:
+    with atomic_folder(config.report, overwrite=config.overwrite, flag="--report") as staging:
         write_report(data, staging, plots=config.plots)
     return BenchReport(Path(config.report).resolve(), data)
 

@@ -16,10 +16,11 @@ from .options import shown
 @click.option("--output", "-o", required=True, type=click.Path(path_type=str), help="BUNDLE folder to write.")
 @click.option("--task", type=click.Choice(list(TASKS)), default=None,
               help="Task of a plain model folder (a RUN knows its own).")
-@click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES), show_default=shown(ExportConfig, "quantize"),
+@click.option("--quantize", default=None, metavar="|".join(QUANTIZE_MODES),
+              show_default=shown(ExportConfig, "quantize"),
               help="none (fp32), int8 (CPU: dynamic for classifiers, blockwise for generators), int4 (generators, "
-                   "CPU: 4-bit MatMulNBits, LM head (--head-bits) and embedding at 8 bits), int8-static (calibrated on the RUN's "
-                   "training data; with --provider openvino by NNCF, OpenVINO's quantizer), fp16 (CUDA).")
+                   "CPU: 4-bit MatMulNBits, LM head (--head-bits) and embedding at 8 bits), int8-static (calibrated "
+                   "on the RUN's training data; with --provider openvino by NNCF, OpenVINO's quantizer), fp16 (CUDA).")
 @click.option("--block-size", type=int, default=None, metavar="|".join(map(str, BLOCK_SIZES)),
               show_default="64 for int8, 32 for int4",
               help="Weights per scale of a generator's int4 / blockwise int8 (smaller: closer to fp32, larger file).")

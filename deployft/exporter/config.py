@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 from ..errors import UsageError
 from ..runtime.session import PROVIDERS
 from ..tasks import TASKS
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BLOCK_SIZES", "CALIBRATED_MODES", "CALIBRATION_SAMPLES", "DEVICES", "ExportConfig", "HEAD_BITS", "OPSETS",
            "PRESETS", "PROVIDERS", "QUANTIZE_MODES", "SELECT_RULES", "SELECT_SECONDS", "VARIANT_FILES"]
@@ -71,7 +74,7 @@ class ExportConfig:
     """Classifier int8: the time budget for timing the candidates (warm-up not counted; at least 3 rounds)."""
     calibration_samples: int = CALIBRATION_SAMPLES
     """Training examples that calibrate int8-static activation ranges (and a classifier's static-qdq candidate and
-    activation smoothing); another value is refused where nothing is calibrated."""
+    activation smoothing); another value is ignored, with a warning, where nothing is calibrated."""
     validate_samples: int | None = None
     """Most held-out eval rows every ONNX file is validated on against PyTorch; None: the task's default
     (`Task.validation_rows`: classify 2000, generate 200)."""
@@ -89,9 +92,9 @@ class ExportConfig:
     recorded in each file's validation report."""
     opset: int | None = None
     """ONNX opset (`OPSETS`: 14 to 23); default: Optimum's choice for the architecture."""
-    fuse_attention: bool | None = None
-    """Generators on CPU: fuse the attention into GroupQueryAttention with its rotary embedding (True), or keep the
-    exported attention (False); None: fuse where the model type is supported."""
+    fuse_attention: bool = True
+    """Generators on CPU: fuse the attention into GroupQueryAttention with its rotary embedding where the model type
+    is supported (True), or keep the exported attention (False)."""
     overwrite: bool = False
     """Replace an existing output folder."""
     sign_key: str | Path | None = None
@@ -146,9 +149,6 @@ class ExportConfig:
         if isinstance(self.select_seconds, bool) or not isinstance(self.select_seconds, (int, float)) \
                 or not 0 < self.select_seconds <= 3600:
             raise UsageError(f"--select-seconds must be a number of seconds in (0, 3600], got {self.select_seconds!r}")
-        if self.select_seconds != SELECT_SECONDS and self.quantize != "int8":
-            raise UsageError(f"--select-seconds times a classifier's int8 files; it needs --quantize int8, got "
-                             f"--quantize {self.quantize}: drop --select-seconds or pass --quantize int8")
         if self.block_size is not None:
             _one_of("--block-size", self.block_size, BLOCK_SIZES)
             if self.quantize not in ("int8", "int4"):
@@ -167,19 +167,22 @@ class ExportConfig:
             raise UsageError(f"--opset is {self.opset!r}; expected {low} to {high} ({high}: the newest torch 2.13 "
                              f"exports; {low}: the oldest that holds the models' attention, "
                              "scaled_dot_product_attention): pass one of those or leave --opset out")
-        if self.fuse_attention and self.device == "cuda":
-            raise UsageError("--fuse-attention fuses a decoder's attention for --device cpu only (GroupQueryAttention "
-                             "has no fp32 CUDA kernel): drop --fuse-attention or pass --device cpu")
 
     def _check_calibrated_flags(self) -> None:
-        """Refuse --per-channel, --quantize-preset and --calibration-samples where the --quantize mode uses none."""
-        given = [flag for flag, on in (("--per-channel", self.per_channel),
-                                       ("--quantize-preset", self.quantize_preset is not None),
-                                       ("--calibration-samples", self.calibration_samples != CALIBRATION_SAMPLES))
-                 if on]
-        if given and self.quantize not in CALIBRATED_MODES:
-            raise UsageError(f"{given[0]} sets up --quantize int8 or int8-static; --quantize {self.quantize} "
-                             f"uses none of it: drop {given[0]} or pass --quantize int8")
+        """Warn about --per-channel, --quantize-preset, --calibration-samples and --select-seconds where the --quantize
+        mode ignores them (a config file shared across modes sets them all); refuse what NNCF cannot take."""
+        calibrated = "a classifier's --quantize int8 or --quantize int8-static"
+        ignored = [("--calibration-samples", calibrated, self.calibration_samples != CALIBRATION_SAMPLES
+                    and self.quantize not in CALIBRATED_MODES),
+                   ("--select-seconds", "the timing of a classifier's --quantize int8 files",
+                    self.select_seconds != SELECT_SECONDS and self.quantize != "int8")]
+        if self.quantize in ("none", "fp16"):  # int4: a generator's blockwise files, checked by task (preflight.py)
+            ignored += [("--per-channel", calibrated, self.per_channel),
+                        ("--quantize-preset", calibrated, self.quantize_preset is not None)]
+        for flag, sets_up, given in ignored:
+            if given:
+                logger.warning("%s is ignored: --quantize %s does not use it (it sets up %s)", flag, self.quantize,
+                               sets_up)
         nncf = self.quantize == "int8-static" and self.provider == "openvino"
         if nncf and (self.quantize_preset or self.per_channel):
             raise UsageError("--quantize int8-static --provider openvino quantizes with NNCF's transformer preset, "

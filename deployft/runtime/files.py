@@ -2,10 +2,12 @@
 
 The input is UTF-8 (a leading byte-order mark is skipped), decoded one line at a time so a byte that is not UTF-8
 is reported with its line; each row's text is a string (or null, read as ""), never another JSON value turned into
-text. The output path is checked before any work (`outputs.check_output_file`: not the input, not a folder).
-It is written under a temporary name of this run's own and renamed when complete
-(`deployft.staging.atomic_file`), so an interrupted run never leaves a file that looks finished, two runs into
-one output do not write the same file, and a temporary file left by a kill is removed by the next run.
+text. A CSV is read strictly: a stray quote, or a quote never closed (which would join every later line into one
+text and shift the ids), is an error naming its line. The output path is checked before any work
+(`outputs.check_output_file`: not the input, not a folder). It is written under a temporary name of this run's own
+and renamed when complete (`deployft.staging.atomic_file`), so an interrupted run never leaves a file that looks
+finished, two runs into one output do not write the same file, and a temporary file left by a kill is removed by
+the next run.
 """
 
 from __future__ import annotations
@@ -77,18 +79,61 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
-    reader = csv.DictReader(_lines(path))
+    """The rows of a CSV file, read strictly: a stray or unclosed quote is an error naming its line, never rows
+    silently joined into one text (which would shift every id after it)."""
+    lines = _QuoteTracker(_lines(path))
+    reader = csv.DictReader(lines, strict=True)
     while True:
         try:
             row = next(reader, None)
         except csv.Error as exc:
-            raise DataError(f"{path} line {reader.line_num} is not valid CSV ({exc}); fix the line") from exc
+            if lines.unclosed is not None:
+                raise DataError(f"{path}: a quote opened on line {lines.unclosed} is never closed, so every line "
+                                "after it would be read as one text; close the quote or double it (\"\")") from exc
+            raise DataError(f"{path} line {lines.number} is not valid CSV ({exc}); fix the line") from exc
         if row is None:
             return
         if None in row:  # more fields than the header: an unquoted comma would cut the text silently
             raise DataError(f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} fields "
                             f"but the header has {len(reader.fieldnames)}; quote the field that holds a comma")
         yield reader.line_num, row
+
+
+class _QuoteTracker:
+    """The lines handed to `csv`, counted, with the line where the quoted field still open at the end of the file
+    began: a quote opens a field only at its start, and `""` inside it is a quote, as `csv` reads them."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines, self.number = lines, 0
+        self._in_quote, self._opened, self._ended = False, 0, False
+
+    @property
+    def unclosed(self) -> int | None:
+        """The line of the quote the file ended inside, or None."""
+        return self._opened if self._ended and self._in_quote else None
+
+    def __iter__(self) -> _QuoteTracker:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = next(self._lines)
+        except StopIteration:
+            self._ended = True
+            raise
+        self.number += 1
+        index = 0
+        while index < len(line):
+            char = line[index]
+            if self._in_quote and char == '"':
+                if line[index + 1:index + 2] == '"':
+                    index += 1  # "" inside a quoted field: one quote character
+                else:
+                    self._in_quote = False
+            elif not self._in_quote and char == '"' and (index == 0 or line[index - 1] == ","):
+                self._in_quote, self._opened = True, self.number
+            index += 1
+        return line
 
 
 def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str:

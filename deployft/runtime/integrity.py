@@ -159,7 +159,7 @@ def check_bundle(folder: Path, manifest: dict[str, Any]) -> BundleCheck:
     return report
 
 
-def signed_manifest(folder: Path, public_key: str | Path | None = None) -> dict[str, Any]:
+def signed_manifest(folder: Path, public_key: str | Path | bytes | None = None) -> dict[str, Any]:
     """A BUNDLE's manifest, its bytes read once: with `public_key` the signature is checked on those very bytes,
     then they are parsed, so a manifest swapped between two reads is never the one used.
 
@@ -177,7 +177,7 @@ def signed_manifest(folder: Path, public_key: str | Path | None = None) -> dict[
     return read_manifest(folder, "bundle", raw)
 
 
-def verify_bundle(bundle: str | Path, public_key: str | Path | None = None) -> BundleCheck:
+def verify_bundle(bundle: str | Path, public_key: str | Path | bytes | None = None) -> BundleCheck:
     """Check a BUNDLE folder without loading its model: signature (with `public_key`), manifest, every file.
 
     Raises:

@@ -38,7 +38,7 @@ class Prediction:
     """The probability of every label, in the bundle's label order."""
 
 
-def checked_bundle(folder: Path, model_file: str | None = None, public_key: str | Path | None = None,
+def checked_bundle(folder: Path, model_file: str | None = None, public_key: str | Path | bytes | None = None,
                    provider: str = "default") -> tuple[dict, str, Path, str | None]:
     """`(manifest, model file name, its path, why the provider chose that file or None)` of a bundle after every
     check `Predictor.load` makes before it reads a file: signature (with a public key) of the manifest's bytes,
@@ -89,7 +89,7 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", threads: int | None = None,
-             model_file: str | None = None, public_key: str | Path | None = None,
+             model_file: str | None = None, public_key: str | Path | bytes | None = None,
              spinning: bool = True, provider: str = "default", cache_dir: str | Path | None = None,
              static_shapes: bool = False) -> Predictor:
         """Load a BUNDLE folder.
@@ -99,7 +99,8 @@ class Predictor:
             device: `cpu`, `cuda`, or `auto` (CUDA when it really runs, else CPU; logged).
             threads: intra-op CPU threads (None: ONNX Runtime's default).
             model_file: another `.onnx` variant of the bundle (default: the manifest's `model_file`).
-            public_key: an Ed25519 public key PEM file; the bundle must carry a matching signature of its manifest.
+            public_key: an Ed25519 public key: a PEM file's path or its bytes; the bundle must carry a matching
+                signature of its manifest.
             spinning: let idle ONNX Runtime threads spin-wait between calls (see `SessionOptions.spinning`).
             provider: `default` (ONNX Runtime's kernels) or `openvino` (the OpenVINO plugin on the CPU; a dynamic
                 int8 deployable file is swapped for the bundle's fused fp32 file unless `model_file` is given,
@@ -231,6 +232,11 @@ class Predictor:
 
         A list of strings is generated as one left-padded batch and returns a list. temperature 0 is greedy;
         the returned text ends before the first stop string or end token.
+
+        `seed` (temperature > 0): every row samples from its own generator seeded with `seed`, so a row gets the text
+        its prompt gets alone, in any batch (as the server does per request). Identical prompts with the same seed
+        therefore give identical samples: `generate([p] * 3, temperature=1, seed=0)` is one text three times. Pass
+        seed=None (fresh entropy per row) or call with different seeds for different samples.
         """
         self._require(True, "generate()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
@@ -247,6 +253,9 @@ class Predictor:
         decoded once later tokens follow (a clean-up of the space before punctuation: " ." becomes "."). A piece
         already yielded is never taken back, so the stream then goes on from the first character where the whole
         decode differs from the text shown: "x", " ", "." streamed, "x." generated.
+
+        `seed` (temperature > 0) seeds the row's own generator, as in `generate`: the same prompt and seed stream the
+        same text, the text `generate` gives that prompt alone or in a batch; seed=None samples afresh each call.
         """
         self._require(True, "stream()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
@@ -270,7 +279,8 @@ class Predictor:
                        ignore_eos: bool = False) -> Iterator[int]:
         """Yield new token ids one by one for already-tokenized `prompt_ids`.
 
-        Ends after an end token, or, with `ignore_eos`, only after exactly `max_new_tokens` (for timing).
+        Ends after an end token, or, with `ignore_eos`, only after exactly `max_new_tokens` (for timing). `seed`
+        seeds the row's own generator, as in `generate`: the same ids and seed give the same tokens; None: fresh.
         """
         self._require(True, "iter_token_ids()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed)

@@ -61,9 +61,10 @@ class RayPredictConfig:
     """ONNX Runtime provider on every worker: `default` or `openvino` (the plugin must be installed there too)."""
     model_file: str | None = None
     """Another `.onnx` variant of the bundle."""
-    public_key: str | Path | None = None
-    """An Ed25519 public key PEM file: the bundle's manifest signature is checked on the driver before any worker
-    starts, and again by every worker when it loads the bundle."""
+    public_key: str | Path | bytes | None = None
+    """An Ed25519 public key, a PEM file (or its bytes): the bundle's manifest signature is checked on the driver
+    before any worker starts, and again by every worker when it loads the bundle, with the key's bytes read on the
+    driver (a worker on another node need not have the file)."""
     address: str | None = None
     """Ray cluster to join (`auto`, `ray://host:10001`); default: the one ray.init() finds, else a local instance."""
     options: GenerationOptions = field(default_factory=GenerationOptions)
@@ -108,7 +109,7 @@ class BundleWorker:
 
     def __init__(self, bundle: str, column: str, batch_size: int, options: dict, device: str = "cpu",
                  threads: int | None = None, model_file: str | None = None, provider: str = "default",
-                 public_key: str | None = None):
+                 public_key: bytes | None = None):
         from .predictor import Predictor
 
         # the worker checks the signature of what it reads itself: the bundle may change after the driver's check
@@ -144,7 +145,7 @@ def predict_records(predictor: Predictor, texts: list[str], batch_size: int,
     return [{"prompt": t, "completion": c} for t, c in zip(texts, completions)]
 
 
-def check_bundle(bundle: Path, model_file: str | None, public_key: str | Path | None = None,
+def check_bundle(bundle: Path, model_file: str | None, public_key: str | Path | bytes | None = None,
                  provider: str = "default") -> dict:
     """The manifest of `bundle`, checked as `Predictor.load` checks it, without loading the model.
 
@@ -212,14 +213,20 @@ def _dataset(data, config: RayPredictConfig, task: str | None):
     column = _text_column(columns, config.column, task, config.input)
     worker = {"bundle": str(config.bundle.resolve()), "column": column, "batch_size": config.batch_size,
               "options": asdict(config.options), "device": config.device, "threads": config.threads,
-              "model_file": config.model_file, "provider": config.provider,
-              "public_key": str(Path(config.public_key).resolve()) if config.public_key is not None else None}
+              "model_file": config.model_file, "provider": config.provider, "public_key": _key_pem(config.public_key)}
     return dataset.select_columns([column]).map_batches(
         BundleWorker, fn_constructor_kwargs=worker, batch_size=config.batch_size * WINDOW_BATCHES,
         # a pool that starts at one actor leaves CPUs to the read tasks; a full pool from the start can take
         # every CPU of a small cluster and wait forever for rows that no read task can produce
         batch_format="numpy", compute=data.ActorPoolStrategy(min_size=1, max_size=config.workers),
         num_cpus=config.threads or 1)
+
+
+def _key_pem(public_key: str | Path | bytes | None) -> bytes | None:
+    """The public key's PEM bytes, read on the driver: a worker on another node may not have the driver's file."""
+    from ..signing import public_key_pem
+
+    return None if public_key is None else public_key_pem(public_key)
 
 
 def _text_column(columns: list[str], column: str | None, task: str | None, path: Path) -> str:

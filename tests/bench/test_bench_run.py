@@ -170,9 +170,20 @@ def test_an_existing_report_needs_overwrite(bench_pair, tmp_path):
     run, bundle = bench_pair("classify")
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "keep.txt").write_text("x")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="pass --overwrite to replace it or choose another --report$"):
         benchmark(quick(run, bundle, tmp_path / "report"))
     assert (tmp_path / "report" / "keep.txt").is_file()
+
+
+def test_a_report_path_that_cannot_be_a_folder_names_the_report_flag(bench_pair, tmp_path):
+    # bench's folder is chosen with --report; there is no --output to pass
+    run, bundle = bench_pair("classify")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"^output .*afile is a file; pass a folder path with --report$"):
+        benchmark(quick(run, bundle, tmp_path / "afile"))
+    with pytest.raises(UsageError, match=r"^output .* cannot be created: .*afile is a file; pass a folder path with "
+                                         r"--report$"):
+        benchmark(quick(run, bundle, tmp_path / "afile" / "report"))
 
 
 def test_cuda_without_a_gpu_is_refused_in_one_line(bench_pair, tmp_path):

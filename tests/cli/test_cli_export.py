@@ -69,6 +69,20 @@ def test_export_reads_a_config_file(tiny_run, tmp_path):
     assert "deployable: model_optimized.onnx" in result.output
 
 
+def test_a_config_file_shared_across_modes_exports_with_one_warning_per_ignored_setting(tiny_run, tmp_path, caplog):
+    # int8 settings in a file also used for --quantize none, the default fusion spelled out: warned about, not refused
+    config = tmp_path / "export.yaml"
+    config.write_text("quantize: int8\nper_channel: true\ncalibration_samples: 16\nselect_seconds: 5\n"
+                      "fuse_attention: true\nvalidate_samples: 8\nmax_accuracy_drop: 100\n")
+    result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "-o", str(tmp_path / "b"),
+                                       "--config", str(config), "--quantize", "none"])
+    assert result.exit_code == 0, result.output
+    assert "deployable: model_optimized.onnx" in result.output
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ignored" in r.getMessage()]
+    assert [w.split(" is ignored: --quantize none does not use it")[0] for w in warnings] == [
+        "--calibration-samples", "--select-seconds", "--per-channel"]
+
+
 def _fails(args, *fragments):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
@@ -102,8 +116,6 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     _fails(["export", run, "-o", run, "--overwrite"], "--output", "is the RUN folder", "outside the RUN folder")
     _fails(["export", run, "-o", str(tmp_path), "--overwrite"], "--output", "holds the RUN folder")
     _fails(["export", run, "-o", out, "--opset", "7"], "--opset is 7; expected 14 to 23")
-    _fails(["export", run, "-o", out, "--per-channel"], "--per-channel sets up --quantize int8", "drop --per-channel")
-    _fails(["export", run, "-o", out, "--no-fuse-attention"], "--no-fuse-attention sets a generator's attention")
     (tmp_path / "afile").write_text("x")
     _fails(["export", run, "-o", str(tmp_path / "afile" / "b")], "afile is a file", "--output")
     (tmp_path / "taken").mkdir()

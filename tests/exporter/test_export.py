@@ -452,7 +452,6 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
     ({"quantize": "int8", "select": "biggest"}, UsageError, "--select is 'biggest'; expected one of fastest, smallest"),
     ({"select": "smallest"}, UsageError, "--select .* needs --quantize int8, got --quantize none"),
     ({"quantize": "int8", "select_seconds": 0}, UsageError, r"--select-seconds must be a number of seconds in \(0, "),
-    ({"select_seconds": 5}, UsageError, "--select-seconds times a classifier's int8 files; it needs --quantize int8"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, flags, error, match):
     with pytest.raises(error, match=match):

@@ -1,6 +1,7 @@
-"""What export refuses before any work: an --output that would destroy the RUN or cannot be created, flags the
---quantize mode or the task does not use, an opset torch cannot export, an unusable budget, a provider that is not
-there. Each is one `UsageError` (or the provider's own error) naming the flag, raised before the model is loaded."""
+"""What export refuses before any work: an --output that would destroy the RUN or cannot be created, flags the task
+cannot take, an opset torch cannot export, an unusable budget, a provider that is not there. Each is one `UsageError`
+(or the provider's own error) naming the flag, raised before the model is loaded. Settings the --quantize mode or the
+task ignores (a config file shared across modes) are one warning each, never refused."""
 
 from __future__ import annotations
 
@@ -69,17 +70,35 @@ def test_an_output_below_a_file_is_refused_before_any_work(tiny_run, tmp_path, n
     check_output_free(tmp_path / "new" / "deeper" / "bundle", overwrite=False)  # missing folders are created later
 
 
+WHAT = {"--select-seconds": "the timing of a classifier's --quantize int8 files"} | {
+    flag: "a classifier's --quantize int8 or --quantize int8-static"
+    for flag in ("--per-channel", "--quantize-preset", "--calibration-samples")}
+"""What each setting sets up, as the warning about a mode that ignores it says."""
+
+
 @pytest.mark.parametrize(("flags", "flag"), [
     ({"per_channel": True}, "--per-channel"),
     ({"quantize_preset": "avx2"}, "--quantize-preset"),
     ({"calibration_samples": 8}, "--calibration-samples"),
-    ({"quantize": "int4", "per_channel": True}, "--per-channel"),
+    ({"select_seconds": 5}, "--select-seconds"),
+    ({"quantize": "int8-static", "select_seconds": 5}, "--select-seconds"),
+    ({"quantize": "int4", "calibration_samples": 8}, "--calibration-samples"),
+    ({"quantize": "fp16", "device": "cuda", "per_channel": True}, "--per-channel"),
 ])
-def test_quantization_flags_the_mode_does_not_use_are_refused(tmp_path, flags, flag):
-    with pytest.raises(UsageError, match=f"^{flag} sets up --quantize int8 or int8-static; --quantize "
-                                         f"{flags.get('quantize', 'none')} uses none of it: drop {flag}"):
-        ExportConfig(run=tmp_path, output=tmp_path / "b", **flags)
-    ExportConfig(run=tmp_path, output=tmp_path / "b", **{**flags, "quantize": "int8-static"})
+def test_settings_the_mode_ignores_are_warned_about_not_refused(tmp_path, caplog, flags, flag):
+    # one config file may serve several --quantize modes: a setting one mode ignores is not an error
+    ExportConfig(run=tmp_path, output=tmp_path / "b", **flags)
+    mode = flags.get("quantize", "none")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{flag} is ignored: --quantize {mode} does not use it (it sets up {WHAT[flag]})"]
+
+
+def test_settings_the_mode_uses_are_not_warned_about(tmp_path, caplog):
+    ExportConfig(run=tmp_path, output=tmp_path / "b", quantize="int8", per_channel=True, quantize_preset="avx2",
+                 calibration_samples=8, select_seconds=5)
+    ExportConfig(run=tmp_path, output=tmp_path / "b", quantize="int8-static", per_channel=True, calibration_samples=8)
+    ExportConfig(run=tmp_path, output=tmp_path / "b", fuse_attention=True)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("opset", [7, 13, 24, True, 14.0])
@@ -99,19 +118,48 @@ def test_the_opset_range_is_what_the_installed_torch_exports(tmp_path):
 
 
 @pytest.mark.parametrize(("arch", "flags", "match"), [
-    ("bert", {"fuse_attention": False}, "^--no-fuse-attention sets a generator's attention fusion; a classify"),
-    ("bert", {"fuse_attention": True}, "^--fuse-attention sets a generator's attention fusion"),
-    ("llama", {"quantize": "int8", "calibration_samples": 8}, "--calibration-samples, .* generate model's int8 is "
-                                                              "blockwise"),
+    ("llama", {"quantize": "int8", "per_channel": True}, "--per-channel, .* generate model's int8 is blockwise"),
+    ("llama", {"quantize": "int4", "quantize_preset": "avx2"}, "--quantize-preset, .* generate model's int4 is "),
+    ("bert", {"quantize": "int4"}, "^--quantize int4 is for generators"),
+    ("bert", {"quantize": "int8", "block_size": 32}, "^--block-size sets the MatMulNBits blocks of a generator"),
 ])
-def test_flags_the_task_does_not_use_are_refused_before_any_work(tiny_run, tmp_path, no_work, arch, flags, match):
+def test_flags_the_task_cannot_take_are_refused_before_any_work(tiny_run, tmp_path, no_work, arch, flags, match):
     with pytest.raises(UsageError, match=match):
         export(ExportConfig(run=tiny_run(arch), output=tmp_path / "b", max_accuracy_drop=100.0, **flags))
 
 
-def test_fusing_attention_on_cuda_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="^--fuse-attention fuses a decoder's attention for --device cpu only"):
-        ExportConfig(run=tmp_path, output=tmp_path / "b", quantize="fp16", device="cuda", fuse_attention=True)
+@pytest.fixture
+def stop_after_preflight(monkeypatch):
+    """End export with a marker once the checks before any work have passed."""
+    def passed(*args, **kwargs):
+        raise _Passed
+
+    monkeypatch.setattr("deployft.exporter.runner.check_output_free", passed)
+
+
+class _Passed(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("arch", "flags", "warnings"), [
+    ("bert", {"fuse_attention": True}, []),  # the default, spelled out
+    ("bert", {"fuse_attention": False}, ["--no-fuse-attention is ignored: it sets a generator's attention fusion, "
+                                         "and a classify model's attention is fused by ORTOptimizer whatever it says"]),
+    ("llama", {"quantize": "int8", "calibration_samples": 8, "select_seconds": 5}, [
+        f"{flag} is ignored: a generate model's int8 is blockwise (MatMulNBits, nothing calibrated or timed) and does "
+        "not use it" for flag in ("--calibration-samples", "--select-seconds")]),
+])
+def test_settings_the_task_ignores_are_warned_about_not_refused(tiny_run, tmp_path, caplog, stop_after_preflight,
+                                                               arch, flags, warnings):
+    with pytest.raises(_Passed):
+        export(ExportConfig(run=tiny_run(arch), output=tmp_path / "b", max_accuracy_drop=100.0, **flags))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == warnings
+
+
+def test_fusing_attention_is_the_default_and_never_refused(tmp_path):
+    # --fuse-attention names the default ("fuse where supported"); on CUDA nothing is fused, and the manifest says why
+    assert ExportConfig(run=tmp_path, output=tmp_path / "b").fuse_attention is True
+    ExportConfig(run=tmp_path, output=tmp_path / "b", quantize="fp16", device="cuda", fuse_attention=True)
 
 
 def test_a_missing_openvino_plugin_is_named_before_any_work(tiny_run, tmp_path, monkeypatch, no_work):

@@ -143,6 +143,33 @@ def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
             predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
 
 
+@pytest.mark.parametrize("content, line", [
+    ('text\n"Best film, ever\nsecond review\nthird review\n', 2),  # 3 rows would be read as 1, the ids shifted
+    ('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"open ""q\nmore\n', 6),
+])
+def test_a_csv_quote_that_is_never_closed_names_its_line(tmp_path, content, line):
+    from deployft.errors import DataError
+
+    source = tmp_path / "in.csv"
+    source.write_text(content)
+    with pytest.raises(DataError, match=rf"^{source}: a quote opened on line {line} is never closed, so every line "
+                                        r"after it would be read as one text; close the quote or double it"):
+        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_stray_csv_quote_names_its_line_and_literal_quotes_are_read(tmp_path):
+    from deployft.errors import DataError
+    from deployft.runtime.files import read_texts
+
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"cut" here\n')
+    texts = read_texts(source, None, "classify")
+    assert [next(texts), next(texts), next(texts)] == ['a "quoted" word', 'a 6" board', "two\nlines"]
+    with pytest.raises(DataError, match=rf"^{source} line 6 is not valid CSV \(',' expected after '\"'\); fix"):
+        next(texts)
+
+
 @pytest.mark.parametrize("value, found", [(["a", "b"], "an array"), ({"k": 1}, "an object"), (5, "a number"),
                                           (True, "a boolean")])
 def test_a_jsonl_value_that_is_not_a_string_is_refused(tmp_path, value, found):

@@ -187,9 +187,12 @@ def test_workers_check_the_signature_of_the_bundle_they_load(runtime_bundle, tmp
         DataContext=SimpleNamespace(get_current=lambda: SimpleNamespace(execution_options=SimpleNamespace())),
         read_json=lambda path, lines: Dataset(), ActorPoolStrategy=lambda **sizes: None)
     ray_predict._dataset(data, config, "classify")
+    # the workers get the key's bytes, not the driver's path: a worker on another node has no such file
+    assert workers["public_key"] == public.read_bytes()
+    public.unlink()
     assert ray_predict.BundleWorker(**workers)({"text": ["fine"]})["record"]
     sign_bundle(bundle, load_private_key(other))  # the bundle changes after the driver's check
-    with pytest.raises(BundleError, match="does not match deployft.json and the public key"):
+    with pytest.raises(BundleError, match=r"does not match deployft.json and the public key \(PEM bytes\): the "):
         ray_predict.BundleWorker(**workers)
 
 
