@@ -24,6 +24,7 @@ anything else is left as exported and the caller reports why.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ MASKED = -10000.0
 """Attention bias on padding keys: exp(-1e4) underflows to 0 in fp32, and the sum with a score stays finite."""
 MS_DOMAIN = "com.microsoft"
 PREFIX = "/deployft/attention"
+
+logger = logging.getLogger("deployft.exporter")
 
 
 @dataclass
@@ -67,7 +70,30 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
         return "pretraining_tp > 1 splits the projections"
     if model_type == "qwen2" and config.get("use_sliding_window"):
         return "Qwen2 sliding windows differ per layer (max_window_layers)"
+    switch = longrope_switch(config)
+    if switch is not None:
+        return (f"rope_scaling 'longrope' rotates with its short factors up to {switch} tokens and its long factors "
+                "beyond (transformers switches per sequence length); one fused rotary table cannot hold both")
+    head_dim = _head_dim(config)
+    if head_dim is not None and head_dim % 8:
+        return f"head size {head_dim} is not a multiple of 8 (GroupQueryAttention)"
     return None
+
+
+def longrope_switch(config: dict[str, Any]) -> int | None:
+    """The sequence length past which a "longrope" model (Phi-3 style) rotates with its long factors, or None for
+    any other rotary embedding. Its plain export traced the short-factor branch: longer sequences differ."""
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if (rope.get("rope_type") or rope.get("type")) != "longrope":
+        return None
+    original = rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+    return int(original or config.get("max_position_embeddings") or 2048)
+
+
+def _head_dim(config: dict[str, Any]) -> int | None:
+    if config.get("head_dim") or not config.get("hidden_size"):
+        return config.get("head_dim")
+    return int(config["hidden_size"]) // int(config["num_attention_heads"])
 
 
 def attention_window(config: dict[str, Any]) -> int | None:
@@ -84,6 +110,10 @@ def attention_shape(config: dict[str, Any], model: Any) -> tuple[AttentionShape 
         config: the model's config.json.
         model: the PyTorch model (its rotary module gives the cos/sin tables).
     """
+    switch = longrope_switch(config)
+    if switch is not None:
+        logger.warning("rope_scaling 'longrope': past %d tokens (original_max_position_embeddings) model.onnx keeps "
+                       "the short factors where transformers switches to the long: its logits differ", switch)
     reason = unsupported_reason(config)
     if reason:
         return None, reason
@@ -92,7 +122,7 @@ def attention_shape(config: dict[str, Any], model: Any) -> tuple[AttentionShape 
         cos, sin = rotary_caches(model, int(config.get("max_position_embeddings") or 2048))
     except (AttributeError, TypeError, ValueError) as exc:
         return None, f"its rotary embedding cannot be tabulated ({exc})"
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    head_dim = _head_dim(config)
     if cos.shape[1] * 2 != head_dim:
         return None, f"its rotary embedding covers {cos.shape[1] * 2} of {head_dim} head dimensions (partial rotary)"
     return AttentionShape(

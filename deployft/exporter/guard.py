@@ -156,6 +156,27 @@ FP32_MISMATCH = ("the fp32 files disagree with their PyTorch original, which poi
 """What to do when even the fp32 files miss the budget."""
 
 
+FUSED_FP32_MAX_LOGIT_DIFF = 1e-2
+"""The largest max |Δlogit| against PyTorch a fused fp32 generator file may show. The fusion rewrites the attention,
+not its precision, so a correct file differs only in the order of float sums: about 1e-5 on the tiny test models and
+1.8e-4 on the fine-tuned SmolLM2-135M default (its plain export: 1.2e-4), 50x below this. A wrong rotary table was
+off by 9.5 on a tiny model, and a different model by whole units, which the perplexity ratio's bound on random-token
+rows can miss."""
+
+
+def fused_fp32_mismatch(variant: VariantResult) -> str | None:
+    """Hold a fused fp32 generator file to exactness as well as to the budget: None when its logits are within
+    FUSED_FP32_MAX_LOGIT_DIFF of PyTorch's, else why it is not deployable (its guard record then fails)."""
+    diff, guard = variant.validation["max_abs_logit_diff"], variant.validation["guard"]
+    guard["max_abs_logit_diff"], guard["max_fp32_logit_diff"] = diff, FUSED_FP32_MAX_LOGIT_DIFF
+    if diff <= FUSED_FP32_MAX_LOGIT_DIFF:
+        return None
+    guard["passed"] = False
+    return (f"{variant.name} is not deployable: its logits differ from PyTorch's by up to {diff:.3g}, over the "
+            f"{FUSED_FP32_MAX_LOGIT_DIFF:g} a fused fp32 file (exact but for float rounding) may show, so its fusion "
+            "computes something else; the plain export is the fp32 file instead")
+
+
 def looser_budget(drops: list[float]) -> str:
     """The --max-accuracy-drop that lets the closest of the attempts with these `drops` through."""
     return f"pass --max-accuracy-drop {_round_up(min(drops))} or more (the closest attempt's bound)"

@@ -22,7 +22,7 @@ from ..staging import atomic_folder, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
 from .guard import (FP32_MISMATCH, attempt_record, budget_for, check_decidable, climb, first_within_budget,
-                    guard_record, judge)
+                    fused_fp32_mismatch, guard_record, judge)
 from .preflight import check_device, check_task_flags, signer
 from .state import ExportJob, ExportResult, VariantResult
 
@@ -156,7 +156,12 @@ def _report(job: ExportJob, result: ExportResult, path: Path, precision: str, op
 
 
 def _fp32(job: ExportJob, result: ExportResult) -> str:
-    return first_within_budget(result, [job.optimized.name, job.plain.name], job.source.path.name, FP32_MISMATCH)
+    names = [job.optimized.name, job.plain.name]
+    why = fused_fp32_mismatch(result.variants[names[0]]) if job.task.generates and job.fused else None
+    if why:  # the card and `info` print the fusion notes
+        logger.warning(why)
+        result.fusion["notes"].append(why)
+    return first_within_budget(result, names[1:] if why else names, job.source.path.name, FP32_MISMATCH)
 
 
 def _int8(job: ExportJob, result: ExportResult) -> str:

@@ -44,6 +44,8 @@ class Reference:
     """generate: PyTorch's greedy tokens for each prompt."""
     metrics: dict[str, float | None] = field(default_factory=dict)
     """PyTorch's own task metrics."""
+    max_positions: int | None = None
+    """generate: the model's position table (config.json), which greedy continuations stop at as the runtime's do."""
     nll: np.ndarray | None = None
     """generate: PyTorch's summed negative log-likelihood of each sequence's target tokens."""
 
@@ -76,9 +78,11 @@ def reference(source, model, tokenizer, samples: Samples) -> Reference:
             ref = Reference(source.spec, samples, special, logits)
             ref.metrics = _classify_metrics(np.concatenate(logits), samples.labels)
             return ref
+        positions = config.get("max_position_embeddings") or config.get("n_positions")  # as `Predictor` reads it
         logits = [model(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in samples.sequences]
-        greedy = [_torch_greedy(model, p) for p in samples.prompts]
-    ref = Reference(source.spec, samples, special, logits, greedy=greedy, nll=_sequence_nll(logits, samples)[0])
+        greedy = [_torch_greedy(model, p, _greedy_tokens(len(p), positions)) for p in samples.prompts]
+    ref = Reference(source.spec, samples, special, logits, greedy=greedy, nll=_sequence_nll(logits, samples)[0],
+                    max_positions=positions)
     ref.metrics = {"perplexity": _perplexity(logits, samples)}
     return ref
 
@@ -123,7 +127,7 @@ def _compare_classify(ref: Reference, session) -> dict[str, Any]:
 def _compare_generate(ref: Reference, session, device: str) -> dict[str, Any]:
     from ..runtime.generation import KVDecoder
 
-    decoder = KVDecoder(session, device, ref.special.eos, ref.special.pad, None)
+    decoder = KVDecoder(session, device, ref.special.eos, ref.special.pad, ref.max_positions)
     logits = []
     for ids, mask in _batches(ref.samples.sequences, ref.special.pad, DECODER_BATCH):
         full = decoder.full_logits(ids, mask)
@@ -164,7 +168,8 @@ def greedy_token_agreement(ours: list[list[int]], theirs: list[list[int]]) -> fl
 
 
 def _runtime_greedy(decoder, prompt: list[int]) -> list[int]:
-    """GREEDY_TOKENS greedy tokens through the runtime's decoding loop (end tokens do not stop it)."""
+    """GREEDY_TOKENS greedy tokens (fewer at the model's position limit) through the runtime's decoding loop (end
+    tokens do not stop it)."""
     from ..runtime.sampling import GenerationOptions
 
     ids = np.asarray([prompt], dtype=np.int64)
@@ -173,11 +178,17 @@ def _runtime_greedy(decoder, prompt: list[int]) -> list[int]:
     return [int(tokens[0]) for tokens in steps]
 
 
-def _torch_greedy(model, prompt: list[int]) -> list[int]:
+def _greedy_tokens(prompt_length: int, max_positions: int | None) -> int:
+    """GREEDY_TOKENS, cut where the runtime cuts a generation (`KVDecoder.budget`): every token fed back, the
+    prompt and all generated tokens but the last, within the model's positions."""
+    return min(GREEDY_TOKENS, max(max_positions - prompt_length + 1, 0)) if max_positions else GREEDY_TOKENS
+
+
+def _torch_greedy(model, prompt: list[int], tokens: int) -> list[int]:
     import torch
 
     ids = torch.tensor([prompt])
-    for _ in range(GREEDY_TOKENS):
+    for _ in range(tokens):
         next_id = model(input_ids=ids).logits[0, -1].argmax()
         ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     return ids[0, len(prompt):].tolist()

@@ -4,13 +4,13 @@ The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `i
 `position_ids` and `past_key_values.N.key/value` and returns `logits` and `present.N.key/value`. The cache never
 round-trips through numpy; a generation keeps it one of two ways:
 
-- `SharedCache` (`kv_cache.py`), for deployft's attention-fused CPU files (their model metadata says `SHARED_CACHE_KEY`): one
-  buffer per layer of the generation's full length, bound as both `past` and `present`, which GroupQueryAttention
-  updates in place; the step's inputs and its logits are preallocated buffers bound once, so a decode step copies
-  no cache and builds no feeds. The prefill feeds `logits_to_keep` 1 (only the last position's logits) through
-  `run_with_ort_values`, because IO binding cannot bind that optional input (a left-padded first step of a file
-  that rotates inside its attention runs right-padded and keeps enough positions for every row's last token:
-  `padding.py`).
+- `SharedCache` (`kv_cache.py`), for deployft's attention-fused CPU files (their model metadata says
+  `SHARED_CACHE_KEY`): one buffer per layer of the generation's full length, bound as both `past` and `present`,
+  which GroupQueryAttention updates in place; the step's inputs and its logits are preallocated buffers bound once,
+  so a decode step copies no cache and builds no feeds. The prefill feeds `logits_to_keep` 1 (only the last
+  position's logits) through `run_with_ort_values`, because IO binding cannot bind that optional input (a
+  left-padded first step of a file that rotates inside its attention runs right-padded and keeps enough positions
+  for every row's last token: `padding.py`).
 - `CopyingCache`, for every other file: each step's `present` outputs (where ONNX Runtime put them: on the GPU
   for CUDA) are fed back as the next step's `past`, through IO binding, or `run_with_ort_values` for fused files.
 
@@ -171,9 +171,10 @@ class KVDecoder:
         return np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
 
     def budget(self, prompt_length: int, max_new_tokens: int) -> int:
-        """max_new_tokens, cut so prompt plus generation fits the model's position table."""
-        if self.max_positions and prompt_length + max_new_tokens > self.max_positions:
-            allowed = max(self.max_positions - prompt_length, 0)
+        """max_new_tokens, cut so every token fed to the model fits its position table: the prompt and every
+        generated token but the last (which is never fed back), as transformers counts them."""
+        if self.max_positions and prompt_length + max_new_tokens > self.max_positions + 1:
+            allowed = max(self.max_positions - prompt_length + 1, 0)
             logger.warning("max_new_tokens %d cut to %d: the model has %d positions and the prompt uses %d",
                            max_new_tokens, allowed, self.max_positions, prompt_length)
             return allowed

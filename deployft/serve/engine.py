@@ -15,7 +15,8 @@ both past and present so a step writes its keys and values in place, with room f
 tokens plus `JOIN_HEADROOM` columns; a joining request is written into a finished row's slot in place when its
 prompt and budget fit. Otherwise (and on other files) the cache is rebuilt through numpy: when requests join, or
 when finished rows are as many as live ones (a compaction, which also trims the columns that are padding in every
-live row), so the batch never spends more than half of a step on finished rows.
+live row), so the batch never spends more than half of a step on finished rows, and before a step that would make
+the mask wider than the model's positions (a finished row is fed position 0 until then: the rotary table covers it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import logging
 import numpy as np
 
 from ..runtime.generation import TextTracker, positions_from_mask
-from ..runtime.sampling import next_tokens
 from ..runtime.session import import_ort
 from .prefill import PrefixCache, left_pad, prefill
 from .queueing import QueueWorker
@@ -140,7 +140,7 @@ class GenerationEngine(QueueWorker):
         going = []
         for row, (logits, cache) in zip(rows, results):
             row.cache = cache
-            self._advance(row, logits)
+            row.advance(logits)
             if row.finish:
                 self._finish(row, row.finish)
             else:
@@ -148,9 +148,13 @@ class GenerationEngine(QueueWorker):
         return going
 
     def _step(self) -> None:
+        if self._past_the_table(self.mask.shape[1] + 1):  # every live row fits (`budget`), the padding may not
+            arrays, self.mask = self._live_cache()
+            self._set_cache(arrays)
         ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
         mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
-        positions = np.asarray([[r.position] for r in self.rows], dtype=np.int64)
+        # a finished row's output is dropped: position 0 keeps it inside the rotary table however long it stays
+        positions = np.asarray([[0 if r.dead else r.position] for r in self.rows], dtype=np.int64)
         if self.decoder.shares_cache:  # `_set_cache` left room for every live row's remaining tokens
             logits = self.decoder.step_shared(ids, mask, positions, self.cache)
         else:
@@ -167,7 +171,7 @@ class GenerationEngine(QueueWorker):
             if row.ticket.cancelled:
                 row.finish = "cancelled"
             else:
-                self._advance(row, logits[i:i + 1])
+                row.advance(logits[i:i + 1])
             if row.finish:
                 self._finish(row, row.finish)
                 finished.append(i)
@@ -179,19 +183,6 @@ class GenerationEngine(QueueWorker):
         elif len(self.rows) - live >= live:
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
-
-    def _advance(self, row: Row, logits: np.ndarray) -> None:
-        """Pick the row's next token (its own sampler), report the text that is safe to show."""
-        token = int(next_tokens(logits, row.ticket.options, row.rng)[0])
-        row.generated += 1
-        row.last = token
-        piece = row.tracker.add(token)
-        if piece:
-            row.ticket.sink(Chunk(piece))
-        if row.tracker.finished:
-            row.finish = "stop"
-        elif row.generated >= row.budget:
-            row.finish = "length"
 
     def _finish(self, row: Row, reason: str) -> None:
         tail = row.tracker.flush() if reason != "cancelled" else ""
@@ -234,7 +225,8 @@ class GenerationEngine(QueueWorker):
         room = self.host[0].shape[2] - width
         free = [i for i, r in enumerate(self.rows) if r.dead]
         for row in joined:
-            if not free or row.position > width or row.budget - row.generated + 1 > room:
+            remaining = row.budget - row.generated
+            if not free or row.position > width or remaining + 1 > room or self._past_the_table(width + remaining):
                 rest.append(row)
                 continue
             slot, start = free.pop(0), width - row.position
@@ -243,6 +235,12 @@ class GenerationEngine(QueueWorker):
             self.mask[slot, :start], self.mask[slot, start:] = 0, 1
             self.rows[slot], row.cache, row.ticket.joined_step = row, None, self.steps
         return rest
+
+    def _past_the_table(self, width: int) -> bool:
+        """A mask `width` columns wide is more than the model's positions: the fused attention's rotary table (its
+        cos/sin caches) covers `max_positions` columns, and the left padding that a join adds counts."""
+        limit = self.decoder.max_positions
+        return bool(limit) and width > limit
 
     def _join(self, joined: list[Row]) -> None:
         live = self._live_cache() if self.rows else None  # (arrays, mask) of the rows already running

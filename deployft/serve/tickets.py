@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runtime.generation import TextTracker
-from ..runtime.sampling import GenerationOptions
+from ..runtime.sampling import GenerationOptions, next_tokens
 
 
 @dataclass
@@ -57,3 +57,17 @@ class Row:
     cache: list | None = None
     dead: bool = False
     """Finished and answered; its cache row waits for the next compaction."""
+
+    def advance(self, logits: np.ndarray) -> None:
+        """Pick the next token (this row's own sampler), report the text that is safe to show, set `finish` when
+        the row is done (a stop, or its budget spent)."""
+        token = int(next_tokens(logits, self.ticket.options, self.rng)[0])
+        self.generated += 1
+        self.last = token
+        piece = self.tracker.add(token)
+        if piece:
+            self.ticket.sink(Chunk(piece))
+        if self.tracker.finished:
+            self.finish = "stop"
+        elif self.generated >= self.budget:
+            self.finish = "length"

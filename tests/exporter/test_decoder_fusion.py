@@ -233,6 +233,11 @@ def test_a_graph_without_the_cache_inputs_is_refused(tiny_onnx, tiny_model):
     ({"model_type": "llama", "attention_bias": True}, None),
     ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096}, None),
     ({"model_type": "mistral", "sliding_window": 4096}, None),
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "longrope", "factor": 4.0},
+      "original_max_position_embeddings": 32}, "short factors up to 32 tokens"),
+    ({"model_type": "llama", "hidden_size": 48, "num_attention_heads": 4},
+     "head size 12 is not a multiple of 8 (GroupQueryAttention)"),
+    ({"model_type": "mistral", "hidden_size": 32, "num_attention_heads": 4}, None),  # heads of 8: RotaryEmbedding
 ])
 def test_unsupported_models_say_why(config, reason):
     """The config-level refusals; attention_shape adds the rotary checks (partial rotary, untabulable module)."""
@@ -329,3 +334,37 @@ def test_optimized_decoders_update_their_cache_in_place_like_the_copying_cache(a
     for ours, theirs in logits:
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert shared.total == 12
+
+
+LONGROPE = {"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0] * 8,
+            "long_factor": [float(f) for f in np.linspace(1.0, 16.0, 8)]}
+
+
+@pytest.mark.parametrize("overrides, note", [
+    ({"rope_scaling": LONGROPE, "original_max_position_embeddings": 32}, "rope_scaling 'longrope'"),
+    ({"head_dim": 12}, "head size 12 is not a multiple of 8 (GroupQueryAttention)"),
+])
+def test_an_attention_the_fused_ops_cannot_run_exactly_is_exported_unfused(overrides, note, tmp_path, caplog):
+    """Longrope switches rotary tables at a length (one fused table is wrong on one side of it); ONNX Runtime's
+    GroupQueryAttention runs heads of 8k only. Both export unfused, the manifest saying why."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import _bpe_tokenizer, _tiny_config
+    from deployft.exporter import ExportConfig, export
+
+    torch.manual_seed(0)
+    tokenizer = _bpe_tokenizer(None)
+    config = _tiny_config("llama", tokenizer, 2)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    with caplog.at_level("WARNING", logger="deployft"):
+        bundle = export(ExportConfig(run=tmp_path / "model", output=tmp_path / "bundle", task="generate",
+                                     quantize="none", validate_samples=4))
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    assert any(f"attention is not fused: {note}" in line for line in manifest["fusion"]["notes"]), manifest["fusion"]
+    assert manifest["fusion"]["after"].get("GroupQueryAttention", 0) == 0
+    assert ("past 32 tokens (original_max_position_embeddings) model.onnx keeps the short factors" in caplog.text
+            ) == ("rope_scaling" in overrides)

@@ -198,3 +198,31 @@ def test_a_refusal_names_the_budget_that_lets_the_closest_attempt_through():
     assert HIGHER_PRECISION.format(looser=looser_budget([1.97])) == (
         "pass --max-accuracy-drop 2 or more (the closest attempt's bound) or export with a higher precision "
         "(--quantize none)")
+
+
+def test_a_fused_fp32_generator_that_is_not_exact_falls_back_to_the_plain_export(tiny_run, tmp_path, monkeypatch):
+    """Random-token rows can let a fused file that computes another model pass on its perplexity bound; its logits
+    show it. A correct fused file (the tiny Llama's, ~1e-5) stays the deployable one."""
+    import deployft.exporter.validate as validate
+    from deployft.exporter.guard import FUSED_FP32_MAX_LOGIT_DIFF
+
+    run, real = tiny_run("llama"), validate.compare
+    exact = read_manifest(_export(run, tmp_path / "exact", quantize="none"), "bundle")
+    fused = exact["variants"]["model_optimized.onnx"]["validation"]["guard"]
+    assert exact["model_file"] == "model_optimized.onnx" and fused["passed"]
+    assert fused["max_abs_logit_diff"] <= FUSED_FP32_MAX_LOGIT_DIFF / 100
+
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
+        if path.name == "model_optimized.onnx":
+            report["max_abs_logit_diff"] = 0.5  # its perplexity bound is the true file's: within the budget
+        return report
+
+    monkeypatch.setattr(validate, "compare", fake)
+    manifest = read_manifest(_export(run, tmp_path / "wrong", quantize="none"), "bundle")
+    fused = manifest["variants"]["model_optimized.onnx"]["validation"]["guard"]
+    assert manifest["model_file"] == "model.onnx"
+    assert fused["passed"] is False and (fused["max_abs_logit_diff"], fused["max_fp32_logit_diff"]) == (0.5, 1e-2)
+    why = "model_optimized.onnx is not deployable: its logits differ from PyTorch's by up to 0.5, over the 0.01"
+    assert any(why in note for note in manifest["fusion"]["notes"])
+    assert why in (tmp_path / "wrong" / "bundle" / "README.md").read_text()

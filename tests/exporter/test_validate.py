@@ -106,6 +106,31 @@ def test_generator_validation_runs_the_runtime_decoder(tiny_model, tiny_onnx, mo
     assert report["greedy_identical"] == 0.0
 
 
+def test_greedy_continuations_stop_at_the_models_positions(tiny_model, tiny_onnx):
+    """A prompt 8 tokens short of the position table: 9 greedy tokens (the last never fed back), on the fused file
+    too, whose rotary table ends there."""
+    import json
+
+    import onnx
+
+    from deployft.exporter.decoder_fusion import attention_shape, fuse_attention
+
+    folder, files = tiny_model("llama"), tiny_onnx("llama")
+    model = _model(folder, "generate")
+    config = json.loads((folder / "config.json").read_text())
+    shape, _ = attention_shape(config, model)
+    fused = onnx.load(str(files / "model.onnx"))
+    fuse_attention(fused, shape)
+    onnx.save(fused, str(files / "fused.onnx"))
+    prompt = _sequences(1, vocab=390)[0] * 20
+    prompt = prompt[:config["max_position_embeddings"] - 8]
+    ref = _reference(folder, "generate", _sequences(2, vocab=390), prompts=[prompt], model=model)
+    assert len(ref.greedy[0]) == 9
+    for name in ("model.onnx", "fused.onnx"):
+        report = compare(ref, files / name)
+        assert report["greedy_identical"] == 1.0
+
+
 def test_int8_classifier_report(tiny_model, tiny_onnx):
     folder = tiny_onnx("bert")
     quantize_dynamic_int8(folder / "model.onnx", folder / "q.onnx", "avx512_vnni", per_channel=False)

@@ -38,6 +38,25 @@ def test_greedy_tokens_equal_transformers_generate(runtime_bundle, arch):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generation_uses_every_position_like_transformers(runtime_bundle, arch, caplog):
+    import torch
+
+    bundle = runtime_bundle(arch)
+    predictor, model = Predictor.load(bundle), _torch_model(bundle)
+    positions = predictor.decoder.max_positions
+    ids = torch.tensor([np.random.default_rng(0).integers(3, 200, size=positions - 4).tolist()])
+    with caplog.at_level("WARNING", logger="deployft"):
+        ours = list(predictor.iter_token_ids(ids[0].tolist(), max_new_tokens=8, ignore_eos=True))
+    theirs = []
+    with torch.no_grad():  # the 5th token is predicted at the last position; it is never fed back
+        for _ in range(5):
+            theirs.append(int(model(input_ids=ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[theirs[-1]]])], dim=1)
+    assert ours == theirs
+    assert "max_new_tokens 8 cut to 5" in caplog.text
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_batch_generation_equals_one_by_one(runtime_bundle, arch):
     predictor = Predictor.load(runtime_bundle(arch))
     batch = predictor.generate(PROMPTS, max_new_tokens=12)
@@ -170,7 +189,7 @@ def test_long_prompt_keeps_its_end_as_training_did_and_fits_the_positions(runtim
     assert len(ids) == limit  # half of the bundle's max_length, the prompt budget training used
     assert ids[-8:] == predictor.prompt_ids("the film was great what do bees make")[-8:]
     assert f"cut to its last {limit}" in caplog.text
-    assert f"max_new_tokens {positions} cut to {positions - limit}" in caplog.text
+    assert f"max_new_tokens {positions} cut to {positions - limit + 1}" in caplog.text
     assert isinstance(text, str)
 
 
