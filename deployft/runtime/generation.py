@@ -173,12 +173,11 @@ class KVDecoder:
     def budget(self, prompt_length: int, max_new_tokens: int) -> int:
         """max_new_tokens, cut so every token fed to the model fits its position table: the prompt and every
         generated token but the last (which is never fed back), as transformers counts them."""
-        if self.max_positions and prompt_length + max_new_tokens > self.max_positions + 1:
-            allowed = max(self.max_positions - prompt_length + 1, 0)
+        allowed = max(self.max_positions - prompt_length + 1, 0) if self.max_positions else max_new_tokens
+        if max_new_tokens > allowed:
             logger.warning("max_new_tokens %d cut to %d: the model has %d positions and the prompt uses %d",
                            max_new_tokens, allowed, self.max_positions, prompt_length)
-            return allowed
-        return max_new_tokens
+        return min(max_new_tokens, allowed)
 
     def iter_batch(self, ids: np.ndarray, mask: np.ndarray, options: GenerationOptions,
                    done: np.ndarray, ignore_eos: bool = False) -> Iterator[np.ndarray]:
