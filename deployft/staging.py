@@ -29,7 +29,8 @@ from pathlib import Path
 
 from .errors import OutputExistsError, UsageError, reraise_as
 
-__all__ = ["atomic_file", "atomic_folder", "check_output_free", "clean_leftovers", "temporary_path"]
+__all__ = ["atomic_file", "atomic_folder", "check_output_free", "clean_leftovers", "creation_blocker",
+           "temporary_path"]
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 _NAME = re.compile(r"^\.(?P<name>.+)\.deployft-(?P<role>staging|old)-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}$")
@@ -98,16 +99,26 @@ def check_output_free(output: str | Path, overwrite: bool, flag: str = "--output
                                 f"pass --overwrite to replace it or choose another {flag}")
 
 
+def creation_blocker(output: str | Path) -> Path | None:
+    """The nearest existing ancestor of `output` when `output` cannot be created under it (the ancestor is a file,
+    or a folder this process cannot write in), else None: found before any work.
+
+    Each output check words its own message from it, naming its flag and what to pass instead.
+    """
+    ancestor = next((p for p in Path(output).absolute().parents if p.exists()), None)
+    if ancestor is None or (ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)):
+        return None
+    return ancestor
+
+
 def _check_creatable(output: Path, flag: str) -> None:
-    """Refuse `output` when its nearest existing ancestor is not a folder this process can write in."""
-    ancestor = next((p for p in output.absolute().parents if p.exists()), None)
-    if ancestor is None:
+    blocker = creation_blocker(output)
+    if blocker is None:
         return
-    if not ancestor.is_dir():
-        raise UsageError(f"output {output} cannot be created: {ancestor} is a file; pass a folder path with {flag}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"output {output} cannot be created: {ancestor} is not writable; pass a folder you can "
-                         f"write to with {flag}")
+    if not blocker.is_dir():
+        raise UsageError(f"output {output} cannot be created: {blocker} is a file; pass a folder path with {flag}")
+    raise UsageError(f"output {output} cannot be created: {blocker} is not writable; pass a folder you can "
+                     f"write to with {flag}")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import deployft
 PACKAGE = Path(deployft.__file__).parent
 STAGES = ("data", "train", "exporter", "runtime", "bench", "serve", "cli")
 SHARED = {"__init__.py", "__main__.py", "errors.py", "manifest.py", "staging.py", "configfile.py", "tasks.py",
-          "metrics.py", "prompts.py", "signing.py", "tokens.py"}
+          "metrics.py", "prompts.py", "signing.py", "tokens.py", "delimited.py"}
 
 
 def test_one_folder_per_stage_and_only_shared_modules_at_the_top():
@@ -51,3 +51,15 @@ def test_the_shared_top_imports_no_stage():
                 module = ("." * node.level) + (node.module or "")
                 assert not any(module.lstrip(".").split(".")[0] == stage for stage in STAGES), (name, module)
                 assert not module.startswith("deployft."), (name, module)
+
+
+def test_the_runtime_imports_only_itself_and_the_shared_top():
+    """STYLE: `runtime` uses only the shared top, so an application embedding the Predictor needs no other stage."""
+    import ast
+
+    for path in (PACKAGE / "runtime").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                assert node.module.split(".")[0] + ".py" in SHARED, (path.name, node.module)
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert not node.module.startswith("deployft."), (path.name, node.module)

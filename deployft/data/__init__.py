@@ -1,13 +1,13 @@
 """The user's data: files read into rows, columns mapped, cleaned, split, and re-read for a RUN.
 
     readers.py    a data path -> plain rows: format, encoding, Parquet, `datasets` folders, the defaults
-    delimited.py  CSV and TSV text -> rows, refusing stray quotes, extra fields and repeated columns
     jsonrows.py   JSONL or a JSON list -> rows, refusing column-oriented JSON
     examples.py   rows of one task: columns, cleaning, sampling, the RUN's data record and its replay
     split.py      the eval split: copies of a row on one side, every class kept in training
     labels.py     one spelling per class label, and the classes a classifier learns
     defaults.py   the embedded defaults (models and data shipped in PyPI packages)
 
+CSV and TSV are read by the shared `deployft/delimited.py` (predict reads its CSV through it too).
 Nothing here imports torch.
 """
 

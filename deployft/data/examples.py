@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import DataError, UsageError
 from ..tasks import Task, get_task
-from .delimited import separator_hint
+from ..delimited import separator_hint
 from .labels import class_labels, normalize_label
 from .readers import DEFAULT_SOURCES, detect_format, fingerprint, read_rows
 from .split import SPLIT, input_key, split_rows

@@ -1,8 +1,8 @@
 """Read a data source into plain rows (`list[dict]`), with one-line errors instead of parser tracebacks.
 
-Formats: CSV and TSV (`delimited.py`), JSONL or .json holding a list (`jsonrows.py`), Parquet, a saved
-`datasets` folder, and the two embedded defaults (`default:rotten_tomatoes`, `default:chatterbot`, see
-`deployft.data.defaults`). A text file that does not decode is refused with its line, and an encoding is
+Formats: CSV and TSV (the shared `deployft/delimited.py`, which predict reads with too), JSONL or .json
+holding a list (`jsonrows.py`), Parquet, a saved `datasets` folder, and the two embedded defaults
+(`default:rotten_tomatoes`, `default:chatterbot`, see `deployft.data.defaults`). A text file that does not decode is refused with its line, and an encoding is
 suggested only when the file is mostly not UTF-8 (one bad byte in a UTF-8 file is a byte to fix).
 """
 
@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..delimited import read_delimited
 from ..errors import DataError
 from ..manifest import sha256_file
-from .delimited import read_delimited
 from .jsonrows import read_json_rows
 
 logger = logging.getLogger(__name__)

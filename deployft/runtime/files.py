@@ -2,23 +2,24 @@
 
 The input is UTF-8 (a leading byte-order mark is skipped), decoded one line at a time so a byte that is not UTF-8
 is reported with its line; each row's text is a string (or null, read as ""), never another JSON value turned into
-text. A CSV is read strictly: a stray quote, or a quote never closed (which would join every later line into one
-text and shift the ids), is an error naming its line. The output path is checked before any work
-(`outputs.check_output_file`: not the input, not a folder). It is written under a temporary name of this run's own
-and renamed when complete (`deployft.staging.atomic_file`), so an interrupted run never leaves a file that looks
-finished, two runs into one output do not write the same file, and a temporary file left by a kill is removed by
-the next run.
+text. A CSV is read strictly, as training data is (`deployft.delimited.strict_records`): a stray quote, or a
+quote never closed (which would join every later line into one text and shift the ids), is an error naming its
+line. `predict --ray` reads its JSONL and CSV files with this reader too (`ray_source`). The output path is checked
+before any work (`outputs.check_output_file`: not the input, not a folder). It is written under a temporary name
+of this run's own and renamed when complete (`deployft.staging.atomic_file`), so an interrupted run never leaves a
+file that looks finished, two runs into one output do not write the same file, and a temporary file left by a
+kill is removed by the next run.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from ..delimited import strict_records
 from ..errors import DataError
 from ..staging import atomic_file
 from ..tasks import get_task
@@ -79,61 +80,17 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """The rows of a CSV file, read strictly: a stray or unclosed quote is an error naming its line, never rows
-    silently joined into one text (which would shift every id after it)."""
-    lines = _QuoteTracker(_lines(path))
-    reader = csv.DictReader(lines, strict=True)
-    while True:
-        try:
-            row = next(reader, None)
-        except csv.Error as exc:
-            if lines.unclosed is not None:
-                raise DataError(f"{path}: a quote opened on line {lines.unclosed} is never closed, so every line "
-                                "after it would be read as one text; close the quote or double it (\"\")") from exc
-            raise DataError(f"{path} line {lines.number} is not valid CSV ({exc}); fix the line") from exc
-        if row is None:
-            return
-        if None in row:  # more fields than the header: an unquoted comma would cut the text silently
-            raise DataError(f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} fields "
-                            f"but the header has {len(reader.fieldnames)}; quote the field that holds a comma")
-        yield reader.line_num, row
-
-
-class _QuoteTracker:
-    """The lines handed to `csv`, counted, with the line where the quoted field still open at the end of the file
-    began: a quote opens a field only at its start, and `""` inside it is a quote, as `csv` reads them."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines, self.number = lines, 0
-        self._in_quote, self._opened, self._ended = False, 0, False
-
-    @property
-    def unclosed(self) -> int | None:
-        """The line of the quote the file ended inside, or None."""
-        return self._opened if self._ended and self._in_quote else None
-
-    def __iter__(self) -> _QuoteTracker:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            line = next(self._lines)
-        except StopIteration:
-            self._ended = True
-            raise
-        self.number += 1
-        index = 0
-        while index < len(line):
-            char = line[index]
-            if self._in_quote and char == '"':
-                if line[index + 1:index + 2] == '"':
-                    index += 1  # "" inside a quoted field: one quote character
-                else:
-                    self._in_quote = False
-            elif not self._in_quote and char == '"' and (index == 0 or line[index - 1] == ","):
-                self._in_quote, self._opened = True, self.number
-            index += 1
-        return line
+    """The rows of a CSV file, read strictly (`strict_records`, as training data is read): a stray or unclosed
+    quote is an error naming its line, never rows silently joined into one text (which would shift every id)."""
+    header: list[str] | None = None
+    for start, _, record in strict_records(_lines(path), path, "csv"):
+        if record and header is None:
+            header = record
+        elif record:
+            if len(record) > len(header):  # an unquoted comma would cut the text silently
+                raise DataError(f"{path} line {start} has {len(record)} fields but the header has {len(header)}; "
+                                "quote the field that holds a comma")
+            yield start, dict(zip(header, record + [None] * (len(header) - len(record))))
 
 
 def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str:
@@ -144,22 +101,27 @@ def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str
     names = (column,) if column else get_task(task).input_columns
     for name in names:
         if name in row:
-            return _text_value(row[name], name, get_task(task).generates, path, number)
+            return text_value(row[name], name, get_task(task).generates, f"{path} line {number}")
     raise DataError(f"{path} line {number} has no column {' or '.join(repr(n) for n in names)} "
                     f"(columns: {', '.join(str(k) for k in row)}); pass --column NAME")
 
 
-def _text_value(value, name: str, generates: bool, path: Path, number: int) -> str:
-    """A row's text: a string as it is, null as ""; any other JSON value is refused, never turned into text."""
+def text_value(value, name: str, generates: bool, where: str, fix: str = "write the text as a JSON string") -> str:
+    """A row's text in column `name`: a string as it is, null as ""; any other value is refused, never turned into
+    text (`predict --ray` reads Parquet values with it too).
+
+    `where` names the row (`data.jsonl line 3`); `fix` is the message's fix for a value that is not a chat.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     chat = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
-    fix = ("a chat is not read from a file: pass its messages to Predictor.generate or to the server's "
-           "/v1/chat/completions" if chat and generates else "write the text as a JSON string")
-    raise DataError(f"{path} line {number}: column {name!r} is {_JSON_TYPES.get(type(value), 'not text')}, "
-                    f"not a string; {fix}")
+    if chat and generates:
+        fix = ("a chat is not read from a file: pass its messages to Predictor.generate or to the server's "
+               "/v1/chat/completions")
+    found = _JSON_TYPES.get(type(value), f"a {type(value).__name__}")  # a Parquet column may hold dates, bytes, ...
+    raise DataError(f"{where}: column {name!r} is {found}, not a string; {fix}")
 
 
 def count_rows(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Checks of a predictions file's path, made before any work: not the input, not a folder, under a folder.
+"""Checks of a predictions file's path, made before any work: not the input, not a folder, under a writable folder.
 
 `deployft predict --output` (and the file `--ray` writes into its `--output` folder) is checked before the bundle
 is loaded, so a path that cannot take the file is one line at once instead of an error after every row was
@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from ..staging import creation_blocker
 
 
 def same_file(first: Path, second: Path) -> bool:
@@ -27,7 +28,8 @@ def check_output_file(output: str | Path, input_path: str | Path | None = None, 
     `fix` is what the user passes to `--output` instead (`path`, or `folder` with --ray).
 
     Raises:
-        UsageError: `output` is the input file, an existing folder, or under a path that is a file.
+        UsageError: `output` is the input file, an existing folder, or under a path that is a file or a folder
+            this process cannot write in (`deployft.staging.creation_blocker`).
     """
     output = Path(output)
     if input_path is not None and same_file(Path(input_path), output):
@@ -35,8 +37,11 @@ def check_output_file(output: str | Path, input_path: str | Path | None = None, 
                          f"pass another --output {fix}")
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder; pass a file path such as {output / 'predictions.jsonl'}")
-    parent = next((p for p in output.parents if p.exists()), None)  # the nearest part that exists
-    if parent is not None and not parent.is_dir():
-        raise UsageError(f"--output {output} cannot be created: {parent} is a file, not a folder; pass an --output "
+    blocker = creation_blocker(output)
+    if blocker is not None and not blocker.is_dir():
+        raise UsageError(f"--output {output} cannot be created: {blocker} is a file, not a folder; pass an --output "
                          f"{fix} under a folder")
+    if blocker is not None:
+        raise UsageError(f"--output {output} cannot be created: {blocker} is not writable; pass an --output {fix} "
+                         "in a folder you can write to")
     return output

@@ -1,10 +1,12 @@
 """Batch inference on Ray Data: `deployft predict BUNDLE --input data.parquet --output out/ --ray`.
 
-The input file becomes a Ray Data dataset; a pool of actors, each holding one `Predictor`, maps over it in
-windows of rows that the predictor sorts by length into batches. Ray keeps the input order (`preserve_order`),
-so the driver streams the predicted blocks in order into one file, `predictions.jsonl` or `predictions.parquet`,
-with the same columns as the single-process `predict --input` file. The file is written under a temporary name
-and renamed when complete (`deployft.staging.atomic_file`). Ray is imported only here, inside the functions.
+The input file becomes a Ray Data dataset of texts, read as `predict --input` reads it (`ray_source`: each text is
+the string in the file, and a file the single-process path refuses is refused with its error); a pool of actors,
+each holding one `Predictor`, maps over it in windows of rows that the predictor sorts by length into batches. Ray
+keeps the input order (`preserve_order`), so the driver streams the predicted blocks in order into one file,
+`predictions.jsonl` or `predictions.parquet`, with the same columns as the single-process `predict --input`
+file. The file is written under a temporary name and renamed when complete (`deployft.staging.atomic_file`). Ray
+is imported only inside the functions (here and in `ray_source`, which they import).
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import (BundleError, DataError, DeployftError, StageError, UsageError, first_line, reraise_as,
-                      require)
-from ..manifest import read_manifest
+from ..errors import DataError, DeployftError, StageError, UsageError, first_line, reraise_as, require
 from ..staging import atomic_file
-from ..tasks import TASKS, get_task
+from ..tasks import get_task
 from .openvino import import_plugin
 from .outputs import check_output_file
 from .sampling import GenerationOptions
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .predictor import Predictor
 
 FORMATS = ("jsonl", "parquet")
-READERS = {".parquet": "read_parquet", ".jsonl": "read_json", ".csv": "read_csv"}
+INPUTS = (".parquet", ".jsonl", ".csv")
 WINDOW_BATCHES = 8
 """Batches per Ray Data call: the rows of one call are sorted by length together, so padding stays small."""
 
@@ -94,7 +94,7 @@ class RayPredictConfig:
         suffix = self.input.suffix.lower()
         if not self.input.is_file():
             raise DataError(f"input file {self.input} not found; pass an existing .parquet, .jsonl or .csv file")
-        if suffix not in READERS:
+        if suffix not in INPUTS:
             raise DataError(f"input file {self.input} has extension '{suffix}'; with --ray pass a .parquet, "
                             ".jsonl or .csv file to --input")
 
@@ -119,7 +119,8 @@ class BundleWorker:
         self.options = GenerationOptions(**options)
 
     def __call__(self, batch: dict) -> dict:
-        texts = ["" if value is None else str(value) for value in batch[self.column]]
+        # the texts were read as `predict --input` reads them (`ray_source`): strings, and null as ""
+        texts = ["" if value is None else value for value in batch[self.column]]
         records = predict_records(self.predictor, texts, self.batch_size, self.options)
         # one JSON string per row: `scores` is a mapping whose keys are the labels, and a string column
         # has the same Arrow type in every block whatever the task
@@ -201,21 +202,18 @@ def worker_error(exc: BaseException, doing: str) -> DeployftError:
 
 
 def _dataset(data, config: RayPredictConfig, task: str | None):
+    from .ray_source import read_input
+
     context = data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = config.progress
-    reader = READERS[config.input.suffix.lower()]
-    settings = {"lines": True} if reader == "read_json" else {}
-    with reraise_as(DataError, f"cannot read {config.input} ({{reason}}); pass a valid .parquet, .jsonl "
-                               "or .csv file to --input"):
-        dataset = getattr(data, reader)(str(config.input), **settings)
-        columns = list(dataset.schema().names)
-    column = _text_column(columns, config.column, task, config.input)
+    window = config.batch_size * WINDOW_BATCHES
+    dataset, column = read_input(data, config.input, config.column, task, rows_per_block=window)
     worker = {"bundle": str(config.bundle.resolve()), "column": column, "batch_size": config.batch_size,
               "options": asdict(config.options), "device": config.device, "threads": config.threads,
               "model_file": config.model_file, "provider": config.provider, "public_key": _key_pem(config.public_key)}
-    return dataset.select_columns([column]).map_batches(
-        BundleWorker, fn_constructor_kwargs=worker, batch_size=config.batch_size * WINDOW_BATCHES,
+    return dataset.map_batches(
+        BundleWorker, fn_constructor_kwargs=worker, batch_size=window,
         # a pool that starts at one actor leaves CPUs to the read tasks; a full pool from the start can take
         # every CPU of a small cluster and wait forever for rows that no read task can produce
         batch_format="numpy", compute=data.ActorPoolStrategy(min_size=1, max_size=config.workers),
@@ -227,15 +225,6 @@ def _key_pem(public_key: str | Path | bytes | None) -> bytes | None:
     from ..signing import public_key_pem
 
     return None if public_key is None else public_key_pem(public_key)
-
-
-def _text_column(columns: list[str], column: str | None, task: str | None, path: Path) -> str:
-    names = (column,) if column else get_task(task).input_columns
-    for name in names:
-        if name in columns:
-            return name
-    raise DataError(f"{path} has no column {' or '.join(repr(n) for n in names)} "
-                    f"(columns: {', '.join(columns)}); pass --column NAME")
 
 
 def _write(dataset, config: RayPredictConfig) -> int:

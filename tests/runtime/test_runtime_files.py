@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -95,6 +96,24 @@ def test_an_output_that_cannot_take_the_file_is_refused_before_any_work(tmp_path
     assert _names(tmp_path) == ["folder", "in.csv"] and _names(tmp_path / "folder") == []
 
 
+def test_an_output_under_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    import os
+
+    from deployft.errors import UsageError
+
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access  # the tests may run as root, whom a chmod does not stop: the folder is locked here instead
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != str(locked) and access(path, mode))
+    output = locked / "sub" / "x.jsonl"
+    with pytest.raises(UsageError, match=rf"^--output {re.escape(str(output))} cannot be created: "
+                                         rf"{re.escape(str(locked))} is not writable; pass an --output path in a "
+                                         "folder you can write to$"):
+        predict_file(_NeverCalled(), source, output, progress=False)
+    assert _names(locked) == []
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
 def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
     from deployft.errors import UsageError
@@ -146,14 +165,17 @@ def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
 @pytest.mark.parametrize("content, line", [
     ('text\n"Best film, ever\nsecond review\nthird review\n', 2),  # 3 rows would be read as 1, the ids shifted
     ('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"open ""q\nmore\n', 6),
+    ("text\nfirst\n\"opened here\n" + "".join(f"review {n}\n" for n in range(4, 11)), 3),  # line 3 of 10
+    ('text\nfirst\n\n\n"opened after blank lines\nmore\n', 5),
 ])
 def test_a_csv_quote_that_is_never_closed_names_its_line(tmp_path, content, line):
     from deployft.errors import DataError
 
     source = tmp_path / "in.csv"
     source.write_text(content)
-    with pytest.raises(DataError, match=rf"^{source}: a quote opened on line {line} is never closed, so every line "
-                                        r"after it would be read as one text; close the quote or double it"):
+    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line {line}: a quote opened in this "
+                                        r"record is never closed, so the rest of the file would be read as one field; "
+                                        r"double a quote inside a field \(\"\"\) and wrap that field in quotes"):
         predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -166,8 +188,18 @@ def test_a_stray_csv_quote_names_its_line_and_literal_quotes_are_read(tmp_path):
     source.write_text('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"cut" here\n')
     texts = read_texts(source, None, "classify")
     assert [next(texts), next(texts), next(texts)] == ['a "quoted" word', 'a 6" board', "two\nlines"]
-    with pytest.raises(DataError, match=rf"^{source} line 6 is not valid CSV \(',' expected after '\"'\); fix"):
+    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 6 is not valid CSV "
+                                        r"\(',' expected after '\"'\); double a quote inside a field"):
         next(texts)
+
+
+def test_a_csv_text_longer_than_the_csv_modules_default_limit_is_read_whole(tmp_path):
+    from deployft.runtime.files import read_texts
+
+    long = "word " * 40_000  # 200,000 characters: the csv module's default limit is 131,072
+    source = tmp_path / "in.csv"
+    source.write_text(f'text\n"{long}"\nshort\n')
+    assert list(read_texts(source, None, "classify")) == [long, "short"]
 
 
 @pytest.mark.parametrize("value, found", [(["a", "b"], "an array"), ({"k": 1}, "an object"), (5, "a number"),
@@ -207,3 +239,15 @@ def test_sampled_completions_do_not_depend_on_the_batch_size(runtime_bundle, tmp
         outputs.append(tmp_path / f"out{batch_size}.jsonl")
         predict_file(predictor, source, outputs[-1], batch_size=batch_size, options=options, progress=False)
     assert outputs[0].read_text() == outputs[1].read_text()
+
+
+def test_the_csv_reader_shared_with_training_data_keeps_predict_light():
+    """`predict --input` reads CSV with `deployft.delimited`: importing it loads no torch, transformers or
+    pandas."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deployft.delimited, deployft.runtime.files; "
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,7 +5,8 @@ is an error naming its line, not a field that swallows the lines after it. A row
 header (an unquoted comma or tab in a text) and a header naming a column twice are refused with the line and the
 fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose lines look like
 records of this file is read as written, with a warning naming its lines: a quote opened in one record and
-closed, by chance, in a later one would read that way too.
+closed, by chance, in a later one would read that way too. `strict_records` is the strict reading itself, one
+record at a time: `predict --input` reads its CSV through it, in bounded memory.
 
 RUNs recorded before this reading (`legacy=True`) are replayed with the reader they were trained with:
 `csv.DictReader`'s defaults, lenient about quotes and extra fields.
@@ -18,12 +19,13 @@ import io
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from .errors import DataError
 
-__all__ = ["read_delimited", "separator_hint"]
+__all__ = ["read_delimited", "separator_hint", "strict_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +44,20 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
     delimiter = "\t" if fmt == "tsv" else ","
     if legacy:
         return _read_lenient(path, text, fmt, delimiter)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int]] = []  # (first line, last line, row) of the records spanning lines
     trailing = 0  # rows whose extra fields are all empty
-    start = 1
-    try:
-        for record in reader:
-            if record and header is None:
-                header = _check_header(record, path)
-            elif record:
-                if len(record) > len(header):
-                    record = _drop_empty_extras(record, header, path, start, fmt)
-                    trailing += 1
-                rows.append(dict(zip(header, record + [None] * (len(header) - len(record)))))
-                if reader.line_num != start:
-                    spans.append((start, reader.line_num, len(rows) - 1))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
+    for start, end, record in strict_records(io.StringIO(text, newline=""), path, fmt):
+        if record and header is None:
+            header = _check_header(record, path)
+        elif record:
+            if len(record) > len(header):
+                record = _drop_empty_extras(record, header, path, start, fmt)
+                trailing += 1
+            rows.append(dict(zip(header, record + [None] * (len(header) - len(record)))))
+            if end != start:
+                spans.append((start, end, len(rows) - 1))
     if header is None:
         raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
     if trailing:
@@ -90,6 +86,24 @@ def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: i
         return record[:len(header)]
     raise DataError(f"data file {path} line {line} has {len(record)} fields but the header has {len(header)} "
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
+
+
+def strict_records(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[int, int, list[str]]]:
+    """The records of CSV (`fmt="csv"`) or TSV `lines` (each line with its end of line), read strictly, one at a
+    time: `(first line, last line, fields)`, a blank line an empty record.
+
+    Raises:
+        DataError: a quote is never closed (naming the line its record starts on) or stray (naming its line).
+    """
+    csv.field_size_limit(FIELD_LIMIT)
+    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",", strict=True)
+    start = 1
+    try:
+        for record in reader:
+            yield start, reader.line_num, record
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
 
 
 def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) -> DataError:

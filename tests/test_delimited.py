@@ -54,7 +54,7 @@ def test_a_quote_closed_by_chance_in_a_later_record_is_read_with_a_warning_namin
     'text,label\nnice,pos\ngood,pos\nbad,neg\nawful,neg\n"Pros and cons:\nprice, pos\nscreen, neg",pos\n',
 ])
 def test_a_quoted_text_holding_record_like_lines_is_read_as_written(tmp_path, caplog, body):
-    from deployft.data.delimited import read_delimited
+    from deployft.delimited import read_delimited
 
     with caplog.at_level(logging.WARNING, logger="deployft.data"):
         rows = read_delimited(tmp_path / "list.csv", body, "csv")
