@@ -14,19 +14,22 @@ round-trips through numpy; a generation keeps it one of two ways:
 - `CopyingCache`, for every other file: each step's `present` outputs (where ONNX Runtime put them: on the GPU
   for CUDA) are fed back as the next step's `past`, through IO binding, or `run_with_ort_values` for fused files.
 
-Batches are left-padded; position ids count only real tokens, as transformers computes them.
+Batches are left-padded; position ids count only real tokens, as transformers computes them. Each row has the
+budget its prompt has alone; before a step would make the mask wider than the model's positions, the cache drops
+its finished rows and the columns that are padding in all others (`compact`), as the serve engine does.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 
 import numpy as np
 
 from ..errors import BundleError
-from .kv_cache import KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask
+from .detokenize import TextTracker  # noqa: F401 (predictor and serve import it from here)
+from .kv_cache import (KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask,
+                       shared_padding)
 from .padding import ROTARY_IN_ATTENTION, ROTARY_KEY, column_positions, left_padded, right_padded, to_left_padding
 from .sampling import GenerationOptions, next_tokens
 
@@ -179,122 +182,48 @@ class KVDecoder:
                            max_new_tokens, allowed, self.max_positions, prompt_length)
         return min(max_new_tokens, allowed)
 
+    def budgets(self, mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """`budget` of each row of a left-padded batch: on its own prompt, not the batch's padded width."""
+        lengths = mask.sum(axis=1).astype(int).tolist()
+        cut = {n: self.budget(n, max_new_tokens) for n in sorted(set(lengths))}
+        return np.array([cut[n] for n in lengths], dtype=np.int64)
+
     def iter_batch(self, ids: np.ndarray, mask: np.ndarray, options: GenerationOptions,
                    done: np.ndarray, ignore_eos: bool = False) -> Iterator[np.ndarray]:
         """Yield the next token of every row, step by step, for a left-padded batch.
 
-        `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end token, the
-        caller may mark rows that hit a stop string, and the loop ends when all rows are done. Finished rows keep
-        receiving the pad token, as in transformers. `ignore_eos` runs every row to max_new_tokens, end tokens
+        `done` (bool, one per row) is shared with the caller: the loop marks rows that produced an end token or
+        used their budget, the caller may mark rows that hit a stop string, and the loop ends when all rows are
+        done. Finished rows keep receiving the pad token, as in transformers: a caller reads a row's tokens while
+        its `done` is false (a row is marked after the step that finished it). Each row has the budget its prompt
+        has alone (`budget`), so a short prompt goes on after a long one beside it reached the model's positions.
+        `ignore_eos` runs every row to its budget, end tokens
         included (what a benchmark times). Each row samples from its own generator seeded with `options.seed`
         (fresh entropy when None), so a row gets the text its prompt gets alone, whatever else shares the batch.
         """
         rngs = [np.random.default_rng(options.seed) for _ in range(ids.shape[0])]
-        budget = self.budget(ids.shape[1], options.max_new_tokens)
-        if budget <= 0:
+        budgets = self.budgets(mask, options.max_new_tokens)
+        done |= budgets <= 0
+        rows = np.flatnonzero(~done)  # the batch's rows that the cache holds, in order
+        if not len(rows):
             return
-        cache = SharedCache(self, ids, mask, budget) if self.shares_cache else CopyingCache(self, ids, mask)
+        start = shared_padding(mask[rows])  # a prompt that gets no token may be longer than the positions
+        ids, mask, steps = ids[rows, start:], mask[rows, start:], int(budgets.max())
+        cache = SharedCache(self, ids, mask, steps) if self.shares_cache else CopyingCache(self, ids, mask)
         logits = cache.prefill()
-        for generated in range(1, budget + 1):
-            tokens = np.where(done, self.pad_id, next_tokens(logits, options, rngs)).astype(np.int64)
+        for generated in range(1, steps + 1):
+            tokens = np.full(len(done), self.pad_id, dtype=np.int64)
+            tokens[rows] = np.where(done[rows], self.pad_id, next_tokens(logits, options, [rngs[i] for i in rows]))
             yield tokens
             if not ignore_eos:
                 done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))
-            if done.all() or generated == budget:
+            done |= budgets == generated
+            if done.all():
                 return
-            logits = cache.advance(tokens)
-
-
-class TextTracker:
-    """Turns one row's new token ids into text pieces, holding back what could still be a stop string.
-
-    Detokenization is incremental: each token decodes only the ids since the previous piece, after the ids of that
-    piece as context (so a decoder that strips a leading space or joins sub-words sees its neighbour), and a long
-    generation costs the same per token at its end as at its start instead of decoding every id again. Where the
-    decoder rewrites the context once more ids follow (a clean-up of the space before punctuation), the text resumes
-    from where it agrees with a whole decode (a character already shown stays shown). Stop strings are searched
-    only where a new match can be: the new text and the stop string's length before it.
-    """
-
-    def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):
-        self.decode = decode
-        self.stop = stop
-        self.eos_ids = eos_ids
-        self.ids: list[int] = []
-        self.emitted = 0
-        self.text = ""
-        self.finished = False
-        self._prefix = 0
-        """Start of the ids decoded as context for the next piece."""
-        self._read = 0
-        """Ids before this index are in `text`."""
-        self._longest_stop = max((len(s) for s in stop), default=0)
-
-    def add(self, token: int) -> str:
-        """Record a token; return the text that is now safe to show (maybe empty)."""
-        if self.finished:
-            return ""
-        if token in self.eos_ids:
-            tail = self.flush()
-            self.finished = True
-            return tail
-        self.ids.append(int(token))
-        piece = self._new_text()
-        if piece is None:  # an incomplete multi-byte character (or nothing yet): wait for the next token
-            return ""
-        if self._extend(piece):
-            return self.flush()
-        return self._take(len(self.text) - self._stop_prefix())
-
-    def flush(self) -> str:
-        """Return everything not yet emitted (with any incomplete character's replacement mark)."""
-        if self._read < len(self.ids) and not self.finished:
-            piece = self._new_text(partial=True)
-            if piece:
-                self._extend(piece)
-        return self._take(len(self.text))
-
-    def _new_text(self, partial: bool = False) -> str | None:
-        """The text the ids since `_read` add; None (unless `partial`) while that is nothing, or ends in an
-        incomplete character and completes no stop string."""
-        context = self.decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
-        window = self.decode(self.ids[self._prefix:])
-        if window.startswith(context):
-            new = window[len(context):]
-        else:  # the decoder rewrote the context: resume from where the text and a whole decode agree
-            whole = self.decode(self.ids)
-            common = len(os.path.commonprefix([self.text, whole]))
-            self.text, self.emitted = self.text[:common], min(self.emitted, common)
-            new = whole[common:]
-        if not partial and (not new or new.endswith("\ufffd") and not self._completes_stop(new.rstrip("\ufffd"))):
-            return None
-        self._prefix, self._read = self._read, len(self.ids)
-        return new
-
-    def _completes_stop(self, new: str) -> bool:
-        tail = self.text[max(0, len(self.text) - self._longest_stop + 1):] + new
-        return any(stop in tail for stop in self.stop)
-
-    def _extend(self, piece: str) -> bool:
-        """Append `piece` to the text; cut the text at a stop string that now appears (True) or not (False)."""
-        start = max(0, len(self.text) - self._longest_stop + 1)
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            self.text, self.finished = self.text[:min(hits)], True
-        return bool(hits)
-
-    def _take(self, end: int) -> str:
-        piece = self.text[self.emitted:end] if end > self.emitted else ""
-        self.emitted = max(self.emitted, end)
-        return piece
-
-    def _stop_prefix(self) -> int:
-        """Length of the longest end of the text that begins some stop string."""
-        longest = 0
-        for stop in self.stop:
-            for n in range(min(len(stop) - 1, len(self.text)), longest, -1):
-                if self.text.endswith(stop[:n]):
-                    longest = n
-                    break
-        return longest
+            if self.max_positions and cache.width >= self.max_positions:
+                # the next mask would be wider than the positions (the fused attention's rotary table): every row
+                # left fits (`budget`), the padding beside it does not; drop finished rows and shared padding
+                keep = np.flatnonzero(~done[rows])
+                rows = rows[keep]
+                cache.compact(keep, int(budgets[rows].max()) - generated)
+            logits = cache.advance(tokens[rows])

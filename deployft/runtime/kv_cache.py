@@ -28,6 +28,11 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
 
 
+def shared_padding(mask: np.ndarray) -> int:
+    """How many leading columns of a left-padded batch's mask are padding in every row."""
+    return int(mask.argmax(axis=1).min()) if mask.size else 0
+
+
 class CopyingCache:
     """A generation's cache as ONNX Runtime returns it: each step's `present` is fed back as the next `past`."""
 
@@ -35,6 +40,11 @@ class CopyingCache:
         self.decoder, self.ids, self.mask = decoder, ids, mask
         self.next_position = mask.sum(axis=1, keepdims=True).astype(np.int64)
         self.past: list | None = None
+
+    @property
+    def width(self) -> int:
+        """Columns of the attention mask (and of the cache): prompt and tokens fed, padding included."""
+        return self.mask.shape[1]
 
     def prefill(self) -> np.ndarray:
         """Run the prompt; returns the last position's logits (float32)."""
@@ -48,6 +58,13 @@ class CopyingCache:
         self.next_position = self.next_position + 1
         return logits
 
+    def compact(self, keep: np.ndarray, room: int) -> None:
+        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them.
+        `room`: the steps still to run (a copying cache grows by itself)."""
+        start = shared_padding(self.mask[keep])
+        self.mask, self.next_position = self.mask[keep, start:], self.next_position[keep]
+        self.past = [self.decoder._owned(value.numpy()[keep][:, :, start:, :]) for value in self.past]
+
 
 class SharedCache:
     """A generation's cache preallocated at its full length (prompt + budget) and updated in place.
@@ -58,24 +75,33 @@ class SharedCache:
     decode step binds each buffer as both `past_key_values.N` and `present.N`: GroupQueryAttention sees the shared
     buffer and writes the step's keys and values at column `total - 1`, attending over the first `total` columns
     only (the attention mask's width), so nothing is copied. `input_ids`, `position_ids` and `logits` are
-    preallocated arrays bound once and rewritten each step.
+    preallocated arrays bound once and rewritten each step. `compact` copies the rows left into new buffers.
     """
 
     def __init__(self, decoder: KVDecoder, ids: np.ndarray, mask: np.ndarray, budget: int):
         from onnxruntime import OrtValue
 
         self.decoder, self.ids = decoder, ids
-        batch, prompt = ids.shape
-        self.capacity = prompt + budget
-        self.mask = np.ones((batch, self.capacity), dtype=np.int64)
-        self.mask[:, :prompt] = mask
-        self.total = prompt
-        self.step_ids = np.zeros((batch, 1), dtype=np.int64)
-        self.step_positions = mask.sum(axis=1, keepdims=True).astype(np.int64)
         self._ort_value = OrtValue.ortvalue_from_numpy
+        self._size(mask, budget)
+        self.step_positions = mask.sum(axis=1, keepdims=True).astype(np.int64)
         self.binding = None
         self.arrays: list[np.ndarray] = []
         """The buffers' memory when they were made from numpy (kept for as long as the OrtValues use it)."""
+
+    def _size(self, mask: np.ndarray, budget: int) -> None:
+        """Room for `mask`'s columns and `budget` more tokens (the last one never fed back)."""
+        batch, self.total = mask.shape
+        limit = self.decoder.max_positions  # `iter_batch` compacts the batch before its mask grows wider
+        self.capacity = self.total + (min(budget, limit + 1 - self.total) if limit else budget)
+        self.mask = np.ones((batch, self.capacity), dtype=np.int64)
+        self.mask[:, :self.total] = mask
+        self.step_ids = np.zeros((batch, 1), dtype=np.int64)
+
+    @property
+    def width(self) -> int:
+        """Columns of the attention mask: prompt and tokens fed, padding included."""
+        return self.total
 
     def prefill(self) -> np.ndarray:
         """Run the prompt into the full-length buffers and bind them; returns the last position's logits."""
@@ -107,7 +133,7 @@ class SharedCache:
         """Bind `buffers` (one per layer, the generation's full length) as past and present, and the step's
         preallocated inputs and logits."""
         decoder = self.decoder
-        self.logits = np.zeros((self.ids.shape[0], 1, vocab), dtype=decoder.logits_dtype)
+        self.logits = np.zeros((self.step_ids.shape[0], 1, vocab), dtype=decoder.logits_dtype)
         binding = decoder.session.io_binding()
         binding.bind_ortvalue_input("input_ids", self._ort_value(self.step_ids))
         if decoder.has_positions:
@@ -130,3 +156,17 @@ class SharedCache:
         self.decoder.session.run_with_iobinding(self.binding)
         self.step_positions += 1
         return self.logits[:, -1, :].astype(np.float32)
+
+    def compact(self, keep: np.ndarray, room: int) -> None:
+        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them,
+        in new buffers with `room` columns for the steps still to run (made from numpy: the CPU shares its memory)."""
+        mask = self.mask[keep, :self.total]
+        start = shared_padding(mask)
+        old = [buffer.numpy() for buffer in self.buffers]
+        self._size(mask[:, start:], room + 1)
+        self.step_positions = self.step_positions[keep]
+        decoder, shape = self.decoder, (len(keep), self.decoder.kv_heads, self.capacity, self.decoder.head_dim)
+        self.arrays = [np.zeros(shape, dtype=decoder.past_dtype) for _ in old]
+        for array, values in zip(self.arrays, old):
+            array[:, :, :self.total] = values[keep][:, :, start:start + self.total]
+        self._bind([self._ort_value(array) for array in self.arrays], self.logits.shape[-1])

@@ -218,9 +218,9 @@ class Predictor:
         trackers = [TextTracker(self.codec.decode, options.stop, eos) for _ in rows]
         done = np.zeros(len(rows), dtype=bool)
         for tokens in self.decoder.iter_batch(ids, mask, options, done):
-            for i, (tracker, token) in enumerate(zip(trackers, tokens)):
-                tracker.add(int(token))
-                done[i] |= tracker.finished
+            for i in np.flatnonzero(~done):  # a finished row (end token, stop string, budget) gets padding
+                trackers[i].add(int(tokens[i]))
+                done[i] |= trackers[i].finished
         for tracker in trackers:  # ids still waiting for a character's next byte
             tracker.flush()
         return [t.text for t in trackers]

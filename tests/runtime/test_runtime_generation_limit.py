@@ -1,0 +1,121 @@
+"""Batches at the model's position limit: every row gets the tokens its prompt gets alone (`KVDecoder.budget` per
+row), on the plain files and on the fused ones (GroupQueryAttention updating one cache in place)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import _bpe_tokenizer, _tiny_config, sharpen_decoder
+from deployft.runtime import GenerationOptions, Predictor
+
+POSITIONS = 32
+LENGTHS = (POSITIONS - 3, 5, 12, POSITIONS + 2)
+"""Prompt lengths of one batch; alone, with 40 tokens asked, they get 4, 28, 21 and none (the last is longer than
+the positions)."""
+
+
+def _short_decoder(arch: str, folder):
+    """A tiny `arch` decoder (conftest's) with only POSITIONS positions, its weights sharpened."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _bpe_tokenizer(None)
+    config = _tiny_config(arch, tokenizer, 2)
+    if arch == "gpt2":
+        config.n_positions = POSITIONS
+    else:
+        config.max_position_embeddings = POSITIONS
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "init")
+    tokenizer.save_pretrained(folder / "init")
+    return sharpen_decoder(folder / "init", folder / "model")
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral", "gpt2"])
+def short_bundle(request, tmp_path_factory):
+    """`deployft export` of a POSITIONS-position decoder: Optimum's plain file and deployft's fused one."""
+    from deployft.exporter import ExportConfig, export
+
+    folder = tmp_path_factory.mktemp(f"positions-{request.param}")
+    return export(ExportConfig(run=_short_decoder(request.param, folder), output=folder / "bundle",
+                               task="generate", quantize="none", validate_samples=4, max_accuracy_drop=1000))
+
+
+def _files(bundle) -> list[str]:
+    return list(json.loads((bundle / "deployft.json").read_text())["variants"])
+
+
+def _prompts() -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(3, 300, size=length).tolist() for length in LENGTHS]
+
+
+def _batch_rows(predictor, prompts, options) -> tuple[list[list[int]], np.ndarray]:
+    """Each row's tokens from one left-padded `iter_batch` of `prompts` (end tokens ignored), and its `done`."""
+    ids, mask = predictor.codec.pad(prompts, side="left")
+    done = np.zeros(len(prompts), dtype=bool)
+    steps = list(predictor.decoder.iter_batch(ids, mask, options, done, ignore_eos=True))
+    return [[int(step[row]) for step in steps] for row in range(len(prompts))], done
+
+
+def test_every_row_of_a_batch_gets_its_own_budget_at_the_position_limit(short_bundle):
+    """On every file; a fused one through its shared cache and through the copying cache too."""
+    prompts = _prompts()
+    for name in _files(short_bundle):
+        predictor = Predictor.load(short_bundle, model_file=name)
+        decoder = predictor.decoder
+        assert decoder.max_positions == POSITIONS
+        for shared in sorted({decoder.shares_cache, False}, reverse=True):
+            decoder.shares_cache = shared
+            alone = [list(predictor.iter_token_ids(p, max_new_tokens=40, ignore_eos=True)) for p in prompts]
+            assert [len(tokens) for tokens in alone] == [4, 28, 21, 0]
+            for batch in (prompts[:3], prompts):  # with and without a prompt that gets nothing
+                rows, done = _batch_rows(predictor, batch, GenerationOptions(40))
+                assert len(rows[0]) == 28, (name, shared)
+                for own, row in zip(alone, rows):  # a row cut before the others gets padding after its budget
+                    assert row[:len(own)] == own, (name, shared)
+                    assert row[len(own):] == [decoder.pad_id] * (28 - len(own)), (name, shared)
+                assert done.all(), (name, shared)
+
+
+def test_generate_gives_a_prompt_in_a_batch_the_text_it_gets_alone(short_bundle):
+    """Greedy and seeded sampling, on a batch whose long prompt reaches the limit long before its short ones."""
+    predictor = Predictor.load(short_bundle)
+    prompts = _prompts()
+    texts = [f"p{i}" for i in range(len(prompts))]
+    predictor.prompt_ids = dict(zip(texts, prompts)).__getitem__  # exact prompt lengths, whatever the tokenizer
+    for settings in ({"max_new_tokens": 40}, {"max_new_tokens": 40, "temperature": 1.0, "seed": 5}):
+        alone = [predictor.generate(text, **settings) for text in texts]
+        assert predictor.generate(texts, **settings) == alone
+        assert predictor.generate(texts[::-1], **settings) == alone[::-1]
+        # the token finished rows are fed decodes to text here: a caller must stop reading a row once it is done
+        predictor.decoder.pad_id = 42
+        assert predictor.codec.decode([42]).strip()
+        assert predictor.generate(texts, **settings) == [predictor.generate(text, **settings) for text in texts]
+        streams = [predictor.iter_token_ids(p, **settings) for p in prompts[1:3]]
+        longest = max(len([t for t in tokens if t not in predictor.decoder.eos_ids]) for tokens in streams)
+        assert longest > 4, "a short prompt must outlive the long one (4 tokens) for the check to mean something"
+
+
+def test_the_server_gives_a_request_the_tokens_it_gets_alone(short_bundle):
+    """Continuous batching budgets each request on its own prompt already (`GenerationEngine._new_row`)."""
+    from deployft.serve.engine import GenerationEngine, Ticket
+
+    prompts = _prompts()[:3]
+    for name in _files(short_bundle):
+        predictor = Predictor.load(short_bundle, model_file=name)
+        engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+        sinks = [[] for _ in prompts]
+        for prompt, sink in zip(prompts, sinks):
+            engine.submit(Ticket(prompt, GenerationOptions(40), sink.append))
+        for _ in range(80):
+            if all(sink and sink[-1].finish_reason for sink in sinks):
+                break
+            engine.run_once()
+        for prompt, sink in zip(prompts, sinks):
+            alone = list(predictor.iter_token_ids(prompt, max_new_tokens=40))
+            assert sink[-1].error is None and sink[-1].completion_tokens == len(alone), name
+            assert "".join(chunk.text for chunk in sink) == predictor.codec.decode(alone), name
