@@ -5,8 +5,8 @@ is an error naming its line, not a field that swallows the lines after it. A row
 header (an unquoted comma or tab in a text) and a header naming a column twice are refused with the line and the
 fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose lines look like
 records of this file is read as written, with a warning naming its lines: a quote opened in one record and
-closed, by chance, in a later one would read that way too. `strict_records` is the strict reading itself, one
-record at a time: `predict --input` reads its CSV through it, in bounded memory.
+closed, by chance, in a later one would read that way too. `strict_rows` is the strict reading itself, one
+row at a time: `predict --input` reads its CSV through it, in bounded memory.
 
 RUNs recorded before this reading (`legacy=True`) are replayed with the reader they were trained with:
 `csv.DictReader`'s defaults, lenient about quotes and extra fields.
@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import DataError
 
-__all__ = ["read_delimited", "separator_hint", "strict_records"]
+__all__ = ["read_delimited", "separator_hint", "strict_records", "strict_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +44,15 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
     delimiter = "\t" if fmt == "tsv" else ","
     if legacy:
         return _read_lenient(path, text, fmt, delimiter)
-    header: list[str] | None = None
     rows: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int]] = []  # (first line, last line, row) of the records spanning lines
     trailing = 0  # rows whose extra fields are all empty
-    for start, end, record in strict_records(io.StringIO(text, newline=""), path, fmt):
-        if record and header is None:
-            header = _check_header(record, path)
-        elif record:
-            if len(record) > len(header):
-                record = _drop_empty_extras(record, header, path, start, fmt)
-                trailing += 1
-            rows.append(dict(zip(header, record + [None] * (len(header) - len(record)))))
-            if end != start:
-                spans.append((start, end, len(rows) - 1))
-    if header is None:
-        raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
+    for start, end, row, cut in strict_rows(io.StringIO(text, newline=""), path, fmt):
+        rows.append(row)
+        trailing += cut
+        if end != start:
+            spans.append((start, end, len(rows) - 1))
+    header = list(rows[0]) if rows else []
     if trailing:
         logger.warning("%s: %d row(s) end in empty fields past the header's %d columns (a trailing separator); "
                     "those empty fields are ignored", path, trailing, len(header))
@@ -86,6 +79,28 @@ def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: i
         return record[:len(header)]
     raise DataError(f"data file {path} line {line} has {len(record)} fields but the header has {len(header)} "
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
+
+
+def strict_rows(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[int, int, dict[str, Any], bool]]:
+    """The rows of CSV (`fmt="csv"`) or TSV `lines`, read strictly, one at a time: `(first line, last line, row,
+    cut)`, `row` keyed by the header's columns (a short record's missing fields None), `cut` when the record's
+    extra fields were empty and dropped (a trailing separator). Blank lines are skipped.
+
+    Raises:
+        DataError: no header (an empty file), a header naming a column twice, a record with more fields than the
+            header, or a quote error (`strict_records`).
+    """
+    header: list[str] | None = None
+    for start, end, record in strict_records(lines, path, fmt):
+        if record and header is None:
+            header = _check_header(record, path)
+        elif record:
+            cut = len(record) > len(header)
+            if cut:
+                record = _drop_empty_extras(record, header, path, start, fmt)
+            yield start, end, dict(zip(header, record + [None] * (len(header) - len(record)))), cut
+    if header is None:
+        raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
 
 
 def strict_records(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[int, int, list[str]]]:

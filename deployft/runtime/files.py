@@ -2,7 +2,7 @@
 
 The input is UTF-8 (a leading byte-order mark is skipped), decoded one line at a time so a byte that is not UTF-8
 is reported with its line; each row's text is a string (or null, read as ""), never another JSON value turned into
-text. A CSV is read strictly, as training data is (`deployft.delimited.strict_records`): a stray quote, or a
+text. A CSV is read strictly, as training data is (`deployft.delimited.strict_rows`): a stray quote, or a
 quote never closed (which would join every later line into one text and shift the ids), is an error naming its
 line. `predict --ray` reads its JSONL and CSV files with this reader too (`ray_source`). The output path is checked
 before any work (`outputs.check_output_file`: not the input, not a folder). It is written under a temporary name
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from ..delimited import strict_records
+from ..delimited import strict_rows
 from ..errors import DataError
 from ..staging import atomic_file
 from ..tasks import get_task
@@ -80,17 +80,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """The rows of a CSV file, read strictly (`strict_records`, as training data is read): a stray or unclosed
-    quote is an error naming its line, never rows silently joined into one text (which would shift every id)."""
-    header: list[str] | None = None
-    for start, _, record in strict_records(_lines(path), path, "csv"):
-        if record and header is None:
-            header = record
-        elif record:
-            if len(record) > len(header):  # an unquoted comma would cut the text silently
-                raise DataError(f"{path} line {start} has {len(record)} fields but the header has {len(header)}; "
-                                "quote the field that holds a comma")
-            yield start, dict(zip(header, record + [None] * (len(header) - len(record))))
+    """The rows of a CSV file, read strictly, as training data is (`strict_rows`): a stray or unclosed quote, an
+    unquoted comma or a repeated column is an error naming its line, never rows silently joined into one text or
+    cut apart (either would shift every id)."""
+    for start, _, row, _ in strict_rows(_lines(path), path, "csv"):
+        yield start, row
 
 
 def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str:

@@ -195,11 +195,12 @@ def test_a_batch_size_below_one_is_refused_before_loading(runtime_bundle, tmp_pa
     assert not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("content", ["", "text\n"])
-def test_an_input_without_rows_is_refused(runtime_bundle, tmp_path, content):
+@pytest.mark.parametrize("content, message", [("", "is empty; pass a file with a header and at least one row"),
+                                              ("text\n", "has no rows; pass a file with at least one row")])
+def test_an_input_without_rows_is_refused(runtime_bundle, tmp_path, content, message):
     (tmp_path / "in.csv").write_text(content)
     _error(_run("predict", runtime_bundle("bert"), "--input", tmp_path / "in.csv", "--output", tmp_path / "o.jsonl"),
-           f"{tmp_path / 'in.csv'} has no rows; pass a file with at least one row")
+           f"{tmp_path / 'in.csv'} {message}")
     assert not (tmp_path / "o.jsonl").exists()
 
 

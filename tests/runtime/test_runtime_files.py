@@ -124,13 +124,17 @@ def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize("name, content", [("empty.csv", ""), ("header.csv", "text\n"), ("blank.jsonl", "\n\n")])
-def test_a_file_without_rows_is_refused(tmp_path, name, content):
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.csv", "", "^data file {} is empty; pass a file with a header and at least one row$"),
+    ("header.csv", "text\n", "^{} has no rows; pass a file with at least one row$"),
+    ("blank.jsonl", "\n\n", "^{} has no rows; pass a file with at least one row$"),
+])
+def test_a_file_without_rows_is_refused(tmp_path, name, content, message):
     from deployft.errors import DataError
 
     source = tmp_path / name
     source.write_text(content)
-    with pytest.raises(DataError, match=f"^{source} has no rows; pass a file with at least one row$"):
+    with pytest.raises(DataError, match=message.format(re.escape(str(source)))):
         predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
     assert _names(tmp_path) == [name]
 
@@ -158,8 +162,25 @@ def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
     for header in ("text", "review"):  # the column found, or not (the missing-column message used to crash)
         source = tmp_path / f"{header}.csv"
         source.write_text(f"{header}\na,b,c\n")
-        with pytest.raises(DataError, match=f"^{source} line 2 has 3 fields but the header has 1; quote the field"):
+        with pytest.raises(DataError, match=f"^data file {source} line 2 has 3 fields but the header has 1 "
+                                            f"\\({header}\\); wrap a text that holds a comma in double quotes"):
             predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+
+
+def test_a_csv_is_read_for_predict_as_it_is_read_for_training(tmp_path):
+    """One reader (`deployft.delimited.strict_rows`): a repeated column is refused, a trailing separator is not."""
+    from deployft.delimited import read_delimited
+    from deployft.errors import DataError
+    from deployft.runtime.files import read_texts
+
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("text,text\na,b\n")
+    with pytest.raises(DataError, match="names column\\(s\\) 'text' more than once in its header"):
+        predict_file(_NeverCalled(), repeated, tmp_path / "out.jsonl", progress=False)
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("text,label\ngood film,1,\nbad film,0\n")
+    assert list(read_texts(trailing, None, "classify")) == ["good film", "bad film"]
+    assert [row["text"] for row in read_delimited(trailing, trailing.read_text(), "csv")] == ["good film", "bad film"]
 
 
 @pytest.mark.parametrize("content, line", [
