@@ -133,6 +133,10 @@ def _why(manifest: dict[str, Any]) -> str:
         graph = "the fused fp32 graph" if fused else "the plain fp32 graph (nothing was fused)"
         return f"{graph}, the first fp32 file that passed the accuracy guard"
     optimized = "the fused graph" if fused else f"{OPTIMIZED_NAME} (the same graph, nothing fused)"
+    record = manifest["variants"].get(OPTIMIZED_NAME, {}).get("validation", {}).get("guard") or {}
+    if record.get("within_budget"):  # `guard.fused_fp32_mismatch`
+        return (f"the plain fp32 export: {optimized} is within the accuracy budget but not exact (max |Δlogit| "
+                f"{record['max_abs_logit_diff']:.3g} vs {record['max_fp32_logit_diff']:g})")
     return f"the plain fp32 export: {optimized} did not pass the accuracy guard"
 
 
@@ -171,9 +175,19 @@ def _decision(g: dict[str, Any]) -> str:
         return (f"{g['rows'] - g['flips']}/{g['rows']} predictions agree ({g['agreement']:.4f}, {g['flips']} flipped), "
                 f"95 % lower bound {g['agreement_lower_95']:.4f} vs {g['min_agreement']:.4f}: {verdict}")
     greedy = g.get("greedy_token_agreement")
+    budget = "pass" if g.get("within_budget", g.get("passed")) else "FAIL"  # the exactness check may fail alone
     return (f"perplexity ratio {g['perplexity_ratio']:.4f} over {g['rows']} sequences, 95 % upper bound "
-            f"{g['perplexity_ratio_upper_95']:.4f} vs {g['max_perplexity_ratio']:.4f}: {verdict}; greedy tokens "
-            f"matched before the first divergence: {'-' if greedy is None else f'{greedy:.3f}'}")
+            f"{g['perplexity_ratio_upper_95']:.4f} vs {g['max_perplexity_ratio']:.4f}: {budget}{_exactness(g)}; "
+            f"greedy tokens matched before the first divergence: {'-' if greedy is None else f'{greedy:.3f}'}")
+
+
+def _exactness(g: dict[str, Any]) -> str:
+    """A fused fp32 generator file's exactness check (`guard.fused_fp32_mismatch`), when it was held to one."""
+    if "max_fp32_logit_diff" not in g:
+        return ""
+    diff, bound = g["max_abs_logit_diff"], g["max_fp32_logit_diff"]
+    return (f"; max |Δlogit| {diff:.3g} vs {bound:g} (a fused fp32 file is exact but for float rounding): "
+            f"{'pass' if diff <= bound else 'FAIL'}")
 
 
 def quantization_line(q: dict[str, Any]) -> str:

@@ -164,17 +164,19 @@ off by 9.5 on a tiny model, and a different model by whole units, which the perp
 rows can miss."""
 
 
-def fused_fp32_mismatch(variant: VariantResult) -> str | None:
+def fused_fp32_mismatch(variant: VariantResult, derived: str | None = None) -> str | None:
     """Hold a fused fp32 generator file to exactness as well as to the budget: None when its logits are within
-    FUSED_FP32_MAX_LOGIT_DIFF of PyTorch's, else why it is not deployable (its guard record then fails)."""
+    FUSED_FP32_MAX_LOGIT_DIFF of PyTorch's, else why it is not deployable (`derived`: the file then made from the
+    plain export instead, if any). Its guard record keeps the budget's verdict as `within_budget` and fails."""
     diff, guard = variant.validation["max_abs_logit_diff"], variant.validation["guard"]
     guard["max_abs_logit_diff"], guard["max_fp32_logit_diff"] = diff, FUSED_FP32_MAX_LOGIT_DIFF
     if diff <= FUSED_FP32_MAX_LOGIT_DIFF:
         return None
-    guard["passed"] = False
+    guard["within_budget"], guard["passed"] = guard["passed"], False
+    made = f", and {derived} is made from it" if derived else ""
     return (f"{variant.name} is not deployable: its logits differ from PyTorch's by up to {diff:.3g}, over the "
             f"{FUSED_FP32_MAX_LOGIT_DIFF:g} a fused fp32 file (exact but for float rounding) may show, so its fusion "
-            "computes something else; the plain export is the fp32 file instead")
+            f"computes something else; the plain export (model.onnx) is the fp32 file instead{made}")
 
 
 def looser_budget(drops: list[float]) -> str:

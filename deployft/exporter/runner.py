@@ -5,7 +5,9 @@
         ─► --quantize int8: model_quantized.onnx (classifiers: the fastest, or with --select smallest the smallest,
            of the int8 candidates within the accuracy budget, timed on this machine (`select.py`); generators:
            blockwise int8 MatMulNBits of model_optimized.onnx) | int4 (generators): model_int4.onnx, 4-bit
-           MatMulNBits of model_optimized.onnx | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx
+           MatMulNBits of model_optimized.onnx | int8-static: model_int8_static.onnx | fp16: model_fp16.onnx;
+           a generator's fused graph more than 1e-2 from PyTorch in logits is not deployable, and its int8, int4
+           and fp16 files are made from model.onnx instead (`guard.fused_fp32_mismatch`)
         ─► every file validated against the PyTorch original through the runtime's own session and decoder
         ─► the accuracy guard (`guard.py`) picks the deployable file ─► BUNDLE, written atomically (and, with
            --sign-key, its manifest signed inside the same atomic step: deployft.json.sig)
@@ -28,13 +30,11 @@ from .state import ExportJob, ExportResult, VariantResult
 
 logger = logging.getLogger(__name__)
 
-BLOCKWISE_NOTE = ("blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of "
-                  "model_optimized.onnx, attention fused where the fusion note says so")
-"""What the `quantization.choice` field says about a generator's int8."""
+BLOCKWISE_NOTE = "blockwise int8 (MatMulNBits: 8-bit weights, one scale per block along K, int8 compute) of {base}"
+"""What the `quantization.choice` field says about a generator's int8 (formatted with `_base_text`)."""
 INT4_NOTE = ("blockwise int4 (MatMulNBits: 4-bit weights, one scale per block along K, int8 compute; the LM head "
-             "at {head_bits} bits, the token embedding as `embedding` says) of model_optimized.onnx, attention fused "
-             "where the fusion note says so")
-"""What the `quantization.choice` field says about int4 (formatted with the head's width)."""
+             "at {head_bits} bits, the token embedding as `embedding` says) of {base}")
+"""What the `quantization.choice` field says about int4 (formatted with the head's width and `_base_text`)."""
 
 
 def export(config: ExportConfig) -> Path:
@@ -132,6 +132,7 @@ def _build(job: ExportJob, attention) -> ExportResult:
     result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, job.budget)
     for path, optimized in ((job.plain, False), (job.optimized, job.fused)):
         _validated(job, result, path, "fp32", optimized)
+    job.base = _base(job, result)
     build = {"none": _fp32, "int8": _int8, "int4": _int4, "int8-static": _int8_static,
              "fp16": _fp16}[job.config.quantize]
     result.model_file = build(job, result)
@@ -155,13 +156,34 @@ def _report(job: ExportJob, result: ExportResult, path: Path, precision: str, op
     return VariantResult(path, precision, optimized, report, op_counts(path))
 
 
+def _base(job: ExportJob, result: ExportResult) -> Path:
+    """The graph a generator's blockwise int8 / int4 and an fp16 file are made from: model_optimized.onnx, unless a
+    generator's fused fp32 file fails its exactness check (`guard.fused_fp32_mismatch`): then model.onnx, and the
+    fusion notes say why."""
+    if not (job.task.generates and job.fused):
+        return job.optimized
+    derived = VARIANT_FILES.get(job.config.quantize) if job.config.quantize != "int8-static" else None
+    why = fused_fp32_mismatch(result.variants[job.optimized.name], derived)
+    if not why:
+        return job.optimized
+    logger.warning(why)  # the card and `info` print the fusion notes
+    result.fusion["notes"].append(why)
+    return job.plain
+
+
+def _base_text(job: ExportJob) -> str:
+    """Which graph a generator's quantized file was made from, as its `quantization.choice` says."""
+    if job.base == job.optimized:
+        return f"{job.optimized.name}, " + ("attention fused where the fusion note says so" if job.fused
+                                           else "the plain export's graph (nothing fused)")
+    return (f"{job.plain.name}, the plain export (attention not fused): {job.optimized.name} failed its exactness "
+            "check, as the fusion notes say")
+
+
 def _fp32(job: ExportJob, result: ExportResult) -> str:
     names = [job.optimized.name, job.plain.name]
-    why = fused_fp32_mismatch(result.variants[names[0]]) if job.task.generates and job.fused else None
-    if why:  # the card and `info` print the fusion notes
-        logger.warning(why)
-        result.fusion["notes"].append(why)
-    return first_within_budget(result, names[1:] if why else names, job.source.path.name, FP32_MISMATCH)
+    return first_within_budget(result, names if job.base == job.optimized else names[1:], job.source.path.name,
+                               FP32_MISMATCH)
 
 
 def _int8(job: ExportJob, result: ExportResult) -> str:
@@ -171,13 +193,14 @@ def _int8(job: ExportJob, result: ExportResult) -> str:
         from .select import select_int8
 
         return select_int8(job, result, lambda path, fused: _report(job, result, path, "int8", fused))
-    return _ladder(job, result, "int8", job.task.int8_remedies, _blockwise_int8, BLOCKWISE_NOTE)
+    return _ladder(job, result, "int8", job.task.int8_remedies, _blockwise_int8,
+                   BLOCKWISE_NOTE.format(base=_base_text(job)))
 
 
 def _int4(job: ExportJob, result: ExportResult) -> str:
-    """Blockwise int4 of a decoder's optimized graph, climbing the task's int4 ladder until the budget is met."""
+    """Blockwise int4 of a decoder's base graph (`_base`), climbing the task's int4 ladder until the budget is met."""
     return _ladder(job, result, "int4", job.task.int4_remedies, _blockwise_int4,
-                   INT4_NOTE.format(head_bits=_head_bits(job)))
+                   INT4_NOTE.format(head_bits=_head_bits(job), base=_base_text(job)))
 
 
 def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Remedy, ...], quantize,
@@ -211,29 +234,29 @@ def _block_size(job: ExportJob, remedy: Remedy, mode: str) -> int:
 
 
 def _blockwise_int8(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
-    """Blockwise int8 of a decoder's optimized graph."""
+    """Blockwise int8 of a decoder's base graph (`_base`)."""
     from .quantize import head_matmuls, quantize_blockwise_int8
 
     target = job.staging / VARIANT_FILES["int8"]
-    excluded = head_matmuls(job.optimized) if remedy.keep_head else []
-    settings = quantize_blockwise_int8(job.optimized, target, _block_size(job, remedy, "int8"), excluded)
-    return settings, _validated(job, result, target, "int8", job.fused)
+    excluded = head_matmuls(job.base) if remedy.keep_head else []
+    settings = quantize_blockwise_int8(job.base, target, _block_size(job, remedy, "int8"), excluded)
+    return settings, _validated(job, result, target, "int8", job.base_fused)
 
 
 def _blockwise_int4(job: ExportJob, result: ExportResult, remedy: Remedy) -> tuple[dict, VariantResult]:
-    """4-bit MatMulNBits of a decoder's optimized graph, the LM head at --head-bits (and with the remedy, the edge
-    layers at 8)."""
+    """4-bit MatMulNBits of a decoder's base graph (`_base`), the LM head at --head-bits (and with the remedy, the
+    edge layers at 8)."""
     from .int4 import edge_layer_matmuls, quantize_int4, width_of
     from .quantize import head_matmuls
 
     target = job.staging / VARIANT_FILES["int4"]
-    head = head_matmuls(job.optimized)
+    head = head_matmuls(job.base)
     eight_bit = list(head) if _head_bits(job) == 8 else []
     if remedy.eight_bit_edges:
-        eight_bit += edge_layer_matmuls(job.optimized, job.source.num_layers)
-    settings = quantize_int4(job.optimized, target, _block_size(job, remedy, "int4"), eight_bit)
+        eight_bit += edge_layer_matmuls(job.base, job.source.num_layers)
+    settings = quantize_int4(job.base, target, _block_size(job, remedy, "int4"), eight_bit)
     settings["head_bits"] = width_of(target, head)  # read back from the file
-    return settings, _validated(job, result, target, "int4", job.fused)
+    return settings, _validated(job, result, target, "int4", job.base_fused)
 
 
 def _head_bits(job: ExportJob) -> int:
@@ -260,7 +283,7 @@ def _fp16(job: ExportJob, result: ExportResult) -> str:
     from .quantize import convert_fp16
 
     target = job.staging / VARIANT_FILES["fp16"]
-    settings = convert_fp16(job.optimized, target)
-    variant = _validated(job, result, target, "fp16", job.fused)
+    settings = convert_fp16(job.base, target)
+    variant = _validated(job, result, target, "fp16", job.base_fused)
     result.quantization = {**settings, "remedy": "none", "attempts": [attempt_record("none", variant)]}
     return first_within_budget(result, [target.name], job.source.path.name)

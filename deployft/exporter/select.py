@@ -4,7 +4,8 @@ accuracy guard and the agreement goal, time the ones that meet both on this mach
     model.onnx ─► plain                    dynamic int8 (DynamicQuantizeMatMul once loaded)
                ─► plain-per-channel        the same, weights scaled per output channel
                ─► static-qdq               static QDQ int8, calibrated on the RUN's training rows
-    model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, attention as QAttention
+    model_optimized.onnx ─► fused-qattention          dynamic int8 of the fused graph, its attention as QAttention
+                                                      where ORTOptimizer fused it (the file's ops say, `recipes.py`)
                          ─► fused-qattention-per-channel   the same, weights scaled per output channel
 
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
@@ -27,7 +28,6 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from ..errors import StageError
 from ..tasks import Remedy
 from .config import VARIANT_FILES
 from .guard import agreement_goal, attempt_record, meets_goal, refuse
+from .recipes import RECIPES, Candidate, Recipe
 from .state import ExportJob, ExportResult, VariantResult
 from .timing import PROVIDER, Timer, TimingPlan, Timings, typical_shapes
 
@@ -44,82 +45,6 @@ SMOOTHING_BATCH = 16
 """Calibration rows per padded batch when smoothing measures activation ranges (`smooth.py` says why padded)."""
 SCRATCH = "candidates.tmp"
 """The staged bundle's scratch folder for candidate files (deleted before the manifest is written)."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One way to make the int8 file."""
-
-    name: str
-    """How the manifest, `export` and `info` name the candidate."""
-    base: str
-    """The graph it quantizes: `plain` (model.onnx) or `fused` (model_optimized.onnx)."""
-    description: str
-    """What the file is, in words (the manifest's `quantization.choice` when it is kept)."""
-    per_channel: bool = False
-    """Weights scaled per output channel (always, whatever --per-channel says)."""
-    static: bool = False
-    """Static QDQ int8 with calibrated activation ranges, instead of dynamic int8."""
-
-
-RECIPES = (
-    Recipe("plain", "plain", "dynamic int8 of the plain export (model.onnx): attention not fused; ONNX Runtime fuses "
-                             "the quantized MatMuls when it loads the file (DynamicQuantizeMatMul)"),
-    Recipe("plain-per-channel", "plain", "dynamic int8 of the plain export, weights scaled per output channel",
-           per_channel=True),
-    Recipe("fused-qattention", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), its fused "
-                                        "attention quantized too (QAttention)"),
-    Recipe("fused-qattention-per-channel", "fused", "dynamic int8 of the fused graph (model_optimized.onnx), "
-                                                    "attention as QAttention, weights scaled per output channel",
-           per_channel=True),
-    Recipe("static-qdq", "plain", "static int8 (QDQ) of the plain export, activation ranges calibrated (min/max) on "
-                                  "the RUN's training rows", static=True),
-)
-"""The candidates, in the order they are built and listed."""
-
-
-@dataclass
-class Candidate:
-    """One recipe's file at one rung of the remedy ladder, and what was found about it."""
-
-    recipe: Recipe
-    remedy: str
-    """The remedy applied (`none` on the first rung)."""
-    settings: dict[str, Any]
-    variant: VariantResult | None = None
-    """The validated file; None when the recipe could not be built (`skipped` says why)."""
-    skipped: str | None = None
-    ms: dict[str, float] | None = None
-    """Median ms per shape, for candidates within budget."""
-    score: float | None = None
-    """The geometric mean of `ms` (what --select fastest compares)."""
-    kept: bool = False
-    size: int | None = None
-    """The file's bytes."""
-
-    @property
-    def name(self) -> str:
-        """The recipe's name, with the remedy after a semicolon past the first rung."""
-        return self.recipe.name if self.remedy == "none" else f"{self.recipe.name}; {self.remedy}"
-
-    @property
-    def passed(self) -> bool:
-        return self.variant is not None and bool(self.variant.validation["guard"]["passed"])
-
-    @property
-    def agreement(self) -> float:
-        """Top-1 agreement with PyTorch on the validation rows (0 when the file was not built)."""
-        return float(self.variant.validation["top1_agreement"]) if self.variant is not None else 0.0
-
-    def to_manifest(self, plain_score: float | None) -> dict[str, Any]:
-        validation = self.variant.validation if self.variant else {}
-        vs_plain = plain_score / self.score if plain_score and self.score else None
-        return {"name": self.name, "recipe": self.recipe.name, "remedy": self.remedy,
-                "description": self.recipe.description,
-                "quantized_from": self.settings.get("quantized_from"), "per_channel": self.settings.get("per_channel"),
-                "static": self.recipe.static, "bytes": self.size, "drop": validation.get("drop"),
-                "guard": dict(validation.get("guard") or {}), "passed": self.passed, "skipped": self.skipped,
-                "ms": self.ms, "score_ms": self.score, "vs_plain": vs_plain, "kept": self.kept}
 
 
 Validate = Callable[[Path, bool], VariantResult]
@@ -175,10 +100,11 @@ def select_int8(job: ExportJob, result: ExportResult, validate: Validate, timer:
                                        kept.variant.ops))
     shutil.rmtree(scratch)
     plain = next((c.score for c in passed if c.recipe is RECIPES[0]), None)
+    graph_ops = result.variants[job.optimized.name].ops
     result.quantization = {
         **kept.settings, "mode": "int8", "recipe": kept.recipe.name, "remedy": kept.remedy,
         "attempts": [attempt_record(c.name, c.variant) for c in candidates if c.variant],
-        "choice": kept.recipe.description, "candidates": [c.to_manifest(plain) for c in candidates],
+        "choice": kept.description(graph_ops), "candidates": [c.to_manifest(plain, graph_ops) for c in candidates],
         "selection": {**_selection(job, passed, kept, timings, plain,
                                    "within budget and the agreement goal" if goal and reached else "within budget"),
                       "agreement_goal": goal,

@@ -84,6 +84,14 @@ class ExportJob:
     fused: bool = True
     """Whether model_optimized.onnx holds any fusion (`optimize.anything_fused`); False: it is the plain graph, and
     neither it nor a file made from it is recorded as optimized."""
+    base: Path | None = None
+    """The fp32 graph a generator's blockwise int8 / int4 and an fp16 file are made from: model_optimized.onnx, or
+    model.onnx when a generator's fused graph failed its exactness check (`guard.fused_fp32_mismatch`)."""
+
+    @property
+    def base_fused(self) -> bool:
+        """Whether a file made from `base` derives from a graph holding a fusion (its `optimized` flag)."""
+        return self.fused and self.base == self.optimized
 
 
 @dataclass

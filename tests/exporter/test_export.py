@@ -274,6 +274,8 @@ def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path,
     assert set(q["nodes_excluded"]) <= float_nodes
     assert not any("layer.1/" in n or n == "Attention_1" or "classifier" in n for n in float_nodes)
     assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+    fused = next(c for c in q["candidates"] if c["name"] == f"fused-qattention; {q['remedy']}")
+    assert "its fused attention quantized (QAttention ×1) but for Attention ×1 kept in fp32" in fused["description"]
 
 
 def _weight_nodes(path) -> tuple[set[str], list[str]]:
@@ -294,6 +296,8 @@ def test_guard_keeps_sensitive_nodes_in_fp32_without_smoothing(tiny_run, tmp_pat
     fp32, int8_tables = _weight_nodes(bundle / "model_quantized.onnx")
     assert int8_tables == [] and len(fp32) == len(q["nodes_excluded"])
     assert f"{len(q['nodes_excluded'])} nodes kept in fp32" in (bundle / "README.md").read_text()
+    fused = next(c for c in q["candidates"] if c["name"] == f"fused-qattention; {q['remedy']}")
+    assert "its fused attention kept in fp32 (Attention ×2)" in fused["description"]  # no QAttention left to claim
 
 
 def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):

@@ -28,6 +28,8 @@ def test_real_classifier_int8_bundle(real_classify_run, tmp_path):
     q = manifest["quantization"]
     kept = next(c for c in q["candidates"] if c["kept"])
     assert kept["score_ms"] == min(c["score_ms"] for c in q["candidates"] if c["passed"]) and kept["passed"]
+    ops = manifest["variants"]["model_quantized.onnx"]["ops"]
+    assert ("QAttention" in kept["description"]) is ("QAttention" in ops) and q["choice"] == kept["description"]
     assert set(kept["ms"]) == {"b1x64", "b16x64"} | {s for s in kept["ms"] if s.startswith("b1x")}
     shrink = 1.4 if kept["static"] else 3  # static QDQ keeps the embeddings in fp32
     assert (bundle / "model_quantized.onnx").stat().st_size < (bundle / "model.onnx").stat().st_size / shrink
@@ -55,6 +57,8 @@ def test_real_generator_int8_bundle(real_generate_run, tmp_path, monkeypatch):
     int8 = manifest["validation"]["model_quantized.onnx"]
     q = manifest["quantization"]
     assert manifest["model_file"] == "model_quantized.onnx" and q["remedy"] == "none" and q["block_size"] == 64
+    fused = manifest["validation"]["model_optimized.onnx"]["guard"]  # exact, so the int8 file is quantized from it
+    assert fused["max_abs_logit_diff"] <= fused["max_fp32_logit_diff"] and q["quantized_from"] == "model_optimized.onnx"
     # blockwise int8 (measured: next-token agreement ~0.97, perplexity within +-2 %)
     assert int8["top1_agreement"] >= 0.9 and int8["drop"] <= 10.0
     assert int8["perplexity_ratio_upper_95"] == int8["guard"]["perplexity_ratio_upper_95"] and int8["guard"]["passed"]

@@ -226,3 +226,57 @@ def test_a_fused_fp32_generator_that_is_not_exact_falls_back_to_the_plain_export
     why = "model_optimized.onnx is not deployable: its logits differ from PyTorch's by up to 0.5, over the 0.01"
     assert any(why in note for note in manifest["fusion"]["notes"])
     assert why in (tmp_path / "wrong" / "bundle" / "README.md").read_text()
+
+
+def _inexact_fused_graph(monkeypatch, diff=0.5):
+    """model_optimized.onnx reports `diff` as its max |Δlogit| (its perplexity, the true file's, within budget)."""
+    import deployft.exporter.validate as validate
+
+    real = validate.compare
+
+    def fake(ref, path, device="cpu", provider="default"):
+        report = real(ref, path, device, provider)
+        if path.name == "model_optimized.onnx":
+            report["max_abs_logit_diff"] = diff
+        return report
+
+    monkeypatch.setattr(validate, "compare", fake)
+
+
+def test_the_card_says_a_fused_fp32_generator_failed_its_exactness_not_its_perplexity(tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    _inexact_fused_graph(monkeypatch)
+    bundle = _export(tiny_run("llama"), tmp_path, quantize="none")
+    manifest = read_manifest(bundle, "bundle")
+    fused = manifest["variants"]["model_optimized.onnx"]["validation"]["guard"]
+    lines = {line.split(":")[0]: line for line in guard_lines(manifest)}
+    line = lines["model_optimized.onnx"]
+    assert f"vs {fused['max_perplexity_ratio']:.4f}: pass; max |Δlogit| 0.5 vs 0.01 (a fused fp32 file is exact but " \
+           "for float rounding): FAIL; greedy tokens" in line
+    assert manifest["model_file"] == "model.onnx" and fused["within_budget"] is True and fused["passed"] is False
+    assert "Δlogit" not in lines["model.onnx (deployable)"]  # the plain export is not held to exactness
+    card = (bundle / "README.md").read_text()
+    assert line in card and line in info_text(bundle)
+    assert ("why this file: the plain fp32 export: the fused graph is within the accuracy budget but not exact "
+            "(max |Δlogit| 0.5 vs 0.01)") in card
+
+
+@pytest.mark.parametrize(("mode", "name"), [("int8", "model_quantized.onnx"), ("int4", "model_int4.onnx")])
+def test_a_generator_whose_fused_graph_is_not_exact_is_quantized_from_the_plain_export(tiny_run, tmp_path,
+                                                                                      monkeypatch, mode, name):
+    import deployft.exporter.guard as guard
+
+    monkeypatch.setattr(guard, "FUSED_FP32_MAX_LOGIT_DIFF", 0.0)  # the tiny Llama's fused graph (~1e-5) now fails
+    bundle = _export(tiny_run("llama"), tmp_path, quantize=mode, max_accuracy_drop=1000)
+    manifest = read_manifest(bundle, "bundle")
+    q, variant = manifest["quantization"], manifest["variants"][name]
+    assert manifest["model_file"] == name and manifest["fusion"]["after"]["GroupQueryAttention"] == 2
+    assert manifest["variants"]["model_optimized.onnx"]["validation"]["guard"]["passed"] is False
+    assert q["quantized_from"] == "model.onnx" and variant["optimized"] is False
+    assert variant["ops"]["MatMulNBits"] > 0 and "GroupQueryAttention" not in variant["ops"]  # the plain graph's
+    assert "of model.onnx, the plain export (attention not fused): model_optimized.onnx failed its exactness" \
+        in q["choice"]
+    why = f"the plain export (model.onnx) is the fp32 file instead, and {name} is made from it"
+    assert any(why in note for note in manifest["fusion"]["notes"])
+    card = (bundle / "README.md").read_text()
+    assert ", from model.onnx" in card and f"| {name} * | {mode} | no |" in card

@@ -79,6 +79,31 @@ def test_fastest_within_budget_is_kept(tiny_run, tmp_path, monkeypatch, fastest)
         f"the fastest fused candidate within budget (fused-qattention) measured {12.0 / 2.0:.2f}x its time" in note)
 
 
+@pytest.mark.parametrize("attention", [True, False])
+def test_a_fused_candidate_describes_the_attention_its_file_holds(tiny_run, tmp_path, monkeypatch, attention):
+    """ORTOptimizer may fuse an encoder's Gelus but not its attention: the fused recipes still build, and their files
+    hold no QAttention, so their descriptions (and the card's words for the kept one) must not claim it."""
+    import deployft.exporter.optimize as optimize
+
+    if not attention:
+        monkeypatch.setattr(optimize, "ENCODER_FUSIONS_LEFT_OUT",
+                            {**optimize.ENCODER_FUSIONS_LEFT_OUT, "disable_attention_fusion": True})
+    _fake_timer(monkeypatch, {name: 10.0 + i for i, name in enumerate(NAMES)} | {"fused-qattention": 1.0})
+    manifest = _export(tiny_run("bert"), tmp_path)
+    graph, kept = manifest["variants"]["model_optimized.onnx"], manifest["variants"]["model_quantized.onnx"]
+    assert graph["optimized"] and graph["ops"].get("Gelu") == 2 and graph["ops"].get("Attention", 0) == 2 * attention
+    assert kept["optimized"] and kept["ops"].get("QAttention", 0) == 2 * attention and "Attention" not in kept["ops"]
+    q = manifest["quantization"]
+    described = {c["name"]: c["description"] for c in q["candidates"]}
+    words = "its fused attention quantized too (QAttention ×2)" if attention else "attention not fused"
+    assert described["fused-qattention"] == f"dynamic int8 of the fused graph (model_optimized.onnx), {words}"
+    assert described["fused-qattention-per-channel"] == (
+        f"dynamic int8 of the fused graph (model_optimized.onnx), {words}, weights scaled per output channel")
+    assert _kept(manifest) == ["fused-qattention"] and q["choice"] == described["fused-qattention"]
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert f"why this file: {q['choice']}; the fastest" in card and ("QAttention" in card) is attention
+
+
 def test_smallest_keeps_the_smallest_file_within_budget(tiny_run, tmp_path, monkeypatch):
     _fake_timer(monkeypatch, {name: 1.0 for name in NAMES})
     _flip(monkeypatch, {"fused-qattention": 5})  # over budget: never kept, however small
