@@ -10,7 +10,10 @@ For each model file of the bundle (default: every .onnx it lists), interleaved r
 The first round warms the page cache and is dropped: the medians are for a bundle whose files are in memory, as
 on a server that has just written or copied them; a cold read from disk adds the disk's read time to both the
 check and ONNX Runtime's own read of the model. Wall and CPU seconds are both recorded (CPU: this process, all
-threads), with the machine's load average: on a shared machine the wall times carry other processes' load.
+threads), with the machine's load average. A timed round counts only if other programs used at most --max-foreign
+of a core during it (`deployft.bench.quiet.RoundMeter`: busy time from /proc/stat minus this process's CPU time); a
+rejected round is repeated, and after 5 rejections in a row one is kept as dirty and the results say so. The results
+record the rounds kept, rejected and dirty and the threshold.
 
     python benchmarks/bundle_verify.py /tmp/bundle-generate --rounds 5 --output benchmarks/results/bundle_verify
 """
@@ -33,26 +36,27 @@ def _timed(call) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(bundle: Path, model_files: list[str], rounds: int, threads: int) -> dict:
+def measure(bundle: Path, model_files: list[str], rounds: int, threads: int, max_foreign: float = 0.05) -> dict:
+    from deployft.bench.quiet import RoundMeter, kept_rounds
     from deployft.manifest import read_manifest
     from deployft.runtime import Predictor
     from deployft.runtime.integrity import RUNTIME_FILES, check_bundle, check_for_load
 
     manifest = read_manifest(bundle, "bundle")
     files = manifest["files"]
-    times: dict[str, list[tuple[float, float]]] = {f"{kind}:{name}": [] for name in model_files
-                                                   for kind in ("check", "load")}
-    times["verify"] = []
-    for round_ in range(rounds + 1):
+
+    def one_round(_kept: int) -> dict[str, tuple[float, float]]:
+        timed = {}
         for name in model_files:
-            check = _timed(lambda: check_for_load(bundle, manifest, name))
-            load = _timed(lambda: Predictor.load(bundle, model_file=name, threads=threads))
-            if round_:
-                times[f"check:{name}"].append(check)
-                times[f"load:{name}"].append(load)
-        verify = _timed(lambda: check_bundle(bundle, manifest))
-        if round_:
-            times["verify"].append(verify)
+            timed[f"check:{name}"] = _timed(lambda: check_for_load(bundle, manifest, name))
+            timed[f"load:{name}"] = _timed(lambda: Predictor.load(bundle, model_file=name, threads=threads))
+        timed["verify"] = _timed(lambda: check_bundle(bundle, manifest))
+        return timed
+
+    one_round(0)  # warms the page cache: not judged, dropped
+    meter = RoundMeter(max_share=max_foreign)
+    kept = kept_rounds(meter, rounds, one_round)
+    times = {key: [round_[key] for round_ in kept] for key in kept[0]}
     rows = []
     for name in model_files:
         external = (manifest["variants"].get(name) or {}).get("external_data") or []
@@ -67,6 +71,7 @@ def measure(bundle: Path, model_files: list[str], rounds: int, threads: int) -> 
     return {"bundle": str(bundle), "model_type": manifest.get("model_type"), "task": manifest.get("task"),
             "source_model": (manifest.get("source_run") or {}).get("path"),
             "default_model_file": manifest.get("model_file"), "rounds": rounds, "threads": threads,
+            "max_foreign": max_foreign, "quiet": meter.summary(),
             "loads": rows, "verify": {"files": len(files), "bytes": total, "seconds": verify,
                                       "mb_per_s": total / 1e6 / verify, "all_wall_cpu_s": times["verify"]}}
 
@@ -81,6 +86,8 @@ def machine() -> dict:
 
 
 def markdown(result: dict) -> str:
+    from deployft.bench.quiet import rounds_note
+
     lines = [f"# Integrity checks on load: {result['bundle']}", "",
              f"{result['task']} bundle ({result['model_type']}), default model file `{result['default_model_file']}`; "
              f"median of {result['rounds']} warm rounds (page cache warm), {result['threads']} ONNX Runtime threads.",
@@ -88,6 +95,7 @@ def markdown(result: dict) -> str:
              f"Machine: {result['machine']['cpus']} CPUs, load average before "
              f"{', '.join(f'{x:.1f}' for x in result['machine']['load_average'])}; after "
              f"{', '.join(f'{x:.1f}' for x in result['load_average_after'])}.", "",
+             rounds_note(result["quiet"]), "",
              "| model file | hashed on load | check (s) | Predictor.load (s) | check / load | sha256 MB/s "
              "| check CPU (s) | load CPU (s) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -101,6 +109,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write(result: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    output.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
@@ -108,17 +122,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/bundle_verify"))
+    parser.add_argument("--max-foreign", type=float, default=0.05,
+                        help="Largest share of a core other programs may use during a kept round.")
     parser.add_argument("--note", default="", help="How the bundle was made, for the report.")
     args = parser.parse_args()
     from deployft.manifest import read_manifest
 
     model_files = args.model_file or list(read_manifest(args.bundle, "bundle")["variants"])
     before = machine()
-    result = measure(args.bundle, model_files, args.rounds, args.threads)
+    result = measure(args.bundle, model_files, args.rounds, args.threads, args.max_foreign)
     result["machine"], result["load_average_after"], result["note"] = before, os.getloadavg(), args.note
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    args.output.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    write(result, args.output)
     print(markdown(result))
 
 

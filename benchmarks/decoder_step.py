@@ -323,10 +323,11 @@ def _in_place(sessions: dict, feeds: dict, files: dict, past: int) -> dict:
 def _medians(calls: dict, rounds: int, steps: int, meter) -> dict[str, float]:
     """ms per call (p50) of every call, files interleaved round by round; a round the meter rejects (others busy)
     is thrown away and repeated."""
+    from deployft.bench.quiet import kept_rounds
+
     times: dict[str, list[float]] = {name: [] for name in calls}
-    kept = 0
-    while kept < rounds:
-        meter.start()
+
+    def one_round(_kept: int) -> dict[str, list[float]]:
         this_round: dict[str, list[float]] = {name: [] for name in calls}
         for name, call in calls.items():
             for _ in range(2):
@@ -335,10 +336,11 @@ def _medians(calls: dict, rounds: int, steps: int, meter) -> dict[str, float]:
                 start = time.perf_counter()
                 call()
                 this_round[name].append(time.perf_counter() - start)
-        if meter.finish():
-            kept += 1
-            for name, values in this_round.items():
-                times[name].extend(values)
+        return this_round
+
+    for this_round in kept_rounds(meter, rounds, one_round):
+        for name, values in this_round.items():
+            times[name].extend(values)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 

@@ -6,8 +6,11 @@ batch size, learning rate and number of steps. They differ only in batching:
     deployft   dynamic padding (each batch padded to its longest example) + length-grouped batches
     baseline   every example padded to max_length 128, random batches (the usual recipe)
 
-Rounds alternate between the two so machine load hits both alike. Results go to
-benchmarks/results/finetune_throughput.{json,md}.
+Rounds alternate between the two so machine load hits both alike. A round (both trainings) counts only if other
+programs used at most --max-foreign of a core during it (`deployft.bench.quiet.RoundMeter`: busy time from
+/proc/stat minus this process's CPU time); a rejected round is repeated, and after 5 rejections in a row one is kept
+as dirty and the results say so. Results go to benchmarks/results/finetune_throughput.{json,md}, with the rounds
+kept, rejected and dirty and the threshold.
 
     python benchmarks/finetune_throughput.py --steps 30 --rounds 2
 """
@@ -81,6 +84,23 @@ def _train_once(config, task, job, recipe: str, work: Path) -> dict:
             "mean_tokens_per_example": round(statistics.mean(counting.widths), 1), "threads": torch.get_num_threads()}
 
 
+def measure(config, task, job, rounds: int, max_foreign: float, work: Path) -> tuple[list[dict], dict]:
+    """Every training of `rounds` kept rounds (each both recipes, in alternating order), and the meter's summary."""
+    from deployft.bench.quiet import RoundMeter, kept_rounds
+
+    def one_round(kept: int) -> list[dict]:
+        round_ = kept + 1
+        runs = []
+        for recipe in ("deployft", "baseline") if round_ % 2 else ("baseline", "deployft"):
+            runs.append({"round": round_, **_train_once(config, task, job, recipe, work)})
+            print(json.dumps(runs[-1]), flush=True)
+        return runs
+
+    meter = RoundMeter(max_share=max_foreign)
+    pairs = kept_rounds(meter, rounds, one_round)
+    return [run for pair in pairs for run in pair], meter.summary()
+
+
 def _machine() -> dict:
     import psutil
     import torch
@@ -91,6 +111,8 @@ def _machine() -> dict:
 
 
 def _markdown(report: dict) -> str:
+    from deployft.bench.quiet import rounds_note
+
     lines = ["# Fine-tuning throughput: deployft vs pad-to-128", "",
              f"Command: `{report['command']}`  ", f"Date: {report['created']}  ",
              "Machine: {cpu}, {cores} cores, {memory_gb} GB, torch {torch} with {torch_threads} threads, "
@@ -103,9 +125,16 @@ def _markdown(report: dict) -> str:
     s = report["summary"]
     lines += ["", f"Median samples/s: deployft {s['deployft_samples_per_s']}, baseline {s['baseline_samples_per_s']}"
               f" -> **{s['speedup']}x** (expected at least 2x).", "",
+              rounds_note(report["quiet"]), "",
               f"Load average (1 min) after: {report['load_avg_1m_after']} on {report['machine']['cores']} cores "
               "(the machine is shared; ratios from one interleaved run are what to compare)."]
     return "\n".join(lines) + "\n"
+
+
+def write(report: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "finetune_throughput.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / "finetune_throughput.md").write_text(_markdown(report), encoding="utf-8")
 
 
 def main() -> None:
@@ -114,17 +143,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-samples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-foreign", type=float, default=0.05,
+                        help="largest share of a core other programs may use during a kept round")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     machine = _machine()
     config, task, job = _job(args)
-    runs = []
     with tempfile.TemporaryDirectory() as work:
-        for round_ in range(1, args.rounds + 1):
-            for recipe in ("deployft", "baseline") if round_ % 2 else ("baseline", "deployft"):
-                runs.append({"round": round_, **_train_once(config, task, job, recipe, Path(work))})
-                print(json.dumps(runs[-1]), flush=True)
+        runs, quiet = measure(config, task, job, args.rounds, args.max_foreign, Path(work))
     median = {r: statistics.median(x["samples_per_s"] for x in runs if x["recipe"] == r) for r in ("deployft", "baseline")}
     report = {
         "command": "python benchmarks/finetune_throughput.py " + " ".join(
@@ -132,13 +159,11 @@ def main() -> None:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
         "settings": {"model": job.base_model, "data": "default:rotten_tomatoes", "train_examples": len(job.train_features),
                      "steps": args.steps, "batch_size": args.batch_size, "max_length": 128},
-        "runs": runs, "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "runs": runs, "quiet": quiet, "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "summary": {"deployft_samples_per_s": median["deployft"], "baseline_samples_per_s": median["baseline"],
                     "speedup": round(median["deployft"] / median["baseline"], 2)},
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "finetune_throughput.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.results / "finetune_throughput.md").write_text(_markdown(report), encoding="utf-8")
+    write(report, args.results)
     print(_markdown(report))
 
 

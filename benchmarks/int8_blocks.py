@@ -96,7 +96,7 @@ def _cells(session) -> dict:
 
 
 def time_all(files: dict[int, Path], threads: int, rounds: int, max_foreign: float) -> tuple[dict, dict]:
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
     from deployft.runtime.session import SessionOptions, create_session
 
     cells = {block: _cells(create_session(path, SessionOptions(threads=threads))[0]) for block, path in files.items()}
@@ -107,18 +107,19 @@ def time_all(files: dict[int, Path], threads: int, rounds: int, max_foreign: flo
                 per[cell]()
     samples = {block: {cell: [] for cell in CELLS} for block in files}
     blocks, meter = list(files), RoundMeter(max_share=max_foreign)
-    while meter.kept < rounds:
-        order = blocks[meter.kept % len(blocks):] + blocks[:meter.kept % len(blocks)]
+
+    def one_round(kept: int) -> dict:
+        order = blocks[kept % len(blocks):] + blocks[:kept % len(blocks)]
         row = {block: {} for block in blocks}
-        meter.start()
         for cell in CELLS:
             for block in order:
                 began = time.perf_counter()
                 for _ in range(repeats[cell]):
                     cells[block][cell]()
                 row[block][cell] = 1000 * (time.perf_counter() - began) / repeats[cell]
-        if not meter.finish():
-            continue
+        return row
+
+    for row in kept_rounds(meter, rounds, one_round):
         for block in blocks:
             for cell in CELLS:
                 samples[block][cell].append(row[block][cell])

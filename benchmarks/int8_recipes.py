@@ -200,7 +200,7 @@ def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: flo
     took more than `max_foreign` of a core is repeated; after 5 in a row one is kept as dirty); returns
     `(medians, the meter's summary)`. `files[BASELINE]` runs with ONNX Runtime's default fusions, the rest in
     deployft's session."""
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
     from deployft.runtime.session import SessionOptions, create_session
 
     sessions = {k: _ort_default_session(p, threads) if k == BASELINE
@@ -218,17 +218,18 @@ def time_all(files: dict[str, Path], threads: int, rounds: int, max_foreign: flo
                 session.run(None, {n: feed[n] for n in names[key]})
     samples = {k: {s: [] for s in SHAPES} for k in sessions}
     keys, meter = list(sessions), RoundMeter(max_share=max_foreign)
-    while meter.kept < rounds:
-        order = keys[meter.kept % len(keys):] + keys[:meter.kept % len(keys)]
+
+    def one_round(kept: int) -> dict:
+        order = keys[kept % len(keys):] + keys[:kept % len(keys)]
         row = {k: {} for k in keys}
-        meter.start()
         for shape, feed in feeds.items():
             for key in order:
                 began = time.perf_counter()
                 sessions[key].run(None, {n: feed[n] for n in names[key]})
                 row[key][shape] = 1000 * (time.perf_counter() - began)
-        if not meter.finish():
-            continue
+        return row
+
+    for row in kept_rounds(meter, rounds, one_round):
         for key in keys:
             for shape in SHAPES:
                 samples[key][shape].append(row[key][shape])

@@ -75,7 +75,7 @@ def load_all(bundle: Path, files: list[str], threads: int) -> tuple[dict, dict]:
 
 def time_rounds(loaded: dict, shapes, vocab: int, rounds: int, calls: int, warmup: int) -> tuple[dict, dict]:
     """Median call (ms) per pair and shape over the kept rounds, and the RoundMeter summary."""
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
 
     meter = RoundMeter()
     kept: dict = {(pair, shape): [] for pair in loaded for shape in shapes}
@@ -85,19 +85,19 @@ def time_rounds(loaded: dict, shapes, vocab: int, rounds: int, calls: int, warmu
             for _ in range(warmup):
                 predictor.forward(*feeds[shape])
     order = [(pair, shape) for pair in loaded for shape in shapes]
+
+    def one_cell(pair, shape) -> float:
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            loaded[pair].forward(*feeds[shape])
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
     for _ in range(rounds):
         random.shuffle(order)
-        for pair, shape in order:
-            while True:
-                times = []
-                meter.start()
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    loaded[pair].forward(*feeds[shape])
-                    times.append(time.perf_counter() - start)
-                if meter.finish():
-                    kept[(pair, shape)].append(statistics.median(times) * 1000)
-                    break
+        for pair, shape in order:  # each cell is a round of its own, repeated until the meter keeps one
+            kept[(pair, shape)] += kept_rounds(meter, 1, lambda _kept: one_cell(pair, shape))
     return kept, meter.summary()
 
 

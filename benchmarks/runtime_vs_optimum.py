@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from deployft.bench.quiet import RoundMeter
+from deployft.bench.quiet import RoundMeter, kept_rounds
 
 PROMPTS = ["What is the capital of France?", "Tell me a short story about a cat.", "How do bees make honey?",
            "Give me three tips for learning to cook.", "Why is the sky blue?", "What is a good name for a dog?"]
@@ -78,17 +78,6 @@ def _optimum_generate(model, ids: list[int], new_tokens: int) -> tuple[float, fl
     return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), out[0, len(ids):].tolist()
 
 
-def _rounds(meter, needed: int, run_round) -> None:
-    """Run `run_round(keep)` until `needed` rounds were kept; `keep` is False for a rejected round."""
-    kept = 0
-    while kept < needed:
-        meter.start()
-        measured = run_round()
-        if meter.finish():
-            measured()
-            kept += 1
-
-
 def bench_generation(bundle: Path, threads: int, new_tokens: int, rounds: int) -> dict:
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -114,7 +103,8 @@ def bench_generation(bundle: Path, threads: int, new_tokens: int, rounds: int) -
         return lambda: [(runs["deployft"].append(a), runs["optimum"].append(b)) for a, b in pairs]
 
     meter = RoundMeter()
-    _rounds(meter, rounds, run_round)
+    for record in kept_rounds(meter, rounds, lambda _kept: run_round()):
+        record()
     agree = [sum(x == y for x, y in zip(a[2], b[2])) for a, b in zip(runs["deployft"], runs["optimum"])]
     summary = {name: {"ttft_ms_p50": 1000 * statistics.median(r[0] for r in rs),
                       "decode_tokens_per_s_p50": statistics.median(r[1] for r in rs)} for name, rs in runs.items()}
@@ -170,7 +160,8 @@ def bench_classification(bundle: Path, threads: int, count: int, batch_size: int
         return lambda: [timings[name].append(value) for name, value in measured.items()]
 
     meter = RoundMeter()
-    _rounds(meter, rounds, run_round)
+    for record in kept_rounds(meter, rounds, lambda _kept: run_round()):
+        record()
     summary = {name: {"texts_per_s_p50": statistics.median(t)} for name, t in timings.items()}
     return {"bundle": str(bundle), "model_file": predictor.model_file, "texts": count, "batch_size": batch_size,
             "same_order": True, "top1_agreement": sum(same) / len(same), "rounds": meter.summary(), **summary,

@@ -94,19 +94,20 @@ def workload(predictor, mode: str, prompts: list[list[int]], concurrency: int, t
 
 def measure(predictor, prompts, concurrency: int, args) -> dict:
     """`args.rounds` kept rounds, each running both engines (in turns), judged as one by `RoundMeter`."""
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
 
     rounds: dict[str, list[dict]] = {m: [] for m in MODES}
     meter = RoundMeter(max_share=args.max_foreign)
     workload(predictor, "in-place", prompts, concurrency, concurrency, 4)  # warm-up
-    while meter.kept < args.rounds:
-        order = MODES if (meter.kept + meter.rejected) % 2 == 0 else MODES[::-1]
-        meter.start()
-        results = {mode: workload(predictor, mode, prompts, concurrency, args.requests, args.max_tokens)
-                   for mode in order}
-        if meter.finish():
-            for mode in MODES:
-                rounds[mode].append(results[mode])
+
+    def one_round(_kept: int) -> dict:
+        order = MODES if (meter.kept + meter.rejected) % 2 == 0 else MODES[::-1]  # a repeated round swaps too
+        return {mode: workload(predictor, mode, prompts, concurrency, args.requests, args.max_tokens)
+                for mode in order}
+
+    for results in kept_rounds(meter, args.rounds, one_round):
+        for mode in MODES:
+            rounds[mode].append(results[mode])
     median = {m: statistics.median(r["tokens_per_s"] for r in rounds[m]) for m in MODES}
     return {"concurrency": concurrency, "quiet": meter.summary(),
             "tokens_per_s": {m: round(v, 1) for m, v in median.items()},

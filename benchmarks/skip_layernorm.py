@@ -54,7 +54,7 @@ def _graph(kind: str, hidden: int, path: Path) -> Path:
 
 def measure(threads: int, rounds: int, calls: int, max_foreign: float) -> tuple[dict, dict]:
     """Median ms per (graph, hidden, shape) over `rounds` kept rounds, and the round meter's summary."""
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
     from deployft.runtime.session import SessionOptions, create_session
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,19 +72,21 @@ def measure(threads: int, rounds: int, calls: int, max_foreign: float) -> tuple[
         np.testing.assert_allclose(outputs[kind, hidden, shape], outputs[GRAPHS[0], hidden, shape], atol=1e-4)
     samples: dict[str, list[float]] = {}
     meter = RoundMeter(max_share=max_foreign)
-    while meter.kept < rounds:
+
+    def one_round(kept: int) -> dict[str, float]:
         row = {}
-        meter.start()
         for (hidden, shape), feed in feeds.items():
-            for kind in (GRAPHS if meter.kept % 2 == 0 else GRAPHS[::-1]):
+            for kind in (GRAPHS if kept % 2 == 0 else GRAPHS[::-1]):
                 session = sessions[kind, hidden]
                 began = time.perf_counter()
                 for _ in range(calls):
                     session.run(None, feed)
                 row[f"{kind}|{hidden}|{shape}"] = 1000 * (time.perf_counter() - began) / calls
-        if meter.finish():
-            for key, ms in row.items():
-                samples.setdefault(key, []).append(ms)
+        return row
+
+    for row in kept_rounds(meter, rounds, one_round):
+        for key, ms in row.items():
+            samples.setdefault(key, []).append(ms)
     return {key: round(statistics.median(v), 4) for key, v in samples.items()}, meter.summary()
 
 

@@ -7,6 +7,10 @@ processes, divided by the round's wall time, is the share of a core that other p
 share exceeds `max_share` is rejected and repeated, up to `max_rejected` times in a row; after that the round is
 kept and counted as dirty, so a machine that never goes quiet still finishes, and the report says how many of its
 rounds were measured under load.
+
+`kept_rounds` is the loop a timed script runs around its rounds; `rounds_note` is the line its report writes about
+them, with `noisy_warning`, the sentence a report must carry when some of its figures come from dirty or unjudged
+rounds.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-__all__ = ["RoundMeter", "machine_busy_s", "process_cpu_s"]
+__all__ = ["RoundMeter", "kept_rounds", "machine_busy_s", "noisy_warning", "process_cpu_s", "rounds_note"]
+
+T = TypeVar("T")
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -125,9 +132,53 @@ class RoundMeter:
         self.kept_shares.append(share)
         return True
 
-    def summary(self) -> dict[str, float | int | None]:
-        """What a report records: rounds kept, rejected and dirty, the threshold, and the largest share of a core
-        others used during a kept round (None where no round was judged)."""
-        return {"rounds_kept": self.kept, "rounds_rejected": self.rejected, "rounds_dirty": self.dirty,
-                "max_other_share": self.max_share, "judged": bool(self.shares),
-                "worst_kept_other_share": max(self.kept_shares, default=None)}
+    def summary(self) -> dict[str, float | int | str | None]:
+        """What a report records: rounds kept, rejected and dirty, the threshold and the bound on rejections, and
+        the largest share of a core others used during a kept round (None where no round was judged), and
+        `noisy_warning`'s sentence (None when every kept round was judged and clean)."""
+        summary = {"rounds_kept": self.kept, "rounds_rejected": self.rejected, "rounds_dirty": self.dirty,
+                   "max_other_share": self.max_share, "max_rejected_in_a_row": self.max_rejected,
+                   "judged": bool(self.shares), "worst_kept_other_share": max(self.kept_shares, default=None)}
+        return {**summary, "warning": noisy_warning(summary)}
+
+
+def kept_rounds(meter: RoundMeter, needed: int, run_round: Callable[[int], T]) -> list[T]:
+    """Run `run_round(k)` between `meter.start()` and `meter.finish()` until `needed` rounds were kept.
+
+    `k` is the number of rounds kept so far (the same `k` again when a round is repeated, so an interleaving
+    order derived from it repeats too). Returns what the kept rounds returned, in order; a rejected round's
+    result is dropped. The loop ends: the meter keeps a round after `max_rejected` rejections in a row.
+    """
+    kept: list[T] = []
+    while len(kept) < needed:
+        meter.start()
+        measured = run_round(len(kept))
+        if meter.finish():
+            kept.append(measured)
+    return kept
+
+
+def noisy_warning(summary: dict, what: str = "round") -> str | None:
+    """The sentence a report must carry when a kept round was dirty or no round could be judged; None when every
+    round was judged and clean. `summary` is `RoundMeter.summary()`; `what` names a round, as in `rounds_note`."""
+    if summary["rounds_kept"] and not summary["judged"]:
+        return (f"the {what}s were not judged (no /proc/stat here): other programs may have used the CPU during "
+                "any of them")
+    if summary["rounds_dirty"]:
+        return (f"{summary['rounds_dirty']} of the {summary['rounds_kept']} kept {what}s were measured while other "
+                f"programs used more than {summary['max_other_share']:.0%} of a core (each kept after "
+                f"{summary['max_rejected_in_a_row']} rejections in a row): these figures carry their load; rerun on "
+                "a quiet machine")
+    return None
+
+
+def rounds_note(summary: dict, what: str = "round") -> str:
+    """One line for a report: rounds kept and rejected, the threshold and the bound, and `noisy_warning` in bold
+    when there is one. `summary` is `RoundMeter.summary()`; `what` names a round ("step": "Quiet steps: ...")."""
+    text = (f"Quiet {what}s: {summary['rounds_kept']} kept, {summary['rounds_rejected']} rejected and repeated (a "
+            f"{what} is rejected when other programs used more than {summary['max_other_share']:.0%} of a core "
+            f"during it, at most {summary['max_rejected_in_a_row']} times in a row)")
+    if summary.get("worst_kept_other_share") is not None:
+        text += f"; others used at most {summary['worst_kept_other_share']:.1%} of a core during a kept {what}"
+    warning = noisy_warning(summary, what)
+    return text + "." + (f" **Warning: {warning}.**" if warning else "")

@@ -1,4 +1,5 @@
-"""Clean rounds: the meter's arithmetic on fake readings, and interleave repeating rejected rounds."""
+"""Clean rounds: the meter's arithmetic on fake readings, interleave and kept_rounds repeating rejected rounds, and
+the line a report writes about them."""
 
 from __future__ import annotations
 
@@ -118,3 +119,32 @@ def test_a_gone_pid_that_is_not_our_child_keeps_its_last_reading(monkeypatch):
     monkeypatch.setattr(quiet, "machine_busy_s", lambda: 100.0)
     meter = RoundMeter(own_pids=lambda: [4242])
     assert meter._reading()[2] == meter._reading()[2] == 8.0
+
+
+def test_kept_rounds_repeats_a_rejected_round_with_the_same_index(monkeypatch):
+    # others took 30 % of a core in the second round measured, 2 % in the rest
+    _fake_readings(monkeypatch, [(0.0, 0.0, 0.0), (1.0, 0.02, 0.0), (1.0, 0.02, 0.0), (2.0, 0.32, 0.0),
+                                 (2.0, 0.32, 0.0), (3.0, 0.34, 0.0)])
+    calls = []
+    meter = RoundMeter()
+    assert quiet.kept_rounds(meter, 2, lambda k: calls.append(k) or len(calls)) == [1, 3]
+    assert calls == [0, 1, 1] and (meter.kept, meter.rejected) == (2, 1)
+
+
+def test_the_report_line_warns_about_dirty_and_unjudged_rounds(monkeypatch):
+    _fake_readings(monkeypatch, [(float(i), 2.0 * i, 0.0) for i in range(4)])  # others always use 2 cores
+    meter = RoundMeter(max_rejected=1)
+    quiet.kept_rounds(meter, 1, lambda k: None)
+    summary = meter.summary()
+    assert (summary["rounds_kept"], summary["rounds_rejected"], summary["max_rejected_in_a_row"]) == (1, 1, 1)
+    assert summary["warning"] == quiet.noisy_warning(summary) and "1 of the 1 kept rounds" in summary["warning"]
+    line = quiet.rounds_note(summary, "step")
+    assert line.startswith("Quiet steps: 1 kept, 1 rejected and repeated (a step is rejected when other programs "
+                           "used more than 5% of a core during it, at most 1 times in a row)")
+    assert line.endswith(f"**Warning: {quiet.noisy_warning(summary, 'step')}.**") and "1 of the 1 kept steps" in line
+    _fake_readings(monkeypatch, [(0.0, None, 0.0), (1.0, None, 0.0)])
+    unjudged = RoundMeter()
+    quiet.kept_rounds(unjudged, 1, lambda k: None)
+    assert "not judged" in unjudged.summary()["warning"]
+    clean = {**summary, "rounds_dirty": 0, "judged": True}
+    assert quiet.noisy_warning(clean) is None and "Warning" not in quiet.rounds_note(clean)
