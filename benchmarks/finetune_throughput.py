@@ -160,7 +160,8 @@ def main() -> None:
         "settings": {"model": job.base_model, "data": "default:rotten_tomatoes", "train_examples": len(job.train_features),
                      "steps": args.steps, "batch_size": args.batch_size, "max_length": 128},
         "runs": runs, "quiet": quiet, "load_avg_1m_after": round(os.getloadavg()[0], 2),
-        "summary": {"deployft_samples_per_s": median["deployft"], "baseline_samples_per_s": median["baseline"],
+        "summary": {"deployft_samples_per_s": round(median["deployft"], 2),
+                    "baseline_samples_per_s": round(median["baseline"], 2),
                     "speedup": round(median["deployft"] / median["baseline"], 2)},
     }
     write(report, args.results)
