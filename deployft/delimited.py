@@ -30,7 +30,7 @@ __all__ = ["read_delimited", "separator_hint", "strict_records", "strict_rows"]
 logger = logging.getLogger(__name__)
 
 FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
-"""The longest field read: the csv module's default (131,072 characters) refuses long documents."""
+"""The longest field training reads: the csv module's default (131,072 characters) refuses long documents."""
 _QUOTE_FIX = 'double a quote inside a field ("") and wrap that field in quotes, or remove the stray quote'
 _SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
 
@@ -81,17 +81,21 @@ def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: i
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
 
 
-def strict_rows(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[int, int, dict[str, Any], bool]]:
+def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_field: int = FIELD_LIMIT,
+                empty_fix: str = "pass a file with a header and at least one row",
+                ) -> Iterator[tuple[int, int, dict[str, Any], bool]]:
     """The rows of CSV (`fmt="csv"`) or TSV `lines`, read strictly, one at a time: `(first line, last line, row,
     cut)`, `row` keyed by the header's columns (a short record's missing fields None), `cut` when the record's
     extra fields were empty and dropped (a trailing separator). Blank lines are skipped.
 
+    `max_field` is the longest field read (`strict_records`); `empty_fix` the fix an empty file's error gives.
+
     Raises:
         DataError: no header (an empty file), a header naming a column twice, a record with more fields than the
-            header, or a quote error (`strict_records`).
+            header, a field longer than `max_field`, or a quote error (`strict_records`).
     """
     header: list[str] | None = None
-    for start, end, record in strict_records(lines, path, fmt):
+    for start, end, record in strict_records(lines, path, fmt, max_field):
         if record and header is None:
             header = _check_header(record, path)
         elif record:
@@ -100,31 +104,46 @@ def strict_rows(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[in
                 record = _drop_empty_extras(record, header, path, start, fmt)
             yield start, end, dict(zip(header, record + [None] * (len(header) - len(record)))), cut
     if header is None:
-        raise DataError(f"data file {path} is empty; pass a file with a header and at least one row")
+        raise DataError(f"data file {path} is empty; {empty_fix}")
 
 
-def strict_records(lines: Iterable[str], path: Path, fmt: str) -> Iterator[tuple[int, int, list[str]]]:
+def strict_records(lines: Iterable[str], path: Path, fmt: str,
+                   max_field: int = FIELD_LIMIT) -> Iterator[tuple[int, int, list[str]]]:
     """The records of CSV (`fmt="csv"`) or TSV `lines` (each line with its end of line), read strictly, one at a
     time: `(first line, last line, fields)`, a blank line an empty record.
 
+    `max_field` is the longest field read, in characters: a quote never closed makes the rest of the file one
+    field, held in memory until the end of the file or this limit. The csv module's limit is one for the whole
+    process, so it is set again before each record: readers with other limits (training's, predict's) may
+    take turns in one thread, each reading with its own (threads reading at once with different limits share
+    whichever was set last).
+
     Raises:
-        DataError: a quote is never closed (naming the line its record starts on) or stray (naming its line).
+        DataError: a quote is never closed (naming the line its record starts on) or stray (naming its line), or
+            a field is longer than `max_field`.
     """
-    csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",", strict=True)
     start = 1
-    try:
-        for record in reader:
-            yield start, reader.line_num, record
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
+    while True:
+        csv.field_size_limit(max_field)
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _parse_error(exc, path, fmt, start, reader.line_num, max_field) from exc
+        yield start, reader.line_num, record
+        start = reader.line_num + 1
 
 
-def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) -> DataError:
+def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int, max_field: int) -> DataError:
     if "unexpected end of data" in str(exc):
         return DataError(f"data file {path} line {start}: a quote opened in this record is never closed, so the "
                          f"rest of the file would be read as one field; {_QUOTE_FIX}")
+    if "field larger than field limit" in str(exc):
+        return DataError(f"data file {path} line {start}: a field in the record that starts on this line is longer "
+                         f"than {max_field:,} characters, the most read, most likely because a quote opened there is "
+                         f"never closed (every line after it read into the field); {_QUOTE_FIX}, or shorten the text")
     where = f"line {line}" + (f" (in the record that starts on line {start})" if start != line else "")
     return DataError(f"data file {path} {where} is not valid {fmt.upper()} ({exc}); {_QUOTE_FIX}")
 

@@ -29,6 +29,9 @@ from .predictor import Predictor
 from .sampling import GenerationOptions
 
 _JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
+MAX_FIELD = 1_000_000
+"""The longest CSV field read, in characters: far beyond any model's input, and the most a quote never closed
+makes the reader hold before it is refused (training reads with a larger limit: `delimited.FIELD_LIMIT`)."""
 
 
 def check_input(path: Path) -> Path:
@@ -82,8 +85,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
     """The rows of a CSV file, read strictly, as training data is (`strict_rows`): a stray or unclosed quote, an
     unquoted comma or a repeated column is an error naming its line, never rows silently joined into one text or
-    cut apart (either would shift every id)."""
-    for start, _, row, _ in strict_rows(_lines(path), path, "csv"):
+    cut apart (either would shift every id); a field longer than `MAX_FIELD` is refused, so memory stays bounded."""
+    rows = strict_rows(_lines(path), path, "csv", max_field=MAX_FIELD,
+                       empty_fix="pass a file with a header and at least one row to --input")
+    for start, _, row, _ in rows:
         yield start, row
 
 
@@ -142,7 +147,7 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
     texts = read_texts(input_path, column, predictor.task)
     chunk = list(itertools.islice(texts, batch_size))  # a wrong column fails here, before any progress bar
     if not chunk:
-        raise DataError(f"{input_path} has no rows; pass a file with at least one row")
+        raise DataError(f"{input_path} has no rows; pass a file with at least one row to --input")
     written = 0
     with atomic_file(output_path) as staging, open(staging, "w", encoding="utf-8") as out, \
             tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ FORMATS = ("jsonl", "parquet")
 INPUTS = (".parquet", ".jsonl", ".csv")
 WINDOW_BATCHES = 8
 """Batches per Ray Data call: the rows of one call are sorted by length together, so padding stays small."""
+CLIENT_INPUT = ("--input {} is a file on this machine, but through Ray Client the cluster reads it, where it usually "
+                "is not; with a ray:// address pass a .parquet file on storage the cluster can read, or run deployft "
+                "on the cluster")
+"""A JSONL or CSV file is read in a task pinned to the driver's node: under Ray Client, a node of the cluster."""
 
 
 @dataclass
@@ -97,6 +102,8 @@ class RayPredictConfig:
         if suffix not in INPUTS:
             raise DataError(f"input file {self.input} has extension '{suffix}'; with --ray pass a .parquet, "
                             ".jsonl or .csv file to --input")
+        if suffix != ".parquet" and _client_address(self.address):
+            raise UsageError(CLIENT_INPUT.format(self.input))
 
     @property
     def output_file(self) -> Path:
@@ -178,6 +185,8 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     quiet = logging.getLogger("ray.data.exceptions")
     level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
     try:
+        if config.input.suffix.lower() != ".parquet" and _client_connected():  # the caller's own ray.init("ray://...")
+            raise UsageError(CLIENT_INPUT.format(config.input))
         dataset = _dataset(ray.data, config, task)
         return _write(dataset, config)
     except ray.exceptions.RayError as exc:
@@ -186,6 +195,20 @@ def predict_on_ray(config: RayPredictConfig) -> int:
         quiet.setLevel(level)
         if started:
             ray.shutdown()
+
+
+def _client_address(address: str | None) -> bool:
+    """Whether `ray.init(address)` connects through Ray Client (`ray://host:10001`, also named by RAY_ADDRESS)."""
+    if address in (None, "auto"):
+        address = os.environ.get("RAY_ADDRESS") or address
+    return address is not None and "://" in address
+
+
+def _client_connected() -> bool:
+    """Whether this process reaches Ray through Ray Client, whose tasks run on the cluster, not on this machine."""
+    import ray.util.client
+
+    return ray.util.client.ray.is_connected()
 
 
 def worker_error(exc: BaseException, doing: str) -> DeployftError:
@@ -239,7 +262,7 @@ def _write(dataset, config: RayPredictConfig) -> int:
         finally:
             writer.close()
         if written == 0:
-            raise DataError(f"{config.input} has no rows; pass a file with at least one row")
+            raise DataError(f"{config.input} has no rows; pass a file with at least one row to --input")
     return written
 
 

@@ -1,12 +1,14 @@
 """The input file of `predict --ray` as a Ray Data dataset of texts, read as `predict --input` reads it.
 
 A JSONL or CSV file is read by `files.read_texts`, the single-process reader, in one Ray read task on the
-driver's node (where `--input` was checked) that streams blocks of texts. Ray's own CSV and JSON readers infer a
-type per column, so a CSV text "007" would reach the model as 7, and they read what the strict reader refuses (a
-quote never closed becomes one text holding the rest of the file); with one reader both paths predict the same
-texts and refuse the same files with the same one-line errors. A Parquet file is read by Ray Data: its text
-column must hold strings (a null is read as "", as in JSONL), else the first other value is refused, as
-`files.text_value` refuses it in a JSONL file.
+driver's node (where `--input` was checked, found by its absolute path) that streams blocks of texts; the task
+reserves no CPU, so a cluster whose head node has none (`ray start --head --num-cpus=0`) still runs it. Ray's
+own CSV and JSON readers infer a type per column, so a CSV text "007" would reach the model as 7, and they read
+what the strict reader refuses (a quote never closed becomes one text holding the rest of the file); with one
+reader both paths predict the same texts and refuse the same files with the same one-line errors. A Parquet
+file is read by Ray Data: its text column must hold strings (a null is read as "", as in JSONL), else the first
+other value is refused, as `files.text_value` refuses it in a JSONL file, and a column of another type holding
+only nulls is refused too (Ray Data would hand the workers NaN, not "").
 
 Importing this module imports Ray: `ray_predict` imports it inside its functions only.
 """
@@ -20,7 +22,7 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from ..errors import DataError, reraise_as
+from ..errors import DataError, UsageError, reraise_as
 from ..tasks import get_task
 from .files import read_texts, text_value
 
@@ -35,11 +37,17 @@ def read_input(data, path: Path, column: str | None, task: str, rows_per_block: 
         DataError: the file lacks the column, or holds a text that is not a string; a JSONL or CSV file is
             checked here up to its first row, and the rest of it as it is read (the error reaches the driver
             from the read task).
+        UsageError: Ray refuses to run the read task of a JSONL or CSV file on this machine.
     """
     if path.suffix.lower() == ".parquet":
         return _parquet_texts(data, path, column, task)
     next(read_texts(path, column, task), None)  # a missing column or a bad first row fails before any worker starts
-    return data.read_datasource(FileTexts(path, column, task, rows_per_block)), TEXT
+    source = FileTexts(path.resolve(), column, task, rows_per_block)  # a worker's working folder is not the driver's
+    # the task is pinned to the driver's node, which is the head node when deployft runs there: reserving a CPU
+    # would make Ray refuse a head started with --num-cpus=0 (as clusters often are)
+    with reraise_as(UsageError, f"Ray cannot read {path} on this machine ({{reason}}); pass --ray-address of a "
+                                "cluster this machine is a node of, or leave --ray-address out", catch=ValueError):
+        return data.read_datasource(source, num_cpus=0), TEXT
 
 
 class FileTexts(Datasource):
@@ -73,13 +81,13 @@ class FileTexts(Datasource):
 def _parquet_texts(data, path: Path, column: str | None, task: str):
     with reraise_as(DataError, f"cannot read {path} ({{reason}}); pass a valid .parquet, .jsonl or .csv file "
                                "to --input"):
-        dataset = data.read_parquet(str(path))
+        dataset = data.read_parquet(str(path.resolve()))  # a worker's working folder is not the driver's
         schema = dataset.schema()
     names = list(schema.names)
     name = _text_column(names, column, task, path)
     kind = schema.types[names.index(name)]
     if not _holds_strings(kind):
-        _refuse_first_value(path, name, get_task(task).generates)
+        _refuse_first_value(path, name, kind, get_task(task).generates)
     return dataset.select_columns([name]), name
 
 
@@ -100,15 +108,18 @@ def _holds_strings(kind: pa.DataType) -> bool:
     return str(kind) in ("string", "large_string", "string_view", "null")
 
 
-def _refuse_first_value(path: Path, name: str, generates: bool) -> None:
-    """Raise the error of the column's first value that is not null; a column of nulls only is read as ""."""
+def _refuse_first_value(path: Path, name: str, kind: pa.DataType, generates: bool) -> None:
+    """Raise the error of the first value that is not null in a column of type `kind` (not strings)."""
     import pyarrow.parquet as pq
 
+    fix = f"write the column {name!r} as strings, or pass --column NAME of a text column"
     row = 0
     for batch in pq.ParquetFile(path).iter_batches(columns=[name]):
         values = batch.column(0)
         if values.null_count < len(values):
             index = next(i for i, valid in enumerate(values.is_valid().to_pylist()) if valid)
-            text_value(values[index].as_py(), name, generates, f"{path} row {row + index + 1}",
-                       fix=f"write the column {name!r} as strings, or pass --column NAME of a text column")
+            text_value(values[index].as_py(), name, generates, f"{path} row {row + index + 1}", fix=fix)
+            return  # a type whose values read as strings (an extension type): the workers get them as they are
         row += len(values)
+    # only nulls: Ray Data hands a worker a null of a number column as NaN, not None, so it cannot be read as ""
+    raise DataError(f"{path}: column {name!r} is {kind} holding only nulls, not strings; {fix}")

@@ -88,7 +88,8 @@ def test_input_file_for_a_generator(runtime_bundle, tmp_path):
     source = write_rows(tmp_path / "qa.jsonl", [{"prompt": "what color"}, {"prompt": "what do bees make"},
                                                 {"prompt": ""}])
     output = tmp_path / "gen.jsonl"
-    result = _run("predict", bundle, "--input", source, "--output", output, "--max-new-tokens", "5", "--batch-size", "2")
+    result = _run("predict", bundle, "--input", source, "--output", output, "--max-new-tokens", "5",
+                  "--batch-size", "2")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in output.read_text().splitlines()]
     predictor = Predictor.load(bundle)
@@ -195,8 +196,9 @@ def test_a_batch_size_below_one_is_refused_before_loading(runtime_bundle, tmp_pa
     assert not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("content, message", [("", "is empty; pass a file with a header and at least one row"),
-                                              ("text\n", "has no rows; pass a file with at least one row")])
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty; pass a file with a header and at least one row to --input"),
+    ("text\n", "has no rows; pass a file with at least one row to --input")])
 def test_an_input_without_rows_is_refused(runtime_bundle, tmp_path, content, message):
     (tmp_path / "in.csv").write_text(content)
     _error(_run("predict", runtime_bundle("bert"), "--input", tmp_path / "in.csv", "--output", tmp_path / "o.jsonl"),

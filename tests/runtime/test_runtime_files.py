@@ -125,9 +125,9 @@ def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("empty.csv", "", "^data file {} is empty; pass a file with a header and at least one row$"),
-    ("header.csv", "text\n", "^{} has no rows; pass a file with at least one row$"),
-    ("blank.jsonl", "\n\n", "^{} has no rows; pass a file with at least one row$"),
+    ("empty.csv", "", "^data file {} is empty; pass a file with a header and at least one row to --input$"),
+    ("header.csv", "text\n", "^{} has no rows; pass a file with at least one row to --input$"),
+    ("blank.jsonl", "\n\n", "^{} has no rows; pass a file with at least one row to --input$"),
 ])
 def test_a_file_without_rows_is_refused(tmp_path, name, content, message):
     from deployft.errors import DataError
@@ -154,73 +154,6 @@ def test_utf8_with_a_byte_order_mark_is_read_and_other_encodings_name_the_line(r
         with pytest.raises(DataError, match=f"^{tmp_path / name} line 3 is not UTF-8 .*re-save the file as UTF-8"):
             predict_file(predictor, tmp_path / name, tmp_path / "bad-out.jsonl", progress=False)
     assert not (tmp_path / "bad-out.jsonl").exists()
-
-
-def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
-    from deployft.errors import DataError
-
-    for header in ("text", "review"):  # the column found, or not (the missing-column message used to crash)
-        source = tmp_path / f"{header}.csv"
-        source.write_text(f"{header}\na,b,c\n")
-        with pytest.raises(DataError, match=f"^data file {source} line 2 has 3 fields but the header has 1 "
-                                            f"\\({header}\\); wrap a text that holds a comma in double quotes"):
-            predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
-
-
-def test_a_csv_is_read_for_predict_as_it_is_read_for_training(tmp_path):
-    """One reader (`deployft.delimited.strict_rows`): a repeated column is refused, a trailing separator is not."""
-    from deployft.delimited import read_delimited
-    from deployft.errors import DataError
-    from deployft.runtime.files import read_texts
-
-    repeated = tmp_path / "repeated.csv"
-    repeated.write_text("text,text\na,b\n")
-    with pytest.raises(DataError, match="names column\\(s\\) 'text' more than once in its header"):
-        predict_file(_NeverCalled(), repeated, tmp_path / "out.jsonl", progress=False)
-    trailing = tmp_path / "trailing.csv"
-    trailing.write_text("text,label\ngood film,1,\nbad film,0\n")
-    assert list(read_texts(trailing, None, "classify")) == ["good film", "bad film"]
-    assert [row["text"] for row in read_delimited(trailing, trailing.read_text(), "csv")] == ["good film", "bad film"]
-
-
-@pytest.mark.parametrize("content, line", [
-    ('text\n"Best film, ever\nsecond review\nthird review\n', 2),  # 3 rows would be read as 1, the ids shifted
-    ('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"open ""q\nmore\n', 6),
-    ("text\nfirst\n\"opened here\n" + "".join(f"review {n}\n" for n in range(4, 11)), 3),  # line 3 of 10
-    ('text\nfirst\n\n\n"opened after blank lines\nmore\n', 5),
-])
-def test_a_csv_quote_that_is_never_closed_names_its_line(tmp_path, content, line):
-    from deployft.errors import DataError
-
-    source = tmp_path / "in.csv"
-    source.write_text(content)
-    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line {line}: a quote opened in this "
-                                        r"record is never closed, so the rest of the file would be read as one field; "
-                                        r"double a quote inside a field \(\"\"\) and wrap that field in quotes"):
-        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
-    assert not (tmp_path / "out.jsonl").exists()
-
-
-def test_a_stray_csv_quote_names_its_line_and_literal_quotes_are_read(tmp_path):
-    from deployft.errors import DataError
-    from deployft.runtime.files import read_texts
-
-    source = tmp_path / "in.csv"
-    source.write_text('id,text\n1,"a ""quoted"" word"\n2,a 6" board\n3,"two\nlines"\n4,"cut" here\n')
-    texts = read_texts(source, None, "classify")
-    assert [next(texts), next(texts), next(texts)] == ['a "quoted" word', 'a 6" board', "two\nlines"]
-    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 6 is not valid CSV "
-                                        r"\(',' expected after '\"'\); double a quote inside a field"):
-        next(texts)
-
-
-def test_a_csv_text_longer_than_the_csv_modules_default_limit_is_read_whole(tmp_path):
-    from deployft.runtime.files import read_texts
-
-    long = "word " * 40_000  # 200,000 characters: the csv module's default limit is 131,072
-    source = tmp_path / "in.csv"
-    source.write_text(f'text\n"{long}"\nshort\n')
-    assert list(read_texts(source, None, "classify")) == [long, "short"]
 
 
 @pytest.mark.parametrize("value, found", [(["a", "b"], "an array"), ({"k": 1}, "an object"), (5, "a number"),
@@ -260,15 +193,3 @@ def test_sampled_completions_do_not_depend_on_the_batch_size(runtime_bundle, tmp
         outputs.append(tmp_path / f"out{batch_size}.jsonl")
         predict_file(predictor, source, outputs[-1], batch_size=batch_size, options=options, progress=False)
     assert outputs[0].read_text() == outputs[1].read_text()
-
-
-def test_the_csv_reader_shared_with_training_data_keeps_predict_light():
-    """`predict --input` reads CSV with `deployft.delimited`: importing it loads no torch, transformers or
-    pandas."""
-    import subprocess
-    import sys
-
-    code = ("import sys, deployft.delimited, deployft.runtime.files; "
-            "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import qa_rows, sentiment_rows, write_rows
-from deployft.cli import main
 from deployft.runtime import GenerationOptions, Predictor
 from deployft.runtime.files import predict_file
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray instance for the module: 2 CPUs, no dashboard."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def _parquet(path, rows: list[dict]):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=64)  # several blocks for Ray to reorder
-    return path
-
-
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _assert_same(ray_rows: list[dict], local_rows: list[dict]) -> None:
-    assert [r["id"] for r in ray_rows] == list(range(len(local_rows)))
-    for got, expected in zip(ray_rows, local_rows):
-        scores = expected.pop("scores", None)
-        assert {k: v for k, v in got.items() if k != "scores"} == pytest.approx(expected, abs=1e-5)
-        if scores is not None:
-            assert got["scores"] == pytest.approx(scores, abs=1e-5)
+from ray_helpers import assert_same as _assert_same, jsonl_rows as _jsonl, parquet as _parquet, run as _run
+from ray_helpers import local_ray  # noqa: F401 (a fixture)
 
 
 @pytest.mark.slow
@@ -83,73 +49,6 @@ def test_ray_data_completes_prompts_into_parquet_like_the_single_process_path(lo
 
 
 # texts that a reader inferring column types changes: numbers, a boolean, words read as null, an empty cell
-TRICKY = ["007", "1.50", "1e3", "true", "NA", "null", "", " 42 ", "two\nlines", 'a "quoted" word']
-
-
-@pytest.mark.slow
-def test_ray_predicts_the_exact_texts_of_a_csv_jsonl_or_parquet_file_like_the_single_process_path(
-        local_ray, runtime_bundle, tmp_path):
-    bundle = runtime_bundle("bert")
-    texts = TRICKY + [r["text"] for r in sentiment_rows(40)]
-    rows = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
-    csv_file = write_rows(tmp_path / "in.csv", rows)
-    with open(csv_file, "a", encoding="utf-8") as handle:
-        handle.write("99\n")  # a row without its text field: "" on both paths
-    nulls = rows + [{"id": "98", "text": None}]  # null: "" on both paths
-    jsonl_file, parquet_file = write_rows(tmp_path / "in.jsonl", nulls), _parquet(tmp_path / "in.parquet", nulls)
-    for data, local_input in ((csv_file, csv_file), (jsonl_file, jsonl_file), (parquet_file, jsonl_file)):
-        out = tmp_path / f"out-{data.suffix[1:]}"
-        result = _run("predict", bundle, "--input", data, "--output", out, "--ray", "--workers", "2",
-                      "--batch-size", "4", "--no-progress")  # windows of 32 rows: several blocks to keep in order
-        assert result.exit_code == 0, result.output
-        local = tmp_path / f"local-{data.suffix[1:]}.jsonl"
-        predict_file(Predictor.load(bundle), local_input, local, batch_size=4, progress=False)
-        ray_rows = _jsonl(out / "predictions.jsonl")
-        assert [r["text"] for r in ray_rows] == texts + [""], data
-        _assert_same(ray_rows, _jsonl(local))
-
-
-def _refused(path, content: str | list[dict]):
-    """Write `path` (a .parquet from rows, else the text as given)."""
-    if isinstance(content, list):
-        return _parquet(path, content)
-    path.write_text(content, encoding="utf-8")
-    return path
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name, content, message", [
-    ("number.jsonl", '{"text": "fine"}\n\n{"text": 7}\n' + '{"text": "fine"}\n' * 40,
-     "{path} line 3: column 'text' is a number, not a string; write the text as a JSON string"),
-    ("numbers.jsonl", '{"text": 7}\n{"text": 8}\n',
-     "{path} line 1: column 'text' is a number, not a string; write the text as a JSON string"),
-    ("missing.jsonl", '{"text": "fine"}\n' * 40 + '{"review": "dull"}\n',
-     "{path} line 41 has no column 'text' (columns: review); pass --column NAME"),
-    ("unclosed.csv", "text\n" + "fine\n" * 38 + '"never closed\nmore\n',
-     "data file {path} line 40: a quote opened in this record is never closed"),
-    ("stray.csv", "text\nfine\n\"cut\" here\n", "data file {path} line 3 is not valid CSV"),
-    ("number.parquet", [{"text": None}, {"text": None}, {"text": 7}],
-     "{path} row 3: column 'text' is a number, not a string; write the column 'text' as strings"),
-    ("chat.parquet", [{"text": [{"role": "user", "content": "hi"}]}],
-     "{path} row 1: column 'text' is an array, not a string; write the column 'text' as strings"),
-])
-def test_ray_refuses_a_text_that_is_not_the_files_string_as_the_single_process_path_does(
-        local_ray, runtime_bundle, tmp_path, name, content, message):
-    from deployft.errors import DataError
-
-    data = _refused(tmp_path / name, content)
-    result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray",
-                  "--workers", "1", "--batch-size", "4", "--no-progress")
-    assert result.exit_code == 1
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]  # among Ray's own log
-    assert len(errors) == 1 and errors[0].startswith(f"Error: {message.format(path=data)}"), result.output
-    if data.suffix != ".parquet":  # the single-process path reads the same file with the same words
-        with pytest.raises(DataError) as refused:
-            predict_file(Predictor.load(runtime_bundle("bert")), data, tmp_path / "local.jsonl", progress=False)
-        assert errors[0] == f"Error: {refused.value}"
-    assert not (tmp_path / "out" / "predictions.jsonl").exists()
-
-
 @pytest.mark.slow
 def test_ray_data_names_a_missing_column_and_writes_nothing(local_ray, runtime_bundle, tmp_path):
     data = _parquet(tmp_path / "reviews.parquet", [{"review": "fine"}, {"review": "dull"}])
@@ -226,7 +125,6 @@ def test_help_lists_the_ray_flags(command, flags):
 def test_workers_check_the_signature_of_the_bundle_they_load(runtime_bundle, tmp_path):
     """The driver checks the signature before any worker starts; each worker checks what it loads itself."""
     import shutil
-    from types import SimpleNamespace
 
     from deployft.errors import BundleError
     from deployft.runtime import ray_predict
@@ -253,7 +151,7 @@ def test_workers_check_the_signature_of_the_bundle_they_load(runtime_bundle, tmp
 
     data = SimpleNamespace(
         DataContext=SimpleNamespace(get_current=lambda: SimpleNamespace(execution_options=SimpleNamespace())),
-        read_datasource=lambda source: Dataset(), ActorPoolStrategy=lambda **sizes: None)
+        read_datasource=lambda source, **settings: Dataset(), ActorPoolStrategy=lambda **sizes: None)
     ray_predict._dataset(data, config, "classify")
     # the workers get the key's bytes, not the driver's path: a worker on another node has no such file
     assert workers["public_key"] == public.read_bytes()
