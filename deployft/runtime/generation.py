@@ -1,22 +1,25 @@
 """The KV-cache decoding loop over an Optimum `text-generation-with-past` decoder.
 
 The exported decoder (one `model.onnx` for gpt2- and llama-like models) takes `input_ids`, `attention_mask`,
-`position_ids` and `past_key_values.N.key/value` and returns `logits` and `present.N.key/value`. The cache never
-round-trips through numpy; a generation keeps it one of two ways:
+`position_ids` and `past_key_values.N.key/value` and returns `logits` and `present.N.key/value`. A decode step
+never copies the cache through numpy; a generation keeps it one of two ways:
 
 - `SharedCache` (`kv_cache.py`), for deployft's attention-fused CPU files (their model metadata says
-  `SHARED_CACHE_KEY`): one buffer per layer of the generation's full length, bound as both `past` and `present`,
-  which GroupQueryAttention updates in place; the step's inputs and its logits are preallocated buffers bound once,
-  so a decode step copies no cache and builds no feeds. The prefill feeds `logits_to_keep` 1 (only the last
-  position's logits) through `run_with_ort_values`, because IO binding cannot bind that optional input (a
-  left-padded first step of a file that rotates inside its attention runs right-padded and keeps enough positions
-  for every row's last token: `padding.py`).
+  `SHARED_CACHE_KEY`): one buffer per layer with room for the generation (at most the model's positions + 1
+  columns), bound as both `past` and `present`, which GroupQueryAttention updates in place; the step's inputs and
+  its logits are preallocated buffers bound once, so a decode step copies no cache and builds no feeds. The prefill
+  feeds `logits_to_keep` 1 (only the last position's logits) through `run_with_ort_values`, because IO binding
+  cannot bind that optional input (a left-padded first step of a file that rotates inside its attention runs
+  right-padded and keeps enough positions for every row's last token: `padding.py`).
 - `CopyingCache`, for every other file: each step's `present` outputs (where ONNX Runtime put them: on the GPU
   for CUDA) are fed back as the next step's `past`, through IO binding, or `run_with_ort_values` for fused files.
 
 Batches are left-padded; position ids count only real tokens, as transformers computes them. Each row has the
 budget its prompt has alone; before a step would make the mask wider than the model's positions, the cache drops
-its finished rows and the columns that are padding in all others (`compact`), as the serve engine does.
+its finished rows and the columns that are padding in all others (`compact`, with `kept_rows`, as the serve
+engine does). The cache goes through numpy only where its layout changes: the right-padded first step of a file
+that rotates inside its attention (`padding.py`), and each `compact`, which copies every layer to numpy and back
+(device -> host -> device on CUDA) once per compaction.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import BundleError
-from .detokenize import TextTracker  # noqa: F401 (predictor and serve import it from here)
 from .kv_cache import (KEEP_LAST, SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache, positions_from_mask,
                        shared_padding)
 from .padding import ROTARY_IN_ATTENTION, ROTARY_KEY, column_positions, left_padded, right_padded, to_left_padding
@@ -183,10 +185,18 @@ class KVDecoder:
         return min(max_new_tokens, allowed)
 
     def budgets(self, mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """`budget` of each row of a left-padded batch: on its own prompt, not the batch's padded width."""
-        lengths = mask.sum(axis=1).astype(int).tolist()
-        cut = {n: self.budget(n, max_new_tokens) for n in sorted(set(lengths))}
-        return np.array([cut[n] for n in lengths], dtype=np.int64)
+        """`budget` of each row of a left-padded batch: on its own prompt, not the batch's padded width. A batch of
+        several rows logs one line for all the rows it cuts."""
+        lengths = mask.sum(axis=1).astype(np.int64)
+        if len(lengths) == 1 or not self.max_positions:
+            return np.array([self.budget(int(n), max_new_tokens) for n in lengths], dtype=np.int64)
+        budgets = np.minimum(np.maximum(self.max_positions - lengths + 1, 0), max_new_tokens)
+        cut = budgets < max_new_tokens
+        if cut.any():
+            logger.warning("max_new_tokens %d cut to %s for %d of %d prompts: the model has %d positions and they "
+                           "use %s", max_new_tokens, _span(budgets[cut]), cut.sum(), len(cut), self.max_positions,
+                           _span(lengths[cut]))
+        return budgets
 
     def iter_batch(self, ids: np.ndarray, mask: np.ndarray, options: GenerationOptions,
                    done: np.ndarray, ignore_eos: bool = False) -> Iterator[np.ndarray]:
@@ -227,3 +237,9 @@ class KVDecoder:
                 rows = rows[keep]
                 cache.compact(keep, int(budgets[rows].max()) - generated)
             logits = cache.advance(tokens[rows])
+
+
+def _span(values: np.ndarray) -> str:
+    """`values`' range as text: `5`, or `3-7`."""
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"

@@ -1,7 +1,9 @@
 """A generation's KV cache, kept one of two ways for `KVDecoder.iter_batch` (see `generation.py`).
 
 `CopyingCache` feeds each step's `present` back as the next `past`; `SharedCache` preallocates one buffer per layer
-that GroupQueryAttention updates in place, for files whose model metadata carries `SHARED_CACHE_KEY`.
+that GroupQueryAttention updates in place, for files whose model metadata carries `SHARED_CACHE_KEY`. Both drop
+finished rows and shared padding with `kept_rows`, which the serve engine's continuous batch uses too, and a shared
+cache's buffers get their spare columns from `with_room`, as the engine's do.
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ def shared_padding(mask: np.ndarray) -> int:
     return int(mask.argmax(axis=1).min()) if mask.size else 0
 
 
+def kept_rows(arrays: list[np.ndarray], mask: np.ndarray, keep) -> tuple[list[np.ndarray], np.ndarray]:
+    """The rows `keep` (indices, in order) of a left-padded batch's cache (per layer: batch, heads, length, dim) and
+    mask, less the leading columns that are padding in all of them; the arrays are cut to the mask's width. Views
+    of `arrays` when every row is kept and no column is dropped, copies otherwise."""
+    (batch, width), mask = mask.shape, mask[keep]
+    start = shared_padding(mask)
+    if len(keep) == batch and start == 0:
+        return [a[:, :, :width, :] for a in arrays], mask
+    return [a[keep][:, :, start:width, :] for a in arrays], mask[:, start:]
+
+
+def with_room(arrays: list[np.ndarray], room: int) -> list[np.ndarray]:
+    """New contiguous arrays: each of `arrays` (per layer: batch, heads, length, dim) followed by `room` zero
+    columns, where a shared cache's later tokens are written in place."""
+    return [np.concatenate([a, np.zeros((*a.shape[:2], room, a.shape[3]), dtype=a.dtype)], axis=2) for a in arrays]
+
+
 class CopyingCache:
     """A generation's cache as ONNX Runtime returns it: each step's `present` is fed back as the next `past`."""
 
@@ -59,23 +78,27 @@ class CopyingCache:
         return logits
 
     def compact(self, keep: np.ndarray, room: int) -> None:
-        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them.
-        `room`: the steps still to run (a copying cache grows by itself)."""
-        start = shared_padding(self.mask[keep])
-        self.mask, self.next_position = self.mask[keep, start:], self.next_position[keep]
-        self.past = [self.decoder._owned(value.numpy()[keep][:, :, start:, :]) for value in self.past]
+        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them
+        (`kept_rows`), copying each layer through numpy (device -> host -> device on CUDA). `room`: the steps still
+        to run (a copying cache grows by itself)."""
+        arrays, self.mask = kept_rows([value.numpy() for value in self.past], self.mask, keep)
+        self.next_position = self.next_position[keep]
+        self.past = [self.decoder._owned(array) for array in arrays]
 
 
 class SharedCache:
-    """A generation's cache preallocated at its full length (prompt + budget) and updated in place.
+    """A generation's cache in one preallocated buffer per layer, updated in place.
 
-    The prefill runs with a zero `past` of that length, so ONNX Runtime returns `present` buffers of that length
-    holding the prompt's keys and values (on a file that rotates inside its attention, a left-padded prompt runs
+    The buffers have `capacity` columns (`_size`): the prompt's and the budget's, at most `max_positions + 1` where
+    the model has a limit (`iter_batch` compacts the batch before its mask grows wider than the positions). The
+    prefill runs with a zero `past` of that length, so ONNX Runtime returns `present` buffers of that length holding
+    the prompt's keys and values (on a file that rotates inside its attention, a left-padded prompt runs
     right-padded through `KVDecoder.step` and is copied into numpy buffers of that length, `padding.py`). Every
     decode step binds each buffer as both `past_key_values.N` and `present.N`: GroupQueryAttention sees the shared
     buffer and writes the step's keys and values at column `total - 1`, attending over the first `total` columns
     only (the attention mask's width), so nothing is copied. `input_ids`, `position_ids` and `logits` are
-    preallocated arrays bound once and rewritten each step. `compact` copies the rows left into new buffers.
+    preallocated arrays bound once and rewritten each step. `compact` copies the rows left through numpy into new
+    buffers, sized by `_size` again for the steps still to run, and binds those.
     """
 
     def __init__(self, decoder: KVDecoder, ids: np.ndarray, mask: np.ndarray, budget: int):
@@ -104,15 +127,12 @@ class SharedCache:
         return self.total
 
     def prefill(self) -> np.ndarray:
-        """Run the prompt into the full-length buffers and bind them; returns the last position's logits."""
+        """Run the prompt into buffers of `capacity` columns and bind them; returns the last position's logits."""
         decoder, ids = self.decoder, self.ids
         mask = self.mask[:, :self.total]
         if decoder.rotates_in_attention and left_padded(mask):  # a right-padded first step (`padding.py`)
             logits, presents = decoder.step(ids, mask, positions_from_mask(mask), None)
-            self.arrays = [np.zeros((ids.shape[0], decoder.kv_heads, self.capacity, decoder.head_dim),
-                                    dtype=decoder.past_dtype) for _ in presents]
-            for array, present in zip(self.arrays, presents):
-                array[:, :, :self.total] = present.numpy()
+            self.arrays = with_room([present.numpy() for present in presents], self.capacity - self.total)
             self._bind([self._ort_value(array) for array in self.arrays], logits.shape[-1])  # CPU: same memory
             return logits
         feeds = {"input_ids": ids, "attention_mask": mask}
@@ -130,8 +150,8 @@ class SharedCache:
         return logits[:, -1, :].astype(np.float32)
 
     def _bind(self, buffers: list, vocab: int) -> None:
-        """Bind `buffers` (one per layer, the generation's full length) as past and present, and the step's
-        preallocated inputs and logits."""
+        """Bind `buffers` (one per layer, `capacity` columns) as past and present, and the step's preallocated
+        inputs and logits."""
         decoder = self.decoder
         self.logits = np.zeros((self.step_ids.shape[0], 1, vocab), dtype=decoder.logits_dtype)
         binding = decoder.session.io_binding()
@@ -158,15 +178,11 @@ class SharedCache:
         return self.logits[:, -1, :].astype(np.float32)
 
     def compact(self, keep: np.ndarray, room: int) -> None:
-        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them,
-        in new buffers with `room` columns for the steps still to run (made from numpy: the CPU shares its memory)."""
-        mask = self.mask[keep, :self.total]
-        start = shared_padding(mask)
-        old = [buffer.numpy() for buffer in self.buffers]
-        self._size(mask[:, start:], room + 1)
+        """Keep only the rows `keep` (indices, in order), less the leading columns that are padding in all of them
+        (`kept_rows`), in new buffers with room for the `room` steps still to run (`_size`; made from numpy: the CPU
+        shares its memory)."""
+        arrays, mask = kept_rows([buffer.numpy() for buffer in self.buffers], self.mask[:, :self.total], keep)
+        self._size(mask, room + 1)
         self.step_positions = self.step_positions[keep]
-        decoder, shape = self.decoder, (len(keep), self.decoder.kv_heads, self.capacity, self.decoder.head_dim)
-        self.arrays = [np.zeros(shape, dtype=decoder.past_dtype) for _ in old]
-        for array, values in zip(self.arrays, old):
-            array[:, :, :self.total] = values[keep][:, :, start:start + self.total]
+        self.arrays = with_room(arrays, self.capacity - self.total)
         self._bind([self._ort_value(array) for array in self.arrays], self.logits.shape[-1])

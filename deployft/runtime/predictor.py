@@ -15,7 +15,8 @@ from ..prompts import PromptFormat, prompt_ids
 from ..tasks import TASKS, get_task
 from ..tokens import special_ids
 from .classifier import ClassifierHead
-from .generation import KVDecoder, TextTracker
+from .detokenize import TextTracker
+from .generation import KVDecoder
 from .integrity import REEXPORT, check_for_load, signed_manifest
 from .inputs import check_batch_size, check_prompt, check_texts, stop_strings
 from .sampling import GenerationOptions

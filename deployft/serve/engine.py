@@ -25,7 +25,8 @@ import logging
 
 import numpy as np
 
-from ..runtime.generation import TextTracker, positions_from_mask
+from ..runtime.detokenize import TextTracker
+from ..runtime.kv_cache import kept_rows, with_room
 from ..runtime.session import import_ort
 from .prefill import PrefixCache, left_pad, prefill
 from .queueing import QueueWorker
@@ -256,13 +257,11 @@ class GenerationEngine(QueueWorker):
                          for n in range(len(parts[0]))])
 
     def _live_cache(self) -> tuple[list[np.ndarray], np.ndarray]:
-        """Drop finished rows: the live rows' cache and mask, less the columns that are padding in all of them."""
+        """Drop finished rows: the live rows' cache and mask, less the columns padding all of them (`kept_rows`)."""
         keep = [i for i, r in enumerate(self.rows) if not r.dead]
-        mask = self.mask[keep]
-        start = int(mask.argmax(axis=1).min())  # leading columns that are padding in every live row
-        whole = len(keep) == len(self.rows) and start == 0
+        arrays, mask = kept_rows(self._host_cache(), self.mask, keep)
         self.rows = [self.rows[i] for i in keep]
-        return [v if whole else v[keep][:, :, start:, :] for v in self._host_cache()], mask[:, start:]
+        return arrays, mask
 
     def _host_cache(self) -> list[np.ndarray]:
         """The cache as numpy (a shared cache's own arrays: no copy), its columns cut to the mask's width."""
@@ -274,8 +273,7 @@ class GenerationEngine(QueueWorker):
         device = self.decoder.device
         if self.decoder.shares_cache:
             room = max((r.budget - r.generated for r in self.rows if not r.dead), default=0) + 1 + JOIN_HEADROOM
-            arrays = [np.concatenate([a, np.zeros((*a.shape[:2], room, a.shape[3]), dtype=a.dtype)], axis=2)
-                      for a in arrays]
+            arrays = with_room(arrays, room)
         arrays = [np.ascontiguousarray(a) for a in arrays]
         # on the CPU an OrtValue made from a numpy array uses the array's memory: `host` writes reach the session
         self._arrays = arrays if device == "cpu" else []

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..runtime.generation import positions_from_mask
+from ..runtime.kv_cache import positions_from_mask
 
 MAX_PREFILL_PADDING = 1.5
 """A prefill group's tokens with padding (rows x longest prompt) stay within this multiple of its real tokens."""

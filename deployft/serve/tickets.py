@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.generation import TextTracker
+from ..runtime.detokenize import TextTracker
 from ..runtime.sampling import GenerationOptions, next_tokens
 
 

@@ -312,7 +312,8 @@ def test_optimized_decoders_update_their_cache_in_place_like_the_copying_cache(a
     from deployft.exporter.onnx_export import export_onnx
     from deployft.exporter.optimize import optimize
     from deployft.exporter.source import read_source
-    from deployft.runtime.generation import SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, KVDecoder, SharedCache
+    from deployft.runtime.generation import KVDecoder
+    from deployft.runtime.kv_cache import SHARED_CACHE, SHARED_CACHE_KEY, CopyingCache, SharedCache
 
     source = build_tiny_model(arch, tmp_path / "model")
     export_onnx(read_source(source, "generate"), tmp_path / "onnx")

@@ -103,7 +103,7 @@ def test_stop_accepts_a_string():
 
 
 def test_text_tracker_holds_back_stop_prefixes_and_partial_characters():
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     pieces = {1: "ab", 2: "c", 3: "\ufffd", 4: "d", 5: "END", 9: "zz"}
     tracker = TextTracker(lambda ids: "".join(pieces[i] for i in ids).replace("\ufffdd", "é"), ("cEN",), {9})
@@ -122,7 +122,7 @@ def test_text_tracker_pieces_join_to_the_whole_decode(kind):
     """Pieces (decoded a window at a time) plus the flush equal decoding every id at once, through characters
     split over several byte tokens, special tokens that decode to nothing, and WordPiece's joined sub-words."""
     from conftest import _bpe_tokenizer, _wordpiece_tokenizer
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     tokenizer = _bpe_tokenizer(None) if kind == "byte-level" else _wordpiece_tokenizer(["input_ids"])
     text = "hello world, answering questions: café, naïve, 東京 and 🚀 rockets; the end."
@@ -140,7 +140,7 @@ def test_text_tracker_pieces_join_to_the_whole_decode(kind):
 
 def test_text_tracker_decodes_each_id_a_bounded_number_of_times():
     """A long generation: the ids handed to the decoder grow linearly with the tokens, not quadratically."""
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     decoded = []
 
@@ -156,7 +156,7 @@ def test_text_tracker_decodes_each_id_a_bounded_number_of_times():
 
 
 def test_text_tracker_finds_stops_across_three_pieces_and_the_earliest_of_several():
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     pieces = {1: "ab", 2: "cE", 3: "N", 4: "xyz", 5: "--"}
     decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
@@ -171,7 +171,7 @@ def test_text_tracker_finds_stops_across_three_pieces_and_the_earliest_of_severa
 def test_text_tracker_follows_a_decoder_that_rewrites_its_context():
     """A decoder that cleans the space before punctuation turns " ." into "." only once more text follows: the text
     resumes from where it agrees with the whole decode; the space already shown stays shown, nothing is lost."""
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     pieces = {1: "x", 2: " ", 3: ".", 4: " foo", 5: " bar"}
     decode = lambda ids: "".join(pieces[i] for i in ids).replace(" .", ".")  # noqa: E731
@@ -182,7 +182,7 @@ def test_text_tracker_follows_a_decoder_that_rewrites_its_context():
 
 
 def test_text_tracker_stops_at_once_when_a_stop_string_precedes_an_incomplete_character():
-    from deployft.runtime.generation import TextTracker
+    from deployft.runtime.detokenize import TextTracker
 
     pieces = {1: "ok", 2: "\n\ufffd", 3: "d"}
     tracker = TextTracker(lambda ids: "".join(pieces[i] for i in ids).replace("\ufffdd", "é"), ("\n",), set())

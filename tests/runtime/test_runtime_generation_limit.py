@@ -119,3 +119,42 @@ def test_the_server_gives_a_request_the_tokens_it_gets_alone(short_bundle):
             alone = list(predictor.iter_token_ids(prompt, max_new_tokens=40))
             assert sink[-1].error is None and sink[-1].completion_tokens == len(alone), name
             assert "".join(chunk.text for chunk in sink) == predictor.codec.decode(alone), name
+
+
+def test_a_batch_logs_one_line_for_all_the_prompts_it_cuts(runtime_bundle, caplog):
+    """One warning per batch however many prompt lengths it cuts; a single prompt keeps its own line."""
+    decoder = Predictor.load(runtime_bundle("gpt2")).decoder
+    positions = decoder.max_positions
+    lengths = np.array([positions - 3, 5, positions - 1, positions - 3, positions + 2])
+    mask = (np.arange(lengths.max()) >= lengths.max() - lengths[:, None]).astype(np.int64)  # left-padded
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        budgets = decoder.budgets(mask, 8)
+    assert budgets.tolist() == [4, 8, 2, 4, 0]  # each prompt's own budget
+    cuts = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
+    assert cuts == [f"max_new_tokens 8 cut to 0-4 for 4 of 5 prompts: the model has {positions} positions and they "
+                    f"use {positions - 3}-{positions + 2}"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deployft.runtime"):
+        assert decoder.budgets(mask[2:3], 8).tolist() == [2]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"max_new_tokens 8 cut to 2: the model has {positions} positions and the prompt uses {positions - 1}"]
+
+
+def test_kept_rows_drop_rows_and_shared_padding_and_views_when_nothing_is_dropped():
+    """The cut that `Predictor.generate`'s compaction and the serve engine's both make (`kv_cache.kept_rows`)."""
+    from deployft.runtime.kv_cache import kept_rows, with_room
+
+    mask = np.array([[0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=np.int64)
+    arrays = [np.arange(3 * 2 * 7 * 4, dtype=np.float32).reshape(3, 2, 7, 4) + layer for layer in range(2)]
+    kept, kept_mask = kept_rows(arrays, mask, [0, 2])  # row 1 finished: columns 0-1 are padding in both rows left
+    assert kept_mask.tolist() == [[0, 1, 1], [1, 1, 1]] and len(kept) == 2
+    for layer, array in zip(arrays, kept):
+        assert np.array_equal(array, layer[[0, 2]][:, :, 2:5, :]) and not np.shares_memory(array, layer)
+    mask[1, 0] = 1  # a row with no padding: every row and column is kept
+    whole, whole_mask = kept_rows(arrays, mask, [0, 1, 2])
+    assert whole_mask.tolist() == mask.tolist()
+    assert all(np.shares_memory(a, b) and np.array_equal(a, b[:, :, :5, :]) for a, b in zip(whole, arrays))
+    roomy = with_room(kept, 3)
+    for array, source in zip(roomy, kept):
+        assert array.shape == (2, 2, 6, 4) and array.flags.c_contiguous and not np.shares_memory(array, source)
+        assert np.array_equal(array[:, :, :3], source) and not array[:, :, 3:].any()
