@@ -29,6 +29,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 INTERVALS = (25, 50, 100, 200, 500)
+STEP, WRITE = "step", "checkpoint write"
+"""What the results call a timed round of each meter, in the JSON's warnings and the Markdown's notes alike."""
 
 
 def _measure(args) -> dict:
@@ -92,7 +94,7 @@ def _measure(args) -> dict:
         "task": args.task, "base_model": job.base_model, "parameters": sum(p.numel() for p in job.model.parameters()),
         "batch_size": args.batch_size, "max_length": job.max_length, "steps": len(steps), "checkpoints": len(saves),
         "steps_trained": trainer.state.global_step, "max_foreign": args.max_foreign,
-        "quiet": {"steps": step_meter.summary(), "checkpoints": save_meter.summary()},
+        "quiet": {"steps": step_meter.summary(STEP), "checkpoints": save_meter.summary(WRITE)},
         "step_seconds": [round(s, 3) for s in steps], "checkpoint_seconds": [round(s, 3) for s in saves],
         "median_step_s": round(step, 3), "median_checkpoint_s": round(write, 3),
         "checkpoint_mb": round(statistics.median(sizes) / 2**20, 1),
@@ -115,8 +117,8 @@ def _markdown(result: dict, command: str) -> str:
         f"max_length {result['max_length']}: median step {result['median_step_s']} s over {result['steps']} steps, "
         f"median checkpoint {result['median_checkpoint_s']} s over {result['checkpoints']} checkpoints of "
         f"{result['checkpoint_mb']} MB.", "",
-        rounds_note(result["quiet"]["steps"], "step") + "  ",
-        rounds_note(result["quiet"]["checkpoints"], "checkpoint write"), "",
+        rounds_note(result["quiet"]["steps"], STEP) + "  ",
+        rounds_note(result["quiet"]["checkpoints"], WRITE), "",
         "| --checkpoint-steps | time spent writing checkpoints | training a kill can lose (at most) |",
         "| --- | --- | --- |",
     ]

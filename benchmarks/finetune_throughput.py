@@ -85,19 +85,22 @@ def _train_once(config, task, job, recipe: str, work: Path) -> dict:
 
 
 def measure(config, task, job, rounds: int, max_foreign: float, work: Path) -> tuple[list[dict], dict]:
-    """Every training of `rounds` kept rounds (each both recipes, in alternating order), and the meter's summary."""
+    """Every training of `rounds` kept rounds (each both recipes, in alternating order), and the meter's summary.
+    Each training's line is printed once its round is judged, a rejected round's marked `"rejected": true` (the
+    results hold the kept rounds only)."""
     from deployft.bench.quiet import RoundMeter, kept_rounds
 
     def one_round(kept: int) -> list[dict]:
         round_ = kept + 1
-        runs = []
-        for recipe in ("deployft", "baseline") if round_ % 2 else ("baseline", "deployft"):
-            runs.append({"round": round_, **_train_once(config, task, job, recipe, work)})
-            print(json.dumps(runs[-1]), flush=True)
-        return runs
+        order = ("deployft", "baseline") if round_ % 2 else ("baseline", "deployft")
+        return [{"round": round_, **_train_once(config, task, job, recipe, work)} for recipe in order]
+
+    def judged(runs: list[dict], kept: bool) -> None:
+        for run in runs:
+            print(json.dumps(run if kept else {**run, "rejected": True}), flush=True)
 
     meter = RoundMeter(max_share=max_foreign)
-    pairs = kept_rounds(meter, rounds, one_round)
+    pairs = kept_rounds(meter, rounds, one_round, on_judged=judged)
     return [run for pair in pairs for run in pair], meter.summary()
 
 
@@ -107,7 +110,8 @@ def _machine() -> dict:
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_avg_1m_before": round(os.getloadavg()[0], 2), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
+            "load_avg_1m_before": round(os.getloadavg()[0], 2),
+            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
 
 
 def _markdown(report: dict) -> str:
@@ -152,12 +156,14 @@ def main() -> None:
     config, task, job = _job(args)
     with tempfile.TemporaryDirectory() as work:
         runs, quiet = measure(config, task, job, args.rounds, args.max_foreign, Path(work))
-    median = {r: statistics.median(x["samples_per_s"] for x in runs if x["recipe"] == r) for r in ("deployft", "baseline")}
+    median = {r: statistics.median(x["samples_per_s"] for x in runs if x["recipe"] == r)
+              for r in ("deployft", "baseline")}
     report = {
         "command": "python benchmarks/finetune_throughput.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "results"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
-        "settings": {"model": job.base_model, "data": "default:rotten_tomatoes", "train_examples": len(job.train_features),
+        "settings": {"model": job.base_model, "data": "default:rotten_tomatoes",
+                     "train_examples": len(job.train_features),
                      "steps": args.steps, "batch_size": args.batch_size, "max_length": 128},
         "runs": runs, "quiet": quiet, "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "summary": {"deployft_samples_per_s": round(median["deployft"], 2),

@@ -21,10 +21,11 @@ most batching can multiply requests/s by on this machine.
 The client is aiohttp, not httpx: on 2 cores httpx's AsyncClient spent about 5 ms of CPU per request at
 concurrency 32 (a whole core, so the rounds measured the client), aiohttp about 0.2 ms.
 
-Clean rounds: /proc/stat busy time is read before and after each round, the CPU time of this process and of its
-children (the servers) is subtracted, and a round where other processes used more than --max-foreign of one core
-(their CPU seconds over the round's wall time, as `deployft.bench.quiet.RoundMeter` judges the bench's rounds) is
-rejected and repeated (up to --tries times); rejected rounds are recorded.
+Clean rounds: each round runs under `deployft.bench.quiet.kept_rounds`, judged by a `RoundMeter` (/proc/stat busy
+time read before and after it, less the CPU time of this process and of its descendants, the servers); a round where
+other processes used more than --max-foreign of one core (their CPU seconds over the round's wall time) is rejected
+and repeated after --pause seconds, at most --tries tries in all (the last one is then kept, marked unclean);
+rejected rounds are recorded. The classifier alone is judged the same way (up to 5 rejections in a row).
 
     python benchmarks/serve_load.py                      # both tasks -> results/serve_load.{json,md}
     python benchmarks/serve_load.py --task generate --generate-bundle outputs/bench-defaults/bundle-generate \
@@ -58,26 +59,6 @@ PROMPTS = ["What is the capital of France?", "Tell me a joke.", "What do you lik
 SYSTEM = "Be brief."
 """A short system message: SmolLM2's default one alone nearly fills the default bundle's 32-token prompt limit."""
 MODES = {"batched": [], "unbatched": ["--max-batch-size", "1"]}
-
-
-def busy_jiffies() -> int:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process (the load generator), of its live descendants (the server) and of its
-    children that have exited, each counted once."""
-    me = psutil.Process()
-    times = me.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in me.children(recursive=True):
-        try:
-            t = child.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def client_cpu() -> float:
@@ -222,49 +203,64 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
             **reuse}
 
 
+def descendants() -> list[int]:
+    """The pids of this process's live descendants (the servers and anything they started): CPU they use during a
+    round is ours, not others'."""
+    return [child.pid for child in psutil.Process().children(recursive=True)]
+
+
 def clean_round(server: Server, call, concurrency: int, total: int, args, first: int = 0) -> dict:
-    """Run one round (requests numbered from `first`); repeat it while other processes took more than max_foreign
-    of one core."""
-    tick = os.sysconf("SC_CLK_TCK")
-    rejected = []
-    for _ in range(args.tries):
-        histogram = batch_histogram(server)
-        busy, own, client = busy_jiffies(), own_cpu(), client_cpu()
+    """Run one round (requests numbered from `first`) under `kept_rounds`: repeated, after --pause seconds, while
+    other processes took more than --max-foreign of one core, at most --tries times in all (the last try is then
+    kept, marked unclean). The rejected tries' rows are returned too, in `rejected_rounds`."""
+    from deployft.bench.quiet import RoundMeter, kept_rounds
+
+    meter = RoundMeter(own_pids=descendants, max_share=args.max_foreign, max_rejected=max(0, args.tries - 1))
+    histograms, rejected = [batch_histogram(server)], []
+
+    def attempt(_kept: int) -> dict:  # the meter's bracket holds the requests only: /metrics is read in `judged`
+        client = client_cpu()
         results, wall = asyncio.run(load(call, server.url, concurrency, total, first))
-        client = client_cpu() - client
-        foreign = max(0.0, (busy_jiffies() - busy) / tick - (own_cpu() - own)) / wall
-        row = {"concurrency": concurrency, **summarize(results, wall, client), "foreign_load": round(foreign, 3),
-               "batches": batch_sizes(histogram, batch_histogram(server))}
-        if foreign <= args.max_foreign:
-            return {**row, "rejected_rounds": rejected}
-        rejected.append(row)
-        print(f"  rejected (others used {foreign:.0%} of a core); again", flush=True)
-        time.sleep(args.pause)
-    return {**rejected[-1], "rejected_rounds": rejected[:-1], "unclean": True}
+        return {"concurrency": concurrency, **summarize(results, wall, client_cpu() - client), "foreign_load": None}
+
+    def judged(row: dict, kept: bool) -> None:
+        histograms.append(batch_histogram(server))  # also the next try's "before": no request in between
+        share = meter.shares[-1] if meter.shares else None  # None: no /proc/stat, every round kept unjudged
+        row.update(foreign_load=None if share is None else round(share, 3), batches=batch_sizes(*histograms[-2:]))
+        if not kept:
+            rejected.append(row)
+            print(f"  rejected (others used {share:.0%} of a core); again", flush=True)
+            time.sleep(args.pause)
+
+    (row,) = kept_rounds(meter, 1, attempt, on_judged=judged)
+    return {**row, "rejected_rounds": rejected, **({"unclean": True} if meter.dirty else {})}
 
 
 def model_alone(bundle: Path, batch_size: int, args, rows: int = 384) -> dict:
     """The classifier without HTTP, in this process, with the server's threads: rows/s at batch 1 and at
-    `batch_size` on the load generator's texts, interleaved rounds judged by `RoundMeter`, the median of the kept
-    ones. Their ratio is the most batching can add on this machine before HTTP and the load generator take their
-    share of the cores."""
+    `batch_size` on the load generator's texts, interleaved rounds judged by `RoundMeter` (`kept_rounds`: a
+    rejected round is repeated at its batch size, so the kept rounds alternate), the median of the kept ones.
+    Their ratio is the most batching can add on this machine before HTTP and the load generator take their share
+    of the cores."""
     from deployft import Predictor
-    from deployft.bench.quiet import RoundMeter
+    from deployft.bench.quiet import RoundMeter, kept_rounds
 
     predictor = Predictor.load(bundle, threads=2, spinning=False)
     ids = predictor.codec.encode([TEXTS[i % len(TEXTS)] for i in range(rows)])
-    speeds: dict[int, list[float]] = {1: [], batch_size: []}
+    sizes = tuple(dict.fromkeys((1, batch_size)))
     meter = RoundMeter(max_share=args.max_foreign)
     predictor.predict_ids(ids[:batch_size], batch_size=batch_size)  # warm-up
-    while min(len(v) for v in speeds.values()) < args.model_rounds:
-        for size in speeds:
-            meter.start()
-            started = time.perf_counter()
-            for start in range(0, rows, size):
-                predictor.predict_ids(ids[start:start + size], batch_size=size)
-            wall = time.perf_counter() - started
-            if meter.finish():
-                speeds[size].append(rows / wall)
+
+    def one_round(kept: int) -> tuple[int, float]:
+        size = sizes[kept % len(sizes)]
+        started = time.perf_counter()
+        for start in range(0, rows, size):
+            predictor.predict_ids(ids[start:start + size], batch_size=size)
+        return size, rows / (time.perf_counter() - started)
+
+    speeds: dict[int, list[float]] = {size: [] for size in sizes}
+    for size, speed in kept_rounds(meter, len(sizes) * args.model_rounds, one_round):
+        speeds[size].append(speed)
     median = {size: round(statistics.median(v), 1) for size, v in speeds.items()}
     return {"batch_size": batch_size, "rows_per_s_batch_1": median[1], "rows_per_s_batched": median[batch_size],
             "ratio": round(median[batch_size] / median[1], 2),
@@ -354,17 +350,18 @@ def write(results: dict, path: Path) -> None:
                   "side by side and their rounds alternate); its columns are that round's, except the rejected "
                   f"rounds (all of them) and the last column (every round's {key}).", "",
                   "| mode | concurrency | requests | req/s | tokens/s | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
-                  "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls | mean rows per call "
-                  "| rows per call (histogram) | prompt tokens (mean) | prompts from prefix cache (tokens) "
+                  "| 429 | other 4xx | 5xx | failed | others' load (of a core) | rejected rounds | model calls "
+                  "| mean rows per call | rows per call (histogram) | prompt tokens (mean) "
+                  "| prompts from prefix cache (tokens) "
                   "| client CPU ms/req | all rounds |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                  "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                  "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for mode, m in data["modes"].items():
             for r in m["rounds"]:
                 lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
                              f"{r['tokens_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['ttft_p50_ms']} | "
                              f"{r['ttft_p99_ms']} | {r['status_429']} | {r['status_4xx_other']} | {r['status_5xx']} | "
-                             f"{r['failed']} | {r['foreign_load']:.1%}{' (unclean)' if r.get('unclean') else ''} | "
+                             f"{r['failed']} | {_share(r)}{' (unclean)' if r.get('unclean') else ''} | "
                              f"{len(r['rejected_rounds'])} | {_batches(r, 'calls')} | {_batches(r, 'mean_rows')} | "
                              f"{_histogram(r)} | {r.get('prompt_tokens_mean') or '–'} | "
                              f"{_reuse(r) if task == 'generate' else '–'} | "
@@ -376,8 +373,9 @@ def write(results: dict, path: Path) -> None:
                          f"{m['rss_after'] / 2**20:.0f} MiB after; exit code after SIGTERM {m['exit_code']}.")
             if m.get("soak"):
                 s = m["soak"]
-                lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, {s['status_429']} "
-                             f"429, {s['status_5xx']} 5xx, {s['failed']} failed ({s['first_failure'] or 'none'}); "
+                lines.append(f"- Soak ({mode}): {s['requests']} requests at concurrency 32: {s['ok']} 2xx, "
+                             f"{s['status_429']} 429, {s['status_5xx']} 5xx, {s['failed']} failed "
+                             f"({s['first_failure'] or 'none'}); "
                              f"RSS {s['rss_before'] / 2**20:.1f} MiB before, {s['rss_after'] / 2**20:.1f} MiB after"
                              + (" (after each fifth: " + ", ".join(f"{r / 2**20:.1f}" for r in s["rss_after_parts"])
                                 + " MiB)" if s.get("rss_after_parts") else "")
@@ -392,6 +390,11 @@ def write(results: dict, path: Path) -> None:
                       f"{a['batch_size']} per call: **{a['ratio']}x** is the most batching can give on this machine "
                       "before HTTP and the load generator take their share of the cores.", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _share(row: dict) -> str:
+    """Others' share of a core during the round; "–" where it could not be judged (no /proc/stat)."""
+    return "–" if row["foreign_load"] is None else f"{row['foreign_load']:.1%}"
 
 
 def _batches(row: dict, key: str):

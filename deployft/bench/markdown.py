@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tasks import get_task
+from .quiet import rounds_note
 from .report import quality_errors, row_label
 
 
@@ -166,14 +167,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         if "rounds_kept" in rounds else f"{data['config']['repeats']} rounds asked for per cell"
     lines.append(f"created {data['created']}, {kept} after {data['config']['warmup']} warm-up runs, variants "
                  "interleaved round by round")
-    if rounds.get("judged"):
-        worst = rounds.get("worst_kept_other_share")
-        lines.append(f"clean rounds: {rounds['rounds_kept']} kept, {rounds['rounds_rejected']} rejected and repeated "
-                     f"because other programs used more than {rounds['max_other_share']:.0%} of a core during them"
-                     + (f", {rounds['rounds_dirty']} kept under load after repeated rejections"
-                        if rounds["rounds_dirty"] else "")
-                     + (f"; others used at most {worst:.1%} of a core during a kept round" if worst is not None
-                        else ""))
+    if rounds.get("judged"):  # its warning, if any, is among the report's warnings (`runner.machine_warnings`)
+        lines.append(rounds_note(rounds, with_warning=False))
     if peak := data.get("peak"):
         lines.append(f"peak matmul: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
                      + (f", bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s" if peak.get("bf16") else "")

@@ -132,53 +132,65 @@ class RoundMeter:
         self.kept_shares.append(share)
         return True
 
-    def summary(self) -> dict[str, float | int | str | None]:
+    def summary(self, what: str = "round") -> dict[str, float | int | str | None]:
         """What a report records: rounds kept, rejected and dirty, the threshold and the bound on rejections, and
         the largest share of a core others used during a kept round (None where no round was judged), and
-        `noisy_warning`'s sentence (None when every kept round was judged and clean)."""
+        `noisy_warning`'s sentence (None when every kept round was judged and clean). `what` names a round in that
+        sentence, as the report's `rounds_note` names it, so the JSON and the Markdown say the same ("step")."""
         summary = {"rounds_kept": self.kept, "rounds_rejected": self.rejected, "rounds_dirty": self.dirty,
                    "max_other_share": self.max_share, "max_rejected_in_a_row": self.max_rejected,
                    "judged": bool(self.shares), "worst_kept_other_share": max(self.kept_shares, default=None)}
-        return {**summary, "warning": noisy_warning(summary)}
+        return {**summary, "warning": noisy_warning(summary, what)}
 
 
-def kept_rounds(meter: RoundMeter, needed: int, run_round: Callable[[int], T]) -> list[T]:
+def kept_rounds(meter: RoundMeter, needed: int, run_round: Callable[[int], T],
+                on_judged: Callable[[T, bool], None] | None = None) -> list[T]:
     """Run `run_round(k)` between `meter.start()` and `meter.finish()` until `needed` rounds were kept.
 
     `k` is the number of rounds kept so far (the same `k` again when a round is repeated, so an interleaving
     order derived from it repeats too). Returns what the kept rounds returned, in order; a rejected round's
-    result is dropped. The loop ends: the meter keeps a round after `max_rejected` rejections in a row.
+    result is dropped, after `on_judged(result, kept)` has seen it: called after every round, outside the
+    meter's bracket (to log a round only once it is judged, keep the rejected ones, pause before a repeat).
+    The loop ends: the meter keeps a round after `max_rejected` rejections in a row.
     """
     kept: list[T] = []
     while len(kept) < needed:
         meter.start()
         measured = run_round(len(kept))
-        if meter.finish():
+        verdict = meter.finish()
+        if on_judged is not None:
+            on_judged(measured, verdict)
+        if verdict:
             kept.append(measured)
     return kept
 
 
 def noisy_warning(summary: dict, what: str = "round") -> str | None:
     """The sentence a report must carry when a kept round was dirty or no round could be judged; None when every
-    round was judged and clean. `summary` is `RoundMeter.summary()`; `what` names a round, as in `rounds_note`."""
+    round was judged and clean. `summary` is `RoundMeter.summary()` (one recorded before the bound on rejections
+    was, too); `what` names a round, as in `rounds_note`."""
     if summary["rounds_kept"] and not summary["judged"]:
         return (f"the {what}s were not judged (no /proc/stat here): other programs may have used the CPU during "
                 "any of them")
     if summary["rounds_dirty"]:
+        bound = summary.get("max_rejected_in_a_row")
+        after = f"after {bound} rejections in a row" if bound is not None else "after repeated rejections"
         return (f"{summary['rounds_dirty']} of the {summary['rounds_kept']} kept {what}s were measured while other "
-                f"programs used more than {summary['max_other_share']:.0%} of a core (each kept after "
-                f"{summary['max_rejected_in_a_row']} rejections in a row): these figures carry their load; rerun on "
-                "a quiet machine")
+                f"programs used more than {summary['max_other_share']:.0%} of a core (each kept {after}): these "
+                "figures carry their load; rerun on a quiet machine")
     return None
 
 
-def rounds_note(summary: dict, what: str = "round") -> str:
+def rounds_note(summary: dict, what: str = "round", with_warning: bool = True) -> str:
     """One line for a report: rounds kept and rejected, the threshold and the bound, and `noisy_warning` in bold
-    when there is one. `summary` is `RoundMeter.summary()`; `what` names a round ("step": "Quiet steps: ...")."""
+    when there is one (unless `with_warning` is False: a report that lists its warnings apart). `summary` is
+    `RoundMeter.summary()`, or one recorded before the bound and the worst share were; `what` names a round
+    ("step": "Quiet steps: ...")."""
+    bound = summary.get("max_rejected_in_a_row")
     text = (f"Quiet {what}s: {summary['rounds_kept']} kept, {summary['rounds_rejected']} rejected and repeated (a "
             f"{what} is rejected when other programs used more than {summary['max_other_share']:.0%} of a core "
-            f"during it, at most {summary['max_rejected_in_a_row']} times in a row)")
+            "during it" + (f", at most {bound} times in a row)" if bound is not None else ")"))
     if summary.get("worst_kept_other_share") is not None:
         text += f"; others used at most {summary['worst_kept_other_share']:.1%} of a core during a kept {what}"
-    warning = noisy_warning(summary, what)
+    warning = noisy_warning(summary, what) if with_warning else None
     return text + "." + (f" **Warning: {warning}.**" if warning else "")

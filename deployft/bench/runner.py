@@ -14,7 +14,7 @@ from ..staging import atomic_folder, check_output_free
 from ..tasks import get_task
 from .config import BenchConfig
 from .inputs import build_inputs, check_grid, read_pair, select_variants
-from .quiet import RoundMeter
+from .quiet import RoundMeter, noisy_warning
 from .machine import busy_warning, describe_machine, load_average
 from .report import BenchReport, assemble, write_report
 from .timing import interleave
@@ -80,20 +80,21 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
     raw["wall_s"] = time.perf_counter() - started
     raw["load_after"] = load_average()
     raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
-    cores = raw["machine"]["cores_usable"] or 1
-    # the load average counts the benchmark's own threads; where every round was judged from /proc/stat the
-    # round counts below say more, so the load-average guess is only the fallback (no /proc/stat)
-    warning = None if raw["rounds"]["judged"] else busy_warning(raw["load_before"], raw["load_after"],
-                                                                  config.threads, cores)
-    raw["warnings"] = [warning] if warning else []
-    if raw["rounds"]["rounds_dirty"]:
-        raw["warnings"].append(f"{raw['rounds']['rounds_dirty']} of {raw['rounds']['rounds_kept']} timing rounds "
-                               "were kept although other programs used the CPU during them (each after "
-                               "repeated rejections); compare ratios from a quieter run")
-    if config.threads > cores:
-        raw["warnings"].append(f"--threads {config.threads} is more than the {cores} usable cores; "
-                               "threads compete with each other")
+    raw["warnings"] = machine_warnings(raw["rounds"], raw["load_before"], raw["load_after"], config.threads,
+                                       raw["machine"]["cores_usable"] or 1)
     return raw
+
+
+def machine_warnings(rounds: dict[str, Any], load_before, load_after, threads: int, cores: int) -> list[str]:
+    """The report's warnings about the machine: `quiet.noisy_warning` when a kept timing round was dirty or none
+    was judged, the load-average guess where none was judged (no /proc/stat), and threads beyond the cores."""
+    # the load average counts the benchmark's own threads; where every round was judged from /proc/stat the
+    # round counts say more, so the load-average guess is only the fallback
+    warnings = [] if rounds["judged"] else [busy_warning(load_before, load_after, threads, cores)]
+    warnings.append(noisy_warning(rounds))
+    if threads > cores:
+        warnings.append(f"--threads {threads} is more than the {cores} usable cores; threads compete with each other")
+    return [w for w in warnings if w]
 
 
 def _build_peers(config: BenchConfig, variants: list[str], scratch: Path) -> dict[str, dict[str, Any]]:

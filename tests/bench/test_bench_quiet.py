@@ -148,3 +148,38 @@ def test_the_report_line_warns_about_dirty_and_unjudged_rounds(monkeypatch):
     assert "not judged" in unjudged.summary()["warning"]
     clean = {**summary, "rounds_dirty": 0, "judged": True}
     assert quiet.noisy_warning(clean) is None and "Warning" not in quiet.rounds_note(clean)
+
+
+def test_the_summary_names_its_rounds_as_the_report_does(monkeypatch):
+    """checkpoint_cost's JSON said "kept rounds" where its Markdown said "kept steps": the word is the caller's."""
+    _fake_readings(monkeypatch, [(float(i), 2.0 * i, 0.0) for i in range(4)])  # others always use 2 cores
+    meter = RoundMeter(max_rejected=1)
+    quiet.kept_rounds(meter, 1, lambda k: None)
+    summary = meter.summary("checkpoint write")
+    assert summary["warning"] == quiet.noisy_warning(summary, "checkpoint write")
+    assert "1 of the 1 kept checkpoint writes were measured" in summary["warning"]
+    assert "rounds" not in summary["warning"]
+    assert f"**Warning: {summary['warning']}.**" in quiet.rounds_note(summary, "checkpoint write")
+    assert "1 of the 1 kept rounds" in meter.summary()["warning"]  # the default word is unchanged
+
+
+def test_kept_rounds_hands_every_round_and_its_verdict_to_on_judged_after_the_bracket(monkeypatch):
+    _fake_readings(monkeypatch, [(0.0, 0.0, 0.0), (1.0, 0.3, 0.0), (1.0, 0.3, 0.0), (2.0, 0.32, 0.0)])
+    meter, seen = RoundMeter(), []
+
+    def judged(result, kept):
+        assert meter._start is None  # the meter has finished: what on_judged does is not timed (a pause, a log)
+        seen.append((result, kept))
+
+    assert quiet.kept_rounds(meter, 1, lambda k: f"try {len(seen)}", on_judged=judged) == ["try 1"]
+    assert seen == [("try 0", False), ("try 1", True)]
+
+
+def test_the_report_line_can_leave_the_warning_to_a_list_of_warnings_and_reads_older_summaries():
+    older = {"rounds_kept": 10, "rounds_rejected": 1, "rounds_dirty": 1, "max_other_share": 0.05, "judged": True,
+             "median_other_share": 0.02}  # a report.json recorded before the bound and the worst share were
+    line = quiet.rounds_note(older, with_warning=False)
+    assert line == ("Quiet rounds: 10 kept, 1 rejected and repeated (a round is rejected when other programs used "
+                    "more than 5% of a core during it).")
+    assert "each kept after repeated rejections" in quiet.noisy_warning(older)
+    assert quiet.rounds_note(older).startswith(line + " **Warning: 1 of the 10 kept rounds")

@@ -1,15 +1,18 @@
 """Report assembly, Markdown, HTML and plots from hand-made measurements (no model involved)."""
 
 import json
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
 
 from deployft.bench import BenchConfig, BenchReport
 from deployft.bench.html import inline_to_html, markdown_table_to_html, render_html
-from deployft.bench.machine import describe_machine
+from deployft.bench.machine import busy_warning, describe_machine
 from deployft.bench.markdown import list_sections, render_markdown, summary_lines
+from deployft.bench.quiet import noisy_warning, rounds_note
 from deployft.bench.report import assemble, write_report
+from deployft.bench.runner import machine_warnings
 from deployft.bench.timing import percentile
 
 
@@ -111,7 +114,7 @@ def test_report_files_parse_and_html_is_self_contained(tmp_path, raw, task):
     assert html.count("data:image/png;base64,") == len(pngs) and 'src="latency.png"' not in html
     markdown = (folder / "report.md").read_text()
     assert "## Variants" in markdown and "the machine was busy" in markdown
-    assert "clean rounds: 3 kept, 2 rejected and repeated" in markdown and report.data["rounds"]["rounds_rejected"] == 2
+    assert "Quiet rounds: 3 kept, 2 rejected and repeated" in markdown and report.data["rounds"]["rounds_rejected"] == 2
     if task == "classify":
         assert report.failed == {"pytorch-compile": "InductorError: no compiler"}
         assert "InductorError" in markdown and "InductorError" in html
@@ -194,7 +197,7 @@ def test_the_html_report_says_what_the_markdown_says(tmp_path):
     data = assemble(config(tmp_path), _manifests("classify"), _with_peer_and_provider(classify_raw()))
     markdown, html = render_markdown(data), render_html(data, tmp_path, {})
     lines = summary_lines(data)
-    assert any(line.startswith("clean rounds: 3 kept, 2 rejected") for line in lines)
+    assert any(line.startswith("Quiet rounds: 3 kept, 2 rejected") for line in lines)
     assert any(line.startswith("peak matmul: fp32 100.0 GFLOP/s") for line in lines)
     sections = dict(list_sections(data))
     assert sections["Peers"] == ["`openvino-int8` (openvino, int8): built in 12.5 s; num_streams 1"]
@@ -230,6 +233,32 @@ def test_classifier_spread_is_over_every_call_and_the_kept_rounds_are_counted(tm
     assert base["calls"] == base["settled"]  # without hot calls, every call is a settled one
 
 
+def test_a_dirty_round_is_warned_about_once_in_the_words_of_quiet(tmp_path):
+    """The runner's warning is `noisy_warning`'s sentence, listed once with the report's warnings (report.md,
+    report.html and the CLI print that list); the rounds line is `rounds_note`'s, without it."""
+    raw = classify_raw()
+    raw["rounds"].update(rounds_dirty=1, max_rejected_in_a_row=5)
+    raw["warnings"] = machine_warnings(raw["rounds"], raw["load_before"], raw["load_after"], threads=2, cores=4)
+    warning = noisy_warning(raw["rounds"])
+    assert raw["warnings"] == [warning] and "1 of the 3 kept rounds were measured while other programs" in warning
+    data = assemble(config(tmp_path), _manifests("classify"), raw)
+    markdown, html = render_markdown(data), render_html(data, tmp_path, {})
+    assert markdown.count(warning) == 1 and f"- **warning:** {warning}" in markdown
+    assert html.count(html_escape(warning)) == 1
+    assert f"- {rounds_note(data['rounds'], with_warning=False)}" in markdown
+
+
+def test_the_machine_warnings_judged_or_not():
+    clean = {"rounds_kept": 3, "rounds_rejected": 0, "rounds_dirty": 0, "max_other_share": 0.05, "judged": True}
+    busy = ([3.5, 3.0, 3.0], [5.0, 4.0, 3.0])  # a load average that would say "busy"
+    assert machine_warnings(clean, *busy, threads=2, cores=4) == []  # judged rounds say more than the load average
+    unjudged = machine_warnings({**clean, "judged": False}, *busy, threads=2, cores=4)
+    assert unjudged == [busy_warning(*busy, threads=2, cores=4), noisy_warning({**clean, "judged": False})]
+    assert "not judged" in unjudged[1]
+    (threads,) = machine_warnings(clean, *busy, threads=8, cores=4)
+    assert threads.startswith("--threads 8 is more than the 4 usable cores")
+
+
 RECORDED = sorted((Path(__file__).parents[2] / "benchmarks" / "results").glob("**/bench_*.json"))
 
 
@@ -241,6 +270,9 @@ def test_recorded_reports_still_render(path, tmp_path):
     report = BenchReport(path.parent, json.loads(path.read_text(encoding="utf-8")))
     markdown, html = render_markdown(report.data), render_html(report.data, tmp_path, {})
     assert "## Speed" in markdown and "<h2>Speed</h2>" in html
+    if (report.data.get("rounds") or {}).get("judged"):
+        rounds = report.data["rounds"]
+        assert f"- Quiet rounds: {rounds['rounds_kept']} kept, {rounds['rounds_rejected']} rejected" in markdown
     if report.data["task"] == "classify":
         per_call = all("calls" in r for r in report.results)
         assert ("p90 ms (all calls)" if per_call else "p90 ms (of round medians)") in markdown

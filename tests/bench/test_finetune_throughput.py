@@ -60,3 +60,12 @@ def test_a_round_kept_after_too_many_rejections_is_reported_as_noisy(script, tra
     saved = json.loads((tmp_path / "results" / "finetune_throughput.json").read_text())["quiet"]
     assert "1 of the 1 kept rounds were measured while other programs used more than 5%" in saved["warning"]
     assert f"**Warning: {saved['warning']}.**" in (tmp_path / "results" / "finetune_throughput.md").read_text()
+
+
+def test_a_rejected_rounds_trainings_are_printed_marked_rejected(script, trainings, monkeypatch, tmp_path, capsys):
+    script_noise(monkeypatch, lambda i: i == 0)  # the first round's two trainings ran while others were busy
+    runs, _ = script.measure(None, None, None, rounds=1, max_foreign=0.05, work=tmp_path)
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(p["samples_per_s"], p.get("rejected")) for p in printed] == [(0.0, True), (1.0, True),
+                                                                           (2.0, None), (3.0, None)]
+    assert printed[2:] == runs and all("rejected" not in r for r in runs)  # the results hold the kept round only
