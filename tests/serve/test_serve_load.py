@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 pytest.importorskip("aiohttp")
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")  # benchmarks/serve_load.py imports it
 
 from live_server import Server, free_port  # noqa: E402
 
