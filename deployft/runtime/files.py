@@ -29,9 +29,9 @@ from .predictor import Predictor
 from .sampling import GenerationOptions
 
 _JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
-MAX_FIELD = 1_000_000
-"""The longest CSV field read, in characters: far beyond any model's input, and the most a quote never closed
-makes the reader hold before it is refused (training reads with a larger limit: `delimited.FIELD_LIMIT`)."""
+MAX_RECORD = 1_000_000
+"""The longest CSV record read, in characters: far beyond any model's input, and the most a quote never closed
+makes the reader hold before it is refused (training reads its file whole, unbounded)."""
 
 
 def check_input(path: Path) -> Path:
@@ -85,8 +85,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
     """The rows of a CSV file, read strictly, as training data is (`strict_rows`): a stray or unclosed quote, an
     unquoted comma or a repeated column is an error naming its line, never rows silently joined into one text or
-    cut apart (either would shift every id); a field longer than `MAX_FIELD` is refused, so memory stays bounded."""
-    rows = strict_rows(_lines(path), path, "csv", max_field=MAX_FIELD,
+    cut apart (either would shift every id); a record longer than `MAX_RECORD` is refused, so memory stays
+    bounded (as long as the file has line breaks: a line is read whole)."""
+    rows = strict_rows(_lines(path), path, "csv", max_record=MAX_RECORD,
                        empty_fix="pass a file with a header and at least one row to --input")
     for start, _, row, _ in rows:
         yield start, row

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,9 @@ from ..staging import atomic_file
 from ..tasks import get_task
 from .openvino import import_plugin
 from .outputs import check_output_file
+from .ray_client import CLIENT_INPUT
+from .ray_client import client_address as _client_address
+from .ray_client import client_connected as _client_connected
 from .sampling import GenerationOptions
 from .session import PROVIDERS
 
@@ -34,10 +36,6 @@ FORMATS = ("jsonl", "parquet")
 INPUTS = (".parquet", ".jsonl", ".csv")
 WINDOW_BATCHES = 8
 """Batches per Ray Data call: the rows of one call are sorted by length together, so padding stays small."""
-CLIENT_INPUT = ("--input {} is a file on this machine, but through Ray Client the cluster reads it, where it usually "
-                "is not; with a ray:// address pass a .parquet file on storage the cluster can read, or run deployft "
-                "on the cluster")
-"""A JSONL or CSV file is read in a task pinned to the driver's node: under Ray Client, a node of the cluster."""
 
 
 @dataclass
@@ -102,8 +100,9 @@ class RayPredictConfig:
         if suffix not in INPUTS:
             raise DataError(f"input file {self.input} has extension '{suffix}'; with --ray pass a .parquet, "
                             ".jsonl or .csv file to --input")
-        if suffix != ".parquet" and _client_address(self.address):
-            raise UsageError(CLIENT_INPUT.format(self.input))
+        client = _client_address(self.address)
+        if suffix != ".parquet" and client:
+            raise UsageError(CLIENT_INPUT.format(self.input, client))
 
     @property
     def output_file(self) -> Path:
@@ -186,7 +185,7 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
     try:
         if config.input.suffix.lower() != ".parquet" and _client_connected():  # the caller's own ray.init("ray://...")
-            raise UsageError(CLIENT_INPUT.format(config.input))
+            raise UsageError(CLIENT_INPUT.format(config.input, "this process is connected through it"))
         dataset = _dataset(ray.data, config, task)
         return _write(dataset, config)
     except ray.exceptions.RayError as exc:
@@ -195,20 +194,6 @@ def predict_on_ray(config: RayPredictConfig) -> int:
         quiet.setLevel(level)
         if started:
             ray.shutdown()
-
-
-def _client_address(address: str | None) -> bool:
-    """Whether `ray.init(address)` connects through Ray Client (`ray://host:10001`, also named by RAY_ADDRESS)."""
-    if address in (None, "auto"):
-        address = os.environ.get("RAY_ADDRESS") or address
-    return address is not None and "://" in address
-
-
-def _client_connected() -> bool:
-    """Whether this process reaches Ray through Ray Client, whose tasks run on the cluster, not on this machine."""
-    import ray.util.client
-
-    return ray.util.client.ray.is_connected()
 
 
 def worker_error(exc: BaseException, doing: str) -> DeployftError:

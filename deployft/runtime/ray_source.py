@@ -22,7 +22,7 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from ..errors import DataError, UsageError, reraise_as
+from ..errors import DataError, reraise_as
 from ..tasks import get_task
 from .files import read_texts, text_value
 
@@ -37,17 +37,14 @@ def read_input(data, path: Path, column: str | None, task: str, rows_per_block: 
         DataError: the file lacks the column, or holds a text that is not a string; a JSONL or CSV file is
             checked here up to its first row, and the rest of it as it is read (the error reaches the driver
             from the read task).
-        UsageError: Ray refuses to run the read task of a JSONL or CSV file on this machine.
     """
     if path.suffix.lower() == ".parquet":
         return _parquet_texts(data, path, column, task)
     next(read_texts(path, column, task), None)  # a missing column or a bad first row fails before any worker starts
-    source = FileTexts(path.resolve(), column, task, rows_per_block)  # a worker's working folder is not the driver's
+    source = FileTexts(path, column, task, rows_per_block)
     # the task is pinned to the driver's node, which is the head node when deployft runs there: reserving a CPU
     # would make Ray refuse a head started with --num-cpus=0 (as clusters often are)
-    with reraise_as(UsageError, f"Ray cannot read {path} on this machine ({{reason}}); pass --ray-address of a "
-                                "cluster this machine is a node of, or leave --ray-address out", catch=ValueError):
-        return data.read_datasource(source, num_cpus=0), TEXT
+    return data.read_datasource(source, num_cpus=0), TEXT
 
 
 class FileTexts(Datasource):
@@ -55,7 +52,9 @@ class FileTexts(Datasource):
 
     def __init__(self, path: Path, column: str | None, task: str, rows_per_block: int):
         super().__init__()
-        self.path, self.column, self.task, self.rows_per_block = Path(path), column, task, rows_per_block
+        self.path = Path(path).resolve()  # a Ray worker does not run in the driver's working folder
+        self.shown = str(path)  # the path as given: errors name it so, as the single-process path's do
+        self.column, self.task, self.rows_per_block = column, task, rows_per_block
 
     def estimate_inmemory_data_size(self) -> int:
         return self.path.stat().st_size
@@ -74,8 +73,11 @@ class FileTexts(Datasource):
 
     def _blocks(self):
         texts = read_texts(self.path, self.column, self.task)
-        while chunk := list(itertools.islice(texts, self.rows_per_block)):
-            yield pa.table({TEXT: pa.array(chunk, pa.string())})
+        try:
+            while chunk := list(itertools.islice(texts, self.rows_per_block)):
+                yield pa.table({TEXT: pa.array(chunk, pa.string())})
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(self.path), self.shown, 1)) from None
 
 
 def _parquet_texts(data, path: Path, column: str | None, task: str):

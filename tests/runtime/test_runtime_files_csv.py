@@ -78,33 +78,36 @@ def test_a_csv_text_longer_than_the_csv_modules_default_limit_is_read_whole(tmp_
     assert list(read_texts(source, None, "classify")) == [long, "short"]
 
 
-def test_a_csv_quote_never_closed_is_refused_at_the_field_limit_without_reading_the_rest(tmp_path, monkeypatch):
-    """Predict reads at most `MAX_FIELD` characters into one field: a quote never closed in a huge file is refused
-    there, not after the whole rest of the file was held in memory."""
+def test_a_csv_quote_never_closed_is_refused_at_the_record_bound_without_reading_the_rest(tmp_path, monkeypatch):
+    """Predict reads at most `MAX_RECORD` characters into one record: a quote never closed in a huge file is
+    refused there, not after the whole rest of the file was held in memory."""
     from deployft.errors import DataError
     from deployft.runtime import files
 
-    monkeypatch.setattr(files, "MAX_FIELD", 1000)
+    monkeypatch.setattr(files, "MAX_RECORD", 1000)
+    lines = iter(['text\n', 'fine\n', '"opened here\n'] + ["more text\n"] * 100_000)
+    monkeypatch.setattr(files, "_lines", lambda path: lines)
     source = tmp_path / "in.csv"
-    source.write_text('text\nfine\n"opened here\n' + "more text\n" * 200)  # 2,000 characters after the quote
+    source.write_text("text\n")
     texts = files.read_texts(source, None, "classify")
     assert next(texts) == "fine"
-    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 3: a field in the record that "
-                                        r"starts on this line is longer than 1,000 characters, the most read, most "
-                                        r"likely because a quote opened there is never closed .*; double a quote "
-                                        r"inside a field .*, or shorten the text$"):
+    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 3: the record that starts on "
+                                        r"this line runs past 1,000 characters, the most read, most likely because "
+                                        r"a quote opened there is never closed .*; double a quote inside a field .*, "
+                                        r"or shorten the text$"):
         next(texts)
+    assert len(list(lines)) > 99_000  # refused right after the bound, the rest never read
 
 
-def test_a_csv_text_up_to_the_field_limit_is_read_and_training_keeps_its_own_limit(tmp_path, monkeypatch):
-    """The csv module's limit is one for the process: a predict reader and a training reader taking turns each
-    read with their own."""
+def test_a_csv_record_up_to_the_bound_is_read_and_training_reads_without_one(tmp_path, monkeypatch):
+    """The bound is the reader's own (the csv module's limit is one for the process): a predict reader and a
+    training reader taking turns each read with theirs."""
     from deployft.delimited import read_delimited
     from deployft.errors import DataError
     from deployft.runtime import files
 
-    monkeypatch.setattr(files, "MAX_FIELD", 1000)
-    legal, long = "a" * 1000, "b" * 5000
+    monkeypatch.setattr(files, "MAX_RECORD", 1000)
+    legal, long = "a" * 997, "b" * 5000  # a record of 1,000 characters: the quotes and the line end count
     source = tmp_path / "in.csv"
     source.write_text(f'text\n"{legal}"\n"{long}"\n')
     texts = files.read_texts(source, None, "classify")
@@ -112,7 +115,7 @@ def test_a_csv_text_up_to_the_field_limit_is_read_and_training_keeps_its_own_lim
     training = tmp_path / "train.csv"
     training.write_text(f'text,label\n"{long}",1\n')
     assert read_delimited(training, training.read_text(), "csv") == [{"text": long, "label": "1"}]
-    with pytest.raises(DataError, match="line 3: a field in the record that starts on this line is longer than 1,000"):
+    with pytest.raises(DataError, match="line 3: the record that starts on this line runs past 1,000 characters"):
         next(texts)  # the training read in between did not leave its limit to this reader
 
 

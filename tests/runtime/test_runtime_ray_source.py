@@ -100,12 +100,10 @@ def test_ray_refuses_a_text_that_is_not_the_files_string_as_the_single_process_p
 class _Data:
     """A fake `ray.data`: records how a file is read; its Parquet datasets have the file's schema."""
 
-    def __init__(self, refusal: str | None = None):
-        self.reads, self.refusal = [], refusal
+    def __init__(self):
+        self.reads = []
 
     def read_datasource(self, source, **settings):
-        if self.refusal:
-            raise ValueError(self.refusal)
         self.reads.append((source, settings))
         return "dataset"
 
@@ -119,6 +117,7 @@ class _Data:
 def test_a_jsonl_or_csv_file_is_read_by_its_absolute_path_in_a_task_that_reserves_no_cpu(tmp_path, monkeypatch):
     """The task is pinned to the driver's node: on a cluster whose head has no CPU (`--num-cpus=0`), a task that
     reserves one is refused by Ray (`test_ray_reads_a_jsonl_file_on_a_cluster_whose_head_node_has_no_cpu`)."""
+    from deployft.errors import DataError
     from deployft.runtime.ray_source import read_input
 
     monkeypatch.chdir(tmp_path)
@@ -131,19 +130,11 @@ def test_a_jsonl_or_csv_file_is_read_by_its_absolute_path_in_a_task_that_reserve
     assert settings == {"num_cpus": 0}
     # a Ray worker does not run in the driver's working folder
     assert (source.path, parquet) == (tmp_path / "in.jsonl", str(tmp_path / "in.parquet"))
-
-
-def test_a_read_that_ray_refuses_is_one_line_naming_ray_address(tmp_path):
-    from deployft.errors import UsageError
-    from deployft.runtime.ray_source import read_input
-
-    data = write_rows(tmp_path / "in.csv", sentiment_rows(4))
-    refusal = "Reading from a local:// path must run on the head node\nbut the head node doesn't have enough resources"
-    with pytest.raises(UsageError) as refused:
-        read_input(_Data(refusal), data, None, "classify", rows_per_block=8)
-    assert str(refused.value) == (f"Ray cannot read {data} on this machine (Reading from a local:// path must run on "
-                                  "the head node); pass --ray-address of a cluster this machine is a node of, or "
-                                  "leave --ray-address out")
+    # errors name the file as the user wrote it, as the single-process path does
+    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"review": "no text"}\n')
+    with pytest.raises(DataError) as refused:
+        list(source._blocks())  # what the read task runs
+    assert str(refused.value).startswith("in.jsonl line 2 has no column 'text'")
 
 
 def test_a_parquet_text_column_of_numbers_holding_only_nulls_is_refused(tmp_path):
@@ -211,13 +202,30 @@ def test_a_jsonl_or_csv_file_under_a_ray_client_address_is_refused_before_any_wo
         result = _run("predict", runtime_bundle("bert"), "--input", data, "--output", tmp_path / "out", "--ray",
                       *flags)
         assert result.exit_code == 1
+        named = f"--ray-address {address}" if address and address != "auto" else f"RAY_ADDRESS={environment}"
         assert result.output.strip() == (
-            f"Error: --input {data} is a file on this machine, but through Ray Client the cluster reads it, where it "
-            "usually is not; with a ray:// address pass a .parquet file on storage the cluster can read, or run "
-            "deployft on the cluster")
+            f"Error: --input {data} is a file on this machine, but through Ray Client ({named}) a node of the "
+            "cluster reads it, where it usually is not; run deployft on a node of the cluster (--ray-address auto "
+            "or HOST:6379), or pass a .parquet file at a path every node mounts where this machine does")
     assert not (tmp_path / "out").exists()
     parquet = _parquet(tmp_path / "in.parquet", sentiment_rows(4))  # a path the cluster may share (NFS): accepted
     RayPredictConfig(bundle=runtime_bundle("bert"), input=parquet, output=tmp_path / "out", address=address)
+
+
+@pytest.mark.parametrize("address, environment, client", [
+    (None, None, None), ("auto", None, None), (None, "auto", None), (None, "127.0.0.1:6379", None),
+    ("127.0.0.1:6379", "ray://head:10001", None),  # the flag wins over the environment, as in ray.init
+    ("ray://head:10001", "127.0.0.1:6379", "--ray-address ray://head:10001"),
+    ("auto", "ray://head:10001", "RAY_ADDRESS=ray://head:10001"),
+])
+def test_only_a_ray_client_address_is_taken_for_one(monkeypatch, address, environment, client):
+    from deployft.runtime.ray_client import client_address
+
+    if environment:
+        monkeypatch.setenv("RAY_ADDRESS", environment)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert client_address(address) == client
 
 
 def test_a_jsonl_file_is_refused_when_ray_is_already_joined_through_ray_client(runtime_bundle, tmp_path,
