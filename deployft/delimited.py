@@ -130,7 +130,7 @@ def strict_records(lines: Iterable[str], path: Path, fmt: str,
         for line in lines:
             taken += len(line)
             if max_record is not None and taken > max_record:
-                raise _RecordTooLong
+                raise _RecordTooLong(taken == len(line))
             yield line
 
     reader = csv.reader(counted(), delimiter="\t" if fmt == "tsv" else ",", strict=True)
@@ -141,15 +141,19 @@ def strict_records(lines: Iterable[str], path: Path, fmt: str,
             start, taken = reader.line_num + 1, 0
     except csv.Error as exc:
         raise _parse_error(exc, path, fmt, start, reader.line_num) from exc
-    except _RecordTooLong:
+    except _RecordTooLong as exc:
+        if exc.args[0]:  # the record's one line
+            raise DataError(f"data file {path} line {start} is longer than {max_record:,} characters, the most "
+                            "read for one record; shorten its fields") from None
         raise DataError(f"data file {path} line {start}: the record that starts on this line runs past "
                         f"{max_record:,} characters, the most read, most likely because a quote opened there is "
                         f"never closed (every line after it read into one field); {_QUOTE_FIX}, or shorten the "
-                        "text") from None
+                        "record's fields") from None
 
 
 class _RecordTooLong(Exception):
-    """Raised in the lines `strict_records` hands the csv module, when a record outgrows its bound."""
+    """Raised in the lines `strict_records` hands the csv module, when a record outgrows its bound; its one
+    argument: whether the record was a single line."""
 
 
 def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) -> DataError:

@@ -91,6 +91,10 @@ def _default_generator() -> Path:
     target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-fp32-{sha256_file(gguf)[:12]}"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
+        older = sorted(p.name for p in target.parent.glob("SmolLM2-135M-Instruct-fp32*") if p != target)
+        if older:  # a RUN records its base model's folder by name only: nothing reads the folder back
+            logger.warning("%s also holds conversions of earlier versions of the default generator (%s): delete "
+                           "them to free the disk", target.parent, ", ".join(older))
     return target
 
 

@@ -30,8 +30,8 @@ from .sampling import GenerationOptions
 
 _JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
 MAX_RECORD = 1_000_000
-"""The longest CSV record read, in characters: far beyond any model's input, and the most a quote never closed
-makes the reader hold before it is refused (training reads its file whole, unbounded)."""
+"""The longest CSV record read, in characters, every column of it counted: far beyond any model's input, and the
+most a quote never closed makes the reader hold before it is refused (training reads its file whole, unbounded)."""
 
 
 def check_input(path: Path) -> Path:

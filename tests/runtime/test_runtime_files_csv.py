@@ -94,7 +94,7 @@ def test_a_csv_quote_never_closed_is_refused_at_the_record_bound_without_reading
     with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 3: the record that starts on "
                                         r"this line runs past 1,000 characters, the most read, most likely because "
                                         r"a quote opened there is never closed .*; double a quote inside a field .*, "
-                                        r"or shorten the text$"):
+                                        r"or shorten the record's fields$"):
         next(texts)
     assert len(list(lines)) > 99_000  # refused right after the bound, the rest never read
 
@@ -115,8 +115,21 @@ def test_a_csv_record_up_to_the_bound_is_read_and_training_reads_without_one(tmp
     training = tmp_path / "train.csv"
     training.write_text(f'text,label\n"{long}",1\n')
     assert read_delimited(training, training.read_text(), "csv") == [{"text": long, "label": "1"}]
-    with pytest.raises(DataError, match="line 3: the record that starts on this line runs past 1,000 characters"):
-        next(texts)  # the training read in between did not leave its limit to this reader
+    with pytest.raises(DataError, match="line 3 is longer than 1,000 characters, the most read for one record"):
+        next(texts)  # the bound is this reader's own: the training read in between (5,000 characters) took none
+
+
+def test_a_csv_line_longer_than_the_bound_is_named_as_a_long_line(tmp_path, monkeypatch):
+    """No quote to blame: one line past the bound is named as a long line."""
+    from deployft.errors import DataError
+    from deployft.runtime import files
+
+    monkeypatch.setattr(files, "MAX_RECORD", 1000)
+    source = tmp_path / "in.csv"
+    source.write_text("text\nfine\n" + "x" * 2000 + "\n")
+    with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line 3 is longer than 1,000 "
+                                        r"characters, the most read for one record; shorten its fields$"):
+        list(files.read_texts(source, None, "classify"))
 
 
 def test_the_csv_reader_shared_with_training_data_keeps_predict_light():

@@ -212,22 +212,6 @@ def test_a_jsonl_or_csv_file_under_a_ray_client_address_is_refused_before_any_wo
     RayPredictConfig(bundle=runtime_bundle("bert"), input=parquet, output=tmp_path / "out", address=address)
 
 
-@pytest.mark.parametrize("address, environment, client", [
-    (None, None, None), ("auto", None, None), (None, "auto", None), (None, "127.0.0.1:6379", None),
-    ("127.0.0.1:6379", "ray://head:10001", None),  # the flag wins over the environment, as in ray.init
-    ("ray://head:10001", "127.0.0.1:6379", "--ray-address ray://head:10001"),
-    ("auto", "ray://head:10001", "RAY_ADDRESS=ray://head:10001"),
-])
-def test_only_a_ray_client_address_is_taken_for_one(monkeypatch, address, environment, client):
-    from deployft.runtime.ray_client import client_address
-
-    if environment:
-        monkeypatch.setenv("RAY_ADDRESS", environment)
-    else:
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert client_address(address) == client
-
-
 def test_a_jsonl_file_is_refused_when_ray_is_already_joined_through_ray_client(runtime_bundle, tmp_path,
                                                                                 monkeypatch):
     """A caller's own `ray.init("ray://...")`: the connection is checked before the file is read."""
