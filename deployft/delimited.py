@@ -40,7 +40,6 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
 
     `legacy`: read as RUNs recorded before the distinct-row split were read (`load_run_examples` replays those).
     """
-    csv.field_size_limit(FIELD_LIMIT)
     delimiter = "\t" if fmt == "tsv" else ","
     if legacy:
         return _read_lenient(path, text, fmt, delimiter)
@@ -63,6 +62,7 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
 
 def _read_lenient(path: Path, text: str, fmt: str, delimiter: str) -> list[dict[str, Any]]:
     """The reader of RUNs recorded before the distinct-row split: extra fields and stray quotes pass unnoticed."""
+    csv.field_size_limit(FIELD_LIMIT)  # `strict_records` sets it for the strict reading
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         rows = [dict(row) for row in reader]

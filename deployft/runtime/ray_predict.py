@@ -23,9 +23,7 @@ from ..staging import atomic_file
 from ..tasks import get_task
 from .openvino import import_plugin
 from .outputs import check_output_file
-from .ray_client import CLIENT_INPUT
-from .ray_client import client_address as _client_address
-from .ray_client import client_connected as _client_connected
+from . import ray_client
 from .sampling import GenerationOptions
 from .session import PROVIDERS
 
@@ -100,9 +98,9 @@ class RayPredictConfig:
         if suffix not in INPUTS:
             raise DataError(f"input file {self.input} has extension '{suffix}'; with --ray pass a .parquet, "
                             ".jsonl or .csv file to --input")
-        client = _client_address(self.address)
+        client = ray_client.client_address(self.address)
         if suffix != ".parquet" and client:
-            raise UsageError(CLIENT_INPUT.format(self.input, client))
+            raise UsageError(ray_client.CLIENT_INPUT.format(self.input, client))
 
     @property
     def output_file(self) -> Path:
@@ -184,9 +182,9 @@ def predict_on_ray(config: RayPredictConfig) -> int:
     quiet = logging.getLogger("ray.data.exceptions")
     level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
     try:
-        if config.input.suffix.lower() != ".parquet" and _client_connected():  # the caller's own ray.init("ray://...")
-            raise UsageError(CLIENT_INPUT.format(config.input,
-                                                 "ray.init was given a ray:// address before this call"))
+        if config.input.suffix.lower() != ".parquet" and ray_client.client_connected():  # the caller's own init
+            raise UsageError(ray_client.CLIENT_INPUT.format(config.input,
+                                                            "ray.init was given a ray:// address before this call"))
         dataset = _dataset(ray.data, config, task)
         return _write(dataset, config)
     except ray.exceptions.RayError as exc:

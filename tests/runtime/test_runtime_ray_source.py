@@ -223,7 +223,7 @@ def test_a_jsonl_file_is_refused_when_ray_is_already_joined_through_ray_client(r
     config = ray_predict.RayPredictConfig(bundle=runtime_bundle("bert"), output=tmp_path / "out",
                                           input=write_rows(tmp_path / "in.jsonl", sentiment_rows(4)))
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray_predict, "_client_connected", lambda: True)
+    monkeypatch.setattr(ray_predict.ray_client, "client_connected", lambda: True)
     monkeypatch.setattr(ray_predict, "_dataset", lambda *args: pytest.fail("the file was read"))
     with pytest.raises(UsageError, match=r"^--input .*in.jsonl is a file on this machine, but through Ray Client"):
         ray_predict.predict_on_ray(config)
