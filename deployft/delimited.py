@@ -73,7 +73,7 @@ def _read_lenient(path: Path, text: str, fmt: str, delimiter: str) -> list[dict[
     return rows
 
 
-def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: int, fmt: str) -> list[str]:
+def _drop_empty_extras(record: list[str], header: list[str], path: str | Path, line: int, fmt: str) -> list[str]:
     """A record with more fields than the header, cut to the header when the extra fields are empty; else refused."""
     if not any(field.strip() for field in record[len(header):]):
         return record[:len(header)]
@@ -81,7 +81,7 @@ def _drop_empty_extras(record: list[str], header: list[str], path: Path, line: i
                     f"({', '.join(header)}); {_extra_field_fix(fmt)}")
 
 
-def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_record: int | None = None,
+def strict_rows(lines: Iterable[str], path: str | Path, fmt: str, max_record: int | None = None,
                 empty_fix: str = "pass a file with a header and at least one row",
                 ) -> Iterator[tuple[int, int, dict[str, Any], bool]]:
     """The rows of CSV (`fmt="csv"`) or TSV `lines`, read strictly, one at a time: `(first line, last line, row,
@@ -108,7 +108,7 @@ def strict_rows(lines: Iterable[str], path: Path, fmt: str, max_record: int | No
         raise DataError(f"data file {path} is empty; {empty_fix}")
 
 
-def strict_records(lines: Iterable[str], path: Path, fmt: str,
+def strict_records(lines: Iterable[str], path: str | Path, fmt: str,
                    max_record: int | None = None) -> Iterator[tuple[int, int, list[str]]]:
     """The records of CSV (`fmt="csv"`) or TSV `lines` (each line with its end of line), read strictly, one at a
     time: `(first line, last line, fields)`, a blank line an empty record.
@@ -156,7 +156,7 @@ class _RecordTooLong(Exception):
     argument: whether the record was a single line."""
 
 
-def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) -> DataError:
+def _parse_error(exc: csv.Error, path: str | Path, fmt: str, start: int, line: int) -> DataError:
     if "unexpected end of data" in str(exc):
         return DataError(f"data file {path} line {start}: a quote opened in this record is never closed, so the "
                          f"rest of the file would be read as one field; {_QUOTE_FIX}")
@@ -164,7 +164,7 @@ def _parse_error(exc: csv.Error, path: Path, fmt: str, start: int, line: int) ->
     return DataError(f"data file {path} {where} is not valid {fmt.upper()} ({exc}); {_QUOTE_FIX}")
 
 
-def _check_header(header: list[str], path: Path) -> list[str]:
+def _check_header(header: list[str], path: str | Path) -> list[str]:
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         names = ", ".join(f"'{name}'" for name in repeated)

@@ -194,6 +194,29 @@ def tiny_model(_tiny_model_cache, tmp_path):
     return copy
 
 
+FAST_TRAINING = {"max_steps": 2, "batch_size": 8, "max_length": 32}
+"""finetune settings of a tiny run that only has to produce its folder."""
+
+
+def run_manifest(run: Path) -> dict:
+    """A run or bundle folder's deployft.json."""
+    return json.loads((run / "deployft.json").read_text(encoding="utf-8"))
+
+
+def sibling_names(path: Path) -> list[str]:
+    """The names beside `path` (to show a failed stage left nothing behind)."""
+    return sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else []
+
+
+class NeverCalledPredictor:
+    """A classifier predictor that fails the test if a row is ever predicted (the file must be refused first)."""
+
+    task = "classify"
+
+    def predict(self, texts, batch_size=32):
+        raise AssertionError("predicted before the input or output was checked")
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     """Write rows as CSV, TSV or JSONL according to the file's extension."""
     import csv
@@ -240,6 +263,23 @@ def sharpen_decoder(model_dir: Path, output: Path, std: float = 0.25) -> Path:
     model.save_pretrained(output)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(output)
     return output
+
+
+def short_decoder(arch: str, folder: Path, positions: int) -> Path:
+    """A tiny `arch` decoder with only `positions` positions, its weights sharpened (`sharpen_decoder`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _bpe_tokenizer(None)
+    config = _tiny_config(arch, tokenizer, 2)
+    if arch == "gpt2":
+        config.n_positions = positions
+    else:
+        config.max_position_embeddings = positions
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "init")
+    tokenizer.save_pretrained(folder / "init")
+    return sharpen_decoder(folder / "init", folder / "model")
 
 
 def build_runtime_bundle(model_dir: Path, output: Path, task: str, int8: bool = True) -> Path:

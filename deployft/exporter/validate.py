@@ -179,9 +179,10 @@ def _runtime_greedy(decoder, prompt: list[int]) -> list[int]:
 
 
 def _greedy_tokens(prompt_length: int, max_positions: int | None) -> int:
-    """GREEDY_TOKENS, cut where the runtime cuts a generation (`KVDecoder.budget`): every token fed back, the
-    prompt and all generated tokens but the last, within the model's positions."""
-    return min(GREEDY_TOKENS, max(max_positions - prompt_length + 1, 0)) if max_positions else GREEDY_TOKENS
+    """GREEDY_TOKENS, cut where the runtime cuts a generation (`runtime.generation.position_budget`)."""
+    from ..runtime.generation import position_budget
+
+    return int(position_budget(prompt_length, GREEDY_TOKENS, max_positions))
 
 
 def _torch_greedy(model, prompt: list[int], tokens: int) -> list[int]:

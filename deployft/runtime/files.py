@@ -34,13 +34,14 @@ MAX_RECORD = 1_000_000
 most a quote never closed makes the reader hold before it is refused (training reads its file whole, unbounded)."""
 
 
-def check_input(path: Path) -> Path:
-    """Refuse an input file that is missing or neither .jsonl nor .csv."""
+def check_input(path: Path, shown: str | Path | None = None) -> Path:
+    """Refuse an input file that is missing or neither .jsonl nor .csv (named as `shown`, default `path`)."""
+    shown = shown or path
     if not path.is_file():
-        raise DataError(f"input file {path} not found; pass an existing .jsonl or .csv file to --input")
+        raise DataError(f"input file {shown} not found; pass an existing .jsonl or .csv file to --input")
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
-        raise DataError(f"input file {path} has extension '{suffix}'; pass a .jsonl or .csv file to --input")
+        raise DataError(f"input file {shown} has extension '{suffix}'; pass a .jsonl or .csv file to --input")
     return path
 
 
@@ -52,42 +53,45 @@ def check_file_job(input_path: str | Path, output_path: str | Path, batch_size: 
     check_output_file(output_path, input_path)
 
 
-def read_texts(path: Path, column: str | None, task: str) -> Iterator[str]:
-    """Check the file, then return an iterator over the text of each row, read one at a time."""
-    check_input(path)
-    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
-    return (_text_of(row, column, task, path, number) for number, row in rows)
+def read_texts(path: Path, column: str | None, task: str, shown: str | Path | None = None) -> Iterator[str]:
+    """Check the file, then return an iterator over the text of each row, read one at a time. Errors name the
+    file as `shown` (default: `path`), e.g. the path as the user gave it when `path` is resolved."""
+    shown = shown or path
+    check_input(path, shown)
+    lines = _lines(path, shown)
+    rows = _jsonl_rows(lines, shown) if path.suffix.lower() == ".jsonl" else _csv_rows(lines, shown)
+    return (_text_of(row, column, task, shown, number) for number, row in rows)
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _lines(path: Path, shown: str | Path) -> Iterator[str]:
     """The file's lines, each decoded on its own as UTF-8 (the first without a byte-order mark)."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path} line {number} is not UTF-8 (byte {raw[exc.start]:#04x}); re-save the file "
+                raise DataError(f"{shown} line {number} is not UTF-8 (byte {raw[exc.start]:#04x}); re-save the file "
                                 "as UTF-8 (a spreadsheet's 'CSV UTF-8', or iconv -f latin1 -t utf-8) and pass it "
                                 "to --input") from exc
             yield line
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    for number, line in enumerate(_lines(path), start=1):
+def _jsonl_rows(lines: Iterator[str], shown: str | Path) -> Iterator[tuple[int, object]]:
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {number} is not valid JSON ({exc.msg}); fix the line") from exc
+                raise DataError(f"{shown} line {number} is not valid JSON ({exc.msg}); fix the line") from exc
             yield number, row
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
+def _csv_rows(lines: Iterator[str], shown: str | Path) -> Iterator[tuple[int, object]]:
     """The rows of a CSV file, read strictly, as training data is (`strict_rows`): a stray or unclosed quote, an
     unquoted comma or a repeated column is an error naming its line, never rows silently joined into one text or
     cut apart (either would shift every id); a record longer than `MAX_RECORD` is refused, so memory stays
     bounded (as long as the file has line breaks: a line is read whole)."""
-    rows = strict_rows(_lines(path), path, "csv", max_record=MAX_RECORD,
+    rows = strict_rows(lines, shown, "csv", max_record=MAX_RECORD,
                        empty_fix="pass a file with a header and at least one row to --input")
     for start, _, row, _ in rows:
         yield start, row

@@ -40,6 +40,15 @@ logger = logging.getLogger("deployft.runtime")
 _PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def position_budget(prompt_length, max_new_tokens: int, max_positions: int | None):
+    """`max_new_tokens`, cut so every token fed to a model with `max_positions` positions fits them: the prompt
+    and every generated token but the last (which is never fed back), as transformers counts them. Works on one
+    prompt length or a numpy array of them; no cut where the model's positions are unknown (None or 0)."""
+    if not max_positions:
+        return max_new_tokens if np.ndim(prompt_length) == 0 else np.full(np.shape(prompt_length), max_new_tokens)
+    return np.minimum(np.maximum(max_positions - np.asarray(prompt_length) + 1, 0), max_new_tokens)
+
+
 class KVDecoder:
     """Runs one decoder session step by step, with its KV cache kept on the session's device."""
 
@@ -176,13 +185,12 @@ class KVDecoder:
         return np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
 
     def budget(self, prompt_length: int, max_new_tokens: int) -> int:
-        """max_new_tokens, cut so every token fed to the model fits its position table: the prompt and every
-        generated token but the last (which is never fed back), as transformers counts them."""
-        allowed = max(self.max_positions - prompt_length + 1, 0) if self.max_positions else max_new_tokens
+        """`position_budget` of one prompt on this model's positions; a cut is logged."""
+        allowed = int(position_budget(prompt_length, max_new_tokens, self.max_positions))
         if max_new_tokens > allowed:
             logger.warning("max_new_tokens %d cut to %d: the model has %d positions and the prompt uses %d",
                            max_new_tokens, allowed, self.max_positions, prompt_length)
-        return min(max_new_tokens, allowed)
+        return allowed
 
     def budgets(self, mask: np.ndarray, max_new_tokens: int) -> np.ndarray:
         """`budget` of each row of a left-padded batch: on its own prompt, not the batch's padded width. A batch of
@@ -190,7 +198,7 @@ class KVDecoder:
         lengths = mask.sum(axis=1).astype(np.int64)
         if len(lengths) == 1 or not self.max_positions:
             return np.array([self.budget(int(n), max_new_tokens) for n in lengths], dtype=np.int64)
-        budgets = np.minimum(np.maximum(self.max_positions - lengths + 1, 0), max_new_tokens)
+        budgets = position_budget(lengths, max_new_tokens, self.max_positions)
         cut = budgets < max_new_tokens
         if cut.any():
             logger.warning("max_new_tokens %d cut to %s for %d of %d prompts: the model has %d positions and they "

@@ -72,12 +72,9 @@ class FileTexts(Datasource):
         return False  # the file is on the driver's machine: another node of the cluster may not have it
 
     def _blocks(self):
-        try:
-            texts = read_texts(self.path, self.column, self.task)
-            while chunk := list(itertools.islice(texts, self.rows_per_block)):
-                yield pa.table({TEXT: pa.array(chunk, pa.string())})
-        except DataError as exc:
-            raise DataError(str(exc).replace(str(self.path), self.shown, 1)) from None
+        texts = read_texts(self.path, self.column, self.task, shown=self.shown)
+        while chunk := list(itertools.islice(texts, self.rows_per_block)):
+            yield pa.table({TEXT: pa.array(chunk, pa.string())})
 
 
 def _parquet_texts(data, path: Path, column: str | None, task: str):

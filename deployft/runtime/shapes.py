@@ -30,8 +30,9 @@ from ..errors import UsageError
 
 MAX_SESSIONS = 24
 """Compiled shapes kept besides the first: every batch size from 1 to 6 at the four length buckets up to 128, say.
-Each holds its own compiled copy of the weights: the default classifier's bench worker peaked at 925 MB with
-static shapes against 451 MB with dynamic ones (fp32 file, 8 shapes; results/xeon-amx)."""
+Each holds its own compiled copy of the weights: the default classifier's bench worker peaked at 833.4 MB with
+static shapes against 358.8 MB with dynamic ones (fp32 file, the bench grid's 4 shapes;
+benchmarks/results/xeon-amx/bench_classify_openvino_static.md and bench_classify_openvino.md)."""
 LENGTH_STEPS = ((128, 32), (256, 64))
 """`(up to, step)`: a length up to 128 is padded to a multiple of 32, up to 256 to a multiple of 64."""
 LONG_STEP = 128

@@ -7,7 +7,7 @@ import re
 import threading
 
 import pytest
-from conftest import sentiment_rows, write_rows
+from conftest import NeverCalledPredictor, sentiment_rows, write_rows
 
 from deployft.runtime import Predictor
 from deployft.runtime.files import predict_file
@@ -59,15 +59,6 @@ def test_an_error_mid_file_keeps_the_previous_output(runtime_bundle, tmp_path):
     assert output.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["in.jsonl", "preds.jsonl"]
 
 
-class _NeverCalled:
-    """A predictor that fails the test if a row is ever predicted (the file must be refused first)."""
-
-    task = "classify"
-
-    def predict(self, texts, batch_size=32):
-        raise AssertionError("predicted before the input or output was checked")
-
-
 def _names(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -80,7 +71,7 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path):
     (tmp_path / "sub").mkdir()
     for output in (source, tmp_path / "sub" / ".." / "ok.csv"):
         with pytest.raises(UsageError, match=r"^--output .*ok.csv is the --input file .*pass another --output path$"):
-            predict_file(_NeverCalled(), source, output, progress=False)
+            predict_file(NeverCalledPredictor(), source, output, progress=False)
     assert source.read_text() == "text\ngood\nbad\n" and _names(tmp_path) == ["ok.csv", "sub"]
 
 
@@ -90,9 +81,9 @@ def test_an_output_that_cannot_take_the_file_is_refused_before_any_work(tmp_path
     source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
     (tmp_path / "folder").mkdir()
     with pytest.raises(UsageError, match=r"^--output .*folder is a folder; pass a file path"):
-        predict_file(_NeverCalled(), source, tmp_path / "folder", progress=False)
+        predict_file(NeverCalledPredictor(), source, tmp_path / "folder", progress=False)
     with pytest.raises(UsageError, match=r"^--output .*in.csv/sub/x.jsonl cannot be created: .*in.csv is a file"):
-        predict_file(_NeverCalled(), source, tmp_path / "in.csv" / "sub" / "x.jsonl", progress=False)
+        predict_file(NeverCalledPredictor(), source, tmp_path / "in.csv" / "sub" / "x.jsonl", progress=False)
     assert _names(tmp_path) == ["folder", "in.csv"] and _names(tmp_path / "folder") == []
 
 
@@ -110,7 +101,7 @@ def test_an_output_under_a_folder_that_cannot_be_written_is_refused_before_any_w
     with pytest.raises(UsageError, match=rf"^--output {re.escape(str(output))} cannot be created: "
                                          rf"{re.escape(str(locked))} is not writable; pass an --output path in a "
                                          "folder you can write to$"):
-        predict_file(_NeverCalled(), source, output, progress=False)
+        predict_file(NeverCalledPredictor(), source, output, progress=False)
     assert _names(locked) == []
 
 
@@ -120,7 +111,7 @@ def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
 
     source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
     with pytest.raises(UsageError, match="batch_size must be an integer >= 1.*--batch-size"):
-        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", batch_size=batch_size, progress=False)
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", batch_size=batch_size, progress=False)
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -135,7 +126,7 @@ def test_a_file_without_rows_is_refused(tmp_path, name, content, message):
     source = tmp_path / name
     source.write_text(content)
     with pytest.raises(DataError, match=message.format(re.escape(str(source)))):
-        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)
     assert _names(tmp_path) == [name]
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import NeverCalledPredictor
 
 from deployft.runtime.files import predict_file
-from test_runtime_files import _NeverCalled
 
 
 def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
@@ -19,7 +19,7 @@ def test_a_csv_row_with_more_fields_than_its_header_is_refused(tmp_path):
         source.write_text(f"{header}\na,b,c\n")
         with pytest.raises(DataError, match=f"^data file {source} line 2 has 3 fields but the header has 1 "
                                             f"\\({header}\\); wrap a text that holds a comma in double quotes"):
-            predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+            predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)
 
 
 def test_a_csv_is_read_for_predict_as_it_is_read_for_training(tmp_path):
@@ -31,7 +31,7 @@ def test_a_csv_is_read_for_predict_as_it_is_read_for_training(tmp_path):
     repeated = tmp_path / "repeated.csv"
     repeated.write_text("text,text\na,b\n")
     with pytest.raises(DataError, match="names column\\(s\\) 'text' more than once in its header"):
-        predict_file(_NeverCalled(), repeated, tmp_path / "out.jsonl", progress=False)
+        predict_file(NeverCalledPredictor(), repeated, tmp_path / "out.jsonl", progress=False)
     trailing = tmp_path / "trailing.csv"
     trailing.write_text("text,label\ngood film,1,\nbad film,0\n")
     assert list(read_texts(trailing, None, "classify")) == ["good film", "bad film"]
@@ -52,7 +52,7 @@ def test_a_csv_quote_that_is_never_closed_names_its_line(tmp_path, content, line
     with pytest.raises(DataError, match=rf"^data file {re.escape(str(source))} line {line}: a quote opened in this "
                                         r"record is never closed, so the rest of the file would be read as one field; "
                                         r"double a quote inside a field \(\"\"\) and wrap that field in quotes"):
-        predict_file(_NeverCalled(), source, tmp_path / "out.jsonl", progress=False)
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -86,7 +86,7 @@ def test_a_csv_quote_never_closed_is_refused_at_the_record_bound_without_reading
 
     monkeypatch.setattr(files, "MAX_RECORD", 1000)
     lines = iter(['text\n', 'fine\n', '"opened here\n'] + ["more text\n"] * 100_000)
-    monkeypatch.setattr(files, "_lines", lambda path: lines)
+    monkeypatch.setattr(files, "_lines", lambda path, shown: lines)
     source = tmp_path / "in.csv"
     source.write_text("text\n")
     texts = files.read_texts(source, None, "classify")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import _bpe_tokenizer, _tiny_config, sharpen_decoder
+from conftest import short_decoder
 from deployft.runtime import GenerationOptions, Predictor
 
 POSITIONS = 32
@@ -17,30 +17,13 @@ LENGTHS = (POSITIONS - 3, 5, 12, POSITIONS + 2)
 the positions)."""
 
 
-def _short_decoder(arch: str, folder):
-    """A tiny `arch` decoder (conftest's) with only POSITIONS positions, its weights sharpened."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = _bpe_tokenizer(None)
-    config = _tiny_config(arch, tokenizer, 2)
-    if arch == "gpt2":
-        config.n_positions = POSITIONS
-    else:
-        config.max_position_embeddings = POSITIONS
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "init")
-    tokenizer.save_pretrained(folder / "init")
-    return sharpen_decoder(folder / "init", folder / "model")
-
-
 @pytest.fixture(scope="module", params=["llama", "mistral", "gpt2"])
 def short_bundle(request, tmp_path_factory):
     """`deployft export` of a POSITIONS-position decoder: Optimum's plain file and deployft's fused one."""
     from deployft.exporter import ExportConfig, export
 
     folder = tmp_path_factory.mktemp(f"positions-{request.param}")
-    return export(ExportConfig(run=_short_decoder(request.param, folder), output=folder / "bundle",
+    return export(ExportConfig(run=short_decoder(request.param, folder, POSITIONS), output=folder / "bundle",
                                task="generate", quantize="none", validate_samples=4, max_accuracy_drop=1000))
 
 
@@ -158,3 +141,15 @@ def test_kept_rows_drop_rows_and_shared_padding_and_views_when_nothing_is_droppe
     for array, source in zip(roomy, kept):
         assert array.shape == (2, 2, 6, 4) and array.flags.c_contiguous and not np.shares_memory(array, source)
         assert np.array_equal(array[:, :, :3], source) and not array[:, :, 3:].any()
+
+
+def test_position_budget_is_the_one_cut_of_the_runtime_and_the_export_check():
+    """One prompt or many, the runtime's cut and export validation's greedy length agree (LENGTHS' docstring)."""
+    from deployft.exporter.validate import GREEDY_TOKENS, _greedy_tokens
+    from deployft.runtime.generation import position_budget
+
+    assert position_budget(np.array(LENGTHS), 40, POSITIONS).tolist() == [4, 28, 21, 0]
+    assert [int(position_budget(n, 40, POSITIONS)) for n in LENGTHS] == [4, 28, 21, 0]
+    assert position_budget(np.array(LENGTHS), 40, None).tolist() == [40] * 4 and position_budget(7, 40, 0) == 40
+    assert [_greedy_tokens(n, POSITIONS) for n in (POSITIONS - 1, POSITIONS + 1)] == [min(GREEDY_TOKENS, 2), 0]
+    assert _greedy_tokens(5, None) == GREEDY_TOKENS

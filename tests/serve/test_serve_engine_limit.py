@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import _bpe_tokenizer, _tiny_config, sharpen_decoder
+from conftest import short_decoder
 from deployft.runtime import GenerationOptions, Predictor
 from deployft.serve.engine import GenerationEngine, Ticket
 
@@ -16,27 +16,13 @@ WORKLOAD = [(10, 22), (4, 28), (4, 30), (4, 28)]
 to 29: its last token, predicted at the last position, is never fed back)."""
 
 
-def _short_decoder(arch: str, folder):
-    """A tiny `arch` decoder (conftest's) with only POSITIONS positions, its weights sharpened."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = _bpe_tokenizer(None)
-    config = _tiny_config(arch, tokenizer, 2)
-    config.max_position_embeddings = POSITIONS
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "init")
-    tokenizer.save_pretrained(folder / "init")
-    return sharpen_decoder(folder / "init", folder / "model")
-
-
 @pytest.fixture(scope="module", params=["llama", "mistral"])
 def fused_predictor(request, tmp_path_factory):
     """deployft's fused export (GroupQueryAttention; Mistral's heads of 8 add RotaryEmbedding nodes)."""
     from deployft.exporter import ExportConfig, export
 
     folder = tmp_path_factory.mktemp(f"limit-{request.param}")
-    bundle = export(ExportConfig(run=_short_decoder(request.param, folder), output=folder / "bundle",
+    bundle = export(ExportConfig(run=short_decoder(request.param, folder, POSITIONS), output=folder / "bundle",
                                  task="generate", quantize="none", validate_samples=4, max_accuracy_drop=1000))
     predictor = Predictor.load(bundle, model_file="model_optimized.onnx")
     assert predictor.decoder.max_positions == POSITIONS and predictor.decoder.shares_cache

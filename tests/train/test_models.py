@@ -7,26 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FAST_TRAINING, run_manifest, sibling_names
 
 from deployft.errors import DataError, ModelError, UsageError
 from deployft.train import FinetuneConfig, finetune
-
-FAST = {"max_steps": 2, "batch_size": 8, "max_length": 32}
-
-
-def _manifest(run: Path) -> dict:
-    return json.loads((run / "deployft.json").read_text(encoding="utf-8"))
-
-
-def _siblings(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else []
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "roberta"])
 def test_encoders_without_token_type_ids(tmp_path, tiny_model, classify_csv, arch):
     run = finetune(FinetuneConfig(model=str(tiny_model(arch)), data=str(classify_csv),
-                                  output=str(tmp_path / "run"), **FAST))
-    assert _manifest(run)["model_type"] == arch and _manifest(run)["training"]["steps"] == 2
+                                  output=str(tmp_path / "run"), **FAST_TRAINING))
+    assert run_manifest(run)["model_type"] == arch and run_manifest(run)["training"]["steps"] == 2
 
 
 def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_model, qa_jsonl):
@@ -34,8 +25,8 @@ def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_model, qa_jsonl):
 
     base = tiny_model("llama")
     run = finetune(FinetuneConfig(task="generate", model=str(base), data=str(qa_jsonl), lora=True, lr=1e-2,
-                                  output=str(tmp_path / "run"), **FAST))
-    assert not list(run.glob("adapter_*")) and _manifest(run)["training"]["lora"]["r"] == 8
+                                  output=str(tmp_path / "run"), **FAST_TRAINING))
+    assert not list(run.glob("adapter_*")) and run_manifest(run)["training"]["lora"]["r"] == 8
     tuned, original = load_file(run / "model.safetensors"), load_file(base / "model.safetensors")
     assert not any("lora" in key for key in tuned)
     assert set(tuned) == set(original)
@@ -50,7 +41,7 @@ def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_model, qa_jsonl):
     ({"model": "some-org/not-on-this-machine"}, ModelError, r"could not be loaded"),
 ])
 def test_bad_input_writes_nothing(tmp_path, tiny_model, classify_csv, settings, error, message):
-    values = {"model": str(tiny_model("bert")), "data": str(classify_csv), **FAST, **settings}
+    values = {"model": str(tiny_model("bert")), "data": str(classify_csv), **FAST_TRAINING, **settings}
     if values["model"] == "MISSING":
         values["model"] = str(tmp_path / "nowhere")
     if values["model"] == "NOCONFIG":
@@ -62,7 +53,7 @@ def test_bad_input_writes_nothing(tmp_path, tiny_model, classify_csv, settings, 
     out = tmp_path / "out" / "run"
     with pytest.raises(error, match=message):
         finetune(FinetuneConfig(output=str(out), **values))
-    assert not (tmp_path / "out").exists() or _siblings(out) == []
+    assert not (tmp_path / "out").exists() or sibling_names(out) == []
 
 
 def _without_pad_token(folder: Path, eos: bool = True) -> Path:
@@ -85,7 +76,8 @@ def test_a_classifier_from_a_decoder_without_a_pad_token_pads_with_eos(tmp_path,
 
     model = _without_pad_token(tiny_model(arch))
     assert AutoTokenizer.from_pretrained(model).pad_token is None
-    run = finetune(FinetuneConfig(model=str(model), data=str(classify_csv), output=str(tmp_path / "run"), **FAST))
+    run = finetune(FinetuneConfig(model=str(model), data=str(classify_csv), output=str(tmp_path / "run"),
+                                  **FAST_TRAINING))
     tokenizer = AutoTokenizer.from_pretrained(run)
     assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
     assert json.loads((run / "config.json").read_text())["pad_token_id"] == tokenizer.eos_token_id
@@ -97,5 +89,5 @@ def test_a_tokenizer_without_pad_and_eos_is_refused_before_training(request, tmp
     out = tmp_path / "out" / "run"
     with pytest.raises(ModelError, match=r"has no pad token and no end-of-sequence token .*set tokenizer.pad_token"):
         finetune(FinetuneConfig(task=task, model=str(model), data=str(request.getfixturevalue(data)),
-                                output=str(out), **FAST))
-    assert not (tmp_path / "out").exists() or _siblings(out) == []
+                                output=str(out), **FAST_TRAINING))
+    assert not (tmp_path / "out").exists() or sibling_names(out) == []

@@ -9,30 +9,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import qa_rows, sentiment_rows, write_rows
+from conftest import FAST_TRAINING, qa_rows, run_manifest, sentiment_rows, sibling_names, write_rows
 
 from deployft.errors import OutputExistsError, UsageError
 from deployft.train import FinetuneConfig, finetune
-
-FAST = {"max_steps": 2, "batch_size": 8, "max_length": 32}
-
-
-def _manifest(run: Path) -> dict:
-    return json.loads((run / "deployft.json").read_text(encoding="utf-8"))
-
-
-def _siblings(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else []
-
 
 def test_classify_run_folder_follows_the_contract(tiny_classify_run):
     run = tiny_classify_run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "eval.json", "deployft.json"):
         assert (run / name).is_file(), name
-    manifest = _manifest(run)
+    manifest = run_manifest(run)
     assert manifest["format_version"] == 2 and manifest["kind"] == "run" and manifest["task"] == "classify"
     assert manifest["labels"] == ["negative", "positive"] and manifest["prompt_format"] is None
     assert manifest["model_type"] == "bert" and manifest["max_length"] == 32
@@ -60,7 +48,7 @@ def test_classify_run_loads_back_and_predicts(tiny_classify_run):
     predicted = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
     accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
     assert accuracy >= 0.9
-    assert accuracy == pytest.approx(_manifest(tiny_classify_run)["metrics"]["accuracy"])
+    assert accuracy == pytest.approx(run_manifest(tiny_classify_run)["metrics"]["accuracy"])
 
 
 def test_three_labels_with_integer_names(tmp_path, tiny_model):
@@ -68,8 +56,8 @@ def test_three_labels_with_integer_names(tmp_path, tiny_model):
             for r in sentiment_rows(90, labels=("negative", "neutral", "positive"))]
     data = write_rows(tmp_path / "stars.jsonl", rows)
     run = finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(data), label_column="stars",
-                                  output=str(tmp_path / "run"), **FAST))
-    assert _manifest(run)["labels"] == ["1", "3", "5"]
+                                  output=str(tmp_path / "run"), **FAST_TRAINING))
+    assert run_manifest(run)["labels"] == ["1", "3", "5"]
     assert json.loads((run / "config.json").read_text())["id2label"] == {"0": "1", "1": "3", "2": "5"}
 
 
@@ -81,7 +69,7 @@ def test_generate_runs_load_back_and_generate(request, fixture, style):
     from deployft.prompts import PromptFormat, TokenizerAdapter, prompt_ids
 
     run = request.getfixturevalue(fixture)
-    manifest = _manifest(run)
+    manifest = run_manifest(run)
     assert manifest["prompt_format"]["style"] == style and manifest["labels"] is None
     assert set(manifest["metrics"]) >= {"eval_loss", "perplexity"}
     assert (run / "generation_config.json").is_file()
@@ -101,15 +89,15 @@ def test_generation_lowers_the_eval_loss(tmp_path, tiny_model, qa_jsonl):
                                      max_length=64))
     after = finetune(FinetuneConfig(task="generate", model=str(model), data=str(qa_jsonl), eval_data=evals, lr=5e-3,
                                     epochs=2, output=str(tmp_path / "after"), batch_size=16, max_length=64))
-    assert _manifest(after)["metrics"]["eval_loss"] < _manifest(before)["metrics"]["eval_loss"] - 0.5
+    assert run_manifest(after)["metrics"]["eval_loss"] < run_manifest(before)["metrics"]["eval_loss"] - 0.5
 
 
 def test_plain_language_modelling(tmp_path, tiny_model):
     data = write_rows(tmp_path / "text.csv", [{"text": f"{q} {a}"} for q, a in
                                               ((r["prompt"], r["response"]) for r in qa_rows(40))])
     run = finetune(FinetuneConfig(task="generate", model=str(tiny_model("gpt2")), data=str(data),
-                                  output=str(tmp_path / "run"), **FAST))
-    assert _manifest(run)["prompt_format"]["style"] == "text" and _manifest(run)["columns"] == {"text": "text"}
+                                  output=str(tmp_path / "run"), **FAST_TRAINING))
+    assert run_manifest(run)["prompt_format"]["style"] == "text" and run_manifest(run)["columns"] == {"text": "text"}
 
 
 def test_same_seed_same_weights(tmp_path, tiny_model, classify_csv):
@@ -117,7 +105,7 @@ def test_same_seed_same_weights(tmp_path, tiny_model, classify_csv):
 
     model = str(tiny_model("bert"))
     runs = [finetune(FinetuneConfig(model=model, data=str(classify_csv), output=str(tmp_path / f"r{i}"),
-                                    seed=seed, **FAST)) for i, seed in enumerate((1, 1, 2))]
+                                    seed=seed, **FAST_TRAINING)) for i, seed in enumerate((1, 1, 2))]
     weights = [load_file(r / "model.safetensors") for r in runs]
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
     assert not all(weights[0][k].equal(weights[2][k]) for k in weights[0])
@@ -127,10 +115,11 @@ def test_existing_output_is_refused_before_training(tmp_path, tiny_model, classi
     output = tmp_path / "run"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
-    config = FinetuneConfig(model=tiny_model("bert"), data=classify_csv, output=output, **FAST)  # Paths work too
+    # Paths work too
+    config = FinetuneConfig(model=tiny_model("bert"), data=classify_csv, output=output, **FAST_TRAINING)
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         finetune(config)
-    assert _siblings(output) == ["data", "model-bert", "run"]  # no staging or work folder
+    assert sibling_names(output) == ["data", "model-bert", "run"]  # no staging or work folder
     config.overwrite = True
     assert (finetune(config) / "deployft.json").is_file() and not (output / "keep.txt").exists()
 
@@ -163,10 +152,10 @@ def test_a_crash_mid_training_leaves_no_run_folder(tmp_path, tiny_model, classif
     monkeypatch.setattr(transformers.Trainer, "train", crash)
     out, model = tmp_path / "runs" / "run", str(tiny_model("bert"))
     with pytest.raises(RuntimeError, match="power cut"):
-        finetune(FinetuneConfig(model=model, data=str(classify_csv), output=str(out), **FAST))
+        finetune(FinetuneConfig(model=model, data=str(classify_csv), output=str(out), **FAST_TRAINING))
     assert not out.exists()
     with pytest.raises(UsageError, match="--resume found no checkpoint"):
-        finetune(FinetuneConfig(model=model, data=str(classify_csv), output=str(out), resume=True, **FAST))
+        finetune(FinetuneConfig(model=model, data=str(classify_csv), output=str(out), resume=True, **FAST_TRAINING))
 
 
 KILL_AFTER_FIRST_CHECKPOINT = """
@@ -202,7 +191,7 @@ def test_resume_after_sigkill_ends_with_the_same_steps(tmp_path, tiny_model, cla
     with pytest.raises(UsageError, match="same settings"):
         finetune(FinetuneConfig(**{**settings, "lr": 1e-3}, resume=True))
     run = finetune(FinetuneConfig(**settings, resume=True))
-    assert _manifest(run)["training"]["steps"] == 21  # 216 rows / 32 = 7 steps per epoch, 3 epochs
+    assert run_manifest(run)["training"]["steps"] == 21  # 216 rows / 32 = 7 steps per epoch, 3 epochs
     assert not work.exists()
 
 
@@ -215,7 +204,7 @@ def test_ddp_with_torchrun_on_cpu(tmp_path, tiny_model, classify_csv):
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = _manifest(out)
+    manifest = run_manifest(out)
     assert manifest["training"]["world_size"] == 2 and manifest["training"]["steps"] == 3
     assert "RUN written to" in done.stdout
 
@@ -227,5 +216,5 @@ def test_finetune_on_cuda(tmp_path, tiny_model, classify_csv):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
     run = finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv),
-                                  output=str(tmp_path / "run"), **FAST))
-    assert _manifest(run)["training"]["device"] == "cuda"
+                                  output=str(tmp_path / "run"), **FAST_TRAINING))
+    assert run_manifest(run)["training"]["device"] == "cuda"
