@@ -11,11 +11,13 @@ DEMO_DIR ?= outputs/demo
 
 install: $(STAMP)
 
-# torch first (the CPU build), so the project's torch range is already met and pip pulls no CUDA build.
+# torch first, so the project's torch range is already met. pip takes the CPU build where its index or find-links
+# offer one first; plain PyPI serves Linux the CUDA build, so there pass TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-deps $(DEFAULT_PACKAGES)
 	touch $(STAMP)

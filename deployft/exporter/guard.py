@@ -158,10 +158,8 @@ FP32_MISMATCH = ("the fp32 files disagree with their PyTorch original, which poi
 
 FUSED_FP32_MAX_LOGIT_DIFF = 1e-2
 """The largest max |Δlogit| against PyTorch a fused fp32 generator file may show. The fusion rewrites the attention,
-not its precision, so a correct file differs only in the order of float sums: about 1e-5 on the tiny test models and
-1.8e-4 on the fine-tuned SmolLM2-135M default (its plain export: 1.2e-4), 50x below this. A wrong rotary table was
-off by 9.5 on a tiny model, and a different model by whole units, which the perplexity ratio's bound on random-token
-rows can miss."""
+not its precision, so a correct file differs only in the order of float sums, far below this; a wrong rotary table
+or a different model is off by whole units, which the perplexity ratio's bound on random-token rows can miss."""
 
 
 def fused_fp32_mismatch(variant: VariantResult, derived: str | None = None) -> str | None:

@@ -51,8 +51,9 @@ class FinetuneConfig:
     """Stop after this many optimizer steps (overrides `epochs`; evaluates once at the end)."""
     checkpoint_steps: int = 50
     """Write a checkpoint every this many optimizer steps (and at each epoch's end): a killed run loses at most
-    this many steps with `resume`. On CPU a checkpoint of either default model costs about a tenth of a step
-    (benchmarks/results/checkpoint_cost_*.md); where steps are much faster than writing, as on a GPU, raise it."""
+    this many steps with `resume`. On CPU a checkpoint of either default model costs 0.7-0.8 of a step, 1.3-1.6 %
+    of training at every 50 steps (benchmarks/results/checkpoint_cost_*.md); where steps are much faster than
+    writing, as on a GPU, raise it."""
     output: str | None = None
     """The RUN folder to write; None: runs/<task>."""
     overwrite: bool = False
