@@ -1,12 +1,13 @@
 """CSV and TSV text -> rows, refusing what the csv module would otherwise misread without a word.
 
 Both are quoted as RFC 4180 says (what pandas' `to_csv` writes, with `sep="\\t"` too), strictly: a stray quote
-is an error naming its line, not a field that swallows the lines after it. A row with more fields than the
-header (an unquoted comma or tab in a text) and a header naming a column twice are refused with the line and the
-fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose lines look like
-records of this file is read as written, with a warning naming its lines: a quote opened in one record and
-closed, by chance, in a later one would read that way too. `strict_rows` is the strict reading itself, one
-row at a time: `predict --input` reads its CSV through it, each record bounded (`max_record`).
+is an error naming its line, not a field that swallows the lines after it. A header line holding another
+separator and none of its own (`text;label` in a .csv) is refused before any row is judged. A row with more
+fields than the header (an unquoted comma or tab in a text) and a header naming a column twice are refused with
+the line and the fix; extra fields that are all empty (a trailing separator) are dropped. A quoted field whose
+lines look like records of this file is read as written, with a warning naming its lines: a quote opened in one
+record and closed, by chance, in a later one would read that way too. `strict_rows` is the strict reading
+itself, one row at a time: `predict --input` reads its CSV through it, each record bounded (`max_record`).
 
 RUNs recorded before this reading (`legacy=True`) are replayed with the reader they were trained with:
 `csv.DictReader`'s defaults, lenient about quotes and extra fields.
@@ -43,6 +44,7 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
     delimiter = "\t" if fmt == "tsv" else ","
     if legacy:
         return _read_lenient(path, text, fmt, delimiter)
+    _check_separator(path, text, fmt)
     rows: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int]] = []  # (first line, last line, row) of the records spanning lines
     trailing = 0  # rows whose extra fields are all empty
@@ -161,7 +163,8 @@ def _parse_error(exc: csv.Error, path: str | Path, fmt: str, start: int, line: i
         return DataError(f"data file {path} line {start}: a quote opened in this record is never closed, so the "
                          f"rest of the file would be read as one field; {_QUOTE_FIX}")
     where = f"line {line}" + (f" (in the record that starts on line {start})" if start != line else "")
-    return DataError(f"data file {path} {where} is not valid {fmt.upper()} ({exc}); {_QUOTE_FIX}")
+    found = str(exc).replace("\t", "\\t")  # the csv module names the tab it expected as a literal tab
+    return DataError(f"data file {path} {where} is not valid {fmt.upper()} ({found}); {_QUOTE_FIX}")
 
 
 def _check_header(header: list[str], path: str | Path) -> list[str]:
@@ -215,17 +218,30 @@ def _record_like(row: dict[str, Any], header: list[str], repeated: list[set[str]
     return None, None
 
 
+def _check_separator(path: Path, text: str, fmt: str) -> None:
+    """Refuse a file whose header line holds another separator and not its own (`text;label` in a .csv), before
+    any row is judged: a `;` row holding a comma or a quote would otherwise fail with advice about commas."""
+    header = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
+    message = _separator_message(path, fmt, header.rstrip("\r\n"))
+    if message:
+        raise DataError(message)
+
+
 def separator_hint(path: Path, columns: list[str]) -> str | None:
     """The fix for a delimited file whose one header column holds another separator (`text;label` in a .csv)."""
-    fmt = path.suffix.lower()
-    if fmt not in (".csv", ".tsv") or len(columns) != 1:
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "tsv") or len(columns) != 1:
         return None
-    own = "," if fmt == ".csv" else "\t"
-    found = [sep for sep in _SEPARATORS if sep != own and sep in str(columns[0])]
-    if not found:
+    return _separator_message(path, fmt, str(columns[0]))
+
+
+def _separator_message(path: str | Path, fmt: str, header: str) -> str | None:
+    own = "\t" if fmt == "tsv" else ","
+    found = [sep for sep in _SEPARATORS if sep != own and sep in header]
+    if own in header or not found:
         return None
     sep = found[0]
     fix = {"\t": "rename it to .tsv", ",": "rename it to .csv"}.get(sep, "save it comma-separated (.csv)")
-    header = str(columns[0]).replace("\t", "\\t")
-    return (f"data file {path} is separated by {_SEPARATORS[sep]}s, not {_SEPARATORS[own]}s (header: {header}); "
+    shown = header.replace("\t", "\\t")
+    return (f"data file {path} is separated by {_SEPARATORS[sep]}s, not {_SEPARATORS[own]}s (header: {shown}); "
             f"{fix}")

@@ -82,6 +82,7 @@ def test_tsv_is_read_with_the_quoting_pandas_writes(tmp_path):
 def test_a_stray_quote_in_a_tsv_names_its_line(tmp_path):
     message = _error(_write(tmp_path, "q.tsv", "text\tlabel\n" + ROWS.replace(",", "\t") + '"Best" movie\tpos\n'))
     assert "q.tsv line 14 is not valid TSV" in message and "remove the stray quote" in message
+    assert "('\\t' expected after '\"')" in message and "\t" not in message  # the tab shown as \t, not a tab
 
 
 def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
@@ -124,3 +125,14 @@ def test_a_field_longer_than_the_csv_modules_default_limit_reads(tmp_path):
 def test_another_separator_is_named_with_the_fix(tmp_path, name, separator, fragment):
     body = ("text,label\n" + ROWS).replace(",", separator)
     assert fragment in _error(_write(tmp_path, name, body))
+
+
+@pytest.mark.parametrize("header, row", [
+    ("text;label", "good, really;pos"),  # a comma in a field: not "line 2 has 2 fields ... quote it"
+    ("text;label", '"good; really";pos'),  # a quoted field: not "',' expected after '\"'"
+    ('"text";"label"', '"good";"pos"'),  # every field quoted, the header too
+])
+def test_a_semicolon_file_is_named_so_whatever_its_rows_hold(tmp_path, header, row):
+    body = f"{header}\n{row}\n" + ROWS.replace(",", ";")
+    message = _error(_write(tmp_path, "semi.csv", body))
+    assert f"semi.csv is separated by semicolons, not commas (header: {header}); save it comma-separated" in message

@@ -2,7 +2,8 @@
 
     readers.py    a data path -> plain rows: format, encoding, Parquet, `datasets` folders, the defaults
     jsonrows.py   JSONL or a JSON list -> rows, refusing column-oriented JSON
-    examples.py   rows of one task: columns, cleaning, sampling, the RUN's data record and its replay
+    columns.py    the column of each role, and the refusals: an ignored flag, a missing column, chat data
+    examples.py   rows of one task: cleaning, sampling, the RUN's data record and its replay
     split.py      the eval split: copies of a row on one side, every class kept in training
     labels.py     one spelling per class label, and the classes a classifier learns
     defaults.py   the embedded defaults (models and data shipped in PyPI packages)

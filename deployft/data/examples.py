@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UsageError
-from ..tasks import Task, get_task
-from ..delimited import separator_hint
-from .labels import class_labels, normalize_label
+from ..tasks import get_task
+from .columns import chat_error, check_columns, is_chat, resolve_columns
+from .labels import as_trained, class_labels, normalize_label, number_text
 from .readers import DEFAULT_SOURCES, detect_format, fingerprint, read_rows
-from .split import SPLIT, input_key, split_rows
+from .split import SPLIT, SPLITS, input_key, split_rows
 
 __all__ = ["Examples", "load_examples", "load_run_examples", "resolve_source"]
 
@@ -83,10 +83,15 @@ def load_run_examples(run_dir: str | Path, split: str = "eval", limit: int | Non
     sources = [record["train"]] + ([record["eval"]] if record.get("eval") else [])
     for source in sources:
         _check_unchanged(source, run_dir)
+    if record.get("split") not in (None, *SPLITS):
+        raise DataError(f"RUN {run_dir} was split by {record['split']!r}, which this deployft does not know; use "
+                        "the deployft version that trained it")
     examples = _build(manifest["task"], record["train"], record.get("eval"), manifest["columns"],
                       record["eval_fraction"], record["seed"], record["max_samples"],
-                      legacy=record.get("split") != SPLIT)
+                      split=record.get("split"))
     rows = examples.train if split == "train" else examples.eval
+    if examples.labels is not None:
+        rows = as_trained(rows, manifest.get("labels"))
     return rows[:limit] if limit is not None else rows
 
 
@@ -100,25 +105,28 @@ def _check_unchanged(source: dict[str, Any], run_dir: str | Path) -> None:
 
 
 def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_fraction: float,
-           seed: int, max_samples: int | None, legacy: bool = False) -> Examples:
-    """`legacy`: read, clean, split and label as RUNs recorded before the distinct-row split were, so such a RUN
-    replays the very rows it trained on (the lenient CSV reader, values and labels spelled as read, the row split
-    of `split.py`, an --eval-data that is --data let through)."""
+           seed: int, max_samples: int | None, split: str | None = SPLIT) -> Examples:
+    """`split`: the split a RUN recorded (`split.SPLITS`); a RUN recorded before the distinct-row split (None) is
+    read, cleaned, split and labelled as it was then, so it replays the very rows it trained on (the lenient CSV
+    reader, values and labels spelled as read, the row split of `split.py`, an --eval-data that is --data let
+    through)."""
+    legacy = split not in SPLITS
     train_path = Path(train_src["path"])
     if not legacy and eval_src is not None and _same_file(train_path, Path(eval_src["path"])):
         raise DataError(f"--eval-data {eval_src['path']} is the same file as --data, so eval would score the "
                         "training rows; pass a file of held-out rows, or leave --eval-data out to hold out "
                         "--eval-fraction of --data")
     raw = read_rows(train_path, train_src["format"], train_src["encoding"], legacy=legacy)
-    columns = _resolve_columns(get_task(task), flags, raw, train_path)
+    columns = resolve_columns(get_task(task), flags, raw, train_path)
     pool = _clean(raw, columns, train_path, legacy)
     rng = random.Random(seed)
     if eval_src is None:
-        train, evals = split_rows(_sample(pool, rng, max_samples), eval_fraction, train_path, legacy)
+        train, evals = split_rows(_sample(pool, rng, max_samples), eval_fraction, train_path,
+                                  None if legacy else split)
     else:
         eval_path = Path(eval_src["path"])
         eval_raw = read_rows(eval_path, eval_src["format"], eval_src["encoding"], legacy=legacy)
-        _check_columns(columns, eval_raw, eval_path)
+        check_columns(columns, eval_raw, eval_path)
         train = _sample(pool, rng, max_samples)
         evals = _sample(_clean(eval_raw, columns, eval_path, legacy), rng, max_samples)
         _warn_overlap(train, evals, eval_path)
@@ -135,28 +143,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _resolve_columns(task: Task, flags: dict, rows: list[dict], path: Path) -> dict[str, str]:
-    """The column of each role: the mapping a column flag names, else the first the file's columns fit."""
-    flagged = [roles for roles in task.column_roles if any(flags.get(role) for role in roles)]
-    roles = flagged[0] if flagged else task.default_columns(_column_names(rows))
-    columns = {role: flags.get(role) or role for role in roles}
-    _check_columns(columns, rows, path)
-    return columns
-
-
-def _column_names(rows: list[dict]) -> list[str]:
-    """Every key of every row, in order of first appearance (JSON rows need not all have the same keys)."""
-    return list(dict.fromkeys(key for row in rows for key in row))
-
-
-def _check_columns(columns: dict[str, str], rows: list[dict], path: Path) -> None:
-    found = _column_names(rows)
-    for role, name in columns.items():
-        if name not in found:
-            raise DataError(separator_hint(path, found) or f"column '{name}' not found in {path} (columns: "
-                            f"{', '.join(map(str, found))}); pass --{role}-column with one of them")
-
-
 def _as_text(value: Any) -> str | None:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -167,9 +153,7 @@ def _legacy_text(value: Any) -> str | None:
     """A value as RUNs recorded before the distinct-row split spelled it: labels not normalised, NaN kept."""
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value)
+    text = number_text(value) if isinstance(value, float) else str(value)
     return text if text.strip() else None
 
 
@@ -198,6 +182,8 @@ def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool =
 
 
 def _value(value: Any, role: str, name: str, path: Path, number: int) -> str | None:
+    if is_chat(value):
+        raise DataError(chat_error(name, path))
     if isinstance(value, (dict, list, tuple)):
         raise DataError(f"column '{name}' of {path} row {number} holds a {type(value).__name__}, not text "
                         f"({str(value)[:40]}); write that value as plain text, or pass --{role}-column "

@@ -2,7 +2,9 @@
 
 A label is stripped of surrounding spaces, and a number is written the same way whether it came as a JSON
 number or as text: 1, "1", 1.0 and "1.0" are all "1"; 2.5 and "2.50" are "2.5". Text with leading zeros
-("007") stays as written: it is more likely a code than a number. NaN and null are missing labels.
+("007") stays as written: it is more likely a code than a number. A boolean is spelled "true" / "false" whether
+it came as a JSON (or Parquet) boolean or as text in any case ("True", as pandas writes a CSV, or "TRUE"), so
+`true`, "true" and "True" are one class. NaN and null are missing labels.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["class_labels", "label_key", "normalize_label"]
+__all__ = ["as_trained", "class_labels", "label_key", "normalize_label", "number_text"]
 
+_BOOLEANS = ("true", "false")
 _NUMBER = re.compile(r"[+-]?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 
 
@@ -24,16 +27,19 @@ def normalize_label(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
-        return str(value)
+        return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return _number(value)
+        return number_text(value)
     text = str(value).strip()
+    if text.lower() in _BOOLEANS:
+        return text.lower()
     if _NUMBER.fullmatch(text):
-        return _number(int(text) if text.lstrip("+-").isdigit() else float(text))
+        return number_text(int(text) if text.lstrip("+-").isdigit() else float(text))
     return text or None
 
 
-def _number(value: int | float) -> str:
+def number_text(value: int | float) -> str:
+    """A number as text, a whole float without its `.0` (1.0 -> "1")."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -65,3 +71,15 @@ def class_labels(train: list[dict[str, str]], evals: list[dict[str, str]], colum
         raise DataError(f"eval data {eval_path} has label(s) {', '.join(unknown)} that never occur in "
                         f"{path}; add them to the training data or remove them from --eval-data")
     return labels
+
+
+def as_trained(rows: list[dict[str, str]], labels: list[str] | None) -> list[dict[str, str]]:
+    """Rows with each label spelled as the RUN's `labels` spell it: RUNs recorded before booleans were spelled
+    "true" / "false" learned them as written ("True", "TRUE"). A label the RUN knows, or has no other spelling of,
+    is kept."""
+    known = set(labels or ())
+    if not known or all(row["label"] in known for row in rows):
+        return rows
+    spelled = {label.lower(): label for label in known if label.lower() in _BOOLEANS}
+    return [{**row, "label": spelled[row["label"]]} if row["label"] not in known and row["label"] in spelled
+            else row for row in rows]

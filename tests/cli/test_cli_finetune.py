@@ -80,7 +80,7 @@ def _data(tmp_path, name, content):
     ("missing.csv", None, ["missing.csv not found", "--data"]),
     ("empty.csv", "", ["empty.csv is empty"]),
     ("data.txt", "hello", ["unsupported extension '.txt'", ".csv"]),
-    ("cols.csv", "review,stars\ngood,5\nbad,1\n", ["column 'text' not found", "(columns: review, stars)",
+    ("cols.csv", "review,stars\ngood,5\nbad,1\n", ["column 'text' not found", "(columns: 'review', 'stars')",
                                                    "--text-column"]),
     ("one.csv", "text,label\na,x\nb,x\nc,x\n", ["has one class ('x')", "--label-column"]),
     ("blank.csv", "text,label\n,a\n  ,b\n", ["all 2 rows", "empty or missing 'text'"]),

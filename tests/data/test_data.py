@@ -116,7 +116,7 @@ def test_bad_files_are_one_line_data_errors(tmp_path, name, content, message):
 
 def test_missing_column_lists_columns_and_flag(tmp_path):
     path = write_rows(tmp_path / "d.csv", [{"review": "good", "stars": 5}, {"review": "bad", "stars": 1}])
-    with pytest.raises(DataError, match=r"column 'text' not found in .*d.csv \(columns: review, stars\); "
+    with pytest.raises(DataError, match=r"column 'text' not found in .*d.csv \(columns: 'review', 'stars'\); "
                                         r"pass --text-column"):
         load_examples("classify", path)
     with pytest.raises(DataError, match=r"column 'label' not found.*pass --label-column"):

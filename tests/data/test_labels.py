@@ -1,4 +1,5 @@
-"""Labels: one class per value whatever the format wrote (1, "1", 1.0, "1.0", "pos "), NaN and null missing."""
+"""Labels: one class per value whatever the format wrote (1, "1", 1.0, "1.0", "pos ", true, "true"), NaN and null
+missing."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import json
 
 import pytest
 
-from deployft.data.examples import load_examples
+from deployft.data.examples import load_examples, load_run_examples
 
 
 @pytest.mark.parametrize("value, expected", [
     (1, "1"), ("1", "1"), (1.0, "1"), ("1.0", "1"), (" 2 ", "2"), ("2.50", "2.5"), (2.5, "2.5"), ("-3", "-3"),
     ("1e3", "1000"), ("007", "007"), ("pos ", "pos"), (" pos", "pos"), (float("nan"), None), (None, None),
-    ("  ", None), (True, "True"),
+    ("  ", None), (True, "true"), (False, "false"), ("True", "true"), (" FALSE ", "false"), ("Truth", "Truth"),
 ])
 def test_normalize_label(value, expected):
     from deployft.data.labels import normalize_label
@@ -40,3 +41,36 @@ def test_a_nan_label_is_missing_and_dropped_with_a_count(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         examples = load_examples("classify", path)
     assert examples.labels == ["neg", "pos"] and "dropped 1 of 11 rows" in caplog.text
+
+
+def _bools(path, spelled, n=12):
+    """A JSONL file whose labels alternate through `spelled` (JSON booleans and their text)."""
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": spelled[i % len(spelled)]}) + "\n" for i in range(n)))
+    return path
+
+
+def test_json_booleans_and_their_text_are_one_class(tmp_path):
+    examples = load_examples("classify", _bools(tmp_path / "b.jsonl", [True, False, "true", "false"]))
+    assert examples.labels == ["false", "true"]
+
+
+def test_json_boolean_training_labels_match_a_csvs_true_and_false(tmp_path):
+    evals = tmp_path / "eval.csv"
+    evals.write_text("text,label\ne1,True\ne2,false\ne3,TRUE\n")  # pandas' to_csv writes True / False
+    examples = load_examples("classify", _bools(tmp_path / "b.jsonl", [True, False]), evals)
+    assert examples.labels == ["false", "true"] and {row["label"] for row in examples.eval} == {"false", "true"}
+
+
+def test_a_run_that_learned_title_case_booleans_replays_them_so(tmp_path):
+    from deployft.manifest import write_manifest
+
+    examples = load_examples("classify", _bools(tmp_path / "b.jsonl", [True, False], n=40))
+    run = tmp_path / "run"
+    run.mkdir()  # trained before booleans were spelled "true" / "false": its classes are "False" and "True"
+    write_manifest(run, {"kind": "run", "task": "classify", "columns": examples.columns, "data": examples.record,
+                         "labels": ["False", "True"]})
+    rows = load_run_examples(run, "train") + load_run_examples(run, "eval")
+    assert {row["label"] for row in rows} == {"False", "True"} and len(rows) == 40
+    write_manifest(run, {"kind": "run", "task": "classify", "columns": examples.columns, "data": examples.record,
+                         "labels": ["FALSE", "TRUE"]})  # a CSV written in capitals
+    assert {row["label"] for row in load_run_examples(run, "train")} == {"FALSE", "TRUE"}
