@@ -15,9 +15,9 @@ never copies the cache through numpy; a generation keeps it one of two ways:
   for CUDA) are fed back as the next step's `past`, through IO binding, or `run_with_ort_values` for fused files.
 
 Batches are left-padded; position ids count only real tokens, as transformers computes them. Each row has the
-budget its prompt has alone; before a step would make the mask wider than the model's positions, the cache drops
-its finished rows and the columns that are padding in all others (`compact`, with `kept_rows`, as the serve
-engine does). The cache goes through numpy only where its layout changes: the right-padded first step of a file
+budget its prompt has alone. Once finished rows are `DROP_FINISHED_SHARE` of the rows the cache holds, and before a
+step would make the mask wider than the model's positions, the cache drops its finished rows and the columns that
+are padding in all others (`compact`, with `kept_rows`, as the serve engine does). The cache goes through numpy only where its layout changes: the right-padded first step of a file
 that rotates inside its attention (`padding.py`), and each `compact`, which copies every layer to numpy and back
 (device -> host -> device on CUDA) once per compaction.
 """
@@ -38,6 +38,9 @@ from .sampling import GenerationOptions, next_tokens
 logger = logging.getLogger("deployft.runtime")
 
 _PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+DROP_FINISHED_SHARE = 0.5
+"""A batch drops its finished rows (`compact`) once they are this share of the rows its cache holds: each later
+step then runs only the rows still generating, for one copy of the cache (benchmarks/results/generate_uneven.md)."""
 
 
 def position_budget(prompt_length, max_new_tokens: int, max_positions: int | None):
@@ -238,10 +241,12 @@ class KVDecoder:
             done |= budgets == generated
             if done.all():
                 return
-            if self.max_positions and cache.width >= self.max_positions:
-                # the next mask would be wider than the positions (the fused attention's rotary table): every row
-                # left fits (`budget`), the padding beside it does not; drop finished rows and shared padding
-                keep = np.flatnonzero(~done[rows])
+            finished = done[rows]
+            # at the positions' limit the next mask would be wider than the positions (the fused attention's rotary
+            # table): every row left fits (`budget`), the padding beside it does not
+            if (self.max_positions and cache.width >= self.max_positions) or \
+                    finished.sum() >= DROP_FINISHED_SHARE * len(rows):
+                keep = np.flatnonzero(~finished)
                 rows = rows[keep]
                 cache.compact(keep, int(budgets[rows].max()) - generated)
             logits = cache.advance(tokens[rows])

@@ -153,3 +153,48 @@ def test_position_budget_is_the_one_cut_of_the_runtime_and_the_export_check():
     assert position_budget(np.array(LENGTHS), 40, None).tolist() == [40] * 4 and position_budget(7, 40, 0) == 40
     assert [_greedy_tokens(n, POSITIONS) for n in (POSITIONS - 1, POSITIONS + 1)] == [min(GREEDY_TOKENS, 2), 0]
     assert _greedy_tokens(5, None) == GREEDY_TOKENS
+
+
+def _rows_finished_by_the_caller(predictor, prompts, options, finish_at: dict[int, int]) -> list[list[int]]:
+    """Each row's tokens from one `iter_batch`, the caller marking row i done after step finish_at[i] (as a stop
+    string does); end tokens ignored."""
+    ids, mask = predictor.codec.pad(prompts, side="left")
+    done = np.zeros(len(prompts), dtype=bool)
+    rows: list[list[int]] = [[] for _ in prompts]
+    for step, tokens in enumerate(predictor.decoder.iter_batch(ids, mask, options, done, ignore_eos=True), 1):
+        for i in np.flatnonzero(~done):
+            rows[i].append(int(tokens[i]))
+            done[i] |= finish_at.get(int(i)) == step
+    return rows
+
+
+def test_a_batch_drops_its_finished_rows_and_the_others_go_on_as_alone(short_bundle, monkeypatch):
+    """Once half the rows are done the batch drops them (`DROP_FINISHED_SHARE`), far from the position limit, on
+    every file and both caches; the rows left get the tokens they get alone."""
+    from deployft.runtime import generation, kv_cache
+
+    compactions = []
+    for cache in (kv_cache.SharedCache, kv_cache.CopyingCache):
+        def counted(self, keep, room, _compact=cache.compact):
+            compactions.append(len(keep))
+            return _compact(self, keep, room)
+        monkeypatch.setattr(cache, "compact", counted)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 300, size=n).tolist() for n in (3, 9, 5, 7)]
+    finish_at = {0: 2, 2: 3}  # two of four rows done after step 3
+    shipped = generation.DROP_FINISHED_SHARE
+    assert 0.25 < shipped <= 0.5  # the first finished row alone is not dropped, the second makes the batch drop both
+    for name in _files(short_bundle):
+        predictor = Predictor.load(short_bundle, model_file=name)
+        for shared in sorted({predictor.decoder.shares_cache, False}, reverse=True):
+            predictor.decoder.shares_cache = shared
+            alone = [list(predictor.iter_token_ids(p, max_new_tokens=12, ignore_eos=True)) for p in prompts]
+            compactions.clear()
+            rows = _rows_finished_by_the_caller(predictor, prompts, GenerationOptions(12), finish_at)
+            assert compactions == [2], (name, shared)
+            assert rows == [alone[0][:2], alone[1], alone[2][:3], alone[3]], (name, shared)
+            monkeypatch.setattr(generation, "DROP_FINISHED_SHARE", float("inf"))
+            compactions.clear()
+            assert _rows_finished_by_the_caller(predictor, prompts, GenerationOptions(12), finish_at) == rows
+            assert compactions == [], (name, shared)
+            monkeypatch.setattr(generation, "DROP_FINISHED_SHARE", shipped)
