@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from .errors import BundleError, UsageError, first_line
 from .tokens import special_ids
 
-__all__ = ["PromptFormat", "TokenizerAdapter", "check_messages", "check_template", "example_ids", "prompt_ids",
+__all__ = ["Cuts", "PromptFormat", "TokenizerAdapter", "check_messages", "check_template", "example_ids", "prompt_ids",
            "prompt_limit", "read_chat_template", "render_chat"]
 
 logger = logging.getLogger("deployft")
@@ -101,12 +101,7 @@ def prompt_ids(prompt: str | list[dict], fmt: PromptFormat, encoder: TextEncoder
         UsageError: malformed chat messages, or a template that refuses them.
         BundleError: chat messages for a model without a chat template.
     """
-    if isinstance(prompt, list) or fmt.style == "chat":
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = render_chat(encoder.chat_template, messages, encoder.special_tokens)
-        ids = encoder.encode_one(text, False)
-    else:
-        ids = encoder.encode_one(prompt + fmt.separator if fmt.style == "plain" else prompt, True)
+    ids = _whole_prompt_ids(prompt, fmt, encoder)
     limit = prompt_limit(max_length)
     if limit and len(ids) > limit:
         logger.info("prompt of %d tokens cut to its last %d (half of max_length %d)", len(ids), limit, max_length)
@@ -114,19 +109,56 @@ def prompt_ids(prompt: str | list[dict], fmt: PromptFormat, encoder: TextEncoder
     return ids
 
 
-def example_ids(row: dict[str, str], fmt: PromptFormat, encoder: TextEncoder,
-                max_length: int) -> tuple[list[int], list[int]]:
+def _whole_prompt_ids(prompt: str | list[dict], fmt: PromptFormat, encoder: TextEncoder) -> list[int]:
+    if isinstance(prompt, list) or fmt.style == "chat":
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = render_chat(encoder.chat_template, messages, encoder.special_tokens)
+        return encoder.encode_one(text, False)
+    return encoder.encode_one(prompt + fmt.separator if fmt.style == "plain" else prompt, True)
+
+
+@dataclass
+class Cuts:
+    """What `example_ids` cut from a data set's examples to fit max_length, counted for the caller to report once
+    (training warns with it; this module does not log per example)."""
+
+    examples: int = 0
+    """Examples encoded."""
+    cut: int = 0
+    """Examples that lost tokens (prompt, response or text)."""
+    tokens: int = 0
+    """Tokens the cut examples had before cutting."""
+    dropped: int = 0
+    """Tokens the cut examples lost."""
+    prompts: int = 0
+    """Prompts cut to their last `prompt_limit(max_length)` tokens."""
+
+    def add(self, whole: int, kept: int, prompt_cut: bool = False) -> None:
+        self.examples += 1
+        if kept < whole:
+            self.cut, self.tokens, self.dropped = self.cut + 1, self.tokens + whole, self.dropped + whole - kept
+        self.prompts += prompt_cut
+
+
+def example_ids(row: dict[str, str], fmt: PromptFormat, encoder: TextEncoder, max_length: int,
+                cuts: Cuts | None = None) -> tuple[list[int], list[int]]:
     """`(ids, targets)` of one generator example: the tokens training sees and a 0/1 mask of the ones it learns.
 
-    Prompt/response rows: the prompt (`prompt_ids`), then the response and the end token, cut to max_length;
-    targets are the response tokens. Plain text rows: the text and the end token; every token is a target.
+    Prompt/response rows: the prompt (as `prompt_ids` cuts it), then the response and the end token, cut to
+    max_length; targets are the response tokens. Plain text rows: the text and the end token; every token is a
+    target. `cuts`, when given, counts what was cut.
     """
+    cuts = cuts if cuts is not None else Cuts()
     if "prompt" not in row:
-        ids = (encoder.encode_one(row["text"], True) + encoder.eos_ids)[:max_length]
+        whole = encoder.encode_one(row["text"], True) + encoder.eos_ids
+        ids = whole[:max_length]
+        cuts.add(len(whole), len(ids))
         return ids, [1] * len(ids)
-    prompt = prompt_ids(row["prompt"], fmt, encoder, max_length)
+    whole_prompt, limit = _whole_prompt_ids(row["prompt"], fmt, encoder), prompt_limit(max_length)
+    prompt = whole_prompt[-limit:] if limit else whole_prompt
     response = encoder.encode_one(row["response"], False) + encoder.eos_ids
     ids = (prompt + response)[:max_length]
+    cuts.add(len(whole_prompt) + len(response), len(ids), len(prompt) < len(whole_prompt))
     return ids, ([0] * len(prompt) + [1] * len(response))[:max_length]
 
 

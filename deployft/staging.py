@@ -29,8 +29,8 @@ from pathlib import Path
 
 from .errors import OutputExistsError, UsageError, reraise_as
 
-__all__ = ["atomic_file", "atomic_folder", "check_output_free", "clean_leftovers", "creation_blocker",
-           "temporary_path"]
+__all__ = ["atomic_file", "atomic_folder", "check_apart", "check_output_free", "clean_leftovers", "creation_blocker",
+           "same_file", "temporary_path"]
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 _NAME = re.compile(r"^\.(?P<name>.+)\.deployft-(?P<role>staging|old)-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}$")
@@ -97,6 +97,34 @@ def check_output_free(output: str | Path, overwrite: bool, flag: str = "--output
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {output} exists and is not empty; "
                                 f"pass --overwrite to replace it or choose another {flag}")
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """True when both paths name one file: the same file on disk where both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return first.resolve() == second.resolve()
+
+
+def check_apart(output: str | Path, inputs: dict[str, str | Path | None], flag: str = "--output") -> None:
+    """Refuse an `output` that is, or holds, one of `inputs` (by the flag that named each; None: not given).
+
+    Writing an output replaces the whole folder (with --overwrite), so an input inside it would be deleted. Paths
+    are compared resolved: relative spellings, `~` and symlinks name the file or folder they lead to.
+
+    Raises:
+        UsageError: `output` is an input, or a folder that holds one.
+    """
+    target = Path(output).expanduser().resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).expanduser().resolve()
+        if source == target or target in source.parents:
+            relation = "is" if source == target else "holds"
+            raise UsageError(f"{flag} {output} {relation} {name} {path}: writing there would delete it; pass another "
+                             f"{flag} outside it")
 
 
 def creation_blocker(output: str | Path) -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UsageError
+from ..staging import same_file
 from ..tasks import get_task
 from .columns import chat_error, check_columns, is_chat, resolve_columns
 from .labels import as_trained, class_labels, normalize_label, number_text
@@ -112,7 +113,7 @@ def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_
     through)."""
     legacy = split not in SPLITS
     train_path = Path(train_src["path"])
-    if not legacy and eval_src is not None and _same_file(train_path, Path(eval_src["path"])):
+    if not legacy and eval_src is not None and same_file(train_path, Path(eval_src["path"])):
         raise DataError(f"--eval-data {eval_src['path']} is the same file as --data, so eval would score the "
                         "training rows; pass a file of held-out rows, or leave --eval-data out to hold out "
                         "--eval-fraction of --data")
@@ -134,13 +135,6 @@ def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_
         train, evals, columns["label"], train_path, eval_src and eval_src["path"], legacy)
     record = _record(train_src, eval_src, columns, len(train), len(evals), eval_fraction, seed, max_samples)
     return Examples(train=train, eval=evals, columns=columns, labels=labels, record=record)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a == b or a.samefile(b)
-    except OSError:
-        return False
 
 
 def _as_text(value: Any) -> str | None:

@@ -7,19 +7,10 @@ predicted, and the input file is never replaced by its own predictions.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..staging import creation_blocker
-
-
-def same_file(first: Path, second: Path) -> bool:
-    """True when both paths name one file: the same file on disk where both exist, else the same resolved path."""
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # one of them does not exist (yet)
-        return first.resolve() == second.resolve()
+from ..staging import creation_blocker, same_file
 
 
 def check_output_file(output: str | Path, input_path: str | Path | None = None, fix: str = "path") -> Path:

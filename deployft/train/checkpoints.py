@@ -1,8 +1,8 @@
 """The work folder of a fine-tune: its checkpoints, which of them are complete, and what a resume must match.
 
     .<output name>.work/
-        state.json                   the settings (FinetuneConfig less resume, overwrite, checkpoint_steps),
-                                     the data fingerprint and the eval split's name (`data_split`)
+        state.json                   the settings as training resolved them (`runner._settings`), the data
+                                     fingerprint and the eval split's name (`data_split`)
         checkpoints/checkpoint-N/    Trainer checkpoints, every `checkpoint_steps` steps and at each epoch's end;
                                      complete once deployft's marker `deployft-checkpoint.json` is in it
 
@@ -45,49 +45,77 @@ def refuse_to_discard(work: Path, output: Path) -> None:
                                 "and start again")
 
 
-def resume_point(work: Path, settings: dict[str, Any]) -> str:
-    """The newest complete checkpoint of an interrupted run with the same `settings`; incomplete ones are deleted.
+def resume_point(work: Path) -> str:
+    """The newest complete checkpoint of an interrupted run; `check_same_run` then checks it is the same run.
 
     Raises:
-        UsageError: no complete checkpoint, other settings than the interrupted run's, or a run started by a
-            version before the distinct-row split.
+        UsageError: no complete checkpoint.
     """
     done = complete_checkpoints(work)
     state = read_json(work / "state.json", UsageError)
     if not done or "settings" not in state:
         raise UsageError(f"--resume found no checkpoint in {work}; run again without --resume")
-    if state["settings"] != settings:
-        _refuse_older(state, work)
-        changed = sorted(k for k in settings.keys() | state["settings"].keys()
-                         if settings.get(k) != state["settings"].get(k))
-        raise UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); "
-                         f"these differ: {', '.join(changed)}; repeat its flags or run without --resume")
-    if _is_main_process():
-        for folder in set(_checkpoint_folders(work)) - set(done):
-            shutil.rmtree(folder, ignore_errors=True)
     return str(done[-1])
 
 
-def check_same_data(work: Path, fingerprint: str, record: dict[str, Any]) -> None:
-    """Refuse a resume on other data than the interrupted run trained on.
+def check_same_run(work: Path, settings: dict[str, Any], flags: dict[str, Any], record: dict[str, Any]) -> None:
+    """Refuse a resume on other settings or data than the interrupted run's; then delete its incomplete checkpoints.
+
+    `settings` are the resolved settings (`runner._settings`), `flags` the settings as given, which a run
+    started before deployft recorded resolved settings is compared on; `record` is the data record
+    (`Examples.record`).
 
     Raises:
+        UsageError: other settings (each differing one shown old -> new), or a run started by a version before
+            the distinct-row split.
         DataError: the data fingerprint differs from the one recorded when the run started.
-        UsageError: it differs because a version before the distinct-row split started the run.
     """
     state = read_json(work / "state.json", UsageError)
-    recorded = state.get("data_fingerprint")
+    expected = settings if "columns" in state["settings"] else flags
+    if state["settings"] != expected:
+        _refuse_older(state, work, record["split"])
+        raise UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); "
+                         f"these differ: {_differences(state['settings'], expected)}; repeat its flags or run "
+                         "without --resume")
+    _check_same_data(state, work, record)
+    if _is_main_process():
+        done = complete_checkpoints(work)
+        for folder in set(_checkpoint_folders(work)) - set(done):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`lr 5e-05 -> 0.001, max_steps 3000 -> (not set)`: each differing setting, the interrupted run's value first
+    (`(no effect)`: dropped as changing nothing under the others, such as epochs under max_steps)."""
+    def shown(values: dict[str, Any], key: str) -> str:
+        if key not in values:
+            return "(no effect)"
+        return "(not set)" if values[key] is None else json.dumps(values[key])
+
+    changed = sorted(k for k in old.keys() | new.keys() if k not in old or k not in new or old[k] != new[k])
+    return ", ".join(f"{key} {shown(old, key)} -> {shown(new, key)}" for key in changed)
+
+
+def _check_same_data(state: dict[str, Any], work: Path, record: dict[str, Any]) -> None:
+    """Refuse a resume on other data than the interrupted run trained on (its data fingerprint differs)."""
+    recorded, fingerprint = state.get("data_fingerprint"), record["fingerprint"]
     if recorded != fingerprint:
-        _refuse_older(state, work)
+        _refuse_older(state, work, record["split"])
         files = " and ".join(str(source["path"]) for source in (record.get("train"), record.get("eval")) if source)
         raise DataError(f"--resume: the data in {files} is not what the interrupted run trained on (data "
                         f"fingerprint {str(recorded)[:12]} in {work / 'state.json'}, now {fingerprint[:12]}); "
                         "restore that data, or run without --resume and with --overwrite to start again on this data")
 
 
-def _refuse_older(state: dict[str, Any], work: Path) -> None:
-    """Name the version, not the data or the flags, when a run started before the distinct-row split differs: its
-    settings spelled paths as given and its fingerprint hashed no split, so it never matches this version's."""
+def _refuse_older(state: dict[str, Any], work: Path, split: str) -> None:
+    """Name the version, not the data or the flags, when a run started by an earlier version differs: before the
+    distinct-row split its settings spelled paths as given and its fingerprint hashed no split, so it never matches
+    this version's; a run started with another split (`split`: this version's) would resume on other rows."""
+    if state.get("data_split") not in (None, split):
+        raise UsageError(f"--resume: the interrupted run in {work} held out its eval rows by the "
+                         f"{state['data_split']!r} split of an earlier deployft, this version's is {split!r}, so "
+                         "resuming would train on other rows; run again without --resume and with --overwrite to "
+                         "start afresh, or finish it with the deployft version that started it")
     if "data_split" not in state:
         raise UsageError(f"--resume: the interrupted run in {work} predates deployft's distinct-row eval split (its "
                          "state.json records no split), so this version cannot resume it; run again without --resume "

@@ -7,15 +7,18 @@ response only.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ..prompts import PromptFormat, TokenizerAdapter, example_ids
+from ..prompts import Cuts, PromptFormat, TokenizerAdapter, example_ids, prompt_limit
 from ..tokens import pad
 
 __all__ = ["GenerateCollator", "IGNORE_INDEX", "classify_collator", "encode_classify", "encode_generate"]
 
 IGNORE_INDEX = -100
 """Label value the loss skips (prompt and padding tokens)."""
+
+logger = logging.getLogger(__name__)
 
 
 def _keep(features: dict[str, Any], input_names: set[str] | None) -> dict[str, Any]:
@@ -24,9 +27,18 @@ def _keep(features: dict[str, Any], input_names: set[str] | None) -> dict[str, A
 
 
 def encode_classify(rows: list[dict[str, str]], tokenizer, max_length: int, *, label2id: dict[str, int],
-                    input_names: set[str] | None = None, **_: Any) -> list[dict[str, Any]]:
-    """`{"input_ids", "attention_mask", ..., "labels"}` per row, truncated to `max_length`, unpadded."""
-    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+                    input_names: set[str] | None = None, split: str = "training", **_: Any) -> list[dict[str, Any]]:
+    """`{"input_ids", "attention_mask", ..., "labels"}` per row, truncated to `max_length`, unpadded.
+
+    Texts cut to `max_length` are reported in one warning for the data set (`split`: `training` or `eval`).
+    """
+    texts = [r["text"] for r in rows]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    cuts = Cuts()
+    for whole, kept in zip(tokenizer(texts, verbose=False)["input_ids"], encoded["input_ids"]):
+        cuts.add(len(whole), len(kept))
+    if cuts.cut:
+        logger.warning(cut_message(cuts, split, max_length))
     features = []
     for i, row in enumerate(rows):
         item = {key: values[i] for key, values in encoded.items()}
@@ -36,16 +48,31 @@ def encode_classify(rows: list[dict[str, str]], tokenizer, max_length: int, *, l
 
 
 def encode_generate(rows: list[dict[str, str]], tokenizer, max_length: int, *,
-                    prompt_format: dict[str, str] | PromptFormat | None, **_: Any) -> list[dict[str, Any]]:
-    """`{"input_ids", "attention_mask", "labels"}` per row; labels are IGNORE_INDEX where the loss skips."""
+                    prompt_format: dict[str, str] | PromptFormat | None, split: str = "training",
+                    **_: Any) -> list[dict[str, Any]]:
+    """`{"input_ids", "attention_mask", "labels"}` per row; labels are IGNORE_INDEX where the loss skips.
+
+    Examples cut to `max_length` are reported in one warning for the data set (`split`: `training` or `eval`).
+    """
     fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat.from_manifest(prompt_format)
-    encoder = TokenizerAdapter(tokenizer)
+    encoder, cuts = TokenizerAdapter(tokenizer), Cuts()
     features = []
     for row in rows:
-        ids, targets = example_ids(row, fmt, encoder, max_length)
+        ids, targets = example_ids(row, fmt, encoder, max_length, cuts)
         labels = [token if target else IGNORE_INDEX for token, target in zip(ids, targets)]
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    if cuts.cut:
+        logger.warning(cut_message(cuts, split, max_length))
     return features
+
+
+def cut_message(cuts: Cuts, split: str, max_length: int) -> str:
+    """`20 of 20 training examples cut to --max-length 64 (87 % of their tokens dropped; ...)`: one line."""
+    prompts = (f"; {cuts.prompts} prompts kept only their last {prompt_limit(max_length)} tokens, half of "
+               "--max-length" if cuts.prompts else "")
+    return (f"{cuts.cut} of {cuts.examples} {split} examples cut to --max-length {max_length} "
+            f"({100 * cuts.dropped / cuts.tokens:.0f} % of their tokens dropped{prompts}); raise --max-length to "
+            "keep them")
 
 
 def classify_collator(tokenizer):

@@ -49,8 +49,8 @@ def prepare(config, task) -> Job:
                      .to_manifest() if task.generates else None)
     kwargs = {"input_names": set(inspect.signature(model.forward).parameters), "prompt_format": prompt_format,
               "label2id": {label: i for i, label in enumerate(examples.labels or [])}}
-    train = task.encode(examples.train, tokenizer, max_length, **kwargs)
-    evals = task.encode(examples.eval, tokenizer, max_length, **kwargs)
+    train = task.encode(examples.train, tokenizer, max_length, split="training", **kwargs)
+    evals = task.encode(examples.eval, tokenizer, max_length, split="eval", **kwargs)
     if config.lora:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout)
     return Job(base_model, tokenizer, model, examples, train, evals, max_length, prompt_format)

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..errors import ModelError, UsageError, first_line
 
-__all__ = ["apply_lora", "is_local_model", "load_model", "load_tokenizer", "merge_lora", "position_limit",
-           "resolve_model"]
+__all__ = ["apply_lora", "check_causal", "is_local_model", "load_model", "load_tokenizer", "merge_lora",
+           "position_limit", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,15 @@ def load_model(model: str, task, labels: list[str] | None, tokenizer) -> Any:
                   "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
     try:
         with _quiet_transformers():
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model, exc) from exc
+    if task.generates:
+        check_causal(config, model)
+    try:
+        with _quiet_transformers():
             loaded = task.model_class().from_pretrained(model, dtype="float32", **kwargs)
     except (OSError, ValueError) as exc:
         raise _hub_error(model, exc) from exc
@@ -105,6 +114,32 @@ def load_model(model: str, task, labels: list[str] | None, tokenizer) -> Any:
     if task.generates and loaded.generation_config is not None:
         loaded.generation_config.pad_token_id = tokenizer.pad_token_id
     return loaded
+
+
+CAUSAL_EXAMPLES = "SmolLM2, Qwen2, Llama or GPT-2"
+
+
+def check_causal(config, model: str) -> None:
+    """Refuse a generator base that is not a causal LM: transformers would load an encoder such as BERT into its
+    `...LMHeadModel` with attention both ways (it only warns, which `_quiet_transformers` hides).
+
+    Raises:
+        ModelError: an encoder-decoder, a type without a causal-LM class, or an encoder not configured as a decoder.
+    """
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        found = f"an encoder-decoder ({kind})"
+    elif kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        found = f"an encoder ({kind})" if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES else f"not a causal LM ({kind})"
+    elif kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        found = f"an encoder ({kind})"  # BERT-like: causal only with is_decoder, else it attends both ways
+    else:
+        return
+    raise ModelError(f"--model {model} is {found}; --task generate needs a causal LM such as {CAUSAL_EXAMPLES}: "
+                     "pass one to --model, or use --task classify")
 
 
 def apply_lora(model, r: int, alpha: int, dropout: float):

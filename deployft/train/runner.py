@@ -33,8 +33,9 @@ def finetune(config: FinetuneConfig) -> Path:
         The RUN folder (absolute).
 
     Raises:
-        DataError, ModelError, OutputExistsError, UsageError: bad input (nothing is written), a resume on
-            other settings or data, a fresh start over an interrupted run's checkpoints without `overwrite`.
+        DataError, ModelError, OutputExistsError, UsageError: bad input (nothing is written), an output that is or
+            holds the data or the base model, a resume on other settings or data, a fresh start over an
+            interrupted run's checkpoints without `overwrite`.
         MissingDependencyError: a default model or data package is not installed.
     """
     from ..staging import check_output_free
@@ -42,19 +43,20 @@ def finetune(config: FinetuneConfig) -> Path:
 
     task = get_task(config.task)
     output = Path(config.output).expanduser().resolve()
+    _check_inputs_apart(config)
     check_output_free(output, config.overwrite)
     work = checkpoints.work_folder(output)
-    settings = _settings(config)
-    checkpoint = checkpoints.resume_point(work, settings) if config.resume else None
+    checkpoint = checkpoints.resume_point(work) if config.resume else None
     if checkpoint is None and not config.overwrite:
         checkpoints.refuse_to_discard(work, output)
     from . import engine
 
     job = engine.prepare(config, task)
+    settings = _settings(config, job)
     if checkpoint is None:
         checkpoints.start(work, settings, job.examples.record)
     else:
-        checkpoints.check_same_data(work, job.examples.record["fingerprint"], job.examples.record)
+        checkpoints.check_same_run(work, settings, _flags(config), job.examples.record)
     trainer = engine.build_trainer(config, task, job, work / "checkpoints")
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = engine.final_metrics(trainer, task)
@@ -64,10 +66,45 @@ def finetune(config: FinetuneConfig) -> Path:
     return output
 
 
-def _settings(config: FinetuneConfig) -> dict[str, Any]:
-    """The settings a resume must repeat: every field but `resume`, `overwrite` and `checkpoint_steps` (which
-    changes when checkpoints are written, not what is trained), with the output, the data files and a local model
-    folder made absolute, so a resume from another directory or spelled `./data.csv` is the same run."""
+def _check_inputs_apart(config: FinetuneConfig) -> None:
+    """Refuse an --output that is, or holds, the data or a local base model: --overwrite would delete them."""
+    from ..data.readers import DEFAULT_SOURCES
+    from ..staging import check_apart
+    from .models import is_local_model
+
+    def path(value: str | None) -> str | None:
+        return None if value is None or value in DEFAULT_SOURCES else value
+
+    model = config.model if config.model is not None and is_local_model(config.model) else None
+    check_apart(config.output, {"--data": path(config.data), "--eval-data": path(config.eval_data),
+                                "--model": model})
+
+
+_NO_EFFECT = {"epochs": lambda s: s["max_steps"] is not None, "eval_fraction": lambda s: s["eval_data"] is not None,
+              **{name: (lambda s: not s["lora"]) for name in ("lora_r", "lora_alpha", "lora_dropout")}}
+"""Settings that change nothing under the others: epochs under max_steps, the held-out share beside an eval file,
+the LoRA shape without LoRA."""
+
+
+def _settings(config: FinetuneConfig, job) -> dict[str, Any]:
+    """The settings a resume must repeat, as training resolved them (`state.json`'s `settings`): the flags of
+    `_flags` with the base model, data files, max length and column mapping training used (defaults filled), and
+    without the settings that have no effect under the others (`_NO_EFFECT`). `--text-column text` is the same run
+    as no --text-column, and `--epochs 1` beside `--max-steps` changes nothing."""
+    record = _flags(config)
+    for role in config.column_flags():
+        record.pop(f"{role}_column")
+    data = job.examples.record
+    record.update(model=job.base_model, data=data["train"]["path"], eval_data=(data["eval"] or {}).get("path"),
+                  max_length=job.max_length, columns=job.examples.columns)
+    return {key: value for key, value in record.items() if not (key in _NO_EFFECT and _NO_EFFECT[key](record))}
+
+
+def _flags(config: FinetuneConfig) -> dict[str, Any]:
+    """The settings as given: every field but `resume`, `overwrite` and `checkpoint_steps` (which changes when
+    checkpoints are written, not what is trained), with the output, the data files and a local model folder made
+    absolute, so a resume from another directory or spelled `./data.csv` is the same run. Runs started before
+    deployft recorded the resolved settings (`_settings`) are compared on these."""
     from ..data.readers import DEFAULT_SOURCES
     from .models import is_local_model
 

@@ -165,3 +165,59 @@ def test_a_run_interrupted_before_the_distinct_row_split_is_named_as_such(interr
     with pytest.raises(UsageError, match=r"interrupted run in .*\.run\.work predates deployft's distinct-row eval "
                                          r"split .* without --resume and with --overwrite .* the deployft version"):
         finetune(FinetuneConfig(**interrupted, resume=True))
+
+
+def test_a_run_interrupted_under_the_earlier_split_is_named_as_such(interrupted, tmp_path):
+    """A run started with the distinct-row split would resume on other rows: its state names that split and its
+    fingerprint hashed it."""
+    state_file = tmp_path / ".run.work" / "state.json"
+    state = json.loads(state_file.read_text())
+    state.update(data_split="distinct-rows", data_fingerprint="0" * 64)
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"held out its eval rows by the 'distinct-rows' split of an earlier "
+                                         r"deployft, this version's is 'every-class', so resuming would train on "
+                                         r"other rows; run again without --resume and with --overwrite"):
+        finetune(FinetuneConfig(**interrupted, resume=True))
+
+
+def test_resume_compares_the_settings_training_resolved(interrupted, tmp_path):
+    """`--epochs 1` beside `--max-steps`, a default given explicitly and a LoRA shape without --lora change nothing
+    trained: the resume goes through (they were refused as "these differ: epochs, label_column, ...")."""
+    same = {**interrupted, "epochs": 1, "text_column": "text", "label_column": "label", "lora_r": 4}
+    run = finetune(FinetuneConfig(**same, resume=True))
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4
+
+
+def test_resume_on_other_settings_shows_each_change_old_to_new(interrupted, tmp_path):
+    changed = {**interrupted, "lr": 1e-3, "max_steps": None, "label_column": "label"}
+    with pytest.raises(UsageError, match=r"these differ: epochs \(no effect\) -> 3\.0, lr 5e-05 -> 0\.001, "
+                                         r"max_steps 4 -> \(not set\); repeat its flags or run without --resume$"):
+        finetune(FinetuneConfig(**changed, resume=True))
+    assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
+
+
+def test_resolved_settings_fill_the_defaults_the_model_and_data_decide(tmp_path, tiny_model, classify_csv):
+    from deployft.tasks import get_task
+    from deployft.train.runner import _settings
+
+    given = {"model": str(tiny_model("bert")), "data": str(classify_csv), "output": str(tmp_path / "run")}
+    explicit = {**given, "max_length": 64, "text_column": "text", "label_column": "label"}  # the tiny defaults
+    task = get_task("classify")
+    resolved = [_settings(config, engine.prepare(config, task))
+                for config in (FinetuneConfig(**given), FinetuneConfig(**explicit))]
+    assert resolved[0] == resolved[1]
+    assert resolved[0]["max_length"] == 64 and resolved[0]["columns"] == {"text": "text", "label": "label"}
+    assert resolved[0]["epochs"] == 3.0 and "lora_r" not in resolved[0] and "text_column" not in resolved[0]
+
+
+def test_a_run_started_before_resolved_settings_is_compared_on_its_flags(interrupted, tmp_path):
+    from deployft.train.runner import _flags
+
+    state_file = tmp_path / ".run.work" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["settings"] = _flags(FinetuneConfig(**interrupted))  # what state.json recorded before
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match=r"these differ: epochs 3\.0 -> 1; repeat its flags"):
+        finetune(FinetuneConfig(**interrupted, epochs=1, resume=True))
+    run = finetune(FinetuneConfig(**interrupted, resume=True))
+    assert json.loads((run / "deployft.json").read_text())["training"]["steps"] == 4

@@ -91,3 +91,43 @@ def test_a_tokenizer_without_pad_and_eos_is_refused_before_training(request, tmp
         finetune(FinetuneConfig(task=task, model=str(model), data=str(request.getfixturevalue(data)),
                                 output=str(out), **FAST_TRAINING))
     assert not (tmp_path / "out").exists() or sibling_names(out) == []
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])
+def test_the_tiny_decoders_are_causal_lms(tiny_model, arch):
+    from transformers import AutoConfig
+
+    from deployft.train.models import check_causal
+
+    check_causal(AutoConfig.from_pretrained(tiny_model(arch)), arch)  # refuses nothing
+
+
+@pytest.mark.parametrize("model_type, settings, found", [
+    ("bert", {}, r"an encoder \(bert\)"),
+    ("roberta", {}, r"an encoder \(roberta\)"),
+    ("distilbert", {}, r"an encoder \(distilbert\)"),  # no causal-LM class at all
+    ("bart", {}, r"an encoder-decoder \(bart\)"),  # BartForCausalLM exists, but it is half of a seq2seq model
+    ("t5", {}, r"an encoder-decoder \(t5\)"),
+    ("bert", {"is_decoder": True}, None),  # configured as a decoder: attends causally
+    ("llama", {}, None),  # the default generator's type (SmolLM2)
+])
+def test_a_generator_base_must_be_a_causal_lm(model_type, settings, found):
+    from transformers import AutoConfig
+
+    from deployft.train.models import check_causal
+
+    config = AutoConfig.for_model(model_type, **settings)
+    if found is None:
+        check_causal(config, "m")
+        return
+    with pytest.raises(ModelError, match=rf"^--model m is {found}; --task generate needs a causal LM such as "
+                                         r"SmolLM2, .*: pass one to --model, or use --task classify$"):
+        check_causal(config, "m")
+
+
+def test_generate_from_an_encoder_is_refused_before_training(tmp_path, tiny_model, qa_jsonl):
+    out = tmp_path / "out" / "run"
+    with pytest.raises(ModelError, match=r"--model .*model-bert is an encoder \(bert\); --task generate needs"):
+        finetune(FinetuneConfig(task="generate", model=str(tiny_model("bert")), data=str(qa_jsonl), output=str(out),
+                                **FAST_TRAINING))
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".run.work").exists()

@@ -218,3 +218,43 @@ def test_finetune_on_cuda(tmp_path, tiny_model, classify_csv):
     run = finetune(FinetuneConfig(model=str(tiny_model("bert")), data=str(classify_csv),
                                   output=str(tmp_path / "run"), **FAST_TRAINING))
     assert run_manifest(run)["training"]["device"] == "cuda"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("data inside", r"--output proj holds --data proj/train.csv: writing there would delete it; pass another "
+                    r"--output outside it$"),
+    ("eval data inside", r"--output proj holds --eval-data proj/eval.csv"),
+    ("output is the model", r"--output model-bert is --model model-bert"),
+    ("output is the data file", r"--output proj/train.csv is --data proj/train.csv"),
+    ("a symlink to the project", r"--output alias holds --data proj/train.csv"),
+    ("data through a symlink", r"--output proj holds --data link.csv"),
+])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path, tiny_model, monkeypatch, case, message,
+                                                        overwrite):
+    """`--output proj --overwrite` with `--data proj/train.csv` deleted the data (and a base model folder given as
+    --output was replaced): refused before anything, with or without --overwrite, on resolved paths."""
+    tiny_model("bert")
+    monkeypatch.chdir(tmp_path)  # relative spellings, as a user types them
+    data = write_rows(tmp_path / "proj" / "train.csv", sentiment_rows(40))
+    write_rows(tmp_path / "proj" / "eval.csv", sentiment_rows(20, seed=1))
+    write_rows(tmp_path / "other.csv", sentiment_rows(40, seed=2))
+    (tmp_path / "alias").symlink_to(tmp_path / "proj", target_is_directory=True)
+    (tmp_path / "link.csv").symlink_to(data)
+    settings = {"model": "model-bert", "data": "proj/train.csv", "output": "proj"}
+    settings.update({"eval data inside": {"data": "other.csv", "eval_data": "proj/eval.csv"},
+                     "output is the model": {"output": "model-bert"},
+                     "output is the data file": {"output": "proj/train.csv"},
+                     "a symlink to the project": {"output": "alias"},
+                     "data through a symlink": {"data": "link.csv"}}.get(case, {}))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(UsageError, match=message):
+        finetune(FinetuneConfig(**settings, overwrite=overwrite, **FAST_TRAINING))
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written, nothing deleted
+
+
+def test_a_hub_name_is_not_a_path_the_output_could_hold(tmp_path, classify_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"model 'some-org/not-on-this-machine' could not be loaded"):
+        finetune(FinetuneConfig(model="some-org/not-on-this-machine", data=str(classify_csv), output="some-org",
+                                **FAST_TRAINING))
