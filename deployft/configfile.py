@@ -66,7 +66,8 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **explicit
             raise UsageError(f"config file {config_file} has unknown option(s) {', '.join(unknown)}; "
                              f"known options: {', '.join(sorted(fields))}")
         hints = _type_hints(cls)
-        values = {key: _convert(value, hints.get(key), fields[key], config_file) for key, value in values.items()}
+        values = {key: convert_value(value, hints.get(key), fields[key], f"config file {config_file}")
+                  for key, value in values.items()}
     values.update({k: v for k, v in explicit.items() if v is not None})
     return cls(**values)
 
@@ -81,9 +82,11 @@ def _type_hints(cls: type) -> dict[str, Any]:
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", Path: "a path"}
 
 
-def _convert(value: Any, hint: Any, field: dataclasses.Field, source: str | Path) -> Any:
+def convert_value(value: Any, hint: Any, field: dataclasses.Field, where: str,
+                  syntax: str = "{name}: {value}") -> Any:
     """`value` as the field's type: bool, int, float or str (a path), or None where the field allows it; other
-    field types (tuples, ...) are left to the dataclass."""
+    field types (tuples, ...) are left to the dataclass. A value of none of them is a UsageError that starts with
+    `where` (`config file x.yaml`) and shows the field's default written in `syntax` as an example."""
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
     simple = [kind for kind in kinds if kind is not type(None)]
@@ -96,9 +99,10 @@ def _convert(value: Any, hint: Any, field: dataclasses.Field, source: str | Path
         if converted is not None:
             return converted
     default = field.default
-    example = "" if default in (None, dataclasses.MISSING) else f"; e.g. {field.name}: {json.dumps(default)}"
+    example = ("" if default in (None, dataclasses.MISSING)
+               else "; e.g. " + syntax.format(name=field.name, value=json.dumps(default)))
     expected = " or ".join(_KINDS[kind] for kind in simple) + (" or null" if type(None) in kinds else "")
-    raise UsageError(f"config file {source}: option {field.name} must be {expected}, got {value!r} "
+    raise UsageError(f"{where}: option {field.name} must be {expected}, got {value!r} "
                      f"({type(value).__name__}){example}")
 
 

@@ -208,6 +208,24 @@ def sibling_names(path: Path) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else []
 
 
+def ready_client(bundle, **settings):
+    """A TestClient of `deployft.serve.create_app(bundle, **settings)`, its lifespan entered and its model warmed
+    (`/ready` 200); the caller exits it."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from deployft.serve import create_app
+
+    client = TestClient(create_app(bundle, **settings))
+    client.__enter__()
+    deadline = time.time() + 60
+    while client.get("/ready").status_code != 200:
+        assert time.time() < deadline, "the app never became ready"
+        time.sleep(0.05)
+    return client
+
+
 class NeverCalledPredictor:
     """A classifier predictor that fails the test if a row is ever predicted (the file must be refused first)."""
 

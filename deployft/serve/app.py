@@ -100,8 +100,8 @@ def _playground(service, root: str) -> str:
     import json
 
     page = resources.files("deployft.serve").joinpath("playground.html").read_text(encoding="utf-8")
-    route = "/v1/chat/completions" if service.generates else "/v1/classify"
-    settings = {"task": service.task, "model": service.name, "labels": service.predictor.labels,
+    route = "/v1/chat/completions" if service.chats else "/v1/completions" if service.generates else "/v1/classify"
+    settings = {"task": service.task, "chat": service.chats, "model": service.name, "labels": service.predictor.labels,
                 "needsKey": service.config.api_key is not None, "route": root.rstrip("/") + route}
     return page.replace("/*SETTINGS*/{}", json.dumps(settings).replace("</", "<\\/"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ class ServeConfig:
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
             raise UsageError("the API key must be a string of at least 8 characters; pass a longer --api-key "
                              f"or {API_KEY_ENV}")
+
+    def warn_if_open(self) -> None:
+        """Log a warning when the server is reachable from the network and every client may use the model."""
+        if self.exposed and self.api_key is None:
+            logging.getLogger("deployft.serve").warning(
+                "listening on %s without an API key: anyone who reaches this address can use the model; "
+                "pass --api-key or set %s", self.host, API_KEY_ENV)
 
     @property
     def exposed(self) -> bool:

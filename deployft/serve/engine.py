@@ -135,9 +135,11 @@ class GenerationEngine(QueueWorker):
 
     def _prefill(self, rows: list[Row]) -> list[Row]:
         """Prefill the prompts of `rows`; returns the rows that go on decoding."""
-        reused = self.metrics.prefix_reused if self.metrics is not None else (lambda tokens: None)
+        counted = sum(row.ticket.counted for row in rows)  # the warm-up's calls are not clients'
+        reused = self.metrics.prefix_reused if self.metrics is not None and counted else (lambda tokens: None)
         results = prefill(self.decoder, self.predictor.codec, [row.ticket.prompt_ids for row in rows],
-                          self.prefix_cache, lambda n: self._record(n, n), reused)
+                          self.prefix_cache, lambda n: self._record(n if counted else 0, 0), reused)
+        self._record(0, counted)  # one token each
         going = []
         for row, (logits, cache) in zip(rows, results):
             row.cache = cache
@@ -163,7 +165,8 @@ class GenerationEngine(QueueWorker):
             self._arrays = []  # the cache is the step's outputs now
         self.mask = mask
         self.steps += 1
-        self._record(len(self.rows), self.active)
+        counted = sum(not r.dead and r.ticket.counted for r in self.rows)
+        self._record(len(self.rows) if counted else 0, counted)
         finished = []
         for i, row in enumerate(self.rows):
             row.position += 1
@@ -193,7 +196,7 @@ class GenerationEngine(QueueWorker):
     def _end(self, ticket: Ticket, last: Chunk) -> None:
         """Answer a request's last chunk and count its finish reason."""
         ticket.sink(last)
-        if self.metrics is not None:
+        if self.metrics is not None and ticket.counted:
             self.metrics.generation_end(last.finish_reason)
 
     def withdraw(self, ticket: Ticket) -> bool:
@@ -284,9 +287,10 @@ class GenerationEngine(QueueWorker):
         for ticket in [r.ticket for r in rows if not r.dead] + self.take_waiting():
             self._end(ticket, Chunk(finish_reason=reason, error=message))
 
-    def _record(self, batch: int, live: int) -> None:
+    def _record(self, batch: int, tokens: int) -> None:
+        """Count a decoder call over `batch` rows (0: none to count) and `tokens` tokens generated for clients."""
         if self.metrics is not None:
-            self.metrics.generation_step(batch, live)
+            self.metrics.generation_step(batch, tokens)
 
     def _gauge(self) -> None:
         if self.metrics is not None:

@@ -7,6 +7,7 @@ clients show the message; bad input is a 4xx, never a 500.
 from __future__ import annotations
 
 import hmac
+import re
 
 from fastapi import Request
 
@@ -50,14 +51,7 @@ def install_error_handlers(app, routes: str) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            message, where = "the request body is not valid JSON; send a JSON object", None
-        elif first.get("type") == LONE_SURROGATE:  # found in the raw body: the model's loc is not the text's
-            where = first["ctx"]["field"]
-        return answer(400, f"{where}: {message}" if where else message, where or None)
+        return answer(400, *validation_message(exc.errors(), request.headers.get("content-type", "")))
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
@@ -69,6 +63,44 @@ def install_error_handlers(app, routes: str) -> None:
     @app.exception_handler(DeployftError)
     async def _deployft(request, exc: DeployftError):
         return answer(400, str(exc))
+
+
+def validation_message(errors: list[dict], content_type: str) -> tuple[str, str | None]:
+    """The message and param of a refused body: pydantic's first error, without its "Value error, " prefix and
+    the union branches (`str`, `list[str]`) in its location; of a union's errors, the deepest of that field."""
+    if not errors:
+        return "invalid request", None
+    located = [(_field(error), error) for error in errors]
+    field = located[0][0]
+    where, first = max((e for e in located if e[0] == field or e[0].startswith(field + ".")),
+                       key=lambda e: e[0].count("."))
+    message = first.get("msg", "invalid request").removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON; send a JSON object", None
+    if first.get("type") == LONE_SURROGATE:  # found in the raw body: the model's loc is not the text's
+        where = first["ctx"]["field"]
+    elif not where and first.get("type") in ("missing", "model_attributes_type", "model_type", "dict_type"):
+        return _body_hint(first.get("type"), content_type), None
+    return (f"{where}: {message}" if where else message), where or None
+
+
+def _body_hint(kind: str, content_type: str) -> str:
+    """Why a body that is not a JSON object was refused: usually a form (curl -d without a content type)."""
+    if "json" not in content_type.lower():
+        return ("the request body must be a JSON object sent with the header Content-Type: application/json (this "
+                f"one came as {content_type or 'no content type'}); with curl add -H 'Content-Type: application/json'")
+    if kind == "missing":
+        return "the request body is empty; send a JSON object"
+    return "the request body must be a JSON object ({...}), not another JSON value"
+
+
+_BRANCH = re.compile(r"[\w-]*\[.*\]|str|int|float|bool|dict|list|none")
+"""A step of pydantic's error location that names a union branch (`str`, `list[TextPart]`), not a field."""
+
+
+def _field(error: dict) -> str:
+    return ".".join(str(step) for step in error.get("loc", ())
+                    if step != "body" and not (isinstance(step, str) and _BRANCH.fullmatch(step)))
 
 
 def check_key(expected: str | None, headers) -> None:

@@ -47,10 +47,11 @@ class ServeMetrics:
         self.queued.set(waiting)
         self.running.set(running)
 
-    def generation_step(self, rows: int, live: int) -> None:
-        """One decoder call over `rows` sequences, `live` of them still generating (one token each)."""
-        self.batches.labels("generate").observe(rows)
-        self.tokens.inc(live)
+    def generation_step(self, rows: int, tokens: int) -> None:
+        """One decoder call over `rows` sequences (0: no call to count) that generated `tokens` tokens."""
+        if rows:
+            self.batches.labels("generate").observe(rows)
+        self.tokens.inc(tokens)
 
     def prefix_reused(self, tokens: int) -> None:
         """A prompt resumed from a cached prefix of `tokens` tokens."""

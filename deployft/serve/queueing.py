@@ -15,11 +15,15 @@ from typing import Any
 
 from ..errors import DeployftError
 
-__all__ = ["QueueFull", "QueueWorker"]
+__all__ = ["QueueFull", "QueueWorker", "WorkerBusy"]
 
 
 class QueueFull(DeployftError):
     """The waiting queue is at its bound; the caller answers 429."""
+
+
+class WorkerBusy(DeployftError):
+    """`start` was called while the worker thread of an earlier start still runs."""
 
 
 class QueueWorker:
@@ -50,8 +54,18 @@ class QueueWorker:
         return len(self.pending)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
-        self._thread.start()
+        """Start the worker thread, again after `stop` (an app's lifespan entered a second time).
+
+        Raises:
+            WorkerBusy: the previous thread is still running (its last call outlived `stop`'s timeout).
+        """
+        with self._wake:
+            if self._thread is not None and self._thread.is_alive():
+                raise WorkerBusy(f"the {self.thread_name} thread of the previous start is still running; stop it "
+                                 "and wait for its current call to end before starting again")
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker after its current call; what is still queued or running is answered as cancelled."""

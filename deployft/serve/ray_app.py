@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 from ..errors import UsageError, reraise_as, require
 from ..runtime.ray_predict import check_bundle, worker_error
-from .config import API_KEY_ENV, ServeConfig
+from .config import ServeConfig
 
 logger = logging.getLogger("deployft.serve")
 
@@ -120,9 +120,7 @@ def serve_on_ray(config: ServeConfig, scale: RayScale) -> None:
         with reraise_as(UsageError, f"cannot start or join Ray at {scale.address or 'a local instance'} "
                                     "({reason}); pass --ray-address of a running cluster or leave it out"):
             ray.init(address=scale.address, include_dashboard=False)
-    if config.exposed and config.api_key is None:
-        logger.warning("listening on %s without an API key: anyone who reaches this address can use the model; "
-                       "pass --api-key or set %s", config.host, API_KEY_ENV)
+    config.warn_if_open()
     serve.start(http_options={"host": config.host, "port": config.port})
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -157,21 +155,15 @@ def build_app(args: dict[str, str]):
 
 
 def _typed(cls, values: dict[str, str]) -> dict:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    """`values` as `cls`'s field types, converted as a config file's values are (`deployft.configfile`)."""
+    from ..configfile import convert_value
+
+    hints, known = typing.get_type_hints(cls), {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise UsageError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    typed = {}
-    for name, value in values.items():
-        kinds = typing.get_args(hints[name]) or (hints[name],)
-        number = int if int in kinds else float if float in kinds else None
-        if number is None or not isinstance(value, str):
-            typed[name] = value
-            continue
-        with reraise_as(UsageError, f"{name}={value} is not a number; pass {name}=<{number.__name__}>"):
-            typed[name] = number(value)
-    return typed
+    return {name: convert_value(value, hints[name], known[name], "build_app arguments", "{name}={value}")
+            for name, value in values.items()}
 
 
 def __getattr__(name: str):

@@ -62,6 +62,16 @@ class Message(_Body):
     role: str
     content: str | list[TextPart] | None = ""
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value):
+        for index, part in enumerate(value if isinstance(value, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(f"content part {index} is of type {kind!r}: this server takes text only; send "
+                                 'the content as a string or as parts {"type": "text", "text": "..."}')
+        return value
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
@@ -69,22 +79,25 @@ class Message(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class _Generation(_Request):
+    """The fields both completion routes share; every field OpenAI's API marks nullable takes null (the `openai`
+    client sends null for an argument passed as None), null meaning the field's default."""
+
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
     """OpenAI's default is 1 (sampling); send 0 for greedy decoding."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     """Not in OpenAI's API (vLLM and TGI take it too): sample among the k most likely tokens."""
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0)
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    n: int | None = Field(1, ge=1, le=1, description="only 1 is supported")
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
     frequency_penalty: float | None = None
@@ -95,6 +108,11 @@ class _Generation(_Request):
     response_format: dict | None = None
     best_of: int | None = None
     user: str | None = None
+
+    @field_validator("temperature", "top_p", "stream", "n")
+    @classmethod
+    def _null_is_default(cls, value, info):
+        return cls.model_fields[info.field_name].default if value is None else value
 
     @field_validator("stop")
     @classmethod
@@ -145,7 +163,7 @@ class ChatRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: str | list[str]
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
 
     @field_validator("prompt")

@@ -12,7 +12,7 @@ import logging
 import signal
 
 from ..errors import require
-from .config import API_KEY_ENV, ServeConfig
+from .config import ServeConfig
 
 logger = logging.getLogger("deployft.serve")
 
@@ -31,9 +31,7 @@ def serve(config: ServeConfig) -> None:
     bound_heap_growth()  # before the model's threads start
     app = create_app(config, start=False)
     service = app.state.service
-    if config.exposed and config.api_key is None:
-        logger.warning("listening on %s without an API key: anyone who reaches this address can use the model; "
-                       "pass --api-key or set %s", config.host, API_KEY_ENV)
+    config.warn_if_open()
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

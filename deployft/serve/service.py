@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 from ..prompts import prompt_ids, prompt_limit
 from ..runtime import GenerationOptions, Predictor
-from ..runtime.inputs import stop_strings
 from .config import ServeConfig
 from .engine import GenerationEngine
 from .tickets import Chunk, Ticket
@@ -59,17 +58,23 @@ class Service:
     def task(self) -> str:
         return "generate" if self.generates else "classify"
 
+    @property
+    def chats(self) -> bool:
+        """A generator with a chat template: it answers /v1/chat/completions (else only /v1/completions)."""
+        return self.generates and self.predictor.chat_template is not None
+
     def start(self) -> None:
         """Start the worker thread and warm the model up through it; `ready` turns true when that succeeded."""
         if self._running:
             return
-        self._running = True
         self.worker.start()
+        self._running, self.warmup_error = True, None
         if self.generates:
             options = GenerationOptions(max_new_tokens=2)
-            self.worker.submit(Ticket(self.predictor.prompt_ids("hello"), options, self._warm_chunk))
+            self.worker.submit(Ticket(self.predictor.prompt_ids("hello"), options, self._warm_chunk, counted=False))
         else:
-            self.worker.submit(Job(self.predictor.codec.encode(["hello"]), lambda _, error: self._warmed(error)))
+            self.worker.submit(Job(self.predictor.codec.encode(["hello"]), lambda _, error: self._warmed(error),
+                                   counted=False))
 
     def _warm_chunk(self, chunk: Chunk) -> None:
         if chunk.finish_reason:
@@ -84,6 +89,8 @@ class Service:
             logger.info("%s warmed up and ready", self.config.bundle)
 
     def close(self) -> None:
+        """Stop the worker (`start` may start it again: the app's lifespan can be entered anew)."""
+        self.ready = False
         if self._running:
             self.worker.stop()
             self._running = False
@@ -93,7 +100,8 @@ class Service:
     @property
     def routes(self) -> str:
         """What a client of this server calls, for error messages."""
-        model = "POST /v1/chat/completions or /v1/completions" if self.generates else "POST /predict or /v1/classify"
+        model = "POST /v1/chat/completions or /v1/completions" if self.chats else "POST /v1/completions" \
+            if self.generates else "POST /predict or /v1/classify"
         return f"this server serves a {self.task} bundle: use {model}"
 
     def check_model(self, model: str | None) -> None:
@@ -103,6 +111,9 @@ class Service:
 
     def prompt_ids(self, prompt: str | list[dict], param: str) -> list[int]:
         """The prompt's ids as the Predictor formats it; a prompt over the model's limit is refused, not cut."""
+        if isinstance(prompt, list) and not self.chats:
+            raise ApiError(400, "this bundle has no chat template; POST /v1/completions with a prompt",
+                           param="messages")
         ids = prompt_ids(prompt, self.predictor.prompt_format, self.predictor.codec, None)
         limit = prompt_limit(self.predictor.max_length)
         if limit and len(ids) > limit:
@@ -120,7 +131,7 @@ class Service:
             raise ApiError(400, f"max_tokens is {tokens}; this server allows at most {limit} (--max-tokens-limit)",
                            param="max_tokens")
         top_p = body.top_p if body.top_p < 1.0 else None
-        return GenerationOptions(tokens, body.temperature, body.top_k, top_p, body.seed, tuple(stop_strings(body.stop)))
+        return GenerationOptions(tokens, body.temperature, body.top_k, top_p, body.seed, body.stop)
 
     def text_ids(self, texts: list[str], truncate: bool, param: str) -> list[list[int]]:
         """Token ids of texts to classify; a text over max_length is refused unless `truncate` is true."""

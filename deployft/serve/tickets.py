@@ -37,6 +37,8 @@ class Ticket:
     """The engine step after which this row joined the running batch (None: finished in its prefill)."""
     left_step: int | None = None
     """The engine step after which this row left."""
+    counted: bool = True
+    """False for the server's own warm-up: kept out of /metrics, which count clients' generations."""
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -30,6 +30,8 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     """Set by the caller (timeout, client gone): the worker drops the job instead of running it."""
+    counted: bool = True
+    """False for the server's own warm-up: a batch of it alone is kept out of /metrics."""
 
 
 class ClassifierBatcher(QueueWorker):
@@ -100,7 +102,7 @@ class ClassifierBatcher(QueueWorker):
             logger.exception("classification batch failed")
             _answer_all(jobs, f"classification failed: {exc}")
             return
-        if self.metrics is not None:
+        if self.metrics is not None and any(job.counted for job in jobs):
             for start in range(0, len(rows), self.max_batch_size):
                 self.metrics.classify_batch(min(self.max_batch_size, len(rows) - start))
         start = 0

@@ -57,6 +57,23 @@ def test_chat_streams_the_models_answer(browser, runtime_bundle):
         server.stop()
 
 
+def test_a_bundle_without_a_chat_template_is_completed_prompt_by_prompt(browser, runtime_bundle):
+    from selenium.webdriver.common.by import By
+
+    server = Server(runtime_bundle("gpt2"))
+    try:
+        browser.get(server.url + "/")
+        assert "/v1/completions" in browser.find_element(By.ID, "about").text
+        browser.find_element(By.ID, "message").send_keys("bees")
+        browser.find_element(By.ID, "send").click()
+        answer = _wait(browser, '.assistant[data-done="true"]')
+        expected = Predictor.load(runtime_bundle("gpt2")).generate("bees", max_new_tokens=64)
+        assert expected and answer.get_attribute("textContent") == expected
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        server.stop()
+
+
 def test_classifier_shows_every_labels_score(browser, runtime_bundle):
     from selenium.webdriver.common.by import By
 

@@ -45,6 +45,22 @@ def test_the_openai_client_chats_completes_and_streams(generator):
         client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=0)
 
 
+def test_the_openai_client_may_pass_none_for_the_arguments_openai_marks_nullable(generator):
+    server, predictor = generator
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    nones = dict.fromkeys(("temperature", "top_p", "n", "stream", "stop", "seed", "user", "presence_penalty",
+                           "frequency_penalty", "logprobs", "top_logprobs", "logit_bias", "response_format"))
+    sent = []
+    client._client.event_hooks["request"].append(lambda request: sent.append(json.loads(request.content)))
+    chat = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, **nones)
+    assert sent[-1]["temperature"] is None and sent[-1]["stream"] is None  # the client sends them as null
+    assert chat.object == "chat.completion" and chat.usage.completion_tokens >= 1
+    seeded = {"model": "tiny", "prompt": "bees", "max_tokens": 6, "seed": 5}
+    nulled = client.completions.create(**seeded, temperature=None, top_p=None, n=None, stream=None, stop=None)
+    assert sent[-1]["top_p"] is None and sent[-1]["n"] is None
+    assert nulled.choices[0].text == predictor.generate("bees", max_new_tokens=6, temperature=1.0, seed=5)
+
+
 def test_concurrent_requests_join_the_running_batch_and_get_their_own_answers(generator):
     server, predictor = generator
     prompts = ["bees", "what is two plus two", "where do fish live", "what color is the sky", "cat"] * 2
@@ -86,7 +102,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(runtime_bundle):
         assert lines[-1] == "[DONE]"
         return "".join(json.loads(line)["choices"][0]["text"] for line in lines[:-1])
 
-    before = _arrived(httpx.get(server.url + "/metrics").text)  # the warm-up's generation, if counted
+    before = _arrived(httpx.get(server.url + "/metrics").text)  # 0: the warm-up is not counted
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(stream, i) for i in range(12)]
         deadline = time.time() + 30
@@ -115,7 +131,7 @@ def test_concurrent_classifier_requests_are_batched(runtime_bundle):
             assert answer["scores"] == pytest.approx(predictor.predict(text).scores, abs=1e-6)
         metrics = httpx.get(server.url + "/metrics").text
         count = next(line for line in metrics.splitlines() if line.startswith('deployft_batch_size_count{kind="classify"}'))
-        assert float(count.split()[-1]) < len(texts) + 1  # fewer calls than requests (+1: the warm-up)
+        assert float(count.split()[-1]) < len(texts)  # fewer calls than requests (the warm-up is not counted)
     finally:
         server.stop()
     assert server.process.returncode == 0

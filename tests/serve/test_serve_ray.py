@@ -165,8 +165,13 @@ def test_build_app_arguments_are_checked(tmp_path):
         build_app({})
     with pytest.raises(UsageError, match="unknown argument.* colour"):
         build_app({"bundle": str(tmp_path), "colour": "red"})
-    with pytest.raises(UsageError, match="max_batch_size=many is not a number"):
+    with pytest.raises(UsageError, match="option max_batch_size must be a whole number, got 'many'"):
         build_app({"bundle": str(tmp_path), "max_batch_size": "many"})
+    with pytest.raises(UsageError, match=r"^build_app arguments: option prefix_cache_mb must be a whole number, got "
+                                         r"'1.5' \(str\); e.g. prefix_cache_mb=128$"):
+        build_app({"bundle": str(tmp_path), "prefix_cache_mb": "1.5"})
+    with pytest.raises(UsageError, match="option replicas must be a whole number or null, got 'two'"):
+        build_app({"bundle": str(tmp_path), "replicas": "two"})
 
 
 def test_ray_flags_without_ray_and_ray_without_ray_installed(tmp_path, monkeypatch):
@@ -194,3 +199,16 @@ def test_the_app_for_serve_run_comes_from_the_environment(runtime_bundle, tmp_pa
     monkeypatch.setenv("DEPLOYFT_BUNDLE", str(tmp_path))  # checked before any replica tries to load it
     with pytest.raises(BundleError, match="deployft.json"):
         ray_app.app
+
+
+@pytest.mark.parametrize("host,key,warned", [("0.0.0.0", None, True), ("0.0.0.0", "k" * 8, False),
+                                             ("127.0.0.1", None, False)])
+def test_a_server_open_to_the_network_without_a_key_is_warned_about(tmp_path, caplog, monkeypatch, host, key,
+                                                                    warned):
+    # one warning for `deployft serve` and `deployft serve --ray` alike
+    monkeypatch.delenv("DEPLOYFT_API_KEY", raising=False)
+    with caplog.at_level("WARNING", logger="deployft.serve"):
+        ServeConfig(bundle=tmp_path, host=host, api_key=key).warn_if_open()
+    expected = [f"listening on {host} without an API key: anyone who reaches this address can use the model; "
+                "pass --api-key or set DEPLOYFT_API_KEY"] if warned else []
+    assert [r.getMessage() for r in caplog.records] == expected

@@ -12,32 +12,23 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from asgi_call import metric  # noqa: E402
+from conftest import ready_client  # noqa: E402
 from deployft.runtime import Predictor  # noqa: E402
 from deployft.serve import create_app  # noqa: E402
 
 CHAT = [{"role": "user", "content": "what is the capital of france"}]
 
 
-def _client(bundle, **settings) -> TestClient:
-    client = TestClient(create_app(bundle, **settings))
-    client.__enter__()
-    deadline = time.time() + 60
-    while client.get("/ready").status_code != 200:
-        assert time.time() < deadline, "the app never became ready"
-        time.sleep(0.05)
-    return client
-
-
 @pytest.fixture(scope="module")
 def gen(runtime_bundle):
-    client = _client(runtime_bundle("llama"), model_name="tiny")
+    client = ready_client(runtime_bundle("llama"), model_name="tiny")
     yield client, Predictor.load(runtime_bundle("llama"))
     client.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
 def clf(runtime_bundle):
-    client = _client(runtime_bundle("bert"), model_name="tiny-clf", max_texts=4)
+    client = ready_client(runtime_bundle("bert"), model_name="tiny-clf", max_texts=4)
     yield client, Predictor.load(runtime_bundle("bert"))
     client.__exit__(None, None, None)
 
@@ -213,7 +204,7 @@ def test_unsupported_fields_at_their_neutral_value_are_accepted(gen):
 
 
 def test_without_max_tokens_a_low_limit_caps_the_default(runtime_bundle):
-    client = _client(runtime_bundle("llama"), max_tokens_limit=3)
+    client = ready_client(runtime_bundle("llama"), max_tokens_limit=3)
     try:
         for route, body in (("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": "bees"})):
             response = client.post(route, json={**body, "stop": ["\x00never"]})
@@ -256,7 +247,7 @@ def test_over_long_text_is_classified_when_truncate_is_asked(clf):
 
 
 def test_body_over_the_limit_is_413(runtime_bundle):
-    client = _client(runtime_bundle("bert"), max_body_bytes=100)
+    client = ready_client(runtime_bundle("bert"), max_body_bytes=100)
 
     def chunked(text: str):  # no content-length: the limit is met while the body is read
         body = json.dumps({"inputs": text}).encode()
@@ -308,7 +299,7 @@ def test_a_failed_warm_up_keeps_ready_503_and_says_why(runtime_bundle):
 
 
 def test_api_key(runtime_bundle):
-    client = _client(runtime_bundle("bert"), api_key="s3cret-key")
+    client = ready_client(runtime_bundle("bert"), api_key="s3cret-key")
     try:
         assert client.post("/predict", json={"inputs": "x"}).status_code == 401
         wrong = client.post("/predict", json={"inputs": "x"}, headers={"Authorization": "Bearer nope-nope"})
@@ -365,7 +356,7 @@ def test_create_app_mounts_inside_a_larger_app(runtime_bundle):
 
 def test_a_lone_classification_request_does_not_wait_for_the_batch_window(runtime_bundle):
     # a 120 s window with a 30 s request timeout: waiting for it would be a 504
-    client = _client(runtime_bundle("bert"), max_wait_ms=120_000.0, request_timeout_s=30.0)
+    client = ready_client(runtime_bundle("bert"), max_wait_ms=120_000.0, request_timeout_s=30.0)
     try:
         assert client.post("/v1/classify", json={"input": "great"}).status_code == 200
     finally:
