@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,8 +33,16 @@ logger = logging.getLogger(__name__)
 
 FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 """The longest field training reads: the csv module's default (131,072 characters) refuses long documents."""
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+"""One line of a text with its ending (\\n, \\r\\n or a lone \\r), as `io.StringIO(text, newline="")` splits it."""
 _QUOTE_FIX = 'double a quote inside a field ("") and wrap that field in quotes, or remove the stray quote'
 _SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
+
+
+def text_lines(text: str) -> Iterator[str]:
+    """The lines of `text` with their endings, one at a time, as a file opened with newline="" yields them (the csv
+    module's input), without the copy `io.StringIO` makes: it holds four bytes per character."""
+    return (match.group() for match in _LINE.finditer(text))
 
 
 def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> list[dict[str, Any]]:
@@ -48,7 +57,7 @@ def read_delimited(path: Path, text: str, fmt: str, *, legacy: bool = False) -> 
     rows: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int]] = []  # (first line, last line, row) of the records spanning lines
     trailing = 0  # rows whose extra fields are all empty
-    for start, end, row, cut in strict_rows(io.StringIO(text, newline=""), path, fmt):
+    for start, end, row, cut in strict_rows(text_lines(text), path, fmt):
         rows.append(row)
         trailing += cut
         if end != start:

@@ -136,3 +136,18 @@ def test_a_semicolon_file_is_named_so_whatever_its_rows_hold(tmp_path, header, r
     body = f"{header}\n{row}\n" + ROWS.replace(",", ";")
     message = _error(_write(tmp_path, "semi.csv", body))
     assert f"semi.csv is separated by semicolons, not commas (header: {header}); save it comma-separated" in message
+
+
+def test_text_lines_split_as_a_file_opened_with_newline_empty_does():
+    """The csv module's input without io.StringIO's copy (four bytes a character): every line ending kept, only
+    \\n, \\r\\n and a lone \\r end a line (not \\x0c, \\x1c or U+2028, which splitlines would cut at)."""
+    import io
+    import random
+
+    from deployft.delimited import text_lines
+
+    rng = random.Random(0)
+    cases = ["", "a", "a\n", "a\r\nb\rc\nd", "\r\r\n\n", "x\x0cy\u2028z\n\x1c\r", "q\r", "é,\"two\nlines\"\r\nnext"]
+    cases += ["".join(rng.choice("ab\r\n\x0c\u2028,\"") for _ in range(rng.randint(0, 30))) for _ in range(500)]
+    for text in cases:
+        assert list(text_lines(text)) == list(io.StringIO(text, newline="")), repr(text)
