@@ -11,7 +11,7 @@ import deployft
 PACKAGE = Path(deployft.__file__).parent
 STAGES = ("data", "train", "exporter", "runtime", "bench", "serve", "cli")
 SHARED = {"__init__.py", "__main__.py", "errors.py", "manifest.py", "staging.py", "configfile.py", "tasks.py",
-          "metrics.py", "prompts.py", "signing.py", "tokens.py", "delimited.py"}
+          "metrics.py", "prompts.py", "signing.py", "tokens.py", "delimited.py", "telemetry.py"}
 
 
 def test_one_folder_per_stage_and_only_shared_modules_at_the_top():
