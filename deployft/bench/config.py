@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UsageError
@@ -15,6 +15,9 @@ TORCH_VARIANTS = ("pytorch", "pytorch-int8", "pytorch-compile")
 """The PyTorch variants built from the RUN; every other variant name is an `.onnx` file of the BUNDLE."""
 
 DEVICES = ("cpu", "cuda")
+
+TASK_SETTINGS = {"classify": ("batch_sizes", "seq_lens", "hot_calls"), "generate": ("prompt_lens", "new_tokens")}
+"""The settings only one task's timings use: a RUN of the other task would ignore them."""
 
 
 def _int_tuple(value, flag: str) -> tuple[int, ...]:
@@ -158,3 +161,14 @@ class BenchConfig:
         if self.static_shapes and self.provider != "openvino":
             raise UsageError("--static-shapes compiles the graph per input shape on OpenVINO; pass --provider "
                              "openvino or leave --static-shapes out")
+
+    def check_task(self, task: str) -> None:
+        """Refuse settings the RUN's task never uses (`TASK_SETTINGS`) set to anything but their default, naming
+        the flags, as `deployft predict` refuses flags its bundle would ignore."""
+        defaults = {f.name: f.default for f in fields(self)}
+        unused = [name for other, names in TASK_SETTINGS.items() if other != task for name in names
+                  if getattr(self, name) != defaults[name]]
+        if unused:
+            used = ", ".join(f"--{n.replace('_', '-')}" for n in TASK_SETTINGS.get(task, ()))
+            raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in unused)}: not used by a {task} RUN "
+                             f"(its timings take {used}); leave them out")

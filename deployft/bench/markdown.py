@@ -65,24 +65,30 @@ def spread_per_call(data: dict[str, Any]) -> bool:
     return all("calls" in r for r in data["results"])
 
 
+def hot_latency(data: dict[str, Any]) -> bool:
+    """Whether a classifier report measured hot latency (back-to-back calls); with --hot-calls 0 every row's
+    headline is the settled call."""
+    return any(r.get("latency") == "hot" for r in data["results"])
+
+
 def classify_table(data: dict[str, Any]) -> str:
-    """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it.
-    p90 / p99 are over every timed call; a report written before `calls` was recorded has them over the rounds'
-    medians only, and its header says so."""
-    per_call = spread_per_call(data)
+    """Hot latency (the median of back-to-back calls, per round) where measured, the settled single call beside it;
+    without hot calls the settled call only, once. p90 / p99 are over every timed call; a report written before
+    `calls` was recorded has them over the rounds' medians only, and its header says so."""
+    per_call, hot = spread_per_call(data), hot_latency(data)
     rows = []
     for r in sorted(data["results"], key=lambda r: (r["batch"], r["seq"])):
         spread = r["calls"] if per_call else r
+        settled = [_num(r["settled"]["p50"] * 1e3), _num(r["speedup_settled_p50"], ".2f", "x")] if hot else []
         rows.append([row_label(r), str(r["batch"]), str(r["seq"]), _num(r["p50"] * 1e3), _num(spread["p90"] * 1e3),
                      _num(spread["p99"] * 1e3), _num(r["throughput"], ".1f"), _num(r["speedup_p50"], ".2f", "x"),
-                     _num(r["settled"]["p50"] * 1e3), _num(r["speedup_settled_p50"], ".2f", "x"),
-                     _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"),
+                     *settled, _num(None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"], ".1f", "%"),
                      str(r["n"]), str(r["calls"]["n"]) if per_call else "–"])
-    latency = data["results"][0]["latency"] if data["results"] else "hot"
     spread = ["p90 ms (all calls)", "p99 ms (all calls)"] if per_call else \
         ["p90 ms (of round medians)", "p99 ms (of round medians)"]
-    return _table(["variant", "batch", "seq", f"{latency} p50 ms", *spread, "samples/s", "speed-up p50",
-                   "settled p50 ms", "speed-up settled", "of peak", "rounds", "calls"], rows)
+    settled = ["settled p50 ms", "speed-up settled"] if hot else []
+    return _table(["variant", "batch", "seq", f"{'hot' if hot else 'settled'} p50 ms", *spread, "samples/s",
+                   "speed-up p50", *settled, "of peak", "rounds", "calls"], rows)
 
 
 def generate_table(data: dict[str, Any]) -> str:
@@ -148,6 +154,14 @@ def provider_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_note(data: dict[str, Any]) -> str:
+    """What a classifier's headline latency is: hot (back-to-back calls) or, with --hot-calls 0, settled."""
+    if not hot_latency(data):
+        return "latency is the settled call (one per round, after an idle pause; no back-to-back calls were timed)"
+    return f"hot latency is the median of {data['config'].get('hot_calls', 0)} back-to-back calls made right after " \
+        "each settled call (one per round, after an idle pause), as a busy server sees it"
+
+
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The facts above the tables, one list item each (Markdown inline: `code`, **bold**); report.md and
     report.html both list them, so the two say the same."""
@@ -156,12 +170,10 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     spread = "; p90 / p99 are over every timed call" if spread_per_call(data) else ""
     lines = [f"machine: {machine_line(data)}",
              f"load average (1/5/15 min): before {load['before']}, after {load['after']}",
-             f"baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
-             f"hot latency is the median of {data['config'].get('hot_calls', 0)} back-to-back calls made right after "
-             f"each settled call (one per round, after an idle pause), as a busy server sees it{spread}"
-             if not generates else
              f"baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
-             "over the baseline's"]
+             "over the baseline's" if generates else
+             f"baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
+             f"{_latency_note(data)}{spread}"]
     rounds = data.get("rounds") or {}
     kept = f"{rounds['rounds_kept']} rounds kept per cell (at least {data['config']['repeats']} asked for)" \
         if "rounds_kept" in rounds else f"{data['config']['repeats']} rounds asked for per cell"

@@ -38,6 +38,7 @@ def benchmark(config: BenchConfig) -> BenchReport:
     """
     manifests = read_pair(config)
     task = manifests["run"]["task"]
+    config.check_task(task)
     if config.static_shapes and get_task(task).generates:
         raise UsageError("--static-shapes fixes a classifier's (batch, length) inputs; a generator's KV cache grows "
                          "every step: drop --static-shapes")

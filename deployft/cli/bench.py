@@ -44,7 +44,8 @@ from .options import shown
               help="Eval rows scored by every variant; 0 skips accuracy.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None, show_default=shown(BenchConfig, "device"),
               help="Device.")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None, show_default=shown(BenchConfig, "provider"),
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default=None,
+              show_default=shown(BenchConfig, "provider"),
               help="ONNX Runtime provider of the .onnx variants (openvino: pip install \"deployft[openvino]\").")
 @click.option("--static-shapes/--no-static-shapes", default=None, show_default=shown(BenchConfig, "static_shapes"),
               help="With --provider openvino: a session compiled per input shape (classifiers; Predictor.load).")

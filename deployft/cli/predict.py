@@ -13,6 +13,8 @@ from .options import shown
 
 GENERATION_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
 """Parameters only a generator uses."""
+SAMPLING_FLAGS = ("top_k", "top_p", "seed")
+"""Parameters only sampling uses (--temperature above 0); greedy decoding would ignore them."""
 FILE_FLAGS = ("output_path", "column", "progress")
 """Parameters only --input uses."""
 
@@ -26,7 +28,9 @@ FILE_FLAGS = ("output_path", "column", "progress")
 @click.option("--output", "output_path", type=click.Path(),
               help="Where --input predictions go, as JSONL (needed with --input); with --ray a folder.")
 @click.option("--column", default=None, help="The text column of --input (default: text, or prompt then text).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per text (default: a classifier prints label<TAB>score<TAB>text lines, "
+                   "with tab, newline, carriage return and backslash in them written as \\t, \\n, \\r, \\\\).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--provider", type=click.Choice(["default", "openvino"]), default="default", show_default=True,
               help="openvino: the OpenVINO plugin on the CPU (pip install \"deployft[openvino]\"); a dynamic int8 "
@@ -81,7 +85,7 @@ def predict(bundle, texts, input_path, output_path, column, as_json, device, pro
     if on_ray and not input_path:
         raise UsageError("--ray predicts a file: pass --input FILE and --output FOLDER instead of TEXT arguments")
     _refuse_unused_flags(click.get_current_context(), bool(input_path), _bundle_task(bundle, public_key))
-    options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+    options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, stop)
     if on_ray:
         _predict_on_ray(bundle, input_path, output_path, column, output_format, batch_size, workers, threads,
                         device, provider, model_file, public_key, ray_address, options, progress)
@@ -128,7 +132,12 @@ def _print_labels(predictions, texts, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"text": text, **asdict(prediction)}, ensure_ascii=False))
         else:
-            click.echo(f"{prediction.label}\t{prediction.score:.4f}\t{text}")
+            click.echo(f"{_tab_field(prediction.label)}\t{prediction.score:.4f}\t{_tab_field(text)}")
+
+
+def _tab_field(text: str) -> str:
+    """`text` as one field of a tab-separated line: backslash, tab, newline and carriage return escaped."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _print_completions(predictor, texts, options, as_json: bool) -> None:
@@ -176,6 +185,10 @@ def _refuse_unused_flags(ctx: click.Context, from_file: bool, task: str | None) 
     if unused:
         raise UsageError(f"{', '.join(flags[n] for n in unused)}: generation settings, and the bundle is a {task} "
                          "bundle that only classifies; leave them out")
+    sampling = [n for n in given if n in SAMPLING_FLAGS]
+    if generates and sampling and not ctx.params["temperature"]:
+        raise UsageError(f"{', '.join(flags[n] for n in sampling)}: sampling settings, and --temperature 0 decodes "
+                         "greedily; pass --temperature > 0 to sample, or leave them out")
     if generates and not from_file and "batch_size" in given:
         raise UsageError("--batch-size: TEXT prompts are completed one at a time; leave it out, or pass the "
                          "prompts in an --input file to generate them in batches")

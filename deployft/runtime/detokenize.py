@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import os
 
+CONTEXT_PIECES = 3
+"""Pieces decoded before the new ids as their context. Each piece holds a character at least, so a decoder's clean-up
+of up to 4 characters (transformers' `clean_up_tokenization`: " n't", " 're") sees every match whole where it ends,
+and the context sees the rewrite (`TextCodec.decode`)."""
+
 
 class TextTracker:
     """Turns one row's new token ids into text pieces, holding back what could still be a stop string.
 
-    Detokenization is incremental: each token decodes only the ids since the previous piece, after the ids of that
-    piece as context (so a decoder that strips a leading space or joins sub-words sees its neighbour), and a long
-    generation costs the same per token at its end as at its start instead of decoding every id again. Where the
-    decoder rewrites the context once more ids follow (a clean-up of the space before punctuation), the text resumes
-    from where it agrees with a whole decode (a character already shown stays shown). Stop strings are searched
-    only where a new match can be: the new text and the stop string's length before it.
+    Detokenization is incremental: each token decodes only the ids since the previous piece, after the ids of the
+    last `CONTEXT_PIECES` pieces as context (so a decoder that strips a leading space, joins sub-words or cleans up
+    the space before punctuation sees its neighbours), and a long generation costs the same per token at its end as
+    at its start instead of decoding every id again. Where the decoder rewrites the context once more ids follow (a
+    clean-up of the space before punctuation), the text resumes from where it agrees with a whole decode (a
+    character already shown stays shown). Stop strings are searched only where a new match can be: the new text and
+    the stop string's length before it.
     """
 
     def __init__(self, decode, stop: tuple[str, ...], eos_ids: set[int]):
@@ -28,8 +34,9 @@ class TextTracker:
         self.emitted = 0
         self.text = ""
         self.finished = False
-        self._prefix = 0
-        """Start of the ids decoded as context for the next piece."""
+        self._starts = [0]
+        """Where the last `CONTEXT_PIECES` pieces start in `ids`: the context of the next piece starts at the
+        first."""
         self._read = 0
         """Ids before this index are in `text`."""
         self._longest_stop = max((len(s) for s in stop), default=0)
@@ -61,8 +68,9 @@ class TextTracker:
     def _new_text(self, partial: bool = False) -> str | None:
         """The text the ids since `_read` add; None (unless `partial`) while that is nothing, or ends in an
         incomplete character and completes no stop string."""
-        context = self.decode(self.ids[self._prefix:self._read]) if self._read > self._prefix else ""
-        window = self.decode(self.ids[self._prefix:])
+        start = self._starts[0]
+        context = self.decode(self.ids[start:self._read]) if self._read > start else ""
+        window = self.decode(self.ids[start:])
         if window.startswith(context):
             new = window[len(context):]
         else:  # the decoder rewrote the context: resume from where the text and a whole decode agree
@@ -72,7 +80,7 @@ class TextTracker:
             new = whole[common:]
         if not partial and (not new or new.endswith("\ufffd") and not self._completes_stop(new.rstrip("\ufffd"))):
             return None
-        self._prefix, self._read = self._read, len(self.ids)
+        self._starts, self._read = (self._starts + [self._read])[-CONTEXT_PIECES:], len(self.ids)
         return new
 
     def _completes_stop(self, new: str) -> bool:

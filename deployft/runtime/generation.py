@@ -17,8 +17,9 @@ never copies the cache through numpy; a generation keeps it one of two ways:
 Batches are left-padded; position ids count only real tokens, as transformers computes them. Each row has the
 budget its prompt has alone. Once finished rows are `DROP_FINISHED_SHARE` of the rows the cache holds, and before a
 step would make the mask wider than the model's positions, the cache drops its finished rows and the columns that
-are padding in all others (`compact`, with `kept_rows`, as the serve engine does). The cache goes through numpy only where its layout changes: the right-padded first step of a file
-that rotates inside its attention (`padding.py`), and each `compact`, which copies every layer to numpy and back
+are padding in all others (`compact`, with `kept_rows`, as the serve engine does, by the same share and the same
+`past_the_table` test). The cache goes through numpy only where its layout changes: the right-padded first step of a
+file that rotates inside its attention (`padding.py`), and each `compact`, which copies every layer to numpy and back
 (device -> host -> device on CUDA) once per compaction.
 """
 
@@ -59,7 +60,8 @@ class KVDecoder:
         self.session = session
         self.device = device
         self.eos_ids = np.array(sorted(set(eos_ids)), dtype=np.int64)
-        self._eos_set = set(self.eos_ids.tolist())
+        self.eos_set = set(self.eos_ids.tolist())
+        """The end tokens as a set of ints, for per-token tests."""
         self.pad_id = pad_id
         self.max_positions = max_positions
         inputs = {i.name: i for i in session.get_inputs()}
@@ -187,6 +189,11 @@ class KVDecoder:
         """The cache of a first step: length 0."""
         return np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
 
+    def past_the_table(self, width: int) -> bool:
+        """A mask `width` columns wide is more than the model's positions: the fused attention's rotary table (its
+        cos/sin caches) covers `max_positions` columns, and left padding counts."""
+        return bool(self.max_positions) and width > self.max_positions
+
     def budget(self, prompt_length: int, max_new_tokens: int) -> int:
         """`position_budget` of one prompt on this model's positions; a cut is logged."""
         allowed = int(position_budget(prompt_length, max_new_tokens, self.max_positions))
@@ -237,15 +244,14 @@ class KVDecoder:
             tokens[rows] = np.where(done[rows], self.pad_id, next_tokens(logits, options, [rngs[i] for i in rows]))
             yield tokens
             if not ignore_eos:
-                done |= np.fromiter((int(t) in self._eos_set for t in tokens), dtype=bool, count=len(tokens))
+                done |= np.fromiter((int(t) in self.eos_set for t in tokens), dtype=bool, count=len(tokens))
             done |= budgets == generated
             if done.all():
                 return
             finished = done[rows]
             # at the positions' limit the next mask would be wider than the positions (the fused attention's rotary
             # table): every row left fits (`budget`), the padding beside it does not
-            if (self.max_positions and cache.width >= self.max_positions) or \
-                    finished.sum() >= DROP_FINISHED_SHARE * len(rows):
+            if self.past_the_table(cache.width + 1) or finished.sum() >= DROP_FINISHED_SHARE * len(rows):
                 keep = np.flatnonzero(~finished)
                 rows = rows[keep]
                 cache.compact(keep, int(budgets[rows].max()) - generated)

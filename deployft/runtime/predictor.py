@@ -15,11 +15,11 @@ from ..prompts import PromptFormat, prompt_ids
 from ..tasks import TASKS, get_task
 from ..tokens import special_ids
 from .classifier import ClassifierHead
-from .detokenize import TextTracker
+from .completion import complete, prompt_rows, stream_pieces
 from .generation import KVDecoder
 from .integrity import REEXPORT, check_for_load, signed_manifest
-from .inputs import check_batch_size, check_prompt, check_texts, stop_strings
-from .sampling import GenerationOptions
+from .inputs import check_batch_size, check_prompt, check_texts, check_token_ids
+from .sampling import GenerationOptions, softmax
 from .openvino import pick_model_file
 from .session import Runtime, SessionOptions, create_session
 from .text import TextCodec
@@ -83,9 +83,12 @@ class Predictor:
         self.prompt_format = PromptFormat.from_manifest(manifest.get("prompt_format"))
         self.codec = codec or TextCodec(folder, self.max_length)
         self.input_names = [i.name for i in session.get_inputs()]
+        config = read_json(folder / "config.json")
+        self.vocab_size = int(config.get("vocab_size") or self.codec.tokenizer.get_vocab_size(with_added_tokens=True))
+        """Token ids the model takes: 0 to vocab_size - 1."""
         generates = get_task(self.task).generates
         self.head = None if generates else ClassifierHead(session)
-        self.decoder = self._decoder() if generates else None
+        self.decoder = self._decoder(config) if generates else None
         self.chat_template = self.codec.chat_template
 
     @classmethod
@@ -173,20 +176,31 @@ class Predictor:
         self._require(False, "predict()")
         single = isinstance(texts, str)
         rows = check_texts([texts] if single else texts, "predict()")
-        results = self.predict_ids(self.codec.encode(rows), check_batch_size(batch_size))
+        results = self._classify(self.codec.encode(rows), check_batch_size(batch_size))
         return results[0] if single else results
 
     def predict_ids(self, ids: list[list[int]], batch_size: int = 32) -> list[Prediction]:
         """Classify already-tokenized texts (same order): sorted by length, right-padded per batch of
-        `batch_size`, so texts of similar length share a call and padding stays small."""
+        `batch_size`, so texts of similar length share a call and padding stays small.
+
+        Raises:
+            UsageError: `ids` is not a list of lists of token ids in [0, vocab_size), or a bad batch size.
+        """
         self._require(False, "predict_ids()")
+        if not isinstance(ids, (list, tuple)):
+            raise UsageError(f"predict_ids() takes a list of token-id lists, got {type(ids).__name__}; "
+                             "pass e.g. predictor.codec.encode(texts)")
+        rows = [check_token_ids(row, self.vocab_size, f"predict_ids() row {i}") for i, row in enumerate(ids)]
+        return self._classify(rows, check_batch_size(batch_size))
+
+    def _classify(self, ids: list[list[int]], batch_size: int) -> list[Prediction]:
         ids = [row or [self.codec.pad_id] for row in ids]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[Prediction | None] = [None] * len(ids)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             logits = self.forward(*self.codec.pad([ids[i] for i in chunk], side="right"))
-            for i, row in zip(chunk, _softmax(logits.astype(np.float64))):
+            for i, row in zip(chunk, softmax(logits.astype(np.float64))):
                 results[i] = self._prediction(row)
         return results
 
@@ -197,8 +211,7 @@ class Predictor:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def _decoder(self) -> KVDecoder:
-        config = read_json(self.folder / "config.json")
+    def _decoder(self, config: dict) -> KVDecoder:
         ids = special_ids(config, read_json(self.folder / "generation_config.json"), self.manifest.get("generation"))
         self.bos_id = ids.bos
         max_positions = config.get("max_position_embeddings") or config.get("n_positions")
@@ -208,23 +221,16 @@ class Predictor:
         """Token ids of a prompt string (in the bundle's prompt format) or of chat messages (its chat template),
         truncated exactly as training truncated prompts (`deployft.prompts`)."""
         ids = prompt_ids(prompt, self.prompt_format, self.codec, self.max_length)
-        if not ids:  # an empty prompt: start from the begin-of-text token, as an unconditional model would
-            ids = [int(self.bos_id if self.bos_id is not None else self.decoder.pad_id)]
-        return ids
+        return ids or [self._start_id]
 
-    def _batch(self, prompts: list, options: GenerationOptions) -> list[str]:
-        rows = [self.prompt_ids(p) for p in prompts]
-        ids, mask = self.codec.pad(rows, side="left")
-        eos = set(int(e) for e in self.decoder.eos_ids)
-        trackers = [TextTracker(self.codec.decode, options.stop, eos) for _ in rows]
-        done = np.zeros(len(rows), dtype=bool)
-        for tokens in self.decoder.iter_batch(ids, mask, options, done):
-            for i in np.flatnonzero(~done):  # a finished row (end token, stop string, budget) gets padding
-                trackers[i].add(int(tokens[i]))
-                done[i] |= trackers[i].finished
-        for tracker in trackers:  # ids still waiting for a character's next byte
-            tracker.flush()
-        return [t.text for t in trackers]
+    @property
+    def _start_id(self) -> int:
+        """The first token of an empty prompt: the begin-of-text token, as an unconditional model would start."""
+        return int(self.bos_id if self.bos_id is not None else self.decoder.pad_id)
+
+    def _rows(self, prompts: list) -> list[list[int]]:
+        """`prompt_ids` of each prompt, with one warning for all the prompts cut."""
+        return prompt_rows(prompts, self.prompt_format, self.codec, self.max_length, self._start_id)
 
     def generate(self, prompt: str | list, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -240,9 +246,9 @@ class Predictor:
         seed=None (fresh entropy per row) or call with different seeds for different samples.
         """
         self._require(True, "generate()")
-        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
+        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, stop)
         batch = check_prompt(prompt)
-        texts = self._batch(prompt if batch else [prompt], options)
+        texts = complete(self.decoder, self.codec, self._rows(list(prompt) if batch else [prompt]), options)
         return texts if batch else texts[0]
 
     def stream(self, prompt: str | list[dict], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -259,21 +265,11 @@ class Predictor:
         same text, the text `generate` gives that prompt alone or in a batch; seed=None samples afresh each call.
         """
         self._require(True, "stream()")
-        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_strings(stop)))
+        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if check_prompt(prompt):
             raise UsageError("stream() takes one prompt or one chat, not a list of prompts; call generate() for "
                              "a batch")
-        ids, mask = self.codec.pad([self.prompt_ids(prompt)], side="left")
-        tracker = TextTracker(self.codec.decode, options.stop, set(int(e) for e in self.decoder.eos_ids))
-        done = np.zeros(1, dtype=bool)
-        for tokens in self.decoder.iter_batch(ids, mask, options, done):
-            piece = tracker.add(int(tokens[0]))
-            done[0] |= tracker.finished
-            if piece:
-                yield piece
-        tail = tracker.flush()
-        if tail:
-            yield tail
+        yield from stream_pieces(self.decoder, self.codec, self._rows([prompt])[0], options)
 
     def iter_token_ids(self, prompt_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -282,17 +278,17 @@ class Predictor:
 
         Ends after an end token, or, with `ignore_eos`, only after exactly `max_new_tokens` (for timing). `seed`
         seeds the row's own generator, as in `generate`: the same ids and seed give the same tokens; None: fresh.
+
+        Raises:
+            UsageError: an empty list, or an id that is not an integer in [0, vocab_size); a bad setting.
         """
         self._require(True, "iter_token_ids()")
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, seed)
-        if not prompt_ids:
+        row = check_token_ids(prompt_ids, self.vocab_size, "iter_token_ids() prompt_ids")
+        if not row:
             raise UsageError("prompt_ids is empty; pass at least one token id")
-        ids = np.asarray([prompt_ids], dtype=np.int64)
+        ids = np.asarray([row], dtype=np.int64)
         done = np.zeros(1, dtype=bool)
         for tokens in self.decoder.iter_batch(ids, np.ones_like(ids), options, done, ignore_eos):
             yield int(tokens[0])
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from .inputs import stop_strings
 
 
 @dataclass
@@ -31,12 +32,11 @@ class GenerationOptions:
     seed: int | None = None
     """Seed of the sampler; the same seed and prompt give the same text."""
     stop: tuple[str, ...] = ()
-    """Strings that end the generation; the text returned stops before the first one."""
+    """Strings that end the generation; the text returned stops before the first one (one string, a list or
+    tuple of them, or None; empty strings are dropped)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
-        self.stop = tuple(s for s in (self.stop or ()) if s)
+        self.stop = stop_strings(self.stop)
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
                 or self.max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}; "
@@ -73,7 +73,7 @@ def _top_p(logits: np.ndarray, p: float) -> np.ndarray:
         return logits
     order = np.argsort(logits, axis=-1)  # ascending, as transformers' TopPLogitsWarper
     sorted_logits = np.take_along_axis(logits, order, axis=-1)
-    probs = _softmax(sorted_logits)
+    probs = softmax(sorted_logits)
     remove_sorted = np.cumsum(probs, axis=-1) <= (1 - p)
     remove_sorted[..., -1] = False  # always keep the most likely token
     remove = np.zeros_like(remove_sorted)
@@ -81,7 +81,8 @@ def _top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(remove, -np.inf, logits)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities along the last axis (shifted by the maximum first, so large logits do not overflow)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -96,12 +97,15 @@ def next_tokens(logits: np.ndarray, options: GenerationOptions,
     """
     if options.greedy:
         return logits.argmax(axis=-1)
-    scores = logits.astype(np.float64) / options.temperature
+    scores = logits.astype(np.float64)
+    # shifted first: the best token scores 0 at any temperature, so one near the float limit (5e-324) gives
+    # -inf for the others, never inf - inf = nan
+    scores = (scores - scores.max(axis=-1, keepdims=True)) / options.temperature
     if options.top_k:
         scores = _top_k(scores, options.top_k)
     if options.top_p is not None:
         scores = _top_p(scores, options.top_p)
-    probs = _softmax(scores)
+    probs = softmax(scores)
     cumulative = np.cumsum(probs, axis=-1)
     if isinstance(rng, np.random.Generator):
         draws = rng.random((probs.shape[0], 1))

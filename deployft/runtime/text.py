@@ -26,6 +26,14 @@ def _token_text(value) -> str | None:
     return value
 
 
+def clean_up_tokenization(text: str) -> str:
+    """transformers' `PreTrainedTokenizerBase.clean_up_tokenization` (4.57), the same replacements in the same order:
+    the spaces an English word-level tokenizer leaves before punctuation and contractions."""
+    return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
+            .replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s").replace(" 've", "'ve")
+            .replace(" 're", "'re"))
+
+
 class TextCodec:
     """Encode texts to padded id arrays and decode ids back to text, as the bundle's tokenizer does.
 
@@ -51,6 +59,8 @@ class TextCodec:
             self.truncating.enable_truncation(max_length)
         self.config = read_json(folder / "tokenizer_config.json")
         self.max_length = max_length
+        self.clean_up_spaces = bool(self.config.get("clean_up_tokenization_spaces"))
+        """Decoded text goes through `clean_up_tokenization`, as transformers decodes with this tokenizer config."""
         self.special_tokens = {k: _token_text(self.config.get(k)) for k in SPECIAL_KEYS if self.config.get(k)}
         self.pad_id = self._pad_id()
         self.chat_template = read_chat_template(folder, self.config)
@@ -88,5 +98,7 @@ class TextCodec:
         return pad(rows, self.pad_id, side)
 
     def decode(self, ids: list[int]) -> str:
-        """Text of `ids` without special tokens."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        """Text of `ids` without special tokens, as transformers' `decode(ids, skip_special_tokens=True)` gives it
+        (with its clean-up of spaces where the tokenizer config asks for it)."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return clean_up_tokenization(text) if self.clean_up_spaces else text

@@ -14,9 +14,10 @@ may be shared (deployft's fused CPU decoders, `KVDecoder.shares_cache`) each lay
 both past and present so a step writes its keys and values in place, with room for every live row's remaining
 tokens plus `JOIN_HEADROOM` columns; a joining request is written into a finished row's slot in place when its
 prompt and budget fit. Otherwise (and on other files) the cache is rebuilt through numpy: when requests join, or
-when finished rows are as many as live ones (a compaction, which also trims the columns that are padding in every
-live row), so the batch never spends more than half of a step on finished rows, and before a step that would make
-the mask wider than the model's positions (a finished row is fed position 0 until then: the rotary table covers it).
+when finished rows are `DROP_FINISHED_SHARE` of the batch, as `Predictor.generate` drops them (a compaction, which
+also trims the columns that are padding in every live row; at the shipped half the batch never spends more than half
+of a step on finished rows), and before a step that would make the mask wider than the model's positions (a finished
+row is fed position 0 until then: the rotary table covers it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import numpy as np
 
 from ..runtime.detokenize import TextTracker
+from ..runtime.generation import DROP_FINISHED_SHARE
 from ..runtime.kv_cache import kept_rows, with_room
 from ..runtime.session import import_ort
 from .prefill import PrefixCache, left_pad, prefill
@@ -49,7 +51,6 @@ class GenerationEngine(QueueWorker):
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.predictor = predictor
         self.decoder = predictor.decoder
-        self.eos = set(int(e) for e in self.decoder.eos_ids)
         self.max_batch_size = max_batch_size
         self.rows: list[Row] = []
         self.cache: list | None = None
@@ -125,7 +126,7 @@ class GenerationEngine(QueueWorker):
 
     def _new_row(self, ticket: Ticket) -> Row | None:
         ids = ticket.prompt_ids
-        row = Row(ticket, TextTracker(self.predictor.codec.decode, ticket.options.stop, self.eos),
+        row = Row(ticket, TextTracker(self.predictor.codec.decode, ticket.options.stop, self.decoder.eos_set),
                   np.random.default_rng(ticket.options.seed),
                   self.decoder.budget(len(ids), ticket.options.max_new_tokens), len(ids))
         if row.budget < 1:
@@ -151,7 +152,7 @@ class GenerationEngine(QueueWorker):
         return going
 
     def _step(self) -> None:
-        if self._past_the_table(self.mask.shape[1] + 1):  # every live row fits (`budget`), the padding may not
+        if self.decoder.past_the_table(self.mask.shape[1] + 1):  # every live row fits (`budget`), the padding may not
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
         ids = np.asarray([[self.decoder.pad_id if r.dead else r.last] for r in self.rows], dtype=np.int64)
@@ -184,7 +185,7 @@ class GenerationEngine(QueueWorker):
         live = self.active
         if live == 0:
             self.rows, self.cache, self.mask, self._arrays = [], None, None, []
-        elif len(self.rows) - live >= live:
+        elif len(self.rows) - live >= DROP_FINISHED_SHARE * len(self.rows):
             arrays, self.mask = self._live_cache()
             self._set_cache(arrays)
 
@@ -230,7 +231,8 @@ class GenerationEngine(QueueWorker):
         free = [i for i, r in enumerate(self.rows) if r.dead]
         for row in joined:
             remaining = row.budget - row.generated
-            if not free or row.position > width or remaining + 1 > room or self._past_the_table(width + remaining):
+            too_wide = self.decoder.past_the_table(width + remaining)
+            if not free or row.position > width or remaining + 1 > room or too_wide:
                 rest.append(row)
                 continue
             slot, start = free.pop(0), width - row.position
@@ -239,12 +241,6 @@ class GenerationEngine(QueueWorker):
             self.mask[slot, :start], self.mask[slot, start:] = 0, 1
             self.rows[slot], row.cache, row.ticket.joined_step = row, None, self.steps
         return rest
-
-    def _past_the_table(self, width: int) -> bool:
-        """A mask `width` columns wide is more than the model's positions: the fused attention's rotary table (its
-        cos/sin caches) covers `max_positions` columns, and the left padding that a join adds counts."""
-        limit = self.decoder.max_positions
-        return bool(limit) and width > limit
 
     def _join(self, joined: list[Row]) -> None:
         live = self._live_cache() if self.rows else None  # (arrays, mask) of the rows already running

@@ -8,7 +8,7 @@ from deployft.bench.backends import OnnxBackend, TorchBackend
 class FakeDecoder:
     def __init__(self):
         self.eos_ids = np.array([2], dtype=np.int64)
-        self._eos_set = {2}
+        self.eos_set = {2}
         self.pad_id = 0
 
 
@@ -24,7 +24,7 @@ class FakePredictor:
         for i in range(max_new_tokens):
             token = [5, 2][i] if i < 2 else 7
             yield token
-            if not ignore_eos and token in self.decoder._eos_set:
+            if not ignore_eos and token in self.decoder.eos_set:
                 return
 
 

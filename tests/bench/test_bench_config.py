@@ -64,3 +64,16 @@ def test_integer_strings_and_numpy_integers_still_count():
     config = make(batch_sizes=["2", np.int64(4)], seq_lens=(8,), settle=0, min_time=1)
     assert config.batch_sizes == (2, 4) and config.seq_lens == (8,)
     assert config.settle == 0.0 and config.min_time == 1.0
+
+
+def test_settings_the_runs_task_never_uses_are_refused_naming_them():
+    with pytest.raises(UsageError, match=r"^--batch-sizes, --seq-lens, --hot-calls: not used by a generate RUN \(its "
+                                         r"timings take --prompt-lens, --new-tokens\); leave them out$"):
+        make(hot_calls=9, batch_sizes="7", seq_lens=5).check_task("generate")
+    with pytest.raises(UsageError, match=r"^--prompt-lens, --new-tokens: not used by a classify RUN"):
+        make(prompt_lens=3, new_tokens=99).check_task("classify")
+    with pytest.raises(UsageError, match=r"^--hot-calls: not used by a generate RUN"):
+        make(hot_calls=0).check_task("generate")
+    make(hot_calls=0, batch_sizes=2).check_task("classify")
+    make(prompt_lens=3, new_tokens=99).check_task("generate")
+    make().check_task("generate")  # every default, the other task's included, is left alone

@@ -279,3 +279,20 @@ def test_recorded_reports_still_render(path, tmp_path):
         # the summary says what the table says, not "every timed call" above a table of round medians
         assert ("p90 / p99 are over every timed call" in markdown) is per_call
         assert ("p90 / p99 are over every timed call" in html) is per_call
+
+
+def test_without_hot_calls_the_report_shows_the_settled_latency_once(tmp_path):
+    raw = classify_raw()
+    for cells in raw["timings"].values():
+        for cell in cells:
+            cell["samples"] = [{"seconds": m["seconds"], "hot": []} for m in cell["samples"]]
+    settings = BenchConfig(run=tmp_path / "run", bundle=tmp_path / "bundle", report=tmp_path / "report", hot_calls=0)
+    data = assemble(settings, _manifests("classify"), raw)
+    markdown, html = render_markdown(data), render_html(data, tmp_path, {})
+    header = next(line for line in markdown.splitlines() if line.startswith("| variant | batch"))
+    assert header.startswith("| variant | batch | seq | settled p50 ms | p90 ms") and header.count("settled") == 1
+    assert "speed-up settled" not in markdown and "back-to-back calls made" not in markdown
+    assert "latency is the settled call (one per round, after an idle pause; no back-to-back calls were timed)" in \
+        markdown and "no back-to-back calls were timed" in html
+    hot = render_markdown(assemble(config(tmp_path), _manifests("classify"), classify_raw()))
+    assert "hot p50 ms" in hot and "settled p50 ms" in hot and "median of 5 back-to-back calls" in hot

@@ -119,3 +119,16 @@ def test_the_summary_names_variants_whose_accuracy_was_not_measured(tmp_path, mo
     assert result.exit_code == 0, result.output
     assert "variant model_int8.onnx: accuracy not measured: worker died: killed by signal 9" in result.output
     assert "## Accuracy not measured" in result.output
+
+
+def test_flags_the_runs_task_never_uses_are_refused_before_any_timing(bench_pair, tmp_path):
+    for task, flags, named in (
+            ("generate", ["--hot-calls", "9", "--batch-sizes", "7", "--seq-lens", "5"],
+             "Error: --batch-sizes, --seq-lens, --hot-calls: not used by a generate RUN"),
+            ("classify", ["--prompt-lens", "3", "--new-tokens", "99"],
+             "Error: --prompt-lens, --new-tokens: not used by a classify RUN")):
+        run, bundle = bench_pair(task)
+        report = tmp_path / task
+        line = _error(["--run", str(run), "--bundle", str(bundle), "--report", str(report), *flags])
+        assert line.startswith(named) and line.endswith("leave them out")
+        assert not report.exists()

@@ -118,7 +118,7 @@ def _error(result, *fragments):
 def test_bad_input(runtime_bundle, tmp_path):
     clf, gen = runtime_bundle("bert"), runtime_bundle("gpt2")
     _error(_run("predict", tmp_path / "missing", "x"), "does not exist")
-    _error(_run("predict", gen, "x", "--top-p", "1.5"), "top_p", "--top-p")
+    _error(_run("predict", gen, "x", "--temperature", "0.5", "--top-p", "1.5"), "top_p", "--top-p")
     _error(_run("predict", gen, "x", "--temperature", "-1"), "temperature")
     _error(_run("predict", gen, "x", "--max-new-tokens", "0"), "max_new_tokens")
     _error(_run("predict", clf), "TEXT", "--input")
@@ -232,3 +232,31 @@ def test_flags_this_run_would_ignore_are_refused(runtime_bundle, tmp_path, monke
 
 def test_flags_at_their_defaults_given_explicitly_are_still_refused_on_a_classifier(runtime_bundle, no_loading):
     _error(_run("predict", runtime_bundle("bert"), "x", "--temperature", "0"), "--temperature: generation settings")
+
+
+@pytest.mark.parametrize("args, named", [
+    (("--top-k", "5"), "--top-k"), (("--top-p", "0.9", "--seed", "1"), "--top-p, --seed"),
+    (("--temperature", "0", "--seed", "3"), "--seed"),
+    (("--input", "in.csv", "--output", "o.jsonl", "--top-k", "0"), "--top-k"),
+])
+def test_sampling_flags_under_greedy_decoding_are_refused(runtime_bundle, tmp_path, monkeypatch, no_loading, args,
+                                                          named):
+    monkeypatch.chdir(tmp_path)
+    write_rows(tmp_path / "in.csv", [{"text": "hi"}])
+    prompt = () if "--input" in args else ("hi",)
+    _error(_run("predict", runtime_bundle("gpt2"), *prompt, *args),
+           f"Error: {named}: sampling settings, and --temperature 0 decodes greedily; pass --temperature > 0 to sample")
+
+
+def test_the_python_api_stays_permissive_about_sampling_settings_when_greedy(runtime_bundle):
+    predictor = Predictor.load(runtime_bundle("gpt2"))
+    assert predictor.generate("hi", max_new_tokens=4, top_p=0.9, seed=1) == predictor.generate("hi", max_new_tokens=4)
+
+
+def test_label_lines_escape_tabs_newlines_and_backslashes_in_the_text(runtime_bundle):
+    texts = ["a\tb\nc\\d\re", "plain"]
+    result = _run("predict", runtime_bundle("bert"), *texts)
+    assert result.exit_code == 0, result.output
+    lines = result.output.split("\n")
+    assert len(lines) == 3 and lines[-1] == ""  # one line per text
+    assert [line.split("\t")[2] for line in lines[:2]] == ["a\\tb\\nc\\\\d\\re", "plain"]

@@ -134,6 +134,25 @@ def test_finished_rows_are_compacted_once_they_are_as_many_as_the_live_ones(pred
         assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
 
 
+def test_the_engine_drops_finished_rows_at_the_runtimes_share(predictor, monkeypatch):
+    """The continuous batch compacts by `generation.DROP_FINISHED_SHARE`, the share `Predictor.generate` uses: at a
+    quarter, one finished row of four is dropped at once."""
+    from deployft.serve import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "DROP_FINISHED_SHARE", 0.25)
+    engine = GenerationEngine(predictor, max_batch_size=4, max_queue=8)
+    never = ("\x00never",)
+    tickets = [_ticket(predictor, p, max_new_tokens=n, stop=never) for p, n in zip(PROMPTS, (2, 40, 40, 40))]
+    for ticket, _ in tickets:
+        engine.submit(ticket)
+    engine.run_once()  # prefills all four (token 1) and steps once (token 2): the first row is done
+    if tickets[0][1].done and tickets[0][1].done.completion_tokens == 2:
+        assert (len(engine.rows), engine.active) == (3, 3)
+    _drain(engine, [s for _, s in tickets])
+    for (_, sink), prompt, n in zip(tickets, PROMPTS, (2, 40, 40, 40)):
+        assert sink.text == predictor.generate(prompt, max_new_tokens=n, stop=never)
+
+
 def test_requests_admitted_together_are_prefilled_in_one_call(predictor):
     engine = GenerationEngine(predictor, max_batch_size=8, max_queue=8)
     prompts = ["what do bees eat", "where do the fish live", "who wrote this book", "what do cats eat today"]
