@@ -19,10 +19,10 @@ import base64
 import binascii
 from pathlib import Path
 
-from .errors import BundleError, OutputExistsError, UsageError, require
+from .errors import BundleError, OutputExistsError, UsageError, reraise_as, require
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME
 
-__all__ = ["generate_keys", "load_private_key", "load_public_key", "public_key_pem", "sign_bundle",
+__all__ = ["generate_keys", "key_file", "load_private_key", "load_public_key", "public_key_pem", "sign_bundle",
            "verify_signature"]
 
 
@@ -33,11 +33,20 @@ def _serialization():
     return serialization
 
 
-def _pem(path: str | Path, flag: str) -> bytes:
+def key_file(path: str | Path, flag: str) -> Path:
+    """`path` as a Path, once it is known to be a file (checked before any work, as `ExportConfig` does).
+
+    Raises:
+        UsageError: no such file, naming `flag`.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{flag} {path} not found; pass a PEM key file (create a pair with deployft keygen)")
-    return path.read_bytes()
+    return path
+
+
+def _pem(path: str | Path, flag: str) -> bytes:
+    return key_file(path, flag).read_bytes()
 
 
 def load_private_key(path: str | Path, flag: str = "--sign-key"):
@@ -101,25 +110,44 @@ def generate_keys(private_path: str | Path, public_path: str | Path) -> tuple[Pa
 
     Raises:
         OutputExistsError: either file exists (a key is never overwritten).
+        UsageError: a path that cannot be created, or one path for both keys (checked before anything is made).
     """
     serialization = _serialization()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private_path, public_path = Path(private_path), Path(public_path)
-    for path in (private_path, public_path):
-        if path.exists():
-            raise OutputExistsError(f"{path} exists; a key is never overwritten: pass another path or remove it")
+    _check_key_paths({"--private-key": private_path, "--public-key": public_path})
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    private_path.touch(mode=0o600)
-    private_path.write_bytes(private_pem)
-    public_path.write_bytes(public_pem)
+    with reraise_as(UsageError, f"the key pair cannot be written ({{reason}}); pass --private-key and --public-key "
+                                "paths in folders you can write to", catch=OSError):
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        public_path.parent.mkdir(parents=True, exist_ok=True)
+        private_path.touch(mode=0o600)
+        private_path.write_bytes(private_pem)
+        public_path.write_bytes(public_pem)
     return private_path, public_path
+
+
+def _check_key_paths(paths: dict[str, Path]) -> None:
+    """Refuse, before any folder is made, a key path that exists, that cannot be created (a file, or a folder this
+    process cannot write, on its way), or both keys at one path."""
+    from .staging import creation_blocker, same_file
+
+    for flag, path in paths.items():
+        if path.exists():
+            raise OutputExistsError(f"{path} exists; a key is never overwritten: pass another path or remove it")
+        blocker = creation_blocker(path)
+        if blocker is not None:
+            why = "is not writable" if blocker.is_dir() else "is a file"
+            raise UsageError(f"{flag} {path} cannot be created: {blocker} {why}; pass a path in a folder you can "
+                             "write to")
+    private, public = paths.values()
+    if same_file(private, public):
+        raise UsageError(f"--private-key and --public-key are both {private}; pass two different paths")
 
 
 def sign_bundle(folder: str | Path, private_key) -> Path:

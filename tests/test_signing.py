@@ -137,3 +137,30 @@ def test_a_public_key_may_be_given_as_its_pem_bytes(pair, folder, runtime_bundle
     bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "signed")
     sign_bundle(bundle, load_private_key(private))
     assert Predictor.load(bundle, public_key=public.read_bytes()).predict(["fine"])
+
+
+@pytest.mark.parametrize("bad", ["private", "public"])
+def test_keygen_under_a_file_is_one_usage_error_and_creates_nothing(tmp_path, bad):
+    from click.testing import CliRunner
+
+    from deployft.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    paths = {"private": tmp_path / "new" / "sign.pem", "public": tmp_path / "new" / "sign.pub.pem"}
+    paths[bad] = tmp_path / "afile" / "keys" / f"{bad}.pem"
+    flag = f"--{bad}-key"
+    with pytest.raises(UsageError, match=rf"^{flag} {paths[bad]} cannot be created: {tmp_path / 'afile'} is a file; "
+                                         "pass a path in a folder you can write to$"):
+        generate_keys(paths["private"], paths["public"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the good path's folder is not made either
+    result = CliRunner().invoke(main, ["keygen", "--private-key", str(paths["private"]), "--public-key",
+                                       str(paths["public"])])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.output.count("\n") == 1
+    assert result.output.startswith(f"Error: {flag} {paths[bad]} cannot be created")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_keygen_refuses_one_path_for_both_keys(tmp_path):
+    with pytest.raises(UsageError, match="--private-key and --public-key are both .*k.pem; pass two different paths"):
+        generate_keys(tmp_path / "k.pem", tmp_path / "k.pem")
+    assert list(tmp_path.iterdir()) == []

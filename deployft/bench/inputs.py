@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, DataError, ModelError, UsageError
-from ..manifest import read_json, read_manifest, sha256_file
+from ..manifest import read_json, read_manifest
 from ..prompts import PromptFormat, TokenizerAdapter, example_ids
 from ..tasks import get_task
 from .accuracy import eval_arrays
@@ -39,19 +39,21 @@ def read_pair(config: BenchConfig) -> dict[str, dict[str, Any]]:
 
 
 def _check_weights(config: BenchConfig, source: dict[str, Any]) -> None:
-    """The RUN's weights file (the one export hashed: model.safetensors, else pytorch_model.bin) against the hash
-    the BUNDLE recorded; a RUN with neither (sharded weights) cannot be the RUN it was exported from."""
-    from ..exporter.source import WEIGHT_FILES
+    """The RUN's weights (the files export hashed: `exporter.source.weight_files`, one file or every shard with its
+    index) against the hash the BUNDLE recorded."""
+    from ..exporter.source import model_weight_files, weights_sha256
 
-    weights = next((Path(config.run) / n for n in WEIGHT_FILES if (Path(config.run) / n).is_file()), None)
-    if weights is None:
-        raise BundleError(f"BUNDLE {config.bundle} was exported from a RUN with one weights file (sha256 "
-                          f"{source['weights_sha256'][:12]}...) but RUN {config.run} has no "
-                          f"{' or '.join(WEIGHT_FILES)}; pass the matching RUN with --run or re-export with deployft "
-                          "export")
-    if sha256_file(weights) != source["weights_sha256"]:
+    try:
+        files = model_weight_files(config.run)
+    except ModelError as exc:
+        reason = str(exc).split("; ")[0]
+        raise BundleError(f"BUNDLE {config.bundle} was exported from weights with sha256 "
+                          f"{source['weights_sha256'][:12]}..., but {reason}; pass the matching RUN with --run or "
+                          "re-export with deployft export") from None
+    if weights_sha256(files) != source["weights_sha256"]:
+        shown = files[0].name if len(files) == 1 else f"{len(files)} weight files"
         raise BundleError(f"BUNDLE {config.bundle} was exported from other weights than RUN {config.run} "
-                          f"({weights.name} sha256 differs; exported from {source.get('path')}); "
+                          f"({shown} sha256 differs; exported from {source.get('path')}); "
                           "pass the matching RUN with --run or re-export with deployft export")
 
 

@@ -82,10 +82,11 @@ def bf16_hint() -> bool:
 
 
 def run_fingerprint(run: Path) -> str:
-    """sha256 over the RUN's config.json and every weight file (`*.safetensors`, `*.bin`: single, sharded or
-    PyTorch pickles), each by name and content: the key of a peer built from it."""
-    files = sorted({p for pattern in ("*.safetensors", "*.bin") for p in Path(run).glob(pattern)}
-                   | {Path(run) / "config.json"})
+    """sha256 over the RUN's config.json and its weight files (`exporter.source.weight_files`: single, sharded with
+    their index, or PyTorch pickles), each by name and content: the key of a peer built from it."""
+    from ..exporter.source import weight_files
+
+    files = sorted({*weight_files(run), Path(run) / "config.json"})
     digest = hashlib.sha256()
     for path in files:
         if path.is_file():
@@ -133,6 +134,9 @@ def _openvino(name: str, run: Path, target: Path, threads: int) -> None:
 
 def openvino_build(name: str, run: str, target: str) -> None:
     """The child's side of `_openvino`: optimum-intel's fp32 export, or NNCF static int8 of it."""
+    from ..telemetry import decline_openvino_telemetry
+
+    decline_openvino_telemetry()  # NNCF and OpenVINO's converter report usage unless the user's consent file says so
     from optimum.intel import OVConfig, OVModelForSequenceClassification, OVQuantizationConfig, OVQuantizer
 
     model = OVModelForSequenceClassification.from_pretrained(run, export=True, compile=False)

@@ -83,9 +83,11 @@ def export(run: str, config_file: str | None, **flags) -> None:
 
     from ..exporter.card import info_text
     from ..exporter import export as run_export
+    from ..staging import check_apart
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = build_config(ExportConfig, config_file, run=run, **flags)
+    check_apart(config.output, {"--config": config_file})  # --overwrite would delete it with the old BUNDLE
     bundle = run_export(config)
     click.echo(info_text(bundle))
 
@@ -93,7 +95,10 @@ def export(run: str, config_file: str | None, **flags) -> None:
 @click.command("info")
 @click.argument("bundle", type=click.Path(path_type=str))
 def info(bundle: str) -> None:
-    """Print a BUNDLE's task, labels, files, fusion, quantization and validation."""
+    """Print a BUNDLE's task, labels, files, fusion, quantization and validation.
+
+    A manifest edited after export is refused, with the line deployft verify gives (it checks every file too).
+    """
     from ..exporter.card import info_text
 
     click.echo(info_text(bundle))

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..manifest import read_manifest
+from ..errors import BundleError, first_line
+from ..manifest import MANIFEST_NAME, read_manifest
 from ..tasks import get_task
 from .card_int8 import candidates_table, fmt as _fmt, selection_text, timing_note, why_selected
-from .optimize import ATTENTION_OPS, FUSED_OPS, OPTIMIZED_NAME, anything_fused
+from .optimize import FUSED_OPS, OPTIMIZED_NAME, anything_fused, fused_attention
 
-FUSED_ATTENTION = (*ATTENTION_OPS, "QAttention")
-"""Ops that carry a whole attention block: a file holding one has fused attention."""
 KEY_OPS = (*FUSED_OPS, "QAttention", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear",
            "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMul", "Gemm")
 """Ops that tell how a file computes (fused, quantized or plain matrix products): listed first when it is described."""
@@ -113,7 +112,7 @@ def deployable_lines(manifest: dict[str, Any]) -> list[str]:
     ops = variant.get("ops")
     if not ops:
         return [f"{name}: {variant['precision']} (op counts not recorded by the deployft that wrote this bundle)"]
-    fused = [f"{op} ×{ops[op]}" for op in FUSED_ATTENTION if ops.get(op)]
+    fused = [f"{op} ×{n}" for op, n in fused_attention(ops).items()]
     attention = f"attention fused ({', '.join(fused)})" if fused else "attention not fused"
     ranked = sorted(ops, key=lambda op: (op not in KEY_OPS, -ops[op]))
     top = ", ".join(f"{op} {ops[op]}" for op in ranked[:max(TOP_OPS, sum(op in KEY_OPS for op in ops))])
@@ -219,8 +218,26 @@ def op_changes(fusion: dict[str, Any]) -> str:
 
 
 def info_text(bundle: str | Path) -> str:
-    """`deployft info`: task, labels, files with sizes, fusion, quantization and validation of a BUNDLE."""
-    manifest = read_manifest(bundle, "bundle")
+    """`deployft info`: task, labels, files with sizes, fusion, quantization and validation of a BUNDLE.
+
+    Raises:
+        BundleError: the manifest was edited after export (the line `deployft verify` gives: nothing it says can be
+            trusted, so nothing is printed), or lacks a field it describes.
+    """
+    from ..runtime.integrity import REEXPORT, check_manifest
+
+    folder = Path(bundle)
+    manifest = read_manifest(folder, "bundle")
+    check_manifest(folder, manifest)
+    try:
+        return _info(bundle, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:  # a field missing or of another type
+        what = (f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args
+                else f"a field of an unexpected type ({first_line(exc)})")
+        raise BundleError(f"{folder / MANIFEST_NAME} has {what}, which deployft info reads; {REEXPORT}") from exc
+
+
+def _info(bundle: str | Path, manifest: dict[str, Any]) -> str:
     q = manifest.get("quantization")
     lines = [f"BUNDLE {Path(bundle).resolve()}",
              f"task: {manifest['task']}   model type: {manifest['model_type']}   max length: {manifest['max_length']}",

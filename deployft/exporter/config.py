@@ -10,6 +10,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..runtime.session import PROVIDERS
+from ..signing import key_file
+from ..staging import check_apart
 from ..tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -102,12 +104,11 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         self.run, self.output = Path(self.run), Path(self.output)
-        _check_paths(self.run, self.output)
         if self.sign_key is not None:
-            self.sign_key = Path(self.sign_key)
-            if not self.sign_key.is_file():
-                raise UsageError(f"--sign-key {self.sign_key} not found; pass a PEM private key "
-                                 "(create a pair with deployft keygen)")
+            self.sign_key = key_file(self.sign_key, "--sign-key")
+        # --overwrite replaces the whole --output: refuse one that is or holds an input (a BUNDLE inside the RUN
+        # folder replaces nothing of it); the RUN's data files are checked once the RUN is read (`export`)
+        check_apart(self.output, {"the RUN folder": self.run, "--sign-key": self.sign_key})
         _one_of("--quantize", self.quantize, QUANTIZE_MODES)
         _one_of("--device", self.device, DEVICES)
         _one_of("--provider", self.provider, PROVIDERS)
@@ -187,15 +188,6 @@ class ExportConfig:
         if nncf and (self.quantize_preset or self.per_channel):
             raise UsageError("--quantize int8-static --provider openvino quantizes with NNCF's transformer preset, "
                              "which takes neither --quantize-preset nor --per-channel: drop them")
-
-
-def _check_paths(run: Path, output: Path) -> None:
-    """Refuse an --output that is the RUN or a folder holding it: replacing it (--overwrite) would delete the RUN."""
-    source, target = run.resolve(), output.resolve()
-    if target == source or target in source.parents:
-        relation = "is the RUN folder" if target == source else f"holds the RUN folder {run}"
-        raise UsageError(f"--output {output} {relation}: writing the BUNDLE there would replace the RUN; pass an "
-                         "--output outside the RUN folder")
 
 
 def _one_of(flag: str, value: Any, allowed: tuple) -> None:

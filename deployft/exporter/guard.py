@@ -77,16 +77,23 @@ def _flag(budget: Budget) -> str:
 
 
 def check_decidable(task: Task, budget: Budget, rows: int, validate_samples: int) -> None:
-    """Refuse a classifier budget that `rows` validation rows cannot decide, before any file is written.
+    """Refuse a budget that `rows` validation rows cannot decide, before any file is written.
 
     Raises:
         UsageError: even a file that flips no prediction would fail, so every export would be refused after
             minutes of work; the message names the rows needed, the smallest budget these rows decide, and the fixes.
+            A generator's budget of 0: its fp32 files differ from PyTorch by float rounding, which puts the
+            perplexity ratio's upper bound a hair above 1, so no file could pass.
     """
     if rows < 1:
         raise UsageError("the accuracy guard has no validation rows to judge: the RUN's eval and training data "
                          "encode to no usable example; re-run deployft finetune with data that has text")
     if task.generates:
+        if budget.max_drop <= 0:
+            raise UsageError(f"the accuracy guard cannot meet {_flag(budget)} ({budget.measure}) for a generator: "
+                             "even its fp32 files differ from PyTorch by float rounding, which puts the upper bound "
+                             "of the perplexity ratio above 1.0000, so every file would be refused after the whole "
+                             "export; pass a budget above 0 (e.g. --max-accuracy-drop 1: perplexity at most +1 %)")
         return
     needed = rows_needed(budget.max_drop / 100)
     if needed is not None and rows >= needed:

@@ -1,45 +1,39 @@
 """Blockwise int4 of a decoder's fused graph: `MatMulNBits` with 4-bit weights, the LM head (by default) and the
 embedding at 8 bits.
 
-Every constant-weight MatMul becomes `MatMulNBits` (symmetric, one scale per `block_size` weights along K, int8
-activations: accuracy level 4), in two passes of ONNX Runtime's `MatMulNBitsQuantizer`: first the nodes kept at
-8 bits (the LM head unless `--head-bits 4`; a remedy adds the first and last layer), then every other weight at
-4 bits. The token
-embedding lookup becomes an 8-bit `GatherBlockQuantized`, written here: the quantizer writes that op at 4 bits
-only, while the kernel of ONNX Runtime >= 1.32 reads 8-bit blocks. When no block size of 16..`block_size` divides the
-hidden size the embedding stays fp32; the manifest's `quantization.embedding` says which.
+Every constant-weight MatMul (and weight Gemm, rewritten as one first: `matmuls.gemms_as_matmuls`) becomes
+`MatMulNBits` (symmetric, one scale per `block_size` weights along K, int8 activations: accuracy level 4), in two
+passes of ONNX Runtime's `MatMulNBitsQuantizer`: first the nodes kept at 8 bits (the LM head unless `--head-bits 4`;
+a remedy adds the first and last layer), then every other weight at 4 bits; `nodes_excluded` records every weight
+product left in fp32. The token embedding lookup becomes an 8-bit `GatherBlockQuantized`, written here: the
+quantizer writes that op at 4 bits only, while the kernel of ONNX Runtime >= 1.32 reads 8-bit blocks. When no block
+size of 16..`block_size` divides the hidden size the embedding stays fp32; the manifest's `quantization.embedding`
+says which.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import StageError, reraise_as
-from .quantize import ACCURACY_LEVEL, _quiet, untie_transposed_weights
+from .matmuls import gemms_as_matmuls, layer_of, untie_transposed_weights, weight_matmuls
+from .quantize import ACCURACY_LEVEL, _quiet, kept_in_fp32
 
 EMBEDDING_FP32 = "fp32: no block size of 16 or more up to --block-size divides the hidden size"
 """What the manifest's `quantization.embedding` says when the token embedding could not be blocked."""
-_LAYER = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
-
-
-def weight_matmuls(graph) -> list[str]:
-    """The MatMul nodes of `graph` whose second input is a constant (an initializer), by name."""
-    weights = {i.name for i in graph.initializer}
-    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
 def edge_layer_matmuls(path: Path, num_layers: int) -> list[str]:
-    """The weight MatMuls of the first and last decoder layer (what an int4 remedy keeps at 8 bits)."""
+    """The weight MatMuls of the first and last decoder layer (what an int4 remedy keeps at 8 bits); a weight Gemm
+    by the name of the MatMul it becomes (`matmuls.weight_matmuls`)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     edges = {0, max(num_layers - 1, 0)}
-    return [name for name in weight_matmuls(graph)
-            if (m := _LAYER.search(name.lower())) and int(m.group(1)) in edges]
+    return [name for name in weight_matmuls(graph) if layer_of(name) in edges]
 
 
 def _widths(path: Path) -> list[tuple[str, int]]:
@@ -83,6 +77,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK_SIZE, eight
     with reraise_as(StageError, f"int4 quantization of {src.name} failed: {{reason}}"):
         model = onnx.load(str(src))
         untied = untie_transposed_weights(model)
+        gemms = gemms_as_matmuls(model)
         weights = weight_matmuls(model.graph)
         eight = [n for n in eight_bit if n in weights and n not in excluded]
         for bits, skip in ((8, [n for n in weights if n not in eight]), (4, excluded)):
@@ -98,8 +93,9 @@ def quantize_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK_SIZE, eight
         save_model(model, dst, external=True)
     return {"mode": "int4", "method": "blockwise int4 weights (MatMulNBits), int8 compute", "preset": None,
             "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
-            "op_types": ["MatMul"], "bits": bits_of(dst), "eight_bit_nodes": eight, "embedding": embedding,
-            "untied_weights": untied, "nodes_excluded": excluded, "quantized_from": src.name}
+            "op_types": ["MatMul", "Gemm"], "bits": bits_of(dst), "eight_bit_nodes": eight, "embedding": embedding,
+            "untied_weights": untied, "gemms_as_matmuls": gemms, "nodes_excluded": kept_in_fp32(model.graph, excluded),
+            "quantized_from": src.name}
 
 
 def quantize_embedding(graph, block_size: int, nodes_to_exclude: Iterable[str] = ()) -> str:

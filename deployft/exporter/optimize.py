@@ -40,7 +40,9 @@ FUSED_OPS = (
 )
 """Ops whose appearance after optimization means a fusion happened (contrib ops plus LayerNormalization)."""
 
-ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "QAttention")
+"""Ops that carry a whole attention block (QAttention: a dynamic int8 file's quantized Attention); `fused_attention`
+is the one test of whether a file's attention is fused."""
 NOTHING_FUSED = "nothing fused"
 """The fusion summary when the optimizer fused nothing."""
 
@@ -226,14 +228,14 @@ def fusion_report(before: dict[str, int], after: dict[str, int], decoder: bool,
     fused = _fused(before, after)
     summary = ", ".join(f"{op} ×{n}" for op, n in fused.items()) or NOTHING_FUSED
     notes = []
-    has_attention = any(op in after for op in ATTENTION_OPS)
+    has_attention = bool(fused_attention(after))
     if decoder and after.get("GroupQueryAttention", 0) > before.get("GroupQueryAttention", 0):
         rotary = (f"with RotaryEmbedding ×{after['RotaryEmbedding']} (q and k)" if after.get("RotaryEmbedding")
                   else "(each rotating q and k itself)")
         notes.append(f"decoder attention fused by deployft: GroupQueryAttention ×{after['GroupQueryAttention']} "
                      f"{rotary}; ORTOptimizer fused the normalizations and activations")
     elif decoder and has_attention:
-        notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(op for op in ATTENTION_OPS if op in after)}")
+        notes.append(f"decoder attention fused by ORTOptimizer: {', '.join(fused_attention(after))}")
     elif decoder:
         notes.append(f"attention is not fused: {unfused_reason or 'no attention fusion for this decoder'}; "
                      + (f"ORTOptimizer fused only {', '.join(fused)}" if fused else "nothing else was fused either"))
@@ -255,6 +257,27 @@ def anything_fused(report: dict[str, Any]) -> bool:
     return bool(_fused(report["before"], report["after"]))
 
 
+def fused_attention(ops: dict[str, int]) -> dict[str, int]:
+    """The attention ops among a file's op counts `ops`, with their counts; empty when its attention is not fused.
+
+    The one definition of "attention is fused" behind the fusion report, the card, `info`, the int8 candidates'
+    descriptions and a generator's `quantization.choice`.
+    """
+    return {op: ops[op] for op in ATTENTION_OPS if ops.get(op)}
+
+
 def attention_fused(report: dict[str, Any]) -> bool:
-    """True when the optimized graph holds a fused attention op."""
-    return any(op in report["after"] for op in ATTENTION_OPS)
+    """True when the optimized graph holds a fused attention op (`fused_attention`)."""
+    return bool(fused_attention(report["after"]))
+
+
+def fusion_text(report: dict[str, Any]) -> str:
+    """What the fused graph holds, in words: `attention fused (GroupQueryAttention ×2)`, `attention not fused;
+    SimplifiedLayerNormalization ×5 fused`, or `nothing fused`."""
+    attention = fused_attention(report["after"])
+    if attention:
+        return f"attention fused ({', '.join(f'{op} ×{n}' for op, n in attention.items())})"
+    fused = _fused(report["before"], report["after"])
+    if fused:
+        return f"attention not fused; {', '.join(f'{op} ×{n}' for op, n in fused.items())} fused"
+    return NOTHING_FUSED

@@ -15,11 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import MissingDependencyError, StageError, UsageError, reraise_as
 from ..tasks import FP32_PARTS
 from .config import PRESETS
+from .matmuls import fp32_weight_products, gemms_as_matmuls, layer_of, plain_gemm, untie_transposed_weights
 
 STATIC_OP_TYPES = ("MatMul", "Gemm")
 """Static int8 quantizes the ops that carry weights; the preset's long list (Reshape, Where, ...) breaks KV-cache
@@ -86,9 +85,10 @@ ACCURACY_LEVEL = 4
 
 def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
                             nodes_to_exclude: Iterable[str] = ()) -> dict[str, Any]:
-    """Blockwise int8 of `src` into `dst`: every constant-weight MatMul becomes MatMulNBits (8 bits, symmetric,
-    one scale per `block_size` weights along K, int8 compute). The token embedding stays fp32 (ONNX Runtime
-    quantizes Gather to 4 bits only); a lookup reads one row per token, so it costs disk, not speed.
+    """Blockwise int8 of `src` into `dst`: every constant-weight MatMul, and every weight Gemm rewritten as one
+    (`matmuls.gemms_as_matmuls`), becomes MatMulNBits (8 bits, symmetric, one scale per `block_size` weights along
+    K, int8 compute); `nodes_excluded` records every weight product left in fp32. The token embedding stays fp32
+    (ONNX Runtime quantizes Gather to 4 bits only); a lookup reads one row per token, so it costs disk, not speed.
 
     This is the int8 for decoders. Dynamic int8 quantizes activations per tensor, which costs a small LM much of
     its quality, and its MatMulInteger kernels are slow at one token per step; blockwise scales keep the outliers
@@ -103,6 +103,7 @@ def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
     with reraise_as(StageError, f"blockwise int8 quantization of {src.name} failed: {{reason}}"):
         model = onnx.load(str(src))
         untied = untie_transposed_weights(model)
+        gemms = gemms_as_matmuls(model)
         quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
                                          accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=list(nodes_to_exclude),
                                          op_types_to_quantize=("MatMul",))
@@ -111,41 +112,15 @@ def quantize_blockwise_int8(src: Path, dst: Path, block_size: int = BLOCK_SIZE,
         save_model(quantizer.model.model, dst, external=True)
     return {"mode": "int8", "method": "blockwise int8 weights (MatMulNBits), int8 compute", "preset": None,
             "per_channel": False, "block_size": block_size, "accuracy_level": ACCURACY_LEVEL, "symmetric": True,
-            "op_types": ["MatMul"], "untied_weights": untied, "nodes_excluded": list(nodes_to_exclude),
-            "quantized_from": src.name}
+            "op_types": ["MatMul", "Gemm"], "untied_weights": untied, "gemms_as_matmuls": gemms,
+            "nodes_excluded": kept_in_fp32(quantizer.model.model.graph, nodes_to_exclude), "quantized_from": src.name}
 
 
-def untie_transposed_weights(model) -> list[str]:
-    """Give every MatMul whose weight is a Transpose of an initializer (a tied LM head) its own transposed copy.
-
-    Returns the initializers that were copied. The Transpose is left for its other users (or pruned when none).
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    transposes = {n.output[0]: n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers}
-    copied = []
-    for node in graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in transposes:
-            continue
-        transpose = transposes[node.input[1]]
-        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
-        weight = numpy_helper.to_array(initializers[transpose.input[0]])
-        if weight.ndim != 2 or perm not in (None, [1, 0]):
-            continue
-        name = f"{transpose.input[0]}.transposed"
-        if name not in initializers:
-            initializers[name] = numpy_helper.from_array(np.ascontiguousarray(weight.T), name)
-            graph.initializer.append(initializers[name])
-            copied.append(transpose.input[0])
-        node.input[1] = name
-    users = {name for n in graph.node for name in n.input}
-    dead = [n for n in graph.node
-            if n.op_type == "Transpose" and n.output[0] in transposes and n.output[0] not in users]
-    for n in dead:
-        graph.node.remove(n)
-    return copied
+def kept_in_fp32(graph, excluded: Iterable[str]) -> list[str]:
+    """What a blockwise file's manifest records as `nodes_excluded`: the nodes excluded on purpose, then every
+    other weight product the quantized `graph` still computes in fp32 (`matmuls.fp32_weight_products`)."""
+    excluded = list(excluded)
+    return excluded + [name for name in fp32_weight_products(graph) if name not in excluded]
 
 
 def head_matmuls(path: Path) -> list[str]:
@@ -207,6 +182,9 @@ def quantize_nncf_int8(src: Path, dst: Path, batches: list[dict]) -> dict[str, A
         MissingDependencyError: NNCF cannot be imported.
         StageError: NNCF failed on the graph.
     """
+    from ..telemetry import decline_openvino_telemetry
+
+    decline_openvino_telemetry()  # NNCF reports usage at import unless the user's consent file says otherwise
     try:
         import nncf
         import onnx
@@ -254,13 +232,11 @@ def sensitive_nodes(path: Path, num_layers: int, parts: tuple[str, ...] = FP32_P
     weights = {t.name for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
     nodes = [n for n in graph.node if _quantizable(n, weights)]
     edge = ({0} if "first" in parts else set()) | ({max(num_layers - 1, 0)} if "last" in parts else set())
-    layer_re = re.compile(r"(?:layers?|h|blocks?)[._/](\d+)[./]")
     picked = []
     for node in nodes:
         name = node.name.lower()
-        match = layer_re.search(name)
         head = any(k in name for k in HEAD_KEYWORDS) or node.op_type in ("Gather", "EmbedLayerNormalization")
-        if ("head" in parts and head) or (match and int(match.group(1)) in edge):
+        if ("head" in parts and head) or layer_of(name) in edge:
             picked.append(node.name)
     fused = [n.name for n in nodes if n.op_type == "Attention"]
     edges = (fused[:1] if "first" in parts else []) + (fused[-1:] if "last" in parts else [])
@@ -276,12 +252,8 @@ def _quantizable(node, weights: set[str]) -> bool:
     """Whether `quantize_dynamic_int8` would quantize `node` (ONNX Runtime's IntegerOps rules): a MatMul, Gemm or
     Attention whose weight is a float initializer, a Gather that looks up an initializer (an embedding table, not
     a shape), an EmbedLayerNormalization."""
-    if node.op_type == "Gemm":  # rewritten as MatMul + Add first, and only in this form
-        from onnx import helper
-
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (attrs.get("alpha", 1.0), attrs.get("beta", 1.0), attrs.get("transA", 0)) != (1.0, 1.0, 0):
-            return False
+    if node.op_type == "Gemm" and not plain_gemm(node):  # rewritten as MatMul + Add first, and only in this form
+        return False
     if node.op_type in ("MatMul", "Gemm", "Attention"):
         return len(node.input) > 1 and node.input[1] in weights
     if node.op_type == "Gather":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .optimize import ATTENTION_OPS
+from .optimize import fused_attention
 from .state import VariantResult
 
 __all__ = ["RECIPES", "Candidate", "Recipe", "attention_text"]
@@ -53,10 +53,11 @@ def attention_text(ops: dict[str, int] | None, graph_ops: dict[str, int]) -> str
     """What a file quantized from the fused graph holds for attention, read from its op counts `ops` (None: the
     file was not built, and the fused graph's `graph_ops` say whether it has a fused attention to quantize)."""
     if ops is None:
-        fused = [op for op in ATTENTION_OPS if graph_ops.get(op)]
+        fused = fused_attention(graph_ops)
         return f"its attention fused ({', '.join(fused)})" if fused else "attention not fused"
-    quantized = ops.get("QAttention", 0)
-    fp32 = [f"{op} ×{ops[op]}" for op in ATTENTION_OPS if ops.get(op)]
+    fused = fused_attention(ops)
+    quantized = fused.pop("QAttention", 0)
+    fp32 = [f"{op} ×{n}" for op, n in fused.items()]
     if quantized and fp32:
         return f"its fused attention quantized (QAttention ×{quantized}) but for {', '.join(fp32)} kept in fp32"
     if quantized:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..staging import atomic_folder, check_output_free
+from ..staging import atomic_folder, check_apart, check_output_free
 from ..tasks import Remedy
 from .config import VARIANT_FILES, ExportConfig
 from .guard import (FP32_MISMATCH, attempt_record, budget_for, check_decidable, climb, first_within_budget,
@@ -47,18 +47,20 @@ def export(config: ExportConfig) -> Path:
         ModelError: not a RUN/model folder, unreadable weights, an architecture Optimum cannot export.
         DataError: int8-static calibration on a RUN whose data is gone.
         OutputExistsError: the output folder exists (pass overwrite).
-        UsageError: bad flags, an --output that holds the RUN, or a classifier budget the validation rows cannot
-            decide (`guard.check_decidable`); an unusable --sign-key (all checked before any work).
+        UsageError: bad flags, an --output that is or holds an input (the RUN, its data, --sign-key), a budget
+            the validation rows cannot decide (`guard.check_decidable`); an unusable --sign-key (all checked before
+            any work).
         DeviceError, MissingDependencyError: --device cuda or --provider openvino that this machine cannot run
             (checked before any work, `preflight.check_device`).
         AccuracyBudgetError: no variant met --max-accuracy-drop (no bundle is written).
     """
     from .bundle import write_bundle
     from .samples import validation_samples
-    from .source import check_exportable, load_tokenizer, load_torch_model, read_source
+    from .source import check_exportable, data_paths, load_tokenizer, load_torch_model, read_source
     from .validate import reference
 
     source = read_source(config.run, config.task)
+    check_apart(config.output, data_paths(source))  # the RUN and --sign-key: `ExportConfig`
     task = source.spec
     check_exportable(source)
     check_task_flags(config, task)
@@ -171,10 +173,13 @@ def _base(job: ExportJob, result: ExportResult) -> Path:
     return job.plain
 
 
-def _base_text(job: ExportJob) -> str:
-    """Which graph a generator's quantized file was made from, as its `quantization.choice` says."""
+def _base_text(job: ExportJob, fusion: dict[str, Any]) -> str:
+    """Which graph a generator's quantized file was made from and what it holds fused (`optimize.fusion_text`), as
+    its `quantization.choice` says."""
+    from .optimize import fusion_text
+
     if job.base == job.optimized:
-        return f"{job.optimized.name}, " + ("attention fused where the fusion note says so" if job.fused
+        return f"{job.optimized.name}, " + (fusion_text(fusion) if job.fused
                                            else "the plain export's graph (nothing fused)")
     return (f"{job.plain.name}, the plain export (attention not fused): {job.optimized.name} failed its exactness "
             "check, as the fusion notes say")
@@ -194,13 +199,13 @@ def _int8(job: ExportJob, result: ExportResult) -> str:
 
         return select_int8(job, result, lambda path, fused: _report(job, result, path, "int8", fused))
     return _ladder(job, result, "int8", job.task.int8_remedies, _blockwise_int8,
-                   BLOCKWISE_NOTE.format(base=_base_text(job)))
+                   BLOCKWISE_NOTE.format(base=_base_text(job, result.fusion)))
 
 
 def _int4(job: ExportJob, result: ExportResult) -> str:
     """Blockwise int4 of a decoder's base graph (`_base`), climbing the task's int4 ladder until the budget is met."""
     return _ladder(job, result, "int4", job.task.int4_remedies, _blockwise_int4,
-                   INT4_NOTE.format(head_bits=_head_bits(job), base=_base_text(job)))
+                   INT4_NOTE.format(head_bits=_head_bits(job), base=_base_text(job, result.fusion)))
 
 
 def _ladder(job: ExportJob, result: ExportResult, mode: str, remedies: tuple[Remedy, ...], quantize,

@@ -152,7 +152,7 @@ def test_a_bundle_exported_from_other_weights_is_refused(bench_pair, tmp_path):
 
 def test_the_weights_check_reads_the_file_export_hashed(bench_pair, tmp_path):
     """export hashes model.safetensors, else pytorch_model.bin; a RUN holding other bytes under either name, or
-    neither file (sharded weights), is not the RUN the BUNDLE came from."""
+    shards without their index, is not the RUN the BUNDLE came from; every shard of a sharded RUN is compared."""
     run, bundle = bench_pair("classify")
     pickled = shutil.copytree(run, tmp_path / "bin-run")
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
@@ -161,7 +161,8 @@ def test_the_weights_check_reads_the_file_export_hashed(bench_pair, tmp_path):
         benchmark(quick(pickled, bundle, tmp_path / "report"))
     sharded = shutil.copytree(run, tmp_path / "sharded-run")
     (sharded / "model.safetensors").rename(sharded / "model-00001-of-00001.safetensors")
-    with pytest.raises(BundleError, match="has no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(BundleError, match=r"sharded-run has no model weights \(shards model-00001-of-00001\.safetensors,"
+                                          r" \.\.\. but no model\.safetensors\.index\.json"):
         benchmark(quick(sharded, bundle, tmp_path / "report"))
     assert not (tmp_path / "report").exists()
 
@@ -246,3 +247,24 @@ def test_default_generator_int8_decodes_every_token(real_generate_run, tmp_path)
     # the default generator's int8 file kept 0.74-0.78 of PyTorch's greedy tokens over 16 prompts
     # (benchmarks/results/bench_generate.json, xeon-amx/bench_generate.json); garbage or misaligned tokens read ~0
     assert report.variants[int8]["accuracy"]["token_agreement"] >= 0.25
+
+
+def test_a_sharded_runs_weights_are_compared_shard_by_shard(tiny_model, tmp_path):
+    """The hash export recorded for a sharded RUN (every shard and the index) is what bench checks."""
+    from transformers import AutoModelForSequenceClassification
+
+    from deployft.bench.config import BenchConfig
+    from deployft.bench.inputs import _check_weights
+    from deployft.exporter.source import weight_files, weights_sha256
+
+    run = tmp_path / "sharded"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model("bert")).save_pretrained(run, max_shard_size="50KB")
+    files = weight_files(run)
+    assert len(files) > 2 and files[0].name == "model.safetensors.index.json"
+    config = BenchConfig(run=str(run), bundle=str(tmp_path / "bundle"), report=str(tmp_path / "report"))
+    source = {"weights_sha256": weights_sha256(files), "path": str(run)}
+    _check_weights(config, source)  # the same shards: no error
+    last = files[-1]
+    last.write_bytes(last.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match=rf"other weights than RUN .*sharded \({len(files)} weight files sha256 "):
+        _check_weights(config, source)

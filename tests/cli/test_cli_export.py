@@ -38,6 +38,24 @@ def test_export_then_info(tiny_run, tmp_path):
     assert "| candidate | from | flips | bound | guard | MB | b1x" in info.output and " * |" in info.output
 
 
+def test_info_refuses_an_edited_manifest_as_verify_does_and_a_missing_field_in_one_line(tiny_run, tmp_path):
+    import json
+
+    from deployft.manifest import write_manifest
+
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "-o", str(bundle), "--validate-samples", "8",
+                                       "--max-accuracy-drop", "100"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    (bundle / "deployft.json").write_text(json.dumps({**manifest, "labels": manifest["labels"][::-1]}))
+    edited = _fails(["info", str(bundle)], "deployft.json was modified after export")
+    assert edited.output == CliRunner().invoke(main, ["verify", str(bundle)]).output
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "fusion"})  # restamped, a field gone
+    _fails(["info", str(bundle)], f"Error: {bundle / 'deployft.json'} has no field 'fusion', which deployft info "
+           "reads; re-export the bundle with deployft export")
+
+
 def test_select_flag_is_one_error_line(tiny_run, tmp_path):
     result = CliRunner().invoke(main, ["export", str(tiny_run("bert")), "--output", str(tmp_path / "b"),
                                        "--quantize", "int8", "--select", "biggest"])
@@ -46,11 +64,14 @@ def test_select_flag_is_one_error_line(tiny_run, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize(("flag", "expected"), [
-    ([], "note: decoder attention fused by deployft: GroupQueryAttention ×2"),
-    (["--no-fuse-attention"], "note: attention is not fused: --no-fuse-attention was given"),
+@pytest.mark.parametrize(("flag", "expected", "why"), [
+    ([], "note: decoder attention fused by deployft: GroupQueryAttention ×2",
+     "of model_optimized.onnx, attention fused (GroupQueryAttention ×2); it passed"),
+    (["--no-fuse-attention"], "note: attention is not fused: --no-fuse-attention was given",
+     "of model_optimized.onnx, attention not fused; SkipSimplifiedLayerNormalization ×4, QuickGelu ×2, "
+     "SimplifiedLayerNormalization ×1 fused; it passed"),
 ])
-def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, flag, expected):
+def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, flag, expected, why):
     # the fusion note is under test, not the guard (8 rows of a random tiny llama decide no realistic budget)
     result = CliRunner().invoke(main, ["export", str(tiny_run("llama")), "--output", str(tmp_path / "b"),
                                        "--quantize", "int8", "--validate-samples", "8", "--max-accuracy-drop", "1000",
@@ -58,6 +79,7 @@ def test_generator_export_says_whether_attention_was_fused(tiny_run, tmp_path, f
     assert result.exit_code == 0, result.output
     assert expected in result.output
     assert "quantization: int8 (blockwise int8 weights (MatMulNBits), int8 compute, block 64)" in result.output
+    assert why in result.output and "where the fusion note says so" not in result.output  # the "why this file" line
 
 
 def test_export_reads_a_config_file(tiny_run, tmp_path):
@@ -67,6 +89,17 @@ def test_export_reads_a_config_file(tiny_run, tmp_path):
                                        "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "deployable: model_optimized.onnx" in result.output
+
+
+def test_an_output_that_holds_the_config_file_is_refused_and_the_file_kept(tiny_run, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    config = output / "export.yaml"
+    config.write_text("quantize: none\nvalidate_samples: 8\nmax_accuracy_drop: 100\n")
+    result = _fails(["export", str(tiny_run("bert")), "-o", str(output), "--overwrite", "--config", str(config)])
+    assert result.output == (f"Error: --output {output} holds --config {config}: writing there would delete it; "
+                             "pass another --output outside it\n")
+    assert config.is_file() and sorted(output.iterdir()) == [config]
 
 
 def test_a_config_file_shared_across_modes_exports_with_one_warning_per_ignored_setting(tiny_run, tmp_path, caplog):
@@ -113,7 +146,8 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
            "int8-static calibrates on a RUN's training data")
     _fails(["export", run, "-o", out, "--max-accuracy-drop", "nan"], "--max-accuracy-drop must be a finite number")
     _fails(["export", run, "-o", out, "--max-accuracy-drop", "inf"], "--max-accuracy-drop must be a finite number")
-    _fails(["export", run, "-o", run, "--overwrite"], "--output", "is the RUN folder", "outside the RUN folder")
+    _fails(["export", run, "-o", run, "--overwrite"], "--output", "is the RUN folder", "would delete it",
+           "pass another --output outside it")
     _fails(["export", run, "-o", str(tmp_path), "--overwrite"], "--output", "holds the RUN folder")
     _fails(["export", run, "-o", out, "--opset", "7"], "--opset is 7; expected 14 to 23")
     (tmp_path / "afile").write_text("x")

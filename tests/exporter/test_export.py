@@ -13,7 +13,7 @@ import pytest
 from deployft.errors import AccuracyBudgetError, DataError, DeviceError, ModelError, OutputExistsError, UsageError
 from deployft.exporter import ExportConfig, export
 from deployft.exporter.card import info_text
-from deployft.manifest import read_manifest
+from deployft.manifest import read_manifest, write_manifest
 
 FAST = {"validate_samples": 40}
 CALIBRATION = {"calibration_samples": 16}
@@ -434,7 +434,7 @@ def test_run_with_gone_data_validates_on_random_tokens_but_refuses_calibration(t
     moved = tmp_path / "moved.csv"
     shutil.copy(manifest["data"]["train"]["path"], moved)
     manifest["data"]["train"]["path"] = str(moved)
-    (run / "deployft.json").write_text(json.dumps(manifest))
+    write_manifest(run, manifest)  # restamped: an edit without its digest is refused (test_source.py)
     moved.unlink()
     with pytest.raises(DataError, match=r"int8-static needs the RUN's training data.*moved.csv.*gone"):
         _export(run, tmp_path, quantize="int8-static")

@@ -95,7 +95,7 @@ def test_a_budget_the_rows_cannot_decide_is_refused_with_the_numbers_and_the_fix
         check_decidable(CLASSIFY, TIGHT, 198, 2000)
     with pytest.raises(UsageError, match="no finite number of rows"):
         check_decidable(CLASSIFY, Budget(0.0, CLASSIFY.budget_unit), 2000, 2000)
-    check_decidable(GENERATE, Budget(0.0, GENERATE.budget_unit), 3, 3)  # a bootstrap bound can always be compared
+    check_decidable(GENERATE, Budget(0.01, GENERATE.budget_unit), 3, 3)  # a bootstrap bound can always be compared
     with pytest.raises(UsageError, match="no validation rows"):
         check_decidable(GENERATE, Budget(10.0, GENERATE.budget_unit), 0, 200)
 
@@ -165,6 +165,19 @@ def test_manifest_records_rows_interval_and_decision_per_file(tiny_run, tmp_path
     assert "/24 predictions agree" in text and "95 % lower bound" in text
     card = (bundle / "README.md").read_text()
     assert all(line in card for line in guard_lines(manifest))
+
+
+def test_a_generator_budget_of_zero_is_refused_before_the_model_is_loaded(tiny_run, tmp_path, monkeypatch):
+    def too_late(*args, **kwargs):
+        raise AssertionError("the refusal came after the work started")
+
+    monkeypatch.setattr("deployft.exporter.source.load_torch_model", too_late)
+    refusal = (r"^the accuracy guard cannot meet --max-accuracy-drop 0 \(% perplexity .*\) for a generator: even its "
+               r"fp32 files differ from PyTorch by float rounding, .* pass a budget above 0 \(e.g. "
+               r"--max-accuracy-drop 1: perplexity at most \+1 %\)$")
+    with pytest.raises(UsageError, match=refusal):
+        _export(tiny_run("llama"), tmp_path, quantize="int8", max_accuracy_drop=0)
+    assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle.deployft-*"))
 
 
 def test_undecidable_default_budget_is_refused_before_any_file(tiny_run, tmp_path):

@@ -110,6 +110,76 @@ def test_every_node_excluded_leaves_the_fp32_logits(tiny_onnx):
     assert np.abs(_logits(folder / "q4b.onnx") - _logits(src)).max() > 1e-5
 
 
+def _gemm_graph(tmp_path):
+    """x[2, 64] -> Gemm(W1ᵀ, b1) -> Relu -> Gemm(W2, no bias) -> Gemm(W3, alpha 2) -> MatMul(W4): OPT's fc1 / fc2
+    export as the first kind; the third is no plain product, so no quantizer rewrites it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in
+               (("w1", (64, 64)), ("b1", (64,)), ("w2", (64, 64)), ("w3", (64, 64)), ("w4", (64, 64)))}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="/layers.0/fc1/Gemm", transB=1),
+             helper.make_node("Relu", ["h1"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2"], ["h2"], name="/layers.0/fc2/Gemm"),
+             helper.make_node("Gemm", ["h2", "w3"], ["h3"], name="/layers.1/scaled/Gemm", alpha=2.0),
+             helper.make_node("MatMul", ["h3", "w4"], ["y"], name="/layers.1/out/MatMul")]
+    graph = helper.make_graph(nodes, "gemms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
+    path = tmp_path / "gemms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_weight_gemms_are_quantized_and_what_stays_fp32_is_recorded(tmp_path, mode):
+    from deployft.exporter.quantize import quantize_blockwise_int8
+
+    src, dst = _gemm_graph(tmp_path), tmp_path / "q.onnx"
+    settings = (quantize_int4(src, dst) if mode == "int4" else quantize_blockwise_int8(src, dst))
+    ops = _ops(dst)
+    assert settings["gemms_as_matmuls"] == ["/layers.0/fc1/Gemm_MatMul", "/layers.0/fc2/Gemm_MatMul"]
+    assert ops["MatMulNBits"] == 3 and ops["Gemm"] == 1 and ops["Add"] == 1  # fc1's bias, added after its MatMul
+    assert settings["nodes_excluded"] == ["/layers.1/scaled/Gemm"]  # the one weight product left in fp32, counted
+    if mode == "int4":
+        assert settings["bits"] == {"4": 3}
+    x = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
+    fp32, quantized = _run(src, x), _run(dst, x)
+    error = np.abs(fp32 - quantized).max() / np.abs(fp32).max()  # three random layers: 4 bits err by tens of %
+    assert error < (0.5 if mode == "int4" else 0.05)
+
+
+def test_the_gemm_rewrite_alone_computes_the_same(tmp_path):
+    import onnx
+
+    from deployft.exporter.matmuls import gemms_as_matmuls
+
+    src = _gemm_graph(tmp_path)
+    model = onnx.load(str(src))
+    assert len(gemms_as_matmuls(model)) == 2
+    assert {i.name for i in model.graph.initializer} == {"w1.transposed", "b1", "w2", "w3", "w4"}  # no 2nd copy
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    x = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "rewritten.onnx", x), _run(src, x), rtol=1e-5, atol=1e-2)
+
+
+def test_edge_layers_name_a_weight_gemm_by_the_matmul_it_becomes(tmp_path):
+    src = _gemm_graph(tmp_path)
+    assert edge_layer_matmuls(src, num_layers=2) == ["/layers.0/fc1/Gemm_MatMul", "/layers.0/fc2/Gemm_MatMul",
+                                                     "/layers.1/out/MatMul"]
+    settings = quantize_int4(src, tmp_path / "q.onnx", eight_bit=["/layers.0/fc1/Gemm_MatMul"],
+                             nodes_to_exclude=["/layers.0/fc2/Gemm_MatMul"])
+    assert settings["bits"] == {"4": 1, "8": 1} and settings["eight_bit_nodes"] == ["/layers.0/fc1/Gemm_MatMul"]
+    assert settings["nodes_excluded"] == ["/layers.0/fc2/Gemm_MatMul", "/layers.1/scaled/Gemm"]
+
+
 # --- `export --quantize int4` -------------------------------------------------------------------------------------
 
 FAST = {"validate_samples": 40}
@@ -259,3 +329,28 @@ def test_cli_head_bits_four_reaches_the_file_manifest_and_card(tiny_run, tmp_pat
     assert _nbits(bundle / "model_int4.onnx")["/lm_head/MatMul"] == (4, 32)
     assert "LM head 4-bit" in (bundle / "README.md").read_text()
     assert len(list(Predictor.load(bundle).iter_token_ids([5, 9, 14, 3], max_new_tokens=3, ignore_eos=True))) == 3
+
+
+def test_an_opt_generator_gets_its_gemm_layers_quantized_and_its_card_says_what_the_file_holds(tmp_path):
+    """OPT's fc1 / fc2 export as Gemm: they are 4-bit like every other layer, and nothing is claimed otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    from conftest import _bpe_tokenizer
+    from deployft.exporter.card import info_text
+    from deployft.manifest import read_manifest
+
+    tokenizer, folder = _bpe_tokenizer(None), tmp_path / "model-opt"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(OPTConfig(
+        hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, max_position_embeddings=128,
+        word_embed_proj_dim=32, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    bundle = _export(folder, tmp_path, task="generate", quantize="int4", validate_samples=8, max_accuracy_drop=1000)
+    manifest = read_manifest(bundle, "bundle")
+    q, ops = manifest["quantization"], manifest["variants"]["model_int4.onnx"]["ops"]
+    assert len(q["gemms_as_matmuls"]) == 4 and "Gemm" not in ops and q["nodes_excluded"] == []
+    assert q["bits"] == {"4": 12, "8": 1} and ops["MatMulNBits"] == 13  # q, k, v, out, fc1, fc2 per layer + head
+    line = "MatMulNBits 4-bit ×12, 8-bit ×1; LM head 8-bit; token embedding fp32), remedy: none, 0 nodes kept in fp32"
+    assert line in info_text(bundle) and line in (bundle / "README.md").read_text()

@@ -156,6 +156,26 @@ def test_a_graph_with_nothing_fused_says_so():
     assert anything_fused(fusion_report({"MatMul": 8}, {"MatMul": 8, "SkipLayerNormalization": 2}, decoder=True))
 
 
+def test_one_definition_of_attention_fused_says_what_else_was_fused():
+    from deployft.exporter.card import deployable_lines
+    from deployft.exporter.optimize import fused_attention, fusion_text
+    from deployft.exporter.recipes import attention_text
+
+    layer_norms = fusion_report({"MatMul": 8, "Softmax": 2}, {"MatMul": 8, "Softmax": 2, "LayerNormalization": 5},
+                                decoder=True, unfused_reason="--no-fuse-attention was given")
+    assert fusion_text(layer_norms) == "attention not fused; LayerNormalization ×5 fused"
+    gqa = fusion_report({"MatMul": 8}, {"MatMul": 2, "GroupQueryAttention": 2, "RotaryEmbedding": 4}, decoder=True)
+    assert fusion_text(gqa) == "attention fused (GroupQueryAttention ×2)"
+    assert fusion_text(fusion_report({"MatMul": 8}, {"MatMul": 8}, decoder=True)) == "nothing fused"
+    # the card, the int8 candidates and the fusion report agree on which ops are a fused attention
+    int8 = {"QAttention": 2, "MatMulInteger": 4}
+    assert fused_attention(int8) == {"QAttention": 2}
+    assert attention_text(int8, {}) == "its fused attention quantized too (QAttention ×2)"
+    manifest = {"model_file": "m.onnx", "quantization": {"choice": "c", "remedy": "none"},
+                "variants": {"m.onnx": {"precision": "int8", "ops": int8}}}
+    assert "int8, attention fused (QAttention ×2)," in deployable_lines(manifest)[0]
+
+
 def test_fusion_report_counts_only_new_fused_ops():
     before = {"MatMul": 16, "LayerNormalization": 5, "Softmax": 2}
     after = {"MatMul": 6, "Attention": 2, "SkipLayerNormalization": 4, "LayerNormalization": 1}

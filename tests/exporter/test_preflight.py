@@ -33,14 +33,47 @@ def test_an_output_that_is_or_holds_the_run_is_refused_and_the_run_kept(tiny_run
     run = tiny_run("bert")
     before = _files(run)
     output = run if where == "the run" else run.parent
-    with pytest.raises(UsageError, match=r"^--output .* (is the RUN folder|holds the RUN folder .*run-bert): "
-                                         r"writing the BUNDLE there would replace the RUN; pass an --output outside"):
+    with pytest.raises(UsageError, match=r"^--output .* (is|holds) the RUN folder .*run-bert: writing there would "
+                                         r"delete it; pass another --output outside it$"):
         export(ExportConfig(run=run, output=output, overwrite=True, validate_samples=40, max_accuracy_drop=100.0))
     assert _files(run) == before
     # the same folder named another way (a trailing "." or a link) is the same folder
     (tmp_path / "link").symlink_to(run)
     with pytest.raises(UsageError, match="is the RUN folder"):
         ExportConfig(run=run / ".", output=tmp_path / "link", overwrite=True)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_an_output_that_holds_the_runs_data_is_refused_before_any_work(tiny_run, tmp_path, no_work, split):
+    import json
+    import shutil
+
+    from deployft.manifest import write_manifest
+
+    run, output = tiny_run("bert"), tmp_path / "out"
+    manifest = json.loads((run / "deployft.json").read_text())
+    record = manifest["data"]["train"]
+    data = output / f"{split}.csv"
+    output.mkdir()
+    shutil.copy(record["path"], data)
+    manifest["data"][split] = {**record, "path": str(data)}
+    write_manifest(run, manifest)
+    word = "training" if split == "train" else "eval"
+    with pytest.raises(UsageError, match=rf"^--output {output} holds the RUN's {word} data {data}: writing there "
+                                         r"would delete it; pass another --output outside it$"):
+        export(ExportConfig(run=run, output=output, overwrite=True, max_accuracy_drop=100.0))
+    assert data.is_file()
+
+
+def test_an_output_that_holds_the_sign_key_is_refused_and_the_keys_kept(tiny_run, tmp_path):
+    from deployft.signing import generate_keys
+
+    output = tmp_path / "out"
+    private, public = generate_keys(output / "sign.pem", output / "sign.pub.pem")
+    with pytest.raises(UsageError, match=rf"^--output {output} holds --sign-key {private}: writing there would delete "
+                                         r"it; pass another --output outside it$"):
+        ExportConfig(run=tiny_run("bert"), output=output, overwrite=True, sign_key=private)
+    assert private.is_file() and public.is_file()
 
 
 def test_a_bundle_inside_the_run_folder_is_allowed(tmp_path):
