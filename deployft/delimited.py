@@ -230,7 +230,7 @@ def _record_like(row: dict[str, Any], header: list[str], repeated: list[set[str]
 def _check_separator(path: Path, text: str, fmt: str) -> None:
     """Refuse a file whose header line holds another separator and not its own (`text;label` in a .csv), before
     any row is judged: a `;` row holding a comma or a quote would otherwise fail with advice about commas."""
-    header = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
+    header = next((line for line in text_lines(text) if line.strip()), "")
     message = _separator_message(path, fmt, header.rstrip("\r\n"))
     if message:
         raise DataError(message)

@@ -70,6 +70,10 @@ def finetune(config_file: str | None, **flags) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = build_config(FinetuneConfig, config_file, **flags)
+    if config_file is not None:
+        from ..staging import check_apart
+
+        check_apart(config.output, {"--config": config_file})
     run = run_finetune(config)
     if (run / "eval.json").is_file():
         metrics = read_json(run / "eval.json")

@@ -19,7 +19,7 @@ from ..errors import DataError, UsageError
 from ..staging import same_file
 from ..tasks import get_task
 from .columns import chat_error, check_columns, is_chat, resolve_columns
-from .labels import as_trained, class_labels, normalize_label, number_text
+from .labels import class_labels, normalize_label, number_text
 from .readers import DEFAULT_SOURCES, detect_format, fingerprint, read_rows
 from .split import SPLIT, SPLITS, input_key, split_rows
 
@@ -91,8 +91,6 @@ def load_run_examples(run_dir: str | Path, split: str = "eval", limit: int | Non
                       record["eval_fraction"], record["seed"], record["max_samples"],
                       split=record.get("split"))
     rows = examples.train if split == "train" else examples.eval
-    if examples.labels is not None:
-        rows = as_trained(rows, manifest.get("labels"))
     return rows[:limit] if limit is not None else rows
 
 
@@ -119,7 +117,7 @@ def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_
                         "--eval-fraction of --data")
     raw = read_rows(train_path, train_src["format"], train_src["encoding"], legacy=legacy)
     columns = resolve_columns(get_task(task), flags, raw, train_path)
-    pool = _clean(raw, columns, train_path, legacy)
+    pool = _clean(raw, columns, train_path, legacy, booleans=split == SPLIT)
     rng = random.Random(seed)
     if eval_src is None:
         train, evals = split_rows(_sample(pool, rng, max_samples), eval_fraction, train_path,
@@ -129,7 +127,7 @@ def _build(task: str, train_src: dict, eval_src: dict | None, flags: dict, eval_
         eval_raw = read_rows(eval_path, eval_src["format"], eval_src["encoding"], legacy=legacy)
         check_columns(columns, eval_raw, eval_path)
         train = _sample(pool, rng, max_samples)
-        evals = _sample(_clean(eval_raw, columns, eval_path, legacy), rng, max_samples)
+        evals = _sample(_clean(eval_raw, columns, eval_path, legacy, booleans=split == SPLIT), rng, max_samples)
         _warn_overlap(train, evals, eval_path)
     labels = None if get_task(task).generates else class_labels(
         train, evals, columns["label"], train_path, eval_src and eval_src["path"], legacy)
@@ -151,17 +149,21 @@ def _legacy_text(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool = False) -> list[dict[str, str]]:
+def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool = False,
+           booleans: bool = True) -> list[dict[str, str]]:
     """Rows renamed to their roles, as strings; rows with an empty or missing value are dropped.
 
     `legacy`: every value spelled by `_legacy_text`, nested ones too, as RUNs before the distinct-row split were.
+    `booleans`: a boolean label is one class whatever its format or case (`normalize_label`); False for a RUN of
+    an earlier split, which learned them as written.
 
     Raises:
         DataError: a value is a JSON object or list (or a nested Parquet value), not text.
     """
     kept = []
     for number, row in enumerate(rows, start=1):
-        values = {role: _legacy_text(row.get(name)) if legacy else _value(row.get(name), role, name, path, number)
+        values = {role: _legacy_text(row.get(name)) if legacy else _value(row.get(name), role, name, path, number,
+                                                                           booleans)
                   for role, name in columns.items()}
         if all(v is not None for v in values.values()):
             kept.append(values)
@@ -175,14 +177,14 @@ def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool =
     return kept
 
 
-def _value(value: Any, role: str, name: str, path: Path, number: int) -> str | None:
+def _value(value: Any, role: str, name: str, path: Path, number: int, booleans: bool = True) -> str | None:
     if is_chat(value):
         raise DataError(chat_error(name, path))
     if isinstance(value, (dict, list, tuple)):
         raise DataError(f"column '{name}' of {path} row {number} holds a {type(value).__name__}, not text "
                         f"({str(value)[:40]}); write that value as plain text, or pass --{role}-column "
                         "with a column of text")
-    return normalize_label(value) if role == "label" else _as_text(value)
+    return normalize_label(value, booleans) if role == "label" else _as_text(value)
 
 
 def _sample(rows: list[dict], rng: random.Random, max_samples: int | None) -> list[dict]:

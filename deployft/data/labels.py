@@ -16,22 +16,26 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["as_trained", "class_labels", "label_key", "normalize_label", "number_text"]
+__all__ = ["class_labels", "label_key", "normalize_label", "number_text"]
 
 _BOOLEANS = ("true", "false")
 _NUMBER = re.compile(r"[+-]?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 
 
-def normalize_label(value: Any) -> str | None:
-    """The label's one spelling, or None for a missing one (None, NaN, blank)."""
+def normalize_label(value: Any, booleans: bool = True) -> str | None:
+    """The label's one spelling, or None for a missing one (None, NaN, blank).
+
+    `booleans=False`: a boolean spelled as RUNs recorded before booleans were one class learned it (a JSON boolean
+    "True" / "False", text as written), so such a RUN replays its own classes.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return ("true" if value else "false") if booleans else str(value)
     if isinstance(value, (int, float)):
         return number_text(value)
     text = str(value).strip()
-    if text.lower() in _BOOLEANS:
+    if booleans and text.lower() in _BOOLEANS:
         return text.lower()
     if _NUMBER.fullmatch(text):
         return number_text(int(text) if text.lstrip("+-").isdigit() else float(text))
@@ -71,15 +75,3 @@ def class_labels(train: list[dict[str, str]], evals: list[dict[str, str]], colum
         raise DataError(f"eval data {eval_path} has label(s) {', '.join(unknown)} that never occur in "
                         f"{path}; add them to the training data or remove them from --eval-data")
     return labels
-
-
-def as_trained(rows: list[dict[str, str]], labels: list[str] | None) -> list[dict[str, str]]:
-    """Rows with each label spelled as the RUN's `labels` spell it: RUNs recorded before booleans were spelled
-    "true" / "false" learned them as written ("True", "TRUE"). A label the RUN knows, or has no other spelling of,
-    is kept."""
-    known = set(labels or ())
-    if not known or all(row["label"] in known for row in rows):
-        return rows
-    spelled = {label.lower(): label for label in known if label.lower() in _BOOLEANS}
-    return [{**row, "label": spelled[row["label"]]} if row["label"] not in known and row["label"] in spelled
-            else row for row in rows]

@@ -10,7 +10,8 @@ in the shuffled order: a seed gives the same split every time, and `load_run_exa
 rows are one class: its first rows (in shuffled order) are held out.
 
 RUNs record the split they used (`SPLIT`); those of earlier versions replay theirs (`DISTINCT_ROWS`: the first
-groups held out whatever their class; no record: the first rows, copies or not).
+groups held out whatever their class, so long as every class kept a training row; no record: the first rows,
+copies or not).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ response only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ..prompts import Cuts, PromptFormat, TokenizerAdapter, example_ids, prompt_limit
@@ -35,8 +36,8 @@ def encode_classify(rows: list[dict[str, str]], tokenizer, max_length: int, *, l
     texts = [r["text"] for r in rows]
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     cuts = Cuts()
-    for whole, kept in zip(tokenizer(texts, verbose=False)["input_ids"], encoded["input_ids"]):
-        cuts.add(len(whole), len(kept))
+    for whole, kept in zip(_lengths(tokenizer, texts), encoded["input_ids"]):
+        cuts.add(whole, len(kept))
     if cuts.cut:
         logger.warning(cut_message(cuts, split, max_length))
     features = []
@@ -45,6 +46,14 @@ def encode_classify(rows: list[dict[str, str]], tokenizer, max_length: int, *, l
         item["labels"] = label2id[row["label"]]
         features.append(_keep(item, input_names))
     return features
+
+
+def _lengths(tokenizer, texts: list[str], chunk: int = 1024) -> Iterator[int]:
+    """Each text's length in tokens, uncut (special tokens included), a chunk at a time: only the lengths are kept."""
+    for start in range(0, len(texts), chunk):
+        ids = tokenizer(texts[start:start + chunk], verbose=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+        yield from (len(row) for row in ids)
 
 
 def encode_generate(rows: list[dict[str, str]], tokenizer, max_length: int, *,

@@ -246,3 +246,15 @@ def test_config_file_values_are_typed(tmp_path, monkeypatch):
     _one_error_line(_invoke("--config", str(config)), "ft.yaml: option max_samples must be a whole number")
     config.write_bytes("epochs: 3\n".encode("utf-16"))
     _one_error_line(_invoke("--config", str(config)), "ft.yaml is not UTF-8 text")
+
+
+def test_an_output_that_holds_the_config_file_is_refused_and_the_file_kept(tmp_path, tiny_model, classify_csv):
+    output = tmp_path / "out"
+    output.mkdir()
+    config = output / "finetune.yaml"
+    config.write_text(f"model: {tiny_model('bert')}\ndata: {classify_csv}\nmax_steps: 2\n")
+    result = _invoke("--output", str(output), "--overwrite", "--config", str(config))
+    assert result.exit_code == 1 and result.output == (
+        f"Error: --output {output} holds --config {config}: writing there would delete it; pass another --output "
+        "outside it\n")
+    assert sorted(output.iterdir()) == [config]

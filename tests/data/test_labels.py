@@ -61,16 +61,18 @@ def test_json_boolean_training_labels_match_a_csvs_true_and_false(tmp_path):
     assert examples.labels == ["false", "true"] and {row["label"] for row in examples.eval} == {"false", "true"}
 
 
-def test_a_run_that_learned_title_case_booleans_replays_them_so(tmp_path):
+def test_a_run_of_an_earlier_split_replays_the_boolean_spellings_it_learned(tmp_path):
+    """RUNs recorded before booleans were one class (split "distinct-rows") learned a JSON true as "True" and text
+    as written, even two spellings of one boolean as two classes; they replay those classes."""
     from deployft.manifest import write_manifest
 
-    examples = load_examples("classify", _bools(tmp_path / "b.jsonl", [True, False], n=40))
+    path = _bools(tmp_path / "b.jsonl", [True, False, "true", "TRUE"], n=40)
+    examples = load_examples("classify", path)
+    assert examples.labels == ["false", "true"]
     run = tmp_path / "run"
-    run.mkdir()  # trained before booleans were spelled "true" / "false": its classes are "False" and "True"
-    write_manifest(run, {"kind": "run", "task": "classify", "columns": examples.columns, "data": examples.record,
-                         "labels": ["False", "True"]})
+    run.mkdir()
+    write_manifest(run, {"kind": "run", "task": "classify", "columns": examples.columns,
+                         "data": dict(examples.record, split="distinct-rows"),
+                         "labels": ["False", "TRUE", "True", "true"]})
     rows = load_run_examples(run, "train") + load_run_examples(run, "eval")
-    assert {row["label"] for row in rows} == {"False", "True"} and len(rows) == 40
-    write_manifest(run, {"kind": "run", "task": "classify", "columns": examples.columns, "data": examples.record,
-                         "labels": ["FALSE", "TRUE"]})  # a CSV written in capitals
-    assert {row["label"] for row in load_run_examples(run, "train")} == {"FALSE", "TRUE"}
+    assert {row["label"] for row in rows} == {"False", "TRUE", "True", "true"} and len(rows) == 40
