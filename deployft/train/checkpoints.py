@@ -74,14 +74,33 @@ def check_same_run(work: Path, settings: dict[str, Any], flags: dict[str, Any], 
     expected = settings if "columns" in state["settings"] else flags
     if state["settings"] != expected:
         _refuse_older(state, work, record["split"])
-        raise UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); "
-                         f"these differ: {_differences(state['settings'], expected)}; repeat its flags or run "
-                         "without --resume")
+        raise _other_settings(work, state["settings"], expected)
     _check_same_data(state, work, record)
     if _is_main_process():
         done = complete_checkpoints(work)
         for folder in set(_checkpoint_folders(work)) - set(done):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_known_settings(work: Path, known: dict[str, Any], resolved: tuple[str, ...]) -> None:
+    """`check_same_run`'s settings check on what is known before the model and data load (`known`: every setting
+    but those in `resolved`), so a resume on other flags is refused at once; a run that recorded its flags as given
+    (before resolved settings) is left to `check_same_run`.
+
+    Raises:
+        UsageError: other settings, each differing one shown old -> new.
+    """
+    state = read_json(work / "state.json", UsageError)
+    if "columns" not in state.get("settings", {}):
+        return
+    recorded = {key: value for key, value in state["settings"].items() if key not in resolved}
+    if recorded != known:
+        raise _other_settings(work, recorded, known)
+
+
+def _other_settings(work: Path, old: dict[str, Any], new: dict[str, Any]) -> UsageError:
+    return UsageError(f"--resume needs the same settings as the interrupted run (see {work / 'state.json'}); these "
+                      f"differ: {_differences(old, new)}; repeat its flags or run without --resume")
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

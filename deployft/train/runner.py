@@ -49,6 +49,8 @@ def finetune(config: FinetuneConfig) -> Path:
     checkpoint = checkpoints.resume_point(work) if config.resume else None
     if checkpoint is None and not config.overwrite:
         checkpoints.refuse_to_discard(work, output)
+    if checkpoint is not None:  # other flags are refused before the model and data load, where they can be
+        checkpoints.check_known_settings(work, _settings(config), RESOLVED)
     from . import engine
 
     job = engine.prepare(config, task)
@@ -86,18 +88,25 @@ _NO_EFFECT = {"epochs": lambda s: s["max_steps"] is not None, "eval_fraction": l
 the LoRA shape without LoRA."""
 
 
-def _settings(config: FinetuneConfig, job) -> dict[str, Any]:
+RESOLVED = ("model", "data", "eval_data", "max_length", "columns")
+"""The settings training resolves once the model and data are loaded; the others are known from the flags."""
+
+
+def _settings(config: FinetuneConfig, job=None) -> dict[str, Any]:
     """The settings a resume must repeat, as training resolved them (`state.json`'s `settings`): the flags of
     `_flags` with the base model, data files, max length and column mapping training used (defaults filled), and
     without the settings that have no effect under the others (`_NO_EFFECT`). `--text-column text` is the same run
-    as no --text-column, and `--epochs 1` beside `--max-steps` changes nothing."""
+    as no --text-column, and `--epochs 1` beside `--max-steps` changes nothing. Without `job` (before the model and
+    data load): the settings but those of `RESOLVED`."""
     record = _flags(config)
     for role in config.column_flags():
         record.pop(f"{role}_column")
-    data = job.examples.record
-    record.update(model=job.base_model, data=data["train"]["path"], eval_data=(data["eval"] or {}).get("path"),
-                  max_length=job.max_length, columns=job.examples.columns)
-    return {key: value for key, value in record.items() if not (key in _NO_EFFECT and _NO_EFFECT[key](record))}
+    if job is not None:
+        data = job.examples.record
+        record.update(model=job.base_model, data=data["train"]["path"], eval_data=(data["eval"] or {}).get("path"),
+                      max_length=job.max_length, columns=job.examples.columns)
+    settings = {key: value for key, value in record.items() if not (key in _NO_EFFECT and _NO_EFFECT[key](record))}
+    return settings if job is not None else {key: value for key, value in settings.items() if key not in RESOLVED}
 
 
 def _flags(config: FinetuneConfig) -> dict[str, Any]:

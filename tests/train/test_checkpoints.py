@@ -196,6 +196,21 @@ def test_resume_on_other_settings_shows_each_change_old_to_new(interrupted, tmp_
     assert (tmp_path / ".run.work" / "checkpoints" / "checkpoint-2" / MARKER).is_file()
 
 
+def test_other_flags_are_refused_before_the_model_and_data_load(interrupted, monkeypatch):
+    """Only the settings training resolves (model, data, max length, columns) wait for the load; a changed --lr or
+    --batch-size is refused at once, and the same flags get past the early check."""
+    from deployft.train import engine
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model and data were loaded")
+
+    monkeypatch.setattr(engine, "prepare", loaded)
+    with pytest.raises(UsageError, match=r"these differ: batch_size 32 -> 4, lr 5e-05 -> 0\.001; repeat its flags"):
+        finetune(FinetuneConfig(**{**interrupted, "lr": 1e-3, "batch_size": 4}, resume=True))
+    with pytest.raises(AssertionError, match="loaded"):  # the same known settings: on to the load
+        finetune(FinetuneConfig(**{**interrupted, "epochs": 1, "text_column": "text"}, resume=True))
+
+
 def test_resolved_settings_fill_the_defaults_the_model_and_data_decide(tmp_path, tiny_model, classify_csv):
     from deployft.tasks import get_task
     from deployft.train.runner import _settings
