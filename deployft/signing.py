@@ -139,7 +139,8 @@ def _check_key_paths(paths: dict[str, Path]) -> None:
 
     for flag, path in paths.items():
         if path.exists():
-            raise OutputExistsError(f"{path} exists; a key is never overwritten: pass another path or remove it")
+            raise OutputExistsError(f"{flag} {path} exists; a key is never overwritten: pass another {flag} or "
+                                    "remove the file")
         blocker = creation_blocker(path)
         if blocker is not None:
             why = "is not writable" if blocker.is_dir() else "is a file"

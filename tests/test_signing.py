@@ -30,7 +30,8 @@ def test_keygen_writes_pem_files_and_keeps_the_private_one_private(pair):
     assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----")
     assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    with pytest.raises(OutputExistsError, match="a key is never overwritten"):
+    with pytest.raises(OutputExistsError, match=r"^--private-key .*sign\.pem exists; a key is never overwritten: "
+                                                r"pass another --private-key or remove the file$"):
         generate_keys(private, public.with_name("new.pub.pem"))
 
 

@@ -64,7 +64,7 @@ def test_keygen_sign_and_verify_with_the_public_key(runtime_bundle, tmp_path):
     private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
     result = _run("keygen", "--private-key", private, "--public-key", public)
     assert result.exit_code == 0 and private.is_file() and public.is_file()
-    _error(_run("keygen", "--private-key", private, "--public-key", tmp_path / "x.pem"), f"{private} exists")
+    _error(_run("keygen", "--private-key", private, "--public-key", tmp_path / "x.pem"), f"--private-key {private} exists; a key is never overwritten: pass another --private-key")
     bundle = shutil.copytree(runtime_bundle("bert"), tmp_path / "b")
     _error(_run("verify", bundle, "--public-key", public), f"{bundle} is not signed")
     sign_bundle(bundle, load_private_key(private))
