@@ -9,9 +9,10 @@ or fused, `export` decides by timing the candidates (`select.py`).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def quantize_dynamic_int8(src: Path, dst: Path, preset: str, per_channel: bool,
     qc = preset_config(preset, False, per_channel, nodes_to_exclude)
     extra = {"WeightSymmetric": qc.weights_symmetric, "ActivationSymmetric": qc.activations_symmetric,
              "DefaultTensorType": TensorProto.FLOAT}
-    with reraise_as(StageError, f"dynamic int8 quantization of {src.name} failed: {{reason}}"):
+    with reraise_as(StageError, f"dynamic int8 quantization of {src.name} failed: {{reason}}"), _no_advice():
         quantize_dynamic(src, dst, op_types_to_quantize=_op_names(qc.operators_to_quantize), per_channel=per_channel,
                          reduce_range=qc.reduce_range, weight_type=qc.weights_dtype,
                          nodes_to_exclude=list(qc.nodes_to_exclude), extra_options=extra)
@@ -135,6 +136,24 @@ def head_matmuls(path: Path) -> list[str]:
     return names or ([head] if head else [])
 
 
+@contextlib.contextmanager
+def _no_advice() -> Iterator[None]:
+    """Hold back ONNX Runtime's generic advice to pre-process a model before quantizing it, logged on the root logger
+    for every file quantized (tens of lines an export): export quantizes both the plain and the fused graph and
+    keeps the candidate it measures best."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("Please consider") and "onnxruntime" in record.pathname)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def _quiet(fn) -> None:
     """Run `fn` with ONNX Runtime's quantization logger (one INFO line per node) held at WARNING."""
     import logging
@@ -161,7 +180,7 @@ def quantize_static_int8(src: Path, dst: Path, preset: str, per_channel: bool, b
 
     qc = preset_config(preset, True, per_channel)
     extra = {"WeightSymmetric": qc.weights_symmetric, "ActivationSymmetric": qc.activations_symmetric}
-    with reraise_as(StageError, f"static int8 quantization of {src.name} failed: {{reason}}"):
+    with reraise_as(StageError, f"static int8 quantization of {src.name} failed: {{reason}}"), _no_advice():
         quantize_static(src, dst, _Reader(), quant_format=qc.format, op_types_to_quantize=list(STATIC_OP_TYPES),
                         per_channel=per_channel, reduce_range=qc.reduce_range, activation_type=qc.activations_dtype,
                         weight_type=qc.weights_dtype, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)

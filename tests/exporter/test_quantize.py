@@ -257,3 +257,21 @@ def test_nncf_missing_names_the_extra(tiny_onnx, monkeypatch):
     folder = tiny_onnx("bert")
     with pytest.raises(MissingDependencyError, match=r'pip install "deployft\[openvino-export\]"'):
         quantize_nncf_int8(folder / "model.onnx", folder / "n.onnx", _batches())
+
+
+def test_onnx_runtimes_preprocessing_advice_is_held_back_and_other_warnings_kept(caplog):
+    """ORT logs "Please consider ... pre-processing" on the root logger for every file quantized."""
+    import logging
+
+    from deployft.exporter.quantize import _no_advice
+
+    advice = logging.LogRecord("root", logging.WARNING, "/x/onnxruntime/quantization/quantize.py", 1,
+                               "Please consider to run pre-processing before quantization.", None, None)
+    other = logging.LogRecord("root", logging.WARNING, "/x/onnxruntime/quantization/quantize.py", 1,
+                              "something else", None, None)
+    with caplog.at_level(logging.WARNING), _no_advice():
+        logging.getLogger().handle(advice)
+        logging.getLogger().handle(other)
+    logging.getLogger().handle(advice)  # outside the block: as ONNX Runtime logs it
+    assert [r.getMessage() for r in caplog.records] == ["something else",
+                                                        "Please consider to run pre-processing before quantization."]
