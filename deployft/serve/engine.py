@@ -195,10 +195,11 @@ class GenerationEngine(QueueWorker):
         self._end(row.ticket, Chunk(tail, reason, row.generated))
 
     def _end(self, ticket: Ticket, last: Chunk) -> None:
-        """Answer a request's last chunk and count its finish reason."""
-        ticket.sink(last)
+        """Count a request's finish reason, then answer its last chunk (so a client that has its answer finds the
+        generation in /metrics)."""
         if self.metrics is not None and ticket.counted:
             self.metrics.generation_end(last.finish_reason)
+        ticket.sink(last)
 
     def withdraw(self, ticket: Ticket) -> bool:
         """Take a cancelled request out of the queue (counted as a cancelled generation)."""
