@@ -231,7 +231,7 @@ def _check_separator(path: Path, text: str, fmt: str) -> None:
     """Refuse a file whose header line holds another separator and not its own (`text;label` in a .csv), before
     any row is judged: a `;` row holding a comma or a quote would otherwise fail with advice about commas."""
     header = next((line for line in text_lines(text) if line.strip()), "")
-    message = _separator_message(path, fmt, header.rstrip("\r\n"))
+    message = separator_message(path, fmt, header.rstrip("\r\n"))
     if message:
         raise DataError(message)
 
@@ -241,16 +241,20 @@ def separator_hint(path: Path, columns: list[str]) -> str | None:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("csv", "tsv") or len(columns) != 1:
         return None
-    return _separator_message(path, fmt, str(columns[0]))
+    return separator_message(path, fmt, str(columns[0]))
 
 
-def _separator_message(path: str | Path, fmt: str, header: str) -> str | None:
+def separator_message(path: str | Path, fmt: str, header: str, tsv: bool = True) -> str | None:
+    """The error for a header line that holds another separator and not the file's own (`text;label` in a .csv),
+    with the fix; None when the header looks right. `tsv`: the reader takes .tsv files (predict does not, so a
+    tab-separated .csv is told to be saved comma-separated instead)."""
     own = "\t" if fmt == "tsv" else ","
     found = [sep for sep in _SEPARATORS if sep != own and sep in header]
     if own in header or not found:
         return None
     sep = found[0]
-    fix = {"\t": "rename it to .tsv", ",": "rename it to .csv"}.get(sep, "save it comma-separated (.csv)")
+    renames = {"\t": "rename it to .tsv", ",": "rename it to .csv"} if tsv else {}
+    fix = renames.get(sep, "save it comma-separated (.csv)")
     shown = header.replace("\t", "\\t")
     return (f"data file {path} is separated by {_SEPARATORS[sep]}s, not {_SEPARATORS[own]}s (header: {shown}); "
             f"{fix}")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from ..delimited import strict_rows
+from ..delimited import separator_message, strict_rows
 from ..errors import DataError
 from ..staging import atomic_file
 from ..tasks import get_task
@@ -90,8 +90,17 @@ def _csv_rows(lines: Iterator[str], shown: str | Path) -> Iterator[tuple[int, ob
     """The rows of a CSV file, read strictly, as training data is (`strict_rows`): a stray or unclosed quote, an
     unquoted comma or a repeated column is an error naming its line, never rows silently joined into one text or
     cut apart (either would shift every id); a record longer than `MAX_RECORD` is refused, so memory stays
-    bounded (as long as the file has line breaks: a line is read whole)."""
-    rows = strict_rows(lines, shown, "csv", max_record=MAX_RECORD,
+    bounded (as long as the file has line breaks: a line is read whole). A header separated by another character
+    (`text;label`) is refused first, as training refuses it."""
+    lines, head = iter(lines), []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    message = separator_message(shown, "csv", head[-1].rstrip("\r\n") if head else "", tsv=False)
+    if message:
+        raise DataError(message)
+    rows = strict_rows(itertools.chain(head, lines), shown, "csv", max_record=MAX_RECORD,
                        empty_fix="pass a file with a header and at least one row to --input")
     for start, _, row, _ in rows:
         yield start, row

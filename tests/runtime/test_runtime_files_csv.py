@@ -142,3 +142,25 @@ def test_the_csv_reader_shared_with_training_data_keeps_predict_light():
             "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs"), ("|", "pipes")])
+def test_a_csv_separated_by_another_character_is_named_so_before_its_rows(tmp_path, sep, name):
+    """As training refuses it; a row holding a comma or a quote would otherwise be blamed. predict reads no .tsv,
+    so a tab-separated .csv is told to be saved comma-separated, not renamed."""
+    from deployft.errors import DataError
+
+    source = tmp_path / "in.csv"
+    source.write_text(f"\ntext{sep}label\n\"good, really\"{sep}pos\n")
+    shown = f"text{sep}label".replace("\t", "\\t")
+    with pytest.raises(DataError, match=f"^data file {re.escape(str(source))} is separated by {name}, not commas "
+                                        f"\\(header: {re.escape(shown)}\\); save it comma-separated \\(.csv\\)$"):
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)
+
+
+def test_a_comma_header_with_other_characters_in_its_rows_is_read(tmp_path):
+    from deployft.runtime.files import read_texts
+
+    source = tmp_path / "in.csv"
+    source.write_text("text,label\na;b|c\td,1\n")
+    assert list(read_texts(source, None, "classify")) == ["a;b|c\td"]
