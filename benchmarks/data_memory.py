@@ -101,8 +101,9 @@ def main() -> None:
                             text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "-C", str(args.repo), "status", "--porcelain", "deployft"], capture_output=True,
                            text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                if line.startswith("model name")), platform.processor())
+    from deployft.bench.machine import cpu_info
+
+    cpu = cpu_info()["model"]
     result = {"command": "python " + " ".join(sys.argv), "repo": str(args.repo), "commit": commit + (
         " with uncommitted changes to deployft/" if dirty else ""), "machine": f"{cpu}, {os.cpu_count()} cores",
         "python": platform.python_version(), "rows": rows, "file_mb": args.data.stat().st_size / 2**20,

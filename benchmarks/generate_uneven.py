@@ -95,9 +95,10 @@ def measure(bundle: Path, prompts: list[str], batch_size: int, max_new_tokens: i
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()}
+    from deployft.bench.machine import cpu_info
+
+    return {"cpu": cpu_info()["model"], "cpus": os.cpu_count(), "platform": platform.platform(),
+            "load_average": os.getloadavg()}
 
 
 def markdown(result: dict) -> str:

@@ -46,10 +46,9 @@ def _check_weights(config: BenchConfig, source: dict[str, Any]) -> None:
     try:
         files = model_weight_files(config.run)
     except ModelError as exc:
-        reason = str(exc).split("; ")[0]
         raise BundleError(f"BUNDLE {config.bundle} was exported from weights with sha256 "
-                          f"{source['weights_sha256'][:12]}..., but {reason}; pass the matching RUN with --run or "
-                          "re-export with deployft export") from None
+                          f"{source['weights_sha256'][:12]}..., but the RUN's cannot be read: {exc}; or pass the "
+                          "matching RUN with --run") from None
     if weights_sha256(files) != source["weights_sha256"]:
         shown = files[0].name if len(files) == 1 else f"{len(files)} weight files"
         raise BundleError(f"BUNDLE {config.bundle} was exported from other weights than RUN {config.run} "
