@@ -20,8 +20,9 @@ Two more kinds of row show what export's graph choices are worth: `...; BiasGelu
 bundle's fused graph with the feed-forward bias Add and Gelu fused back into BiasGelu (how export wrote the graph
 before it kept them apart), and `...; activations smoothed` is the per-channel recipe after activation smoothing
 (`deployft.exporter.smooth`, export's third remedy rung) calibrated on the RUN's first 100 training rows in padded
-batches of 16, as export does; `...; activations smoothed + first layer in fp32` is the fused one of those with its
-first layer left in fp32 (export's fourth rung). Every row's agreement is measured here too: top-1 predictions
+batches of 16, as export does; `...; activations smoothed + head and embeddings in fp32` is the fused one of those
+with its head and embedding tables left in fp32 (export's fourth rung), and `...; activations smoothed + first layer
+in fp32` the fused smoothed one with its first layer left in fp32 instead (export's fifth). Every row's agreement is measured here too: top-1 predictions
 against the bundle's fp32 `model.onnx` (which matches PyTorch; see the bundle's validation) on the RUN's eval rows
 in export's validation batches, with the mean |Δ logit|.
 
@@ -59,8 +60,10 @@ def recipes() -> dict[str, tuple[str, bool]]:
 
 FUSED = "fused-qattention-per-channel"
 SMOOTHED = ("plain-per-channel", FUSED)
+HEAD = "activations smoothed + head and embeddings in fp32"
+"""The fused recipe at export's fourth rung: smoothed, its head and embedding tables left in fp32."""
 FIRST_LAYER = "activations smoothed + first layer in fp32"
-"""The fused recipe at export's fourth rung: smoothed, its first layer's MatMuls and attention left in fp32."""
+"""The fused recipe at export's fifth rung: smoothed, its first layer's MatMuls and attention left in fp32."""
 VALIDATION_ROWS = 2000
 """A classifier's validation rows (the task's default)."""
 
@@ -91,6 +94,9 @@ def build(bundle: Path, work: Path, run: Path) -> dict[str, Path]:
         quantize_dynamic_int8(smoothed, files[f"{name}; activations smoothed"], preset, True)
         if name == FUSED:
             layers = json.loads((bundle / "config.json").read_text())["num_hidden_layers"]
+            files[f"{name}; {HEAD}"] = work / f"{name}-smoothed-head.onnx"
+            quantize_dynamic_int8(smoothed, files[f"{name}; {HEAD}"], preset, True,
+                                  sensitive_nodes(smoothed, layers, ("head",)))
             files[f"{name}; {FIRST_LAYER}"] = work / f"{name}-smoothed-first.onnx"
             quantize_dynamic_int8(smoothed, files[f"{name}; {FIRST_LAYER}"], preset, True,
                                   sensitive_nodes(smoothed, layers, ("first",)))
@@ -289,7 +295,7 @@ def write(result: dict, out: Path) -> None:
         same = result["medians"]["plain"]
         lines += ["", "The deployable file against `plain` in the same deployft session (the graph's share alone): "
                   + ", ".join(f"{s} {same[s] / deployable[s]:.2f}x" for s in ("b1x128", "b16x128"))]
-    for name in [n for n in result["medians"] if n.endswith(("; BiasGelu fused", "; activations smoothed",
+    for name in [n for n in result["medians"] if n.endswith(("; BiasGelu fused", "; activations smoothed", f"; {HEAD}",
                                                                f"; {FIRST_LAYER}"))]:
         base, change = name.split("; ")
         other, ms = result["medians"][name], result["medians"][base]

@@ -136,6 +136,8 @@ TASKS: dict[str, Task] = {
         default_budget=3.0, min_agreement=0.99, validation_rows=2000, int8_method="dynamic",
         int8_remedies=(Remedy("none"), Remedy("per-channel", per_channel=True),
                        Remedy("per-channel + activations smoothed", per_channel=True, smooth=True),
+                       Remedy("per-channel + activations smoothed + head and embeddings in fp32", per_channel=True,
+                              smooth=True, keep_fp32=("head",)),
                        Remedy("per-channel + activations smoothed + first layer in fp32", per_channel=True,
                               smooth=True, keep_fp32=("first",)),
                        Remedy("per-channel + head, embeddings, first and last layer in fp32", per_channel=True,

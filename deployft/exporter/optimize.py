@@ -9,7 +9,8 @@ An encoder's feed-forward bias Add and Gelu stay two ops too: in a dynamic int8 
 into the quantized MatMul before it (DynamicQuantizeMatMul's bias) instead of running its BiasGelu kernel, which
 took the default classifier's int8 file 1.01x-1.09x the time, most at b16x128
 (benchmarks/results/xeon-amx/int8_recipes.md); its CPU and CUDA providers fuse the pair into BiasGelu when they
-load the fp32 file, so that file runs as it did.
+load the fp32 file, so that file runs as it did. A classifier whose head reads the first position alone gets its
+last layer computed for that position only (`first_position`).
 Decoders get LayerNorm and activation fusions only from Optimum's optimizer; their attention is fused afterwards by
 `decoder_fusion` (GroupQueryAttention with its rotary embedding) where the architecture is supported, and the report
 says which happened and why. Where nothing is fused (a model type ORTOptimizer has no fusions for, its attention left
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StageError, reraise_as
 from ..manifest import read_json
+from .first_position import keep_first_position
 
 if TYPE_CHECKING:
     from .decoder_fusion import AttentionShape
@@ -69,7 +71,7 @@ def op_counts(path: str | Path) -> dict[str, int]:
 
 
 def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = None,
-             unfused_reason: str | None = None) -> tuple[Path, dict[str, Any]]:
+             unfused_reason: str | None = None, first_position: bool = True) -> tuple[Path, dict[str, Any]]:
     """Fuse `onnx_path` with ORTOptimizer (level 2) into `model_optimized.onnx` beside it.
 
     Model types ORTOptimizer has no fusions for (Qwen2, ...) start from a copy of the plain export instead of
@@ -81,6 +83,9 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
         attention: a decoder's `decoder_fusion.AttentionShape`: its attention is then fused into
             GroupQueryAttention with its rotary embedding after ORTOptimizer.
         unfused_reason: why a decoder's attention is not fused (None when `attention` is given).
+        first_position: an encoder's last layer may be computed for the first position alone where its head reads
+            only that (`first_position.keep_first_position`; export asks for it on CPU targets, where it is
+            validated).
 
     Returns:
         The optimized file and the fusion report `{"before", "after", "summary", "notes"}`.
@@ -91,11 +96,12 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     folder = onnx_path.parent
     target = folder / OPTIMIZED_NAME
     skipped = _ort_optimizer_skip(folder)
-    split = 0
+    split, position_note = 0, None
     if not skipped:
         _ort_optimize(onnx_path, target, **({} if decoder else ENCODER_FUSIONS_LEFT_OUT))
         if not decoder:
             split = split_bias_gelu(target)
+            position_note = keep_first_position(target) if first_position else None
     rewritten: list[str] = []
     if skipped or attention is not None:
         rewritten = _rewrite(onnx_path if skipped else target, target, attention)
@@ -103,7 +109,8 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     after_attention_note = 1 if decoder else 0
     report["notes"][after_attention_note:after_attention_note] = [*([skipped] if skipped else []), *rewritten]
     if not decoder and not skipped:
-        report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, *([BIAS_GELU_NOTE] if split else [])]
+        report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, *([BIAS_GELU_NOTE] if split else []),
+                                *([position_note] if position_note else [])]
     return target, report
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import MissingDependencyError, StageError, UsageError, reraise_as
 from ..tasks import FP32_PARTS
 from .config import PRESETS
+from .first_position import FIRST_POSITION
 from .matmuls import fp32_weight_products, gemms_as_matmuls, layer_of, plain_gemm, untie_transposed_weights
 
 STATIC_OP_TYPES = ("MatMul", "Gemm")
@@ -258,7 +259,9 @@ def sensitive_nodes(path: Path, num_layers: int, parts: tuple[str, ...] = FP32_P
         if ("head" in parts and head) or layer_of(name) in edge:
             picked.append(node.name)
     fused = [n.name for n in nodes if n.op_type == "Attention"]
-    edges = (fused[:1] if "first" in parts else []) + (fused[-1:] if "last" in parts else [])
+    # a last layer computed for its first position (`first_position`) has q/k/v MatMuls instead of an Attention
+    last = [n.name for n in nodes if FIRST_POSITION in n.name] or fused[-1:]
+    edges = (fused[:1] if "first" in parts else []) + (last if "last" in parts else [])
     picked += [name for name in edges if name not in picked]
     if "head" in parts:
         picked += [n.name for n in nodes[-1:] if n.name not in picked]  # the op that produces the logits

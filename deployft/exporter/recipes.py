@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .first_position import FIRST_POSITION
 from .optimize import fused_attention
 from .state import VariantResult
 
@@ -49,22 +50,31 @@ RECIPES = (
 """The candidates, in the order they are built and listed."""
 
 
-def attention_text(ops: dict[str, int] | None, graph_ops: dict[str, int]) -> str:
+def attention_text(ops: dict[str, int] | None, graph_ops: dict[str, int], excluded: list[str] = ()) -> str:
     """What a file quantized from the fused graph holds for attention, read from its op counts `ops` (None: the
-    file was not built, and the fused graph's `graph_ops` say whether it has a fused attention to quantize)."""
+    file was not built, and the fused graph's `graph_ops` say whether it has a fused attention to quantize) and
+    the nodes its quantization `excluded` (a first-position MultiHeadAttention reads its q/k/v MatMuls' precision)."""
     if ops is None:
         fused = fused_attention(graph_ops)
         return f"its attention fused ({', '.join(fused)})" if fused else "attention not fused"
     fused = fused_attention(ops)
     quantized = fused.pop("QAttention", 0)
+    first = fused.pop("MultiHeadAttention", 0)
     fp32 = [f"{op} ×{n}" for op, n in fused.items()]
     if quantized and fp32:
-        return f"its fused attention quantized (QAttention ×{quantized}) but for {', '.join(fp32)} kept in fp32"
-    if quantized:
-        return f"its fused attention quantized too (QAttention ×{quantized})"
-    if fp32:
-        return f"its fused attention kept in fp32 ({', '.join(fp32)})"
-    return "attention not fused"
+        text = f"its fused attention quantized (QAttention ×{quantized}) but for {', '.join(fp32)} kept in fp32"
+    elif quantized:
+        text = f"its fused attention quantized{'' if first else ' too'} (QAttention ×{quantized})"
+    elif fp32:
+        text = f"its fused attention kept in fp32 ({', '.join(fp32)})"
+    else:
+        text = "" if first else "attention not fused"
+    if first:
+        precision = "fp32" if any(FIRST_POSITION in name for name in excluded) else "int8"
+        last = (f"the last layer's first position in MultiHeadAttention ×{first} over {precision} q/k/v "
+                "projections")
+        text = f"{text}, {last}" if text else last
+    return text
 
 
 @dataclass
@@ -104,7 +114,8 @@ class Candidate:
         """What the file is, in words: the recipe's, its attention as its own op counts say (`attention_text`;
         `graph_ops`: the fused graph's, for a file that was not built)."""
         ops = self.variant.ops if self.variant is not None else None
-        return self.recipe.description.format(attention=attention_text(ops, graph_ops))
+        excluded = self.settings.get("nodes_excluded") or []
+        return self.recipe.description.format(attention=attention_text(ops, graph_ops, excluded))
 
     def to_manifest(self, plain_score: float | None, graph_ops: dict[str, int]) -> dict[str, Any]:
         validation = self.variant.validation if self.variant else {}

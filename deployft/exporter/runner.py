@@ -129,7 +129,7 @@ def _build(job: ExportJob, attention) -> ExportResult:
     job.plain = export_onnx(job.source, job.staging, job.config.opset)
     shape, unfused_reason = attention
     job.optimized, fusion = optimize(job.plain, decoder=job.task.generates, attention=shape,
-                                     unfused_reason=unfused_reason)
+                                     unfused_reason=unfused_reason, first_position=job.config.device == "cpu")
     job.fused = anything_fused(fusion)  # False: model_optimized.onnx holds the plain graph, and says so
     result = ExportResult(onnx_opset(job.plain), fusion, job.config.device, job.budget)
     for path, optimized in ((job.plain, False), (job.optimized, job.fused)):

@@ -11,9 +11,10 @@ accuracy guard and the agreement goal, time the ones that meet both on this mach
 Candidates are written into a scratch folder of the staged bundle; the kept one becomes `model_quantized.onnx`
 and the rest are deleted. Every candidate's guard record, size and timing goes into `quantization.candidates`.
 The task's remedies (`Task.int8_remedies`: per-channel; per-channel with the activations smoothed into the weights,
-`smooth.py`; that with the first layer in fp32; per-channel with the head, embeddings, first and last layer in fp32;
-that smoothed too) rebuild the recipes they change, rung by rung (per-channel rebuilds only static-qdq, the later
-ones only the dynamic recipes), until a rung has a file within the budget that also agrees with PyTorch on at least
+`smooth.py`; that with the head and embeddings in fp32 (a larger file, the same speed); that with the first layer
+in fp32 instead; per-channel with the head, embeddings, first and last layer in fp32; that smoothed too) rebuild the
+recipes they change, rung by rung (per-channel rebuilds only static-qdq, the later ones only the dynamic recipes),
+until a rung has a file within the budget that also agrees with PyTorch on at least
 --min-agreement of the rows (classify default 0.99); that rung's files meeting both are timed. The goal never
 refuses: when no rung reaches it, the first rung with a file within budget is timed and kept, and the manifest says
 so; when no rung is within budget, the export is refused with every attempt named. The rungs that smooth need

@@ -26,13 +26,18 @@ def test_every_recipe_is_built_and_timed(recipes, tiny_int8_classifier, tmp_path
     run = bundle_run(bundle)
     files = recipes.build(bundle, tmp_path, run)
     extra = [f"{recipes.FUSED}; BiasGelu fused", "plain-per-channel; activations smoothed",
-             f"{recipes.FUSED}; activations smoothed", f"{recipes.FUSED}; {recipes.FIRST_LAYER}"]
+             f"{recipes.FUSED}; activations smoothed", f"{recipes.FUSED}; {recipes.FIRST_LAYER}",
+             f"{recipes.FUSED}; {recipes.HEAD}"]
     assert sorted(files) == sorted([*recipes.recipes(), *extra]) and all(p.stat().st_size > 0 for p in files.values())
     assert "static-qdq" not in files and "fused-qattention-per-channel" in files
     assert [n.op_type for n in onnx.load(str(files[extra[0]])).graph.node].count("BiasGelu") == 2  # one per layer
     attention = sorted((n.name, n.op_type) for n in onnx.load(str(files[extra[3]])).graph.node
                        if n.op_type.endswith("Attention"))
-    assert [op for _, op in attention] == ["Attention", "QAttention"] and attention[0][0] == "Attention_0"
+    # layer 0's attention kept in fp32; layer 1, the last, computes its first position (MultiHeadAttention)
+    assert dict((op, name) for name, op in attention) == {"Attention": "Attention_0", "MultiHeadAttention": (
+        "/bert/encoder/layer.1/attention/self/first_position/MultiHeadAttention")}
+    tables = [n.input[0] for n in onnx.load(str(files[extra[4]])).graph.node if n.op_type == "Gather"]
+    assert any("word_embeddings" in t and not t.endswith("_quantized") for t in tables)  # the head rung's fp32 table
     sizes, real = [], recipes.padded
     monkeypatch.setattr(recipes, "padded", lambda *args: sizes.append(args[-1]) or real(*args))
     agreement = recipes.agreement({"model.onnx": bundle / "model.onnx", **files}, run, bundle)

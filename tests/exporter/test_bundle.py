@@ -60,7 +60,11 @@ def test_classifier_manifest_content(bundles):
     manifest = read_manifest(bundles["bert"], "bundle")
     assert manifest["task"] == "classify" and manifest["labels"] == ["negative", "positive"]
     assert manifest["max_length"] == 32 and manifest["generation"] is None
-    assert manifest["fusion"]["after"]["Attention"] == 2 and "Attention ×2" in manifest["fusion"]["summary"]
+    # the last of the two layers computes only the first position, the one the head reads
+    after = manifest["fusion"]["after"]
+    assert after["Attention"] == 1 and after["MultiHeadAttention"] == 1
+    assert "Attention ×1, MultiHeadAttention ×1" in manifest["fusion"]["summary"]
+    assert any(note.startswith("the last layer computes only the first position") for note in manifest["fusion"]["notes"])
     q = manifest["quantization"]
     assert q["mode"] == "int8" and q["preset"] in ("avx512_vnni", "avx2", "arm64") and q["remedy"] == "none"
 
@@ -134,20 +138,22 @@ def test_the_optimum_caveat_follows_the_deployable_files_own_ops():
 def test_model_card_and_info_describe_the_deployable_file_itself(bundles):
     card = (bundles["bert"] / "README.md").read_text()
     manifest = read_manifest(bundles["bert"], "bundle")
-    assert "model_quantized.onnx" in card and "Attention ×2" in card and validation_table(manifest) in card
-    assert "ORTModelForSequenceClassification" in card and "Attention 0->2" in card
+    assert "model_quantized.onnx" in card and "Attention ×1, MultiHeadAttention ×1" in card
+    assert validation_table(manifest) in card
+    assert "ORTModelForSequenceClassification" in card and "Attention 0->1" in card
     ops, q = manifest["variants"]["model_quantized.onnx"]["ops"], manifest["quantization"]
     fused = q["quantized_from"] != "model.onnx" and q["recipe"].startswith("fused")  # the kept candidate, measured
     assert ("QAttention" in ops) is fused and "Attention" not in ops  # int8 files hold QAttention, never fp32 Attention
     assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("QuantizeLinear", 0) > 0
-    attention = f"attention fused (QAttention ×{ops['QAttention']})" if fused else "attention not fused"
+    attention = (f"attention fused (MultiHeadAttention ×1, QAttention ×{ops['QAttention']})" if fused
+                 else "attention not fused")
     deployable = f"model_quantized.onnx: int8, {attention}, {sum(ops.values())} nodes ("
     assert deployable in card and f"why this file: {q['choice']}; the fastest of " in card
     assert "Not the deployable file (model_quantized.onnx is; see above)" in card
     text = info_text(bundles["bert"])
     for expected in ("task: classify", "labels: negative, positive", "deployable: model_quantized.onnx",
-                     deployable, "fused graph model_optimized.onnx: ", "Attention ×2", "(not the deployable file)",
-                     "Attention 0->2", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |",
+                     deployable, "fused graph model_optimized.onnx: ", "Attention ×1", "(not the deployable file)",
+                     "Attention 0->1", "quantization: int8", "model.onnx", "MB", "| model_quantized.onnx * | int8 |",
                      "accuracy guard:", "rows: 24 (eval rows)"):
         assert expected in text
     llama = info_text(bundles["llama"])

@@ -107,11 +107,11 @@ def _inject(monkeypatch, overrides):
     monkeypatch.setattr(module, "compare", fake)
 
 
-RUNGS = 5, 1, 2, 2, 2, 2
+RUNGS = 5, 1, 2, 2, 2, 2, 2
 """Int8 files a classifier's rungs build: five candidates; per-channel rebuilds only the static one (the plain and
-fused files with per-channel weights were built on the first rung); smoothing, smoothing with the first layer in
-fp32, the head, embeddings, first and last layer in fp32, then smoothing with those: the plain and the fused one
-(static takes none of them)."""
+fused files with per-channel weights were built on the first rung); smoothing, smoothing with the head and
+embeddings in fp32, smoothing with the first layer in fp32, the head, embeddings, first and last layer in fp32,
+then smoothing with those: the plain and the fused one (static takes none of them)."""
 
 
 def _kept_at_rung(rung, tiny_run, tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def _kept_at_rung(rung, tiny_run, tmp_path, monkeypatch):
 def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
     # of 24 rows: upper bounds 60.32 (10), 52.14 (8), 43.47 (6), 34.18 (4) % and 5's
-    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 6, 6, 4, 5, 6, 6])
+    _inject(monkeypatch, [10, 10, 8, 8, 8, 8, 6, 6, 6, 6, 6, 6, 4, 5, 6, 6])
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
     message = str(info.value)
@@ -136,6 +136,7 @@ def test_guard_refuses_when_no_candidate_or_remedy_meets_the_budget(tiny_run, tm
     assert "static-qdq; per-channel: 52.14" in message and "plain; per-channel + activations smoothed:" in message
     assert "fused-qattention; per-channel + head" in message
     assert "fused-qattention; per-channel + activations smoothed + head" in message
+    assert "plain; per-channel + activations smoothed + head and embeddings in fp32: 43.47" in message
     assert "plain; per-channel + activations smoothed + first layer in fp32: 43.47" in message
     assert "after every remedy" in message and "no bundle written" in message and len(info.value.attempts) == sum(RUNGS)
     assert "\n" not in message
@@ -197,7 +198,7 @@ def test_smoothing_rung_without_outliers_or_rows_is_skipped_and_the_fp32_layers_
 
 def test_without_outliers_the_last_remedy_is_skipped_and_export_refuses(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1e9)  # the smoothing rungs have nothing to do
-    built = RUNGS[0] + RUNGS[1] + RUNGS[4]
+    built = RUNGS[0] + RUNGS[1] + RUNGS[5]
     _inject(monkeypatch, [5] * built)
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)
@@ -264,8 +265,20 @@ def test_a_file_at_the_agreement_goal_exactly_meets_it(tiny_run, tmp_path, monke
     assert q["selection"]["agreement_goal_reached"] is True
 
 
-def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
+def test_guard_keeps_the_head_and_embeddings_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
     bundle, q = _kept_at_rung(3, tiny_run, tmp_path, monkeypatch)
+    assert q["remedy"] == "per-channel + activations smoothed + head and embeddings in fp32"
+    assert q["smoothing"]["activations_smoothed"] > 0 and q["per_channel"] is True
+    excluded = q["nodes_excluded"]
+    assert any("classifier" in name for name in excluded) and any("word_embeddings" in name for name in excluded)
+    assert not any("layer." in name or name.startswith("Attention") for name in excluded), excluded
+    fp32, int8_tables = _weight_nodes(bundle / "model_quantized.onnx")
+    assert int8_tables == [] and fp32 == set(excluded)
+    assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+
+
+def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path, monkeypatch):
+    bundle, q = _kept_at_rung(4, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + activations smoothed + first layer in fp32"
     assert q["smoothing"]["activations_smoothed"] > 0 and q["nodes_excluded"]
     assert all("layer.0/" in name or name == "Attention_0" for name in q["nodes_excluded"]), q["nodes_excluded"]
@@ -273,9 +286,11 @@ def test_guard_keeps_the_first_layer_in_fp32_after_smoothing(tiny_run, tmp_path,
     float_nodes = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention")}
     assert set(q["nodes_excluded"]) <= float_nodes
     assert not any("layer.1/" in n or n == "Attention_1" or "classifier" in n for n in float_nodes)
-    assert len(q["candidates"]) == sum(RUNGS[:4]) and sum(c["kept"] for c in q["candidates"]) == 1
+    assert len(q["candidates"]) == sum(RUNGS[:5]) and sum(c["kept"] for c in q["candidates"]) == 1
     fused = next(c for c in q["candidates"] if c["name"] == f"fused-qattention; {q['remedy']}")
-    assert "its fused attention quantized (QAttention ×1) but for Attention ×1 kept in fp32" in fused["description"]
+    # layer 0's Attention kept in fp32; layer 1, the last, computes its first position over int8 projections
+    assert fused["description"].endswith("its fused attention kept in fp32 (Attention ×1), the last layer's first "
+                                         "position in MultiHeadAttention ×1 over int8 q/k/v projections")
 
 
 def _weight_nodes(path) -> tuple[set[str], list[str]]:
@@ -288,16 +303,18 @@ def _weight_nodes(path) -> tuple[set[str], list[str]]:
 
 
 def test_guard_keeps_sensitive_nodes_in_fp32_without_smoothing(tiny_run, tmp_path, monkeypatch):
-    bundle, q = _kept_at_rung(4, tiny_run, tmp_path, monkeypatch)
+    bundle, q = _kept_at_rung(5, tiny_run, tmp_path, monkeypatch)
     assert q["remedy"] == "per-channel + head, embeddings, first and last layer in fp32" and q["nodes_excluded"]
     assert any("classifier" in name for name in q["nodes_excluded"]) and "smoothing" not in q
-    assert len(q["candidates"]) == sum(RUNGS[:5]) and sum(c["kept"] for c in q["candidates"]) == 1
+    assert len(q["candidates"]) == sum(RUNGS[:6]) and sum(c["kept"] for c in q["candidates"]) == 1
     # every embedding table (word, position, token type) stays fp32, and the count is of nodes really kept in fp32
     fp32, int8_tables = _weight_nodes(bundle / "model_quantized.onnx")
     assert int8_tables == [] and len(fp32) == len(q["nodes_excluded"])
     assert f"{len(q['nodes_excluded'])} nodes kept in fp32" in (bundle / "README.md").read_text()
     fused = next(c for c in q["candidates"] if c["name"] == f"fused-qattention; {q['remedy']}")
-    assert "its fused attention kept in fp32 (Attention ×2)" in fused["description"]  # no QAttention left to claim
+    assert fused["description"].endswith(  # no QAttention left to claim
+        "its fused attention kept in fp32 (Attention ×1), the last layer's first position in MultiHeadAttention ×1 "
+        "over fp32 q/k/v projections")
 
 
 def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_path, monkeypatch):
@@ -306,8 +323,8 @@ def test_last_remedy_smooths_and_keeps_sensitive_nodes_in_fp32(tiny_run, tmp_pat
     real, smoothed = smooth.smooth_activations, []
     monkeypatch.setattr(smooth, "smooth_activations",
                         lambda src, *args, **kwargs: smoothed.append(src.name) or real(src, *args, **kwargs))
-    bundle, q = _kept_at_rung(5, tiny_run, tmp_path, monkeypatch)
-    assert sorted(smoothed) == ["model.onnx", "model_optimized.onnx"]  # once per graph for the three smoothing rungs
+    bundle, q = _kept_at_rung(6, tiny_run, tmp_path, monkeypatch)
+    assert sorted(smoothed) == ["model.onnx", "model_optimized.onnx"]  # once per graph for the four smoothing rungs
     assert q["remedy"] == "per-channel + activations smoothed + head, embeddings, first and last layer in fp32"
     assert q["per_channel"] is True and any("classifier" in name for name in q["nodes_excluded"])
     assert q["smoothing"]["activations_smoothed"] > 0

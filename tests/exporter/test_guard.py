@@ -133,7 +133,7 @@ def _inject_flips(monkeypatch, flips):
 
 def test_export_refuses_int8_that_flips_predictions_though_its_accuracy_gains(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr("deployft.exporter.smooth.MIN_OUTLIER_RATIO", 1.0)  # the tiny model's activations are tame
-    flips = [6, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 3, 3]  # five int8 candidates, then one, then two per remedy
+    flips = [6, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4, 3, 3]  # five int8 candidates, then one, then two per remedy
     _inject_flips(monkeypatch, flips)
     with pytest.raises(AccuracyBudgetError) as info:
         _export(tiny_run("bert"), tmp_path, quantize="int8", max_accuracy_drop=TINY_BUDGET)

@@ -26,7 +26,9 @@ def test_encoders_get_one_fused_attention_per_layer(tiny_onnx, arch):
     assert after.get("BiasGelu", 0) == 0 and after.get("FastGelu", 0) + after.get("Gelu", 0) == layers
     assert report["notes"][1].startswith("feed-forward bias Add and Gelu left as two ops")
     assert report["before"].get("Attention", 0) == 0 and report["before"]["Softmax"] == layers
-    assert f"Attention ×{layers}" in report["summary"]
+    # the last layer computes only the first position, the one the head reads: 1 query over every key
+    assert f"Attention ×{layers - 1}, MultiHeadAttention ×1" in report["summary"]
+    assert report["notes"][2].startswith("the last layer computes only the first position")
     assert attention_fused(report)
     assert report["level"] == 2
     assert report["after"] == op_counts(path)

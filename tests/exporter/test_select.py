@@ -91,11 +91,14 @@ def test_a_fused_candidate_describes_the_attention_its_file_holds(tiny_run, tmp_
     _fake_timer(monkeypatch, {name: 10.0 + i for i, name in enumerate(NAMES)} | {"fused-qattention": 1.0})
     manifest = _export(tiny_run("bert"), tmp_path)
     graph, kept = manifest["variants"]["model_optimized.onnx"], manifest["variants"]["model_quantized.onnx"]
-    assert graph["optimized"] and graph["ops"].get("Gelu") == 2 and graph["ops"].get("Attention", 0) == 2 * attention
-    assert kept["optimized"] and kept["ops"].get("QAttention", 0) == 2 * attention and "Attention" not in kept["ops"]
+    # with attention fused, the last of the two layers computes its first position only (MultiHeadAttention)
+    assert graph["optimized"] and graph["ops"].get("Gelu") == 2 and graph["ops"].get("Attention", 0) == attention
+    assert graph["ops"].get("MultiHeadAttention", 0) == attention
+    assert kept["optimized"] and kept["ops"].get("QAttention", 0) == attention and "Attention" not in kept["ops"]
     q = manifest["quantization"]
     described = {c["name"]: c["description"] for c in q["candidates"]}
-    words = "its fused attention quantized too (QAttention ×2)" if attention else "attention not fused"
+    words = ("its fused attention quantized (QAttention ×1), the last layer's first position in MultiHeadAttention "
+             "×1 over int8 q/k/v projections") if attention else "attention not fused"
     assert described["fused-qattention"] == f"dynamic int8 of the fused graph (model_optimized.onnx), {words}"
     assert described["fused-qattention-per-channel"] == (
         f"dynamic int8 of the fused graph (model_optimized.onnx), {words}, weights scaled per output channel")
