@@ -5,7 +5,8 @@ CPU has bf16 matmul instructions (AMX or AVX512-BF16), which a variant run with 
 is judged against; peak int8 is the same through ONNX Runtime's MatMulInteger (uint8 x int8 -> int32), the kernel
 dynamically quantized models run on. Both are the best of
 several sizes and repeated sweeps (one size timed once varies from run to run on a shared machine). A classifier's
-achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak; decode, which
+achieved fraction of peak is its FLOPs per inference divided by its median latency and that peak (a fused file whose
+last layer computes the first position alone is credited with the FLOPs it does: `first_position_saving`); decode, which
 reads every weight once per token, is judged against memory bandwidth instead (`roofline.py`).
 """
 
@@ -147,6 +148,19 @@ def classify_flops(model, batch: int, seq: int) -> int:
 
     ids = torch.ones(batch, seq, dtype=torch.long)
     return count_flops(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+
+def first_position_saving(config, batch: int, seq: int) -> int | None:
+    """FLOPs a classifier file whose last layer computes the first position alone (`exporter.first_position`) does
+    not do of `classify_flops`: that layer's q and output projections, feed-forward and attention for the other
+    `seq - 1` positions; None when `config` names no hidden and feed-forward width (BERT's `hidden_size` /
+    `intermediate_size`, DistilBERT's `dim` / `hidden_dim`)."""
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
+    if not hidden or not inner:
+        return None
+    per_position = 2 * (2 * hidden * hidden + 2 * hidden * inner) + 4 * seq * hidden  # q, o, ffn; q.k and p.v
+    return batch * (seq - 1) * per_position
 
 
 def decode_flops(model, prompt_len: int, new_tokens: int) -> dict[str, int]:

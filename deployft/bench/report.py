@@ -68,7 +68,9 @@ def assemble(config: BenchConfig, manifests: dict, raw: dict[str, Any]) -> dict[
     variants = {name: _variant_entry(name, manifests["bundle"], info) for name, info in raw["variants"].items()}
     peak = raw.get("peak")
     if not get_task(run["task"]).generates:
-        results = _classify_results(raw["timings"], variants, raw["flops"], peak)
+        flops = {name: raw.get("flops_first_position") if v.get("first_position") else raw["flops"]
+                 for name, v in variants.items()}
+        results = _classify_results(raw["timings"], variants, flops, peak)
     else:
         results = _generate_results(raw["timings"], variants, raw["flops"], peak)
     _accuracy_deltas(variants, run["task"])
@@ -141,7 +143,10 @@ def _variant_entry(name: str, bundle: dict, info: dict[str, Any]) -> dict[str, A
     elif name in TORCH_VARIANTS:
         entry["precision"] = "int8" if name == "pytorch-int8" else "fp32"
     else:
-        entry["precision"] = (bundle.get("variants") or {}).get(name, {}).get("precision", "fp32")
+        file = (bundle.get("variants") or {}).get(name, {})
+        entry["precision"] = file.get("precision", "fp32")
+        # a file made from the fused graph computes the last layer's first position alone where export did so
+        entry["first_position"] = bool((bundle.get("fusion") or {}).get("first_position") and file.get("optimized"))
     return entry
 
 
@@ -158,6 +163,7 @@ def _peak_for(peak: dict | None, variant: dict[str, Any]) -> float | None:
 
 
 def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
+    """Result rows; `flops`: `{variant: {cell: FLOPs per inference}}`, each variant's own."""
     rows = []
     for name, cells in timings.items():
         for cell in cells:
@@ -169,7 +175,7 @@ def _classify_results(timings, variants, flops, peak) -> list[dict[str, Any]]:
             times = hot if len(hot) == len(settled) else settled
             calls = [t for m in cell["samples"] for t in m["hot"]] if times is hot else settled
             stats = summarize(times)
-            cell_flops = flops.get(f"{batch}x{seq}")
+            cell_flops = (flops.get(name) or {}).get(f"{batch}x{seq}")
             rows.append({"variant": name, "batch": batch, "seq": seq, "latency": "hot" if times is hot else "settled",
                          "complete": variants[name]["status"] == "ok", "calls": summarize(calls),
                          "times_s": times, "settled_times_s": settled, "settled": summarize(settled), **stats,

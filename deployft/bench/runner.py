@@ -80,7 +80,8 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
     raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch, built)
     raw["wall_s"] = time.perf_counter() - started
     raw["load_after"] = load_average()
-    raw["flops"] = _flops(config, manifests["run"]["task"]) if config.peak else {}
+    raw["flops"], raw["flops_first_position"] = (_flops(config, manifests["run"]["task"], manifests["bundle"])
+                                                 if config.peak else ({}, {}))
     raw["warnings"] = machine_warnings(raw["rounds"], raw["load_before"], raw["load_after"], config.threads,
                                        raw["machine"]["cores_usable"] or 1)
     return raw
@@ -201,15 +202,22 @@ def _finish(config: BenchConfig, handle: WorkerHandle, status: dict[str, Any]) -
         status["accuracy_error"] = str(exc)
 
 
-def _flops(config: BenchConfig, task: str) -> dict[str, Any]:
-    """FLOPs per inference for every cell, counted once on the PyTorch model (every variant does the same math)."""
+def _flops(config: BenchConfig, task: str, bundle: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FLOPs per inference for every cell, counted once on the PyTorch model (every variant does its math), and for
+    a classifier whose fused files compute the last layer's first position alone, those files' own (`{cell:
+    flops}`, None where the saving cannot be counted; empty for other bundles)."""
     import torch
 
-    from .peak import classify_flops, decode_flops
+    from .peak import classify_flops, decode_flops, first_position_saving
 
     torch.set_num_threads(config.threads)
     cls = get_task(task).model_class()
     model = cls.from_pretrained(config.run, dtype=torch.float32).eval()
     if not get_task(task).generates:
-        return {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
-    return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}
+        flops = {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
+        if not (bundle.get("fusion") or {}).get("first_position"):
+            return flops, {}
+        saved = {f"{b}x{s}": first_position_saving(model.config, b, s)
+                 for b in config.batch_sizes for s in config.seq_lens}
+        return flops, {cell: None if saved[cell] is None else flops[cell] - saved[cell] for cell in saved}
+    return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}, {}

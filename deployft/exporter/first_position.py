@@ -114,8 +114,8 @@ def _attention(node, index: _Index) -> bool:
 
 
 def _plan(graph, index: _Index):
-    """The head's Gather, the attention it reads through per-position ops, and those ops; None when the graph's
-    head does not read the first position of one attention layer that way."""
+    """`(attention, per-position ops)`: the one attention a head's `hidden[:, 0]` Gather reads through
+    per-position ops, and those ops; None when no head, or more than one, reads the first position that way."""
     gathers = [n for n in graph.node if n.op_type == "Gather" and _attrs(n).get("axis", 0) == 1
                and n.input[0] not in index.constants and index.scalar_zero(graph, n.input[1])]
     plans = [plan for plan in (_cone(gather, index) for gather in gathers) if plan]
@@ -139,7 +139,7 @@ def _cone(gather, index: _Index):
     shrinking = True
     while shrinking:  # keep only nodes whose outputs are read inside the set (or by the Gather) alone; an attention
         # reads every position of its input (its keys and values), so it reads from outside
-        inside = {key for key, node in nodes.items() if node not in attentions} | {id(gather)}
+        inside = (set(nodes) - {id(n) for n in attentions}) | {id(gather)}
         leaking = [key for key, node in nodes.items()
                    if any(name in index.outputs or any(id(r) not in inside for r in index.readers.get(name, []))
                           for name in node.output if name)]

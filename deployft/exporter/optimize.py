@@ -111,6 +111,7 @@ def optimize(onnx_path: Path, decoder: bool, attention: AttentionShape | None = 
     if not decoder and not skipped:
         report["notes"][0:0] = [SKIP_LAYER_NORM_NOTE, *([BIAS_GELU_NOTE] if split else []),
                                 *([position_note] if position_note else [])]
+    report["first_position"] = position_note is not None  # its FLOPs are fewer (bench's fraction of peak)
     return target, report
 
 

@@ -40,6 +40,30 @@ def test_classify_flops_grow_with_batch_and_length(tiny_model):
     assert one >= 16 * layers * 2 * (4 * hidden * hidden + 2 * hidden * inter)
 
 
+def test_first_position_saving_is_the_last_layers_work_for_the_other_positions(tiny_model):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForSequenceClassification
+
+    from deployft.bench.peak import first_position_saving
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model("bert"), attn_implementation="eager")
+    batch, seq = 3, 12
+    ids = torch.ones(batch, seq, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids))
+    by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    last = next(name for name in by_module if name.endswith("encoder.layer.1"))
+    per_position = sum(by_module[f"{last}.{part}"] for part in ("attention.self.query", "attention.output.dense",
+                                                                 "intermediate.dense", "output.dense"))
+    scores = by_module[f"{last}.attention.self"] - sum(by_module[f"{last}.attention.self.{p}"]
+                                                       for p in ("query", "key", "value"))  # q.k and p.v
+    # every position but the first: its projections and feed-forward, and its row of the attention
+    assert first_position_saving(model.config, batch, seq) == (per_position + scores) * (seq - 1) // seq
+    assert first_position_saving(type("Config", (), {})(), batch, seq) is None  # no widths: not counted
+
+
 def test_decode_flops_count_prefill_and_one_step(tiny_model):
     from transformers import AutoModelForCausalLM
 

@@ -85,6 +85,21 @@ def test_classify_speedups_come_from_the_recorded_medians(tmp_path):
     assert "predictions" not in acc and data["variants"]["pytorch-compile"]["status"] == "failed"
 
 
+def test_a_file_computing_the_first_position_alone_is_judged_by_its_own_flops(tmp_path):
+    manifests = _manifests("classify")
+    manifests["bundle"]["fusion"] = {"first_position": True}
+    manifests["bundle"]["variants"]["model_int8.onnx"]["optimized"] = True  # made from the fused graph
+    raw = {**classify_raw(), "flops_first_position": {"1x16": 600_000}}
+    data = assemble(config(tmp_path), manifests, raw)
+    rows = {r["variant"]: r for r in data["results"]}
+    assert data["variants"]["model_int8.onnx"]["first_position"] is True
+    assert rows["model_int8.onnx"]["flops"] == 600_000 and rows["pytorch"]["flops"] == 1_000_000
+    assert rows["model_int8.onnx"]["fraction_of_peak"] == pytest.approx(6e5 / rows["model_int8.onnx"]["p50"] / 4e11)
+    manifests["bundle"]["variants"]["model_int8.onnx"]["optimized"] = False  # a plain file does every position
+    assert {r["variant"]: r["flops"] for r in assemble(config(tmp_path), manifests, raw)["results"]} == {
+        "pytorch": 1_000_000, "model_int8.onnx": 1_000_000}
+
+
 def test_generate_rows_have_ttft_decode_rate_and_token_agreement(tmp_path):
     data = assemble(config(tmp_path), _manifests("generate"), generate_raw())
     rows = {r["variant"]: r for r in data["results"]}
