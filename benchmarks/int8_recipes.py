@@ -21,9 +21,10 @@ bundle's fused graph with the feed-forward bias Add and Gelu fused back into Bia
 before it kept them apart), and `...; activations smoothed` is the per-channel recipe after activation smoothing
 (`deployft.exporter.smooth`, export's third remedy rung) calibrated on the RUN's first 100 training rows in padded
 batches of 16, as export does; `...; activations smoothed + head and embeddings in fp32` is the fused one of those
-with its head and embedding tables left in fp32 (export's fourth rung), and `...; activations smoothed + first layer
-in fp32` the fused smoothed one with its first layer left in fp32 instead (export's fifth). Every row's agreement is measured here too: top-1 predictions
-against the bundle's fp32 `model.onnx` (which matches PyTorch; see the bundle's validation) on the RUN's eval rows
+with its head and embedding tables left in fp32 (export's fourth rung), and `...; activations smoothed + first
+layer in fp32` the fused smoothed one with its first layer left in fp32 instead (export's fifth). Every row's
+agreement is measured here too: top-1 predictions against the bundle's fp32 `model.onnx` (which matches PyTorch;
+see the bundle's validation) on the RUN's eval rows
 in export's validation batches, with the mean |Δ logit|.
 
     python benchmarks/int8_recipes.py --bundle outputs/demo/bundle      # the recorded result (after `make demo`)

@@ -47,6 +47,7 @@ def test_first_position_saving_is_the_last_layers_work_for_the_other_positions(t
 
     from deployft.bench.peak import first_position_saving
 
+    # eager attention, as bench's `_flops` loads the model: torch counts its q.k and p.v (not SDPA's CPU kernel)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model("bert"), attn_implementation="eager")
     batch, seq = 3, 12
     ids = torch.ones(batch, seq, dtype=torch.long)

@@ -64,7 +64,8 @@ def test_classifier_manifest_content(bundles):
     after = manifest["fusion"]["after"]
     assert after["Attention"] == 1 and after["MultiHeadAttention"] == 1
     assert "Attention ×1, MultiHeadAttention ×1" in manifest["fusion"]["summary"]
-    assert any(note.startswith("the last layer computes only the first position") for note in manifest["fusion"]["notes"])
+    notes = manifest["fusion"]["notes"]
+    assert any(note.startswith("the last layer computes only the first position") for note in notes)
     q = manifest["quantization"]
     assert q["mode"] == "int8" and q["preset"] in ("avx512_vnni", "avx2", "arm64") and q["remedy"] == "none"
 

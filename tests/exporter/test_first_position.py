@@ -67,6 +67,17 @@ def test_a_head_reading_another_position_is_left_as_it_is(tiny_onnx):
     assert keep_first_position(fused) is None and fused.read_bytes() == written
 
 
+def test_a_head_index_from_a_constant_node_of_any_form_is_read(tiny_onnx):
+    plain, fused = _fused(tiny_onnx, "bert")
+    model = onnx.load(str(fused))
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and "pooler" in n.output[0])
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["head_index"], value_int=0))
+    gather.input[1] = "head_index"  # a scalar through `value_int`, not a tensor `value`
+    onnx.save(model, str(fused))
+    assert keep_first_position(fused) is not None
+    np.testing.assert_allclose(_logits(fused, _ragged()), _logits(plain, _ragged()), rtol=1e-4, atol=1e-5)
+
+
 def test_a_last_layer_output_read_elsewhere_keeps_every_position(tiny_onnx):
     _, fused = _fused(tiny_onnx, "bert")
     model = onnx.load(str(fused))
