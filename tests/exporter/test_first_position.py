@@ -124,3 +124,12 @@ def test_candidates_say_what_precision_the_first_position_attention_reads():
                     "MultiHeadAttention ×1 over fp32 q/k/v projections")
     assert attention_text({"MultiHeadAttention": 1}, {}) == (
         "the last layer's first position in MultiHeadAttention ×1 over int8 q/k/v projections")
+
+
+def test_optimize_keeps_every_position_when_asked(tiny_onnx):
+    """Export asks for the rewrite on CPU targets only (`--device cuda` keeps every position, not validated there)."""
+    from deployft.exporter.optimize import optimize
+
+    _, report = optimize(tiny_onnx("bert") / "model.onnx", decoder=False, first_position=False)
+    assert report["first_position"] is False and "MultiHeadAttention" not in report["after"]
+    assert not any(note.startswith("the last layer computes only") for note in report["notes"])
