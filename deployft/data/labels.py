@@ -4,19 +4,24 @@ A label is stripped of surrounding spaces, and a number is written the same way 
 number or as text: 1, "1", 1.0 and "1.0" are all "1"; 2.5 and "2.50" are "2.5". Text with leading zeros
 ("007") stays as written: it is more likely a code than a number. A boolean is spelled "true" / "false" whether
 it came as a JSON (or Parquet) boolean or as text in any case ("True", as pandas writes a CSV, or "TRUE"), so
-`true`, "true" and "True" are one class. NaN and null are missing labels.
+`true`, "true" and "True" are one class. NaN and null are missing labels. Other text keeps its case: "Pos" and
+"pos" are two classes, which training names in a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 
 __all__ = ["class_labels", "label_key", "normalize_label", "number_text"]
+
+logger = logging.getLogger(__name__)
 
 _BOOLEANS = ("true", "false")
 _NUMBER = re.compile(r"[+-]?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
@@ -74,4 +79,20 @@ def class_labels(train: list[dict[str, str]], evals: list[dict[str, str]], colum
     if unknown:
         raise DataError(f"eval data {eval_path} has label(s) {', '.join(unknown)} that never occur in "
                         f"{path}; add them to the training data or remove them from --eval-data")
+    _warn_case_twins(labels, train, column, path)
     return labels
+
+
+def _warn_case_twins(labels: list[str], train: list[dict[str, str]], column: str, path: Path) -> None:
+    """One warning naming the classes that differ only in letter case ("Pos" and "pos"): they stay separate classes,
+    as written, but are most often one class spelled two ways."""
+    spellings: dict[str, list[str]] = {}
+    for label in labels:
+        spellings.setdefault(label.casefold(), []).append(label)
+    twins = [group for group in spellings.values() if len(group) > 1]
+    if not twins:
+        return
+    rows = Counter(row["label"] for row in train)
+    named = "; ".join(" / ".join(f"{label!r} ({rows[label]} training rows)" for label in group) for group in twins)
+    logger.warning("label column '%s' of %s has classes that differ only in letter case: %s; each is learned as its "
+                   "own class: write them one way if they are one", column, path, named)

@@ -34,6 +34,21 @@ def test_labels_with_surrounding_spaces_are_one_class(tmp_path):
     assert examples.labels == ["neg", "pos"] and {r["label"] for r in examples.train} == {"neg", "pos"}
 
 
+def test_classes_differing_only_in_case_stay_apart_and_are_named(tmp_path, caplog):
+    path = tmp_path / "case.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},{['Pos', 'pos', 'neg', 'neg'][i % 4]}\n" for i in range(16)))
+    with caplog.at_level("WARNING"):
+        examples = load_examples("classify", path)
+    assert examples.labels == ["Pos", "neg", "pos"]  # as written: merging them is the user's call
+    warning = next(r.getMessage() for r in caplog.records if "differ only in letter case" in r.getMessage())
+    assert "'Pos' (" in warning and "'pos' (" in warning and "neg" not in warning and str(path) in warning
+    caplog.clear()
+    path.write_text("text,label\n" + "".join(f"t{i},{['pos', 'neg'][i % 2]}\n" for i in range(16)))
+    with caplog.at_level("WARNING"):
+        load_examples("classify", path)
+    assert "letter case" not in caplog.text
+
+
 def test_a_nan_label_is_missing_and_dropped_with_a_count(tmp_path, caplog):
     rows = [json.dumps({"text": f"t{i}", "label": ["pos", "neg"][i % 2]}) for i in range(10)]
     path = tmp_path / "nan.jsonl"
