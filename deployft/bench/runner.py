@@ -216,10 +216,10 @@ def _flops(config: BenchConfig, task: str, bundle: dict[str, Any]) -> tuple[dict
     # it the count would leave the attention's q.k and p.v out
     model = cls.from_pretrained(config.run, dtype=torch.float32, attn_implementation="eager").eval()
     if not get_task(task).generates:
-        flops = {f"{b}x{s}": classify_flops(model, b, s) for b in config.batch_sizes for s in config.seq_lens}
+        cells = {f"{b}x{s}": (b, s) for b in config.batch_sizes for s in config.seq_lens}
+        flops = {cell: classify_flops(model, *shape) for cell, shape in cells.items()}
         if not (bundle.get("fusion") or {}).get("first_position"):
             return flops, {}
-        saved = {f"{b}x{s}": first_position_saving(model.config, b, s)
-                 for b in config.batch_sizes for s in config.seq_lens}
-        return flops, {cell: None if saved[cell] is None else flops[cell] - saved[cell] for cell in saved}
+        saved = {cell: first_position_saving(model.config, *shape) for cell, shape in cells.items()}
+        return flops, {cell: None if saved[cell] is None else flops[cell] - saved[cell] for cell in cells}
     return {f"{p}x{n}": decode_flops(model, p, n) for p in config.prompt_lens for n in config.new_tokens}, {}

@@ -259,27 +259,19 @@ def _vocabulary(graph, index: _Index) -> int:
 
 
 def _differs(original: Path, rewritten: Path, vocab: int) -> str | None:
-    """Why `rewritten` does not give `original`'s outputs on ragged right-padded batches, or None when it does."""
+    """Why `rewritten` does not give `original`'s outputs on ragged right-padded batches of made-up ids (export's
+    own `padded_feeds`), or None when it does."""
     import numpy as np
 
     from ..runtime.session import SessionOptions, create_session
+    from .samples import Samples, padded_feeds
 
     rng = np.random.default_rng(0)
     sessions = [create_session(path, SessionOptions(threads=1))[0] for path in (original, rewritten)]
+    inputs = {spec.name: spec for spec in sessions[0].get_inputs()}
     for lengths in ((11, 6, 1), (5,), (32, 9)):
-        rows, width = len(lengths), max(lengths)
-        feeds = {}
-        for spec in sessions[0].get_inputs():
-            if "int" not in spec.type:
-                return f"input {spec.name!r} is {spec.type}, not token ids or a mask"
-            if spec.name == "attention_mask":
-                feeds[spec.name] = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-            elif spec.name == "input_ids":
-                feeds[spec.name] = rng.integers(0, vocab, (rows, width), dtype=np.int64)
-            else:
-                feeds[spec.name] = np.zeros((rows, width), np.int64)
-            if spec.type == "tensor(int32)":
-                feeds[spec.name] = feeds[spec.name].astype(np.int32)
+        rows = Samples([rng.integers(0, vocab, n).tolist() for n in lengths])
+        feeds = padded_feeds(rows, 0, inputs, len(lengths))[0]
         outputs = []
         for session, which in zip(sessions, ("original", "rewritten")):
             try:
