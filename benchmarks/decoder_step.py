@@ -57,6 +57,7 @@ import functools
 import json
 import os
 import platform
+import sys
 import statistics
 import tempfile
 import time
@@ -392,9 +393,12 @@ def main() -> None:
                        "mb": sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6,
                        "top_kernels": _top_kernels(path, args.threads, feeds[name])}
                 for name, path in files.items()}
-    result = {"bundle": str(args.bundle), "threads": args.threads, "past": args.past, "prompts": args.prompts,
+    from deployft.bench.machine import cpu_info
+
+    result = {"command": " ".join(["python", "benchmarks/decoder_step.py", *sys.argv[1:]]),
+              "bundle": str(args.bundle), "threads": args.threads, "past": args.past, "prompts": args.prompts,
               "rounds": args.rounds, "steps": args.steps, "prefill_steps": args.prefill_steps,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "cpu": cpu_info()["model"] or platform.machine(), "cores": os.cpu_count(),
               "load_before": load_before, "load_after": os.getloadavg()[0], "rounds_judged": meter.summary(),
               "files": rows}
     text = _markdown(args, result)
@@ -409,6 +413,7 @@ def _markdown(args, result: dict) -> str:
     base = rows["model.onnx"]["ms_p50"]
     prefill_head = " | ".join(f"prefill {n} ms (p50) | vs fused fp32" for n in args.prompts)
     lines = ["# One decode step and one prefill per file (batch 1)", "",
+             f"Command: `{result['command']}`  ", f"Machine: {result['cpu']}, {result['cores']} cores", "",
              f"`{args.bundle}`, decode: one new token after {args.past} cached tokens; prefill: "
              f"{', '.join(map(str, args.prompts))} tokens, empty cache; {args.threads} threads, {args.rounds} rounds "
              f"x {args.steps} decode steps / {args.prefill_steps} prefills, interleaved; load average "

@@ -133,7 +133,7 @@ def write(result: dict, out: Path) -> None:
     quiet = result["quiet"]
     base = result["medians"][str(result["blocks"][0])]
     lines = ["# A generator's blockwise int8 by block size", "",
-             f"Command: `python benchmarks/int8_blocks.py --run {result['run']}`  ", f"Date: {result['created']}  ",
+             f"Command: `{result['command']}`  ", f"Date: {result['created']}  ",
              f"Machine: {result['machine']}; {result['threads']} threads; {quiet['rounds_kept']} interleaved rounds "
              f"kept ({quiet['rounds_dirty']} of them dirty), {quiet['rounds_rejected']} rejected (others used more "
              f"than {result['max_foreign']:.0%} of a core)", "",
@@ -179,7 +179,8 @@ def main() -> None:
     files = {block: bundle / "model_quantized.onnx" for block, bundle in bundles.items()}
     medians, quiet = time_all(files, args.threads, args.rounds, args.max_foreign)
     info = cpu_info()
-    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
+    result = {"command": " ".join(["python", "benchmarks/int8_blocks.py", *sys.argv[1:]]),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
               "threads": args.threads, "rounds": args.rounds, "max_foreign": args.max_foreign, "quiet": quiet,
               "blocks": blocks, "accuracy": {str(b): accuracy(p) for b, p in bundles.items()},

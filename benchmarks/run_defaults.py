@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -155,11 +154,14 @@ def fastest_lines(report) -> list[str]:
     return lines
 
 
-def publish(name: str, report, results: Path) -> None:
+def publish(name: str, report, results: Path, command: str) -> None:
+    """The bench's report.json and report.md (without its plots) as results/bench_`name`.*, with `command`."""
     results.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report.path / "report.json", results / f"bench_{name}.json")
-    text = (report.path / "report.md").read_text(encoding="utf-8")
-    body = text.split("## Plots")[0].rstrip() + "\n"  # the PNGs stay in the work folder
+    data = json.loads((report.path / "report.json").read_text(encoding="utf-8"))
+    (results / f"bench_{name}.json").write_text(json.dumps({"command": command, **data}, indent=2) + "\n",
+                                                encoding="utf-8")
+    title, _, rest = (report.path / "report.md").read_text(encoding="utf-8").partition("\n")
+    body = f"{title}\n\nCommand: `{command}`\n" + rest.split("## Plots")[0].rstrip() + "\n"  # PNGs stay in --work
     (results / f"bench_{name}.md").write_text(body, encoding="utf-8")
 
 
@@ -169,15 +171,17 @@ def summarize(results: Path) -> None:
     from deployft.bench.markdown import machine_line
 
     parts = ["# Benchmarks on the default models", "",
-             "Written by `python benchmarks/run_defaults.py`; full tables in the bench_*.md files beside this one, "
+             "Written by `benchmarks/run_defaults.py`; full tables in the bench_*.md files beside this one, "
              "every raw timing in the JSON files.", ""]
     for name in ("classify", "classify_openvino", "classify_openvino_static", "classify_openvino_int8_static",
                  "classify_openvino_static_int8_static", "generate"):
         path = results / f"bench_{name}.json"
         if path.is_file():
             report = BenchReport(results, json.loads(path.read_text(encoding="utf-8")))
+            command = report.data.get("command")
             parts += [f"## `bench_{name}`", "",
-                      f"Measured {report.data['created']} on {machine_line(report.data)}.", ""]
+                      f"Measured {report.data['created']} on {machine_line(report.data)}"
+                      + (f" by `{command}`." if command else " (its command's flags were not recorded)."), ""]
             parts += [f"- **warning:** {w}" for w in report.data["warnings"]] + [""]
             parts += headline(report.data["task"], report)
     (results / "bench_defaults.md").write_text("\n".join(parts), encoding="utf-8")
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static-shapes", action="store_true",
                         help="with --provider openvino: a session compiled per input shape")
     args = parser.parse_args(argv)
+    command = " ".join(["python", "benchmarks/run_defaults.py", *(sys.argv[1:] if argv is None else argv)])
     if args.provider == "openvino" and args.task != "classify":
         parser.error("--provider openvino is measured on the classifier: pass --task classify")
     if args.static_shapes and args.provider != "openvino":
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         name = task if args.provider == "default" else f"{task}_{args.provider}"
         name += "_static" if args.static_shapes else ""
         publish(name + ("" if args.quantize == "int8" else f"_{args.quantize.replace('-', '_')}"), report,
-                args.results)
+                args.results, command)
         log(f"{task}: report {report.path / 'report.html'}")
     summarize(args.results)
     print((args.results / "bench_defaults.md").read_text(encoding="utf-8"))

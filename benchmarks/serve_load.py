@@ -340,7 +340,7 @@ def ratios(task_result: dict, key: str) -> dict:
 
 def write(results: dict, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    lines = ["# deployft serve under load (loopback, `--threads 2`)", "",
+    lines = ["# deployft serve under load (loopback, `--threads 2`)", "", f"Command: `{results['command']}`  ",
              f"Measured {results['created']} on {results['machine']}; load generator: aiohttp, one process on the same "
              "cores (its CPU per request in the last column).", ""]
     for task, data in results["tasks"].items():
@@ -444,7 +444,8 @@ def main() -> None:
     from deployft.bench.machine import cpu_info
 
     tasks = ("classify", "generate") if args.task == "both" else (args.task,)
-    results = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = {"command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": f"{cpu_info()['model']}, {psutil.cpu_count()} cores", "settings": vars(args) | {
                    "work": str(args.work), "output": str(args.output), "classify_bundle": str(args.classify_bundle),
                    "generate_bundle": str(args.generate_bundle)}, "tasks": {}}

@@ -77,10 +77,14 @@ def main() -> None:
                 "rss_mb": statistics.median(v["rss_mb"] for v in values),
                 "load_s": statistics.median(v["load_s"] for v in values),
                 "file_mb": _size_mb(files[(name, form)])}
-    result = {"bundle": str(args.bundle), "threads": args.threads, "repeats": args.repeats,
+    from deployft.bench.machine import cpu_info
+
+    result = {"command": " ".join(["python", "benchmarks/session_memory.py", *sys.argv[1:]]),
+              "bundle": str(args.bundle), "threads": args.threads, "repeats": args.repeats,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "files": rows}
-    lines = ["# Session memory by weight storage", "",
+              "cpu": cpu_info()["model"] or platform.machine(), "cores": os.cpu_count(), "files": rows}
+    lines = ["# Session memory by weight storage", "", f"Command: `{result['command']}`  ",
+             f"Machine: {result['cpu']}, {result['cores']} cores", "",
              f"`{args.bundle}`, CPU sessions at {args.threads} threads, each in a fresh process, {args.repeats} "
              f"repeats interleaved (medians); measured {result['created']}.", "",
              "| file | weights | size MB | session RSS MB | load s |", "| --- | --- | ---: | ---: | ---: |"]

@@ -96,7 +96,7 @@ def write(result: dict, out: Path) -> str:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     quiet = result["quiet"]
     lines = ["# SkipLayerNormalization vs residual Add + LayerNormalization (ONNX Runtime CPU kernels)", "",
-             f"Command: `python benchmarks/skip_layernorm.py --threads {result['threads']}`  ",
+             f"Command: `{result['command']}`  ",
              f"Date: {result['created']}  ",
              f"Machine: {result['machine']}; onnxruntime {result['onnxruntime']}; {result['threads']} threads, no "
              f"spinning; {quiet['rounds_kept']} interleaved rounds of {result['calls']} calls kept "
@@ -131,7 +131,8 @@ def main() -> None:
 
     ms, quiet = measure(args.threads, args.rounds, args.calls, args.max_foreign)
     info = cpu_info()
-    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"command": " ".join(["python", "benchmarks/skip_layernorm.py", *sys.argv[1:]]),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{info['model']}, {', '.join(info.get('flags') or [])}",
               "onnxruntime": onnxruntime.__version__, "threads": args.threads, "rounds": args.rounds,
               "calls": args.calls, "max_foreign": args.max_foreign, "quiet": quiet, "ms_p50": ms}

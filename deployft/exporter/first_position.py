@@ -43,7 +43,8 @@ NORMALIZATIONS = frozenset({"LayerNormalization", "SkipLayerNormalization"})
 """Ops that normalize over the last axis only (LayerNormalization with its default axis -1)."""
 SAME_LOGITS = 1e-4
 """How far the rewritten graph's outputs may be from the original's, as a share of the largest of them (fp32
-rounding differs in the 7th digit; a lost padding mask moved a tiny model's logits by 1 %)."""
+rounding differs in the 7th digit, while a rewrite that loses the padding mask moves them far more: see
+`tests/exporter/test_first_position.py`)."""
 
 
 @dataclass
