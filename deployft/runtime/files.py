@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from ..delimited import separator_message, strict_rows
-from ..errors import DataError
+from ..delimited import FIELD_LIMIT, separator_message, strict_rows
+from ..errors import DataError, UsageError
 from ..staging import atomic_file
 from ..tasks import get_task
 from .inputs import check_batch_size
@@ -47,10 +47,13 @@ def check_input(path: Path, shown: str | Path | None = None) -> Path:
 
 def check_file_job(input_path: str | Path, output_path: str | Path, batch_size: int) -> None:
     """Refuse, before the bundle is loaded, a file job that cannot succeed: the batch size, the input file, and
-    an output that is the input, a folder, or under a file."""
+    an output that is the input, a folder, under a file, or named as another format than the JSON Lines written."""
     check_batch_size(batch_size)
     check_input(Path(input_path))
-    check_output_file(output_path, input_path)
+    output = check_output_file(output_path, input_path)
+    if output.suffix.lower() != ".jsonl":
+        raise UsageError(f"--output {output_path} would hold JSON Lines (one JSON object per row), not what its name "
+                         f"says; pass an --output ending in .jsonl, such as {output.with_suffix('.jsonl')}")
 
 
 def read_texts(path: Path, column: str | None, task: str, shown: str | Path | None = None) -> Iterator[str]:
@@ -59,8 +62,9 @@ def read_texts(path: Path, column: str | None, task: str, shown: str | Path | No
     shown = shown or path
     check_input(path, shown)
     lines = _lines(path, shown)
-    rows = _jsonl_rows(lines, shown) if path.suffix.lower() == ".jsonl" else _csv_rows(lines, shown)
-    return (_text_of(row, column, task, shown, number) for number, row in rows)
+    csv = path.suffix.lower() == ".csv"
+    rows = _csv_rows(lines, shown) if csv else _jsonl_rows(lines, shown)
+    return (_text_of(row, column, task, shown, number, csv) for number, row in rows)
 
 
 def _lines(path: Path, shown: str | Path) -> Iterator[str]:
@@ -106,7 +110,9 @@ def _csv_rows(lines: Iterator[str], shown: str | Path) -> Iterator[tuple[int, ob
         yield start, row
 
 
-def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str:
+def _text_of(row, column: str | None, task: str, path: Path, number: int, csv: bool = False) -> str:
+    """The text of one row. A CSV record with fewer fields than the header lacks its last columns (`strict_rows`
+    gives them as None): one that lacks the text is refused, as an empty field ("") is not."""
     if isinstance(row, str):
         return row
     if not isinstance(row, dict):
@@ -114,6 +120,10 @@ def _text_of(row, column: str | None, task: str, path: Path, number: int) -> str
     names = (column,) if column else get_task(task).input_columns
     for name in names:
         if name in row:
+            if csv and row[name] is None:
+                raise DataError(f"{path} line {number} has {sum(v is not None for v in row.values())} of the "
+                                f"header's {len(row)} fields, none for column {name!r}; fill the line in (an empty "
+                                "text is an empty field), or quote a text that holds a comma or a line break")
             return text_value(row[name], name, get_task(task).generates, f"{path} line {number}")
     raise DataError(f"{path} line {number} has no column {' or '.join(repr(n) for n in names)} "
                     f"(columns: {', '.join(str(k) for k in row)}); pass --column NAME")
@@ -138,10 +148,20 @@ def text_value(value, name: str, generates: bool, where: str, fix: str = "write 
 
 
 def count_rows(path: Path) -> int:
-    """Rows in the file (for the progress bar), counted without holding them."""
-    with open(path, "rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
+    """Rows in the file (for the progress bar), counted without holding them: a CSV's records (a quoted text may
+    span lines), a JSONL file's lines that are not blank. A file the reader then refuses may count otherwise."""
+    if path.suffix.lower() != ".csv":
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    import csv
+
+    csv.field_size_limit(FIELD_LIMIT)  # as the strict reader sets it
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        try:
+            records = sum(1 for record in csv.reader(handle) if any(field.strip() for field in record))
+        except csv.Error:  # the strict reader names the line; the bar only loses its total
+            return 0
+    return max(records - 1, 0)
 
 
 def predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path,
@@ -164,7 +184,7 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
         raise DataError(f"{input_path} has no rows; pass a file with at least one row to --input")
     written = 0
     with atomic_file(output_path) as staging, open(staging, "w", encoding="utf-8") as out, \
-            tqdm(total=count_rows(input_path), disable=not progress, unit="row") as bar:
+            tqdm(total=count_rows(input_path) or None, disable=not progress, unit="row") as bar:
         while chunk:
             for record in _records(predictor, chunk, batch_size, options):
                 out.write(json.dumps({"id": written, **record}, ensure_ascii=False) + "\n")

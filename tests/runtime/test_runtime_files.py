@@ -184,3 +184,40 @@ def test_sampled_completions_do_not_depend_on_the_batch_size(runtime_bundle, tmp
         outputs.append(tmp_path / f"out{batch_size}.jsonl")
         predict_file(predictor, source, outputs[-1], batch_size=batch_size, options=options, progress=False)
     assert outputs[0].read_text() == outputs[1].read_text()
+
+
+@pytest.mark.parametrize("name", ["preds.csv", "preds.json", "preds"])
+def test_an_output_named_as_another_format_is_refused(tmp_path, name):
+    from deployft.errors import UsageError
+
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
+    with pytest.raises(UsageError, match=rf"^--output .*{name} would hold JSON Lines .*; pass an --output ending in "
+                                         rf"\.jsonl, such as .*preds\.jsonl$"):
+        predict_file(NeverCalledPredictor(), source, tmp_path / name, progress=False)
+    assert _names(tmp_path) == ["in.csv"]
+
+
+def test_a_csv_line_without_the_text_field_is_refused_and_an_empty_field_is_an_empty_text(runtime_bundle, tmp_path):
+    from deployft.errors import DataError
+
+    source = tmp_path / "short.csv"
+    source.write_text("id,text\n1,hello\n2\n3,bye\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(source))} line 3 has 1 of the header's 2 fields, none for "
+                                        r"column 'text'; fill the line in"):
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
+    source.write_text("id,text\n1,hello\n2,\n3,bye\n")  # an empty field: a text that is empty, as written
+    predict_file(Predictor.load(runtime_bundle("bert")), source, tmp_path / "out.jsonl", progress=False)
+    texts = [json.loads(line)["text"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert texts == ["hello", "", "bye"]
+
+
+def test_the_progress_bar_counts_records_not_lines(tmp_path):
+    from deployft.runtime.files import count_rows
+
+    source = tmp_path / "multi.csv"
+    source.write_text('text\na\n"multi\nline"\n"x\r\ny"\n\nb\n', newline="")
+    assert count_rows(source) == 4
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    assert count_rows(jsonl) == 2
