@@ -77,3 +77,22 @@ def test_a_public_key_refuses_an_unsigned_bundle_before_serving(runtime_bundle, 
     result = CliRunner().invoke(main, ["serve", str(bundle), "--public-key", str(public), "--port", "0"])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert "deployft.json.sig" in result.output and "Traceback" not in result.output
+
+
+def test_a_port_in_use_is_one_error_line_before_the_model_loads(runtime_bundle, monkeypatch):
+    import socket
+
+    import deployft.serve.app as app
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was taken")
+
+    monkeypatch.setattr(app, "create_app", never)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", str(runtime_bundle("bert")), "--port", str(port)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output == (f"Error: --port {port} on 127.0.0.1 is in use (another program listens there); pass "
+                             "another --port, or stop that program\n")
