@@ -6,7 +6,9 @@ pair) is refused with a 400 that names the field. The OpenAI fields deployft doe
 `top_logprobs`, `frequency_penalty` and `presence_penalty` (0), `logit_bias`, `tools` and `functions` (empty),
 `response_format` (`{"type": "text"}`), `best_of` (1), and for completions `echo` (false) and `suffix` (empty);
 `/predict`'s `raw_scores` likewise (false). So a request is never answered with something other than what it
-asked for. Any other field a body holds is ignored (`user`, `metadata`, `store`, ...).
+asked for. Any other field a body holds is ignored (`user`, `metadata`, `store`, ...). A chat message's role is
+`system`, `developer`, `user` or `assistant`, and its content is required (null only for an assistant's), so a
+message the chat template would render as something else is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -59,8 +61,17 @@ class TextPart(_Body):
 
 
 class Message(_Body):
-    role: str
-    content: str | list[TextPart] | None = ""
+    """One chat message, as OpenAI's API takes it: a role the chat template knows and its text (an assistant's
+    content may be null, as OpenAI allows; this server takes no tool messages)."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None
+
+    @model_validator(mode="after")
+    def _content_given(self) -> Message:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs its content (only an assistant's may be null)")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod

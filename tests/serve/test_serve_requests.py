@@ -55,6 +55,11 @@ MESSAGES = [
     ({"messages": CHAT, "stop": list("abcde")}, "stop", "stop: at most 4 stop strings are allowed"),
     ({"messages": CHAT, "best_of": 2}, "best_of",
      "best_of: best_of is not supported by this server (one completion per request); leave it out"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role",
+     "messages.0.role: Input should be 'system', 'developer', 'user' or 'assistant'"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content", "messages.0.content: Field required"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages.0",
+     "messages.0: a user message needs its content (only an assistant's may be null)"),
 ]
 
 
@@ -109,3 +114,11 @@ def test_the_playground_completes_prompts_where_the_bundle_cannot_chat(plain, ge
     assert (settings["route"], settings["chat"]) == ("/v1/completions", False)
     settings = _settings(gen.get("/").text)
     assert (settings["route"], settings["chat"]) == ("/v1/chat/completions", True)
+
+
+def test_an_assistant_message_may_have_null_content_as_openai_allows():
+    from deployft.serve.schemas import ChatRequest
+
+    history = [*CHAT, {"role": "assistant", "content": None}, {"role": "user", "content": "and of spain"}]
+    assert [m["content"] for m in ChatRequest.model_validate({"messages": history}).chat()] == [
+        CHAT[0]["content"], "", "and of spain"]
