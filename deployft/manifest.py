@@ -119,7 +119,8 @@ def manifest_bytes(folder: str | Path, kind: str) -> bytes:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
-        raise error(f"{kind.upper()} folder {folder} does not exist; pass the folder written by deployft "
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise error(f"{kind.upper()} folder {folder} {state}; pass the folder written by deployft "
                     f"{'export' if kind == 'bundle' else 'finetune'}")
     if not path.is_file():
         raise error(f"{folder} has no {MANIFEST_NAME}, so it is not a deployft {kind.upper()} folder; "
@@ -146,5 +147,9 @@ def read_manifest(folder: str | Path, kind: str, raw: bytes | None = None) -> di
         raise error(f"{path} has format version {version}, newer than this deployft reads ({FORMAT_VERSION}); "
                     "upgrade deployft: pip install -U deployft")
     if manifest.get("kind") != kind:
-        raise error(f"{folder} is a {str(manifest.get('kind')).upper()} folder, not a {kind.upper()} folder")
+        fix = {("run", "bundle"): f"; export it first: deployft export {folder} --output BUNDLE, and pass BUNDLE",
+               ("bundle", "run"): "; pass the RUN folder deployft finetune wrote (the BUNDLE's manifest names it "
+                                  "in source_run)"}
+        raise error(f"{folder} is a {str(manifest.get('kind')).upper()} folder, not a {kind.upper()} folder"
+                    + fix.get((manifest.get("kind"), kind), ""))
     return manifest

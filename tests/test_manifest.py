@@ -30,10 +30,15 @@ def test_read_refuses_newer_format(tmp_path):
 
 def test_read_refuses_other_kind_and_missing(tmp_path):
     write_manifest(tmp_path, {"kind": "run"})
-    with pytest.raises(BundleError, match="is a RUN folder, not a BUNDLE"):
+    with pytest.raises(BundleError) as caught:
         read_manifest(tmp_path, "bundle")
+    assert str(caught.value) == (f"{tmp_path} is a RUN folder, not a BUNDLE folder; export it first: deployft export "
+                                 f"{tmp_path} --output BUNDLE, and pass BUNDLE")
     with pytest.raises(ModelError, match="does not exist"):
         read_manifest(tmp_path / "nope", "run")
+    (tmp_path / "data.csv").write_text("text\n")
+    with pytest.raises(BundleError, match=r"^BUNDLE folder .*data.csv is a file, not a folder; pass the folder"):
+        read_manifest(tmp_path / "data.csv", "bundle")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelError, match="has no deployft.json"):

@@ -168,7 +168,7 @@ def _clean(rows: list[dict], columns: dict[str, str], path: Path, legacy: bool =
         if all(v is not None for v in values.values()):
             kept.append(values)
     dropped = len(rows) - len(kept)
-    names = ", ".join(f"'{n}'" for n in columns.values())
+    names = " or ".join(f"'{n}'" for n in columns.values())  # a row is dropped when any of them is empty
     if not kept:
         raise DataError(f"all {len(rows)} rows of {path} have an empty or missing {names}; "
                         "fill them in or pass the right column flags")

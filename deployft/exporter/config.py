@@ -154,12 +154,13 @@ class ExportConfig:
             _one_of("--block-size", self.block_size, BLOCK_SIZES)
             if self.quantize not in ("int8", "int4"):
                 raise UsageError(f"--block-size sets the blocks of a generator's --quantize int4 or int8, not of "
-                                 f"--quantize {self.quantize}; drop --block-size or pass --quantize int4")
+                                 f"--quantize {self.quantize}; drop --block-size (or, for a generator, pass "
+                                 "--quantize int4)")
         if self.head_bits is not None:
             _one_of("--head-bits", self.head_bits, HEAD_BITS)
             if self.quantize != "int4":
                 raise UsageError(f"--head-bits sets the LM head of a generator's --quantize int4, not of --quantize "
-                                 f"{self.quantize}; drop --head-bits or pass --quantize int4")
+                                 f"{self.quantize}; drop --head-bits (or, for a generator, pass --quantize int4)")
         if self.quantize_preset is not None:
             _one_of("--quantize-preset", self.quantize_preset, PRESETS)
         self._check_calibrated_flags()

@@ -106,13 +106,16 @@ def _check_runtime_files(folder: Path, files: dict[str, dict]) -> None:
 
 
 def _model_names(folder: Path, manifest: dict[str, Any], files: dict[str, dict], name: str) -> list[str]:
-    """The model file and its external-weight files, names checked; the model must be a listed .onnx file."""
-    inside(folder, name, "model file")
+    """The model file and its external-weight files, names checked; the model must be a listed .onnx file (a name
+    the caller gave that is a path, such as `../other/model.onnx`, is refused as not one of them)."""
     if name not in files:
         listed = ", ".join(sorted(f for f in files if f.endswith(".onnx")))
-        state = (f"{name} not found in {folder}" if not (folder / name).exists()
+        plain = isinstance(name, str) and name and PurePosixPath(name).name == name and "\\" not in name
+        state = (f"{name!r} is not a file name inside {folder}" if not plain
+                 else f"{name} not found in {folder}" if not (folder / name).exists()
                  else f"{folder / name} is not listed in {MANIFEST_NAME}, so it cannot be verified")
         raise BundleError(f"model file {state}; pass one of the bundle's .onnx files ({listed})")
+    inside(folder, name, "model file")
     variant = (manifest.get("variants") or {}).get(name) or {}
     external = variant.get("external_data") or []
     if not isinstance(external, list):

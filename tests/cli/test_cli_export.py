@@ -138,6 +138,8 @@ def test_bad_input_is_one_line_and_exit_1(tiny_run, tiny_model, tmp_path):
     _fails(["export", run, "-o", out, "--min-agreement", "0.9"], "--min-agreement steers", "--quantize int8")
     _fails(["export", run, "-o", out, "--quantize", "int4"], "--quantize int4 is for generators", "--quantize int8")
     _fails(["export", run, "-o", out, "--quantize", "int4", "--block-size", "48"], "--block-size is 48")
+    for flag, value in (("--block-size", "32"), ("--head-bits", "4")):  # a classifier has no int4 to pass instead
+        _fails(["export", run, "-o", out, flag, value], f"drop {flag} (or, for a generator, pass --quantize int4)")
     _fails(["export", run, "-o", out, "--quantize", "fp16"], "--quantize fp16 is for CUDA only")
     _fails(["export", run, "-o", out, "--quantize", "int8", "--device", "cuda"], "no CUDA kernels")
     _fails(["export", plain, "-o", out], "pass --task classify or --task generate")

@@ -83,7 +83,7 @@ def _data(tmp_path, name, content):
     ("cols.csv", "review,stars\ngood,5\nbad,1\n", ["column 'text' not found", "(columns: 'review', 'stars')",
                                                    "--text-column"]),
     ("one.csv", "text,label\na,x\nb,x\nc,x\n", ["has one class ('x')", "--label-column"]),
-    ("blank.csv", "text,label\n,a\n  ,b\n", ["all 2 rows", "empty or missing 'text'"]),
+    ("blank.csv", "text,label\n,a\n  ,b\n", ["all 2 rows", "empty or missing 'text' or 'label'"]),
     ("latin.csv", "text,label\ncaf\u00e9,a\nthé,b\n".encode("latin-1"), ["not valid utf-8", "--encoding"]),
     ("comma.csv", "text,label\na,x\nhello, world,y\n", ["comma.csv line 3 has 3 fields", "double quotes"]),
     ("quote.csv", 'text,label\n"Awful, just awful,x\nb,y\n', ["quote.csv line 2: a quote", "never closed"]),

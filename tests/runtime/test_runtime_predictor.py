@@ -228,3 +228,11 @@ def test_an_onnx_file_the_manifest_does_not_list_is_refused(runtime_bundle, tmp_
         Predictor.load(bundle, model_file="extra.onnx")
     assert str(caught.value) == (f"model file {bundle}/extra.onnx is not listed in deployft.json, so it cannot be "
                                  "verified; pass one of the bundle's .onnx files (model.onnx, model_int8.onnx)")
+
+
+def test_a_model_file_given_as_a_path_out_of_the_bundle_is_refused_as_not_one_of_its_files(runtime_bundle, tmp_path):
+    bundle = _copy(runtime_bundle("bert"), tmp_path)
+    with pytest.raises(BundleError) as caught:  # an existing file, but another bundle's: the manifest is not to blame
+        Predictor.load(bundle, model_file=f"../{bundle.name}/model.onnx")
+    assert str(caught.value) == (f"model file '../{bundle.name}/model.onnx' is not a file name inside {bundle}; pass "
+                                 "one of the bundle's .onnx files (model.onnx, model_int8.onnx)")
