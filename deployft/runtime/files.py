@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,10 @@ from .outputs import check_output_file
 from .predictor import Predictor
 from .sampling import GenerationOptions
 
+logger = logging.getLogger(__name__)
+
+OUTPUT_ID = "id"
+"""The key of each prediction's row position (0 for the input's first row)."""
 _JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
 MAX_RECORD = 1_000_000
 """The longest CSV record read, in characters, every column of it counted: far beyond any model's input, and the
@@ -64,7 +69,24 @@ def read_texts(path: Path, column: str | None, task: str, shown: str | Path | No
     lines = _lines(path, shown)
     csv = path.suffix.lower() == ".csv"
     rows = _csv_rows(lines, shown) if csv else _jsonl_rows(lines, shown)
-    return (_text_of(row, column, task, shown, number, csv) for number, row in rows)
+    return (_text_of(row, column, task, shown, number, csv) for number, row in _noting_own_id(rows, shown))
+
+
+def _noting_own_id(rows: Iterator[tuple[int, object]], shown: str | Path) -> Iterator[tuple[int, object]]:
+    """`rows`, with a warning when the first has an `id` column of its own (`warn_own_id`)."""
+    for index, (number, row) in enumerate(rows):
+        if index == 0 and isinstance(row, dict):
+            warn_own_id(shown, row)
+        yield number, row
+
+
+def warn_own_id(shown: str | Path, columns) -> None:
+    """Warn that an input's own `id` column is not the predictions' `id` (each row's position), so that a file
+    joined back on `id` is not joined one row off without a word."""
+    if OUTPUT_ID in columns:
+        logger.warning("%s has a column %r of its own; the predictions' %r is each row's position in the file (0 for "
+                       "the first row), not that column: join them to the rows by position", shown, OUTPUT_ID,
+                       OUTPUT_ID)
 
 
 def _lines(path: Path, shown: str | Path) -> Iterator[str]:
@@ -187,7 +209,7 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
             tqdm(total=count_rows(input_path) or None, disable=not progress, unit="row") as bar:
         while chunk:
             for record in _records(predictor, chunk, batch_size, options):
-                out.write(json.dumps({"id": written, **record}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({OUTPUT_ID: written, **record}, ensure_ascii=False) + "\n")
                 written += 1
             bar.update(len(chunk))
             chunk = list(itertools.islice(texts, batch_size))

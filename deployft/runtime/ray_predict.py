@@ -235,12 +235,14 @@ def _key_pem(public_key: str | Path | bytes | None) -> bytes | None:
 
 
 def _write(dataset, config: RayPredictConfig) -> int:
+    from .files import OUTPUT_ID
+
     written = 0
     with atomic_file(config.output_file) as staging:
         writer = _JsonlWriter(staging) if config.output_format == "jsonl" else _ParquetWriter(staging)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                records = [{"id": written + n, **json.loads(r)} for n, r in enumerate(batch["record"])]
+                records = [{OUTPUT_ID: written + n, **json.loads(r)} for n, r in enumerate(batch["record"])]
                 writer.write(records)
                 written += len(records)
         finally:

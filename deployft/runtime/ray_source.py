@@ -24,7 +24,7 @@ from ray.data.block import BlockMetadata
 
 from ..errors import DataError, reraise_as
 from ..tasks import get_task
-from .files import read_texts, text_value
+from .files import read_texts, text_value, warn_own_id
 
 TEXT = "text"
 """The column of the texts read from a JSONL or CSV file."""
@@ -84,6 +84,7 @@ def _parquet_texts(data, path: Path, column: str | None, task: str):
         schema = dataset.schema()
     names = list(schema.names)
     name = _text_column(names, column, task, path)
+    warn_own_id(path, names)
     kind = schema.types[names.index(name)]
     if not _holds_strings(kind):
         _refuse_first_value(path, name, kind, get_task(task).generates)

@@ -221,3 +221,23 @@ def test_the_progress_bar_counts_records_not_lines(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
     assert count_rows(jsonl) == 2
+
+
+@pytest.mark.parametrize("name, content", [("own.csv", "id,text\n7,good\n8,bad\n"),
+                                           ("own.jsonl", '{"id": "a7", "text": "good"}\n{"id": "a8", "text": "bad"}\n')])
+def test_an_id_column_of_the_input_is_named_in_a_warning_and_the_output_id_is_the_position(runtime_bundle, tmp_path,
+                                                                                             caplog, name, content):
+    import logging
+
+    source = tmp_path / name
+    source.write_text(content)
+    with caplog.at_level(logging.WARNING, logger="deployft.runtime.files"):
+        predict_file(Predictor.load(runtime_bundle("bert")), source, tmp_path / "out.jsonl", progress=False)
+    assert f"{source} has a column 'id' of its own; the predictions' 'id' is each row's position" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["text"]) for r in records] == [(0, "good"), (1, "bad")]
+    caplog.clear()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("text\ngood\n")
+    predict_file(Predictor.load(runtime_bundle("bert")), plain, tmp_path / "out.jsonl", progress=False)
+    assert "of its own" not in caplog.text

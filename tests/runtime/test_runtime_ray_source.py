@@ -30,7 +30,7 @@ def test_ray_predicts_the_exact_texts_of_a_csv_jsonl_or_parquet_file_like_the_si
     rows = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
     csv_file = write_rows(tmp_path / "in.csv", rows)
     with open(csv_file, "a", encoding="utf-8") as handle:
-        handle.write("99\n")  # a row without its text field: "" on both paths
+        handle.write("99,\n")  # a row whose text field is empty: "" on both paths (one without it is refused)
     nulls = rows + [{"id": "98", "text": None}]  # null: "" on both paths
     jsonl_file, parquet_file = write_rows(tmp_path / "in.jsonl", nulls), _parquet(tmp_path / "in.parquet", nulls)
     for data, local_input in ((csv_file, csv_file), (jsonl_file, jsonl_file), (parquet_file, jsonl_file)):
@@ -71,6 +71,9 @@ def _refused(path, content: str | list[dict] | tuple[str, int]):
     ("unclosed.csv", "text\n" + "fine\n" * 38 + '"never closed\nmore\n',
      "data file {path} line 40: a quote opened in this record is never closed"),
     ("stray.csv", "text\nfine\n\"cut\" here\n", "data file {path} line 3 is not valid CSV"),
+    ("short.csv", "id,text\n" + "1,fine\n" * 38 + "2\n",
+     "{path} line 40 has 1 of the header's 2 fields, none for column 'text'; fill the line in (an empty text is an "
+     "empty field), or quote a text that holds a comma or a line break"),
     ("number.parquet", [{"text": None}, {"text": None}, {"text": 7}],
      "{path} row 3: column 'text' is a number, not a string; write the column 'text' as strings"),
     ("chat.parquet", [{"text": [{"role": "user", "content": "hi"}]}],
