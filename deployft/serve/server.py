@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 
@@ -18,6 +19,9 @@ from ..errors import UsageError, require
 from .config import ServeConfig
 
 logger = logging.getLogger("deployft.serve")
+
+BACKLOG = 2048
+"""Connections the listening sockets queue before the server accepts them (uvicorn's default)."""
 
 
 def serve(config: ServeConfig) -> None:
@@ -38,11 +42,12 @@ def serve(config: ServeConfig) -> None:
         app = create_app(config, start=False)
         _run(uvicorn, app, config, listening)
     finally:
-        listening.close()
+        for sock in listening:
+            sock.close()
 
 
-def _run(uvicorn, app, config: ServeConfig, listening: socket.socket) -> None:
-    """Run `app` with uvicorn on the `listening` socket until a signal stops it (SIGTERM drains, then exit 0)."""
+def _run(uvicorn, app, config: ServeConfig, listening: list[socket.socket]) -> None:
+    """Run `app` with uvicorn on the `listening` sockets until a signal stops it (SIGTERM drains, then exit 0)."""
     service = app.state.service
     config.warn_if_open()
 
@@ -59,30 +64,56 @@ def _run(uvicorn, app, config: ServeConfig, listening: socket.socket) -> None:
 
     settings = uvicorn.Config(app, host=config.host, port=config.port, lifespan="on", log_level="info",
                               timeout_graceful_shutdown=config.grace_s, access_log=False)
-    DrainingServer(settings).run(sockets=[listening])
+    logger.info("listening on %s (Ctrl+C or SIGTERM stops it)", ", ".join(map(address_text, listening)))
+    DrainingServer(settings).run(sockets=listening)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` (as uvicorn binds one: SO_REUSEADDR, so a server restarted at once can take the
-    port back from connections still closing), for uvicorn to listen on.
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on `host:port`, bound as asyncio binds them for uvicorn: one per address the host resolves
+    to (`localhost`: 127.0.0.1 and ::1), an IPv6 one IPv6-only, SO_REUSEADDR on POSIX (a server restarted at once
+    takes the port back from connections still closing). They listen at once, so a second server started while
+    this one loads its model finds the port taken. Port 0 takes a free port, the same one on every address.
 
     Raises:
         UsageError: the port is in use, the host is not an address of this machine, or binding is not allowed.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except (OSError, OverflowError) as exc:
-        sock.close()
-        if getattr(exc, "errno", None) == errno.EADDRINUSE:
-            raise UsageError(f"--port {port} on {host} is in use (another program listens there); pass another "
-                             "--port, or stop that program") from exc
-        if getattr(exc, "errno", None) == errno.EACCES:
-            raise UsageError(f"listening on port {port} needs privileges this user lacks (ports below 1024 do); "
-                             "pass a --port of 1024 or more") from exc
-        raise UsageError(f"cannot listen on --host {host} --port {port} ({getattr(exc, 'strerror', None) or exc}); "
-                         "pass an address of this machine (127.0.0.1, or 0.0.0.0 for every interface) and a free "
-                         "--port") from exc
-    sock.set_inheritable(True)
-    return sock
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host} is not a name or address this machine can listen on "
+                         f"({getattr(exc, 'strerror', None) or exc}); pass 127.0.0.1, or 0.0.0.0 for every "
+                         "interface") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            sock.listen(BACKLOG)
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _bind_error(exc, host, port) from exc
+    return sockets
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> UsageError:
+    if exc.errno == errno.EADDRINUSE:
+        return UsageError(f"--port {port} on {host} is in use (another program listens there); pass another --port, "
+                          "or stop that program")
+    if exc.errno == errno.EACCES:
+        return UsageError(f"listening on port {port} needs privileges this user lacks (ports below 1024 do); pass a "
+                          "--port of 1024 or more")
+    return UsageError(f"cannot listen on --host {host} --port {port} ({exc.strerror or exc}); pass an address of this "
+                      "machine (127.0.0.1, or 0.0.0.0 for every interface) and a free --port")
+
+
+def address_text(sock: socket.socket) -> str:
+    """`http://127.0.0.1:8000` (`http://[::1]:8000`) of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
