@@ -4,11 +4,12 @@ The input is UTF-8 (a leading byte-order mark is skipped), decoded one line at a
 is reported with its line; each row's text is a string (or null, read as ""), never another JSON value turned into
 text. A CSV is read strictly, as training data is (`deployft.delimited.strict_rows`): a stray quote, or a
 quote never closed (which would join every later line into one text and shift the ids), is an error naming its
-line. `predict --ray` reads its JSONL and CSV files with this reader too (`ray_source`). The output path is checked
-before any work (`outputs.check_output_file`: not the input, not a folder). It is written under a temporary name
-of this run's own and renamed when complete (`deployft.staging.atomic_file`), so an interrupted run never leaves a
-file that looks finished, two runs into one output do not write the same file, and a temporary file left by a
-kill is removed by the next run.
+line, and so is a line without the text's field (an empty field is an empty text). `predict --ray` reads its JSONL
+and CSV files with this reader too (`ray_source`). The output path is checked before any work
+(`outputs.check_output_file`: not the input, not a folder; and not named as another format, `OTHER_FORMATS`). It
+is written under a temporary name of this run's own and renamed when complete (`deployft.staging.atomic_file`), so
+an interrupted run never leaves a file that looks finished, two runs into one output do not write the same file,
+and a temporary file left by a kill is removed by the next run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from ..delimited import FIELD_LIMIT, separator_message, strict_rows
+from ..delimited import separator_message, strict_records, strict_rows
 from ..errors import DataError, UsageError
 from ..staging import atomic_file
 from ..tasks import get_task
@@ -31,6 +32,9 @@ from .sampling import GenerationOptions
 
 logger = logging.getLogger(__name__)
 
+OTHER_FORMATS = (".csv", ".tsv", ".json", ".parquet", ".xlsx", ".xls")
+"""Output suffixes that name another format than the JSON Lines predict writes (refused: a reader of that format
+would fail on the file, or misread it). `.jsonl`, `.ndjson` and names without these suffixes are taken."""
 OUTPUT_ID = "id"
 """The key of each prediction's row position (0 for the input's first row)."""
 _JSON_TYPES = {list: "an array", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
@@ -56,9 +60,10 @@ def check_file_job(input_path: str | Path, output_path: str | Path, batch_size: 
     check_batch_size(batch_size)
     check_input(Path(input_path))
     output = check_output_file(output_path, input_path)
-    if output.suffix.lower() != ".jsonl":
-        raise UsageError(f"--output {output_path} would hold JSON Lines (one JSON object per row), not what its name "
-                         f"says; pass an --output ending in .jsonl, such as {output.with_suffix('.jsonl')}")
+    if output.suffix.lower() in OTHER_FORMATS:
+        raise UsageError(f"--output {output_path} names a {output.suffix} file, but predict writes JSON Lines (one "
+                         f"JSON object per row); pass an --output ending in .jsonl, such as "
+                         f"{output.with_suffix('.jsonl')}")
 
 
 def read_texts(path: Path, column: str | None, task: str, shown: str | Path | None = None) -> Iterator[str]:
@@ -170,19 +175,16 @@ def text_value(value, name: str, generates: bool, where: str, fix: str = "write 
 
 
 def count_rows(path: Path) -> int:
-    """Rows in the file (for the progress bar), counted without holding them: a CSV's records (a quoted text may
-    span lines), a JSONL file's lines that are not blank. A file the reader then refuses may count otherwise."""
+    """Rows in the file (for the progress bar), counted without holding them: a CSV's records as the reader takes
+    them (a quoted text may span lines; a record past `MAX_RECORD` stops the count), a JSONL file's lines that are
+    not blank. 0 (no total) for a file the reader will refuse."""
     if path.suffix.lower() != ".csv":
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
-    import csv
-
-    csv.field_size_limit(FIELD_LIMIT)  # as the strict reader sets it
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        try:
-            records = sum(1 for record in csv.reader(handle) if any(field.strip() for field in record))
-        except csv.Error:  # the strict reader names the line; the bar only loses its total
-            return 0
+    try:
+        records = sum(1 for _, _, fields in strict_records(_lines(path, path), path, "csv", MAX_RECORD) if fields)
+    except DataError:  # the reader names the line when it gets there; the bar only loses its total
+        return 0
     return max(records - 1, 0)
 
 
@@ -192,9 +194,11 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
     """Predict every row of `input_path` into JSONL `output_path`; returns the number of rows written.
 
     Raises:
-        UsageError: batch_size below 1; `output_path` is the input file, a folder, or under a file.
-        DataError: the input is missing, not .jsonl or .csv, not UTF-8, malformed, lacks the column, has a value
-            that is not a string, or has no rows. Nothing is written then, and an existing output is kept.
+        UsageError: batch_size below 1; `output_path` is the input file, a folder, under a file, or named as
+            another format (`OTHER_FORMATS`).
+        DataError: the input is missing, not .jsonl or .csv, not UTF-8, malformed, lacks the column (a CSV line
+            without the text's field too), has a value that is not a string, or has no rows. Nothing is written
+            then, and an existing output is kept.
     """
     from tqdm import tqdm
 

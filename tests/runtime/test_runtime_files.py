@@ -186,15 +186,21 @@ def test_sampled_completions_do_not_depend_on_the_batch_size(runtime_bundle, tmp
     assert outputs[0].read_text() == outputs[1].read_text()
 
 
-@pytest.mark.parametrize("name", ["preds.csv", "preds.json", "preds"])
+@pytest.mark.parametrize("name", ["preds.csv", "preds.JSON", "preds.parquet"])
 def test_an_output_named_as_another_format_is_refused(tmp_path, name):
     from deployft.errors import UsageError
 
     source = write_rows(tmp_path / "in.csv", sentiment_rows(4))
-    with pytest.raises(UsageError, match=rf"^--output .*{name} would hold JSON Lines .*; pass an --output ending in "
-                                         rf"\.jsonl, such as .*preds\.jsonl$"):
+    with pytest.raises(UsageError, match=rf"^--output .*{name} names a \.\w+ file, but predict writes JSON Lines .*; "
+                                         r"pass an --output ending in \.jsonl, such as .*preds\.jsonl$"):
         predict_file(NeverCalledPredictor(), source, tmp_path / name, progress=False)
     assert _names(tmp_path) == ["in.csv"]
+
+
+@pytest.mark.parametrize("name", ["preds.ndjson", "preds", "preds.out"])
+def test_an_output_named_as_json_lines_or_without_a_format_is_taken(runtime_bundle, tmp_path, name):
+    source = write_rows(tmp_path / "in.csv", sentiment_rows(3))
+    assert predict_file(Predictor.load(runtime_bundle("bert")), source, tmp_path / name, progress=False) == 3
 
 
 def test_a_csv_line_without_the_text_field_is_refused_and_an_empty_field_is_an_empty_text(runtime_bundle, tmp_path):
@@ -212,19 +218,33 @@ def test_a_csv_line_without_the_text_field_is_refused_and_an_empty_field_is_an_e
     assert texts == ["hello", "", "bye"]
 
 
-def test_the_progress_bar_counts_records_not_lines(tmp_path):
-    from deployft.runtime.files import count_rows
+@pytest.mark.parametrize("name, content", [
+    ("multi.csv", 'text\na\n"multi\nline"\n"x\r\ny"\n\nb\n'),
+    ("blank.csv", 'id,text\n1,a\n,\n3,\n"",\n'),  # fields that are all empty are rows; a blank line is not
+    ("bom.csv", '\ufeff"text"\n"a, b"\nc\n'),
+    ("rows.jsonl", '{"text": "a"}\n\n{"text": "b"}\n'),
+])
+def test_the_progress_bar_counts_the_rows_the_reader_reads(tmp_path, name, content):
+    from deployft.runtime.files import count_rows, read_texts
 
-    source = tmp_path / "multi.csv"
-    source.write_text('text\na\n"multi\nline"\n"x\r\ny"\n\nb\n', newline="")
-    assert count_rows(source) == 4
-    jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
-    assert count_rows(jsonl) == 2
+    source = tmp_path / name
+    with open(source, "w", encoding="utf-8", newline="") as handle:
+        handle.write(content)
+    assert count_rows(source) == len(list(read_texts(source, None, "classify"))) > 1
 
 
-@pytest.mark.parametrize("name, content", [("own.csv", "id,text\n7,good\n8,bad\n"),
-                                           ("own.jsonl", '{"id": "a7", "text": "good"}\n{"id": "a8", "text": "bad"}\n')])
+def test_a_quote_never_closed_stops_the_count_in_bounded_memory(tmp_path):
+    from deployft.runtime.files import MAX_RECORD, count_rows
+
+    source = tmp_path / "unclosed.csv"
+    source.write_text("text\nfine\n\"never closed\n" + "more text\n" * (MAX_RECORD // 10 + 10))
+    assert count_rows(source) == 0  # the reader refuses the line; the bar goes without a total
+
+
+@pytest.mark.parametrize("name, content", [
+    ("own.csv", "id,text\n7,good\n8,bad\n"),
+    ("own.jsonl", '{"id": "a7", "text": "good"}\n{"id": "a8", "text": "bad"}\n'),
+])
 def test_an_id_column_of_the_input_is_named_in_a_warning_and_the_output_id_is_the_position(runtime_bundle, tmp_path,
                                                                                              caplog, name, content):
     import logging

@@ -24,7 +24,7 @@ TRICKY = ["007", "1.50", "1e3", "true", "NA", "null", "", " 42 ", "two\nlines", 
 
 @pytest.mark.slow
 def test_ray_predicts_the_exact_texts_of_a_csv_jsonl_or_parquet_file_like_the_single_process_path(
-        local_ray, runtime_bundle, tmp_path):
+        local_ray, runtime_bundle, tmp_path, caplog):
     bundle = runtime_bundle("bert")
     texts = TRICKY + [r["text"] for r in sentiment_rows(40)]
     rows = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
@@ -38,6 +38,7 @@ def test_ray_predicts_the_exact_texts_of_a_csv_jsonl_or_parquet_file_like_the_si
         result = _run("predict", bundle, "--input", data, "--output", out, "--ray", "--workers", "2",
                       "--batch-size", "4", "--no-progress")  # windows of 32 rows: several blocks to keep in order
         assert result.exit_code == 0, result.output
+        assert f"{data} has a column 'id' of its own; the predictions' 'id' is each row's position" in caplog.text
         local = tmp_path / f"local-{data.suffix[1:]}.jsonl"
         predict_file(Predictor.load(bundle), local_input, local, batch_size=4, progress=False)
         ray_rows = _jsonl(out / "predictions.jsonl")
