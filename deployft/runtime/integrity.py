@@ -105,17 +105,25 @@ def _check_runtime_files(folder: Path, files: dict[str, dict]) -> None:
                               f"(added after export?); remove it or {REEXPORT}")
 
 
+def onnx_choice(files: dict[str, dict]) -> str:
+    """The fix of a model file the bundle does not have: `pass one of the bundle's .onnx files (a, b)`."""
+    return f"pass one of the bundle's .onnx files ({', '.join(sorted(f for f in files if f.endswith('.onnx')))})"
+
+
+def check_model_file_name(folder: Path, files: dict[str, dict], name: str) -> None:
+    """Refuse a model file the caller names (`model_file`, `--model-file`) that is a path rather than one of the
+    bundle's files, such as `../other/model.onnx`: the caller's name, not the manifest, is what to fix."""
+    if not isinstance(name, str) or PurePosixPath(name).name != name or "\\" in name or name in ("", ".", ".."):
+        raise BundleError(f"model file {name!r} is not a file name inside {folder}; {onnx_choice(files)}")
+
+
 def _model_names(folder: Path, manifest: dict[str, Any], files: dict[str, dict], name: str) -> list[str]:
-    """The model file and its external-weight files, names checked; the model must be a listed .onnx file (a name
-    the caller gave that is a path, such as `../other/model.onnx`, is refused as not one of them)."""
-    if name not in files:
-        listed = ", ".join(sorted(f for f in files if f.endswith(".onnx")))
-        plain = isinstance(name, str) and name and PurePosixPath(name).name == name and "\\" not in name
-        state = (f"{name!r} is not a file name inside {folder}" if not plain
-                 else f"{name} not found in {folder}" if not (folder / name).exists()
-                 else f"{folder / name} is not listed in {MANIFEST_NAME}, so it cannot be verified")
-        raise BundleError(f"model file {state}; pass one of the bundle's .onnx files ({listed})")
+    """The model file and its external-weight files, names checked; the model must be a listed .onnx file."""
     inside(folder, name, "model file")
+    if name not in files:
+        state = (f"{name} not found in {folder}" if not (folder / name).exists()
+                 else f"{folder / name} is not listed in {MANIFEST_NAME}, so it cannot be verified")
+        raise BundleError(f"model file {state}; {onnx_choice(files)}")
     variant = (manifest.get("variants") or {}).get(name) or {}
     external = variant.get("external_data") or []
     if not isinstance(external, list):

@@ -17,7 +17,7 @@ from ..tokens import special_ids
 from .classifier import ClassifierHead
 from .completion import complete, prompt_rows, stream_pieces
 from .generation import KVDecoder
-from .integrity import REEXPORT, check_for_load, signed_manifest
+from .integrity import REEXPORT, check_for_load, check_model_file_name, signed_manifest
 from .inputs import check_batch_size, check_prompt, check_texts, check_token_ids
 from .sampling import GenerationOptions, softmax
 from .openvino import pick_model_file
@@ -49,6 +49,9 @@ def checked_bundle(folder: Path, model_file: str | None = None, public_key: str 
         raise BundleError(f"{folder}/deployft.json has task {manifest.get('task')!r}; "
                           f"expected one of {', '.join(TASKS)}; re-export the bundle with deployft export")
     choice = None
+    if model_file is not None:
+        files = manifest.get("files")
+        check_model_file_name(folder, files if isinstance(files, dict) else {}, model_file)
     if provider == "openvino":
         model_file, choice = pick_model_file(manifest, model_file)
     name = model_file or manifest.get("model_file") or "model.onnx"

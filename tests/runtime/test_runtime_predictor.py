@@ -232,7 +232,21 @@ def test_an_onnx_file_the_manifest_does_not_list_is_refused(runtime_bundle, tmp_
 
 def test_a_model_file_given_as_a_path_out_of_the_bundle_is_refused_as_not_one_of_its_files(runtime_bundle, tmp_path):
     bundle = _copy(runtime_bundle("bert"), tmp_path)
-    with pytest.raises(BundleError) as caught:  # an existing file, but another bundle's: the manifest is not to blame
-        Predictor.load(bundle, model_file=f"../{bundle.name}/model.onnx")
-    assert str(caught.value) == (f"model file '../{bundle.name}/model.onnx' is not a file name inside {bundle}; pass "
-                                 "one of the bundle's .onnx files (model.onnx, model_int8.onnx)")
+    other = shutil.copytree(bundle, tmp_path / "other")
+    for name in (f"../{other.name}/model.onnx", str(other / "model.onnx"), ".."):  # existing, but another's
+        with pytest.raises(BundleError) as caught:  # the caller's name is to fix, not the manifest
+            Predictor.load(bundle, model_file=name)
+        assert str(caught.value) == (f"model file {name!r} is not a file name inside {bundle}; pass one of the "
+                                     "bundle's .onnx files (model.onnx, model_int8.onnx)")
+
+
+def test_a_manifest_naming_a_model_file_out_of_the_bundle_is_blamed_on_the_manifest(runtime_bundle, tmp_path):
+    from deployft.runtime.integrity import check_for_load
+
+    bundle = _copy(runtime_bundle("bert"), tmp_path)
+    manifest = json.loads((bundle / "deployft.json").read_text())
+    with pytest.raises(BundleError, match=r"deployft.json names model file '\.\./evil.onnx', a path outside the "
+                                          "bundle folder"):
+        check_for_load(bundle, manifest, "../evil.onnx")
+
+
