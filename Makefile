@@ -38,7 +38,7 @@ browser:
 peers: install
 	$(PY) -c "from deployft.bench.genai_venv import helper_python; print(helper_python())"
 
-# llama.cpp peers (optional, not part of `make test`): llama-cpp-python compiles from source, over 10 minutes on
+# llama.cpp peers (optional, not part of `make test`): llama-cpp-python compiles from source, many minutes on
 # 2 cores, once (pip keeps the wheel it built); the bench then times llama.cpp beside deployft.
 llama-cpp: install
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e ".[llama-cpp]"

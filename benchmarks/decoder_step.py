@@ -57,8 +57,9 @@ import functools
 import json
 import os
 import platform
-import sys
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -395,7 +396,7 @@ def main() -> None:
                 for name, path in files.items()}
     from deployft.bench.machine import cpu_info
 
-    result = {"command": " ".join(["python", "benchmarks/decoder_step.py", *sys.argv[1:]]),
+    result = {"command": shlex.join(["python", "benchmarks/decoder_step.py", *sys.argv[1:]]),
               "bundle": str(args.bundle), "threads": args.threads, "past": args.past, "prompts": args.prompts,
               "rounds": args.rounds, "steps": args.steps, "prefill_steps": args.prefill_steps,
               "cpu": cpu_info()["model"] or platform.machine(), "cores": os.cpu_count(),

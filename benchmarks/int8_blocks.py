@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -179,7 +180,7 @@ def main() -> None:
     files = {block: bundle / "model_quantized.onnx" for block, bundle in bundles.items()}
     medians, quiet = time_all(files, args.threads, args.rounds, args.max_foreign)
     info = cpu_info()
-    result = {"command": " ".join(["python", "benchmarks/int8_blocks.py", *sys.argv[1:]]),
+    result = {"command": shlex.join(["python", "benchmarks/int8_blocks.py", *sys.argv[1:]]),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),
               "machine": f"{info['model']}, {os.cpu_count()} cores, {', '.join(info.get('flags') or [])}",
               "threads": args.threads, "rounds": args.rounds, "max_foreign": args.max_foreign, "quiet": quiet,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static-shapes", action="store_true",
                         help="with --provider openvino: a session compiled per input shape")
     args = parser.parse_args(argv)
-    command = " ".join(["python", "benchmarks/run_defaults.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "benchmarks/run_defaults.py", *(sys.argv[1:] if argv is None else argv)])
     if args.provider == "openvino" and args.task != "classify":
         parser.error("--provider openvino is measured on the classifier: pass --task classify")
     if args.static_shapes and args.provider != "openvino":

@@ -39,6 +39,7 @@ import asyncio
 import itertools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -444,7 +445,7 @@ def main() -> None:
     from deployft.bench.machine import cpu_info
 
     tasks = ("classify", "generate") if args.task == "both" else (args.task,)
-    results = {"command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
+    results = {"command": shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": f"{cpu_info()['model']}, {psutil.cpu_count()} cores", "settings": vars(args) | {
                    "work": str(args.work), "output": str(args.output), "classify_bundle": str(args.classify_bundle),

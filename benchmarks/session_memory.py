@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def main() -> None:
                 "file_mb": _size_mb(files[(name, form)])}
     from deployft.bench.machine import cpu_info
 
-    result = {"command": " ".join(["python", "benchmarks/session_memory.py", *sys.argv[1:]]),
+    result = {"command": shlex.join(["python", "benchmarks/session_memory.py", *sys.argv[1:]]),
               "bundle": str(args.bundle), "threads": args.threads, "repeats": args.repeats,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "cpu": cpu_info()["model"] or platform.machine(), "cores": os.cpu_count(), "files": rows}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -131,7 +132,7 @@ def main() -> None:
 
     ms, quiet = measure(args.threads, args.rounds, args.calls, args.max_foreign)
     info = cpu_info()
-    result = {"command": " ".join(["python", "benchmarks/skip_layernorm.py", *sys.argv[1:]]),
+    result = {"command": shlex.join(["python", "benchmarks/skip_layernorm.py", *sys.argv[1:]]),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{info['model']}, {', '.join(info.get('flags') or [])}",
               "onnxruntime": onnxruntime.__version__, "threads": args.threads, "rounds": args.rounds,

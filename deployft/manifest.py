@@ -148,8 +148,8 @@ def read_manifest(folder: str | Path, kind: str, raw: bytes | None = None) -> di
                     "upgrade deployft: pip install -U deployft")
     if manifest.get("kind") != kind:
         fix = {("run", "bundle"): f"; export it first: deployft export {folder} --output BUNDLE, and pass BUNDLE",
-               ("bundle", "run"): "; pass the RUN folder deployft finetune wrote (the BUNDLE's manifest names it "
-                                  "in source_run)"}
+               ("bundle", "run"): "; pass the RUN folder deployft finetune wrote (a BUNDLE's source_run names "
+                                  "the folder it was exported from)"}
         raise error(f"{folder} is a {str(manifest.get('kind')).upper()} folder, not a {kind.upper()} folder"
                     + fix.get((manifest.get("kind"), kind), ""))
     return manifest

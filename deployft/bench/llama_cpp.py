@@ -23,7 +23,7 @@ from ..errors import MissingDependencyError, StageError
 from .child import run_child
 
 INSTALL = ('pip install "deployft[llama-cpp]" (llama-cpp-python has no wheel on the package index and compiles '
-           "from source: over 10 minutes on 2 cores; `make llama-cpp` does it once)")
+           "from source, which takes many minutes on 2 cores; `make llama-cpp` does it once)")
 FTYPES = {"int8": ("Q8_0", 7), "int4": ("Q4_0", 2)}
 """Peer precision -> (llama.cpp file type name, its `llama_ftype` value: LLAMA_FTYPE_MOSTLY_Q8_0 / _Q4_0)."""
 GGUF = "model.gguf"

@@ -6,7 +6,8 @@ decoder (`KVDecoder`) that `Predictor` executes, and compared (`compare`): max |
 the task metric (`deployft.metrics`: accuracy and macro-F1; perplexity on the response tokens). What the accuracy
 guard (`guard.py`) judges is paired, row by row: for classifiers the number of rows whose top-1 class differs
 from PyTorch's (`flips`), for generators the perplexity ratio over PyTorch on the same sequences with its paired
-bootstrap upper bound (`agreement.bootstrap_ratio_upper_bound`), and the greedy tokens that match PyTorch's before the first divergence.
+bootstrap upper bound (`agreement.bootstrap_ratio_upper_bound`), and the greedy tokens that match PyTorch's
+before the first divergence.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ pair) is refused with a 400 that names the field. The OpenAI fields deployft doe
 `response_format` (`{"type": "text"}`), `best_of` (1), and for completions `echo` (false) and `suffix` (empty);
 `/predict`'s `raw_scores` likewise (false). So a request is never answered with something other than what it
 asked for. Any other field a body holds is ignored (`user`, `metadata`, `store`, ...). A chat message's role is
-`system`, `developer`, `user` or `assistant`, and its content is required (null only for an assistant's), so a
-message the chat template would render as something else is a 400 naming it.
+`system`, `developer` (given to the template as `system`), `user` or `assistant`, and its content is required
+(null only for an assistant's): another role or a message without content is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ class TextPart(_Body):
 
 
 class Message(_Body):
-    """One chat message, as OpenAI's API takes it: a role the chat template knows and its text (an assistant's
-    content may be null, as OpenAI allows; this server takes no tool messages)."""
+    """One chat message, as OpenAI's API takes it: its role and text (an assistant's content may be null, as OpenAI
+    allows; this server takes no tool messages). A `developer` message is OpenAI's newer name for a system one and
+    reaches the chat template as `system`, the role templates know."""
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None
@@ -165,7 +166,7 @@ class ChatRequest(_Generation):
     max_completion_tokens: int | None = Field(None, ge=1)
 
     def chat(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
     def requested_tokens(self) -> int | None:
         """The max_tokens the client asked for (None: left out)."""

@@ -122,3 +122,10 @@ def test_an_assistant_message_may_have_null_content_as_openai_allows():
     history = [*CHAT, {"role": "assistant", "content": None}, {"role": "user", "content": "and of spain"}]
     assert [m["content"] for m in ChatRequest.model_validate({"messages": history}).chat()] == [
         CHAT[0]["content"], "", "and of spain"]
+
+
+def test_a_developer_message_reaches_the_template_as_a_system_one():
+    from deployft.serve.schemas import ChatRequest
+
+    body = {"messages": [{"role": "developer", "content": "be brief"}, *CHAT]}
+    assert [m["role"] for m in ChatRequest.model_validate(body).chat()] == ["system", "user"]
