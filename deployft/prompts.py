@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -202,13 +203,37 @@ def _compile(template: str):
 
 
 def check_messages(messages) -> list[dict]:
-    """Validate a chat: a non-empty list of dicts with `role` and `content`."""
+    """Validate a chat: a non-empty list of dicts with `role` and `content`, both strings of valid text."""
     if not isinstance(messages, list) or not messages:
         raise UsageError(f"chat messages must be a non-empty list; {ROLES_HINT}")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise UsageError(f"chat message {i} is {message!r}, not a dict with 'role' and 'content'; {ROLES_HINT}")
+        for field in ("role", "content"):
+            value = message[field]
+            if not isinstance(value, str):
+                raise UsageError(f"chat message {i}'s {field} is {type(value).__name__} {str(value)[:40]!r}, not a "
+                                 f"string; pass the {field} as text ({ROLES_HINT})")
+            check_unicode(value, f"chat message {i}'s {field}")
     return messages
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def check_unicode(text: str, what: str) -> str:
+    """`text`, refused when it holds a lone UTF-16 surrogate, which no tokenizer encodes: a byte that is not UTF-8
+    in a command-line argument arrives as one, and so does JSON's `"\\ud800"` without its pair.
+
+    Raises:
+        UsageError: naming `what`, the character and its position.
+    """
+    found = _SURROGATE.search(text)
+    if found:
+        raise UsageError(f"{what} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character "
+                         f"{found.start()}, which is not valid text; pass Unicode text (from a shell or a file: "
+                         "UTF-8)")
+    return text
 
 
 def render_chat(template: str | None, messages: list[dict], special_tokens: dict[str, str],

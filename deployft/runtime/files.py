@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..delimited import separator_message, strict_records, strict_rows
 from ..errors import DataError, UsageError
+from ..prompts import check_unicode
 from ..staging import atomic_file
 from ..tasks import get_task
 from .inputs import check_batch_size
@@ -165,7 +166,10 @@ def text_value(value, name: str, generates: bool, where: str, fix: str = "write 
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        try:
+            return check_unicode(value, f"{where}: column {name!r}")
+        except UsageError as exc:  # JSON's "\ud800" without its pair: the file's text to fix
+            raise DataError(str(exc)) from None
     chat = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
     if chat and generates:
         fix = ("a chat is not read from a file: pass its messages to Predictor.generate or to the server's "

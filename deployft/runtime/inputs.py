@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
+from ..prompts import check_unicode
 
 
 def check_texts(texts, call: str) -> list[str]:
@@ -16,16 +17,20 @@ def check_texts(texts, call: str) -> list[str]:
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise UsageError(f"{call} item {bad[0]} is {type(texts[bad[0]]).__name__}, not a string; pass strings only")
-    return list(texts)
+    return [check_unicode(text, f"{call} item {i}") for i, text in enumerate(texts)]
 
 
 def check_prompt(prompt) -> bool:
-    """Validate a prompt; True when it is a batch (a list or tuple of strings)."""
+    """Validate a prompt; True when it is a batch (a list or tuple of strings). A chat's messages are checked when it
+    is rendered (`prompts.check_messages`)."""
     if isinstance(prompt, str):
+        check_unicode(prompt, "the prompt")
         return False
     if isinstance(prompt, list) and prompt and all(isinstance(p, dict) for p in prompt):
         return False
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        for i, text in enumerate(prompt):
+            check_unicode(text, f"prompt {i}")
         return True
     ids = isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, int) for p in prompt)
     raise UsageError("a prompt must be a string, a list of strings, or a chat (list of role/content dicts); got "

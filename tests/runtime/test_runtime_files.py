@@ -261,3 +261,13 @@ def test_an_id_column_of_the_input_is_named_in_a_warning_and_the_output_id_is_th
     plain.write_text("text\ngood\n")
     predict_file(Predictor.load(runtime_bundle("bert")), plain, tmp_path / "out.jsonl", progress=False)
     assert "of its own" not in caplog.text
+
+
+def test_a_lone_surrogate_in_a_jsonl_text_is_refused_with_its_line(tmp_path):
+    from deployft.errors import DataError
+
+    source = tmp_path / "broken.jsonl"
+    source.write_text('{"text": "fine"}\n{"text": "ok \\udcff there"}\n')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(source))} line 2: column 'text' holds a lone UTF-16 "
+                                        r"surrogate \(U\+DCFF\) at character 3, which is not valid text"):
+        predict_file(NeverCalledPredictor(), source, tmp_path / "out.jsonl", progress=False)

@@ -112,3 +112,35 @@ def test_long_prompts_are_cut_with_one_warning_per_call(generator, caplog):
                                      f"tokens (half of the bundle's max_length {generator.max_length}, as training "
                                      "cut them)"]
     assert streamed == texts[0]
+
+
+def test_a_lone_surrogate_is_a_usage_error_naming_the_text(classifier, generator):
+    from click.testing import CliRunner
+
+    from deployft.cli import main
+
+    # a byte that is not UTF-8 in a command-line argument arrives as one; the tokenizer would raise a TypeError
+    with pytest.raises(UsageError, match=r"^predict\(\) item 1 holds a lone UTF-16 surrogate \(U\+DCFF\) at "
+                                         "character 3, which is not valid text; pass Unicode text"):
+        classifier.predict(["fine", "ok \udcff there"])
+    with pytest.raises(UsageError, match=r"^the prompt holds a lone UTF-16 surrogate \(U\+DCFF\) at character 3"):
+        generator.generate("ok \udcff", max_new_tokens=2)
+    with pytest.raises(UsageError, match=r"^prompt 1 holds a lone UTF-16 surrogate"):
+        generator.generate(["fine", "ok \udcff"], max_new_tokens=2)
+    result = CliRunner().invoke(main, ["predict", str(classifier.folder), "ok \udcff there"])
+    assert result.exit_code == 1 and result.output.startswith("Error: predict() item 0 holds a lone UTF-16")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("message, found", [
+    ({"role": "user", "content": None}, "chat message 0's content is NoneType 'None', not a string"),
+    ({"role": "user", "content": 5}, "chat message 0's content is int '5', not a string"),
+    ({"role": "user", "content": [{"type": "text", "text": "hi"}]}, "chat message 0's content is list"),
+    ({"role": None, "content": "hi"}, "chat message 0's role is NoneType 'None', not a string"),
+    ({"role": "user", "content": "ok \udcff"}, "chat message 0's content holds a lone UTF-16 surrogate (U+DCFF)"),
+])
+def test_a_chat_message_that_is_not_text_is_the_callers_error_not_the_bundles(runtime_bundle, message, found):
+    chat = Predictor.load(runtime_bundle("llama"), threads=1)
+    with pytest.raises(UsageError) as caught:
+        chat.generate([message], max_new_tokens=2)
+    assert str(caught.value).startswith(found)
