@@ -1,6 +1,8 @@
 """Fill a stage's config dataclass from defaults, a YAML/TOML file, and explicit values, in that order.
 
-The CLI, the Python API and a config file all fill the same dataclass: one source of defaults.
+The CLI, the Python API and a config file all fill the same dataclass: one source of defaults. A file's keys are
+the flags' names (dashes or underscores): a field whose flag is named otherwise says so in its metadata
+(`metadata={"flag": "grace"}` for `grace_s`, set by `--grace`), and the file may use either name.
 """
 
 from __future__ import annotations
@@ -58,13 +60,15 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **explicit
         UsageError: an unreadable file, an unknown option, or a value of the wrong type (naming key and file).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    flags = {f.metadata["flag"]: name for name, f in fields.items() if "flag" in f.metadata}
     values: dict[str, Any] = {}
     if config_file is not None:
-        values.update(read_config_file(config_file))
+        values.update({flags.get(key, key): value for key, value in read_config_file(config_file).items()})
         unknown = sorted(set(values) - set(fields))
         if unknown:
+            known = {fields[name].metadata.get("flag", name) for name in fields}
             raise UsageError(f"config file {config_file} has unknown option(s) {', '.join(unknown)}; "
-                             f"known options: {', '.join(sorted(fields))}")
+                             f"known options: {', '.join(sorted(known))}")
         hints = _type_hints(cls)
         values = {key: convert_value(value, hints.get(key), fields[key], f"config file {config_file}")
                   for key, value in values.items()}

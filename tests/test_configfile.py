@@ -103,3 +103,23 @@ def test_finetune_config_file_values_are_converted_and_checked(tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.epochs) == (5e-5, 16, 2.0)
     with pytest.raises(UsageError, match="max_samples must be a whole number or null, got 2.5"):
         build_config(FinetuneConfig, _yaml(tmp_path, "max_samples: 2.5\n"))
+
+
+def test_serve_config_keys_are_the_flags_names_and_the_fields_names_still_work(tmp_path):
+    from deployft.serve.config import ServeConfig
+
+    (tmp_path / "bundle").mkdir()
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("request-timeout: 30\ngrace: 5\n")  # as --request-timeout and --grace name them
+    config = build_config(ServeConfig, flags, bundle=tmp_path / "bundle")
+    assert (config.request_timeout_s, config.grace_s) == (30.0, 5.0)
+    fields = tmp_path / "fields.yaml"
+    fields.write_text("request_timeout_s: 40\ngrace_s: 6\n")
+    config = build_config(ServeConfig, fields, bundle=tmp_path / "bundle")
+    assert (config.request_timeout_s, config.grace_s) == (40.0, 6.0)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("graces: 5\n")
+    with pytest.raises(UsageError) as caught:
+        build_config(ServeConfig, typo, bundle=tmp_path / "bundle")
+    known = str(caught.value).split("known options: ")[1].split(", ")
+    assert "grace" in known and "request_timeout" in known and "grace_s" not in known

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
@@ -65,9 +65,9 @@ class ServeConfig:
     (256 for chat, 16 for completions) or this limit, whichever is lower."""
     max_body_bytes: int = 1_000_000
     """The largest request body; a bigger one is answered 413."""
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = field(default=120.0, metadata={"flag": "request_timeout"})
     """Seconds a request may wait and run before it is answered 504 (its queue place or batch slot is freed)."""
-    grace_s: float = 30.0
+    grace_s: float = field(default=30.0, metadata={"flag": "grace"})
     """Seconds in-flight requests get to finish after SIGTERM before the server exits."""
     api_key: str | None = None
     """Bearer key every model route requires (default: the DEPLOYFT_API_KEY environment variable; none: open)."""
