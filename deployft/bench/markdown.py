@@ -162,6 +162,18 @@ def _latency_note(data: dict[str, Any]) -> str:
         "each settled call (one per round, after an idle pause), as a busy server sees it"
 
 
+def _baseline_line(data: dict[str, Any], generates: bool) -> str:
+    """What the speed-ups divide by, or that they are missing: a baseline not timed (left out of the variants, or
+    failed) gives none."""
+    name = data["baseline"]
+    if (data["variants"].get(name) or {}).get("status") != "ok":
+        return f"baseline: `{name}` was not measured (not among the variants, or it failed), so no speed-up is given"
+    if generates:
+        return f"baseline: `{name}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s over the " \
+            "baseline's"
+    return f"baseline: `{name}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50"
+
+
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The facts above the tables, one list item each (Markdown inline: `code`, **bold**); report.md and
     report.html both list them, so the two say the same."""
@@ -170,10 +182,9 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     spread = "; p90 / p99 are over every timed call" if spread_per_call(data) else ""
     lines = [f"machine: {machine_line(data)}",
              f"load average (1/5/15 min): before {load['before']}, after {load['after']}",
-             f"baseline: `{data['baseline']}` (transformers generate, greedy, KV cache); speed-up = decode tokens/s "
-             "over the baseline's" if generates else
-             f"baseline: `{data['baseline']}` (the RUN in eager fp32); speed-ups are baseline p50 / variant p50; "
-             f"{_latency_note(data)}{spread}"]
+             _baseline_line(data, generates) + ("" if generates else f"; {_latency_note(data)}{spread}")]
+    if rows := (data.get("inputs") or {}).get("eval_rows"):
+        lines.append(f"accuracy{' and perplexity' if generates else ''} over {rows} eval rows of the RUN")
     rounds = data.get("rounds") or {}
     kept = f"{rounds['rounds_kept']} rounds kept per cell (at least {data['config']['repeats']} asked for)" \
         if "rounds_kept" in rounds else f"{data['config']['repeats']} rounds asked for per cell"

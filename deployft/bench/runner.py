@@ -77,7 +77,8 @@ def _measure(config: BenchConfig, manifests: dict, variants: list[str], scratch:
         raw["peak"] = measure_peaks(config.threads, config.device)
     built = _build_peers(config, variants, scratch)
     started = time.perf_counter()
-    raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch, built)
+    raw["variants"], raw["timings"], raw["rounds"] = _run_workers(config, manifests, variants, scratch, built,
+                                                                  raw["inputs"].get("eval_rows", 0))
     raw["wall_s"] = time.perf_counter() - started
     raw["load_after"] = load_average()
     raw["flops"], raw["flops_first_position"] = (_flops(config, manifests["run"]["task"], manifests["bundle"])
@@ -112,8 +113,9 @@ def _build_peers(config: BenchConfig, variants: list[str], scratch: Path) -> dic
 
 
 def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scratch: Path,
-                 built: dict[str, dict[str, Any]]):
-    """Start one worker per variant, time them interleaved, then collect accuracy and memory."""
+                 built: dict[str, dict[str, Any]], eval_rows: int):
+    """Start one worker per variant, time them interleaved, then collect accuracy (on `eval_rows` rows: the RUN's
+    eval split, at most --eval-samples) and memory."""
     task = manifests["run"]["task"]
     status: dict[str, dict[str, Any]] = {}
     workers: dict[str, WorkerHandle] = {}
@@ -135,7 +137,7 @@ def _run_workers(config: BenchConfig, manifests: dict, variants: list[str], scra
         live = [n for n in variants if status[n]["status"] == "ok"]
         timings, rounds = _time(config, task, workers, live, status)
         for name in [n for n in live if status[n]["status"] == "ok"]:
-            logger.info("%s: scoring %d eval rows", name, config.eval_samples)
+            logger.info("%s: scoring %d eval rows", name, eval_rows)
             _finish(config, workers[name], status[name])
     finally:
         for handle in workers.values():

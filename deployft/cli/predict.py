@@ -46,8 +46,9 @@ FILE_FLAGS = ("output_path", "column", "progress")
 @click.option("--top-p", type=float, default=None)
 @click.option("--seed", type=int, default=None,
               help="Seed of sampling (--temperature above 0). Each text or row samples from its own generator "
-                   "seeded with it, as it would alone: identical prompts give identical samples. Leave it out for "
-                   "different samples.")
+                   "seeded with it, as it would alone (with an fp32 file; an int8 file computes a batch slightly "
+                   "differently from one row, so a nearly tied token can differ): identical prompts give identical "
+                   "samples. Leave it out for different samples.")
 @click.option("--stop", multiple=True, help="A string that ends generation (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar for --input.")
 @click.option("--ray", "on_ray", is_flag=True,

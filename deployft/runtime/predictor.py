@@ -243,9 +243,11 @@ class Predictor:
         A list of strings is generated as one left-padded batch and returns a list. temperature 0 is greedy;
         the returned text ends before the first stop string or end token.
 
-        `seed` (temperature > 0): every row samples from its own generator seeded with `seed`, so a row gets the text
-        its prompt gets alone, in any batch (as the server does per request). Identical prompts with the same seed
-        therefore give identical samples: `generate([p] * 3, temperature=1, seed=0)` is one text three times. Pass
+        `seed` (temperature > 0): every row samples from its own generator seeded with `seed`, so with an fp32 file
+        a row gets the text its prompt gets alone, in any batch (as the server does per request). A blockwise-int8
+        file's MatMulNBits kernel computes a batch of rows slightly differently from one row, so where two tokens
+        are nearly tied a batched row can take the other one, greedy too. Identical prompts with the same seed
+        give identical samples: `generate([p] * 3, temperature=1, seed=0)` is one text three times. Pass
         seed=None (fresh entropy per row) or call with different seeds for different samples.
         """
         self._require(True, "generate()")

@@ -311,3 +311,17 @@ def test_without_hot_calls_the_report_shows_the_settled_latency_once(tmp_path):
         markdown and "no back-to-back calls were timed" in html
     hot = render_markdown(assemble(config(tmp_path), _manifests("classify"), classify_raw()))
     assert "hot p50 ms" in hot and "settled p50 ms" in hot and "median of 5 back-to-back calls" in hot
+
+
+def test_the_summary_says_how_many_eval_rows_scored_and_when_no_baseline_was_timed(tmp_path):
+    data = assemble(config(tmp_path), _manifests("classify"), classify_raw())
+    lines = summary_lines(data)
+    assert "accuracy over 4 eval rows of the RUN" in lines
+    assert any(line.startswith("baseline: `pytorch` (the RUN in eager fp32); speed-ups are") for line in lines)
+    raw = classify_raw()
+    raw["variants"]["pytorch"] = {**raw["variants"]["pytorch"], "status": "failed", "error": "boom"}
+    lines = summary_lines(assemble(config(tmp_path), _manifests("classify"), raw))
+    assert any(line.startswith("baseline: `pytorch` was not measured (not among the variants, or it failed), so no "
+                               "speed-up is given; ") for line in lines)
+    generated = summary_lines(assemble(config(tmp_path), _manifests("generate"), generate_raw()))
+    assert "accuracy and perplexity over 4 eval rows of the RUN" in generated

@@ -40,9 +40,11 @@ def test_the_pair_keeps_apart_in_deployfts_session(script, tmp_path):
 def test_the_table_divides_the_fused_time_by_the_pairs(script, tmp_path, monkeypatch):
     monkeypatch.setattr(script, "ROWS", {"b1x4": 4})
     monkeypatch.setattr(script, "HIDDEN", (384,))
-    result = {"created": "now", "machine": "m", "onnxruntime": "1.32.0", "threads": 2, "rounds": 3, "calls": 5,
+    result = {"command": "python benchmarks/skip_layernorm.py --threads 2", "created": "now", "machine": "m",
+              "onnxruntime": "1.32.0", "threads": 2, "rounds": 3, "calls": 5,
               "max_foreign": 0.05, "quiet": {"rounds_kept": 3, "rounds_dirty": 0, "rounds_rejected": 1},
               "ms_p50": {"SkipLayerNormalization|384|b1x4": 0.3, "Add + LayerNormalization|384|b1x4": 0.1}}
     text = script.write(result, tmp_path / "r")
     assert "| 384 | b1x4 (4) | 0.3000 | 0.1000 | 3.00x |" in text and "1 rejected" in text
+    assert "Command: `python benchmarks/skip_layernorm.py --threads 2`" in text
     assert json.loads((tmp_path / "r.json").read_text())["ms_p50"] == result["ms_p50"]
