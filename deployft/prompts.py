@@ -221,17 +221,24 @@ def check_messages(messages) -> list[dict]:
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+def lone_surrogate(text: str) -> str | None:
+    """`a lone UTF-16 surrogate (U+DCFF) at character 3` when `text` holds one, which no tokenizer encodes (a byte
+    that is not UTF-8 in a command-line argument arrives as one, and so does JSON's `"\\ud800"` without its pair);
+    None for valid text. The runtime, predict's file reader and the server's request bodies all refuse with it."""
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character {found.start()}"
+
+
 def check_unicode(text: str, what: str) -> str:
-    """`text`, refused when it holds a lone UTF-16 surrogate, which no tokenizer encodes: a byte that is not UTF-8
-    in a command-line argument arrives as one, and so does JSON's `"\\ud800"` without its pair.
+    """`text`, refused when it holds a lone UTF-16 surrogate (`lone_surrogate`).
 
     Raises:
         UsageError: naming `what`, the character and its position.
     """
-    found = _SURROGATE.search(text)
-    if found:
-        raise UsageError(f"{what} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character "
-                         f"{found.start()}, which is not valid text; pass Unicode text (from a shell or a file: "
+    if found := lone_surrogate(text):
+        raise UsageError(f"{what} holds {found}, which is not valid text; pass Unicode text (from a shell or a file: "
                          "UTF-8)")
     return text
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..delimited import separator_message, strict_records, strict_rows
 from ..errors import DataError, UsageError
-from ..prompts import check_unicode
+from ..prompts import lone_surrogate
 from ..staging import atomic_file
 from ..tasks import get_task
 from .inputs import check_batch_size
@@ -166,10 +166,10 @@ def text_value(value, name: str, generates: bool, where: str, fix: str = "write 
     if value is None:
         return ""
     if isinstance(value, str):
-        try:
-            return check_unicode(value, f"{where}: column {name!r}")
-        except UsageError as exc:  # JSON's "\ud800" without its pair: the file's text to fix
-            raise DataError(str(exc)) from None
+        if found := lone_surrogate(value):  # JSON's "\ud800" without its pair: the file's text to fix
+            raise DataError(f"{where}: column {name!r} holds {found}, which is not valid text; write it as UTF-8 "
+                            "text (a surrogate only as half of a pair)")
+        return value
     chat = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
     if chat and generates:
         fix = ("a chat is not read from a file: pass its messages to Predictor.generate or to the server's "

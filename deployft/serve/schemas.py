@@ -13,15 +13,15 @@ asked for. Any other field a body holds is ignored (`user`, `metadata`, `store`,
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..prompts import lone_surrogate
+
 LONE_SURROGATE = "lone_surrogate"
 """The pydantic error type of a text holding a lone UTF-16 surrogate (`install_error_handlers` names its field)."""
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class _Body(BaseModel):
@@ -41,11 +41,10 @@ class _Request(_Body):
 
 def _check_text(value: Any, path: tuple) -> None:
     if isinstance(value, str):
-        if found := _SURROGATE.search(value):
-            where = {"field": ".".join(map(str, path)) or "body", "code": f"{ord(found.group()):04X}",
-                     "index": found.start()}
-            raise PydanticCustomError(LONE_SURROGATE, "a lone UTF-16 surrogate (U+{code}) at character {index} is "
-                                      "not valid text; send Unicode text (a surrogate only as half of a pair)", where)
+        if found := lone_surrogate(value):
+            raise PydanticCustomError(LONE_SURROGATE, "{found} is not valid text; send Unicode text (a surrogate "
+                                      "only as half of a pair)", {"field": ".".join(map(str, path)) or "body",
+                                                                  "found": found})
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, path)
